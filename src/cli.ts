@@ -1,0 +1,61 @@
+import { cac, type CAC } from "cac";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { ConfigError, PibakeError } from "./errors.js";
+import { packageRoot } from "./paths.js";
+import { redact } from "./ui/output.js";
+import { registerConfigCommands } from "./commands/config.js";
+
+/** Each command lives in src/commands/ and registers itself here. */
+const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands];
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+export function createCli(): CAC {
+  const cli = cac("pibake");
+  for (const register of commandModules) register(cli);
+  cli.option("--debug", "Show stack traces of unexpected errors");
+  cli.help();
+  cli.version(version());
+  return cli;
+}
+
+/** Thin entry: parse, run, and turn errors into a message and an exit code. */
+export async function main(argv: string[]): Promise<void> {
+  const cli = createCli();
+  let debug = argv.includes("--debug");
+  try {
+    const parsed = cli.parse(argv, { run: false });
+    debug = Boolean(parsed.options.debug);
+    if (!cli.matchedCommand) {
+      if (parsed.options.help || parsed.options.version) return;
+      if (parsed.args.length > 0) throw new PibakeError(`unknown command "${parsed.args[0]}": see pibake --help`, 2);
+      cli.outputHelp();
+      return;
+    }
+    await cli.runMatchedCommand();
+  } catch (err) {
+    process.exitCode = report(err, debug);
+  }
+}
+
+function report(err: unknown, debug: boolean): number {
+  if (err instanceof PibakeError) {
+    process.stderr.write(`pibake: ${redact(err.message)}\n`);
+    if (debug && !(err instanceof ConfigError) && err.stack) process.stderr.write(redact(err.stack) + "\n");
+    return err.exitCode;
+  }
+  // cac reports unknown options and missing arguments as plain errors with this name.
+  if (err instanceof Error && err.name === "CACError") {
+    process.stderr.write(`pibake: ${err.message}\n`);
+    return 2;
+  }
+  const e = err as Error;
+  process.stderr.write(`pibake: unexpected error: ${redact(e?.message ?? String(err))}\n`);
+  if (debug && e?.stack) process.stderr.write(redact(e.stack) + "\n");
+  else process.stderr.write("(run again with --debug for details)\n");
+  return 1;
+}

@@ -1,0 +1,95 @@
+/**
+ * Everything pibake prints goes through here, so that one place decides how it
+ * looks and one place makes sure no secret value is ever printed: every secret
+ * resolved from a config is registered, and any output that contains one has
+ * it replaced by "***" (defence in depth: messages never include secrets on purpose).
+ */
+const secrets = new Set<string>();
+
+export function registerSecret(value: string): void {
+  // Very short values would redact ordinary words; they are rejected by validation anyway.
+  if (value.length >= 4) secrets.add(value);
+}
+
+export function redact(text: string): string {
+  let out = text;
+  for (const s of secrets) if (out.includes(s)) out = out.split(s).join("***");
+  return out;
+}
+
+export interface Output {
+  info(message: string): void;
+  warn(message: string): void;
+  /** A line of progress on long work; on a terminal the next status line replaces it. */
+  status(message: string): void;
+  /** Raw output of a child process, shown only with --verbose. */
+  verbose(message: string): void;
+}
+
+export interface OutputOptions {
+  verbose?: boolean;
+  quiet?: boolean;
+  plain?: boolean;
+  stdout?: NodeJS.WriteStream;
+  stderr?: NodeJS.WriteStream;
+}
+
+export function createOutput(opts: OutputOptions = {}): Output {
+  const stdout = opts.stdout ?? process.stdout;
+  const stderr = opts.stderr ?? process.stderr;
+  const live = !opts.plain && stderr.isTTY === true && process.env.CI !== "true";
+  let statusShown = false;
+  const clearStatus = () => {
+    if (statusShown) {
+      stderr.write("\r\x1b[2K");
+      statusShown = false;
+    }
+  };
+  return {
+    info(message) {
+      if (opts.quiet) return;
+      clearStatus();
+      stdout.write(redact(message) + "\n");
+    },
+    warn(message) {
+      clearStatus();
+      stderr.write(`warning: ${redact(message)}\n`);
+    },
+    status(message) {
+      if (opts.quiet) return;
+      const text = redact(message);
+      if (live) {
+        const width = (stderr.columns ?? 80) - 1;
+        stderr.write(`\r\x1b[2K${text.length > width ? text.slice(0, width) : text}`);
+        statusShown = true;
+      } else {
+        stderr.write(text + "\n");
+      }
+    },
+    verbose(message) {
+      if (!opts.verbose) return;
+      clearStatus();
+      stderr.write(redact(message) + (message.endsWith("\n") ? "" : "\n"));
+    },
+  };
+}
+
+/** Human sizes for progress lines. */
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+export function formatDuration(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}
