@@ -1,0 +1,239 @@
+import { readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import type { z } from "zod";
+import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
+import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
+import { Secret, type Ddns, type Model } from "./model.js";
+import { crossFieldIssues } from "./rules.js";
+
+export interface LoadedConfig {
+  model: Model;
+  /** Things worth saying that do not stop the build (e.g. a secret written in the config). */
+  warnings: string[];
+}
+
+/** Keys whose values are secrets: their values are never echoed in messages. */
+const SECRET_KEYS = new Set(["password", "token", "passphrase"]);
+
+/** Read, validate and resolve a config file. Every problem is reported at once (ConfigError, exit 2). */
+export function loadConfig(configPath: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const absPath = path.resolve(configPath);
+  const raw = readJson(absPath);
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => formatIssue(i, raw)));
+  const issues = crossFieldIssues(parsed.data);
+  const warnings: string[] = [];
+  const resolver = new SecretResolver(path.dirname(absPath), env, issues, warnings);
+  const model = toModel(parsed.data, absPath, resolver);
+  if (issues.length > 0) throw new ConfigError(issues);
+  return { model, warnings };
+}
+
+function readJson(absPath: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(absPath, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new PibakeError(
+      code === "ENOENT" ? `config file ${absPath} does not exist` : `cannot read config file ${absPath}: ${(err as Error).message}`,
+      2,
+    );
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new PibakeError(`config file ${absPath} is not valid JSON: ${describeJsonError(text, err as Error)}`, 2);
+  }
+}
+
+/** Node says "at position N"; people want a line and column. */
+function describeJsonError(text: string, err: Error): string {
+  const m = /position (\d+)/.exec(err.message);
+  const msg = err.message.replace(/^JSON\.parse: /, "").replace(/ in JSON at position \d+.*$/s, "");
+  if (!m) return msg;
+  const pos = Number(m[1]);
+  const before = text.slice(0, pos).split("\n");
+  return `${msg} at line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+}
+
+export function jsonPath(segments: readonly PropertyKey[]): string {
+  let out = "";
+  for (const s of segments) {
+    if (typeof s === "number") out += `[${s}]`;
+    else out += out ? `.${String(s)}` : String(s);
+  }
+  return out;
+}
+
+function valueAt(root: unknown, segments: readonly PropertyKey[]): unknown {
+  let v: unknown = root;
+  for (const s of segments) {
+    if (v === null || typeof v !== "object") return undefined;
+    v = (v as Record<PropertyKey, unknown>)[s as string];
+  }
+  return v;
+}
+
+function showValue(value: unknown, segments: readonly PropertyKey[]): string {
+  if (segments.some((s) => typeof s === "string" && SECRET_KEYS.has(s))) return "(secret)";
+  const json = JSON.stringify(value);
+  return json.length > 80 ? `${json.slice(0, 77)}…` : json;
+}
+
+const ARTICLE: Record<string, string> = { object: "an object", array: "a list", string: "a string", number: "a number", boolean: "true or false" };
+
+function formatIssue(issue: z.core.$ZodIssue, raw: unknown): ConfigIssue {
+  const segs = issue.path;
+  if (issue.code === "unrecognized_keys") {
+    const known = knownKeys(segs);
+    return {
+      path: jsonPath(segs) || "(top level)",
+      message: `unknown field${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}${known ? `; expected ${known}` : ""}`,
+    };
+  }
+  const value = valueAt(raw, segs);
+  const where = jsonPath(segs) || "(top level)";
+  if (value === undefined) {
+    const msg = issue.message.startsWith("is required") ? issue.message : "is required";
+    return { path: where, message: msg };
+  }
+  let message = issue.message;
+  if (issue.code === "invalid_type" && message.startsWith("Invalid input")) message = `is not ${ARTICLE[issue.expected] ?? issue.expected}`;
+  return { path: where, message: `${showValue(value, segs)} ${message}` };
+}
+
+/** The fields an object accepts, for "unknown field" messages. */
+function knownKeys(segs: readonly PropertyKey[]): string | undefined {
+  let schema: z.ZodType = configSchema;
+  for (const s of segs) {
+    const def = (schema as unknown as { def: { type: string; shape?: Record<string, z.ZodType>; element?: z.ZodType; innerType?: z.ZodType } }).def;
+    if (def.type === "default" || def.type === "optional") schema = def.innerType!;
+    const d2 = (schema as unknown as { def: { type: string; shape?: Record<string, z.ZodType>; element?: z.ZodType } }).def;
+    if (typeof s === "number" && d2.element) schema = d2.element;
+    else if (typeof s === "string" && d2.shape?.[s]) schema = d2.shape[s]!;
+    else return undefined;
+  }
+  let def = (schema as unknown as { def: { type: string; shape?: Record<string, unknown>; innerType?: z.ZodType } }).def;
+  while ((def.type === "default" || def.type === "optional") && def.innerType) {
+    def = (def.innerType as unknown as { def: typeof def }).def;
+  }
+  return def.shape ? Object.keys(def.shape).filter((k) => k !== "$schema").join(", ") : undefined;
+}
+
+/** Turns secret references into Secrets, recording what is wrong under the field's path. */
+class SecretResolver {
+  constructor(
+    private readonly baseDir: string,
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly issues: ConfigIssue[],
+    private readonly warnings: string[],
+  ) {}
+
+  resolve(ref: SecretRef, where: string, check: (value: string) => string | undefined = minLength(8)): Secret {
+    let value: string | undefined;
+    let origin: string;
+    if (typeof ref === "string") {
+      value = ref;
+      origin = "literal";
+      this.warnings.push(`${where} is written in the config in plain text: use { "env": "NAME" } or { "file": "path" } so that the config can be shared or committed`);
+    } else if ("env" in ref) {
+      origin = `env ${ref.env}`;
+      value = this.env[ref.env];
+      if (value === undefined) this.issues.push({ path: where, message: `environment variable ${ref.env} is not set` });
+      else if (value === "") this.issues.push({ path: where, message: `environment variable ${ref.env} is empty` });
+    } else {
+      const file = path.resolve(this.baseDir, ref.file);
+      origin = `file ${ref.file}`;
+      try {
+        if (!statSync(file).isFile()) throw Object.assign(new Error("not a regular file"), { code: "EISDIR" });
+        // Editors add a final newline; it is not part of the secret.
+        value = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+        if (value === "") this.issues.push({ path: where, message: `file ${ref.file} is empty` });
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        this.issues.push({
+          path: where,
+          message: code === "ENOENT" ? `file ${ref.file} does not exist (looked for ${file})` : `cannot read file ${ref.file}: ${(err as Error).message}`,
+        });
+      }
+    }
+    if (value) {
+      const problem = /[\r\n\u0000]/.test(value) ? "contains a line break or NUL character" : check(value);
+      if (problem) this.issues.push({ path: where, message: `${origin === "literal" ? "(secret)" : `(secret from ${origin})`} ${problem}` });
+    }
+    return new Secret(value ?? "", origin);
+  }
+}
+
+function minLength(n: number) {
+  return (v: string) => (v.length < n ? `is shorter than ${n} characters` : undefined);
+}
+
+/** ddclient reads quoted values: a quote or backslash inside would end or escape them. */
+function ddclientSafe(v: string): string | undefined {
+  return /['"\\\s]/.test(v) ? "contains a quote, backslash or white space, which ddclient's config cannot carry" : undefined;
+}
+
+function wpaPassphrase(v: string): string | undefined {
+  if (!/^[\x20-\x7e]*$/.test(v)) return "contains characters other than printable ASCII, which WPA passphrases cannot";
+  if (v.length < 8 || v.length > 63) return "is not 8 to 63 characters long, as WPA requires";
+  return undefined;
+}
+
+function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {
+  const [ip, prefix] = c.network.address.split("/") as [string, string];
+  const extraDns = c.tls.extraNames.filter((n) => !IPV4_RE.test(n)).map((n) => n.toLowerCase());
+  const extraIps = c.tls.extraNames.filter((n) => IPV4_RE.test(n));
+  const dnsNames = [...new Set([c.tls.domain.toLowerCase(), ...extraDns, `${c.image.hostname.toLowerCase()}.local`])];
+  const ipAddresses = [...new Set([ip, ...extraIps])];
+  const image = { ...c.image };
+  const user = { name: c.user.name, password: r.resolve(c.user.password, "user.password"), sshKeys: c.user.sshKeys, passwordSsh: c.user.passwordSsh };
+  const network: Model["network"] = {
+    interface: c.network.interface,
+    address: ip,
+    prefix: Number(prefix),
+    gateway: c.network.gateway,
+    dns: c.network.dns,
+    ...(c.network.wifi
+      ? { wifi: { ssid: c.network.wifi.ssid, country: c.network.wifi.country, passphrase: r.resolve(c.network.wifi.passphrase, "network.wifi.passphrase", wpaPassphrase) } }
+      : {}),
+  };
+  const mqtt: Model["mqtt"] = {
+    lanPort: c.mqtt.lanPort,
+    tlsPort: c.mqtt.tlsPort,
+    persistence: c.mqtt.persistence,
+    users: c.mqtt.users.map((u, i) => ({
+      name: u.name,
+      password: r.resolve(u.password, `mqtt.users[${i}].password`),
+      ...(u.topics ? { topics: u.topics } : {}),
+    })),
+  };
+  let ddns: Ddns | undefined;
+  if (c.ddns) {
+    const hostname = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
+    ddns =
+      c.ddns.provider === "freemyip"
+        ? { provider: "freemyip", token: r.resolve(c.ddns.token, "ddns.token", ddclientSafe), hostname, interval: c.ddns.interval, ipLookup: c.ddns.ipLookup }
+        : {
+            provider: "dyndns2",
+            server: c.ddns.server,
+            login: c.ddns.login,
+            password: r.resolve(c.ddns.password, "ddns.password", ddclientSafe),
+            hostname,
+            interval: c.ddns.interval,
+            ipLookup: c.ddns.ipLookup,
+          };
+  }
+  return {
+    configPath,
+    configDir: path.dirname(configPath),
+    image,
+    user,
+    network,
+    mqtt,
+    tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
+    ...(ddns ? { ddns } : {}),
+    ...(c.nodeRed ? { nodeRed: c.nodeRed } : {}),
+  };
+}

@@ -1,0 +1,85 @@
+import { inspect } from "node:util";
+import { registerSecret } from "../ui/output.js";
+
+/**
+ * A secret value resolved from the config. It never shows itself: printing,
+ * logging or serialising it yields "***"; only reveal() gives the value, and
+ * only code that hashes or writes it should call that.
+ */
+export class Secret {
+  readonly #value: string;
+  /** Where it came from, for messages: "literal", "env FOO" or "file path". */
+  readonly origin: string;
+  constructor(value: string, origin: string) {
+    this.#value = value;
+    this.origin = origin;
+    registerSecret(value);
+  }
+  reveal(): string {
+    return this.#value;
+  }
+  toString(): string {
+    return "***";
+  }
+  toJSON(): string {
+    return "***";
+  }
+  [inspect.custom](): string {
+    return `Secret(${this.origin})`;
+  }
+}
+
+export type Release = "trixie" | "bookworm";
+export type Arch = "arm64" | "armhf";
+export type Access = "read" | "write" | "readwrite";
+
+export interface TopicRule {
+  access: Access;
+  topic: string;
+}
+
+export interface MqttUser {
+  name: string;
+  password: Secret;
+  /** Absent: the user may use every topic. */
+  topics?: TopicRule[];
+}
+
+export type Ddns =
+  | { provider: "freemyip"; token: Secret; hostname: string; interval: number; ipLookup: string }
+  | { provider: "dyndns2"; server: string; login: string; password: Secret; hostname: string; interval: number; ipLookup: string };
+
+/** The validated config: every default applied, every secret resolved. */
+export interface Model {
+  /** Absolute path of the config file and its directory (relative paths resolve from there). */
+  configPath: string;
+  configDir: string;
+  image: {
+    name: string;
+    release: Release;
+    arch: Arch;
+    hostname: string;
+    timezone: string;
+    locale: string;
+    keyboard: { keymap: string; layout: string };
+  };
+  user: { name: string; password: Secret; sshKeys: string[]; passwordSsh: boolean };
+  network: {
+    interface: string;
+    address: string;
+    prefix: number;
+    gateway: string;
+    dns: string[];
+    wifi?: { ssid: string; passphrase: Secret; country: string };
+  };
+  mqtt: { lanPort: number; tlsPort: number; persistence: boolean; users: MqttUser[] };
+  tls: {
+    domain: string;
+    /** Every DNS name the server certificate carries: domain, extra names, <hostname>.local. */
+    dnsNames: string[];
+    /** Every IP address it carries: the static address and extra IPs. */
+    ipAddresses: string[];
+  };
+  ddns?: Ddns;
+  nodeRed?: Record<string, unknown>;
+}

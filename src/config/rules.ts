@@ -1,0 +1,70 @@
+import type { ConfigIssue } from "../errors.js";
+import type { ParsedConfig } from "./schema.js";
+
+/** Rules that only make sense across fields; the schema has already checked each field alone. */
+export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const [ip, prefixText] = c.network.address.split("/") as [string, string];
+  const prefix = Number(prefixText);
+  const subnet = `${intToIp(networkOf(ipToInt(ip), prefix))}/${prefix}`;
+
+  if (networkOf(ipToInt(c.network.gateway), prefix) !== networkOf(ipToInt(ip), prefix)) {
+    issues.push({ path: "network.gateway", message: `${c.network.gateway} is outside ${subnet} (network.address)` });
+  }
+  if (c.network.gateway === ip) {
+    issues.push({ path: "network.gateway", message: `${c.network.gateway} is the Pi's own address (network.address): give the router's address` });
+  }
+  if (prefix <= 30) {
+    const host = ipToInt(ip) % 2 ** (32 - prefix);
+    if (host === 0) issues.push({ path: "network.address", message: `"${c.network.address}" is the network address of ${subnet}, not a host address` });
+    if (host === hostMask(prefix)) issues.push({ path: "network.address", message: `"${c.network.address}" is the broadcast address of ${subnet}, not a host address` });
+  }
+  if (prefix < 8) issues.push({ path: "network.address", message: `"${c.network.address}" has a prefix length of ${prefix}; a home network has 8 to 32` });
+  if (c.network.interface.startsWith("wlan") && !c.network.wifi) {
+    issues.push({ path: "network.wifi", message: `is required when network.interface is "${c.network.interface}": give ssid, passphrase and country` });
+  }
+
+  if (c.mqtt.lanPort === c.mqtt.tlsPort) {
+    issues.push({ path: "mqtt.tlsPort", message: `${c.mqtt.tlsPort} is also mqtt.lanPort: the two listeners need different ports` });
+  }
+  const seen = new Map<string, number>();
+  c.mqtt.users.forEach((u, i) => {
+    const first = seen.get(u.name);
+    if (first !== undefined) issues.push({ path: `mqtt.users[${i}].name`, message: `"${u.name}" is already used by mqtt.users[${first}]` });
+    else seen.set(u.name, i);
+  });
+
+  if (!c.user.passwordSsh && c.user.sshKeys.length === 0) {
+    issues.push({
+      path: "user.sshKeys",
+      message: "is empty while user.passwordSsh is false: nobody could log in over SSH; add a public key or set passwordSsh to true",
+    });
+  }
+
+  if (c.ddns?.provider === "freemyip") {
+    const host = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
+    if (!host.endsWith(".freemyip.com")) {
+      issues.push({
+        path: c.ddns.hostname ? "ddns.hostname" : "tls.domain",
+        message: `"${host}" is not a freemyip.com name, which the "freemyip" provider updates: use a name under freemyip.com or provider "dyndns2"`,
+      });
+    }
+  }
+  return issues;
+}
+
+export function ipToInt(ip: string): number {
+  return ip.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
+}
+
+export function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join(".");
+}
+
+function hostMask(prefix: number): number {
+  return prefix >= 32 ? 0 : 2 ** (32 - prefix) - 1;
+}
+
+function networkOf(ipInt: number, prefix: number): number {
+  return ipInt - (ipInt % 2 ** (32 - prefix));
+}

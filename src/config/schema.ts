@@ -1,0 +1,154 @@
+import { z } from "zod";
+
+/**
+ * The config file's shape. Messages are phrased to follow the offending value:
+ * the formatter prints `path: <value> <message>`, e.g.
+ * `network.address: "192.168.1.300/24" is not an IPv4 address with a prefix length`.
+ * Rules that involve several fields live in validate.ts.
+ */
+
+const IPV4_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+export const IPV4_RE = new RegExp(`^${IPV4_OCTET}(\\.${IPV4_OCTET}){3}$`);
+export const IPV4_CIDR_RE = new RegExp(`^${IPV4_OCTET}(\\.${IPV4_OCTET}){3}/([0-9]|[12][0-9]|3[0-2])$`);
+/** RFC 1123 host names, lower or upper case, at most 253 characters. */
+export const DNS_NAME_RE = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+/** One DNS label: what a host name may be. */
+const HOSTNAME_RE = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+/** pi-gen's own rule for FIRST_USER_NAME, with Linux's 32-character limit. */
+const LINUX_USER_RE = /^[a-z][-a-z0-9_]{0,31}$/;
+/** Mosquitto splits password file lines at ':'; the ACL file ends a name at white space. */
+const MQTT_USER_RE = /^[^\s:#\u0000-\u001f\u007f]{1,64}$/u;
+const SSH_KEY_RE =
+  /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$/;
+
+const secretRef = z.union(
+  [
+    z.string().min(1, { error: "is empty" }),
+    z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: "is not an environment variable name" }) }),
+    z.strictObject({ file: z.string().min(1, { error: "is empty" }) }),
+  ],
+  { error: 'is not a secret: give a string, { "env": "VARIABLE" } or { "file": "path" }' },
+);
+export type SecretRef = z.infer<typeof secretRef>;
+
+const port = (fallback: number) =>
+  z.number({ error: "is not a port number" }).int({ error: "is not a whole number" }).min(1, { error: "is not a port number (1-65535)" }).max(65535, { error: "is not a port number (1-65535)" }).default(fallback);
+
+const image = z.strictObject({
+  name: z.string({ error: "is required: a short name for the image, e.g. \"mqtt-broker\"" }).regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, {
+    error: "is not an image name: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
+  }),
+  release: z.enum(["trixie", "bookworm"], { error: 'is not a supported release: "trixie" or "bookworm"' }).default("trixie"),
+  arch: z.enum(["arm64", "armhf"], { error: 'is not a supported architecture: "arm64" or "armhf"' }).default("arm64"),
+  hostname: z.string().regex(HOSTNAME_RE, { error: "is not a host name: letters, digits and '-', at most 63, not starting or ending with '-'" }).default("broker"),
+  timezone: z.string().regex(/^[A-Za-z0-9_+-]+(\/[A-Za-z0-9_+-]+)*$/, { error: 'is not a time zone name such as "Europe/Berlin"' }).default("Etc/UTC"),
+  locale: z.string().regex(/^[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$/, { error: 'is not a locale such as "en_GB.UTF-8"' }).default("en_GB.UTF-8"),
+  keyboard: z
+    .strictObject({
+      keymap: z.string().regex(/^[a-z]{2,8}$/, { error: 'is not an XKB layout code such as "gb" or "de"' }),
+      layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"' }),
+    })
+    .default({ keymap: "gb", layout: "English (UK)" }),
+});
+
+const user = z.strictObject({
+  name: z.string({ error: "is required: the first user's login name" }).regex(LINUX_USER_RE, {
+    error: "is not a Linux user name: lower-case letters, digits, '-' and '_', starting with a letter, at most 32",
+  }),
+  password: secretRef,
+  sshKeys: z.array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"" })).default([]),
+  passwordSsh: z.boolean({ error: "is not true or false" }).default(false),
+});
+
+const wifi = z.strictObject({
+  ssid: z.string().min(1, { error: "is empty" }).refine((s) => Buffer.byteLength(s) <= 32, { error: "is longer than 32 bytes, the most an SSID can be" }),
+  passphrase: secretRef,
+  country: z.string().regex(/^[A-Z]{2}$/, { error: 'is not a two-letter country code such as "DE" or "GB"' }),
+});
+
+const network = z.strictObject({
+  interface: z.string().regex(/^[a-z][a-z0-9]{1,14}$/, { error: 'is not a network interface name such as "eth0" or "wlan0"' }).default("eth0"),
+  address: z.string({ error: 'is required: the Pi\'s static address with prefix length, e.g. "192.168.1.10/24"' }).regex(IPV4_CIDR_RE, {
+    error: "is not an IPv4 address with a prefix length",
+  }),
+  gateway: z.string({ error: "is required: the router's address" }).regex(IPV4_RE, { error: "is not an IPv4 address" }),
+  dns: z.array(z.string().regex(IPV4_RE, { error: "is not an IPv4 address" })).min(1, { error: "is empty: give at least one DNS server" }).default(["9.9.9.9", "1.1.1.1"]),
+  wifi: wifi.optional(),
+});
+
+const topicRule = z.strictObject({
+  access: z.enum(["read", "write", "readwrite"], { error: 'is not an access kind: "read", "write" or "readwrite"' }),
+  topic: z.string().refine(isTopicFilter, { error: "is not an MQTT topic filter ('#' only as the whole last level, '+' only as a whole level)" }),
+});
+
+const mqttUser = z.strictObject({
+  name: z.string().regex(MQTT_USER_RE, { error: "is not an MQTT user name: 1-64 characters, no white space, ':' or '#'" }),
+  password: secretRef,
+  topics: z.array(topicRule).optional(),
+});
+
+const mqtt = z.strictObject({
+  lanPort: port(1883),
+  tlsPort: port(8883),
+  persistence: z.boolean({ error: "is not true or false" }).default(true),
+  users: z.array(mqttUser).min(1, { error: "is empty: the broker allows no anonymous access, so give at least one user" }),
+});
+
+const tls = z.strictObject({
+  domain: z.string({ error: 'is required: the public DNS name clients use, e.g. "home.freemyip.com"' }).regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).refine((s) => s.includes("."), {
+    error: "is not a fully qualified DNS name (it needs a dot)",
+  }),
+  extraNames: z.array(z.string().refine((s) => DNS_NAME_RE.test(s) || IPV4_RE.test(s), { error: "is neither a DNS name nor an IPv4 address" })).default([]),
+});
+
+const interval = z.number({ error: "is not a number of seconds" }).int({ error: "is not a whole number of seconds" }).min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" }).max(86400, { error: "is longer than a day" }).default(300);
+const ipLookup = z.string().regex(/^https?:\/\/[^\s'"]+$/, { error: "is not an http(s) URL" }).default("https://api.ipify.org/");
+
+const ddns = z.discriminatedUnion(
+  "provider",
+  [
+    z.strictObject({ provider: z.literal("freemyip"), token: secretRef, interval, ipLookup, hostname: z.string().regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).optional() }),
+    z.strictObject({
+      provider: z.literal("dyndns2"),
+      server: z.string().regex(DNS_NAME_RE, { error: "is not a host name" }),
+      login: z.string().regex(/^[^\s'"\\]+$/, { error: "is not a login name without spaces or quotes" }),
+      password: secretRef,
+      interval,
+      ipLookup,
+      hostname: z.string().regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).optional(),
+    }),
+  ],
+  { error: 'is not a DDNS provider: "freemyip" or "dyndns2"' },
+);
+
+export const configSchema = z.strictObject({
+  $schema: z.string().optional(),
+  image,
+  user,
+  network,
+  mqtt,
+  tls,
+  ddns: ddns.optional(),
+  // Owned by the Node-RED work; accepted as an object until then.
+  nodeRed: z.record(z.string(), z.unknown(), { error: "is not an object" }).optional(),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+
+export function isTopicFilter(filter: string): boolean {
+  if (filter.length === 0 || Buffer.byteLength(filter) > 65535) return false;
+  if (/[\u0000-\u001f\u007f]/u.test(filter) || filter !== filter.trim()) return false;
+  const levels = filter.split("/");
+  return levels.every((level, i) => {
+    if (level.includes("#")) return level === "#" && i === levels.length - 1;
+    if (level.includes("+")) return level === "+";
+    return true;
+  });
+}
+
+/** The JSON Schema that editors use to complete a config ("$schema" in examples/broker.json). */
+export function configJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  return { ...schema, title: "pibake config" };
+}

@@ -1,0 +1,28 @@
+import type { Model } from "../config/model.js";
+import type { Secrets } from "../secrets/index.js";
+import { renderOverlay, type OverlayFile } from "./overlay.js";
+import { renderPiGenConfig, renderStage, type StageFile } from "./stage.js";
+import { packOverlay } from "./tar.js";
+import { buildView } from "./view.js";
+
+/** Everything a build needs, in memory: the engines decide where it goes. */
+export interface Rendered {
+  overlay: OverlayFile[];
+  overlayTar: Buffer;
+  stage: StageFile[];
+  piGenConfig: string;
+  caCertPem: string;
+}
+
+export async function render(model: Model, secrets: Secrets): Promise<Rendered> {
+  const view = buildView(model, secrets);
+  const overlay = renderOverlay(view);
+  const overlayTar = await packOverlay(overlay);
+  return {
+    overlay,
+    overlayTar,
+    stage: renderStage(view, overlay, overlayTar),
+    piGenConfig: renderPiGenConfig(view),
+    caCertPem: secrets.pki.caCertPem,
+  };
+}

@@ -1,0 +1,64 @@
+import path from "node:path";
+import { overlaysDir } from "../paths.js";
+import { renderTemplateFile } from "./templates.js";
+import type { View } from "./view.js";
+
+/**
+ * What lands on the Pi. Each entry names a file by its path on the Pi; its
+ * template is `overlays/<path>.hbs`. Owners are names, resolved inside the
+ * image by the stage's chroot script, since the mosquitto user's id is the
+ * image's, not the build host's.
+ */
+export interface OverlaySpec {
+  path: string;
+  mode: number;
+  owner?: string;
+  group?: string;
+  when?: (v: View) => boolean;
+}
+
+export interface OverlayFile {
+  /** Path on the Pi, without the leading slash. */
+  path: string;
+  content: Buffer;
+  mode: number;
+  owner: string;
+  group: string;
+}
+
+const MOSQUITTO = { owner: "mosquitto", group: "mosquitto" } as const;
+
+export const OVERLAY: OverlaySpec[] = [
+  { path: "etc/mosquitto/conf.d/pibake.conf", mode: 0o644 },
+  // mosquitto reads these after dropping privileges; 2.0.16+ warns about anything looser.
+  { path: "etc/mosquitto/passwd", mode: 0o600, ...MOSQUITTO },
+  { path: "etc/mosquitto/acl", mode: 0o600, ...MOSQUITTO, when: (v) => v.mqtt.aclFile },
+  { path: "etc/mosquitto/certs/server.key", mode: 0o600, ...MOSQUITTO },
+  { path: "etc/mosquitto/certs/server.crt", mode: 0o644 },
+  { path: "etc/mosquitto/certs/ca.crt", mode: 0o644 },
+  { path: "etc/ddclient.conf", mode: 0o600, when: (v) => v.ddns !== false },
+  { path: "etc/default/ddclient", mode: 0o644, when: (v) => v.ddns !== false },
+  // NetworkManager ignores keyfiles readable by others.
+  { path: "etc/NetworkManager/system-connections/pibake-lan.nmconnection", mode: 0o600 },
+  { path: "etc/NetworkManager/system-connections/pibake-wifi.nmconnection", mode: 0o600, when: (v) => v.network.wifi !== false && v.network.wifi.separateProfile },
+  // trixie images configure networking through cloud-init, which would add DHCP for the same interface.
+  { path: "etc/cloud/cloud.cfg.d/99-pibake-network.cfg", mode: 0o644, when: (v) => v.image.release === "trixie" },
+  { path: "etc/ssh/sshd_config.d/50-pibake.conf", mode: 0o644 },
+];
+
+export function templateFor(spec: OverlaySpec): string {
+  return path.join(overlaysDir, `${spec.path}.hbs`);
+}
+
+export function renderOverlay(view: View, specs: OverlaySpec[] = OVERLAY): OverlayFile[] {
+  return specs
+    .filter((s) => !s.when || s.when(view))
+    .map((s) => ({
+      path: s.path,
+      content: Buffer.from(renderTemplateFile(templateFor(s), view)),
+      mode: s.mode,
+      owner: s.owner ?? "root",
+      group: s.group ?? "root",
+    }))
+    .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}

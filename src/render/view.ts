@@ -1,0 +1,97 @@
+import { createHash } from "node:crypto";
+import type { Model, TopicRule } from "../config/model.js";
+import type { Secrets } from "../secrets/index.js";
+
+/**
+ * The values templates see. Optional parts are `false` rather than missing,
+ * because templates are compiled strictly and a missing field is an error.
+ */
+export interface View {
+  image: Model["image"];
+  user: { name: string; passwordHash: string; passwordSsh: boolean };
+  network: {
+    interface: string;
+    address: string;
+    prefix: number;
+    gateway: string;
+    /** NetworkManager wants `;` between servers; it drops a comma-separated list silently. */
+    dnsList: string;
+    lan: { uuid: string; type: "ethernet" | "wifi"; wifi: boolean };
+    wifi: false | { ssid: string; psk: string; country: string; uuid: string; separateProfile: boolean };
+  };
+  mqtt: {
+    lanPort: number;
+    tlsPort: number;
+    persistence: boolean;
+    aclFile: boolean;
+    users: { name: string; hash: string; topics: TopicRule[] }[];
+  };
+  tls: { domain: string; serverCertPem: string; serverKeyPem: string; caCertPem: string };
+  ddns:
+    | false
+    | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
+  piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
+}
+
+/** A stable UUID (RFC 4122 layout, name-based) so that renders repeat byte for byte. */
+export function stableUuid(...parts: string[]): string {
+  const h = createHash("sha1").update(parts.join("\u0000")).digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString("hex");
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
+}
+
+export const DEFAULT_STAGE_LIST = "stage0 stage1 stage2 stage-pibake";
+
+export function buildView(model: Model, secrets: Secrets): View {
+  const aclFile = model.mqtt.users.some((u) => u.topics !== undefined);
+  const wifiIsLan = model.network.interface.startsWith("wlan");
+  const wifi = model.network.wifi;
+  const ddns = model.ddns;
+  return {
+    image: model.image,
+    user: { name: model.user.name, passwordHash: secrets.userPasswordHash, passwordSsh: model.user.passwordSsh },
+    network: {
+      interface: model.network.interface,
+      address: model.network.address,
+      prefix: model.network.prefix,
+      gateway: model.network.gateway,
+      dnsList: model.network.dns.map((d) => `${d};`).join(""),
+      lan: { uuid: stableUuid(model.image.name, "lan", model.network.interface), type: wifiIsLan ? "wifi" : "ethernet", wifi: wifiIsLan },
+      wifi: wifi
+        ? { ssid: wifi.ssid, psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
+        : false,
+    },
+    mqtt: {
+      lanPort: model.mqtt.lanPort,
+      tlsPort: model.mqtt.tlsPort,
+      persistence: model.mqtt.persistence,
+      aclFile,
+      users: model.mqtt.users.map((u) => ({
+        name: u.name,
+        hash: secrets.mqttHashes.get(u.name)!,
+        // Without rules of its own a user may use every topic, also when others have rules.
+        topics: u.topics ?? [{ access: "readwrite", topic: "#" }],
+      })),
+    },
+    tls: { domain: model.tls.domain, serverCertPem: secrets.pki.serverCertPem, serverKeyPem: secrets.pki.serverKeyPem, caCertPem: secrets.pki.caCertPem },
+    ddns: ddns
+      ? {
+          freemyip: ddns.provider === "freemyip",
+          hostname: ddns.hostname,
+          interval: ddns.interval,
+          ipLookup: ddns.ipLookup,
+          server: ddns.provider === "dyndns2" ? ddns.server : "freemyip.com",
+          login: ddns.provider === "dyndns2" ? ddns.login : "",
+          secret: ddns.provider === "dyndns2" ? ddns.password.reveal() : ddns.token.reveal(),
+        }
+      : false,
+    piGen: {
+      firstUserPlaceholder: secrets.piGenFirstUserPlaceholder,
+      sshKeys: model.user.sshKeys.join("\n"),
+      pubkeyOnly: model.user.passwordSsh ? "0" : "1",
+      stageList: DEFAULT_STAGE_LIST,
+    },
+  };
+}

@@ -1,0 +1,47 @@
+import { randomBytes } from "node:crypto";
+import type { Model } from "../config/model.js";
+import { HashCache, mosquittoHash, sha512Crypt, verifyMosquittoHash, verifySha512Crypt, wpaPsk } from "./hashes.js";
+import { ensurePki, type Pki } from "./pki.js";
+import { StateDir } from "./state.js";
+
+export { StateDir } from "./state.js";
+
+/** What the render needs from the secrets step: certificates and hashes, never clear-text passwords (but the ddclient token, which has no hashed form). */
+export interface Secrets {
+  pki: Pki;
+  /** Mosquitto `$7$` hashes by MQTT user name. */
+  mqttHashes: Map<string, string>;
+  /** crypt(3) hash of the first user's password. */
+  userPasswordHash: string;
+  /** Wi-Fi PSK (64 hex digits) derived from passphrase and SSID. */
+  wifiPsk?: string;
+  /** A random password that pi-gen sets before stage-pibake replaces it; kept so that renders repeat. */
+  piGenFirstUserPlaceholder: string;
+}
+
+export function prepareSecrets(model: Model, state: StateDir): Secrets {
+  state.ensure();
+  const pki = ensurePki(state, model.image.name, {
+    commonName: model.tls.domain,
+    dnsNames: model.tls.dnsNames,
+    ipAddresses: model.tls.ipAddresses,
+  });
+  const cache = new HashCache(state);
+  const mqttHashes = new Map(
+    model.mqtt.users.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]),
+  );
+  const userPasswordHash = cache.get(`user:${model.user.name}`, model.user.password.reveal(), (pw) => sha512Crypt(pw), verifySha512Crypt);
+  cache.save();
+  let placeholder = state.read("pi-gen-first-user-placeholder");
+  if (!placeholder) {
+    placeholder = randomBytes(18).toString("base64url");
+    state.write("pi-gen-first-user-placeholder", placeholder);
+  }
+  return {
+    pki,
+    mqttHashes,
+    userPasswordHash,
+    ...(model.network.wifi ? { wifiPsk: wpaPsk(model.network.wifi.passphrase.reveal(), model.network.wifi.ssid) } : {}),
+    piGenFirstUserPlaceholder: placeholder.trim(),
+  };
+}

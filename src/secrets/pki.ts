@@ -1,0 +1,223 @@
+import { generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
+import forge from "node-forge";
+import type { StateDir } from "./state.js";
+
+/**
+ * pibake's own certificate authority and the broker's server certificate.
+ * The CA is made once and reused forever, so that clients that trust it keep
+ * working when the image is rebuilt for a new domain; its key stays in the
+ * state directory and never enters the image.
+ */
+
+const DAY_MS = 24 * 3600 * 1000;
+const CA_VALIDITY_DAYS = 3650;
+/** Apple platforms refuse TLS server certificates valid for longer, even from private CAs. */
+export const SERVER_VALIDITY_DAYS = 825;
+const RENEW_BEFORE_DAYS = 30;
+
+export interface CertificateNames {
+  /** The public DNS name, the certificate's common name. */
+  commonName: string;
+  dnsNames: string[];
+  ipAddresses: string[];
+}
+
+export interface Pki {
+  caCertPem: string;
+  serverCertPem: string;
+  serverKeyPem: string;
+  /** Why the server certificate is what it is: "reused", or why it was issued now. */
+  serverCertStatus: string;
+  caCreated: boolean;
+}
+
+export interface CertSummary {
+  subject: string;
+  issuer: string;
+  fingerprint256: string;
+  notBefore: Date;
+  notAfter: Date;
+  dnsNames: string[];
+  ipAddresses: string[];
+}
+
+/**
+ * Node's native RSA key generation: node-forge's pure-JS prime search takes
+ * seconds, which a render must not spend.
+ */
+function newRsaKey(bits: number): forge.pki.rsa.PrivateKey {
+  const { privateKey } = generateKeyPairSync("rsa", {
+    modulusLength: bits,
+    publicKeyEncoding: { type: "spki", format: "pem" },
+    privateKeyEncoding: { type: "pkcs1", format: "pem" },
+  });
+  return forge.pki.privateKeyFromPem(privateKey);
+}
+
+function publicOf(key: forge.pki.rsa.PrivateKey): forge.pki.rsa.PublicKey {
+  return forge.pki.setRsaPublicKey(key.n, key.e);
+}
+
+/** A positive 128-bit serial, as RFC 5280 asks (positive, unpredictable). */
+function randomSerial(): string {
+  const bytes = randomBytes(16);
+  bytes[0] = bytes[0]! & 0x7f;
+  if (bytes[0] === 0) bytes[0] = 1;
+  return bytes.toString("hex");
+}
+
+function makeCa(name: string, now: Date): { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } {
+  const key = newRsaKey(3072);
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = publicOf(key);
+  cert.serialNumber = randomSerial();
+  cert.validity.notBefore = new Date(now.getTime() - 3600 * 1000);
+  cert.validity.notAfter = new Date(now.getTime() + CA_VALIDITY_DAYS * DAY_MS);
+  const subject = [
+    { shortName: "CN", value: `pibake CA ${name}` },
+    { shortName: "O", value: "pibake" },
+  ];
+  cert.setSubject(subject);
+  cert.setIssuer(subject);
+  cert.setExtensions([
+    { name: "basicConstraints", cA: true, pathLenConstraint: 0, critical: true },
+    { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
+    { name: "subjectKeyIdentifier" },
+  ]);
+  cert.sign(key, forge.md.sha256.create());
+  return { cert, key };
+}
+
+function issueServerCert(
+  ca: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey },
+  serverKey: forge.pki.rsa.PrivateKey,
+  names: CertificateNames,
+  now: Date,
+): forge.pki.Certificate {
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = publicOf(serverKey);
+  cert.serialNumber = randomSerial();
+  // An hour of slack for a Pi whose clock is still a little behind at boot.
+  cert.validity.notBefore = new Date(now.getTime() - 3600 * 1000);
+  cert.validity.notAfter = new Date(cert.validity.notBefore.getTime() + SERVER_VALIDITY_DAYS * DAY_MS);
+  cert.setSubject([{ shortName: "CN", value: names.commonName }]);
+  cert.setIssuer(ca.cert.subject.attributes);
+  cert.setExtensions([
+    { name: "basicConstraints", cA: false, critical: true },
+    { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
+    { name: "extKeyUsage", serverAuth: true },
+    {
+      name: "subjectAltName",
+      altNames: [...names.dnsNames.map((value) => ({ type: 2, value })), ...names.ipAddresses.map((ip) => ({ type: 7, ip }))],
+    },
+    { name: "subjectKeyIdentifier" },
+    { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
+  ]);
+  cert.sign(ca.key, forge.md.sha256.create());
+  return cert;
+}
+
+export function summarize(pem: string): CertSummary {
+  const x = new X509Certificate(pem);
+  const san = x.subjectAltName ?? "";
+  const entries = san ? san.split(/,\s*/) : [];
+  return {
+    subject: x.subject.replace(/\n/g, ", "),
+    issuer: x.issuer.replace(/\n/g, ", "),
+    fingerprint256: x.fingerprint256,
+    notBefore: new Date(x.validFrom),
+    notAfter: new Date(x.validTo),
+    dnsNames: entries.filter((e) => e.startsWith("DNS:")).map((e) => e.slice(4)),
+    ipAddresses: entries.filter((e) => e.startsWith("IP Address:")).map((e) => e.slice(11)),
+  };
+}
+
+function sameSet(a: string[], b: string[]): boolean {
+  const norm = (x: string[]) => [...new Set(x.map((s) => s.toLowerCase()))].sort().join(",");
+  return norm(a) === norm(b);
+}
+
+/** Why the stored server certificate cannot be kept, or undefined when it can. */
+function reasonToReissue(
+  certPem: string | undefined,
+  keyPem: string | undefined,
+  ca: forge.pki.Certificate,
+  names: CertificateNames,
+  now: Date,
+): string | undefined {
+  if (!certPem || !keyPem) return "issued (none yet)";
+  let cert: forge.pki.Certificate;
+  try {
+    cert = forge.pki.certificateFromPem(certPem);
+  } catch {
+    return "re-issued (the stored one could not be read)";
+  }
+  try {
+    if (!ca.verify(cert)) return "re-issued (signed by another CA)";
+  } catch {
+    return "re-issued (signed by another CA)";
+  }
+  const key = forge.pki.privateKeyFromPem(keyPem);
+  const certKey = cert.publicKey as forge.pki.rsa.PublicKey;
+  if (certKey.n.compareTo(key.n) !== 0) return "re-issued (the stored key does not match it)";
+  const s = summarize(certPem);
+  if (!sameSet(s.dnsNames, names.dnsNames) || !sameSet(s.ipAddresses, names.ipAddresses)) return "re-issued (its names changed)";
+  if (s.subject !== `CN=${names.commonName}`) return "re-issued (its name changed)";
+  if (s.notAfter.getTime() - now.getTime() < RENEW_BEFORE_DAYS * DAY_MS) return "renewed (within 30 days of expiry)";
+  return undefined;
+}
+
+/**
+ * Make or reuse the CA and the server certificate in the state directory.
+ * A rebuild for the same names keeps key and certificate byte for byte; new
+ * names get a new certificate from the same CA.
+ */
+export function ensurePki(state: StateDir, caName: string, names: CertificateNames, now = new Date()): Pki {
+  let caCreated = false;
+  let caCertPem = state.read("ca.crt");
+  let caKeyPem = state.read("ca.key");
+  let ca: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey };
+  if (caCertPem && caKeyPem) {
+    ca = { cert: forge.pki.certificateFromPem(caCertPem), key: forge.pki.privateKeyFromPem(caKeyPem) };
+  } else if (caCertPem || caKeyPem) {
+    throw new Error(
+      `the state directory ${state.dir} holds only half of the CA (${caCertPem ? "ca.crt without ca.key" : "ca.key without ca.crt"}): restore the missing file from a backup, or remove both to make a new CA that every client must trust again`,
+    );
+  } else {
+    ca = makeCa(caName, now);
+    caKeyPem = forge.pki.privateKeyToPem(ca.key);
+    caCertPem = forge.pki.certificateToPem(ca.cert);
+    state.write("ca.key", caKeyPem);
+    state.write("ca.crt", caCertPem);
+    caCreated = true;
+  }
+
+  let serverKeyPem = state.read("server.key");
+  let serverCertPem = state.read("server.crt");
+  const reason = reasonToReissue(serverCertPem, serverKeyPem, ca.cert, names, now);
+  if (reason) {
+    // A key that does not match (or is missing) is replaced; otherwise the key is kept.
+    let serverKey: forge.pki.rsa.PrivateKey | undefined;
+    if (serverKeyPem && !reason.includes("key does not match")) {
+      try {
+        serverKey = forge.pki.privateKeyFromPem(serverKeyPem);
+      } catch {
+        serverKey = undefined;
+      }
+    }
+    if (!serverKey) {
+      serverKey = newRsaKey(2048);
+      serverKeyPem = forge.pki.privateKeyToPem(serverKey);
+      state.write("server.key", serverKeyPem);
+    }
+    serverCertPem = forge.pki.certificateToPem(issueServerCert(ca, serverKey, names, now));
+    state.write("server.crt", serverCertPem);
+  }
+  return {
+    caCertPem,
+    serverCertPem: serverCertPem!,
+    serverKeyPem: serverKeyPem!,
+    serverCertStatus: reason ?? "reused",
+    caCreated,
+  };
+}
