@@ -7,8 +7,8 @@
 const secrets = new Set<string>();
 
 export function registerSecret(value: string): void {
-  // Very short values would redact ordinary words; they are rejected by validation anyway.
-  if (value.length >= 4) secrets.add(value);
+  // Shorter values would redact ordinary words; validation requires at least 8 characters of every secret.
+  if (value.length >= 8) secrets.add(value);
 }
 
 export function redact(text: string): string {

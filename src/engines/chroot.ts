@@ -1,0 +1,133 @@
+import { execa } from "execa";
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
+import path from "node:path";
+import type { CleanupScope } from "../cleanup.js";
+import { PibakeError } from "../errors.js";
+
+/**
+ * The chroot that pi-gen's on_chroot provides: proc, dev, dev/pts, sys, and
+ * tmpfs on run and tmp. Everything mounted here is unmounted by the scope,
+ * on success, failure and Ctrl-C alike.
+ */
+export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope): Promise<void> {
+  const mounts: [string, string[]][] = [
+    ["proc", ["-t", "proc", "proc"]],
+    ["dev", ["--bind", "/dev"]],
+    ["dev/pts", ["--bind", "/dev/pts"]],
+    ["sys", ["--bind", "/sys"]],
+    ["run", ["-t", "tmpfs", "tmpfs"]],
+    ["tmp", ["-t", "tmpfs", "tmpfs"]],
+  ];
+  for (const [rel, args] of mounts) {
+    const target = path.join(rootfs, rel);
+    mkdirSync(target, { recursive: true });
+    await execa("mount", [...args, target]);
+    scope.defer(() => unmountTree(target), `unmount ${target}`);
+  }
+}
+
+/** Unmount a mount point and anything below it, deepest first; lazily as a last resort so that clean-up never hangs. */
+export async function unmountTree(target: string): Promise<void> {
+  const mounts = readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ")[1]?.replace(/\\040/g, " "))
+    .filter((m): m is string => !!m && (m === target || m.startsWith(`${target}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) {
+    const r = await execa("umount", [m], { reject: false });
+    if (r.exitCode !== 0) await execa("umount", ["--lazy", m], { reject: false });
+  }
+}
+
+/**
+ * Keep packages' maintainer scripts from starting services in the chroot
+ * (invoke-rc.d asks policy-rc.d; 101 means "not allowed"). Restored afterwards.
+ */
+export function preventServiceStarts(rootfs: string, scope: CleanupScope): void {
+  const file = path.join(rootfs, "usr/sbin/policy-rc.d");
+  const restore = replaceFile(file, "#!/bin/sh\n# pibake: no service starts while the image is being built\nexit 101\n", 0o755);
+  scope.defer(restore, "restore policy-rc.d");
+}
+
+/** apt inside the chroot needs a resolver; the image's own resolv.conf may be a dangling link to NetworkManager's. */
+export function provideResolvConf(rootfs: string, scope: CleanupScope): void {
+  const host = existsSync("/etc/resolv.conf") ? readFileSync("/etc/resolv.conf") : Buffer.from("nameserver 9.9.9.9\n");
+  const restore = replaceFile(path.join(rootfs, "etc/resolv.conf"), host, 0o644);
+  scope.defer(restore, "restore resolv.conf");
+}
+
+/** Put content at a path and return how to put back what was there (a file, a link or nothing). */
+function replaceFile(file: string, content: string | Buffer, mode: number): () => void {
+  let backup: string | undefined;
+  let link: string | undefined;
+  try {
+    const st = lstatSync(file);
+    if (st.isSymbolicLink()) {
+      link = readlinkSync(file);
+      rmSync(file);
+    } else {
+      backup = `${file}.pibake-orig`;
+      renameSync(file, backup);
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, content);
+  chmodSync(file, mode);
+  return () => {
+    rmSync(file, { force: true });
+    if (link !== undefined) symlinkSync(link, file);
+    else if (backup) renameSync(backup, file);
+  };
+}
+
+export interface ChrootRun {
+  /** A script fed to `bash -e` inside the chroot, as pi-gen's on_chroot does. */
+  script: string;
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+  onLine?: (line: string) => void;
+}
+
+const CHROOT_ENV = {
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  DEBIAN_FRONTEND: "noninteractive",
+  DEBCONF_NONINTERACTIVE_SEEN: "true",
+  LANG: "C.UTF-8",
+  LC_ALL: "C.UTF-8",
+  HOME: "/root",
+};
+
+export async function runInChroot(rootfs: string, run: ChrootRun): Promise<void> {
+  const child = execa("chroot", [rootfs, "/bin/bash", "-e"], {
+    input: run.script,
+    env: { ...CHROOT_ENV, ...run.env },
+    extendEnv: false,
+    all: true,
+    reject: false,
+    ...(run.signal ? { cancelSignal: run.signal } : {}),
+    forceKillAfterDelay: 5000,
+  });
+  const tail: string[] = [];
+  child.all?.setEncoding("utf8");
+  let partial = "";
+  child.all?.on("data", (chunk: string) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop() ?? "";
+    for (const l of lines) {
+      tail.push(l);
+      if (tail.length > 40) tail.shift();
+      run.onLine?.(l);
+    }
+  });
+  const result = await child;
+  if (partial) {
+    tail.push(partial);
+    run.onLine?.(partial);
+  }
+  if (result.isCanceled && run.signal?.reason instanceof Error) throw run.signal.reason;
+  if (result.exitCode !== 0) {
+    throw new PibakeError(`a command in the image's chroot failed (exit ${result.exitCode ?? result.signal}):\n${tail.map((l) => `  | ${l}`).join("\n")}`);
+  }
+}

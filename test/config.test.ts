@@ -1,0 +1,172 @@
+import { describe, expect, it, beforeAll, afterAll } from "vitest";
+import { existsSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { loadConfig } from "../src/config/load.js";
+import { ConfigError } from "../src/errors.js";
+
+type Mutate = (c: Record<string, any>) => void;
+
+/** [what is broken, how, the JSON path the message must name, words it must say] */
+const broken: [string, Mutate, string, RegExp][] = [
+  ["no image section", (c) => delete c.image, "image", /is required/],
+  ["image name with spaces", (c) => (c.image.name = "My Broker"), "image.name", /"My Broker" is not an image name/],
+  ["unknown release", (c) => (c.image.release = "buster"), "image.release", /"buster" is not a supported release: "trixie" or "bookworm"/],
+  ["unknown arch", (c) => (c.image.arch = "x86_64"), "image.arch", /"x86_64" is not a supported architecture/],
+  ["hostname starting with a dash", (c) => (c.image.hostname = "-pi"), "image.hostname", /is not a host name/],
+  ["time zone with spaces", (c) => (c.image.timezone = "Central Europe"), "image.timezone", /is not a time zone name/],
+  ["locale in words", (c) => (c.image.locale = "english"), "image.locale", /is not a locale/],
+  ["keymap in capitals", (c) => (c.image.keyboard.keymap = "GERMAN"), "image.keyboard.keymap", /is not an XKB layout code/],
+  ["unknown field", (c) => (c.image.colour = "red"), "image", /unknown field "colour"; expected name, release/],
+  ["user name in capitals", (c) => (c.user.name = "Admin"), "user.name", /"Admin" is not a Linux user name/],
+  ["no user password", (c) => delete c.user.password, "user.password", /is required/],
+  ["password from an unset variable", (c) => (c.user.password = { env: "PIBAKE_TEST_UNSET_VAR" }), "user.password", /environment variable PIBAKE_TEST_UNSET_VAR is not set/],
+  ["password from a missing file", (c) => (c.user.password = { file: "no-such-secret.txt" }), "user.password", /file no-such-secret.txt does not exist/],
+  ["password too short", (c) => (c.user.password = { env: "T_SHORT" }), "user.password", /is shorter than 8 characters/],
+  ["secret reference of the wrong shape", (c) => (c.user.password = { vault: "x" }), "user.password", /is not a secret: give a string/],
+  ["not an SSH key", (c) => (c.user.sshKeys = ["my laptop key"]), "user.sshKeys[0]", /is not an SSH public key/],
+  ["no key and no password login", (c) => (c.user.sshKeys = []), "user.sshKeys", /nobody could log in over SSH/],
+  ["passwordSsh as a word", (c) => (c.user.passwordSsh = "no"), "user.passwordSsh", /"no" is not true or false/],
+  ["octet above 255", (c) => (c.network.address = "192.168.1.300/24"), "network.address", /"192\.168\.1\.300\/24" is not an IPv4 address with a prefix length/],
+  ["address without prefix", (c) => (c.network.address = "192.168.1.10"), "network.address", /is not an IPv4 address with a prefix length/],
+  ["gateway outside the subnet", (c) => (c.network.gateway = "10.0.0.1"), "network.gateway", /10\.0\.0\.1 is outside 192\.168\.1\.0\/24 \(network\.address\)/],
+  ["the network address itself", (c) => (c.network.address = "192.168.1.0/24"), "network.address", /is the network address of 192\.168\.1\.0\/24/],
+  ["DNS server with three octets", (c) => (c.network.dns = ["1.1.1"]), "network.dns[0]", /"1\.1\.1" is not an IPv4 address/],
+  ["empty DNS list", (c) => (c.network.dns = []), "network.dns", /is empty: give at least one DNS server/],
+  ["interface name with a space", (c) => (c.network.interface = "eth 0"), "network.interface", /is not a network interface name/],
+  ["Wi-Fi interface without Wi-Fi", (c) => (c.network.interface = "wlan0"), "network.wifi", /is required when network.interface is "wlan0"/],
+  ["country in words", (c) => (c.network.wifi = { ssid: "Home", passphrase: { env: "T_WIFI_PW" }, country: "Germany" }), "network.wifi.country", /is not a two-letter country code/],
+  ["Wi-Fi passphrase too short", (c) => (c.network.wifi = { ssid: "Home", passphrase: { env: "T_SHORT" }, country: "DE" }), "network.wifi.passphrase", /is not 8 to 63 characters long/],
+  ["port out of range", (c) => (c.mqtt.lanPort = 70000), "mqtt.lanPort", /70000 is not a port number/],
+  ["port as a string", (c) => (c.mqtt.tlsPort = "8883"), "mqtt.tlsPort", /"8883" is not a port number/],
+  ["the same port twice", (c) => (c.mqtt.tlsPort = 1883), "mqtt.tlsPort", /1883 is also mqtt.lanPort/],
+  ["no MQTT users", (c) => (c.mqtt.users = []), "mqtt.users", /is empty: the broker allows no anonymous access/],
+  ["MQTT user name with a colon", (c) => (c.mqtt.users[1].name = "ph:one"), "mqtt.users[1].name", /"ph:one" is not an MQTT user name/],
+  ["two MQTT users with one name", (c) => (c.mqtt.users[1].name = "sensors"), "mqtt.users[1].name", /"sensors" is already used by mqtt.users\[0\]/],
+  ["unknown access kind", (c) => (c.mqtt.users[0].topics[0].access = "all"), "mqtt.users[0].topics[0].access", /"all" is not an access kind/],
+  ["'#' in the middle of a filter", (c) => (c.mqtt.users[0].topics[0].topic = "home/#/x"), "mqtt.users[0].topics[0].topic", /is not an MQTT topic filter/],
+  ["domain with an underscore", (c) => (c.tls.domain = "my_home.freemyip.com"), "tls.domain", /"my_home\.freemyip\.com" is not a valid DNS name/],
+  ["domain without a dot", (c) => (c.tls.domain = "broker"), "tls.domain", /is not a fully qualified DNS name/],
+  ["extra name with a space", (c) => (c.tls.extraNames = ["my broker"]), "tls.extraNames[0]", /is neither a DNS name nor an IPv4 address/],
+  ["unknown DDNS provider", (c) => (c.ddns.provider = "noip"), "ddns.provider", /is not a DDNS provider: "freemyip" or "dyndns2"/],
+  ["freemyip for a name elsewhere", (c) => (c.tls.domain = "home.example.com"), "tls.domain", /is not a freemyip.com name/],
+  ["update interval too short", (c) => (c.ddns.interval = 10), "ddns.interval", /10 is too short: at least 60 seconds/],
+  ["DDNS token from an unset variable", (c) => (c.ddns.token = { env: "PIBAKE_TEST_UNSET_TOKEN" }), "ddns.token", /environment variable PIBAKE_TEST_UNSET_TOKEN is not set/],
+  ["dyndns2 without a server", (c) => (c.ddns = { provider: "dyndns2", login: "me", password: { env: "T_DDNS_TOKEN" } }), "ddns.server", /is required/],
+];
+
+const env = { ...secretEnv, T_SHORT: "short", T_WIFI_PW: "wifi-pass-123" };
+
+describe("bad configs", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+
+  it("has a table of at least 30 cases", () => {
+    expect(broken.length).toBeGreaterThanOrEqual(30);
+  });
+
+  it.each(broken)("%s: exits 2 naming the field, writes nothing, prints no secret", async (name, mutate, field, words) => {
+    const c = validConfig();
+    mutate(c);
+    const slug = name.replace(/\W+/g, "-");
+    const cfg = writeJson(path.join(tmp.dir, `${slug}.json`), c);
+    const out = path.join(tmp.dir, `${slug}-out`);
+    const r = await pibake(["render", cfg, "--out", out, "--state", path.join(tmp.dir, `${slug}-state`)], { env });
+    expect(r.exitCode).toBe(2);
+    const line = r.stderr.split("\n").find((l) => l.trim().startsWith(`${field}: `));
+    expect(line, `stderr names ${field}:\n${r.stderr}`).toBeDefined();
+    expect(line).toMatch(words);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    expect(existsSync(out)).toBe(false);
+    for (const secret of Object.values(env)) if (secret.length >= 8) expect(r.stderr + r.stdout).not.toContain(secret);
+  });
+
+  it("reports every problem at once", async () => {
+    const c = validConfig();
+    c.network.address = "192.168.1.300/24";
+    c.mqtt.lanPort = 0;
+    c.tls.domain = "nope";
+    const cfg = writeJson(path.join(tmp.dir, "many.json"), c);
+    const r = await pibake(["validate", cfg], { env });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/3 problems/);
+    expect(r.stderr).toMatch(/network\.address: /);
+    expect(r.stderr).toMatch(/mqtt\.lanPort: /);
+    expect(r.stderr).toMatch(/tls\.domain: /);
+  });
+
+  it("says where a JSON syntax error is", async () => {
+    const cfg = path.join(tmp.dir, "syntax.json");
+    writeFileSync(cfg, '{\n  "image": {\n    "name": "x",\n  }\n}\n');
+    const r = await pibake(["validate", cfg]);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/is not valid JSON: .* at line 4, column 3/);
+  });
+
+  it("says when the config file does not exist", async () => {
+    const r = await pibake(["validate", path.join(tmp.dir, "absent.json")]);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/absent\.json does not exist/);
+  });
+
+  it("never echoes a literal secret, even in an error", async () => {
+    const c = validConfig();
+    c.user.password = "Literal-Secret-abc123";
+    c.network.address = "bad";
+    const cfg = writeJson(path.join(tmp.dir, "literal.json"), c);
+    const r = await pibake(["validate", cfg], { env });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).not.toContain("Literal-Secret-abc123");
+  });
+});
+
+describe("good configs", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+
+  it("resolves env and file references and warns about literal secrets", () => {
+    const c = validConfig();
+    c.mqtt.users[1].password = { file: "phone.txt" };
+    c.ddns.token = "Literal-Token-123";
+    writeFileSync(path.join(tmp.dir, "phone.txt"), "from-a-file-456\n");
+    const cfg = writeJson(path.join(tmp.dir, "ok.json"), c);
+    const { model, warnings } = loadConfig(cfg, { ...secretEnv });
+    expect(model.mqtt.users[1]!.password.reveal()).toBe("from-a-file-456");
+    expect(model.user.password.reveal()).toBe(secretEnv.T_USER_PW);
+    expect(warnings.join("\n")).toMatch(/ddns\.token is written in the config in plain text/);
+    // Secrets never show themselves.
+    expect(JSON.stringify(model)).not.toContain("from-a-file-456");
+    expect(String(model.user.password)).toBe("***");
+  });
+
+  it("applies defaults and derives the certificate's names", () => {
+    const c = validConfig();
+    delete c.image.release;
+    delete c.image.arch;
+    delete c.network.interface;
+    delete c.mqtt.lanPort;
+    const cfg = writeJson(path.join(tmp.dir, "defaults.json"), c);
+    const { model } = loadConfig(cfg, { ...secretEnv });
+    expect(model.image.release).toBe("trixie");
+    expect(model.image.arch).toBe("arm64");
+    expect(model.network.interface).toBe("eth0");
+    expect(model.mqtt.lanPort).toBe(1883);
+    expect(model.tls.dnsNames).toEqual(["home.freemyip.com", "broker.lan", "broker.local"]);
+    expect(model.tls.ipAddresses).toEqual(["192.168.1.10"]);
+  });
+
+  it("throws ConfigError (exit code 2) in-process too", () => {
+    const c = validConfig();
+    c.mqtt.users = [];
+    const cfg = writeJson(path.join(tmp.dir, "bad.json"), c);
+    expect(() => loadConfig(cfg, { ...secretEnv })).toThrow(ConfigError);
+  });
+
+  it("validates the shipped example", async () => {
+    const r = await pibake(["validate", "examples/broker.json"], {
+      env: { PIBAKE_USER_PASSWORD: "example-pass-1", PIBAKE_MQTT_SENSORS_PASSWORD: "example-pass-2", FREEMYIP_TOKEN: "exampletoken", PIBAKE_MQTT_PHONE_PASSWORD: "x" },
+    });
+    // The example reads the phone password from a file that users create (examples/secrets/ is not committed).
+    expect(r.stderr + r.stdout).toMatch(/is valid|mqtt\.users\[1\]\.password: file secrets\/mqtt-phone\.txt does not exist/);
+  });
+});

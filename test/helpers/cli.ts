@@ -1,0 +1,64 @@
+import { execa } from "execa";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const bin = path.join(repoRoot, "bin/pibake.js");
+
+/** Run the built CLI (npm test compiles first) as a user would, with no terminal. */
+export async function pibake(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeout?: number } = {}) {
+  return execa(process.execPath, [bin, ...args], {
+    reject: false,
+    env: { ...opts.env, CI: "true" },
+    extendEnv: true,
+    cwd: opts.cwd ?? repoRoot,
+    timeout: opts.timeout ?? 60_000,
+    stdin: "ignore",
+  });
+}
+
+/** A temporary directory removed after the test; `using`-free for Node 20. */
+export function tempDir(prefix = "pibake-test-"): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export function writeJson(file: string, value: unknown): string {
+  writeFileSync(file, JSON.stringify(value, null, 2));
+  return file;
+}
+
+/** A complete, valid config with every secret as an env reference; tests change one thing at a time. */
+export function validConfig(): Record<string, any> {
+  return {
+    image: { name: "test-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
+    user: {
+      name: "admin",
+      password: { env: "T_USER_PW" },
+      sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F test@host"],
+      passwordSsh: false,
+    },
+    network: { interface: "eth0", address: "192.168.1.10/24", gateway: "192.168.1.1", dns: ["192.168.1.1", "9.9.9.9"] },
+    mqtt: {
+      lanPort: 1883,
+      tlsPort: 8883,
+      persistence: true,
+      users: [
+        { name: "sensors", password: { env: "T_MQTT_SENSORS_PW" }, topics: [{ access: "write", topic: "home/sensors/#" }] },
+        { name: "phone", password: { env: "T_MQTT_PHONE_PW" }, topics: [{ access: "read", topic: "home/#" }] },
+      ],
+    },
+    tls: { domain: "home.freemyip.com", extraNames: ["broker.lan"] },
+    ddns: { provider: "freemyip", token: { env: "T_DDNS_TOKEN" }, interval: 300 },
+  };
+}
+
+/** Secret values for validConfig(): distinctive so that a leak is easy to find in any output. */
+export const secretEnv = {
+  T_USER_PW: "User-Secret-9f3c'\"$`x",
+  T_MQTT_SENSORS_PW: "Sensors-Secret-71ab",
+  T_MQTT_PHONE_PW: "Phone-Secret-22cd",
+  T_DDNS_TOKEN: "DdnsToken5e6f7a8b",
+};

@@ -1,0 +1,117 @@
+import { describe, expect, it, afterAll } from "vitest";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { configJsonSchema } from "../src/config/schema.js";
+import { OVERLAY, templateFor } from "../src/render/overlay.js";
+
+function listFiles(dir: string, rel = ""): string[] {
+  return readdirSync(path.join(dir, rel), { withFileTypes: true }).flatMap((e) => {
+    const p = rel ? `${rel}/${e.name}` : e.name;
+    return e.isDirectory() ? listFiles(dir, p) : [p];
+  });
+}
+
+describe("render", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+  const cfg = writeJson(path.join(tmp.dir, "broker.json"), validConfig());
+  const state = path.join(tmp.dir, "state");
+
+  it("writes the stage, overlay, pi-gen config and CA certificate, and says what it did without secrets", async () => {
+    const out = path.join(tmp.dir, "out1");
+    const r = await pibake(["render", cfg, "--out", out, "--state", state], { env: secretEnv });
+    expect(r.stderr).toBe("");
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(/domain:\s+home\.freemyip\.com/);
+    expect(r.stdout).toMatch(/certificate: issued \(none yet\), valid until \d{4}-\d\d-\d\d \(825 days\)/);
+    expect(listFiles(out).sort()).toEqual(
+      [
+        "ca.crt",
+        "overlay.tar",
+        "pi-gen.config",
+        "stage/EXPORT_IMAGE",
+        "stage/prerun.sh",
+        "stage/00-broker/00-packages",
+        "stage/00-broker/01-run.sh",
+        "stage/00-broker/02-run-chroot.sh",
+        "stage/00-broker/files/overlay.tar",
+      ].sort(),
+    );
+    // Secrets-bearing files are private; scripts are executable, as pi-gen requires.
+    expect(statSync(path.join(out, "overlay.tar")).mode & 0o777).toBe(0o600);
+    expect(statSync(path.join(out, "stage/00-broker/files/overlay.tar")).mode & 0o777).toBe(0o600);
+    expect(statSync(path.join(out, "stage/00-broker/01-run.sh")).mode & 0o777).toBe(0o755);
+    expect(statSync(out).mode & 0o777).toBe(0o700);
+    for (const s of Object.values(secretEnv)) expect(r.stdout + r.stderr).not.toContain(s);
+  });
+
+  it("keeps the state private: files 0600, directory 0700", () => {
+    expect(statSync(state).mode & 0o777).toBe(0o700);
+    for (const f of readdirSync(state)) expect(statSync(path.join(state, f)).mode & 0o777, f).toBe(0o600);
+  });
+
+  it("renders byte-identical files from the same config and state", async () => {
+    const out2 = path.join(tmp.dir, "out2");
+    const r = await pibake(["render", cfg, "--out", out2, "--state", state], { env: secretEnv });
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(/certificate: reused/);
+    for (const f of listFiles(out2)) {
+      expect(readFileSync(path.join(out2, f)).equals(readFileSync(path.join(tmp.dir, "out1", f))), f).toBe(true);
+    }
+  });
+
+  it("never puts the CA key or a clear-text password into what it renders", async () => {
+    const out = path.join(tmp.dir, "out1");
+    const caKey = readFileSync(path.join(state, "ca.key"), "utf8");
+    const keyBody = caKey.split("\n").slice(1, 4).join("\n");
+    for (const f of listFiles(out)) {
+      const text = readFileSync(path.join(out, f)).toString("latin1");
+      expect(text, f).not.toContain(keyBody);
+      for (const s of [secretEnv.T_USER_PW, secretEnv.T_MQTT_SENSORS_PW, secretEnv.T_MQTT_PHONE_PW]) expect(text, f).not.toContain(s);
+    }
+  });
+
+  it("refuses a non-empty output directory unless --force, and keeps what was there", async () => {
+    const out = path.join(tmp.dir, "busy");
+    mkdirSync(out);
+    writeFileSync(path.join(out, "keep.txt"), "mine");
+    const r = await pibake(["render", cfg, "--out", out, "--state", state], { env: secretEnv });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/busy is not empty: choose another --out, or pass --force/);
+    expect(readFileSync(path.join(out, "keep.txt"), "utf8")).toBe("mine");
+    const forced = await pibake(["render", cfg, "--out", out, "--state", state, "--force"], { env: secretEnv });
+    expect(forced.exitCode).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(["ca.crt", "overlay.tar", "pi-gen.config", "stage"]);
+    expect(readdirSync(tmp.dir).filter((n) => n.includes(".tmp-") || n.includes(".old-"))).toEqual([]);
+  });
+
+  it("exports and shows the CA", async () => {
+    const exported = path.join(tmp.dir, "exported-ca.crt");
+    const r = await pibake(["ca", "export", "--state", state, "--out", exported]);
+    expect(r.exitCode).toBe(0);
+    expect(readFileSync(exported, "utf8")).toBe(readFileSync(path.join(state, "ca.crt"), "utf8"));
+    const show = await pibake(["ca", "show", cfg], { env: { ...secretEnv } });
+    expect(show.exitCode).toBe(1); // the config's default state dir is empty: says so
+    expect(show.stderr).toMatch(/no CA in .*\.pibake\/test-broker: run pibake render or pibake build first/);
+    const shown = await pibake(["ca", "show", "--state", state]);
+    expect(shown.stdout).toMatch(/CA:\n  subject:     CN=pibake CA test-broker, O=pibake/);
+    expect(shown.stdout).toMatch(/server certificate:[\s\S]*names:\s+home\.freemyip\.com, broker\.lan, broker\.local, 192\.168\.1\.10/);
+  });
+});
+
+describe("the tree shows what lands on the Pi", () => {
+  it("has a template under overlays/ for every overlay entry, and an entry for every template", () => {
+    const templates = listFiles(path.join(repoRoot, "overlays")).filter((f) => f.endsWith(".hbs")).map((f) => path.join(repoRoot, "overlays", f));
+    expect(new Set(OVERLAY.map(templateFor))).toEqual(new Set(templates));
+  });
+
+  it("ships the JSON Schema that `pibake schema` prints", async () => {
+    const shipped = JSON.parse(readFileSync(path.join(repoRoot, "schema/pibake.schema.json"), "utf8"));
+    expect(shipped).toEqual(configJsonSchema());
+    const r = await pibake(["schema"]);
+    expect(JSON.parse(r.stdout)).toEqual(shipped);
+    const example = JSON.parse(readFileSync(path.join(repoRoot, "examples/broker.json"), "utf8"));
+    expect(path.resolve(repoRoot, "examples", example.$schema)).toBe(path.join(repoRoot, "schema/pibake.schema.json"));
+  });
+});
