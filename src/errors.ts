@@ -32,8 +32,11 @@ export class ConfigError extends PibakeError {
 
 /** Ctrl-C or SIGTERM: the work was stopped on purpose. */
 export class InterruptedError extends PibakeError {
-  constructor(signal: string) {
-    super(`interrupted by ${signal}`, 130);
+  constructor(
+    readonly signal: string,
+    detail?: string,
+  ) {
+    super(`interrupted by ${signal}${detail ? `: ${detail}` : ""}`, 130);
     this.name = "InterruptedError";
   }
 }

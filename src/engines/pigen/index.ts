@@ -1,0 +1,197 @@
+import { execa } from "execa";
+import { createHash } from "node:crypto";
+import { createWriteStream, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { InterruptedError, PibakeError } from "../../errors.js";
+import { formatDuration, redact } from "../../ui/output.js";
+import type { EngineInput, EngineResult } from "../types.js";
+import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
+import { estimateRemaining, PiGenProgress } from "./log.js";
+import { binfmtProblem, diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
+import { baseDigest, baseStageNames, decideReuse, piGenBranch, piGenConfigFile, PIBAKE_STAGE, stageList } from "./plan.js";
+
+export interface PiGenOptions {
+  /** An existing checkout on the right branch; otherwise pibake's cached clone. */
+  piGenDir?: string;
+  updatePiGen?: boolean;
+  runner?: "native" | "docker";
+  /** Stage directories that replace stage0-2. */
+  baseStages?: string[];
+  clean?: boolean;
+}
+
+interface BaseRecord {
+  digest: string;
+  finishedAt: string;
+}
+
+/** A digest of the files of the user's base stages, so that editing one rebuilds from scratch. */
+function digestTree(dirs: string[]): string {
+  const h = createHash("sha256");
+  const walk = (dir: string, rel: string) => {
+    for (const e of readdirSync(path.join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const p = path.join(rel, e.name);
+      h.update(p + "\0");
+      if (e.isDirectory()) walk(dir, p);
+      else if (e.isFile()) h.update(readFileSync(path.join(dir, p))).update(String(statSync(path.join(dir, p)).mode & 0o111));
+    }
+  };
+  for (const d of dirs) walk(path.resolve(d), "");
+  return h.digest("hex");
+}
+
+async function chooseRunner(requested: PiGenOptions["runner"]): Promise<"native" | "docker"> {
+  if (requested) return requested;
+  if (isDebianFamily() && process.getuid?.() === 0) return "native";
+  if (await dockerAnswers()) return "docker";
+  return "native";
+}
+
+export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise<EngineResult> {
+  const { model } = input.config;
+  const out = input.output;
+  const started = Date.now();
+  const branch = piGenBranch(model.image.release, model.image.arch);
+  const userBaseStages = (input.baseStages ?? []).map((d) => path.resolve(model.configDir, d));
+  for (const d of userBaseStages) if (!existsSync(d) || !statSync(d).isDirectory()) throw new PibakeError(`--base-stages: ${d} is not a directory`);
+
+  const checkout: PiGenCheckout = input.piGenDir
+    ? await useCheckout(input.piGenDir, branch)
+    : await cachedCheckout(branch, { update: input.updatePiGen ?? false, onStatus: (s) => out.status(s) });
+  out.info(`pi-gen ${branch} at ${checkout.commit.slice(0, 12)} (${checkout.dir})`);
+
+  const runner = await chooseRunner(input.runner);
+  const cache = cacheDir();
+  const problems: PreflightProblem[] = [];
+  const binfmt = binfmtProblem(model.image.arch);
+  if (binfmt) problems.push(binfmt);
+  if (runner === "native") {
+    const root = rootProblem();
+    if (root) problems.push(root);
+    const deps = await missingDependencies(path.join(checkout.dir, "depends"));
+    if (deps) problems.push(deps);
+    const disk = diskProblem(cache);
+    if (disk) problems.push(disk);
+  } else if (!(await dockerAnswers())) {
+    problems.push({ what: "no Docker engine answers (docker info failed)", fix: "start Docker, or use --runner native as root on a Debian-family host" });
+  }
+  if (problems.length) throw new PibakeError(formatProblems(problems));
+
+  const treeDir = path.join(cache, "pi-gen-tree", branch);
+  // The work directory is keyed by the image name, which stays fixed across domains: that is what lets a new domain reuse stage0-2.
+  const workDir = path.join(cache, "work", model.image.name);
+  const deployDir = path.join(cache, "deploy", model.image.name);
+  await prepareTree(checkout, treeDir);
+
+  const baseStages = baseStageNames(userBaseStages);
+  const lastBase = baseStages.at(-1)!;
+  const recordFile = path.join(workDir, "pibake-base.json");
+  const record = existsSync(recordFile) ? (JSON.parse(readFileSync(recordFile, "utf8")) as BaseRecord) : undefined;
+  const digest = baseDigest(model, checkout.commit, digestTree(userBaseStages), input.secrets.piGenFirstUserPlaceholder);
+  const decision = decideReuse({
+    clean: input.clean ?? false,
+    currentDigest: digest,
+    baseRootfsIntact: runner === "native" && existsSync(path.join(workDir, lastBase, "rootfs", "etc", "os-release")),
+    ...(record ? { recordedDigest: record.digest } : {}),
+  });
+  out.info(decision.reuse ? `regenerating: ${decision.reason}` : `full build: ${decision.reason}`);
+  if (!decision.reuse) rmSync(recordFile, { force: true });
+
+  placeStages(treeDir, { stageFiles: input.rendered.stage, baseStageDirs: userBaseStages, skipBase: decision.reuse, baseStages });
+  // stage-pibake starts from a fresh copy of the base rootfs every time.
+  rmSync(path.join(workDir, PIBAKE_STAGE), { recursive: true, force: true });
+  rmSync(deployDir, { recursive: true, force: true });
+  mkdirSync(deployDir, { recursive: true });
+
+  const configPath = path.join(treeDir, "pibake.config");
+  writeFileSync(
+    configPath,
+    piGenConfigFile(input.rendered.piGenConfig, {
+      stageList: stageList(userBaseStages),
+      gitHash: checkout.commit,
+      ...(runner === "native" ? { workDir, deployDir } : {}),
+    }),
+    { mode: 0o600 },
+  );
+
+  const timingsFile = "pigen-timings.json";
+  const previous = input.state.readJson<{ full?: Record<string, number>; regeneration?: Record<string, number> }>(timingsFile);
+  const previousStages = decision.reuse ? previous?.regeneration : previous?.full;
+  const stages = [...(decision.reuse ? [] : baseStages), PIBAKE_STAGE, "export-image"];
+  const progress = new PiGenProgress();
+  const log = createWriteStream(input.logPath, { flags: "a", mode: 0o600 });
+  log.write(`pibake: pi-gen ${branch} ${checkout.commit} (${runner}), ${decision.reuse ? "regeneration" : "full build"}\n`);
+
+  const containerName = `pibake_${model.image.name.replace(/[^a-zA-Z0-9_.-]/g, "_")}`;
+  const script = runner === "native" ? "./build.sh" : "./build-docker.sh";
+  const env: Record<string, string> = runner === "docker" ? { CONTAINER_NAME: containerName, PRESERVE_CONTAINER: "0", CONTINUE: "0" } : {};
+  if (runner === "docker") {
+    // A container left by an interrupted build would stop build-docker.sh with "already exists".
+    const existing = await execa("docker", ["ps", "-a", "--filter", `name=^${containerName}$`, "-q"], { reject: false });
+    if (existing.stdout.trim()) env.CONTINUE = "1";
+  }
+
+  const child = execa(script, ["-c", configPath], { cwd: treeDir, env, all: true, reject: false, cancelSignal: input.scope.signal, forceKillAfterDelay: 30_000, stdin: "ignore" });
+  input.scope.defer(async () => {
+    if (runner === "docker" && input.scope.signal.aborted) await execa("docker", ["stop", "-t", "10", containerName], { reject: false });
+  }, "stop pi-gen's container");
+  let stageStarted = Date.now();
+  let currentStage: string | undefined;
+  const showStatus = () => {
+    const where = progress.current() ?? "starting";
+    const remaining = estimateRemaining(previousStages, stages, progress.stageDurations, currentStage, Date.now() - stageStarted);
+    out.status(`pi-gen: ${where} · ${formatDuration(Date.now() - started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
+  };
+  const ticker = setInterval(showStatus, 5000);
+  let partial = "";
+  child.all?.setEncoding("utf8");
+  child.all?.on("data", (chunk: string) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop() ?? "";
+    for (const raw of lines) {
+      const line = redact(raw);
+      log.write(line + "\n");
+      out.verbose(line);
+      const e = progress.feed(line);
+      if (e?.kind === "begin" && e.stage && !e.subStage) {
+        currentStage = e.stage;
+        stageStarted = Date.now();
+        out.status(`pi-gen: ${e.stage} begins`);
+      } else if (e) showStatus();
+    }
+  });
+  const result = await child;
+  clearInterval(ticker);
+  await new Promise<void>((r) => log.end(() => r()));
+
+  if (result.isCanceled) {
+    const reason = input.scope.signal.reason;
+    throw new InterruptedError(
+      reason instanceof InterruptedError ? reason.signal : "a signal",
+      `pi-gen was stopped; its work directory is kept in ${workDir}: run the same command again to continue (stage0-2 are reused once they have finished)`,
+    );
+  }
+  if (result.exitCode !== 0) {
+    const failed = progress.failedStep();
+    throw new PibakeError(
+      `pi-gen failed${failed ? ` in ${failed}` : ""} (exit ${result.exitCode ?? result.signal}). Last lines of its log:\n${progress.tail.map((l) => `  | ${l}`).join("\n")}\nFull log: ${input.logPath}`,
+    );
+  }
+
+  const finalDeploy = runner === "native" ? deployDir : path.join(treeDir, "deploy");
+  const images = existsSync(finalDeploy) ? readdirSync(finalDeploy).filter((f) => f.endsWith(".img")) : [];
+  if (images.length !== 1) throw new PibakeError(`pi-gen finished but ${finalDeploy} holds ${images.length} images instead of one; see ${input.logPath}`);
+  const imagePath = path.join(finalDeploy, images[0]!);
+  const bmap = imagePath.replace(/\.img$/, ".bmap");
+
+  writeFileSync(recordFile, JSON.stringify({ digest, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
+  const timings = { ...progress.stageDurations, total: Date.now() - started };
+  input.state.writeJson(timingsFile, { ...previous, [decision.reuse ? "regeneration" : "full"]: progress.stageDurations });
+
+  return {
+    imagePath,
+    ...(existsSync(bmap) ? { bmapPath: bmap } : {}),
+    manifest: { engine: "pi-gen", piGenBranch: branch, piGenCommit: checkout.commit, runner, regeneration: decision.reuse },
+    timings,
+  };
+}

@@ -1,0 +1,68 @@
+import { execa } from "execa";
+import { existsSync, readFileSync, statfsSync, mkdirSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Arch } from "../../config/model.js";
+import { formatBytes } from "../../ui/output.js";
+import { aptInstallLine, parseDepends } from "./plan.js";
+
+/**
+ * What pi-gen will need, checked before a build of up to an hour starts,
+ * each failure with the command that fixes it.
+ */
+export interface PreflightProblem {
+  what: string;
+  fix: string;
+}
+
+/** pi-gen needs several GiB for its work directory (three root filesystems and the image). */
+export const PI_GEN_MIN_FREE_BYTES = 12 * 1024 ** 3;
+
+export function binfmtProblem(arch: Arch, hostArch = process.arch, binfmtDir = "/proc/sys/fs/binfmt_misc"): PreflightProblem | undefined {
+  if (hostArch === "arm64" || (hostArch === "arm" && arch === "armhf")) return undefined;
+  const interpreter = arch === "arm64" ? "qemu-aarch64" : "qemu-arm";
+  if (!existsSync(path.join(binfmtDir, "status"))) {
+    return { what: "binfmt_misc is not mounted: this host cannot run ARM programs inside the image", fix: "sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" };
+  }
+  const entry = path.join(binfmtDir, interpreter);
+  if (!existsSync(entry) || !readFileSync(entry, "utf8").startsWith("enabled")) {
+    return { what: `${interpreter} is not registered with binfmt_misc`, fix: "sudo apt-get install -y qemu-user-static binfmt-support && sudo update-binfmts --enable" };
+  }
+  return undefined;
+}
+
+export function diskProblem(dir: string, needed = PI_GEN_MIN_FREE_BYTES): PreflightProblem | undefined {
+  mkdirSync(dir, { recursive: true });
+  const st = statfsSync(dir);
+  const free = st.bavail * st.bsize;
+  if (free >= needed) return undefined;
+  return { what: `${dir} has ${formatBytes(free)} free; a pi-gen build needs about ${formatBytes(needed)}`, fix: "free some space, or set XDG_CACHE_HOME to a disk with more room" };
+}
+
+export async function missingDependencies(dependsFile: string): Promise<PreflightProblem | undefined> {
+  if (!existsSync(dependsFile)) return undefined;
+  const missing: string[] = [];
+  for (const dep of parseDepends(readFileSync(dependsFile, "utf8"))) {
+    const r = await execa("bash", ["-c", `hash ${dep.tool} 2>/dev/null`], { reject: false });
+    if (r.exitCode !== 0) missing.push(dep.pkg);
+  }
+  if (missing.length === 0) return undefined;
+  return { what: `pi-gen's dependencies are not all installed (missing: ${missing.join(", ")})`, fix: aptInstallLine(missing) };
+}
+
+export function rootProblem(uid = process.getuid?.() ?? 0): PreflightProblem | undefined {
+  return uid === 0 ? undefined : { what: "pi-gen's native build must run as root (it mounts file systems and uses loop devices)", fix: "run pibake with sudo, or use --runner docker" };
+}
+
+export async function dockerAnswers(): Promise<boolean> {
+  const r = await execa("docker", ["info", "--format", "{{.ServerVersion}}"], { reject: false, timeout: 15_000 });
+  return r.exitCode === 0 && r.stdout.trim() !== "";
+}
+
+export function isDebianFamily(osRelease = existsSync("/etc/os-release") ? readFileSync("/etc/os-release", "utf8") : ""): boolean {
+  return /^(ID|ID_LIKE)=.*\b(debian|ubuntu|raspbian)\b/m.test(osRelease) && os.platform() === "linux";
+}
+
+export function formatProblems(problems: PreflightProblem[]): string {
+  return `pi-gen cannot build here yet:\n${problems.map((p) => `  - ${p.what}\n    fix: ${p.fix}`).join("\n")}`;
+}

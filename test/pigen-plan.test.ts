@@ -1,0 +1,228 @@
+import { describe, expect, it, afterAll, beforeAll } from "vitest";
+import { execa } from "execa";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, stageList } from "../src/engines/pigen/plan.js";
+import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pigen/log.js";
+import { binfmtProblem, diskProblem, formatProblems, missingDependencies, rootProblem } from "../src/engines/pigen/preflight.js";
+import { placeStages, prepareTree, useCheckout } from "../src/engines/pigen/checkout.js";
+import { loadConfig } from "../src/config/load.js";
+import { prepareSecrets, StateDir } from "../src/secrets/index.js";
+import { render } from "../src/render/index.js";
+
+describe("pi-gen branch", () => {
+  it.each([
+    ["trixie", "arm64", "arm64"],
+    ["trixie", "armhf", "master"],
+    ["bookworm", "arm64", "bookworm-arm64"],
+    ["bookworm", "armhf", "bookworm"],
+  ] as const)("%s/%s builds from %s", (release, arch, branch) => {
+    expect(piGenBranch(release, arch)).toBe(branch);
+  });
+});
+
+describe("the config pibake hands to build.sh", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+
+  it("is the rendered config with the engine's overrides, and bash reads every value back intact", async () => {
+    const c = validConfig();
+    c.image.keyboard = { keymap: "gb", layout: "English (UK)" };
+    const cfg = writeJson(path.join(tmp.dir, "c.json"), c);
+    const { model } = loadConfig(cfg, { ...secretEnv });
+    const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
+    const rendered = await render(model, secrets);
+    const file = path.join(tmp.dir, "pibake.config");
+    writeFileSync(
+      file,
+      piGenConfigFile(rendered.piGenConfig, { stageList: stageList(["/x/my base"]), gitHash: "abc123", workDir: "/cache/work/my broker", deployDir: "/cache/deploy" }),
+    );
+    const names = ["IMG_NAME", "RELEASE", "FIRST_USER_NAME", "FIRST_USER_PASS", "KEYBOARD_LAYOUT", "STAGE_LIST", "GIT_HASH", "WORK_DIR", "DEPLOY_DIR", "PUBKEY_ONLY_SSH", "DEPLOY_COMPRESSION"];
+    const r = await execa("bash", ["-uc", `source "$1"; for v in ${names.join(" ")}; do printf '%s=%s\\0' "$v" "\${!v}"; done`, "bash", file], { env: {}, extendEnv: false });
+    const values = Object.fromEntries(r.stdout.split("\0").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+    expect(values).toEqual({
+      IMG_NAME: "test-broker",
+      RELEASE: "trixie",
+      FIRST_USER_NAME: "admin",
+      FIRST_USER_PASS: secrets.piGenFirstUserPlaceholder,
+      KEYBOARD_LAYOUT: "English (UK)",
+      STAGE_LIST: "stage-base0 stage-pibake",
+      GIT_HASH: "abc123",
+      WORK_DIR: "/cache/work/my broker",
+      DEPLOY_DIR: "/cache/deploy",
+      PUBKEY_ONLY_SSH: "1",
+      DEPLOY_COMPRESSION: "none",
+    });
+    // The real password is not in pi-gen's config at all.
+    expect(readFileSync(file, "utf8")).not.toContain(secretEnv.T_USER_PW);
+    expect(secrets.piGenFirstUserPlaceholder).toMatch(/^[A-Za-z0-9_-]{20,}$/);
+  });
+});
+
+describe("reusing stage0-2", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+  const modelFor = (mutate: (c: Record<string, any>) => void) => {
+    const c = validConfig();
+    mutate(c);
+    return loadConfig(writeJson(path.join(tmp.dir, `${Math.random()}.json`), c), { ...secretEnv }).model;
+  };
+  const base = baseDigest(modelFor(() => {}), "commit1", "", "ph");
+
+  it("does not depend on the domain, certificates, MQTT users, ddclient or the user's password", () => {
+    const other = modelFor((c) => {
+      c.tls.domain = "other.freemyip.com";
+      c.mqtt.users[0].name = "renamed";
+      c.ddns.interval = 900;
+      c.user.password = { env: "T_MQTT_PHONE_PW" };
+    });
+    expect(baseDigest(other, "commit1", "", "ph")).toBe(base);
+  });
+
+  it.each([
+    ["the pi-gen commit", (m: any) => baseDigest(m, "commit2", "", "ph")],
+    ["the user's name", (m: any) => baseDigest(modelFor((c) => (c.user.name = "pi")), "commit1", "", "ph")],
+    ["the time zone", () => baseDigest(modelFor((c) => (c.image.timezone = "Europe/London")), "commit1", "", "ph")],
+    ["the SSH keys", () => baseDigest(modelFor((c) => (c.user.passwordSsh = true)), "commit1", "", "ph")],
+    ["the base stages", (m: any) => baseDigest(m, "commit1", "digest-of-my-stages", "ph")],
+  ])("changes with %s", (_what, digestOf) => {
+    expect(digestOf(modelFor(() => {}))).not.toBe(base);
+  });
+
+  it.each([
+    [{ clean: true, recordedDigest: "a", currentDigest: "a", baseRootfsIntact: true }, false, /--clean/],
+    [{ clean: false, currentDigest: "a", baseRootfsIntact: true }, false, /no earlier build/],
+    [{ clean: false, recordedDigest: "b", currentDigest: "a", baseRootfsIntact: true }, false, /inputs changed/],
+    [{ clean: false, recordedDigest: "a", currentDigest: "a", baseRootfsIntact: false }, false, /missing or incomplete/],
+    [{ clean: false, recordedDigest: "a", currentDigest: "a", baseRootfsIntact: true }, true, /stage0-2 are reused/],
+  ])("decides %j → reuse %s", (facts, reuse, reason) => {
+    const d = decideReuse(facts);
+    expect(d.reuse).toBe(reuse);
+    expect(d.reason).toMatch(reason);
+  });
+});
+
+describe("pi-gen's log", () => {
+  // Lines as pi-gen's `log` function writes them: date +"[%T] $*".
+  const lines = [
+    "[10:00:00] Begin /pi-gen/stage0",
+    "[10:00:00] Begin /pi-gen/stage0/prerun.sh",
+    "I: Retrieving InRelease",
+    "[10:01:00] End /pi-gen/stage0/prerun.sh",
+    "[10:01:00] Begin /pi-gen/stage0/00-configure-apt",
+    "[10:01:00] Begin /pi-gen/stage0/00-configure-apt/00-run.sh",
+    "[10:01:05] End /pi-gen/stage0/00-configure-apt/00-run.sh",
+    "[10:01:05] End /pi-gen/stage0/00-configure-apt",
+    "[10:02:00] End /pi-gen/stage0",
+    "[10:02:00] Begin /pi-gen/stage-pibake",
+    "[10:02:00] Begin /pi-gen/stage-pibake/00-broker",
+    "[10:02:01] Begin /pi-gen/stage-pibake/00-broker/02-run-chroot.sh",
+    "usermod: user 'admin' does not exist",
+    "[10:02:02] Build failed",
+  ];
+
+  it("parses Begin/End lines into stage, sub-stage and script", () => {
+    expect(parseLine(lines[5]!)).toEqual({ kind: "begin", path: "/pi-gen/stage0/00-configure-apt/00-run.sh", stage: "stage0", subStage: "00-configure-apt", step: "00-run.sh" });
+    expect(parseLine(lines[0]!)).toEqual({ kind: "begin", path: "/pi-gen/stage0", stage: "stage0" });
+    expect(parseLine(lines[2]!)).toBeUndefined();
+    expect(parseLine(lines[13]!)).toEqual({ kind: "failed" });
+  });
+
+  it("follows where the build is and names the script that failed", () => {
+    let t = 0;
+    const p = new PiGenProgress(() => t);
+    for (const l of lines) {
+      p.feed(l);
+      t += 1000;
+    }
+    expect(p.failed).toBe(true);
+    expect(p.failedStep()).toBe("stage-pibake › 00-broker › 02-run-chroot.sh");
+    expect(p.stageDurations.stage0).toBe(8000);
+    expect(p.tail.at(-2)).toBe("usermod: user 'admin' does not exist");
+  });
+
+  it("estimates what is left from the last build", () => {
+    expect(estimateRemaining(undefined, ["stage0"], {})).toBeUndefined();
+    expect(estimateRemaining({ stage0: 60_000, "stage-pibake": 30_000 }, ["stage0", "stage-pibake"], { stage0: 55_000 }, "stage-pibake", 10_000)).toBe(20_000);
+  });
+
+  it.skipIf(!process.env.PIBAKE_PIGEN_DIR)("reads lines written by pi-gen's own log function (PIBAKE_PIGEN_DIR)", async () => {
+    const dir = process.env.PIBAKE_PIGEN_DIR!;
+    const r = await execa("bash", ["-c", `LOG_FILE=/dev/null; source "${dir}/scripts/common"; log "Begin /pi-gen/stage2/01-sys-tweaks/01-run.sh"`]);
+    expect(parseLine(r.stdout)).toMatchObject({ kind: "begin", stage: "stage2", subStage: "01-sys-tweaks", step: "01-run.sh" });
+  });
+});
+
+describe("pre-flight checks", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+
+  it("names binfmt_misc and the command that fixes it", () => {
+    const empty = path.join(tmp.dir, "no-binfmt");
+    mkdirSync(empty);
+    expect(binfmtProblem("arm64", "x64", empty)?.fix).toBe("sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc");
+    writeFileSync(path.join(empty, "status"), "enabled\n");
+    expect(binfmtProblem("arm64", "x64", empty)).toMatchObject({ what: "qemu-aarch64 is not registered with binfmt_misc", fix: expect.stringMatching(/apt-get install -y qemu-user-static binfmt-support/) });
+    writeFileSync(path.join(empty, "qemu-aarch64"), "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n");
+    expect(binfmtProblem("arm64", "x64", empty)).toBeUndefined();
+    expect(binfmtProblem("armhf", "x64", empty)?.what).toMatch(/qemu-arm is not registered/);
+    expect(binfmtProblem("arm64", "arm64", empty)).toBeUndefined();
+  });
+
+  it("says how much disk there is and how much is needed", () => {
+    const p = diskProblem(tmp.dir, 1024 ** 5);
+    expect(p?.what).toMatch(/has [\d.]+ [GTM]iB free; a pi-gen build needs about 1\.0 PiB|1024\.0 TiB/);
+    expect(diskProblem(tmp.dir, 1)).toBeUndefined();
+  });
+
+  it("prints the exact apt-get line for missing dependencies", async () => {
+    const depends = path.join(tmp.dir, "depends");
+    writeFileSync(depends, "# comment\nbash\nno-such-tool-pibake:pkg-one\nqemu-arm-nope:qemu-user-binfmt\nzzz-not-here\n");
+    expect(parseDepends(readFileSync(depends, "utf8"))[1]).toEqual({ tool: "no-such-tool-pibake", pkg: "pkg-one" });
+    const p = await missingDependencies(depends);
+    expect(p?.fix).toBe("sudo apt-get install -y pkg-one qemu-user-binfmt zzz-not-here");
+    expect(formatProblems([p!, rootProblem(1000)!])).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo, or use --runner docker/);
+  });
+});
+
+describe("pibake's copy of the pi-gen tree", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+  const repo = path.join(tmp.dir, "pi-gen");
+  const git = (...args: string[]) => execa("git", ["-C", repo, ...args]);
+
+  beforeAll(async () => {
+    mkdirSync(repo);
+    await git("init", "-q", "-b", "arm64");
+    for (const s of ["stage0", "stage1", "stage2"]) {
+      mkdirSync(path.join(repo, s));
+      writeFileSync(path.join(repo, s, "prerun.sh"), "#!/bin/bash -e\n", { mode: 0o755 });
+    }
+    writeFileSync(path.join(repo, "build.sh"), "#!/bin/bash -e\n", { mode: 0o755 });
+    await git("add", "-A");
+    await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
+  });
+
+  it("refuses a checkout on the wrong branch and says which one is needed", async () => {
+    await expect(useCheckout(repo, "bookworm-arm64")).rejects.toThrow(/is on branch arm64, but this config needs pi-gen's bookworm-arm64 branch: run git -C .* checkout bookworm-arm64/);
+  });
+
+  it("copies the tracked files, places stage-pibake and the SKIP markers, and never edits the checkout", async () => {
+    const checkout = await useCheckout(repo, "arm64");
+    const tree = path.join(tmp.dir, "tree");
+    await prepareTree(checkout, tree);
+    const stageFiles = [{ path: "00-broker/01-run.sh", content: Buffer.from("#!/bin/bash -e\n"), mode: 0o755 }];
+    placeStages(tree, { stageFiles, baseStageDirs: [], skipBase: true, baseStages: ["stage0", "stage1", "stage2"] });
+    expect(existsSync(path.join(tree, "build.sh"))).toBe(true);
+    expect(existsSync(path.join(tree, "stage-pibake/00-broker/01-run.sh"))).toBe(true);
+    for (const s of ["stage0", "stage1", "stage2"]) {
+      expect(existsSync(path.join(tree, s, "SKIP_IMAGES")), s).toBe(true);
+      expect(existsSync(path.join(tree, s, "SKIP")), s).toBe(true);
+    }
+    // A full build next time: the SKIP markers go again.
+    placeStages(tree, { stageFiles, baseStageDirs: [], skipBase: false, baseStages: ["stage0", "stage1", "stage2"] });
+    expect(existsSync(path.join(tree, "stage2", "SKIP"))).toBe(false);
+    expect((await git("status", "--porcelain")).stdout).toBe("");
+  });
+});

@@ -1,0 +1,155 @@
+import { describe, expect, it, beforeAll, afterAll } from "vitest";
+import { execa, type ResultPromise } from "execa";
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { freePort, waitForPort } from "./helpers/net.js";
+import { roundTrip, tryConnect } from "./helpers/mqtt.js";
+import { loadConfig } from "../src/config/load.js";
+import { prepareSecrets, StateDir } from "../src/secrets/index.js";
+import { render } from "../src/render/index.js";
+import { writeRendered } from "../src/render/write.js";
+import { packageList, runStage } from "../src/engines/stage-runner.js";
+import { unmountTree } from "../src/engines/chroot.js";
+
+/**
+ * The rendered stage applied to a real Debian arm64 root filesystem the way
+ * pi-gen applies it (packages in the chroot, NN-run.sh with ROOTFS_DIR,
+ * NN-run-chroot.sh inside), then the arm64 mosquitto in that rootfs, run
+ * through qemu-user, serves TLS to a client on this host.
+ *
+ * The fixture is a debootstrap minbase with systemd (what pi-gen's stage2
+ * leaves) and the stage's packages already installed, so the stage's package
+ * step runs for real but finds nothing to download: installing them under
+ * qemu-user takes minutes, and the fixture is cached outside the repo.
+ */
+const isRoot = process.getuid?.() === 0;
+const hasBinfmt = existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+
+describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs", () => {
+  const tmp = tempDir("pibake-rootfs-");
+  const rootfs = path.join(tmp.dir, "rootfs");
+  const out = path.join(tmp.dir, "render");
+  let lanPort = 0;
+  let tlsPort = 0;
+  let broker: ResultPromise | undefined;
+  let brokerLog = "";
+
+  beforeAll(async () => {
+    lanPort = await freePort();
+    tlsPort = await freePort();
+    const c = validConfig();
+    c.mqtt.lanPort = lanPort;
+    c.mqtt.tlsPort = tlsPort;
+    // Node-RED's stage (nodejs under qemu-user) has tests of its own.
+    c.nodeRed = { enabled: false };
+    const cfg = writeJson(path.join(tmp.dir, "broker.json"), c);
+    const { model } = loadConfig(cfg, { ...secretEnv });
+    const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
+    writeRendered(out, await render(model, secrets));
+
+    const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages"), "utf8"));
+    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: 1_200_000 });
+    mkdirSync(rootfs);
+    await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
+    // What pi-gen's stage1 does before any later stage runs: the first user exists.
+    await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/bin/bash", "admin"]);
+
+    await runStage({ stageDir: path.join(out, "stage"), rootfs, aptUpdate: false });
+  }, 1_500_000);
+
+  afterAll(async () => {
+    broker?.kill("SIGKILL");
+    await broker?.catch(() => undefined);
+    await unmountTree(rootfs);
+    tmp.cleanup();
+  });
+
+  const idOf = (file: string, name: string) => {
+    const line = readFileSync(path.join(rootfs, file), "utf8").split("\n").find((l) => l.startsWith(`${name}:`));
+    if (!line) throw new Error(`${name} not in ${file}`);
+    return Number(line.split(":")[2]);
+  };
+
+  it("leaves every overlay file with its owner (by the image's ids) and mode", () => {
+    const mosquittoUid = idOf("etc/passwd", "mosquitto");
+    const mosquittoGid = idOf("etc/group", "mosquitto");
+    const expected: [string, number, number, number][] = [
+      ["etc/mosquitto/conf.d/pibake.conf", 0o644, 0, 0],
+      ["etc/mosquitto/passwd", 0o600, mosquittoUid, mosquittoGid],
+      ["etc/mosquitto/acl", 0o600, mosquittoUid, mosquittoGid],
+      ["etc/mosquitto/certs/server.key", 0o600, mosquittoUid, mosquittoGid],
+      ["etc/mosquitto/certs/server.crt", 0o644, 0, 0],
+      ["etc/mosquitto/certs/ca.crt", 0o644, 0, 0],
+      ["etc/ddclient.conf", 0o600, 0, 0],
+      ["etc/default/ddclient", 0o644, 0, 0],
+      ["etc/NetworkManager/system-connections/pibake-lan.nmconnection", 0o600, 0, 0],
+      ["etc/cloud/cloud.cfg.d/99-pibake-network.cfg", 0o644, 0, 0],
+      ["etc/ssh/sshd_config.d/50-pibake.conf", 0o644, 0, 0],
+    ];
+    for (const [file, mode, uid, gid] of expected) {
+      const st = statSync(path.join(rootfs, file));
+      expect({ file, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ file, mode, uid, gid });
+    }
+    // The overlay must not have changed directories that were already there.
+    expect(statSync(path.join(rootfs, "etc")).mode & 0o7777).toBe(0o755);
+    expect(mosquittoUid).not.toBe(0);
+  });
+
+  it("enables the services and sets the first user's password from its hash", async () => {
+    const wants = path.join(rootfs, "etc/systemd/system/multi-user.target.wants");
+    for (const unit of ["mosquitto.service", "ddclient.service"]) {
+      expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
+      expect(readlinkSync(path.join(wants, unit))).toMatch(new RegExp(`/systemd/system/${unit}$`));
+    }
+    const shadow = readFileSync(path.join(rootfs, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!;
+    const hash = shadow.split(":")[1]!;
+    expect(hash).toMatch(/^\$6\$/);
+    // libc's crypt, on the host, agrees that this hash is of the configured password.
+    const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", secretEnv.T_USER_PW, hash]);
+    expect(check.stdout).toBe("True");
+    // The build-time helpers are gone again.
+    expect(existsSync(path.join(rootfs, "usr/sbin/policy-rc.d"))).toBe(false);
+    expect(readFileSync("/proc/self/mounts", "utf8")).not.toContain(rootfs);
+  });
+
+  it("runs the image's arm64 mosquitto with the rendered configuration and serves TLS to this host", async () => {
+    // Debian's main config as the image has it, with the rendered fragment in place of
+    // include_dir; the only change is that the listeners bind loopback (tests never listen wider).
+    const stock = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8")
+      .replace(/^include_dir .*$/m, "")
+      .replace(/^log_dest .*$/m, "log_dest stderr")
+      .replace(/^pid_file .*$/m, "");
+    const fragment = readFileSync(path.join(rootfs, "etc/mosquitto/conf.d/pibake.conf"), "utf8").replace(/^listener (\d+)$/gm, "listener $1 127.0.0.1");
+    writeFileSync(path.join(rootfs, "etc/mosquitto/pibake-test.conf"), `${stock}\n${fragment}\nlog_type all\n`);
+    const arch = await execa("file", ["-L", path.join(rootfs, "usr/sbin/mosquitto")], { reject: false });
+    if (arch.exitCode === 0) expect(arch.stdout).toMatch(/aarch64|ARM aarch64/);
+
+    broker = execa("chroot", [rootfs, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-test.conf"], { reject: false, all: true });
+    broker.all?.on("data", (d: Buffer) => (brokerLog += d.toString()));
+    let alive = true;
+    void broker.then(() => (alive = false));
+    await waitForPort(tlsPort, 60_000, () => alive);
+
+    const domain = "home.freemyip.com";
+    const ca = readFileSync(path.join(out, "ca.crt"));
+    const good = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, {
+      ca,
+      servername: domain,
+      rejectUnauthorized: true,
+      username: "phone",
+      password: secretEnv.T_MQTT_PHONE_PW,
+    });
+    expect(good.ok, `${good.error}\n${brokerLog}`).toBe(true);
+    expect(await roundTrip(good.client!, "home/commands/light", "on").catch(() => "refused by ACL")).toBe("refused by ACL");
+    good.client!.end(true);
+    const sensors = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, { ca, servername: domain, username: "sensors", password: secretEnv.T_MQTT_SENSORS_PW });
+    expect(sensors.ok, sensors.error).toBe(true);
+    sensors.client!.end(true);
+
+    const bad = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, { ca, servername: domain, username: "phone", password: "wrong-password" });
+    expect(bad.ok).toBe(false);
+    expect(bad.error).toMatch(/Not authorized|Bad username or password|5|4/i);
+    expect(brokerLog).not.toMatch(/Error: Unable to open|Warning: File .* has world readable permissions/);
+  }, 120_000);
+});
