@@ -17,7 +17,8 @@ export interface View {
     /** NetworkManager wants `;` between servers; it drops a comma-separated list silently. */
     dnsList: string;
     lan: { uuid: string; type: "ethernet" | "wifi"; wifi: boolean };
-    wifi: false | { ssid: string; psk: string; country: string; uuid: string; separateProfile: boolean };
+    /** ssidKeyfile: the SSID as a NetworkManager keyfile value (see keyfileSsid). */
+    wifi: false | { ssid: string; ssidKeyfile: string; psk: string; country: string; uuid: string; separateProfile: boolean };
   };
   mqtt: {
     lanPort: number;
@@ -42,6 +43,18 @@ export function stableUuid(...parts: string[]): string {
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
 }
 
+/**
+ * An SSID as a NetworkManager keyfile value. GLib key files read `\` as an
+ * escape and drop leading and trailing blanks, and NetworkManager reads a value
+ * of digits and `;` as a list of bytes: such SSIDs (and any with control
+ * characters) are written as that list of bytes, `72;111;...;`, the form
+ * NetworkManager itself writes for them; every other SSID as it is.
+ */
+export function keyfileSsid(ssid: string): string {
+  const plain = !/[\\\u0000-\u001f\u007f]/.test(ssid) && ssid === ssid.trim() && !/^[\d;\s]*$/.test(ssid);
+  return plain ? ssid : [...Buffer.from(ssid, "utf8")].map((b) => `${b};`).join("");
+}
+
 export const DEFAULT_STAGE_LIST = "stage0 stage1 stage2 stage-pibake";
 
 export function buildView(model: Model, secrets: Secrets): View {
@@ -60,7 +73,7 @@ export function buildView(model: Model, secrets: Secrets): View {
       dnsList: model.network.dns.map((d) => `${d};`).join(""),
       lan: { uuid: stableUuid(model.image.name, "lan", model.network.interface), type: wifiIsLan ? "wifi" : "ethernet", wifi: wifiIsLan },
       wifi: wifi
-        ? { ssid: wifi.ssid, psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
+        ? { ssid: wifi.ssid, ssidKeyfile: keyfileSsid(wifi.ssid), psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
         : false,
     },
     mqtt: {
