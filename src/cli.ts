@@ -5,9 +5,10 @@ import { ConfigError, PibakeError } from "./errors.js";
 import { packageRoot } from "./paths.js";
 import { redact } from "./ui/output.js";
 import { registerConfigCommands } from "./commands/config.js";
+import { registerFlash } from "./commands/flash.js";
 
 /** Each command lives in src/commands/ and registers itself here. */
-const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands];
+const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands, registerFlash];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string };

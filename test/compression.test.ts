@@ -1,0 +1,176 @@
+import { execa } from "execa";
+import { createHash, randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  compressFile,
+  compressionOfMagic,
+  detectCompression,
+  gzipExactSize,
+  openImageReader,
+  pickZipImage,
+  probeImage,
+  readZipDirectory,
+  type ImageReader,
+} from "../src/image/compression.js";
+
+const have = async (cmd: string, arg = "--version") => (await execa(cmd, [arg], { reject: false })).exitCode === 0;
+const tools = { xz: await have("xz"), zstd: await have("zstd"), zip: (await have("zip", "-v")) && (await have("unzip", "-v")), gzip: await have("gzip") };
+
+let dir: string;
+let raw: string;
+let rawSum: string;
+const SIZE = (6 << 20) + 512; // Several read chunks, and not a round number.
+
+beforeAll(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), "pibake-compression-"));
+  raw = path.join(dir, "disk.img");
+  // Half random, half zeros: like an image, and it compresses.
+  const data = Buffer.concat([randomBytes(SIZE / 2 - 256), Buffer.alloc(SIZE / 2 + 256)]);
+  await fsp.writeFile(raw, data);
+  rawSum = createHash("sha256").update(data).digest("hex");
+});
+afterAll(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+async function drain(r: ImageReader): Promise<{ sum: string; n: number }> {
+  const h = createHash("sha256");
+  let n = 0;
+  for await (const c of r.stream as AsyncIterable<Buffer>) {
+    h.update(c);
+    n += c.length;
+  }
+  await r.close();
+  return { sum: h.digest("hex"), n };
+}
+
+describe("detectCompression", () => {
+  it("recognises the magic bytes", () => {
+    expect(compressionOfMagic(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0, 0]))).toBe("xz");
+    expect(compressionOfMagic(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))).toBe("zstd");
+    expect(compressionOfMagic(Buffer.from([0x1f, 0x8b, 8]))).toBe("gzip");
+    expect(compressionOfMagic(Buffer.from("PK\x03\x04"))).toBe("zip");
+    expect(compressionOfMagic(Buffer.from([0xfa, 0xb8]))).toBe("none");
+    expect(compressionOfMagic(Buffer.alloc(0))).toBe("none");
+  });
+
+  it.skipIf(!tools.xz)("goes by content, not by name", async () => {
+    const xz = path.join(dir, "renamed.img");
+    await execa("sh", ["-c", `xz -c -0 "${raw}" > "${xz}"`]);
+    expect(await detectCompression(xz)).toBe("xz");
+  });
+
+  it("refuses a file named .xz that is not xz data", async () => {
+    const fake = path.join(dir, "fake.img.xz");
+    await fsp.writeFile(fake, Buffer.alloc(100));
+    await expect(detectCompression(fake)).rejects.toThrow(/fake\.img\.xz is named like xz data but does not start like it/);
+  });
+
+  it("says when the image does not exist", async () => {
+    await expect(detectCompression(path.join(dir, "nope.img"))).rejects.toThrow(/does not exist/);
+  });
+});
+
+describe("openImageReader", () => {
+  it("reads a raw image as is, with its size", async () => {
+    const r = await openImageReader(raw);
+    expect(r.compression).toBe("none");
+    expect(r.size).toBe(SIZE);
+    expect(await drain(r)).toEqual({ sum: rawSum, n: SIZE });
+  });
+
+  const cases: [string, keyof typeof tools, string, string][] = [
+    ["gzip", "gzip", "disk.img.gz", `gzip -c "RAW" > "OUT"`],
+    ["xz", "xz", "disk.img.xz", `xz -T0 -c "RAW" > "OUT"`],
+    ["zstd", "zstd", "disk.img.zst", `zstd -q -c "RAW" > "OUT"`],
+    ["zip", "zip", "disk.zip", `cd "DIR" && zip -q -j "OUT" "RAW" README.txt`],
+  ];
+  for (const [kind, tool, name, cmd] of cases) {
+    it.skipIf(!tools[tool])(`decompresses ${kind} while reading, and knows the size up front`, async () => {
+      const out = path.join(dir, name);
+      await fsp.writeFile(path.join(dir, "README.txt"), "not the image\n");
+      await execa("sh", ["-c", cmd.replaceAll("RAW", raw).replaceAll("OUT", out).replaceAll("DIR", dir)]);
+      const info = await probeImage(out);
+      expect(info.compression).toBe(kind);
+      expect(info.size ?? info.sizeHint).toBe(SIZE);
+      if (kind === "zip") expect(info.entry).toBe("disk.img");
+      const r = await openImageReader(out);
+      expect(await drain(r)).toEqual({ sum: rawSum, n: SIZE });
+    });
+  }
+
+  it.skipIf(!tools.xz)("turns a corrupt xz file into a stream error, not a short image", async () => {
+    const good = path.join(dir, "good.img.xz");
+    await execa("sh", ["-c", `xz -c -0 "${raw}" > "${good}"`]);
+    const data = await fsp.readFile(good);
+    const bad = path.join(dir, "bad.img.xz");
+    await fsp.writeFile(bad, data.subarray(0, Math.floor(data.length / 2)));
+    const r = await openImageReader(bad);
+    await expect(drain(r)).rejects.toThrow(/cannot decompress .*bad\.img\.xz/);
+  });
+
+  it.skipIf(!tools.xz)("close() stops the decompressor early", async () => {
+    const xz = path.join(dir, "early.img.xz");
+    await execa("sh", ["-c", `xz -c -0 "${raw}" > "${xz}"`]);
+    const r = await openImageReader(xz);
+    for await (const _ of r.stream) break;
+    await r.close();
+    await r.close();
+  });
+
+  it.skipIf(!tools.zip)("reads Zip64 archives' central directory", async () => {
+    const z = path.join(dir, "z64.zip");
+    // -fz forces Zip64 records even for a small file.
+    await execa("sh", ["-c", `cd "${dir}" && zip -q -fz -j "${z}" "${raw}"`]);
+    const entries = await readZipDirectory(z);
+    expect(entries).toEqual([expect.objectContaining({ name: "disk.img", size: SIZE })]);
+    expect(await drain(await openImageReader(z))).toEqual({ sum: rawSum, n: SIZE });
+  });
+});
+
+describe("zip members and gzip sizes", () => {
+  const e = (name: string) => ({ name, size: 1, compressedSize: 1, method: 8 });
+  it("picks the one .img, or the only file", () => {
+    expect(pickZipImage([e("a/"), e("a/readme.txt"), e("a/x.IMG")], "f.zip").name).toBe("a/x.IMG");
+    expect(pickZipImage([e("only.bin")], "f.zip").name).toBe("only.bin");
+    expect(() => pickZipImage([e("a.img"), e("b.img")], "f.zip")).toThrow(/f\.zip holds 2 \.img files \(a\.img, b\.img\)/);
+    expect(() => pickZipImage([e("a.txt"), e("b.txt")], "f.zip")).toThrow(/holds no \.img file/);
+  });
+
+  it("trusts gzip's ISIZE only where no larger size could hide behind it", () => {
+    expect(gzipExactSize(1000, 100)).toBe(1000);
+    expect(gzipExactSize(5 << 20, 1 << 20)).toBe(5 << 20);
+    // 500 MB could inflate past 4 GiB, so the modulo-4-GiB field proves nothing.
+    expect(gzipExactSize(1 << 30, 500_000_000)).toBeUndefined();
+  });
+});
+
+describe("compressFile", () => {
+  for (const kind of ["xz", "zstd"] as const) {
+    it.skipIf(!tools[kind])(`compresses with ${kind} into place, atomically`, async () => {
+      const dest = path.join(dir, `out.img.${kind === "xz" ? "xz" : "zst"}`);
+      await compressFile(raw, kind, dest, { level: 1 });
+      expect(await detectCompression(dest)).toBe(kind);
+      expect(await drain(await openImageReader(dest))).toEqual({ sum: rawSum, n: SIZE });
+      expect((await fsp.readdir(dir)).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+    });
+  }
+
+  it.skipIf(!tools.xz)("leaves nothing behind when it fails", async () => {
+    const dest = path.join(dir, "missing.img.xz");
+    await expect(compressFile(path.join(dir, "no-such.img"), "xz", dest)).rejects.toThrow(/cannot compress .*no-such\.img with xz/);
+    const left = await fsp.readdir(dir);
+    expect(left.filter((f) => f.includes("missing.img.xz"))).toEqual([]);
+  });
+
+  it.skipIf(!tools.zstd)("stops when cancelled", async () => {
+    const ac = new AbortController();
+    ac.abort(new Error("stop"));
+    const dest = path.join(dir, "cancelled.zst");
+    await expect(compressFile(raw, "zstd", dest, { signal: ac.signal })).rejects.toThrow(/stop/);
+    expect((await fsp.readdir(dir)).filter((f) => f.includes("cancelled"))).toEqual([]);
+  });
+});
