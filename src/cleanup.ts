@@ -29,10 +29,11 @@ function installSignalHandlers(): void {
         process.stderr.write(`\n${sig} again: exiting without finishing the clean-up\n`);
         process.exit(130);
       }
+      // Nothing to release: exit as the signal would have.
+      if (openScopes.size === 0) process.exit(128 + (sig === "SIGINT" ? 2 : sig === "SIGTERM" ? 15 : 1));
       interruptedBy = sig;
       process.stderr.write(`\n${sig}: stopping and cleaning up…\n`);
       for (const c of openScopes) c.abort(new InterruptedError(sig));
-      if (openScopes.size === 0) process.exit(130);
     });
   }
 }
