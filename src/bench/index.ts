@@ -1,4 +1,5 @@
 import os from "node:os";
+import { benchFlash } from "./flash.js";
 import { benchRender } from "./render.js";
 
 /**
@@ -6,7 +7,10 @@ import { benchRender } from "./render.js";
  * report lines. Sections that need root, loop devices or a pi-gen checkout say
  * so instead of measuring.
  */
-const sections: [string, () => Promise<string[]>][] = [["render", () => benchRender()]];
+const sections: [string, () => Promise<string[]>][] = [
+  ["render", () => benchRender()],
+  ["flash", () => benchFlash()],
+];
 
 async function main(): Promise<void> {
   const only = process.argv.slice(2);
