@@ -8,5 +8,8 @@ export default defineConfig({
     hookTimeout: 600_000,
     // Tests that touch loop devices, mounts and the shared rootfs cache must not overlap.
     fileParallelism: false,
+    // Renders choose the Node-RED version offline (the pinned release): no test depends on the
+    // registry's answer unless it asks it itself (test/node-red.test.ts does).
+    env: { PIBAKE_OFFLINE: "1" },
   },
 });

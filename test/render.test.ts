@@ -36,6 +36,9 @@ describe("render", () => {
         "stage/00-broker/01-run.sh",
         "stage/00-broker/02-run-chroot.sh",
         "stage/00-broker/files/overlay.tar",
+        "manifest.json",
+        "stage/01-node-red/00-packages",
+        "stage/01-node-red/01-run-chroot.sh",
       ].sort(),
     );
     // Secrets-bearing files are private; scripts are executable, as pi-gen requires.
@@ -82,7 +85,7 @@ describe("render", () => {
     expect(readFileSync(path.join(out, "keep.txt"), "utf8")).toBe("mine");
     const forced = await pibake(["render", cfg, "--out", out, "--state", state, "--force"], { env: secretEnv });
     expect(forced.exitCode).toBe(0);
-    expect(readdirSync(out).sort()).toEqual(["ca.crt", "overlay.tar", "pi-gen.config", "stage"]);
+    expect(readdirSync(out).sort()).toEqual(["ca.crt", "manifest.json", "overlay.tar", "pi-gen.config", "stage"]);
     expect(readdirSync(tmp.dir).filter((n) => n.includes(".tmp-") || n.includes(".old-"))).toEqual([]);
   });
 

@@ -8,6 +8,7 @@ import { summarize } from "../secrets/pki.js";
 import { prepareSecrets, StateDir } from "../secrets/index.js";
 import { render } from "../render/index.js";
 import { writeRendered } from "../render/write.js";
+import { nodeRedSummary } from "../render/node-red.js";
 import { createOutput, type Output } from "../ui/output.js";
 
 interface StateOption {
@@ -50,6 +51,7 @@ export function registerConfigCommands(cli: CAC): void {
       out.info(`domain:      ${model.tls.domain}`);
       out.info(`certificate: ${secrets.pki.serverCertStatus}, valid until ${describeDate(cert.notAfter)}`);
       out.info(`CA:          ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);
+      for (const line of nodeRedSummary(model, secrets)) out.info(line);
     });
 
   cli

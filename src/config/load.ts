@@ -5,6 +5,7 @@ import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
 import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
 import { Secret, type Ddns, type Model } from "./model.js";
 import { crossFieldIssues } from "./rules.js";
+import { nodeRedModel } from "./node-red.js";
 
 export interface LoadedConfig {
   model: Model;
@@ -108,14 +109,14 @@ function knownKeys(segs: readonly PropertyKey[]): string | undefined {
   let schema: z.ZodType = configSchema;
   for (const s of segs) {
     const def = (schema as unknown as { def: { type: string; shape?: Record<string, z.ZodType>; element?: z.ZodType; innerType?: z.ZodType } }).def;
-    if (def.type === "default" || def.type === "optional") schema = def.innerType!;
+    if (def.type === "default" || def.type === "optional" || def.type === "prefault") schema = def.innerType!;
     const d2 = (schema as unknown as { def: { type: string; shape?: Record<string, z.ZodType>; element?: z.ZodType } }).def;
     if (typeof s === "number" && d2.element) schema = d2.element;
     else if (typeof s === "string" && d2.shape?.[s]) schema = d2.shape[s]!;
     else return undefined;
   }
   let def = (schema as unknown as { def: { type: string; shape?: Record<string, unknown>; innerType?: z.ZodType } }).def;
-  while ((def.type === "default" || def.type === "optional") && def.innerType) {
+  while ((def.type === "default" || def.type === "optional" || def.type === "prefault") && def.innerType) {
     def = (def.innerType as unknown as { def: typeof def }).def;
   }
   return def.shape ? Object.keys(def.shape).filter((k) => k !== "$schema").join(", ") : undefined;
@@ -234,6 +235,6 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     mqtt,
     tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
     ...(ddns ? { ddns } : {}),
-    ...(c.nodeRed ? { nodeRed: c.nodeRed } : {}),
+    ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where) => r.resolve(ref, where)) } : {}),
   };
 }

@@ -81,5 +81,26 @@ export interface Model {
     ipAddresses: string[];
   };
   ddns?: Ddns;
-  nodeRed?: Record<string, unknown>;
+  /** Absent when nodeRed.enabled is false. */
+  nodeRed?: NodeRed;
+}
+
+/** Node-RED on the broker (src/config/node-red.ts). */
+export interface NodeRed {
+  /** "firstboot": npm installs it on the Pi's first boot; "build": into the image, in the chroot. */
+  install: "firstboot" | "build";
+  port: number;
+  /** The editor's login; without a password in the config pibake generates one (state directory). */
+  admin: { user: string; password?: Secret };
+  dashboard: "flowfuse" | "classic" | "none";
+  /** Basic authentication (the admin's) in front of the dashboard and HTTP endpoints. */
+  protectDashboard: boolean;
+  /** The MQTT user Node-RED connects as, one of mqtt.users; pibake adds it when the config names none. */
+  mqttUser: string;
+  /** True when pibake adds mqttUser with a generated password (kept in the state directory). */
+  mqttUserGenerated: boolean;
+  /** The topic filter the example flow subscribes to. */
+  exampleTopic: string;
+  /** An exact Node-RED version, instead of the newest that runs on the OS's Node. */
+  version?: string;
 }

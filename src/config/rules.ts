@@ -1,5 +1,6 @@
 import type { ConfigIssue } from "../errors.js";
 import type { ParsedConfig } from "./schema.js";
+import { nodeRedIssues } from "./node-red.js";
 
 /** Rules that only make sense across fields; the schema has already checked each field alone. */
 export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
@@ -50,6 +51,7 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
       });
     }
   }
+  issues.push(...nodeRedIssues(c));
   return issues;
 }
 

@@ -121,6 +121,27 @@ const ddns = z.discriminatedUnion(
   { error: 'is not a DDNS provider: "freemyip" or "dyndns2"' },
 );
 
+/** Node-RED on the broker (src/config/node-red.ts has its cross-field rules). On unless `enabled` is false. */
+const nodeRed = z
+  .strictObject({
+    enabled: z.boolean({ error: "is not true or false" }).default(true),
+    install: z.enum(["firstboot", "build"], { error: 'is not an install time: "firstboot" (from the registry on first boot) or "build" (into the image)' }).default("firstboot"),
+    port: port(1880),
+    admin: z
+      .strictObject({
+        user: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, { error: "is not a user name: 1-64 letters, digits, '.', '_', '@' or '-'" }).default("admin"),
+        // Absent: pibake generates one and keeps it in the state directory.
+        password: secretRef.optional(),
+      })
+      .prefault({}),
+    dashboard: z.enum(["flowfuse", "classic", "none"], { error: 'is not a dashboard: "flowfuse", "classic" or "none"' }).default("flowfuse"),
+    protectDashboard: z.boolean({ error: "is not true or false" }).default(false),
+    mqttUser: z.string().regex(MQTT_USER_RE, { error: "is not an MQTT user name: 1-64 characters, no white space, ':' or '#'" }).optional(),
+    exampleTopic: z.string().refine(isTopicFilter, { error: "is not an MQTT topic filter ('#' only as the whole last level, '+' only as a whole level)" }).default("home/example"),
+    version: z.string().regex(/^\d+\.\d+\.\d+$/, { error: 'is not an exact Node-RED version such as "4.1.15"' }).optional(),
+  })
+  .prefault({});
+
 export const configSchema = z.strictObject({
   $schema: z.string().optional(),
   image,
@@ -129,8 +150,7 @@ export const configSchema = z.strictObject({
   mqtt,
   tls,
   ddns: ddns.optional(),
-  // Owned by the Node-RED work; accepted as an object until then.
-  nodeRed: z.record(z.string(), z.unknown(), { error: "is not an object" }).optional(),
+  nodeRed,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

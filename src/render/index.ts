@@ -4,6 +4,7 @@ import { renderOverlay, type OverlayFile } from "./overlay.js";
 import { renderPiGenConfig, renderStage, type StageFile } from "./stage.js";
 import { packOverlay } from "./tar.js";
 import { buildView } from "./view.js";
+import { nodeRedManifest } from "./node-red.js";
 
 /** Everything a build needs, in memory: the engines decide where it goes. */
 export interface Rendered {
@@ -12,6 +13,8 @@ export interface Rendered {
   stage: StageFile[];
   piGenConfig: string;
   caCertPem: string;
+  /** What the build records about its choices (e.g. the Node-RED version); written as manifest.json. */
+  manifest: Record<string, unknown>;
 }
 
 export async function render(model: Model, secrets: Secrets): Promise<Rendered> {
@@ -24,5 +27,6 @@ export async function render(model: Model, secrets: Secrets): Promise<Rendered> 
     stage: renderStage(view, overlay, overlayTar),
     piGenConfig: renderPiGenConfig(view),
     caCertPem: secrets.pki.caCertPem,
+    manifest: { ...nodeRedManifest(model, secrets) },
   };
 }

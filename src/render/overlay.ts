@@ -1,6 +1,7 @@
 import path from "node:path";
 import { overlaysDir } from "../paths.js";
 import { renderTemplateFile } from "./templates.js";
+import { NODE_RED_OVERLAY } from "./node-red.js";
 import type { View } from "./view.js";
 
 /**
@@ -11,9 +12,11 @@ import type { View } from "./view.js";
  */
 export interface OverlaySpec {
   path: string;
+  /** Where the file lands when that depends on the config (e.g. the first user's home); default: path. */
+  target?: (v: View) => string;
   mode: number;
-  owner?: string;
-  group?: string;
+  owner?: string | ((v: View) => string);
+  group?: string | ((v: View) => string);
   when?: (v: View) => boolean;
 }
 
@@ -44,6 +47,7 @@ export const OVERLAY: OverlaySpec[] = [
   // trixie images configure networking through cloud-init, which would add DHCP for the same interface.
   { path: "etc/cloud/cloud.cfg.d/99-pibake-network.cfg", mode: 0o644, when: (v) => v.image.release === "trixie" },
   { path: "etc/ssh/sshd_config.d/50-pibake.conf", mode: 0o644 },
+  ...NODE_RED_OVERLAY,
 ];
 
 export function templateFor(spec: OverlaySpec): string {
@@ -54,11 +58,11 @@ export function renderOverlay(view: View, specs: OverlaySpec[] = OVERLAY): Overl
   return specs
     .filter((s) => !s.when || s.when(view))
     .map((s) => ({
-      path: s.path,
+      path: s.target ? s.target(view) : s.path,
       content: Buffer.from(renderTemplateFile(templateFor(s), view)),
       mode: s.mode,
-      owner: s.owner ?? "root",
-      group: s.group ?? "root",
+      owner: (typeof s.owner === "function" ? s.owner(view) : s.owner) ?? "root",
+      group: (typeof s.group === "function" ? s.group(view) : s.group) ?? "root",
     }))
     .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }

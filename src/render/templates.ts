@@ -13,6 +13,8 @@ export function shellQuote(value: unknown): string {
 }
 
 hbs.registerHelper("shq", (value: unknown) => new Handlebars.SafeString(shellQuote(value)));
+/** A JSON value (string with quotes and escapes, number, object), for JSON and JavaScript files. */
+hbs.registerHelper("json", (value: unknown) => new Handlebars.SafeString(JSON.stringify(value)));
 
 const cache = new Map<string, HandlebarsTemplateDelegate>();
 

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Model, TopicRule } from "../config/model.js";
 import type { Secrets } from "../secrets/index.js";
+import { nodeRedView, type NodeRedView } from "./node-red.js";
 
 /**
  * The values templates see. Optional parts are `false` rather than missing,
@@ -32,6 +33,7 @@ export interface View {
     | false
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
+  nodeRed: false | NodeRedView;
 }
 
 /** A stable UUID (RFC 4122 layout, name-based) so that renders repeat byte for byte. */
@@ -106,5 +108,6 @@ export function buildView(model: Model, secrets: Secrets): View {
       pubkeyOnly: model.user.passwordSsh ? "0" : "1",
       stageList: DEFAULT_STAGE_LIST,
     },
+    nodeRed: nodeRedView(model, secrets),
   };
 }

@@ -5,7 +5,7 @@ import { PibakeError } from "../errors.js";
 import type { Rendered } from "./index.js";
 
 /**
- * Write a render to DIR: stage/, overlay.tar, pi-gen.config, ca.crt.
+ * Write a render to DIR: stage/, overlay.tar, pi-gen.config, ca.crt, manifest.json.
  * Everything goes to a temporary sibling first and is renamed into place, so
  * that a failure or Ctrl-C never leaves a half-written DIR. DIR holds secrets
  * (the server key, the ddclient token), so it is 0700.
@@ -32,6 +32,7 @@ export function writeRendered(outDir: string, rendered: Rendered, opts: { force?
     put("overlay.tar", rendered.overlayTar, 0o600);
     put("pi-gen.config", rendered.piGenConfig, 0o600);
     put("ca.crt", rendered.caCertPem, 0o644);
+    put("manifest.json", JSON.stringify(rendered.manifest, null, 2) + "\n", 0o644);
     if (existsSync(target)) {
       const old = `${target}.old-${randomBytes(4).toString("hex")}`;
       renameSync(target, old);

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Model } from "../config/model.js";
 import { HashCache, mosquittoHash, sha512Crypt, verifyMosquittoHash, verifySha512Crypt, wpaPsk } from "./hashes.js";
 import { ensurePki, type Pki } from "./pki.js";
+import { prepareNodeRed, type NodeRedSecrets } from "./node-red.js";
 import { StateDir } from "./state.js";
 
 export { StateDir } from "./state.js";
@@ -17,6 +18,8 @@ export interface Secrets {
   wifiPsk?: string;
   /** A random password that pi-gen sets before stage-pibake replaces it; kept so that renders repeat. */
   piGenFirstUserPlaceholder: string;
+  /** Absent when Node-RED is off. */
+  nodeRed?: NodeRedSecrets;
 }
 
 export function prepareSecrets(model: Model, state: StateDir): Secrets {
@@ -27,6 +30,8 @@ export function prepareSecrets(model: Model, state: StateDir): Secrets {
     ipAddresses: model.tls.ipAddresses,
   });
   const cache = new HashCache(state);
+  // First: it may add Node-RED's MQTT user to model.mqtt.users.
+  const nodeRed = prepareNodeRed(model, state, cache);
   const mqttHashes = new Map(
     model.mqtt.users.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]),
   );
@@ -43,5 +48,6 @@ export function prepareSecrets(model: Model, state: StateDir): Secrets {
     userPasswordHash,
     ...(model.network.wifi ? { wifiPsk: wpaPsk(model.network.wifi.passphrase.reveal(), model.network.wifi.ssid) } : {}),
     piGenFirstUserPlaceholder: placeholder.trim(),
+    ...(nodeRed ? { nodeRed } : {}),
   };
 }

@@ -1,0 +1,128 @@
+import { compareSync, hashSync } from "bcryptjs";
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scryptSync, timingSafeEqual } from "node:crypto";
+import { Secret, type Model } from "../config/model.js";
+import { DASHBOARD_PACKAGES, resolveNodeRedVersions, type NodeRedVersions, type RegistryLookup } from "../registry/node-red.js";
+import type { HashCache } from "./hashes.js";
+import type { StateDir } from "./state.js";
+
+/**
+ * Node-RED's secrets: the editor login as a bcrypt hash, a credentialSecret
+ * made once, and the MQTT password in flows_cred.json encrypted the way
+ * Node-RED encrypts credentials. Generated values live in the state
+ * directory (0600) so that every render of the same config repeats.
+ */
+
+export const STATE_FILES = {
+  adminPassword: "node-red-admin-password",
+  credentialSecret: "node-red-credential-secret",
+  mqttPassword: "node-red-mqtt-password",
+} as const;
+
+export interface NodeRedSecrets {
+  versions: NodeRedVersions;
+  /** bcrypt hash of the editor password, for settings.js adminAuth. */
+  adminHash: string;
+  /** The state file holding the generated editor password, when the config gives none. */
+  adminPasswordFile?: string;
+  /** scrypt hash of the same password, checked by the dashboard's socket guard (protectDashboard only). */
+  dashboardHash?: string;
+  /** Node-RED's credentialSecret: the key of flows_cred.json. */
+  credentialSecret: string;
+}
+
+/** bcrypt cost: Node-RED checks it at each login, on a Pi, possibly in plain JavaScript (bcryptjs). */
+const BCRYPT_COST = 10;
+
+export function bcryptHash(password: string): string {
+  return hashSync(password, BCRYPT_COST);
+}
+
+export function verifyBcrypt(password: string, hash: string): boolean {
+  try {
+    return compareSync(password, hash);
+  } catch {
+    return false;
+  }
+}
+
+const SCRYPT = { N: 16384, r: 8, p: 1 } as const;
+
+/** `scrypt$N$r$p$salt$hash` (base64): what settings.js checks with Node's own crypto, needing no module. */
+export function scryptHash(password: string, salt: Buffer = randomBytes(16)): string {
+  const hash = scryptSync(password, salt, 32, SCRYPT);
+  return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString("base64")}$${hash.toString("base64")}`;
+}
+
+export function verifyScrypt(password: string, encoded: string): boolean {
+  const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(encoded);
+  if (!m) return false;
+  const expected = Buffer.from(m[5]!, "base64");
+  const actual = scryptSync(password, Buffer.from(m[4]!, "base64"), expected.length, { N: Number(m[1]), r: Number(m[2]), p: Number(m[3]) });
+  return timingSafeEqual(actual, expected);
+}
+
+/**
+ * Node-RED's credential encryption: AES-256-CTR keyed by SHA-256 of
+ * credentialSecret, stored as `{"$": hex(iv) + base64(ciphertext)}` of the
+ * JSON of all credentials. Node-RED takes a random IV; here it is derived
+ * from key and plain text (HMAC), so that a render repeats byte for byte and
+ * two different plain texts still never share an IV.
+ */
+export function encryptCredentials(credentialSecret: string, credentials: Record<string, unknown>): string {
+  const key = createHash("sha256").update(credentialSecret).digest();
+  const plain = JSON.stringify(credentials);
+  const iv = createHmac("sha256", key).update(plain).digest().subarray(0, 16);
+  const cipher = createCipheriv("aes-256-ctr", key, iv);
+  return iv.toString("hex") + cipher.update(plain, "utf8", "base64") + cipher.final("base64");
+}
+
+/** The inverse, as Node-RED's runtime does it (tests and `pibake` diagnostics). */
+export function decryptCredentials(credentialSecret: string, encrypted: string): Record<string, unknown> {
+  const key = createHash("sha256").update(credentialSecret).digest();
+  const decipher = createDecipheriv("aes-256-ctr", key, Buffer.from(encrypted.slice(0, 32), "hex"));
+  return JSON.parse(decipher.update(encrypted.slice(32), "base64", "utf8") + decipher.final("utf8")) as Record<string, unknown>;
+}
+
+/** A value made once and then read from the state directory. */
+function kept(state: StateDir, name: string, make: () => string): string {
+  const existing = state.read(name)?.trim();
+  if (existing) return existing;
+  const value = make();
+  state.write(name, value + "\n");
+  return value;
+}
+
+/**
+ * Prepare Node-RED's secrets and versions. When the config names no MQTT user
+ * for Node-RED, this adds one to model.mqtt.users (password generated and kept,
+ * allowed to read the example topic), so that the broker's password and ACL
+ * files carry it like any other user. Call it before the MQTT hashes are made.
+ */
+export function prepareNodeRed(model: Model, state: StateDir, cache: HashCache, lookup?: RegistryLookup): NodeRedSecrets | undefined {
+  const nr = model.nodeRed;
+  if (!nr) return undefined;
+  const adminPassword =
+    nr.admin.password?.reveal() ??
+    new Secret(kept(state, STATE_FILES.adminPassword, () => randomBytes(15).toString("base64url")), `generated, ${STATE_FILES.adminPassword}`).reveal();
+  if (nr.mqttUserGenerated && !model.mqtt.users.some((u) => u.name === nr.mqttUser)) {
+    const password = kept(state, STATE_FILES.mqttPassword, () => randomBytes(24).toString("base64url"));
+    model.mqtt.users.push({
+      name: nr.mqttUser,
+      password: new Secret(password, `generated, ${STATE_FILES.mqttPassword}`),
+      topics: [{ access: "read", topic: nr.exampleTopic }],
+    });
+  }
+  const credentialSecret = kept(state, STATE_FILES.credentialSecret, () => randomBytes(32).toString("hex"));
+  const user = nr.admin.user;
+  return {
+    versions: resolveNodeRedVersions(
+      state,
+      { release: model.image.release, dashboard: DASHBOARD_PACKAGES[nr.dashboard], ...(nr.version ? { pinned: nr.version } : {}) },
+      lookup,
+    ),
+    adminHash: cache.get(`node-red-admin:${user}`, adminPassword, bcryptHash, verifyBcrypt),
+    ...(nr.admin.password ? {} : { adminPasswordFile: state.file(STATE_FILES.adminPassword) }),
+    ...(nr.protectDashboard ? { dashboardHash: cache.get(`node-red-dashboard:${user}`, adminPassword, (pw) => scryptHash(pw), verifyScrypt) } : {}),
+    credentialSecret,
+  };
+}
