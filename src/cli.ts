@@ -6,9 +6,10 @@ import { packageRoot } from "./paths.js";
 import { redact } from "./ui/output.js";
 import { registerConfigCommands } from "./commands/config.js";
 import { registerFlash } from "./commands/flash.js";
+import { registerBuild } from "./commands/build.js";
 
 /** Each command lives in src/commands/ and registers itself here. */
-const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands, registerFlash];
+const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands, registerFlash, registerBuild];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string };

@@ -1,0 +1,72 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { packageList } from "../stage-runner.js";
+import type { Rendered } from "../../render/index.js";
+
+/**
+ * What pibake leaves in every image it builds from a base, so that a later
+ * `--base` build of that image knows it is one of its own: which packages
+ * the stage installed and which files the overlay wrote (the next overlay
+ * removes those it no longer has). No secret is in it.
+ */
+export const MARKER_PATH = "var/lib/pibake/build.json";
+
+export interface ImageMarker {
+  pibake: string;
+  builtAt: string;
+  engine: "base";
+  image: string;
+  release: string;
+  arch: string;
+  domain: string;
+  packages: string[];
+  overlay: string[];
+  /** Files written for the system settings (e.g. cloud-init's), besides the overlay. */
+  systemFiles: string[];
+  /** What the system settings' chroot script applied (SystemPlan.digest). */
+  systemDigest?: string;
+}
+
+export function readMarker(rootfs: string): ImageMarker | undefined {
+  const file = path.join(rootfs, MARKER_PATH);
+  if (!existsSync(file)) return undefined;
+  try {
+    const m = JSON.parse(readFileSync(file, "utf8")) as ImageMarker;
+    return typeof m.pibake === "string" && Array.isArray(m.packages) && Array.isArray(m.overlay) ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeMarker(rootfs: string, marker: ImageMarker): void {
+  const file = path.join(rootfs, MARKER_PATH);
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+  writeFileSync(file, JSON.stringify(marker, null, 2) + "\n", { mode: 0o644 });
+}
+
+/** Every package the rendered stage installs (NN-packages and NN-packages-nr of every sub-stage). */
+export function stagePackages(rendered: Rendered): string[] {
+  const files = rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path) && !rendered.stage.some((s) => s.path === `${f.path.split("/")[0]}/SKIP`));
+  return [...new Set(files.flatMap((f) => packageList(f.content.toString("utf8"))))].sort();
+}
+
+/** Names of the packages dpkg has fully installed, from /var/lib/dpkg/status (read on the host: no qemu needed). */
+export function parseDpkgStatus(text: string): Set<string> {
+  const installed = new Set<string>();
+  for (const para of text.split(/\n\s*\n/)) {
+    const name = /^Package:\s*(\S+)/m.exec(para)?.[1];
+    const status = /^Status:\s*(.+)$/m.exec(para)?.[1]?.trim();
+    if (name && status === "install ok installed") installed.add(name);
+  }
+  return installed;
+}
+
+export function installedPackages(rootfs: string): Set<string> {
+  const file = path.join(rootfs, "var/lib/dpkg/status");
+  return existsSync(file) ? parseDpkgStatus(readFileSync(file, "utf8")) : new Set();
+}
+
+/** A package name may carry an architecture (`foo:arm64`) or a version (`foo=1.2`); dpkg's status has the bare name. */
+export function missingPackages(wanted: string[], installed: Set<string>): string[] {
+  return wanted.filter((p) => !installed.has(p.replace(/[:=].*$/, "")));
+}

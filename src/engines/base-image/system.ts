@@ -1,0 +1,337 @@
+/**
+ * What pi-gen's own config (pi-gen.config) would have done to the image,
+ * done to a base image instead: hostname, the first user with its password
+ * and SSH keys, SSH on, locale, time zone, keyboard, Wi-Fi country, and no
+ * first-boot wizard that would rename the user or ask for a password again.
+ *
+ * Plain file edits happen on the host (pure functions below, unit-tested);
+ * what needs the image's own programs (usermod, locale-gen, systemctl) is a
+ * script for its chroot, run as a pi-gen NN-run-chroot.sh.
+ */
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
+import path from "node:path";
+import { createHash } from "node:crypto";
+import { PibakeError } from "../../errors.js";
+import type { Model } from "../../config/model.js";
+import { shq } from "./tools.js";
+import { readMarker, installedPackages, type ImageMarker } from "./marker.js";
+
+export interface BaseFacts {
+  /** VERSION_CODENAME from /etc/os-release: bookworm, trixie… */
+  release?: string;
+  prettyName: string;
+  arch: "arm64" | "armhf" | "x86_64" | "unknown";
+  /** Where the boot partition is mounted on the Pi: /boot/firmware (bookworm and later) or /boot. */
+  bootMount: string;
+  marker?: ImageMarker;
+  installed: Set<string>;
+  /** Free bytes in the root file system (for root). */
+  freeBytes: number;
+  cloudInit: boolean;
+  firstUser?: { name: string; uid: number; gid: number; home: string };
+}
+
+/** ELF e_machine of the image's /bin/bash: what the image runs on. */
+export function elfArch(head: Buffer): BaseFacts["arch"] {
+  if (head.length < 20 || head.readUInt32BE(0) !== 0x7f454c46) return "unknown";
+  const machine = head.readUInt16LE(18);
+  if (machine === 0xb7) return "arm64";
+  if (machine === 0x28) return "armhf";
+  if (machine === 0x3e) return "x86_64";
+  return "unknown";
+}
+
+export function parseOsRelease(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2]!.replace(/^"(.*)"$/, "$1").replace(/^'(.*)'$/, "$1");
+  }
+  return out;
+}
+
+/** The boot partition's mount point, from the image's fstab: /boot/firmware on bookworm and trixie. */
+export function bootMountFromFstab(fstab: string): string {
+  for (const line of fstab.split("\n")) {
+    const f = line.replace(/#.*/, "").trim().split(/\s+/);
+    if (f.length >= 3 && /^vfat$|^msdos$|^fat$/.test(f[2]!) && f[1]!.startsWith("/boot")) return f[1]!;
+  }
+  return "/boot/firmware";
+}
+
+function readHead(file: string, n: number): Buffer {
+  const fd = openSync(file, "r");
+  try {
+    const b = Buffer.alloc(n);
+    const got = readSync(fd, b, 0, n, 0);
+    return b.subarray(0, got);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Resolve a path inside the image, following links as the image would (absolute links relative to its root). */
+export function inImage(rootfs: string, p: string, depth = 0): string {
+  const parts = p.split("/").filter(Boolean);
+  let cur = "";
+  for (let i = 0; i < parts.length; i++) {
+    const next = `${cur}/${parts[i]}`;
+    const host = path.join(rootfs, next);
+    let st;
+    try {
+      st = lstatSync(host);
+    } catch {
+      return path.join(rootfs, next, ...parts.slice(i + 1));
+    }
+    if (st.isSymbolicLink() && depth < 20) {
+      const target = readlinkSync(host);
+      const resolved = target.startsWith("/") ? target : path.posix.join(cur || "/", target);
+      return inImage(rootfs, path.posix.join(resolved, ...parts.slice(i + 1)), depth + 1);
+    }
+    cur = next;
+  }
+  return path.join(rootfs, cur);
+}
+
+export function firstUserOf(passwd: string): BaseFacts["firstUser"] {
+  for (const line of passwd.split("\n")) {
+    const f = line.split(":");
+    if (f.length >= 7 && f[2] === "1000") return { name: f[0]!, uid: 1000, gid: Number(f[3]), home: f[5]! };
+  }
+  return undefined;
+}
+
+export function inspectRootfs(rootfs: string): BaseFacts {
+  const osRelease = existsSync(inImage(rootfs, "/etc/os-release")) ? parseOsRelease(readFileSync(inImage(rootfs, "/etc/os-release"), "utf8")) : {};
+  const bash = inImage(rootfs, "/bin/bash");
+  const arch = existsSync(bash) ? elfArch(readHead(bash, 64)) : "unknown";
+  const fstab = existsSync(path.join(rootfs, "etc/fstab")) ? readFileSync(path.join(rootfs, "etc/fstab"), "utf8") : "";
+  const st = statfsSync(rootfs);
+  const passwd = existsSync(path.join(rootfs, "etc/passwd")) ? readFileSync(path.join(rootfs, "etc/passwd"), "utf8") : "";
+  const marker = readMarker(rootfs);
+  const firstUser = firstUserOf(passwd);
+  return {
+    ...(osRelease.VERSION_CODENAME ? { release: osRelease.VERSION_CODENAME } : {}),
+    prettyName: osRelease.PRETTY_NAME ?? "an unknown system",
+    arch,
+    bootMount: bootMountFromFstab(fstab),
+    ...(marker ? { marker } : {}),
+    installed: installedPackages(rootfs),
+    freeBytes: Number(st.bavail) * Number(st.bsize),
+    cloudInit: existsSync(path.join(rootfs, "etc/cloud/cloud.cfg")),
+    ...(firstUser ? { firstUser } : {}),
+  };
+}
+
+/** The base must be the release and architecture the config asks for: packages and the stage are made for them. */
+export function checkBaseMatches(facts: BaseFacts, model: Model, label: string): void {
+  if (facts.arch === "unknown") {
+    throw new PibakeError(`${label}: the root partition holds no /bin/bash that pibake recognises: is this a Raspberry Pi OS image?`);
+  }
+  if (facts.arch !== model.image.arch) {
+    throw new PibakeError(`${label} is an ${facts.arch} image but the config says image.arch "${model.image.arch}": use a ${model.image.arch} Raspberry Pi OS image, or set image.arch to "${facts.arch}"`);
+  }
+  if (!facts.release) {
+    throw new PibakeError(`${label}: /etc/os-release names no release (VERSION_CODENAME): pibake needs Raspberry Pi OS bookworm or trixie`);
+  }
+  if (facts.release !== model.image.release) {
+    const supported = facts.release === "bookworm" || facts.release === "trixie";
+    throw new PibakeError(
+      `${label} is ${facts.prettyName} (${facts.release}) but the config says image.release "${model.image.release}": ` +
+        (supported ? `use a ${model.image.release} image, or set image.release to "${facts.release}"` : `pibake supports bookworm and trixie images`),
+    );
+  }
+}
+
+// ---- Host-side edits (pure) -------------------------------------------------
+
+export function hostsWithHostname(hosts: string, hostname: string): string {
+  const lines = hosts.split("\n");
+  const i = lines.findIndex((l) => /^127\.0\.1\.1\s/.test(l));
+  const entry = `127.0.1.1\t${hostname}`;
+  if (i >= 0) lines[i] = entry;
+  else {
+    if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
+    lines.push(entry, "");
+  }
+  return lines.join("\n");
+}
+
+/** /etc/default/keyboard with XKBLAYOUT set, as pi-gen's stage1 does with KEYBOARD_KEYMAP. */
+export function keyboardWithLayout(text: string | undefined, keymap: string): string {
+  const base = text ?? '# KEYBOARD CONFIGURATION FILE\n\nXKBMODEL="pc105"\nXKBLAYOUT="gb"\nXKBVARIANT=""\nXKBOPTIONS=""\n\nBACKSPACE="guess"\n';
+  return /^XKBLAYOUT=/m.test(base) ? base.replace(/^XKBLAYOUT=.*$/m, `XKBLAYOUT="${keymap}"`) : `${base.replace(/\n?$/, "\n")}XKBLAYOUT="${keymap}"\n`;
+}
+
+export function keyboardLayoutOf(text: string | undefined): string | undefined {
+  return text ? /^XKBLAYOUT="?([^"\n]*)"?/m.exec(text)?.[1] : undefined;
+}
+
+/** The locale.gen line for a locale: "en_GB.UTF-8 UTF-8", "de_DE ISO-8859-1". */
+export function localeGenLine(locale: string): string {
+  const charset = locale.includes(".") ? locale.split(".")[1]!.split("@")[0]! : "ISO-8859-1";
+  return `${locale} ${charset}`;
+}
+
+/** /etc/locale.gen with the locale enabled; `changed` when locale-gen must run. */
+export function enableLocale(text: string, locale: string): { text: string; changed: boolean } {
+  const line = localeGenLine(locale);
+  const esc = line.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  if (new RegExp(`^${esc}\\s*$`, "m").test(text)) return { text, changed: false };
+  const commented = new RegExp(`^#\\s*${esc}\\s*$`, "m");
+  if (commented.test(text)) return { text: text.replace(commented, line), changed: true };
+  return { text: `${text.replace(/\n?$/, "\n")}${line}\n`, changed: true };
+}
+
+/** cmdline.txt with the Wi-Fi regulatory domain, as raspi-config's do_wifi_country sets it. */
+export function cmdlineWithRegdom(cmdline: string, country: string): string {
+  const one = cmdline.replace(/\n[\s\S]*$/, "").trim();
+  const param = `cfg80211.ieee80211_regdom=${country}`;
+  return (/cfg80211\.ieee80211_regdom=\S*/.test(one) ? one.replace(/cfg80211\.ieee80211_regdom=\S*/, param) : `${one} ${param}`) + "\n";
+}
+
+/** pi-gen unblocks Wi-Fi on these (Pi 3/4/5) once a country is set. */
+export const RFKILL_WLAN_FILES = ["platform-3f300000.mmcnr:wlan", "platform-fe300000.mmcnr:wlan", "platform-1001100000.mmc:wlan"];
+
+export const CLOUD_INIT_FILE = "etc/cloud/cloud.cfg.d/99-pibake-system.cfg";
+
+export interface SystemPlan {
+  /** The chroot script (NN-run-chroot.sh). */
+  script: string;
+  /** Digest of the settings the script applies: when the base's marker has the same, the script has nothing to do. */
+  digest: string;
+  /** Image files written here besides the overlay (recorded in the marker). */
+  systemFiles: string[];
+  notes: string[];
+}
+
+/**
+ * Edit the image's files for the settings pi-gen's config carries and return
+ * the chroot script for the rest. `bootDir` is the boot partition's files.
+ */
+export function applySystemSettings(rootfs: string, bootDir: string, model: Model, passwordHash: string, facts: BaseFacts): SystemPlan {
+  const notes: string[] = [];
+  const systemFiles: string[] = [];
+  const p = (rel: string) => path.join(rootfs, rel);
+  const write = (rel: string, content: string, mode = 0o644) => {
+    mkdirSync(path.dirname(p(rel)), { recursive: true });
+    rmSync(p(rel), { force: true });
+    writeFileSync(p(rel), content, { mode });
+  };
+
+  // Hostname (pi-gen stage1/02-net-tweaks).
+  write("etc/hostname", `${model.image.hostname}\n`);
+  write("etc/hosts", hostsWithHostname(existsSync(p("etc/hosts")) ? readFileSync(p("etc/hosts"), "utf8") : "127.0.0.1\tlocalhost\n", model.image.hostname));
+
+  // Time zone (pi-gen stage0/01-locale and TIMEZONE_DEFAULT).
+  const tz = model.image.timezone;
+  if (!existsSync(inImage(rootfs, `/usr/share/zoneinfo/${tz}`))) {
+    throw new PibakeError(`time zone "${tz}" is not in the image (no /usr/share/zoneinfo/${tz}): check image.timezone in the config`);
+  }
+  rmSync(p("etc/localtime"), { force: true });
+  symlinkSync(`/usr/share/zoneinfo/${tz}`, p("etc/localtime"));
+  write("etc/timezone", `${tz}\n`);
+
+  // Keyboard (KEYBOARD_KEYMAP / KEYBOARD_LAYOUT).
+  const kbFile = p("etc/default/keyboard");
+  const kbText = existsSync(kbFile) ? readFileSync(kbFile, "utf8") : undefined;
+  const keyboardChanged = keyboardLayoutOf(kbText) !== model.image.keyboard.keymap;
+  write("etc/default/keyboard", keyboardWithLayout(kbText, model.image.keyboard.keymap));
+
+  // Locale (LOCALE_DEFAULT): enabled in locale.gen, generated in the chroot when new.
+  const locale = model.image.locale;
+  let localeGen = false;
+  if (existsSync(p("etc/locale.gen"))) {
+    const r = enableLocale(readFileSync(p("etc/locale.gen"), "utf8"), locale);
+    localeGen = r.changed;
+    if (r.changed) write("etc/locale.gen", r.text);
+  } else notes.push(`the image has no /etc/locale.gen (package locales): LANG is set to ${locale} but the locale is not generated`);
+  const defLocale = existsSync(p("etc/default/locale")) ? readFileSync(p("etc/default/locale"), "utf8") : "";
+  if (!new RegExp(`^LANG=${locale.replace(/\./g, "\\.")}$`, "m").test(defLocale)) {
+    write("etc/default/locale", /^LANG=/m.test(defLocale) ? defLocale.replace(/^LANG=.*$/m, `LANG=${locale}`) : `${defLocale}LANG=${locale}\n`);
+  }
+
+  // Wi-Fi country (WPA_COUNTRY): regulatory domain on the kernel command line, Wi-Fi unblocked.
+  const wifi = model.network.wifi;
+  const cmdlineFile = path.join(bootDir, "cmdline.txt");
+  if (wifi) {
+    if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), wifi.country));
+    else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${wifi.country} is not set there`);
+    for (const f of RFKILL_WLAN_FILES) write(`var/lib/systemd/rfkill/${f}`, "0\n");
+  }
+
+  // No first-boot rename: no userconf.txt, no wizard, no "rename the user" SSH banner.
+  for (const f of ["userconf.txt", "userconf"]) rmSync(path.join(bootDir, f), { force: true });
+  for (const f of ["etc/xdg/autostart/piwiz.desktop", "etc/ssh/sshd_config.d/rename_user.conf"]) {
+    if (existsSync(p(f))) {
+      rmSync(p(f), { force: true });
+      notes.push(`removed /${f} (first-boot user rename)`);
+    }
+  }
+  // trixie's cloud-init would otherwise set the hostname and create users from the boot partition.
+  if (facts.cloudInit) {
+    write(CLOUD_INIT_FILE, "# Written by pibake: the hostname and the first user are set when the image is built.\npreserve_hostname: true\nusers: []\n");
+    systemFiles.push(CLOUD_INIT_FILE);
+  }
+
+  const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => existsSync(inImage(rootfs, `/${d}/${u}`)));
+  const user = model.user.name;
+  const lines = [
+    "#!/bin/bash -e",
+    "# Written by pibake: what pi-gen's config does (FIRST_USER_NAME, FIRST_USER_PASS as a hash,",
+    "# PUBKEY_SSH_FIRST_USER, ENABLE_SSH, LOCALE_DEFAULT, KEYBOARD_*, DISABLE_FIRST_BOOT_USER_RENAME=1).",
+    `NAME=${shq(user)}`,
+    `HASH=${shq(passwordHash)}`,
+    "OLD=$(getent passwd 1000 | cut -d: -f1 || true)",
+    "if [ -x /usr/lib/userconf-pi/userconf ]; then",
+    "\t# Raspberry Pi OS's own first-user set-up: renames uid 1000 (home, group, sudoers) and sets the password.",
+    '\t/usr/lib/userconf-pi/userconf "$NAME" "$HASH"',
+    'elif [ -n "$OLD" ]; then',
+    '\tif [ "$OLD" != "$NAME" ]; then',
+    '\t\tOLDHOME=$(getent passwd 1000 | cut -d: -f6)',
+    '\t\tusermod -l "$NAME" "$OLD"',
+    '\t\tif [ "$OLDHOME" = "/home/$OLD" ]; then usermod -m -d "/home/$NAME" "$NAME"; fi',
+    '\t\tif getent group "$OLD" >/dev/null; then groupmod -n "$NAME" "$OLD"; fi',
+    '\t\tif [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$OLD /$NAME /" /etc/sudoers.d/010_pi-nopasswd; fi',
+    "\tfi",
+    "else",
+    "\tGRPS=",
+    "\tfor g in adm dialout cdrom sudo audio video plugdev games users input render netdev gpio i2c spi; do",
+    '\t\tif getent group "$g" >/dev/null; then GRPS=${GRPS:+$GRPS,}$g; fi',
+    "\tdone",
+    '\tuseradd -m -u 1000 -U -s /bin/bash ${GRPS:+-G "$GRPS"} "$NAME"',
+    "fi",
+    "usermod --password \"$HASH\" \"$NAME\"",
+  ];
+  if (model.user.sshKeys.length > 0) {
+    lines.push(
+      'HOMEDIR=$(getent passwd "$NAME" | cut -d: -f6)',
+      'GROUP=$(id -gn "$NAME")',
+      'install -d -m 0700 -o "$NAME" -g "$GROUP" "$HOMEDIR/.ssh"',
+      "cat >\"$HOMEDIR/.ssh/authorized_keys\" <<'PIBAKE_SSH_KEYS'",
+      ...model.user.sshKeys,
+      "PIBAKE_SSH_KEYS",
+      'chown "$NAME:$GROUP" "$HOMEDIR/.ssh/authorized_keys"',
+      'chmod 0600 "$HOMEDIR/.ssh/authorized_keys"',
+    );
+  }
+  if (localeGen) lines.push("locale-gen --keep-existing");
+  if (keyboardChanged) {
+    lines.push(
+      "debconf-set-selections <<'PIBAKE_DEBCONF'",
+      `keyboard-configuration keyboard-configuration/xkb-keymap select ${model.image.keyboard.keymap}`,
+      `keyboard-configuration keyboard-configuration/variant select ${model.image.keyboard.layout}`,
+      "PIBAKE_DEBCONF",
+    );
+  }
+  const enable = ["ssh.service"].filter(unitExists);
+  if (!unitExists("ssh.service")) notes.push("the image has no ssh.service (openssh-server): SSH is not enabled");
+  if (unitExists("getty@.service")) enable.push("getty@tty1.service");
+  if (enable.length > 0) lines.push(`systemctl enable ${enable.join(" ")}`);
+  if (unitExists("userconfig.service")) lines.push("systemctl disable userconfig.service");
+  lines.push("");
+  const digest = createHash("sha256")
+    .update(JSON.stringify({ v: 1, user, passwordHash, keys: model.user.sshKeys, locale, keymap: model.image.keyboard.keymap, layout: model.image.keyboard.layout, enable }))
+    .digest("hex");
+  return { script: lines.join("\n"), digest, systemFiles, notes };
+}
