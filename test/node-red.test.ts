@@ -7,12 +7,13 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort } from "./helpers/net.js";
 import { loadConfig } from "../src/config/load.js";
 import type { Model } from "../src/config/model.js";
 import { topicCovers } from "../src/config/node-red.js";
 import { ConfigError } from "../src/errors.js";
 import { packageRoot } from "../src/paths.js";
-import { chooseVersion, OS_NODE, parseNpmView, PINNED, resolveNodeRedVersions, satisfies, npmView } from "../src/registry/node-red.js";
+import { chooseVersion, npmView, OS_NODE, parseNpmView, PINNED, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { nodeRedIds } from "../src/render/node-red.js";
 import { prepareSecrets, StateDir, type Secrets } from "../src/secrets/index.js";
@@ -195,6 +196,13 @@ describe("Node-RED version choice", () => {
     expect(chooseVersion(infos, "22.12.0")).toBe("5.0.7");
     expect(chooseVersion(infos, "12.0.0")).toBeUndefined();
     expect(parseNpmView('{"version":"1.0.0","engines":{"node":">=14"}}')).toEqual([{ version: "1.0.0", engines: { node: ">=14" } }]);
+    // A dashboard release that needs a newer Node-RED than the one chosen is passed over.
+    const dashboards: VersionInfo[] = [
+      { version: "1.31.0", engines: { node: ">=14" }, "node-red.version": ">=3.0.0" },
+      { version: "2.0.0", engines: { node: ">=18" }, "node-red.version": ">=5.0.0" },
+    ];
+    expect(chooseVersion(dashboards, OS_NODE.trixie, "4.1.15")).toBe("1.31.0");
+    expect(chooseVersion(dashboards, OS_NODE.trixie, "5.0.7")).toBe("2.0.0");
   });
 
   it("keeps its choice in the state directory, falls back offline, and takes a pinned version", () => {
@@ -229,6 +237,12 @@ describe("Node-RED version choice", () => {
     // The pinned fallback is a release the registry has and whose engines accept both.
     const pinned = infos.find((i) => i.version === PINNED["node-red"]);
     expect(pinned && satisfies(OS_NODE.bookworm, pinned.engines!.node!) && satisfies(OS_NODE.trixie, pinned.engines!.node!)).toBe(true);
+    // The dashboards too, checked against the chosen Node-RED.
+    for (const pkg of ["@flowfuse/node-red-dashboard", "node-red-dashboard"]) {
+      const d = npmView(pkg);
+      expect(chooseVersion(d, OS_NODE.bookworm, bookworm), pkg).toBeDefined();
+      expect(d.some((i) => i.version === PINNED[pkg]), pkg).toBe(true);
+    }
   });
 });
 
@@ -352,17 +366,6 @@ describe("Node-RED rendered files", () => {
 
 // ---------------------------------------------------------------------------
 // Real Node-RED and real Mosquitto.
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, ms: number, logs?: () => string): Promise<T> {
   const end = Date.now() + ms;

@@ -30,6 +30,8 @@ export const PINNED: Record<string, string> = {
 export interface VersionInfo {
   version: string;
   engines?: { node?: string };
+  /** A Node-RED module's own field: the Node-RED versions it works with. */
+  "node-red.version"?: string;
 }
 
 export type VersionSource = "registry" | "fallback" | "config";
@@ -157,22 +159,26 @@ export function satisfies(version: string, range: string): boolean {
 }
 
 /**
- * The newest release (no pre-releases) whose engines.node accepts `nodeVersion`.
- * A release that states no Node range is passed over: nothing says it runs.
+ * The newest release (no pre-releases) whose engines.node accepts `nodeVersion`
+ * and, for a Node-RED module that states it, whose node-red.version accepts
+ * `nodeRedVersion`. A release that states no Node range is passed over:
+ * nothing says it runs.
  */
-export function chooseVersion(infos: VersionInfo[], nodeVersion: string): string | undefined {
+export function chooseVersion(infos: VersionInfo[], nodeVersion: string, nodeRedVersion?: string): string | undefined {
   let best: { version: string; v: Triple } | undefined;
   for (const info of infos) {
     const p = parse(info.version);
     if (!p || p.pre) continue;
     const range = info.engines?.node;
     if (typeof range !== "string" || !satisfies(nodeVersion, range)) continue;
+    const nodeRedRange = info["node-red.version"];
+    if (nodeRedVersion && typeof nodeRedRange === "string" && !satisfies(nodeRedVersion, nodeRedRange)) continue;
     if (!best || cmp(p.v, best.v) > 0) best = { version: info.version, v: p.v };
   }
   return best?.version;
 }
 
-/** `npm view PACKAGE@>=0.0.0 version engines --json` prints one object, or a list when several releases match (`@*` would mean only the latest). */
+/** `npm view PACKAGE@>=0.0.0 version engines node-red.version --json` prints one object, or a list when several releases match (`@*` would mean only the latest). */
 export function parseNpmView(json: string): VersionInfo[] {
   const data = JSON.parse(json) as unknown;
   const list = Array.isArray(data) ? data : [data];
@@ -183,7 +189,7 @@ export function parseNpmView(json: string): VersionInfo[] {
 export type RegistryLookup = (pkg: string) => VersionInfo[];
 
 export const npmView: RegistryLookup = (pkg) => {
-  const out = execFileSync("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "--json"], {
+  const out = execFileSync("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
     encoding: "utf8",
     timeout: 60_000,
     stdio: ["ignore", "pipe", "ignore"],
@@ -227,10 +233,10 @@ export function resolveNodeRedVersions(
   ) {
     return recorded;
   }
-  const pick = (pkg: string): PackageChoice => {
+  const pick = (pkg: string, nodeRedVersion?: string): PackageChoice => {
     if (!offline) {
       try {
-        const chosen = chooseVersion(lookup(pkg), node);
+        const chosen = chooseVersion(lookup(pkg), node, nodeRedVersion);
         if (chosen) return { package: pkg, version: chosen, source: "registry" };
       } catch {
         // No npm, no network, or an answer that is not JSON: the pinned release stands in.
@@ -238,11 +244,12 @@ export function resolveNodeRedVersions(
     }
     return { package: pkg, version: PINNED[pkg]!, source: "fallback" };
   };
+  const nodeRed: PackageChoice = req.pinned ? { package: "node-red", version: req.pinned, source: "config" } : pick("node-red");
   const versions: NodeRedVersions = {
     release: req.release,
     node,
-    nodeRed: req.pinned ? { package: "node-red", version: req.pinned, source: "config" } : pick("node-red"),
-    ...(req.dashboard ? { dashboard: pick(req.dashboard) } : {}),
+    nodeRed,
+    ...(req.dashboard ? { dashboard: pick(req.dashboard, nodeRed.version) } : {}),
   };
   state.writeJson(STATE_FILE, versions);
   return versions;
