@@ -1,6 +1,7 @@
 import os from "node:os";
 import { benchFlash } from "./flash.js";
 import { benchRender } from "./render.js";
+import { benchBaseImage } from "./base-image.js";
 
 /**
  * `npm run bench`: each section measures one part on this machine and returns
@@ -10,6 +11,7 @@ import { benchRender } from "./render.js";
 const sections: [string, () => Promise<string[]>][] = [
   ["render", () => benchRender()],
   ["flash", () => benchFlash()],
+  ["base-image", () => benchBaseImage()],
 ];
 
 async function main(): Promise<void> {

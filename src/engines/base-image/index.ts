@@ -152,8 +152,12 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
   let systemNotes: string[] = [];
   await withCleanup(async (scope) => {
     const dev = await attachLoop(image, root.offset, root.size, scope, { log });
+    if (growBy > 0) {
+      // Offline: online growth (EXT4_IOC_RESIZE_FS) is refused in some containers and kernels.
+      await checkFileSystem(dev, { log, signal, what: "checking the root file system before growing it" });
+      await tool("resize2fs", [dev], { what: "growing the root file system", log, signal });
+    }
     await mountRoot(dev, mnt, scope, log);
-    if (growBy > 0) await tool("resize2fs", [dev], { what: "growing the root file system (online)", log, signal });
     await checkCanRun(mnt, model.image.arch, log);
 
     // The boot partition's files, at /boot/firmware as on the Pi; written back with mtools afterwards.

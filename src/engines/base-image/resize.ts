@@ -40,8 +40,8 @@ export function autoGrow(freeBytes: number, installsPackages: boolean): number {
 
 /**
  * Make the image file `add` bytes longer and give them to the root partition
- * (the last one). The file system is grown afterwards, online (resize2fs on
- * the mounted loop device). Returns the root partition with its new size.
+ * (the last one). The file system is grown afterwards (e2fsck -f, resize2fs on
+ * the partition's loop device). Returns the root partition with its new size.
  */
 export async function growImage(image: string, root: MbrPartition, add: number): Promise<MbrPartition> {
   const fh = await fsp.open(image, "r+");

@@ -1,0 +1,111 @@
+/**
+ * `npm run bench`, base-image section: on one base image (the test fixture
+ * that stands in for Raspberry Pi OS Lite, scripts/fixtures/base-image.sh),
+ * the time of a first `pibake build --base` (packages installed under
+ * qemu-user on non-ARM hosts), of a regeneration for a new domain from the
+ * image that build produced, their ratio, and the produced image's size
+ * against the base's. Both builds run the CLI as a user would.
+ */
+import { execa } from "execa";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { packageRoot } from "../paths.js";
+import { formatBytes } from "../ui/output.js";
+
+const SECRETS = {
+  PIBAKE_BENCH_USER_PW: "bench-User-Passw0rd",
+  PIBAKE_BENCH_MQTT_PW: "bench-Mqtt-Secret-1",
+  PIBAKE_BENCH_DDNS: "benchDdnsToken12345",
+};
+
+function benchConfig(domain: string): Record<string, unknown> {
+  return {
+    image: { name: "bench-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
+    user: { name: "admin", password: { env: "PIBAKE_BENCH_USER_PW" }, sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F bench@host"] },
+    network: { interface: "eth0", address: "192.168.1.10/24", gateway: "192.168.1.1", dns: ["192.168.1.1"] },
+    mqtt: { users: [{ name: "home", password: { env: "PIBAKE_BENCH_MQTT_PW" } }] },
+    tls: { domain },
+    ddns: { provider: "freemyip", token: { env: "PIBAKE_BENCH_DDNS" } },
+    nodeRed: { enabled: false },
+  };
+}
+
+function allocated(file: string): number {
+  return statSync(file).blocks * 512;
+}
+
+async function zstdSize(file: string): Promise<number> {
+  const r = await execa("bash", ["-c", 'zstd -T0 -3 -q -c -- "$1" | wc -c', "bash", file], { timeout: 1_200_000 });
+  return Number(r.stdout.trim());
+}
+
+interface Built {
+  ms: number;
+  image: string;
+  manifest: { image: { rawSize: number; mappedBytes: number; sha256: string }; timings: Record<string, number>; engine: Record<string, unknown> };
+}
+
+async function build(configFile: string, base: string, out: string, state: string): Promise<Built> {
+  const t0 = Date.now();
+  const r = await execa(process.execPath, [path.join(packageRoot, "bin/pibake.js"), "build", configFile, "--base", base, "--out", out, "--state", state, "--compress", "none", "--log-format", "plain"], {
+    env: { ...SECRETS, CI: "true" },
+    reject: false,
+    stdin: "ignore",
+    all: true,
+    timeout: 3_600_000,
+  });
+  const ms = Date.now() - t0;
+  if (r.exitCode !== 0) throw new Error(`pibake build --base ${base} failed:\n${String(r.all).split("\n").slice(-15).join("\n")}`);
+  const image = path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!);
+  const manifest = JSON.parse(readFileSync(image.replace(/\.img$/, ".manifest.json"), "utf8")) as Built["manifest"];
+  return { ms, image, manifest };
+}
+
+const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+function steps(t: Record<string, number>): string {
+  return ["prepare base", "packages", "overlay", "finalize", "bmap", "compress"]
+    .filter((k) => t[k] !== undefined)
+    .map((k) => `${k} ${s(t[k]!)}`)
+    .join(", ");
+}
+
+export async function benchBaseImage(): Promise<string[]> {
+  if (process.getuid?.() !== 0) return ["skipped: pibake build --base needs root (loop devices, mounts, chroot)"];
+  if (process.arch !== "arm64" && !existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64")) return ["skipped: no qemu-aarch64 in binfmt_misc (sudo apt-get install qemu-user-static binfmt-support)"];
+  const fixture = path.join(packageRoot, "scripts/fixtures/base-image.sh");
+  if (!existsSync(fixture)) return ["skipped: scripts/fixtures/base-image.sh is not in this checkout"];
+
+  const lines: string[] = [];
+  const t0 = Date.now();
+  const base = (await execa("bash", [fixture, "trixie"], { timeout: 3_600_000 })).stdout.trim();
+  const fixtureMs = Date.now() - t0;
+  const dir = mkdtempSync(path.join(os.tmpdir(), "pibake-bench-base-"));
+  try {
+    const state = path.join(dir, "state");
+    const c1 = path.join(dir, "first.json");
+    const c2 = path.join(dir, "second.json");
+    writeFileSync(c1, JSON.stringify(benchConfig("home.freemyip.com"), null, 2));
+    writeFileSync(c2, JSON.stringify(benchConfig("cabin.freemyip.com"), null, 2));
+
+    lines.push(`base: ${path.basename(base)} (Raspberry Pi OS Lite stand-in, trixie arm64), ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated` + (fixtureMs > 60_000 ? ` (built in ${s(fixtureMs)}, now cached)` : ""));
+    const first = await build(c1, base, path.join(dir, "out1"), state);
+    lines.push(`first --base build: ${s(first.ms)} (${steps(first.manifest.timings)}; packages ${(first.manifest.engine.packagesInstalled as string[]).join(", ")})`);
+    const regen = await build(c2, first.image, path.join(dir, "out2"), state);
+    lines.push(`regeneration for a new domain, from the first build's image: ${s(regen.ms)} (${steps(regen.manifest.timings)})`);
+    lines.push(`ratio: the regeneration takes ${((regen.ms * 100) / first.ms).toFixed(1)}% of the first build (${(first.ms / regen.ms).toFixed(1)}× faster)`);
+
+    const [zBase, zImage] = [await zstdSize(base), await zstdSize(regen.image)];
+    const m = regen.manifest.image;
+    lines.push(
+      `size: produced image ${formatBytes(m.rawSize)} raw, ${formatBytes(m.mappedBytes)} of data (bmap), ${formatBytes(allocated(regen.image))} allocated; ` +
+        `base ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated`,
+    );
+    lines.push(`compressed (zstd -3): produced ${formatBytes(zImage)}, base ${formatBytes(zBase)} (+${formatBytes(zImage - zBase)}: mosquitto, ddclient and their dependencies)`);
+    lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return lines;
+}

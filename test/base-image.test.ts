@@ -1,0 +1,495 @@
+import { describe, expect, it, beforeAll, afterAll } from "vitest";
+import { execa, execaSync, type ResultPromise } from "execa";
+import { X509Certificate } from "node:crypto";
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { freePort, waitForPort } from "./helpers/net.js";
+import { tryConnect } from "./helpers/mqtt.js";
+import { loadConfig } from "../src/config/load.js";
+import { prepareSecrets, StateDir } from "../src/secrets/index.js";
+import { render, type Rendered } from "../src/render/index.js";
+import { parseMbr } from "../src/image/partitions.js";
+import { dataRanges } from "../src/image/deliver.js";
+import { listLoops, mountsBelow, releaseBelow } from "../src/engines/base-image/loop.js";
+import { unmountTree } from "../src/engines/chroot.js";
+
+/**
+ * `pibake build CONFIG --base IMAGE` against a realistic Raspberry Pi OS
+ * stand-in (scripts/fixtures/base-image.sh), end to end through the CLI:
+ * one first build (packages installed under qemu-user: minutes) whose image
+ * every other check reuses; a regeneration for a new domain from that image;
+ * SIGINT at each long step and a SIGKILL of the whole process tree, with
+ * nothing left behind (mounts, loop devices, partial files).
+ */
+const isRoot = process.getuid?.() === 0;
+const hasBinfmt = existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64") || process.arch === "arm64";
+const CACHE = process.env.PIBAKE_TEST_CACHE ?? "/var/cache/pibake-test";
+const FIXTURE = path.join(repoRoot, "scripts/fixtures/base-image.sh");
+const env = { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" };
+const DOMAIN = "home.freemyip.com";
+const NEW_DOMAIN = "cabin.freemyip.com";
+
+function readAt(file: string, pos: number, len: number): Buffer {
+  const fd = openSync(file, "r");
+  try {
+    const b = Buffer.alloc(len);
+    return b.subarray(0, readSync(fd, b, 0, len, pos));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function config(domain = DOMAIN): Record<string, any> {
+  const c = validConfig();
+  c.tls.domain = domain;
+  // Node-RED's stage (nodejs and npm under qemu-user) has its own tests.
+  c.nodeRed = { enabled: false };
+  c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
+  return c;
+}
+
+/** The base as users download it: compressed (zstd here: quick to make once, and cached beside the fixture). */
+async function compressedBase(base: string): Promise<string> {
+  const zst = path.join(CACHE, `${path.basename(base)}.zst`);
+  if (existsSync(zst)) return zst;
+  const tmp = `${zst}.tmp-${process.pid}`;
+  await execa("zstd", ["-T0", "-q", "-f", "-o", tmp, base], { timeout: 600_000 });
+  renameSync(tmp, zst);
+  return zst;
+}
+
+/** The root partition of an image, on a loop device by offset, mounted (read-only unless asked). */
+async function mountRoot(image: string, dir: string, opts: { readWrite?: boolean } = {}): Promise<{ dev: string; release: () => Promise<void> }> {
+  const root = parseMbr(readAt(image, 0, 512)).partitions[1]!;
+  mkdirSync(dir, { recursive: true });
+  const dev = (await execa("losetup", ["--find", "--show", ...(opts.readWrite ? [] : ["--read-only"]), "--offset", String(root.offset), "--sizelimit", String(root.size), image])).stdout.trim();
+  await execa("mount", ["-t", "ext4", ...(opts.readWrite ? [] : ["-o", "ro"]), dev, dir]);
+  return {
+    dev,
+    release: async () => {
+      await unmountTree(dir);
+      await execa("losetup", ["--detach", dev], { reject: false });
+    },
+  };
+}
+
+/** A file of the image's FAT boot partition, read in place with mtools; undefined when it is not there. */
+function bootFile(image: string, name: string): string | undefined {
+  const boot = parseMbr(readAt(image, 0, 512)).partitions[0]!;
+  const r = execaSync("mtype", ["-i", `${image}@@${boot.offset}`, `::/${name}`], { reject: false, env: { MTOOLS_SKIP_CHECK: "1" } });
+  return r.exitCode === 0 ? String(r.stdout) : undefined;
+}
+
+/** Occurrences of each needle in the image's data (holes hold nothing), read in overlapping chunks. */
+async function countInImage(image: string, needles: string[]): Promise<Map<string, number>> {
+  const counts = new Map(needles.map((n) => [n, 0]));
+  const bufs = needles.map((n) => Buffer.from(n));
+  const overlap = Math.max(...bufs.map((b) => b.length)) - 1;
+  const size = statSync(image).size;
+  const fd = openSync(image, "r");
+  try {
+    for (const r of await dataRanges(image, size)) {
+      const chunk = 8 << 20;
+      for (let pos = r.start; pos < r.end; pos += chunk) {
+        const len = Math.min(chunk + overlap, r.end - pos);
+        const b = Buffer.alloc(len);
+        readSync(fd, b, 0, len, pos);
+        bufs.forEach((needle, i) => {
+          // Count matches that start in this chunk's own part (not in the overlap, which the next chunk owns).
+          for (let at = b.indexOf(needle); at >= 0 && at < Math.min(chunk, len); at = b.indexOf(needle, at + 1)) counts.set(needles[i]!, counts.get(needles[i]!)! + 1);
+        });
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return counts;
+}
+
+/** Nothing of a build left under `dir`: no mount, no loop device on a file there. */
+function leftovers(dir: string): string[] {
+  return [...mountsBelow(dir).map((m) => `mount ${m}`), ...listLoops().filter((l) => l.backingFile.startsWith(`${dir}/`)).map((l) => `loop ${l.dev} on ${l.backingFile}`)];
+}
+
+/** Run a build and send SIGINT (or SIGKILL to its process group) once its output matches `when`. */
+async function interruptWhen(args: string[], when: RegExp, signal: "SIGINT" | "SIGKILL" = "SIGINT", delayMs = 0) {
+  const child = execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), ...args], {
+    reject: false,
+    all: true,
+    env: { ...env, CI: "true" },
+    cwd: repoRoot,
+    stdin: "ignore",
+    detached: signal === "SIGKILL",
+    timeout: 1_200_000,
+  });
+  let text = "";
+  let sent = false;
+  const seen = new Promise<void>((resolve) => {
+    child.all?.on("data", (d: Buffer) => {
+      text += d.toString();
+      if (!sent && when.test(text)) {
+        sent = true;
+        setTimeout(() => {
+          if (signal === "SIGKILL") process.kill(-child.pid!, "SIGKILL");
+          else child.kill("SIGINT");
+          resolve();
+        }, delayMs);
+      }
+    });
+  });
+  const result = await child;
+  void seen;
+  return { result, sent, text: result.all ?? text };
+}
+
+describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry Pi OS image", () => {
+  const tmp = tempDir("pibake-base-bad-");
+  let cfg = "";
+  beforeAll(async () => {
+    cfg = writeJson(path.join(tmp.dir, "broker.json"), config());
+  });
+  afterAll(() => tmp.cleanup());
+
+  const build = (base: string, extra: string[] = []) => pibake(["build", cfg, "--base", base, "--out", path.join(tmp.dir, "out"), "--compress", "none", ...extra], { env, timeout: 300_000 });
+  const disk = async (name: string, table: string) => {
+    const f = path.join(tmp.dir, name);
+    await execa("truncate", ["-s", "64M", f]);
+    await execa("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", f], { input: table });
+    return f;
+  };
+
+  it("names the problem and exits 1, leaving --out without an image", async () => {
+    const notImage = path.join(tmp.dir, "notes.img");
+    writeFileSync(notImage, "hello\n".repeat(200));
+    let r = await build(notImage);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/notes\.img: no MBR partition table \(the first sector does not end in 55 aa\): pibake needs a Raspberry Pi OS disk image/);
+
+    const ntfs = await disk("ntfs.img", "label: dos\n\nstart=8192, size=16384, type=c\nstart=24576, type=7\n");
+    r = await build(ntfs);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain("ntfs.img: partition 2 is not ext4 (found type 0x07, NTFS/exFAT): pibake needs a Raspberry Pi OS image");
+
+    const gpt = await disk("gpt.img", "label: gpt\n\nsize=16M, type=L\n");
+    r = await build(gpt);
+    expect(r.stderr).toMatch(/gpt\.img: the disk uses a GPT partition table/);
+
+    const truncated = path.join(tmp.dir, "cut.img.xz");
+    await execa("xz", ["-T0", "-c", "-1", ntfs], { stdout: { file: `${truncated}.full` } });
+    writeFileSync(truncated, readFileSync(`${truncated}.full`).subarray(0, 2000));
+    r = await build(truncated);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/cannot decompress .*cut\.img\.xz/);
+
+    r = await build(path.join(tmp.dir, "missing.img.xz"));
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/image .*missing\.img\.xz does not exist/);
+
+    // None of this left anything in --out.
+    const out = path.join(tmp.dir, "out");
+    expect(existsSync(out) ? readdirSync(out).filter((f) => !f.endsWith(".failed.log")) : []).toEqual([]);
+    expect(leftovers(tmp.dir)).toEqual([]);
+  }, 300_000);
+
+  it("refuses bad usage with exit 2", async () => {
+    const r = await pibake(["build", cfg, "--base", "x.img", "--runner", "docker"], { env });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain("--runner applies to the pi-gen build only, not with --base");
+    const g = await pibake(["build", cfg, "--base", "x.img", "--grow", "lots"], { env });
+    expect(g.exitCode).toBe(2);
+    expect(g.stderr).toMatch(/--grow lots: not a size/);
+  });
+});
+
+describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
+  const tmp = tempDir("pibake-base-");
+  const state = path.join(tmp.dir, "state");
+  const out1 = path.join(tmp.dir, "out1");
+  let base = "";
+  let baseZst = "";
+  let cfg = "";
+  let image = "";
+  let firstMs = 0;
+  let firstOutput = "";
+  let rendered: Rendered;
+  const mnt = path.join(tmp.dir, "mnt");
+  let mounted: Awaited<ReturnType<typeof mountRoot>> | undefined;
+  let broker: ResultPromise | undefined;
+
+  beforeAll(async () => {
+    base = (await execa("bash", [FIXTURE, "trixie"], { timeout: 1_800_000 })).stdout.trim();
+    baseZst = await compressedBase(base);
+    cfg = writeJson(path.join(tmp.dir, "broker.json"), config());
+
+    const t0 = Date.now();
+    const r = await pibake(["build", cfg, "--base", baseZst, "--out", out1, "--state", state, "--compress", "none", "--log-format", "plain"], { env, timeout: 1_800_000 });
+    firstMs = Date.now() - t0;
+    firstOutput = `${r.stdout}\n${r.stderr}`;
+    expect(r.exitCode, firstOutput).toBe(0);
+    image = path.join(out1, readdirSync(out1).find((f) => f.endsWith(".img"))!);
+
+    // What the build rendered, again (renders repeat byte for byte with the same state directory).
+    const { model } = loadConfig(cfg, env);
+    rendered = await render(model, prepareSecrets(model, new StateDir(state)));
+    mounted = await mountRoot(image, mnt);
+  }, 2_400_000);
+
+  afterAll(async () => {
+    broker?.kill("SIGKILL");
+    await broker?.catch(() => undefined);
+    await mounted?.release();
+    await releaseBelow(tmp.dir);
+    tmp.cleanup();
+  });
+
+  it("delivers the image, its sha256, bmap, manifest, log and ca.crt, showing each step", async () => {
+    const files = readdirSync(out1).sort();
+    const b = path.basename(image, ".img");
+    expect(files).toEqual(["ca.crt", `${b}.img`, `${b}.img.bmap`, `${b}.img.sha256`, `${b}.log`, `${b}.manifest.json`]);
+    expect(b).toMatch(new RegExp(`^test-broker-${DOMAIN.replace(/\./g, "\\.")}-\\d{4}-\\d\\d-\\d\\d$`));
+    expect((await execa("sha256sum", ["-c", `${b}.img.sha256`], { cwd: out1 })).stdout).toBe(`${b}.img: OK`);
+    const steps = ["render", "prepare base", "packages", "overlay", "finalize", "deliver"].map((s, i) => firstOutput.indexOf(`[${i + 1}/6] ${s}`));
+    expect(steps.every((p) => p >= 0), firstOutput).toBe(true);
+    expect([...steps].sort((x, y) => x - y)).toEqual(steps);
+    // Progress while decompressing the .zst base.
+    expect(firstOutput).toMatch(/decompressing .*\.img\.zst: .* of 2\.5 GiB \(\d+%/);
+
+    const m = JSON.parse(readFileSync(path.join(out1, `${b}.manifest.json`), "utf8"));
+    expect(m.engine).toMatchObject({ engine: "base", baseCompression: "zstd", baseBuiltByPibake: false, regeneration: false, freeBlocksZeroed: "fstrim" });
+    expect(m.engine.packagesInstalled).toEqual(expect.arrayContaining(["mosquitto", "ddclient"]));
+    expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
+    expect(m.image.mappedBytes).toBeLessThan(m.image.rawSize * 0.3);
+    expect(m.domain).toBe(DOMAIN);
+    expect(readFileSync(path.join(out1, "ca.crt"), "utf8")).toBe(readFileSync(path.join(state, "ca.crt"), "utf8"));
+  });
+
+  it("has every rendered file in the image with its content, owner and mode", () => {
+    const ids = (file: string) => new Map(readFileSync(path.join(mnt, file), "utf8").split("\n").filter(Boolean).map((l) => [l.split(":")[0]!, Number(l.split(":")[2])]));
+    const users = ids("etc/passwd");
+    const groups = ids("etc/group");
+    expect(rendered.overlay.length).toBeGreaterThan(8);
+    for (const f of rendered.overlay) {
+      const p = path.join(mnt, f.path);
+      const st = statSync(p);
+      expect({ file: f.path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ file: f.path, mode: f.mode, uid: users.get(f.owner), gid: groups.get(f.group) });
+      expect(readFileSync(p).equals(f.content), `${f.path} differs from the render`).toBe(true);
+    }
+    expect(users.get("mosquitto")).toBeGreaterThan(0);
+    // The overlay did not change directories that were there.
+    expect(statSync(path.join(mnt, "etc")).mode & 0o7777).toBe(0o755);
+  });
+
+  it("enables the broker's services and SSH, and no first-boot wizard", () => {
+    const wants = path.join(mnt, "etc/systemd/system/multi-user.target.wants");
+    for (const unit of ["mosquitto.service", "ddclient.service", "ssh.service", "NetworkManager.service"]) {
+      expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
+    }
+    expect(existsSync(path.join(wants, "userconfig.service"))).toBe(false);
+    expect(existsSync(path.join(mnt, "etc/systemd/system/getty.target.wants/getty@tty1.service"))).toBe(true);
+    expect(existsSync(path.join(mnt, "usr/sbin/policy-rc.d"))).toBe(false);
+  });
+
+  it("does what pi-gen's config would: hostname, first user, password, SSH keys, locale, time zone, keyboard, Wi-Fi country", async () => {
+    const c = config();
+    expect(readFileSync(path.join(mnt, "etc/hostname"), "utf8")).toBe("broker\n");
+    expect(readFileSync(path.join(mnt, "etc/hosts"), "utf8")).toMatch(/^127\.0\.1\.1\tbroker$/m);
+    const passwd = readFileSync(path.join(mnt, "etc/passwd"), "utf8");
+    expect(passwd).toMatch(/^admin:x:1000:1000:[^:]*:\/home\/admin:\/bin\/bash$/m);
+    expect(passwd).not.toMatch(/^pi:/m);
+    expect(readFileSync(path.join(mnt, "etc/group"), "utf8")).toMatch(/^sudo:x:\d+:.*\badmin\b/m);
+    const hash = readFileSync(path.join(mnt, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!.split(":")[1]!;
+    expect(hash).toMatch(/^\$6\$/);
+    const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", env.T_USER_PW, hash]);
+    expect(check.stdout).toBe("True");
+
+    const keys = path.join(mnt, "home/admin/.ssh/authorized_keys");
+    expect(readFileSync(keys, "utf8")).toBe(`${c.user.sshKeys.join("\n")}\n`);
+    expect({ mode: statSync(keys).mode & 0o777, uid: statSync(keys).uid, dir: statSync(path.dirname(keys)).mode & 0o777 }).toEqual({ mode: 0o600, uid: 1000, dir: 0o700 });
+    expect(readFileSync(path.join(mnt, "etc/ssh/sshd_config.d/50-pibake.conf"), "utf8")).toMatch(/^PasswordAuthentication no$/m);
+
+    expect(readlinkSync(path.join(mnt, "etc/localtime"))).toBe("/usr/share/zoneinfo/Europe/Berlin");
+    expect(readFileSync(path.join(mnt, "etc/timezone"), "utf8")).toBe("Europe/Berlin\n");
+    expect(readFileSync(path.join(mnt, "etc/default/keyboard"), "utf8")).toMatch(/^XKBLAYOUT="de"$/m);
+    expect(readFileSync(path.join(mnt, "etc/default/locale"), "utf8")).toMatch(/^LANG=en_GB\.UTF-8$/m);
+    expect(readFileSync(path.join(mnt, "etc/locale.gen"), "utf8")).toMatch(/^en_GB\.UTF-8 UTF-8$/m);
+
+    // The boot partition, read with mtools: the Wi-Fi country for the kernel, no first-boot user rename.
+    expect(bootFile(image, "cmdline.txt")).toMatch(/ cfg80211\.ieee80211_regdom=DE\n?$/);
+    expect(bootFile(image, "userconf.txt")).toBeUndefined();
+    for (const f of readdirSync(path.join(mnt, "var/lib/systemd/rfkill"))) expect(readFileSync(path.join(mnt, "var/lib/systemd/rfkill", f), "utf8").trim()).toBe("0");
+
+    // Per-machine state is left for the first boot, as pi-gen's export does; apt's downloads are gone.
+    expect(readdirSync(path.join(mnt, "etc/ssh")).filter((f) => f.startsWith("ssh_host_"))).toEqual([]);
+    expect(statSync(path.join(mnt, "etc/machine-id")).size).toBe(0);
+    expect(readdirSync(path.join(mnt, "var/cache/apt/archives")).filter((f) => f.endsWith(".deb"))).toEqual([]);
+    const marker = JSON.parse(readFileSync(path.join(mnt, "var/lib/pibake/build.json"), "utf8"));
+    expect(marker).toMatchObject({ engine: "base", domain: DOMAIN, packages: expect.arrayContaining(["mosquitto", "ddclient"]) });
+  });
+
+  it("holds no plaintext secret of the config anywhere in the image (the ddclient token only in /etc/ddclient.conf)", async () => {
+    const clear = [env.T_USER_PW, env.T_MQTT_SENSORS_PW, env.T_MQTT_PHONE_PW, env.T_WIFI_PW];
+    const counts = await countInImage(image, [...clear, env.T_DDNS_TOKEN]);
+    for (const s of clear) expect(counts.get(s), "a secret is in the image").toBe(0);
+    // ddclient needs its token in clear text: once, in its 0600 config, nowhere else.
+    expect(counts.get(env.T_DDNS_TOKEN)).toBe(1);
+    expect(readFileSync(path.join(mnt, "etc/ddclient.conf"), "utf8")).toContain(env.T_DDNS_TOKEN);
+    // Nor in anything delivered beside the image (the log goes through the same redaction).
+    for (const f of readdirSync(out1).filter((f) => !f.endsWith(".img"))) {
+      const content = readFileSync(path.join(out1, f));
+      for (const s of [...clear, env.T_DDNS_TOKEN]) expect(content.includes(Buffer.from(s)), `${f} holds a secret`).toBe(false);
+    }
+  }, 300_000);
+
+  it("runs the image's arm64 mosquitto through qemu-user, serving TLS to a strict client that trusts only ca.crt", async () => {
+    // A copy, so that the delivered image stays as built; sparse, so it costs nothing.
+    const copy = path.join(tmp.dir, "run.img");
+    await execa("cp", ["--sparse=always", image, copy]);
+    const root = path.join(tmp.dir, "run-root");
+    const m = await mountRoot(copy, root, { readWrite: true });
+    try {
+      const tls = await freePort();
+      const lan = await freePort();
+      const stock = readFileSync(path.join(root, "etc/mosquitto/mosquitto.conf"), "utf8")
+        .replace(/^include_dir .*$/m, "")
+        .replace(/^log_dest .*$/m, "log_dest stderr")
+        .replace(/^pid_file .*$/m, "");
+      const fragment = readFileSync(path.join(root, "etc/mosquitto/conf.d/pibake.conf"), "utf8")
+        .replace(/^listener 8883$/m, `listener ${tls} 127.0.0.1`)
+        .replace(/^listener 1883$/m, `listener ${lan} 127.0.0.1`);
+      writeFileSync(path.join(root, "etc/mosquitto/pibake-test.conf"), `${stock}\n${fragment}\n`);
+      let log = "";
+      broker = execa("chroot", [root, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-test.conf"], { reject: false, all: true });
+      broker.all?.on("data", (d: Buffer) => (log += d.toString()));
+      let alive = true;
+      void broker.then(() => (alive = false));
+      await waitForPort(tls, 60_000, () => alive);
+
+      const ca = readFileSync(path.join(out1, "ca.crt"));
+      const good = await tryConnect(`mqtts://127.0.0.1:${tls}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: env.T_MQTT_PHONE_PW });
+      expect(good.ok, `${good.error}\n${log}`).toBe(true);
+      good.client!.end(true);
+      const bad = await tryConnect(`mqtts://127.0.0.1:${tls}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: "wrong-password" });
+      expect(bad.ok).toBe(false);
+      expect(bad.error).toMatch(/Not authorized|Bad username or password/i);
+      // A client that trusts only the system's CAs refuses the broker.
+      const untrusted = await tryConnect(`mqtts://127.0.0.1:${tls}`, { servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: env.T_MQTT_PHONE_PW });
+      expect(untrusted.ok).toBe(false);
+    } finally {
+      broker?.kill("SIGTERM");
+      await broker?.catch(() => undefined);
+      broker = undefined;
+      await m.release();
+      rmSync(copy, { force: true });
+    }
+  }, 180_000);
+
+  it("regenerates for a new domain from its own image in a small fraction of the first build: new certificate, same CA", async () => {
+    const out2 = path.join(tmp.dir, "out2");
+    const cfg2 = writeJson(path.join(tmp.dir, "broker2.json"), config(NEW_DOMAIN));
+    const t0 = Date.now();
+    const r = await pibake(["build", cfg2, "--base", image, "--out", out2, "--state", state, "--compress", "none", "--log-format", "plain"], { env, timeout: 600_000 });
+    const regenMs = Date.now() - t0;
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/\[3\/6\] packages: skipped, already installed/);
+    console.log(`base-image: first build ${(firstMs / 1000).toFixed(1)} s, regeneration ${(regenMs / 1000).toFixed(1)} s (${((regenMs * 100) / firstMs).toFixed(1)}%)`);
+    expect(regenMs).toBeLessThan(firstMs / 4);
+
+    const img2 = path.join(out2, readdirSync(out2).find((f) => f.endsWith(".img"))!);
+    expect(path.basename(img2)).toContain(NEW_DOMAIN);
+    const m1 = JSON.parse(readFileSync(image.replace(/\.img$/, ".manifest.json"), "utf8"));
+    const m2 = JSON.parse(readFileSync(img2.replace(/\.img$/, ".manifest.json"), "utf8"));
+    expect(m2.engine).toMatchObject({ regeneration: true, packagesInstalled: [], baseBuiltByPibake: "0.1.0" });
+    expect(m2.certificate.subject).toBe(`CN=${NEW_DOMAIN}`);
+    expect(m2.certificate.dnsNames).toContain(NEW_DOMAIN);
+    expect(m2.ca.sha256Fingerprint).toBe(m1.ca.sha256Fingerprint);
+    expect(m2.certificate.sha256Fingerprint).not.toBe(m1.certificate.sha256Fingerprint);
+
+    const root2 = path.join(tmp.dir, "mnt2");
+    const m = await mountRoot(img2, root2);
+    try {
+      const cert = new X509Certificate(readFileSync(path.join(root2, "etc/mosquitto/certs/server.crt")));
+      const ca = new X509Certificate(readFileSync(path.join(out2, "ca.crt")));
+      expect(cert.subject).toBe(`CN=${NEW_DOMAIN}`);
+      expect(cert.checkHost(NEW_DOMAIN)).toBe(NEW_DOMAIN);
+      expect(cert.verify(ca.publicKey)).toBe(true);
+      expect(readFileSync(path.join(out2, "ca.crt"), "utf8")).toBe(readFileSync(path.join(out1, "ca.crt"), "utf8"));
+      expect(readFileSync(path.join(root2, "etc/ddclient.conf"), "utf8")).toContain(NEW_DOMAIN);
+    } finally {
+      await m.release();
+    }
+    // The old configuration's blocks were freed and zeroed: the token is still in the image exactly once.
+    expect((await countInImage(img2, [env.T_DDNS_TOKEN])).get(env.T_DDNS_TOKEN)).toBe(1);
+  }, 600_000);
+
+  it("grows the root partition on request and shrinks the result to its used size plus a margin", async () => {
+    const outG = path.join(tmp.dir, "outG");
+    const r = await pibake(["build", cfg, "--base", image, "--out", outG, "--state", state, "--compress", "none", "--grow", "256M", "--shrink"], { env, timeout: 600_000 });
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
+    const img = path.join(outG, readdirSync(outG).find((f) => f.endsWith(".img"))!);
+    const m = JSON.parse(readFileSync(img.replace(/\.img$/, ".manifest.json"), "utf8"));
+    expect(m.engine.rootGrownBy).toBe(256 * 1024 * 1024);
+    expect(m.engine.rootShrunkTo).toBeGreaterThan(0);
+    // The table, as sfdisk reads it: the root partition ends where the file ends, at the shrunk size.
+    const sf = JSON.parse((await execa("sfdisk", ["--json", img])).stdout).partitiontable;
+    const p2 = sf.partitions[1];
+    expect((p2.start + p2.size) * 512).toBe(statSync(img).size);
+    expect(p2.size * 512).toBe(m.engine.rootShrunkTo);
+    expect(statSync(img).size).toBeLessThan(statSync(image).size);
+    // The file system fills its partition exactly, is clean, and still has the broker.
+    const dev = (await execa("losetup", ["--find", "--show", "--read-only", "--offset", String(p2.start * 512), "--sizelimit", String(p2.size * 512), img])).stdout.trim();
+    try {
+      const info = (await execa("dumpe2fs", ["-h", dev])).stdout;
+      expect(Number(/Block count:\s+(\d+)/.exec(info)![1]) * Number(/Block size:\s+(\d+)/.exec(info)![1])).toBe(p2.size * 512);
+      expect((await execa("e2fsck", ["-f", "-n", dev], { reject: false })).exitCode).toBe(0);
+    } finally {
+      await execa("losetup", ["--detach", dev], { reject: false });
+    }
+    const root = path.join(tmp.dir, "mntG");
+    const mm = await mountRoot(img, root);
+    try {
+      expect(existsSync(path.join(root, "etc/mosquitto/conf.d/pibake.conf"))).toBe(true);
+    } finally {
+      await mm.release();
+    }
+  }, 600_000);
+
+  it("stops cleanly on SIGINT during decompress, package install, overlay and compress, and the next run works", async () => {
+    const outI = path.join(tmp.dir, "outI");
+    const stateI = path.join(tmp.dir, "stateI");
+    const cases: { step: string; args: string[]; when: RegExp; delayMs?: number }[] = [
+      { step: "prepare base", args: ["--base", baseZst, "--compress", "none"], when: /decompressing .*: .* of / },
+      { step: "packages", args: ["--base", base, "--compress", "none"], when: /\[3\/6\] packages\n/, delayMs: 3000 },
+      { step: "overlay", args: ["--base", image, "--compress", "none"], when: /\[4\/6\] overlay\n/ },
+      { step: "deliver", args: ["--base", image, "--compress", "xz"], when: /compress: xz/ },
+    ];
+    for (const c of cases) {
+      const { result, sent, text } = await interruptWhen(["build", cfg, "--out", outI, "--state", stateI, "--log-format", "plain", ...c.args], c.when, "SIGINT", c.delayMs ?? 0);
+      expect(sent, `never reached ${c.step}:\n${text}`).toBe(true);
+      expect(result.exitCode, text).toBe(130);
+      expect(text).toContain(`interrupted by SIGINT during step "${c.step}": stopped and cleaned up; no image was written`);
+      expect(leftovers(outI), c.step).toEqual([]);
+      expect(existsSync(outI) ? readdirSync(outI) : [], c.step).toEqual([]);
+    }
+    const again = await pibake(["build", cfg, "--base", image, "--out", outI, "--state", stateI, "--compress", "none"], { env, timeout: 600_000 });
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(readdirSync(outI).filter((f) => f.endsWith(".img"))).toHaveLength(1);
+  }, 1_200_000);
+
+  it("after a SIGKILL of the whole process tree, the next build releases what it left and succeeds", async () => {
+    const outK = path.join(tmp.dir, "outK");
+    const { result, sent, text } = await interruptWhen(["build", cfg, "--base", image, "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none", "--log-format", "plain"], /\[4\/6\] overlay\n/, "SIGKILL");
+    expect(sent, text).toBe(true);
+    expect(result.signal ?? result.exitCode).toBe("SIGKILL");
+    const work = readdirSync(outK).filter((f) => f.startsWith(".pibake-work-"));
+    expect(work).toHaveLength(1);
+    expect(leftovers(outK).length, "a SIGKILL leaves its mounts and loop devices").toBeGreaterThan(0);
+    expect(readdirSync(outK).filter((f) => f.endsWith(".img"))).toEqual([]);
+
+    const again = await pibake(["build", cfg, "--base", image, "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none"], { env, timeout: 600_000 });
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/cleaned up after an interrupted build: .*unmounted .*detached \/dev\/loop\d+.*removed .*\.pibake-work-/);
+    expect(leftovers(outK)).toEqual([]);
+    expect(readdirSync(outK).filter((f) => f.startsWith("."))).toEqual([]);
+  }, 600_000);
+});
