@@ -90,9 +90,15 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
     /** ACPI-less `virt` powers off through the GPIO power key: system_powerdown on the monitor. */
     async powerdown(ms) {
       const t = Date.now();
+      // The monitor keeps its side open: send the command, give it a moment, hang up.
       await new Promise<void>((resolve, reject) => {
-        const s = net.connect(monitor, () => s.end("system_powerdown\n"));
-        s.on("close", () => resolve());
+        const s = net.connect(monitor, () => {
+          s.write("system_powerdown\n");
+          setTimeout(() => {
+            s.destroy();
+            resolve();
+          }, 1000);
+        });
         s.on("error", reject);
       });
       const deadline = t + ms;
