@@ -173,7 +173,7 @@ function minLength(n: number) {
 
 /** ddclient reads quoted values: a quote or backslash inside would end or escape them. */
 function ddclientSafe(v: string): string | undefined {
-  return /['"\\\s]/.test(v) ? "contains a quote, backslash or white space, which ddclient's config cannot carry" : undefined;
+  return minLength(8)(v) ?? (/['"\\\s]/.test(v) ? "contains a quote, backslash or white space, which ddclient's config cannot carry" : undefined);
 }
 
 function wpaPassphrase(v: string): string | undefined {
