@@ -1,8 +1,8 @@
 import { describe, expect, it, afterAll, beforeAll } from "vitest";
 import { execa } from "execa";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, stageList } from "../src/engines/pigen/plan.js";
 import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pigen/log.js";
 import { binfmtProblem, diskProblem, formatProblems, missingDependencies, rootProblem } from "../src/engines/pigen/preflight.js";
@@ -224,5 +224,42 @@ describe("pibake's copy of the pi-gen tree", () => {
     placeStages(tree, { stageFiles, baseStageDirs: [], skipBase: false, baseStages: ["stage0", "stage1", "stage2"] });
     expect(existsSync(path.join(tree, "stage2", "SKIP"))).toBe(false);
     expect((await git("status", "--porcelain")).stdout).toBe("");
+  });
+});
+
+describe("pibake build with pi-gen, before pi-gen starts", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+  const repo = path.join(tmp.dir, "pi-gen");
+  const git = (...args: string[]) => execa("git", ["-C", repo, ...args]);
+
+  beforeAll(async () => {
+    mkdirSync(repo);
+    await git("init", "-q", "-b", "arm64");
+    writeFileSync(path.join(repo, "build.sh"), "#!/bin/bash\necho pi-gen must not run >&2\nexit 3\n", { mode: 0o755 });
+    writeFileSync(path.join(repo, "depends"), "bash\nno-such-tool-pibake:pibake-missing-pkg\n");
+    await git("add", "-A");
+    await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
+  });
+
+  it("checks what pi-gen needs and prints the fix, without starting it", async () => {
+    const cfg = writeJson(path.join(tmp.dir, "c.json"), validConfig());
+    const r = await pibake(["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy"), "--state", path.join(tmp.dir, "state")], {
+      env: { ...secretEnv, XDG_CACHE_HOME: path.join(tmp.dir, "cache") },
+    });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/pi-gen cannot build here yet:/);
+    expect(r.stderr).toMatch(/fix: sudo apt-get install -y pibake-missing-pkg/);
+    expect(r.stderr).not.toMatch(/pi-gen must not run/);
+    expect(existsSync(path.join(tmp.dir, "deploy")) ? readdirSync(path.join(tmp.dir, "deploy")).filter((f) => f.endsWith(".img")) : []).toEqual([]);
+  });
+
+  it("names the branch a config needs when the checkout is on another", async () => {
+    const c = validConfig();
+    c.image.release = "bookworm";
+    const cfg = writeJson(path.join(tmp.dir, "bookworm.json"), c);
+    const r = await pibake(["build", cfg, "--pi-gen", repo, "--out", path.join(tmp.dir, "deploy2"), "--state", path.join(tmp.dir, "state")], { env: { ...secretEnv } });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/needs pi-gen's bookworm-arm64 branch/);
   });
 });
