@@ -4,7 +4,8 @@
  * with its own failure message; the engines differ only in the middle ones.
  */
 import type { CAC } from "cac";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statfsSync } from "node:fs";
+import { probeImage } from "../image/compression.js";
 import path from "node:path";
 import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { InterruptedError, PibakeError } from "../errors.js";
@@ -163,6 +164,21 @@ export async function recoverStale(outDir: string, out: Output): Promise<void> {
   if (temps.length > 0) out.info(`removed ${temps.length} temporary file(s) of an interrupted build from ${outDir}`);
 }
 
+/** The working image lives in --out (holes are free, data is not): say so before a long build runs out of space. */
+async function warnAboutSpace(base: string, outDir: string, out: Output): Promise<void> {
+  try {
+    const info = await probeImage(base);
+    const raw = info.size ?? info.sizeHint;
+    if (!raw) return;
+    const st = statfsSync(outDir);
+    const free = Number(st.bavail) * Number(st.bsize);
+    const need = raw + 1024 ** 3;
+    if (free < need) out.warn(`${outDir} has ${formatBytes(free)} free; a build from ${path.basename(base)} may need up to about ${formatBytes(need)} there (the working image, the packages, the delivered image)`);
+  } catch {
+    // The engine's own checks report an unreadable base.
+  }
+}
+
 export async function runBuild(configPath: string, opts: BuildOptions): Promise<Delivered> {
   checkUsage(opts);
   const out = createOutput({ verbose: opts.verbose === true, plain: opts.logFormat === "plain" });
@@ -189,6 +205,7 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
     throw new PibakeError(`cannot create the output directory ${outDir}: ${(err as Error).message}`);
   }
   await recoverStale(outDir, out);
+  if (usingBase) await warnAboutSpace(opts.base!, outDir, out);
 
   const workDir = path.join(outDir, `.pibake-work-${process.pid}`);
   const logPath = path.join(workDir, "build.log");
