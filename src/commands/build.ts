@@ -17,7 +17,7 @@ import { COMPRESSIONS, deliver, deliveryBaseName, pidAlive, removeStaleTemps, ty
 import { BuildLog } from "../engines/base-image/log.js";
 import { mountsBelow, releaseBelow } from "../engines/base-image/loop.js";
 import type { EngineInput, EngineResult } from "../engines/types.js";
-import type { PiGenOptions } from "../engines/pigen/index.js";
+import { buildWithPiGen } from "../engines/pigen/index.js";
 import { loadAndWarn } from "./config.js";
 
 export interface BuildOptions {
@@ -263,8 +263,7 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
       });
     } else {
       steps.begin("pi-gen");
-      const piGen = await loadPiGenEngine();
-      result = await piGen.buildWithPiGen({
+      result = await buildWithPiGen({
         ...input,
         ...(opts.piGen !== undefined ? { piGenDir: path.resolve(opts.piGen) } : {}),
         updatePiGen: opts.updatePiGen === true,
@@ -307,21 +306,6 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
   }
 }
 
-
-async function loadPiGenEngine(): Promise<{ buildWithPiGen(input: EngineInput & PiGenOptions): Promise<EngineResult> }> {
-  const spec = new URL("../engines/pigen/index.js", import.meta.url).href;
-  try {
-    const mod = (await import(spec)) as { buildWithPiGen?: unknown };
-    if (typeof mod.buildWithPiGen !== "function") throw new Error("buildWithPiGen is missing");
-    return mod as { buildWithPiGen(input: EngineInput & PiGenOptions): Promise<EngineResult> };
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ERR_MODULE_NOT_FOUND" || /buildWithPiGen is missing/.test((err as Error).message)) {
-      throw new PibakeError("this pibake has no pi-gen engine yet (src/engines/pigen): build from an existing Raspberry Pi OS image with --base IMAGE instead");
-    }
-    throw err;
-  }
-}
 
 export function registerBuild(cli: CAC): void {
   cli
