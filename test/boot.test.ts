@@ -16,6 +16,7 @@ import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 const isRoot = process.getuid?.() === 0;
 const hasQemu = existsSync("/usr/bin/qemu-system-aarch64") && existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64");
 const DOMAIN = "home.freemyip.com";
+const NODE_RED_PASSWORD = "NodeRed-Admin-5b7c";
 
 describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answers as a broker", () => {
   const tmp = tempDir("pibake-boot-");
@@ -28,23 +29,10 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
 
   beforeAll(async () => {
     await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", key]);
-    const c = validConfig();
-    // QEMU's user-mode network: the broker answering at all proves the rendered NetworkManager profile was applied.
-    c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
-    c.user.sshKeys = [readFileSync(`${key}.pub`, "utf8").trim()];
-    c.nodeRed = { enabled: false };
-    c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
-    const cfg = writeJson(path.join(tmp.dir, "boot.json"), c);
-
-    const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: 1_800_000 })).stdout.trim();
-    const out = path.join(tmp.dir, "deploy");
-    const build = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(tmp.dir, "state"), "--compress", "none"], {
-      env: secretEnv,
-      timeout: 1_800_000,
-    });
-    expect(build.exitCode, build.stderr).toBe(0);
-    image = path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!);
-    ca = readFileSync(path.join(out, "ca.crt"));
+    ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), (c) => {
+      c.nodeRed = { enabled: false };
+      c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
+    }));
   }, 2_400_000);
 
   afterAll(async () => {
@@ -128,6 +116,76 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
   }, 120_000);
 });
 
+/** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network. */
+async function buildForQemu(dir: string, sshKey: string, mutate: (c: Record<string, any>) => void): Promise<{ image: string; ca: Buffer }> {
+  const c = validConfig();
+  // QEMU's user-mode network: the broker answering at all proves the rendered NetworkManager profile was applied.
+  c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
+  c.user.sshKeys = [sshKey];
+  mutate(c);
+  const cfg = writeJson(path.join(dir, "boot.json"), c);
+  const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: 1_800_000 })).stdout.trim();
+  const out = path.join(dir, "deploy");
+  const build = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(dir, "state"), "--compress", "none"], {
+    env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD },
+    timeout: 2_400_000,
+  });
+  expect(build.exitCode, build.stderr).toBe(0);
+  return { image: path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!), ca: readFileSync(path.join(out, "ca.crt")) };
+}
+
 async function kernelDir(): Promise<string> {
   return (await execa("bash", [path.join(repoRoot, "scripts/fixtures/qemu-kernel.sh")], { timeout: 1_800_000 })).stdout.trim();
 }
+
+/**
+ * Node-RED installed at build time (nodeRed.install "build"): the editor on the
+ * forwarded port asks for a login and the token endpoint takes the configured
+ * password. npm installs Node-RED under qemu-user during the build, which takes
+ * many minutes, so this runs only with PIBAKE_BOOT_NODE_RED=1 (see README).
+ */
+describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")("Node-RED in the booted image", () => {
+  const tmp = tempDir("pibake-boot-nr-");
+  let vm: Vm | undefined;
+  let image = "";
+
+  beforeAll(async () => {
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(tmp.dir, "key")]);
+    ({ image } = await buildForQemu(tmp.dir, readFileSync(path.join(tmp.dir, "key.pub"), "utf8").trim(), (c) => {
+      c.nodeRed = { install: "build", admin: { user: "admin", password: { env: "T_NODE_RED_PW" } } };
+    }));
+  }, 3_600_000);
+
+  afterAll(async () => {
+    await vm?.kill();
+    tmp.cleanup();
+  });
+
+  it("serves the editor behind a login, and the token endpoint accepts the configured password", async () => {
+    vm = await bootVm({ image, kernelDir: await kernelDir(), consoleLog: path.join(tmp.dir, "console.log"), forward: { nodeRed: 1880 } });
+    const base = `http://127.0.0.1:${vm.ports.nodeRed}`;
+    const deadline = Date.now() + 600_000;
+    for (;;) {
+      const r = await fetch(`${base}/auth/login`, { signal: AbortSignal.timeout(10_000) }).catch(() => undefined);
+      if (r?.ok) break;
+      if (vm.exited() || Date.now() > deadline) throw new Error(`Node-RED did not answer within 10 minutes; last console lines:\n${vm.lastConsoleLines()}`);
+      await new Promise((res) => setTimeout(res, 5000));
+    }
+    console.log(`boot: power-on to Node-RED answering: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+    // The editor asks for a login: adminAuth of type "credentials".
+    const login = (await (await fetch(`${base}/auth/login`)).json()) as { type?: string };
+    expect(login.type).toBe("credentials");
+    expect((await fetch(`${base}/flows`)).status).toBe(401);
+    const token = async (password: string) =>
+      fetch(`${base}/auth/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ client_id: "node-red-admin", grant_type: "password", scope: "*", username: "admin", password }),
+      });
+    expect((await token("wrong-password-1")).status).toBe(403);
+    const ok = await token(NODE_RED_PASSWORD);
+    expect(ok.status).toBe(200);
+    const { access_token } = (await ok.json()) as { access_token: string };
+    expect((await fetch(`${base}/flows`, { headers: { authorization: `Bearer ${access_token}` } })).status).toBe(200);
+  }, 900_000);
+});

@@ -192,17 +192,14 @@ describe("pibake's copy of the pi-gen tree", () => {
   const repo = path.join(tmp.dir, "pi-gen");
   const git = (...args: string[]) => execa("git", ["-C", repo, ...args]);
 
-  beforeAll(async () => {
-    mkdirSync(repo);
-    await git("init", "-q", "-b", "arm64");
-    for (const s of ["stage0", "stage1", "stage2"]) {
-      mkdirSync(path.join(repo, s));
-      writeFileSync(path.join(repo, s, "prerun.sh"), "#!/bin/bash -e\n", { mode: 0o755 });
-    }
-    writeFileSync(path.join(repo, "build.sh"), "#!/bin/bash -e\n", { mode: 0o755 });
-    await git("add", "-A");
-    await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
-  });
+  beforeAll(() =>
+    fakePiGen(repo, {
+      "build.sh": "#!/bin/bash -e\n",
+      "stage0/prerun.sh": "#!/bin/bash -e\n",
+      "stage1/prerun.sh": "#!/bin/bash -e\n",
+      "stage2/prerun.sh": "#!/bin/bash -e\n",
+    }),
+  );
 
   it("refuses a checkout on the wrong branch and says which one is needed", async () => {
     await expect(useCheckout(repo, "bookworm-arm64")).rejects.toThrow(/is on branch arm64, but this config needs pi-gen's bookworm-arm64 branch: run git -C .* checkout bookworm-arm64/);
@@ -231,16 +228,13 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
   const tmp = tempDir();
   afterAll(tmp.cleanup);
   const repo = path.join(tmp.dir, "pi-gen");
-  const git = (...args: string[]) => execa("git", ["-C", repo, ...args]);
 
-  beforeAll(async () => {
-    mkdirSync(repo);
-    await git("init", "-q", "-b", "arm64");
-    writeFileSync(path.join(repo, "build.sh"), "#!/bin/bash\necho pi-gen must not run >&2\nexit 3\n", { mode: 0o755 });
-    writeFileSync(path.join(repo, "depends"), "bash\nno-such-tool-pibake:pibake-missing-pkg\n");
-    await git("add", "-A");
-    await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
-  });
+  beforeAll(() =>
+    fakePiGen(repo, {
+      "build.sh": "#!/bin/bash\necho pi-gen must not run >&2\nexit 3\n",
+      depends: "bash\nno-such-tool-pibake:pibake-missing-pkg\n",
+    }),
+  );
 
   it("checks what pi-gen needs and prints the fix, without starting it", async () => {
     const cfg = writeJson(path.join(tmp.dir, "c.json"), validConfig());
@@ -263,3 +257,16 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
     expect(r.stderr).toMatch(/needs pi-gen's bookworm-arm64 branch/);
   });
 });
+
+/** A git checkout on pi-gen's arm64 branch holding just the given files (scripts executable). */
+async function fakePiGen(repo: string, files: Record<string, string>): Promise<void> {
+  const git = (...args: string[]) => execa("git", ["-C", repo, ...args]);
+  mkdirSync(repo, { recursive: true });
+  await git("init", "-q", "-b", "arm64");
+  for (const [rel, content] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(repo, rel)), { recursive: true });
+    writeFileSync(path.join(repo, rel), content, { mode: rel.endsWith(".sh") ? 0o755 : 0o644 });
+  }
+  await git("add", "-A");
+  await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
+}

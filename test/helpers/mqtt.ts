@@ -1,4 +1,5 @@
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import type { ConnectionOptions } from "node:tls";
 
 export interface ConnectResult {
   ok: boolean;
@@ -7,7 +8,8 @@ export interface ConnectResult {
 }
 
 /** Connect once (no reconnects), resolve with the outcome within `ms`. */
-export function tryConnect(url: string, opts: IClientOptions, ms = 15_000): Promise<ConnectResult> {
+/** mqtt.js hands TLS options (minVersion, ciphers…) through to node:tls. */
+export function tryConnect(url: string, opts: IClientOptions & Pick<ConnectionOptions, "minVersion" | "maxVersion" | "ciphers">, ms = 15_000): Promise<ConnectResult> {
   return new Promise((resolve) => {
     const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: ms, ...opts });
     const timer = setTimeout(() => {
