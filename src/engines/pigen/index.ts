@@ -7,7 +7,8 @@ import { formatDuration, redact } from "../../ui/output.js";
 import type { EngineInput, EngineResult } from "../types.js";
 import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
 import { estimateRemaining, PiGenProgress } from "./log.js";
-import { binfmtProblem, diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
+import { binfmtProblem } from "../binfmt.js";
+import { diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
 import { baseDigest, baseStageNames, decideReuse, piGenBranch, piGenConfigFile, PIBAKE_STAGE, stageList } from "./plan.js";
 
 export interface PiGenOptions {
@@ -64,7 +65,7 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   const cache = cacheDir();
   const problems: PreflightProblem[] = [];
   const binfmt = binfmtProblem(model.image.arch);
-  if (binfmt) problems.push(binfmt);
+  if (binfmt) problems.push({ what: binfmt });
   if (runner === "native") {
     const root = rootProblem();
     if (root) problems.push(root);

@@ -2,7 +2,6 @@ import { execa } from "execa";
 import { existsSync, readFileSync, statfsSync, mkdirSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import type { Arch } from "../../config/model.js";
 import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
 
@@ -12,24 +11,12 @@ import { aptInstallLine, parseDepends } from "./plan.js";
  */
 export interface PreflightProblem {
   what: string;
-  fix: string;
+  /** The command that fixes it, when the message does not already say. */
+  fix?: string;
 }
 
 /** pi-gen needs several GiB for its work directory (three root filesystems and the image). */
 export const PI_GEN_MIN_FREE_BYTES = 12 * 1024 ** 3;
-
-export function binfmtProblem(arch: Arch, hostArch = process.arch, binfmtDir = "/proc/sys/fs/binfmt_misc"): PreflightProblem | undefined {
-  if (hostArch === "arm64" || (hostArch === "arm" && arch === "armhf")) return undefined;
-  const interpreter = arch === "arm64" ? "qemu-aarch64" : "qemu-arm";
-  if (!existsSync(path.join(binfmtDir, "status"))) {
-    return { what: "binfmt_misc is not mounted: this host cannot run ARM programs inside the image", fix: "sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" };
-  }
-  const entry = path.join(binfmtDir, interpreter);
-  if (!existsSync(entry) || !readFileSync(entry, "utf8").startsWith("enabled")) {
-    return { what: `${interpreter} is not registered with binfmt_misc`, fix: "sudo apt-get install -y qemu-user-static binfmt-support && sudo update-binfmts --enable" };
-  }
-  return undefined;
-}
 
 export function diskProblem(dir: string, needed = PI_GEN_MIN_FREE_BYTES): PreflightProblem | undefined {
   mkdirSync(dir, { recursive: true });
@@ -64,5 +51,6 @@ export function isDebianFamily(osRelease = existsSync("/etc/os-release") ? readF
 }
 
 export function formatProblems(problems: PreflightProblem[]): string {
-  return `pi-gen cannot build here yet:\n${problems.map((p) => `  - ${p.what}\n    fix: ${p.fix}`).join("\n")}`;
+  const indent = (text: string) => text.replace(/\n/g, "\n    ");
+  return `pi-gen cannot build here yet:\n${problems.map((p) => `  - ${indent(p.what)}${p.fix ? `\n    fix: ${p.fix}` : ""}`).join("\n")}`;
 }
