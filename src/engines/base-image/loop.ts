@@ -1,7 +1,9 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import type { CleanupScope } from "../../cleanup.js";
-import { unmountTree } from "../chroot.js";
+import { mountsBelow, unmountTree } from "../chroot.js";
+
+export { mountsBelow } from "../chroot.js";
 import { tool } from "./tools.js";
 import type { BuildLog } from "./log.js";
 
@@ -62,15 +64,6 @@ export function listLoops(): { dev: string; backingFile: string }[] {
     }
   }
   return out;
-}
-
-/** Mount points at or below `dir`, from /proc/self/mounts. */
-export function mountsBelow(dir: string): string[] {
-  const d = path.resolve(dir);
-  return readFileSync("/proc/self/mounts", "utf8")
-    .split("\n")
-    .map((l) => l.split(" ")[1]?.replace(/\\040/g, " "))
-    .filter((m): m is string => !!m && (m === d || m.startsWith(`${d}/`)));
 }
 
 /** Processes whose root directory is `rootfs` or below it: what still runs in a chroot. */
