@@ -1,5 +1,5 @@
 import { execa } from "execa";
-import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
@@ -91,7 +91,8 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
     preventServiceStarts(rootfs, scope);
     provideResolvConf(rootfs, scope);
     let aptUpdated = !opts.aptUpdate;
-    const chroot = (script: string) => runInChroot(rootfs, { script, signal, ...(opts.onLine ? { onLine: opts.onLine } : {}) });
+    const env = extraCaEnv(rootfs);
+    const chroot = (script: string) => runInChroot(rootfs, { script, signal, env, ...(opts.onLine ? { onLine: opts.onLine } : {}) });
     begin(stageDir);
     for (const sub of subStages(stageDir)) {
       begin(sub);
@@ -144,6 +145,20 @@ async function runHostScript(file: string, subStageDir: string, stageDir: string
     const tail = (r.all ?? "").split("\n").slice(-40).map((l) => `  | ${l}`).join("\n");
     throw new PibakeError(`${file} failed (exit ${r.exitCode ?? r.signal}):\n${tail}`);
   }
+}
+
+/**
+ * A build host behind a TLS-inspecting proxy names the proxy's CA in
+ * NODE_EXTRA_CA_CERTS; npm inside the image (Node-RED installed at build time)
+ * needs it too. It is copied to the chroot's /tmp, a tmpfs for the stage's
+ * duration, so it never lands in the image.
+ */
+function extraCaEnv(rootfs: string): Record<string, string> {
+  const file = process.env.NODE_EXTRA_CA_CERTS;
+  if (!file || !existsSync(file)) return {};
+  const inChroot = "/tmp/pibake-extra-ca.pem";
+  writeFileSync(path.join(rootfs, inChroot), readFileSync(file));
+  return { NODE_EXTRA_CA_CERTS: inChroot };
 }
 
 function anySignal(...signals: (AbortSignal | undefined)[]): AbortSignal {
