@@ -56,6 +56,9 @@ describe("sizes", () => {
     expect(autoGrow(300 * MiB, true)).toBe(alignUp(GiB - 300 * MiB, 64 * MiB));
     expect(autoGrow(300 * MiB, false)).toBe(0);
     expect(autoGrow(100 * MiB, false)).toBe(64 * MiB);
+    // Node-RED installed at build time wants another GiB on top of the packages.
+    expect(autoGrow(300 * MiB, true, GiB)).toBe(alignUp(2 * GiB - 300 * MiB, 64 * MiB));
+    expect(autoGrow(2 * GiB, true, GiB)).toBe(0);
   });
 
   it("shrinks to the used size plus a margin, never up", () => {

@@ -27,7 +27,7 @@ import { attachLoop, killChrootProcesses } from "./loop.js";
 import { MARKER_PATH, missingPackages, stagePackages, writeMarker, type ImageMarker } from "./marker.js";
 import { checkBinfmt, checkPrograms, checkRoot } from "./preflight.js";
 import { describeProgress, prepareBase } from "./prepare.js";
-import { autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
+import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
 import { applySystemSettings, checkBaseMatches, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram, tool } from "./tools.js";
 import { packageRoot } from "../../paths.js";
@@ -138,7 +138,8 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
   const regeneration = facts.marker !== undefined && missing.length === 0;
   log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
   log.line(regeneration ? `regeneration: every stage package is installed (${wanted.join(", ")})` : `packages to install: ${missing.join(", ") || "none"}`);
-  const growBy = input.grow === undefined || input.grow === "auto" ? autoGrow(facts.freeBytes, !regeneration) : input.grow;
+  const nodeRedRoom = model.nodeRed?.install === "build" && !regeneration ? AUTO_FREE_NODE_RED_BUILD : 0;
+  const growBy = input.grow === undefined || input.grow === "auto" ? autoGrow(facts.freeBytes, !regeneration, nodeRedRoom) : input.grow;
   if (growBy > 0) {
     steps.status(`growing the root partition by ${formatBytes(growBy)} (${formatBytes(facts.freeBytes)} free)`);
     root = await growImage(image, root, growBy);

@@ -33,8 +33,16 @@ export function parseGrow(text: string | undefined): "auto" | number {
 export const AUTO_FREE_WITH_PACKAGES = 1 * GiB;
 export const AUTO_FREE_WITHOUT_PACKAGES = 128 * MiB;
 
-export function autoGrow(freeBytes: number, installsPackages: boolean): number {
-  const want = installsPackages ? AUTO_FREE_WITH_PACKAGES : AUTO_FREE_WITHOUT_PACKAGES;
+/**
+ * Node-RED installed at build time (nodeRed.install "build") needs room beyond
+ * the stage's packages: Node.js and npm's Debian packages, Node-RED, the
+ * dashboard and npm's cache. Without it the first user's npm install hits the
+ * blocks ext4 reserves for root and fails with "No space left on device".
+ */
+export const AUTO_FREE_NODE_RED_BUILD = 1 * GiB;
+
+export function autoGrow(freeBytes: number, installsPackages: boolean, extraBytes = 0): number {
+  const want = (installsPackages ? AUTO_FREE_WITH_PACKAGES : AUTO_FREE_WITHOUT_PACKAGES) + extraBytes;
   return freeBytes >= want ? 0 : alignUp(want - freeBytes, 64 * MiB);
 }
 
