@@ -270,6 +270,69 @@ export interface CreateBmapOptions {
 }
 
 /**
+ * Builds a bmap from an image's bytes read in order: every block that is not
+ * all zeros is mapped, with a sha256 per contiguous range. Fed by createBmap
+ * (which reads everything) and by delivery (which skips holes via gap()).
+ */
+export class BmapBuilder {
+  private readonly ranges: BmapRange[] = [];
+  private current: { first: number; hash: ReturnType<typeof createHash> } | undefined;
+  private zeros = Buffer.alloc(0);
+
+  constructor(
+    readonly imageSize: number,
+    readonly blockSize = DEFAULT_BLOCK_SIZE,
+  ) {}
+
+  private close(last: number): void {
+    if (!this.current) return;
+    this.ranges.push({ first: this.current.first, last, checksum: this.current.hash.digest("hex") });
+    this.current = undefined;
+  }
+
+  /** `len` bytes of `buf`, which stand at byte `pos` of the image (a block boundary). */
+  feed(buf: Buffer, len: number, pos: number): void {
+    if (this.zeros.length < len) this.zeros = Buffer.alloc(len);
+    // The common case in free space: a whole chunk of zeros with no range open.
+    if (this.current === undefined && buf.compare(this.zeros, 0, len, 0, len) === 0) return;
+    const firstBlock = pos / this.blockSize;
+    // Contiguous data blocks within the chunk go to the hash in one call.
+    let runStart = -1;
+    for (let b = 0, off = 0; off < len; b++, off += this.blockSize) {
+      const e = Math.min(off + this.blockSize, len);
+      if (buf.compare(this.zeros, 0, e - off, off, e) !== 0) {
+        if (!this.current) this.current = { first: firstBlock + b, hash: createHash("sha256") };
+        if (runStart < 0) runStart = off;
+      } else {
+        if (runStart >= 0) this.current!.hash.update(buf.subarray(runStart, off));
+        runStart = -1;
+        this.close(firstBlock + b - 1);
+      }
+    }
+    if (runStart >= 0) this.current!.hash.update(buf.subarray(runStart, len));
+  }
+
+  /** Zeros that are not read (a hole) start at byte `pos` (a block boundary): they end any open range. */
+  gap(pos: number): void {
+    this.close(pos / this.blockSize - 1);
+  }
+
+  finish(): Bmap {
+    const blocksCount = Math.ceil(this.imageSize / this.blockSize);
+    this.close(blocksCount - 1);
+    return {
+      version: BMAP_VERSION,
+      imageSize: this.imageSize,
+      blockSize: this.blockSize,
+      blocksCount,
+      mappedBlocksCount: this.ranges.reduce((n, r) => n + r.last - r.first + 1, 0),
+      checksumType: "sha256",
+      ranges: this.ranges,
+    };
+  }
+}
+
+/**
  * Scan an image and map every block that is not all zeros (the build fills
  * free space with zeros first, so this is the data). One sequential pass:
  * zero tests and range checksums are computed from the same reads.
@@ -278,20 +341,13 @@ export async function createBmap(imagePath: string, opts: CreateBmapOptions = {}
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
   const output = opts.output ?? `${imagePath}.bmap`;
   const fh = await fsp.open(imagePath, "r");
-  const ranges: BmapRange[] = [];
-  let imageSize: number;
+  let bmap: Bmap;
   try {
-    imageSize = (await fh.stat()).size;
+    const imageSize = (await fh.stat()).size;
     if (imageSize === 0) throw new BmapError(`cannot make a bmap for ${imagePath}: the image is empty`);
+    const builder = new BmapBuilder(imageSize, blockSize);
     const chunkSize = blockSize * Math.max(1, Math.floor((4 << 20) / blockSize));
     const buf = Buffer.alloc(chunkSize);
-    const zeros = Buffer.alloc(chunkSize);
-    let current: { first: number; hash: ReturnType<typeof createHash> } | undefined;
-    const close = (last: number) => {
-      if (!current) return;
-      ranges.push({ first: current.first, last, checksum: current.hash.digest("hex") });
-      current = undefined;
-    };
     for (let pos = 0; pos < imageSize; ) {
       opts.signal?.throwIfAborted();
       const want = Math.min(chunkSize, imageSize - pos);
@@ -301,43 +357,13 @@ export async function createBmap(imagePath: string, opts: CreateBmapOptions = {}
         if (bytesRead === 0) throw new BmapError(`${imagePath} shrank while its bmap was being made`);
         got += bytesRead;
       }
-      const firstBlock = pos / blockSize;
-      if (current === undefined && buf.compare(zeros, 0, got, 0, got) === 0) {
-        pos += got;
-        continue; // The common case in free space: a whole chunk of zeros.
-      }
-      // Contiguous data blocks within the chunk go to the hash in one call.
-      let runStart = -1;
-      const nBlocks = Math.ceil(got / blockSize);
-      for (let b = 0; b < nBlocks; b++) {
-        const s = b * blockSize;
-        const e = Math.min(s + blockSize, got);
-        const isZero = buf.compare(zeros, 0, e - s, s, e) === 0;
-        if (!isZero) {
-          if (!current) current = { first: firstBlock + b, hash: createHash("sha256") };
-          if (runStart < 0) runStart = s;
-        } else {
-          if (runStart >= 0) current!.hash.update(buf.subarray(runStart, s));
-          runStart = -1;
-          close(firstBlock + b - 1);
-        }
-      }
-      if (runStart >= 0) current!.hash.update(buf.subarray(runStart, got));
+      builder.feed(buf, got, pos);
       pos += got;
     }
-    close(Math.ceil(imageSize / blockSize) - 1);
+    bmap = builder.finish();
   } finally {
     await fh.close();
   }
-  const bmap: Bmap = {
-    version: BMAP_VERSION,
-    imageSize,
-    blockSize,
-    blocksCount: Math.ceil(imageSize / blockSize),
-    mappedBlocksCount: ranges.reduce((n, r) => n + r.last - r.first + 1, 0),
-    checksumType: "sha256",
-    ranges,
-  };
   await writeFileAtomic(output, serializeBmap(bmap));
   return { path: output, bmap };
 }

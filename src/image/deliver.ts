@@ -25,7 +25,7 @@ import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
 import { summarize } from "../secrets/pki.js";
 import { formatBytes } from "../ui/output.js";
-import { BMAP_VERSION, DEFAULT_BLOCK_SIZE, readBmap, serializeBmap, writeFileAtomic, type Bmap, type BmapRange } from "./bmap.js";
+import { BmapBuilder, DEFAULT_BLOCK_SIZE, readBmap, serializeBmap, writeFileAtomic, type Bmap } from "./bmap.js";
 
 export type DeliverCompression = "xz" | "zstd" | "none";
 export const COMPRESSIONS: readonly DeliverCompression[] = ["xz", "zstd", "none"];
@@ -198,18 +198,12 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
     const size = (await fh.stat()).size;
     const ranges = await dataRanges(file, size);
     const fileHash = createHash("sha256");
-    const mapped: BmapRange[] = [];
-    let current: { first: number; hash: ReturnType<typeof createHash> } | undefined;
-    const closeRange = (last: number) => {
-      if (!current) return;
-      mapped.push({ first: current.first, last, checksum: current.hash.digest("hex") });
-      current = undefined;
-    };
+    const builder = new BmapBuilder(size, blockSize);
     let pos = 0;
     const zerosTo = async (end: number) => {
       if (end <= pos) return;
       // A hole ends any mapped range (pos is on a block boundary here).
-      closeRange(pos / blockSize - 1);
+      builder.gap(pos);
       while (pos < end) {
         opts.signal?.throwIfAborted();
         const n = Math.min(SCAN_CHUNK, end - pos);
@@ -233,21 +227,7 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
           got += bytesRead;
         }
         fileHash.update(buf);
-        const firstBlock = pos / blockSize;
-        let runStart = -1;
-        for (let b = 0, off = 0; off < want; b++, off += blockSize) {
-          const e = Math.min(off + blockSize, want);
-          const isZero = buf.compare(ZEROS, 0, e - off, off, e) === 0;
-          if (!isZero) {
-            if (!current) current = { first: firstBlock + b, hash: createHash("sha256") };
-            if (runStart < 0) runStart = off;
-          } else {
-            if (runStart >= 0) current!.hash.update(buf.subarray(runStart, off));
-            runStart = -1;
-            closeRange(firstBlock + b - 1);
-          }
-        }
-        if (runStart >= 0) current!.hash.update(buf.subarray(runStart, want));
+        builder.feed(buf, want, pos);
         if (opts.sink) await opts.sink(buf);
         pos += want;
         opts.onProgress?.(pos, size);
@@ -262,16 +242,7 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
       await data(end);
     }
     await zerosTo(size);
-    closeRange(Math.ceil(size / blockSize) - 1);
-    const bmap: Bmap = {
-      version: BMAP_VERSION,
-      imageSize: size,
-      blockSize,
-      blocksCount: Math.ceil(size / blockSize),
-      mappedBlocksCount: mapped.reduce((n, r) => n + r.last - r.first + 1, 0),
-      checksumType: "sha256",
-      ranges: mapped,
-    };
+    const bmap = builder.finish();
     return { bmap, sha256: fileHash.digest("hex") };
   } finally {
     await fh.close();
