@@ -18,6 +18,8 @@ export function redact(text: string): string {
 }
 
 export interface Output {
+  /** True when status lines replace each other on a terminal; plain lines otherwise (log files, CI). */
+  readonly live: boolean;
   info(message: string): void;
   warn(message: string): void;
   /** A line of progress on long work; on a terminal the next status line replaces it. */
@@ -46,6 +48,7 @@ export function createOutput(opts: OutputOptions = {}): Output {
     }
   };
   return {
+    live,
     info(message) {
       if (opts.quiet) return;
       clearStatus();

@@ -66,10 +66,12 @@ export class PiGenProgress {
 
   /** The innermost thing running, as "stage2 › 01-sys-tweaks › 01-run.sh". */
   current(): string | undefined {
-    const p = this.open.at(-1);
-    if (!p) return undefined;
-    const l = locate(p);
-    return [l.stage, l.subStage, l.step].filter(Boolean).join(" › ") || p;
+    // pi-gen's outermost Begin is its own directory, which names no stage.
+    for (const p of [...this.open].reverse()) {
+      const l = locate(p);
+      if (l.stage) return [l.stage, l.subStage, l.step].filter(Boolean).join(" › ");
+    }
+    return undefined;
   }
 
   /** After a failure: the innermost step that began and never ended. */
