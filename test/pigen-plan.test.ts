@@ -7,6 +7,7 @@ import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, st
 import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pigen/log.js";
 import { diskProblem, formatProblems, missingDependencies, rootProblem } from "../src/engines/pigen/preflight.js";
 import { placeStages, prepareTree, useCheckout } from "../src/engines/pigen/checkout.js";
+import { timingsSummary } from "../src/engines/pigen/index.js";
 import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
@@ -140,6 +141,12 @@ describe("pi-gen's log", () => {
     expect(p.failedStep()).toBe("stage-pibake › 00-broker › 02-run-chroot.sh");
     expect(p.stageDurations.stage0).toBe(8000);
     expect(p.tail.at(-2)).toBe("usermod: user 'admin' does not exist");
+  });
+
+  it("sums up the last full build and the last regeneration side by side", () => {
+    const run = (ms: number) => ({ stages: {}, totalMs: ms, finishedAt: "2026-11-20T10:00:00.000Z" });
+    expect(timingsSummary({ full: run(2_470_000), regeneration: run(362_000) }, "regeneration")).toBe("pi-gen: full build 41m10s (2026-11-20), regeneration 6m02s (this build)");
+    expect(timingsSummary({ full: run(2_470_000) }, "full")).toBe("pi-gen: full build 41m10s (this build), regeneration not yet (the next build with unchanged base inputs)");
   });
 
   it("estimates what is left from the last build", () => {

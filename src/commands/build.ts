@@ -293,7 +293,8 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
 
     const cert = summarize(secrets.pki.serverCertPem);
     out.info("");
-    out.info(`built ${delivered.image} in ${formatDuration(Date.now() - buildStart)}${result.manifest.regeneration ? " (regeneration: the packages were already in the base)" : ""}`);
+    out.info(`built ${delivered.image} in ${formatDuration(Date.now() - buildStart)}${result.manifest.regeneration && result.manifest.engine === "base" ? " (regeneration: the packages were already in the base)" : ""}`);
+    for (const line of result.summary ?? []) out.info(`  ${line}`);
     out.info(`  image       ${formatBytes(delivered.size)}${compress === "none" ? "" : ` (${formatBytes(delivered.rawSize)} raw)`}, sha256 ${delivered.sha256.slice(0, 16)}…`);
     out.info(`  checksum    ${path.basename(delivered.sha256File)}   (check: sha256sum -c ${path.basename(delivered.sha256File)})`);
     out.info(`  block map   ${path.basename(delivered.bmap)}   (bmaptool copy and pibake flash use it)`);

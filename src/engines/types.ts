@@ -31,4 +31,6 @@ export interface EngineResult {
   manifest: Record<string, unknown>;
   /** Named durations in milliseconds for the summary and the next build's estimate. */
   timings: Record<string, number>;
+  /** Extra lines for the build summary, e.g. pi-gen's full and regeneration times. */
+  summary?: string[];
 }

@@ -8,6 +8,7 @@ import type { EngineInput, EngineResult } from "../types.js";
 import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
 import { estimateRemaining, PiGenProgress } from "./log.js";
 import { binfmtProblem } from "../binfmt.js";
+import { releaseBelow } from "../base-image/loop.js";
 import { diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
 import { baseDigest, baseStageNames, decideReuse, piGenBranch, piGenConfigFile, PIBAKE_STAGE, stageList } from "./plan.js";
 
@@ -39,6 +40,34 @@ function digestTree(dirs: string[]): string {
   };
   for (const d of dirs) walk(path.resolve(d), "");
   return h.digest("hex");
+}
+
+/** The last full build's and the last regeneration's pi-gen times, kept in the state directory for estimates and the summary. */
+interface PiGenRun {
+  stages: Record<string, number>;
+  totalMs: number;
+  finishedAt: string;
+}
+export type PiGenTimings = Partial<Record<"full" | "regeneration", PiGenRun>>;
+const TIMINGS_FILE = "pigen-timings.json";
+
+function readTimings(state: EngineInput["state"]): PiGenTimings {
+  const t = state.readJson<PiGenTimings>(TIMINGS_FILE) ?? {};
+  // Only records of this shape count; anything else is an older pibake's and is ignored.
+  const valid = (r: PiGenRun | undefined) => (r && typeof r.totalMs === "number" && r.stages ? r : undefined);
+  const full = valid(t.full);
+  const regeneration = valid(t.regeneration);
+  return { ...(full ? { full } : {}), ...(regeneration ? { regeneration } : {}) };
+}
+
+/** "pi-gen: full build 41m10s (2026-11-20), regeneration 6m02s (this build)" */
+export function timingsSummary(t: PiGenTimings, thisBuild: "full" | "regeneration"): string {
+  const part = (k: "full" | "regeneration") => {
+    const r = t[k];
+    if (!r) return k === "full" ? "full build not recorded" : "regeneration not yet (the next build with unchanged base inputs)";
+    return `${k === "full" ? "full build" : "regeneration"} ${formatDuration(r.totalMs)} (${k === thisBuild ? "this build" : r.finishedAt.slice(0, 10)})`;
+  };
+  return `pi-gen: ${part("full")}, ${part("regeneration")}`;
 }
 
 async function chooseRunner(requested: PiGenOptions["runner"]): Promise<"native" | "docker"> {
@@ -115,9 +144,9 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     { mode: 0o600 },
   );
 
-  const timingsFile = "pigen-timings.json";
-  const previous = input.state.readJson<{ full?: Record<string, number>; regeneration?: Record<string, number> }>(timingsFile);
-  const previousStages = decision.reuse ? previous?.regeneration : previous?.full;
+  const kind = decision.reuse ? "regeneration" : "full";
+  const previous = readTimings(input.state);
+  const previousStages = previous[kind]?.stages;
   const stages = [...(decision.reuse ? [] : baseStages), PIBAKE_STAGE, "export-image"];
   const progress = new PiGenProgress();
   const log = createWriteStream(input.logPath, { flags: "a", mode: 0o600 });
@@ -136,10 +165,21 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   input.scope.defer(async () => {
     if (runner === "docker" && input.scope.signal.aborted) await execa("docker", ["stop", "-t", "10", containerName], { reject: false });
   }, "stop pi-gen's container");
+  if (runner === "native") {
+    // pi-gen unmounts on its own exit trap; a pi-gen killed before that leaves chroot mounts and the export's loop device.
+    input.scope.defer(async () => {
+      const released = await releaseBelow(workDir);
+      if (released.length > 0) out.info(`released what pi-gen left: ${released.join(", ")}`);
+    }, "release pi-gen's mounts and loop devices");
+  }
   let stageStarted = Date.now();
   let currentStage: string | undefined;
+  // Plain output (a log, CI) gets a line when pi-gen moves on, and a heartbeat once a minute; a terminal's status line is refreshed every few seconds.
+  let lastPlain = { where: "", at: 0 };
   const showStatus = () => {
     const where = progress.current() ?? "starting";
+    if (!out.live && where === lastPlain.where && Date.now() - lastPlain.at < 60_000) return;
+    lastPlain = { where, at: Date.now() };
     const remaining = estimateRemaining(previousStages, stages, progress.stageDurations, currentStage, Date.now() - stageStarted);
     out.status(`pi-gen: ${where} · ${formatDuration(Date.now() - started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
   };
@@ -187,12 +227,14 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
 
   writeFileSync(recordFile, JSON.stringify({ digest, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
   const timings = { ...progress.stageDurations, total: Date.now() - started };
-  input.state.writeJson(timingsFile, { ...previous, [decision.reuse ? "regeneration" : "full"]: progress.stageDurations });
+  const recorded: PiGenTimings = { ...previous, [kind]: { stages: progress.stageDurations, totalMs: timings.total, finishedAt: new Date().toISOString() } };
+  input.state.writeJson(TIMINGS_FILE, recorded);
 
   return {
     imagePath,
     ...(existsSync(bmap) ? { bmapPath: bmap } : {}),
     manifest: { engine: "pi-gen", piGenBranch: branch, piGenCommit: checkout.commit, runner, regeneration: decision.reuse },
     timings,
+    summary: [timingsSummary(recorded, kind)],
   };
 }
