@@ -1,5 +1,5 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
-import { execa, execaSync, type ResultPromise } from "execa";
+import { execa, type ResultPromise } from "execa";
 import { X509Certificate } from "node:crypto";
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -12,7 +12,7 @@ import { render, type Rendered } from "../src/render/index.js";
 import { parseMbr } from "../src/image/partitions.js";
 import { dataRanges } from "../src/image/deliver.js";
 import { listLoops, mountsBelow, releaseBelow } from "../src/engines/base-image/loop.js";
-import { unmountTree } from "../src/engines/chroot.js";
+import { bootFile, expectOverlayInRoot, mountRoot, readAt } from "./helpers/image.js";
 
 /**
  * `pibake build CONFIG --base IMAGE` against a realistic Raspberry Pi OS
@@ -29,16 +29,6 @@ const FIXTURE = path.join(repoRoot, "scripts/fixtures/base-image.sh");
 const env = { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" };
 const DOMAIN = "home.freemyip.com";
 const NEW_DOMAIN = "cabin.freemyip.com";
-
-function readAt(file: string, pos: number, len: number): Buffer {
-  const fd = openSync(file, "r");
-  try {
-    const b = Buffer.alloc(len);
-    return b.subarray(0, readSync(fd, b, 0, len, pos));
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function config(domain = DOMAIN): Record<string, any> {
   const c = validConfig();
@@ -59,27 +49,7 @@ async function compressedBase(base: string): Promise<string> {
   return zst;
 }
 
-/** The root partition of an image, on a loop device by offset, mounted (read-only unless asked). */
-async function mountRoot(image: string, dir: string, opts: { readWrite?: boolean } = {}): Promise<{ dev: string; release: () => Promise<void> }> {
-  const root = parseMbr(readAt(image, 0, 512)).partitions[1]!;
-  mkdirSync(dir, { recursive: true });
-  const dev = (await execa("losetup", ["--find", "--show", ...(opts.readWrite ? [] : ["--read-only"]), "--offset", String(root.offset), "--sizelimit", String(root.size), image])).stdout.trim();
-  await execa("mount", ["-t", "ext4", ...(opts.readWrite ? [] : ["-o", "ro"]), dev, dir]);
-  return {
-    dev,
-    release: async () => {
-      await unmountTree(dir);
-      await execa("losetup", ["--detach", dev], { reject: false });
-    },
-  };
-}
 
-/** A file of the image's FAT boot partition, read in place with mtools; undefined when it is not there. */
-function bootFile(image: string, name: string): string | undefined {
-  const boot = parseMbr(readAt(image, 0, 512)).partitions[0]!;
-  const r = execaSync("mtype", ["-i", `${image}@@${boot.offset}`, `::/${name}`], { reject: false, env: { MTOOLS_SKIP_CHECK: "1" } });
-  return r.exitCode === 0 ? String(r.stdout) : undefined;
-}
 
 /** Occurrences of each needle in the image's data (holes hold nothing), read in overlapping chunks. */
 async function countInImage(image: string, needles: string[]): Promise<Map<string, number>> {
@@ -265,19 +235,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   });
 
   it("has every rendered file in the image with its content, owner and mode", () => {
-    const ids = (file: string) => new Map(readFileSync(path.join(mnt, file), "utf8").split("\n").filter(Boolean).map((l) => [l.split(":")[0]!, Number(l.split(":")[2])]));
-    const users = ids("etc/passwd");
-    const groups = ids("etc/group");
-    expect(rendered.overlay.length).toBeGreaterThan(8);
-    for (const f of rendered.overlay) {
-      const p = path.join(mnt, f.path);
-      const st = statSync(p);
-      expect({ file: f.path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ file: f.path, mode: f.mode, uid: users.get(f.owner), gid: groups.get(f.group) });
-      expect(readFileSync(p).equals(f.content), `${f.path} differs from the render`).toBe(true);
-    }
-    expect(users.get("mosquitto")).toBeGreaterThan(0);
-    // The overlay did not change directories that were there.
-    expect(statSync(path.join(mnt, "etc")).mode & 0o7777).toBe(0o755);
+    expectOverlayInRoot(mnt, rendered);
   });
 
   it("enables the broker's services and SSH, and no first-boot wizard", () => {
