@@ -7,29 +7,12 @@
  * against the base's. Both builds run the CLI as a user would.
  */
 import { execa } from "execa";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { packageRoot } from "../paths.js";
 import { formatBytes } from "../ui/output.js";
-
-const SECRETS = {
-  PIBAKE_BENCH_USER_PW: "bench-User-Passw0rd",
-  PIBAKE_BENCH_MQTT_PW: "bench-Mqtt-Secret-1",
-  PIBAKE_BENCH_DDNS: "benchDdnsToken12345",
-};
-
-function benchConfig(domain: string): Record<string, unknown> {
-  return {
-    image: { name: "bench-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
-    user: { name: "admin", password: { env: "PIBAKE_BENCH_USER_PW" }, sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F bench@host"] },
-    network: { interface: "eth0", address: "192.168.1.10/24", gateway: "192.168.1.1", dns: ["192.168.1.1"] },
-    mqtt: { users: [{ name: "home", password: { env: "PIBAKE_BENCH_MQTT_PW" } }] },
-    tls: { domain },
-    ddns: { provider: "freemyip", token: { env: "PIBAKE_BENCH_DDNS" } },
-    nodeRed: { enabled: false },
-  };
-}
+import { benchConfig, runPibakeBuild, s } from "./common.js";
 
 function allocated(file: string): number {
   return statSync(file).blocks * 512;
@@ -47,22 +30,10 @@ interface Built {
 }
 
 async function build(configFile: string, base: string, out: string, state: string): Promise<Built> {
-  const t0 = Date.now();
-  const r = await execa(process.execPath, [path.join(packageRoot, "bin/pibake.js"), "build", configFile, "--base", base, "--out", out, "--state", state, "--compress", "none", "--log-format", "plain"], {
-    env: { ...SECRETS, CI: "true" },
-    reject: false,
-    stdin: "ignore",
-    all: true,
-    timeout: 3_600_000,
-  });
-  const ms = Date.now() - t0;
-  if (r.exitCode !== 0) throw new Error(`pibake build --base ${base} failed:\n${String(r.all).split("\n").slice(-15).join("\n")}`);
-  const image = path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!);
+  const { ms, image } = await runPibakeBuild(["build", configFile, "--base", base, "--out", out, "--state", state], {});
   const manifest = JSON.parse(readFileSync(image.replace(/\.img$/, ".manifest.json"), "utf8")) as Built["manifest"];
   return { ms, image, manifest };
 }
-
-const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
 function steps(t: Record<string, number>): string {
   return ["prepare base", "packages", "overlay", "finalize", "bmap", "compress"]

@@ -2,6 +2,7 @@ import os from "node:os";
 import { benchFlash } from "./flash.js";
 import { benchRender } from "./render.js";
 import { benchBaseImage } from "./base-image.js";
+import { benchPiGen } from "./pigen.js";
 
 /**
  * `npm run bench`: each section measures one part on this machine and returns
@@ -12,6 +13,7 @@ const sections: [string, () => Promise<string[]>][] = [
   ["render", () => benchRender()],
   ["flash", () => benchFlash()],
   ["base-image", () => benchBaseImage()],
+  ["pi-gen", () => benchPiGen()],
 ];
 
 async function main(): Promise<void> {
