@@ -17,6 +17,8 @@ const broken: [string, Mutate, string, RegExp][] = [
   ["time zone with spaces", (c) => (c.image.timezone = "Central Europe"), "image.timezone", /is not a time zone name/],
   ["locale in words", (c) => (c.image.locale = "english"), "image.locale", /is not a locale/],
   ["keymap in capitals", (c) => (c.image.keyboard.keymap = "GERMAN"), "image.keyboard.keymap", /is not an XKB layout code/],
+  ["base stages as one string", (c) => (c.image.baseStages = "my-base"), "image.baseStages", /is not a list of pi-gen stage directories/],
+  ["an empty base stage", (c) => (c.image.baseStages = ["stage-a", ""]), "image.baseStages[1]", /is empty: give a stage directory/],
   ["unknown field", (c) => (c.image.colour = "red"), "image", /unknown field "colour"; expected name, release/],
   ["user name in capitals", (c) => (c.user.name = "Admin"), "user.name", /"Admin" is not a Linux user name/],
   ["no user password", (c) => delete c.user.password, "user.password", /is required/],

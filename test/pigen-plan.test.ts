@@ -253,6 +253,16 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
     expect(existsSync(path.join(tmp.dir, "deploy")) ? readdirSync(path.join(tmp.dir, "deploy")).filter((f) => f.endsWith(".img")) : []).toEqual([]);
   });
 
+  it("names a base stage in the config that is not a directory, before pi-gen starts", async () => {
+    const c = validConfig();
+    c.image.baseStages = ["no-such-base"];
+    const cfg = writeJson(path.join(tmp.dir, "stages.json"), c);
+    const r = await pibake(["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy3"), "--state", path.join(tmp.dir, "state")], { env: { ...secretEnv } });
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain(`image.baseStages[0]: ${path.join(tmp.dir, "no-such-base")} is not a directory`);
+    expect(r.stderr).not.toMatch(/pi-gen must not run/);
+  });
+
   it("names the branch a config needs when the checkout is on another", async () => {
     const c = validConfig();
     c.image.release = "bookworm";

@@ -322,7 +322,7 @@ export function registerBuild(cli: CAC): void {
     .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout")
     .option("--update-pi-gen", "pi-gen: update pibake's pi-gen clone first")
     .option("--runner <runner>", "pi-gen: native or docker")
-    .option("--base-stages <dir>", "pi-gen: stage directories to run before stage-pibake (repeat for several)")
+    .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
     .option("--clean", "pi-gen: start from a clean pi-gen work directory")
     .example("sudo pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
     .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")

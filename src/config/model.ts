@@ -62,6 +62,8 @@ export interface Model {
     timezone: string;
     locale: string;
     keyboard: { keymap: string; layout: string };
+    /** pi-gen builds: absolute stage directories that replace stage0-2; empty for pi-gen's own. */
+    baseStages: string[];
   };
   user: { name: string; password: Secret; sshKeys: string[]; passwordSsh: boolean };
   network: {

@@ -49,6 +49,8 @@ const image = z.strictObject({
       layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"' }),
     })
     .default({ keymap: "gb", layout: "English (UK)" }),
+  /** pi-gen builds only: stage directories that replace stage0-2 (relative to the config file); --base-stages overrides them. */
+  baseStages: z.array(z.string().min(1, { error: "is empty: give a stage directory" }), { error: "is not a list of pi-gen stage directories" }).optional(),
 });
 
 const user = z.strictObject({

@@ -82,8 +82,14 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   const out = input.output;
   const started = Date.now();
   const branch = piGenBranch(model.image.release, model.image.arch);
-  const userBaseStages = (input.baseStages ?? []).map((d) => path.resolve(model.configDir, d));
-  for (const d of userBaseStages) if (!existsSync(d) || !statSync(d).isDirectory()) throw new PibakeError(`--base-stages: ${d} is not a directory`);
+  // --base-stages (resolved from the working directory) wins over image.baseStages (resolved from the config file's).
+  const fromCli = (input.baseStages ?? []).length > 0;
+  const userBaseStages = fromCli ? input.baseStages!.map((d) => path.resolve(d)) : model.image.baseStages;
+  userBaseStages.forEach((d, i) => {
+    if (!existsSync(d) || !statSync(d).isDirectory()) {
+      throw new PibakeError(`${fromCli ? "--base-stages" : `image.baseStages[${i}]`}: ${d} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, 2);
+    }
+  });
 
   const checkout: PiGenCheckout = input.piGenDir
     ? await useCheckout(input.piGenDir, branch)
@@ -161,7 +167,22 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     if (existing.stdout.trim()) env.CONTINUE = "1";
   }
 
-  const child = execa(script, ["-c", configPath], { cwd: treeDir, env, all: true, reject: false, cancelSignal: input.scope.signal, forceKillAfterDelay: 30_000, stdin: "ignore" });
+  // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
+  // terminal would: build.sh defers its clean-up trap until its foreground command (an apt-get in the chroot) exits.
+  const child = execa(script, ["-c", configPath], { cwd: treeDir, env, all: true, reject: false, stdin: "ignore", detached: true });
+  let forceKill: NodeJS.Timeout | undefined;
+  const signalGroup = (signal: NodeJS.Signals) => {
+    try {
+      if (child.pid) process.kill(-child.pid, signal);
+    } catch {
+      // The group is gone already.
+    }
+  };
+  const stopPiGen = () => {
+    signalGroup("SIGINT");
+    forceKill = setTimeout(() => signalGroup("SIGKILL"), 60_000);
+  };
+  input.scope.signal.addEventListener("abort", stopPiGen, { once: true });
   input.scope.defer(async () => {
     if (runner === "docker" && input.scope.signal.aborted) await execa("docker", ["stop", "-t", "10", containerName], { reject: false });
   }, "stop pi-gen's container");
@@ -202,10 +223,12 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     }
   });
   const result = await child;
+  input.scope.signal.removeEventListener("abort", stopPiGen);
+  clearTimeout(forceKill);
   clearInterval(ticker);
   await new Promise<void>((r) => log.end(() => r()));
 
-  if (result.isCanceled) {
+  if (input.scope.signal.aborted) {
     const reason = input.scope.signal.reason;
     throw new InterruptedError(
       reason instanceof InterruptedError ? reason.signal : "a signal",
@@ -215,7 +238,7 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   if (result.exitCode !== 0) {
     const failed = progress.failedStep();
     throw new PibakeError(
-      `pi-gen failed${failed ? ` in ${failed}` : ""} (exit ${result.exitCode ?? result.signal}). Last lines of its log:\n${progress.tail.map((l) => `  | ${l}`).join("\n")}\nFull log: ${input.logPath}`,
+      `pi-gen failed${failed ? ` in ${failed}` : ""} (exit ${result.exitCode ?? result.signal}). Last lines of its log:\n${progress.tail.map((l) => `  | ${l}`).join("\n")}`,
     );
   }
 
