@@ -9,6 +9,7 @@ import path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_STAGE_LIST } from "../src/render/view.js";
+import { repoRoot } from "./helpers/cli.js";
 import { baseConfig, DEFAULT_SECRET_ENV, removeAllFixtures, renderFixture, tempDir, type Fixture, type TestConfig } from "./helpers/render-fixture.js";
 
 /** Scripts pi-gen runs (or sources) from a stage directory. */
@@ -234,5 +235,21 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       expect((statSync(p).mode & 0o7777).toString(8), f.path).toBe(f.mode.toString(8));
     }
     expect(existsSync(CANARY)).toBe(false);
+  });
+});
+
+describe("the test fixtures' own scripts", () => {
+  // The fixture builders and the pi-gen scaffolding run as root on test machines: they get the same scrutiny as the stage.
+  const scripts = [
+    ...["lib.sh", "arm64-rootfs.sh", "base-image.sh", "qemu-kernel.sh", "node-red.sh"].map((f) => `scripts/fixtures/${f}`),
+    ...["losetup", "mount", "umount", "qemu-arm", "scaffold.sh"].map((f) => `test/fixtures/pi-gen/bin/${f}`),
+    "test/fixtures/pi-gen/debian-base/prerun.sh",
+    "test/fixtures/pi-gen/debian-base/00-system/01-run.sh",
+    "test/fixtures/pi-gen/debian-base/00-system/02-run.sh",
+  ];
+  it.each(scripts)("%s passes shellcheck", async (rel) => {
+    const r = await execa("shellcheck", ["-x", path.basename(rel)], { cwd: path.join(repoRoot, path.dirname(rel)), reject: false, timeout: 30_000 });
+    expect(`${r.stdout}${r.stderr}`).toBe("");
+    expect(r.exitCode).toBe(0);
   });
 });
