@@ -3,7 +3,7 @@ import { execa } from "execa";
 import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
 import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
-import { bootVm, sshRun, type Vm } from "./helpers/qemu.js";
+import { bootVm, sshRun, waitForBroker, type Vm } from "./helpers/qemu.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**
@@ -44,20 +44,7 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
   it("boots and serves authenticated MQTT over TLS, with the time from power-on reported", async () => {
     vm = await bootVm({ image, kernelDir: await kernelDir(), consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 } });
     // Bounded: a trixie guest under TCG on 2 cores reaches the broker in a few minutes at most.
-    const deadline = Date.now() + 420_000;
-    let last = "";
-    for (;;) {
-      if (vm.exited()) throw new Error(`the VM stopped; last console lines:\n${vm.lastConsoleLines()}`);
-      if (/Kernel panic|emergency mode|Give root password/i.test(vm.console())) throw new Error(`the guest failed to boot:\n${vm.lastConsoleLines()}`);
-      const r = await tryConnect(`mqtts://127.0.0.1:${vm.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW }, 10_000);
-      if (r.ok) {
-        r.client!.end(true);
-        break;
-      }
-      last = r.error ?? "";
-      if (Date.now() > deadline) throw new Error(`no TLS broker within 7 minutes (last error: ${last}); last console lines:\n${vm.lastConsoleLines()}`);
-      await new Promise((res) => setTimeout(res, 3000));
-    }
+    await waitForBroker(vm, `mqtts://127.0.0.1:${vm.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW }, 420_000);
     const client = await tryConnect(`mqtts://127.0.0.1:${vm.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW });
     expect(client.ok, client.error).toBe(true);
     // phone may read home/# and also write home/commands/+.

@@ -3,6 +3,7 @@ import { closeSync, openSync, readFileSync, readSync, existsSync } from "node:fs
 import net from "node:net";
 import path from "node:path";
 import { freePort } from "./net.js";
+import { tryConnect } from "./mqtt.js";
 
 /**
  * An arm64 guest under qemu-system-aarch64 (TCG), booted from an image file
@@ -128,4 +129,26 @@ export async function sshRun(port: number, user: string, key: string, command: s
     ],
     { reject: false, timeout: ms, stdin: "ignore" },
   );
+}
+
+/**
+ * Waits until the guest's broker takes a client with these options (bounded by
+ * `ms`); throws with the console's last lines when the guest stops, fails to
+ * boot, or the time is up.
+ */
+export async function waitForBroker(vm: Vm, url: string, opts: Parameters<typeof tryConnect>[1], ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  let last = "";
+  for (;;) {
+    if (vm.exited()) throw new Error(`the VM stopped; last console lines:\n${vm.lastConsoleLines()}`);
+    if (/Kernel panic|emergency mode|Give root password/i.test(vm.console())) throw new Error(`the guest failed to boot:\n${vm.lastConsoleLines()}`);
+    const r = await tryConnect(url, opts, 10_000);
+    if (r.ok) {
+      r.client!.end(true);
+      return;
+    }
+    last = r.error ?? "";
+    if (Date.now() > deadline) throw new Error(`no broker at ${url} within ${Math.round(ms / 60_000)} minutes (last error: ${last}); last console lines:\n${vm.lastConsoleLines()}`);
+    await new Promise((res) => setTimeout(res, 3000));
+  }
 }
