@@ -226,7 +226,8 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
       return await buildSteps(scope, steps);
     } catch (caught) {
       // Once interrupted, whatever broke next (a killed child's pipe) is the interruption's doing.
-      const err = scope.signal.aborted ? scope.signal.reason : caught;
+      // An engine that says more about the interruption (how to continue) is heard out.
+      const err = scope.signal.aborted && !(caught instanceof InterruptedError) ? scope.signal.reason : caught;
       log.line(`FAILED${steps.current ? ` in step ${steps.current}` : ""}: ${err instanceof Error ? err.message : String(err)}`);
       // The work directory goes with the clean-up; the log stays in --out for a look.
       let kept: string | undefined;
