@@ -218,7 +218,8 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
       if (e?.kind === "begin" && e.stage && !e.subStage) {
         currentStage = e.stage;
         stageStarted = Date.now();
-        out.status(`pi-gen: ${e.stage} begins`);
+        // pi-gen logs Begin/End for stages marked SKIP too; only the ones that run are news.
+        if (stages.includes(e.stage)) out.status(`pi-gen: ${e.stage} begins`);
       } else if (e) showStatus();
     }
   });
