@@ -1,6 +1,6 @@
 import { describe, expect, it, afterAll, beforeAll } from "vitest";
 import { execa } from "execa";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, stageList } from "../src/engines/pigen/plan.js";
@@ -285,3 +285,75 @@ async function fakePiGen(repo: string, files: Record<string, string>): Promise<v
   await git("add", "-A");
   await git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init");
 }
+
+/**
+ * The Docker runner's plumbing. No Docker engine runs on these machines, so
+ * `docker` and pi-gen's `build-docker.sh` are stand-ins that record what
+ * pibake hands them; the contract they follow is build-docker.sh's (its
+ * environment variables, `-c`, the image copied to the tree's deploy/).
+ */
+describe("pibake build --runner docker (stand-ins for docker and build-docker.sh)", () => {
+  const tmp = tempDir();
+  afterAll(tmp.cleanup);
+  const repo = path.join(tmp.dir, "pi-gen");
+  const bin = path.join(tmp.dir, "bin");
+  const record = path.join(tmp.dir, "record");
+  const env = { ...secretEnv, PATH: `${bin}:${process.env.PATH}`, XDG_CACHE_HOME: path.join(tmp.dir, "cache"), FAKE_RECORD: record, FAKE_CONTAINER: path.join(tmp.dir, "container") };
+
+  beforeAll(async () => {
+    await fakePiGen(repo, {
+      "build.sh": "#!/bin/bash\necho the native build must not run >&2\nexit 3\n",
+      "stage0/prerun.sh": "#!/bin/bash -e\n",
+      "stage1/prerun.sh": "#!/bin/bash -e\n",
+      "stage2/prerun.sh": "#!/bin/bash -e\n",
+      // As build-docker.sh does: pi-gen's log on stdout, then the image copied out of the container into deploy/.
+      "build-docker.sh": [
+        "#!/bin/bash -e",
+        'printf "%s\\n" "CONTAINER_NAME=$CONTAINER_NAME CONTINUE=$CONTINUE PRESERVE_CONTAINER=$PRESERVE_CONTAINER args=$*" >> "$FAKE_RECORD"',
+        'echo "[10:00:00] Begin /pi-gen/stage-pibake"',
+        'echo "[10:00:01] End /pi-gen/stage-pibake"',
+        "mkdir -p deploy",
+        'truncate -s 8M "deploy/$(date +%s%N)-test-broker.img"',
+        'printf "pibake" | dd of="$(ls deploy/*.img | tail -n 1)" bs=1 seek=1048576 conv=notrunc status=none',
+        "",
+      ].join("\n"),
+    });
+    mkdirSync(bin);
+    writeFileSync(
+      path.join(bin, "docker"),
+      [
+        "#!/bin/bash",
+        'echo "docker $*" >> "$FAKE_RECORD"',
+        'case "$1" in',
+        "  info) echo 27.0.0-stand-in ;;",
+        '  ps) if [ -e "$FAKE_CONTAINER" ]; then echo 0123456789ab; fi ;;',
+        "esac",
+        "",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
+    chmodSync(path.join(repo, "build-docker.sh"), 0o755);
+  });
+
+  const build = (out: string) =>
+    pibake(["build", writeJson(path.join(tmp.dir, "c.json"), validConfig()), "--pi-gen", repo, "--runner", "docker", "--out", out, "--state", path.join(tmp.dir, "state"), "--compress", "none"], { env });
+
+  it("runs build-docker.sh with pibake's container name and config, and delivers the image it copied out", async () => {
+    const r = await build(path.join(tmp.dir, "out1"));
+    expect(r.exitCode, r.stderr).toBe(0);
+    const lines = readFileSync(record, "utf8").trim().split("\n");
+    expect(lines.some((l) => l.startsWith("docker info"))).toBe(true);
+    expect(lines.at(-1)).toMatch(/^CONTAINER_NAME=pibake_test-broker CONTINUE=0 PRESERVE_CONTAINER=0 args=-c \S+\/pibake\.config$/);
+    const manifest = readdirSync(path.join(tmp.dir, "out1")).find((f) => f.endsWith(".manifest.json"))!;
+    expect(JSON.parse(readFileSync(path.join(tmp.dir, "out1", manifest), "utf8")).engine).toMatchObject({ engine: "pi-gen", runner: "docker", regeneration: false });
+  });
+
+  it("continues a container an interrupted build left, and is not confused by the last build's image", async () => {
+    writeFileSync(path.join(tmp.dir, "container"), "");
+    // An image an earlier, failed build left in the tree's deploy/.
+    writeFileSync(path.join(env.XDG_CACHE_HOME, "pibake/pi-gen-tree/arm64/deploy/2026-01-01-test-broker.img"), "stale");
+    const r = await build(path.join(tmp.dir, "out2"));
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(readFileSync(record, "utf8").trim().split("\n").at(-1)).toMatch(/^CONTAINER_NAME=pibake_test-broker CONTINUE=1 /);
+  });
+});

@@ -116,7 +116,8 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   const treeDir = path.join(cache, "pi-gen-tree", branch);
   // The work directory is keyed by the image name, which stays fixed across domains: that is what lets a new domain reuse stage0-2.
   const workDir = path.join(cache, "work", model.image.name);
-  const deployDir = path.join(cache, "deploy", model.image.name);
+  // Where the image appears: pibake's own deploy directory, or for Docker the tree's deploy/, where build-docker.sh copies it out of the container.
+  const deployDir = runner === "native" ? path.join(cache, "deploy", model.image.name) : path.join(treeDir, "deploy");
   await prepareTree(checkout, treeDir);
 
   const baseStages = baseStageNames(userBaseStages);
@@ -243,13 +244,13 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     );
   }
 
-  const finalDeploy = runner === "native" ? deployDir : path.join(treeDir, "deploy");
-  const images = existsSync(finalDeploy) ? readdirSync(finalDeploy).filter((f) => f.endsWith(".img")) : [];
-  if (images.length !== 1) throw new PibakeError(`pi-gen finished but ${finalDeploy} holds ${images.length} images instead of one; see ${input.logPath}`);
-  const imagePath = path.join(finalDeploy, images[0]!);
+  const images = existsSync(deployDir) ? readdirSync(deployDir).filter((f) => f.endsWith(".img")) : [];
+  if (images.length !== 1) throw new PibakeError(`pi-gen finished but ${deployDir} holds ${images.length} images instead of one`);
+  const imagePath = path.join(deployDir, images[0]!);
   const bmap = imagePath.replace(/\.img$/, ".bmap");
 
-  writeFileSync(recordFile, JSON.stringify({ digest, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
+  // Docker keeps pi-gen's work directory in its container, so there is nothing on this host to reuse next time.
+  if (runner === "native") writeFileSync(recordFile, JSON.stringify({ digest, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
   const timings = { ...progress.stageDurations, total: Date.now() - started };
   const recorded: PiGenTimings = { ...previous, [kind]: { stages: progress.stageDurations, totalMs: timings.total, finishedAt: new Date().toISOString() } };
   input.state.writeJson(TIMINGS_FILE, recorded);
