@@ -1,8 +1,9 @@
 import { describe, expect, it, afterAll } from "vitest";
 import { execa } from "execa";
-import { openSync, readSync, closeSync, writeSync } from "node:fs";
+import { openSync, closeSync, writeSync } from "node:fs";
 import path from "node:path";
 import { tempDir } from "./helpers/cli.js";
+import { readAt } from "./helpers/image.js";
 import {
   checkFileSystems,
   checkRaspiLayout,
@@ -29,17 +30,6 @@ async function disk(table: string, sizeMiB = 64): Promise<string> {
   await execa("truncate", ["-s", `${sizeMiB}M`, file]);
   await execa("sfdisk", ["--quiet", "--no-reread", "--no-tell-kernel", file], { input: table });
   return file;
-}
-
-function readAt(file: string, pos: number, len: number): Buffer {
-  const fd = openSync(file, "r");
-  try {
-    const b = Buffer.alloc(len);
-    const got = readSync(fd, b, 0, len, pos);
-    return b.subarray(0, got);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 const raspiTable = (p2type = "83", extra = "") => `label: dos\nlabel-id: 0x1234abcd\nunit: sectors\n\nstart=8192, size=16384, type=c\nstart=24576, type=${p2type}\n${extra}`;
