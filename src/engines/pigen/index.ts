@@ -184,6 +184,8 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     forceKill = setTimeout(() => signalGroup("SIGKILL"), 60_000);
   };
   input.scope.signal.addEventListener("abort", stopPiGen, { once: true });
+  // An interruption that came while pi-gen was being started.
+  if (input.scope.signal.aborted) stopPiGen();
   input.scope.defer(async () => {
     if (runner === "docker" && input.scope.signal.aborted) await execa("docker", ["stop", "-t", "10", containerName], { reject: false });
   }, "stop pi-gen's container");
