@@ -52,20 +52,20 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
   let rendered: Rendered;
   let vm: Vm | undefined;
 
-  const config = (domain: string) => {
+  const config = (domain: string, name = "pigen-test") => {
     const c = validConfig();
-    c.image.name = "pigen-test";
+    c.image.name = name;
     c.tls.domain = domain;
     // QEMU's user-mode network, so that the booted image's static address works.
     c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
     // Node-RED's packages (nodejs, npm) under qemu-user take long; its stage has tests of its own.
     c.nodeRed = { enabled: false };
     c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
-    return writeJson(path.join(tmp.dir, `${domain}.json`), c);
+    return writeJson(path.join(tmp.dir, `${name}-${domain}.json`), c);
   };
 
-  const buildArgs = (domain: string, out: string) =>
-    ["build", config(domain), "--pi-gen", piGenDir!, "--base-stages", path.join(SCAFFOLDING, "debian-base"), "--out", out, "--state", state, "--compress", "none", "--log-format", "plain"];
+  const buildArgs = (domain: string, out: string, o: { name?: string; baseStage?: string } = {}) =>
+    ["build", config(domain, o.name), "--pi-gen", piGenDir!, "--base-stages", o.baseStage ?? path.join(SCAFFOLDING, "debian-base"), "--out", out, "--state", state, "--compress", "none", "--log-format", "plain"];
   const build = async (domain: string, extra: string[]) => {
     const out = path.join(tmp.dir, `deploy-${runs.length + 1}`);
     const t0 = Date.now();
@@ -80,7 +80,7 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     await build(DOMAIN, process.env.PIBAKE_PIGEN_CLEAN === "1" ? ["--clean"] : []);
     await build(NEW_DOMAIN, []);
     console.log(`pi-gen: first build ${(runs[0]!.ms / 1000).toFixed(0)} s (${/full build: /.test(runs[0]!.output) ? "full" : "regeneration"}), regeneration for a new domain ${(runs[1]!.ms / 1000).toFixed(0)} s`);
-    const { model } = loadConfig(path.join(tmp.dir, `${NEW_DOMAIN}.json`), { ...secretEnv });
+    const { model } = loadConfig(path.join(tmp.dir, `pigen-test-${NEW_DOMAIN}.json`), { ...secretEnv });
     rendered = await render(model, prepareSecrets(model, new StateDir(state)));
   }, 10_800_000);
 
@@ -175,14 +175,8 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     const broken = path.join(tmp.dir, "broken-base");
     mkdirSync(path.join(broken, "00-broken"), { recursive: true });
     writeFileSync(path.join(broken, "00-broken", "00-run.sh"), "#!/bin/bash -e\necho 'this sub-stage fails on purpose' >&2\nexit 3\n", { mode: 0o755 });
-    const c = JSON.parse(readFileSync(config("broken.freemyip.com"), "utf8"));
-    // A work directory of its own, so that the kept base stage of the other builds is not touched.
-    c.image.name = "pigen-broken";
-    const out = path.join(tmp.dir, "deploy-broken");
-    const args = buildArgs("broken.freemyip.com", out);
-    args[1] = writeJson(path.join(tmp.dir, "broken.json"), c);
-    args[args.indexOf("--base-stages") + 1] = broken;
-    const r = await pibake(args, { env, timeout: 600_000 });
+    // An image name, and so a work directory, of its own: the kept base stage of the other builds is not touched.
+    const r = await pibake(buildArgs("broken.freemyip.com", path.join(tmp.dir, "deploy-broken"), { name: "pigen-broken", baseStage: broken }), { env, timeout: 600_000 });
     expect(r.exitCode, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/pi-gen failed in stage-base0 › 00-broken › 00-run\.sh \(exit \d+\)/);
     expect(r.stderr).toMatch(/^ {2}\| this sub-stage fails on purpose$/m);
