@@ -10,6 +10,7 @@ import path from "node:path";
 import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { InterruptedError, PibakeError } from "../errors.js";
 import { prepareSecrets, StateDir } from "../secrets/index.js";
+import { protectedPaths, refuseProtectedOutput } from "../protected-paths.js";
 import { render } from "../render/index.js";
 import { summarize } from "../secrets/pki.js";
 import { createOutput, formatBytes, formatDuration, type Output } from "../ui/output.js";
@@ -193,6 +194,8 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
   const loaded = loadAndWarn(configPath, out);
   const { model } = loaded;
   const outDir = path.resolve(opts.out ?? "deploy");
+  const state = StateDir.locate(model.configDir, model.image.name, opts.state);
+  refuseProtectedOutput(outDir, "--out", protectedPaths(model, state.dir, usingBase ? [{ path: opts.base!, what: "the base image (--base)" }] : []));
   const names = usingBase ? ["render", "prepare base", "packages", "overlay", "finalize", "deliver"] : ["render", "pi-gen", "deliver"];
 
   if (usingBase) {
@@ -245,7 +248,6 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
 
   async function buildSteps(scope: CleanupScope, steps: Steps): Promise<Delivered> {
     steps.begin("render");
-    const state = StateDir.locate(model.configDir, model.image.name, opts.state);
     const secrets = prepareSecrets(model, state);
     const rendered = await render(model, secrets);
     steps.status(`certificate for ${model.tls.domain}: ${secrets.pki.serverCertStatus}; CA ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);

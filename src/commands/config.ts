@@ -1,5 +1,5 @@
 import type { CAC } from "cac";
-import { writeFileSync, renameSync, rmSync } from "node:fs";
+import { closeSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { loadConfig, type LoadedConfig } from "../config/load.js";
 import { configJsonSchema } from "../config/schema.js";
@@ -10,6 +10,7 @@ import { render } from "../render/index.js";
 import { writeRendered } from "../render/write.js";
 import { nodeRedSummary } from "../render/node-red.js";
 import { createOutput, type Output } from "../ui/output.js";
+import { protectedPaths, refuseProtectedOutput, secretsOf, type ProtectedPath } from "../protected-paths.js";
 
 interface StateOption {
   state?: string;
@@ -20,6 +21,28 @@ export function loadAndWarn(configPath: string, out: Output): LoadedConfig {
   const loaded = loadConfig(configPath);
   for (const w of loaded.warnings) out.warn(w);
   return loaded;
+}
+
+/** `ca export --out` replaces an older certificate freely, anything else only with --force. */
+function refuseNonCertificate(file: string, force: boolean): void {
+  let head: string;
+  try {
+    const st = statSync(file);
+    if (st.isDirectory()) throw new PibakeError(`--out ${file} is a directory: give a file name such as ${path.join(file, "ca.crt")}`, 2);
+    const fd = openSync(file, "r");
+    try {
+      const buf = Buffer.alloc(64);
+      head = buf.subarray(0, readSync(fd, buf, 0, 64, 0)).toString("latin1");
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw err instanceof PibakeError ? err : new PibakeError(`cannot read ${file}: ${(err as Error).message}`, 2);
+  }
+  if (!head.startsWith("-----BEGIN CERTIFICATE-----") && !force) {
+    throw new PibakeError(`--out ${file} exists and is not a certificate: choose another file, or pass --force to replace it`, 2);
+  }
 }
 
 function describeDate(d: Date): string {
@@ -39,6 +62,7 @@ export function registerConfigCommands(cli: CAC): void {
       if (!opts.out) throw new PibakeError("render needs --out DIR: where to write the stage and overlay", 2);
       const { model } = loadAndWarn(configPath, out);
       const state = StateDir.locate(model.configDir, model.image.name, opts.state);
+      refuseProtectedOutput(opts.out, "--out", protectedPaths(model, state.dir));
       const secrets = prepareSecrets(model, state);
       const rendered = await render(model, secrets);
       writeRendered(opts.out, rendered, { force: opts.force });
@@ -60,6 +84,10 @@ export function registerConfigCommands(cli: CAC): void {
       const out = createOutput();
       const { model } = loadAndWarn(configPath, out);
       out.info(`${path.resolve(configPath)} is valid: image ${model.image.name} (${model.image.release}, ${model.image.arch}), domain ${model.tls.domain}`);
+      // File references may point anywhere the user can read: say where each secret came from.
+      for (const [where, secret] of secretsOf(model)) {
+        out.info(`  ${where}: ${secret.sourceFile ? `from file ${secret.sourceFile}` : secret.origin === "literal" ? "written in the config" : `from ${secret.origin.replace(/^env /, "environment variable ")}`}`);
+      }
     });
 
   cli.command("schema", "Print the JSON Schema of the config file").action(() => {
@@ -69,21 +97,28 @@ export function registerConfigCommands(cli: CAC): void {
   cli
     .command("ca <action> [config]", "CA certificate: `ca export` writes it for clients, `ca show` describes the CA and server certificate")
     .option("--state <dir>", "State directory (default: from the config: <config dir>/.pibake/<image name>)")
-    .option("--out <file>", "With export: write to this file instead of standard output")
+    .option("--out <file>", "With export: write to this file instead of standard output (an existing certificate is replaced)")
+    .option("--force", "With export --out: replace an existing file that is not a certificate")
     .example("pibake ca export examples/broker.json --out ca.crt")
     .example("pibake ca show --state examples/.pibake/mqtt-broker")
-    .action((action: string, configPath: string | undefined, opts: StateOption & { out?: string }) => {
+    .action((action: string, configPath: string | undefined, opts: StateOption & { out?: string; force?: boolean }) => {
       const out = createOutput();
       let state: StateDir;
-      if (opts.state) state = new StateDir(path.resolve(opts.state));
-      else if (configPath) {
+      let protect: ProtectedPath[];
+      if (configPath) {
         const { model } = loadAndWarn(configPath, out);
-        state = StateDir.locate(model.configDir, model.image.name);
+        state = StateDir.locate(model.configDir, model.image.name, opts.state);
+        protect = protectedPaths(model, state.dir);
+      } else if (opts.state) {
+        state = new StateDir(path.resolve(opts.state));
+        protect = [{ path: state.dir, what: "the state directory (it holds the CA key)" }];
       } else throw new PibakeError(`ca ${action} needs a config file or --state DIR`, 2);
       const caPem = state.read("ca.crt");
       if (!caPem) throw new PibakeError(`no CA in ${state.dir}: run pibake render or pibake build first`);
       if (action === "export") {
         if (opts.out) {
+          refuseProtectedOutput(opts.out, "--out", protect);
+          refuseNonCertificate(opts.out, opts.force === true);
           const tmp = `${opts.out}.tmp-${process.pid}`;
           try {
             writeFileSync(tmp, caPem, { mode: 0o644 });

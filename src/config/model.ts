@@ -10,9 +10,12 @@ export class Secret {
   readonly #value: string;
   /** Where it came from, for messages: "literal", "env FOO" or "file path". */
   readonly origin: string;
-  constructor(value: string, origin: string) {
+  /** The absolute path of the file it was read from, if any: outputs must never replace it. */
+  readonly sourceFile: string | undefined;
+  constructor(value: string, origin: string, sourceFile?: string) {
     this.#value = value;
     this.origin = origin;
+    this.sourceFile = sourceFile;
     registerSecret(value);
   }
   reveal(): string {

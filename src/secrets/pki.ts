@@ -1,6 +1,7 @@
 import { generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
 import forge from "node-forge";
 import type { StateDir } from "./state.js";
+import { PibakeError } from "../errors.js";
 
 /**
  * pibake's own certificate authority and the broker's server certificate.
@@ -180,7 +181,7 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
   if (caCertPem && caKeyPem) {
     ca = { cert: forge.pki.certificateFromPem(caCertPem), key: forge.pki.privateKeyFromPem(caKeyPem) };
   } else if (caCertPem || caKeyPem) {
-    throw new Error(
+    throw new PibakeError(
       `the state directory ${state.dir} holds only half of the CA (${caCertPem ? "ca.crt without ca.key" : "ca.key without ca.crt"}): restore the missing file from a backup, or remove both to make a new CA that every client must trust again`,
     );
   } else {
