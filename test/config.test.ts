@@ -7,6 +7,25 @@ import { ConfigError } from "../src/errors.js";
 
 type Mutate = (c: Record<string, any>) => void;
 
+/** JSON.stringify overflows on very deep values; the deep ones in this file are lists of lists of a string. */
+function stringifyDeep(value: unknown): string {
+  const parts: string[] = [];
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === "symbol") parts.push(v.description!);
+    else if (Array.isArray(v) && v.length === 1 && Array.isArray(v[0])) stack.push(Symbol("]"), v[0], Symbol("["));
+    else if (Array.isArray(v) || v === null || typeof v !== "object") parts.push(JSON.stringify(v));
+    else {
+      const entries = Object.entries(v);
+      stack.push(Symbol("}"));
+      entries.reverse().forEach(([k, e], i) => stack.push(e, Symbol(`${JSON.stringify(k)}:`), ...(i < entries.length - 1 ? [Symbol(",")] : [])));
+      stack.push(Symbol("{"));
+    }
+  }
+  return parts.join("");
+}
+
 /** [what is broken, how, the JSON path the message must name, words it must say] */
 const broken: [string, Mutate, string, RegExp][] = [
   ["no image section", (c) => delete c.image, "image", /is required/],
@@ -54,10 +73,28 @@ const broken: [string, Mutate, string, RegExp][] = [
   ["freemyip for a name elsewhere", (c) => (c.tls.domain = "home.example.com"), "tls.domain", /is not a freemyip.com name/],
   ["update interval too short", (c) => (c.ddns.interval = 10), "ddns.interval", /10 is too short: at least 60 seconds/],
   ["DDNS token from an unset variable", (c) => (c.ddns.token = { env: "PIBAKE_TEST_UNSET_TOKEN" }), "ddns.token", /environment variable PIBAKE_TEST_UNSET_TOKEN is not set/],
+  ["a system account as the first user", (c) => (c.user.name = "root"), "user.name", /"root" is a system account or group of Raspberry Pi OS/],
+  ["a systemd account as the first user", (c) => (c.user.name = "systemd-network"), "user.name", /is a system account/],
+  ["an existing group as the first user", (c) => (c.user.name = "video"), "user.name", /is a system account or group/],
+  ["an address with an octet above 255 as an extra name", (c) => (c.tls.extraNames = ["192.168.1.300"]), "tls.extraNames[0]", /"192\.168\.1\.300" is not an IPv4 address .* all-numeric names are not DNS names/],
+  ["a name whose last label is all digits", (c) => (c.tls.extraNames = ["broker.123"]), "tls.extraNames[0]", /is neither a DNS name nor an IPv4 address/],
+  ["an all-numeric domain", (c) => (c.tls.domain = "home.freemyip.42"), "tls.domain", /is not a valid DNS name/],
+  ["a NUL byte in an SSH key comment", (c) => (c.user.sshKeys = [c.user.sshKeys[0].replace("test@host", "test\u0000host")]), "user.sshKeys[0]", /is not an SSH public key/],
+  ["an escape character in an SSH key comment", (c) => (c.user.sshKeys = [c.user.sshKeys[0].replace("test@host", "test\u001b[2Jhost")]), "user.sshKeys[0]", /is not an SSH public key/],
+  ["a Node-RED password longer than bcrypt reads", (c) => (c.nodeRed = { admin: { password: { env: "T_LONG_PW" } } }), "nodeRed.admin.password", /longer than 72 bytes, the most that bcrypt/],
+  ["a Node-RED password of 72 characters but more bytes", (c) => (c.nodeRed = { admin: { password: { env: "T_LONG_UTF8_PW" } } }), "nodeRed.admin.password", /longer than 72 bytes/],
+  ["a value nested 5000 deep", (c) => (c.image.name = nested(5000)), "image.name[0][0]…", /is nested more than 32 levels deep/],
   ["dyndns2 without a server", (c) => (c.ddns = { provider: "dyndns2", login: "me", password: { env: "T_DDNS_TOKEN" } }), "ddns.server", /is required/],
 ];
 
-const env = { ...secretEnv, T_SHORT: "short", T_WIFI_PW: "wifi-pass-123" };
+/** A list inside a list… `depth` times: JSON.stringify and recursive reporters overflow on it. */
+function nested(depth: number): unknown {
+  let v: unknown = "x";
+  for (let i = 0; i < depth; i++) v = [v];
+  return v;
+}
+
+const env = { ...secretEnv, T_SHORT: "short", T_WIFI_PW: "wifi-pass-123", T_LONG_PW: "Long-Node-RED-Pw-".padEnd(73, "x"), T_LONG_UTF8_PW: "Ünïcödé-Pw-".padEnd(72, "é") };
 
 describe("bad configs", () => {
   const tmp = tempDir();
@@ -71,7 +108,8 @@ describe("bad configs", () => {
     const c = validConfig();
     mutate(c);
     const slug = name.replace(/\W+/g, "-");
-    const cfg = writeJson(path.join(tmp.dir, `${slug}.json`), c);
+    const cfg = path.join(tmp.dir, `${slug}.json`);
+    writeFileSync(cfg, stringifyDeep(c));
     const out = path.join(tmp.dir, `${slug}-out`);
     const r = await pibake(["render", cfg, "--out", out, "--state", path.join(tmp.dir, `${slug}-state`)], { env });
     expect(r.exitCode).toBe(2);
@@ -102,7 +140,45 @@ describe("bad configs", () => {
     writeFileSync(cfg, '{\n  "image": {\n    "name": "x",\n  }\n}\n');
     const r = await pibake(["validate", cfg]);
     expect(r.exitCode).toBe(2);
-    expect(r.stderr).toMatch(/is not valid JSON: .* at line 4, column 3/);
+    expect(r.stderr).toMatch(/is not valid JSON: line 4, column 3: expected a field name in double quotes/);
+  });
+
+  // JSON.parse's own messages quote a slice of the file, e.g. `Unexpected token 'h', ..."assword": hunter2sec"...`.
+  it.each([
+    ["an unquoted password", '{\n  "user": {\n    "password": Unquoted-Secret-9x\n  }\n}\n', "Unquoted-Secret-9x", /line 3, column 17: unexpected character/],
+    ["a trailing comma after a password", '{ "user": { "password": "Trailing-Secret-7y", } }', "Trailing-Secret-7y", /line 1, column 47: expected a field name/],
+    ["a password with a raw tab", '{ "user": { "password": "Tab-Secret\t-5z" } }', "Tab-Secret", /line 1, column 25: a string holds a raw control character/],
+    ["a password with a bad escape", '{ "user": { "password": "Esc-Secret-\\q-4w" } }', "Esc-Secret", /line 1, column 25: a string has an unknown escape/],
+    ["a missing colon", '{ "user": { "password" "Colon-Secret-3v" } }', "Colon-Secret", /line 1, column 24: expected ':'/],
+    ["a comment", '{ "user": { "password": "Comment-Secret-2u" } // Comment-Secret-2u\n }', "Comment-Secret", /expected ',' between two values|JSON has no comments/],
+    ["an unclosed string", '{ "user": { "password": "Open-Secret-1t', "Open-Secret", /line 1, column 25: a string is not closed/],
+  ])("a JSON error with %s names line and column and quotes nothing of the file, with --debug too", async (name, text, secret, words) => {
+    const cfg = path.join(tmp.dir, `json-${name.replace(/\W+/g, "-")}.json`);
+    writeFileSync(cfg, text);
+    for (const args of [["validate", cfg], ["validate", cfg, "--debug"], ["render", cfg, "--out", path.join(tmp.dir, "json-out"), "--debug"]]) {
+      const r = await pibake(args);
+      expect(r.exitCode).toBe(2);
+      expect(r.stderr).toMatch(/is not valid JSON: /);
+      expect(r.stderr).toMatch(words);
+      expect(r.stderr + r.stdout).not.toContain(secret);
+    }
+  });
+
+  it("says which file or variable each secret comes from (file references may leave the config's directory)", async () => {
+    const secrets = tempDir("pibake-elsewhere-");
+    try {
+      const c = validConfig();
+      writeFileSync(path.join(secrets.dir, "phone.txt"), "Phone-File-Secret-8s\n");
+      c.mqtt.users[1].password = { file: path.relative(tmp.dir, path.join(secrets.dir, "phone.txt")) };
+      const cfg = writeJson(path.join(tmp.dir, "origins.json"), c);
+      const r = await pibake(["validate", cfg], { env });
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stdout).toContain(`mqtt.users[1].password: from file ${path.join(secrets.dir, "phone.txt")}`);
+      expect(r.stdout).toContain("user.password: from environment variable T_USER_PW");
+      expect(r.stdout + r.stderr).not.toContain("Phone-File-Secret-8s");
+    } finally {
+      secrets.cleanup();
+    }
   });
 
   it("says when the config file does not exist", async () => {

@@ -1,4 +1,5 @@
 import { readFileSync, statSync } from "node:fs";
+import { parse as parseJsonc, ParseErrorCode, type ParseError } from "jsonc-parser";
 import path from "node:path";
 import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
@@ -41,21 +42,64 @@ function readJson(absPath: string): unknown {
       2,
     );
   }
+  let value: unknown;
   try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new PibakeError(`config file ${absPath} is not valid JSON: ${describeJsonError(text, err as Error)}`, 2);
+    value = JSON.parse(text);
+  } catch {
+    // JSON.parse's own message quotes a slice of the file, which may be a password written in it.
+    throw new PibakeError(`config file ${absPath} is not valid JSON: ${describeJsonError(text)}`, 2);
   }
+  const tooDeep = deeperThan(value, MAX_DEPTH);
+  if (tooDeep) {
+    throw new ConfigError([{ path: `${jsonPath(tooDeep.slice(0, 4))}…`, message: `is nested more than ${MAX_DEPTH} levels deep; a pibake config has at most 6` }]);
+  }
+  return value;
 }
 
-/** Node says "at position N"; people want a line and column. */
-function describeJsonError(text: string, err: Error): string {
-  const m = /position (\d+)/.exec(err.message);
-  const msg = err.message.replace(/^JSON\.parse: /, "").replace(/ in JSON at position \d+.*$/s, "");
-  if (!m) return msg;
-  const pos = Number(m[1]);
-  const before = text.slice(0, pos).split("\n");
-  return `${msg} at line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+/** Deep enough for any config; deeper input would overflow the stack of whatever reports on it. */
+const MAX_DEPTH = 32;
+
+/** The path of the first value below `max` levels of objects and lists, walked without recursion. */
+function deeperThan(root: unknown, max: number): PropertyKey[] | undefined {
+  const stack: { value: unknown; path: PropertyKey[] }[] = [{ value: root, path: [] }];
+  while (stack.length > 0) {
+    const { value, path: at } = stack.pop()!;
+    if (value === null || typeof value !== "object") continue;
+    if (at.length >= max) return at;
+    for (const [k, v] of Object.entries(value)) stack.push({ value: v, path: [...at, Array.isArray(value) ? Number(k) : k] });
+  }
+  return undefined;
+}
+
+/** What each of jsonc-parser's error codes means to someone editing the file. */
+const JSON_PROBLEMS: Partial<Record<ParseErrorCode, string>> = {
+  [ParseErrorCode.InvalidSymbol]: "unexpected character: a value is a string in double quotes, a number, true, false, null, { … } or [ … ]",
+  [ParseErrorCode.InvalidNumberFormat]: "this number is not written as JSON writes numbers",
+  [ParseErrorCode.PropertyNameExpected]: "expected a field name in double quotes (is there a comma before a closing '}'?)",
+  [ParseErrorCode.ValueExpected]: "expected a value (is there a comma before a closing ']', or a value missing?)",
+  [ParseErrorCode.ColonExpected]: "expected ':' after the field name",
+  [ParseErrorCode.CommaExpected]: "expected ',' between two values",
+  [ParseErrorCode.CloseBraceExpected]: "expected '}' to close an object",
+  [ParseErrorCode.CloseBracketExpected]: "expected ']' to close a list",
+  [ParseErrorCode.EndOfFileExpected]: "expected the end of the file after the closing '}'",
+  [ParseErrorCode.InvalidCommentToken]: "JSON has no comments",
+  [ParseErrorCode.UnexpectedEndOfComment]: "JSON has no comments",
+  [ParseErrorCode.UnexpectedEndOfString]: "a string is not closed by '\"'",
+  [ParseErrorCode.UnexpectedEndOfNumber]: "a number ends too early",
+  [ParseErrorCode.InvalidUnicode]: "a \\u escape needs four hexadecimal digits",
+  [ParseErrorCode.InvalidEscapeCharacter]: "a string has an unknown escape after '\\' (write \\\\ for a backslash)",
+  [ParseErrorCode.InvalidCharacter]: "a string holds a raw control character such as a tab or line break (write \\t or \\n)",
+};
+
+/** Where the file stops being JSON and what was expected there, never quoting the file itself. */
+export function describeJsonError(text: string): string {
+  const errors: ParseError[] = [];
+  parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
+  const first = errors[0];
+  if (!first) return "it cannot be read as JSON";
+  const before = text.slice(0, first.offset).split("\n");
+  const where = `line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+  return `${where}: ${JSON_PROBLEMS[first.error] ?? "this is not JSON"}`;
 }
 
 export function jsonPath(segments: readonly PropertyKey[]): string {
@@ -134,6 +178,7 @@ class SecretResolver {
   resolve(ref: SecretRef, where: string, check: (value: string) => string | undefined = minLength(8)): Secret {
     let value: string | undefined;
     let origin: string;
+    let sourceFile: string | undefined;
     if (typeof ref === "string") {
       value = ref;
       origin = "literal";
@@ -146,6 +191,7 @@ class SecretResolver {
     } else {
       const file = path.resolve(this.baseDir, ref.file);
       origin = `file ${ref.file}`;
+      sourceFile = file;
       try {
         if (!statSync(file).isFile()) throw Object.assign(new Error("not a regular file"), { code: "EISDIR" });
         // Editors add a final newline; it is not part of the secret.
@@ -163,7 +209,7 @@ class SecretResolver {
       const problem = /[\r\n\u0000]/.test(value) ? "contains a line break or NUL character" : check(value);
       if (problem) this.issues.push({ path: where, message: `${origin === "literal" ? "(secret)" : `(secret from ${origin})`} ${problem}` });
     }
-    return new Secret(value ?? "", origin);
+    return new Secret(value ?? "", origin, sourceFile);
   }
 }
 
@@ -235,6 +281,6 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     mqtt,
     tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
     ...(ddns ? { ddns } : {}),
-    ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where) => r.resolve(ref, where)) } : {}),
+    ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
   };
 }

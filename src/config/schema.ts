@@ -10,16 +10,38 @@ import { z } from "zod";
 const IPV4_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
 export const IPV4_RE = new RegExp(`^${IPV4_OCTET}(\\.${IPV4_OCTET}){3}$`);
 export const IPV4_CIDR_RE = new RegExp(`^${IPV4_OCTET}(\\.${IPV4_OCTET}){3}/([0-9]|[12][0-9]|3[0-2])$`);
-/** RFC 1123 host names, lower or upper case, at most 253 characters. */
-export const DNS_NAME_RE = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+/**
+ * RFC 1123 host names, lower or upper case, at most 253 characters. The last
+ * label is not all digits (RFC 1123 2.1), so "192.168.1.300" is no host name.
+ */
+export const DNS_NAME_RE = /^(?=.{1,253}$)(?!(.*\.)?[0-9]+$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+/** Dotted numbers: an address with an octet out of range, or not four of them. */
+const NUMERIC_NAME_RE = /^[0-9]+(\.[0-9]+)*$/;
 /** One DNS label: what a host name may be. */
 const HOSTNAME_RE = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 /** pi-gen's own rule for FIRST_USER_NAME, with Linux's 32-character limit. */
 const LINUX_USER_RE = /^[a-z][-a-z0-9_]{0,31}$/;
 /** Mosquitto splits password file lines at ':'; the ACL file ends a name at white space. */
 const MQTT_USER_RE = /^[^\s:#\u0000-\u001f\u007f]{1,64}$/u;
+/** The comment may say anything but control characters, which bash (NUL) and authorized_keys (line ends) cannot hold. */
 const SSH_KEY_RE =
-  /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$/;
+  /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\u0000-\u001f\u007f]*)?$/u;
+
+/**
+ * Users and groups that Debian and Raspberry Pi OS already have (base-passwd,
+ * systemd, the packages of a Lite image and of pibake). The first user cannot
+ * be one of them: adduser refuses an existing name, and a system account has
+ * no login shell or SSH access.
+ */
+const SYSTEM_ACCOUNTS = new Set(
+  (
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats nobody nogroup " +
+    "adm tty disk kmem dialout fax voice cdrom floppy tape sudo audio dip operator src shadow utmp video sasl plugdev staff users " +
+    "input render netdev gpio i2c spi lpadmin bluetooth messagebus sshd avahi polkitd dnsmasq tss rtkit statd " +
+    "mosquitto ntp chrony crontab ssl-cert"
+  ).split(" "),
+);
+const isSystemAccount = (name: string) => SYSTEM_ACCOUNTS.has(name) || name.startsWith("systemd-") || name.startsWith("_");
 
 const secretRef = z.union(
   [
@@ -54,9 +76,12 @@ const image = z.strictObject({
 });
 
 const user = z.strictObject({
-  name: z.string({ error: "is required: the first user's login name" }).regex(LINUX_USER_RE, {
-    error: "is not a Linux user name: lower-case letters, digits, '-' and '_', starting with a letter, at most 32",
-  }),
+  name: z
+    .string({ error: "is required: the first user's login name" })
+    .regex(LINUX_USER_RE, {
+      error: "is not a Linux user name: lower-case letters, digits, '-' and '_', starting with a letter, at most 32",
+    })
+    .refine((n) => !isSystemAccount(n), { error: "is a system account or group of Raspberry Pi OS, which cannot be the login user: choose a personal name such as \"admin\"" }),
   password: secretRef,
   sshKeys: z.array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"" })).default([]),
   passwordSsh: z.boolean({ error: "is not true or false" }).default(false),
@@ -100,7 +125,14 @@ const tls = z.strictObject({
   domain: z.string({ error: 'is required: the public DNS name clients use, e.g. "home.freemyip.com"' }).regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).refine((s) => s.includes("."), {
     error: "is not a fully qualified DNS name (it needs a dot)",
   }),
-  extraNames: z.array(z.string().refine((s) => DNS_NAME_RE.test(s) || IPV4_RE.test(s), { error: "is neither a DNS name nor an IPv4 address" })).default([]),
+  extraNames: z
+    .array(
+      z
+        .string()
+        .refine((s) => !NUMERIC_NAME_RE.test(s) || IPV4_RE.test(s), { error: "is not an IPv4 address (four numbers of 0-255), and all-numeric names are not DNS names" })
+        .refine((s) => NUMERIC_NAME_RE.test(s) || DNS_NAME_RE.test(s), { error: "is neither a DNS name nor an IPv4 address" }),
+    )
+    .default([]),
 });
 
 const interval = z.number({ error: "is not a number of seconds" }).int({ error: "is not a whole number of seconds" }).min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" }).max(86400, { error: "is longer than a day" }).default(300);
