@@ -1,0 +1,201 @@
+/**
+ * A real mosquitto running a render's Mosquitto files (conf.d fragment, password
+ * file, ACL, certificate and key) under a temporary root, listening on free
+ * loopback ports, and bounded clients for it. Used by test/mosquitto.test.ts
+ * and the hostile-input tests.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { expect } from "vitest";
+import { tempDir, type Fixture } from "./render-fixture.js";
+
+export const START_TIMEOUT_MS = 10_000;
+export const CONNECT_TIMEOUT_MS = 5_000;
+/** How long a message that must not arrive is given to arrive anyway. */
+export const QUIET_MS = 500;
+
+async function freePortOnLoopback(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** mosquitto in the foreground, as a child of the test; its stdout and stderr are its log. */
+export class Broker {
+  readonly child: ChildProcess;
+  log = "";
+  private exitCode: number | null | undefined;
+  private spawnError: Error | undefined;
+  private readonly exited: Promise<void>;
+
+  constructor(confPath: string) {
+    this.child = spawn("mosquitto", ["-c", confPath], { stdio: ["ignore", "pipe", "pipe"] });
+    this.child.stdout!.on("data", (d: Buffer) => (this.log += d.toString("utf8")));
+    this.child.stderr!.on("data", (d: Buffer) => (this.log += d.toString("utf8")));
+    // Should the test process end without afterAll (a crash), the broker ends with it.
+    const killOnExit = () => this.child.kill("SIGKILL");
+    process.once("exit", killOnExit);
+    this.exited = new Promise((resolve) => {
+      this.child.once("exit", () => process.removeListener("exit", killOnExit));
+      this.child.once("error", (err) => {
+        this.spawnError = err;
+        this.exitCode = null;
+        resolve();
+      });
+      this.child.once("exit", (code) => {
+        this.exitCode = code;
+        resolve();
+      });
+    });
+  }
+
+  get running(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  async waitForLog(pattern: RegExp, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(this.log) && this.running && Date.now() < deadline) await sleep(20);
+    if (pattern.test(this.log)) return;
+    const why = this.spawnError
+      ? `could not be started (${this.spawnError.message}); CI installs the Debian package mosquitto`
+      : this.running
+        ? `did not log ${pattern} within ${timeoutMs} ms`
+        : `exited with code ${this.exitCode} before logging ${pattern}`;
+    throw new Error(`mosquitto ${why}\n--- mosquitto's log ---\n${this.log}`);
+  }
+
+  /** SIGTERM, then SIGKILL after a bounded wait. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    const within = (ms: number) => Promise.race([this.exited.then(() => true), sleep(ms).then(() => false)]);
+    this.child.kill("SIGTERM");
+    if (!(await within(3000))) {
+      this.child.kill("SIGKILL");
+      await within(3000);
+    }
+  }
+}
+
+export type Connected = { client: MqttClient; error?: undefined } | { client?: undefined; error: Error & { code?: string | number } };
+
+export const clients = new Set<MqttClient>();
+
+/** Connect once (no reconnects), bounded; resolves with the client or the error that ended the attempt. */
+export function connect(opts: IClientOptions): Promise<Connected> {
+  return new Promise((resolve) => {
+    const client = mqtt.connect({ reconnectPeriod: 0, connectTimeout: CONNECT_TIMEOUT_MS, clean: true, ...opts });
+    clients.add(client);
+    let settled = false;
+    const settle = (r: Connected) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (r.error) client.end(true);
+      resolve(r);
+    };
+    const timer = setTimeout(() => settle({ error: new Error(`no CONNACK within ${CONNECT_TIMEOUT_MS + 1000} ms`) }), CONNECT_TIMEOUT_MS + 1000);
+    client.once("connect", () => settle({ client }));
+    client.once("error", (error) => settle({ error }));
+    client.once("close", () => settle({ error: new Error("connection closed before CONNACK") }));
+  });
+}
+
+export async function mustConnect(opts: IClientOptions): Promise<MqttClient> {
+  const r = await connect(opts);
+  if (r.error) throw new Error(`${opts.username ?? "anonymous"} could not connect: ${r.error.message}`);
+  return r.client;
+}
+
+/** Messages a client receives, by topic, with a bounded wait for one. */
+export function inbox(client: MqttClient) {
+  const got: { topic: string; payload: string }[] = [];
+  client.on("message", (topic, payload) => got.push({ topic, payload: payload.toString("utf8") }));
+  return {
+    got,
+    async waitFor(topic: string, payload: string, timeoutMs = 3000): Promise<boolean> {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        if (got.some((m) => m.topic === topic && m.payload === payload)) return true;
+        await sleep(20);
+      }
+      return got.some((m) => m.topic === topic && m.payload === payload);
+    },
+  };
+}
+
+export async function subscribe(client: MqttClient, filter: string): Promise<number> {
+  const granted = await client.subscribeAsync(filter, { qos: 1 });
+  return granted[0]!.qos;
+}
+
+export interface RunningBroker {
+  broker: Broker;
+  /** The temporary root that stands for the Pi's / (etc/mosquitto/… below it). */
+  root: string;
+  lanPort: number;
+  tlsPort: number;
+}
+
+/** Lays out the render's Mosquitto files under a temporary root and starts mosquitto on them (bounded). */
+export async function startRenderedBroker(fx: Fixture): Promise<RunningBroker> {
+  const root = tempDir("pibake-mosquitto-");
+  const lanPort = await freePortOnLoopback();
+  let tlsPort = await freePortOnLoopback();
+  while (tlsPort === lanPort) tlsPort = await freePortOnLoopback();
+
+  // Every Mosquitto file of the overlay, at its path under the temporary root, with its rendered mode.
+  const mosquittoFiles = fx.rendered.overlay.filter((f) => f.path.startsWith("etc/mosquitto/"));
+  expect(mosquittoFiles.map((f) => f.path).sort()).toEqual([
+    "etc/mosquitto/acl",
+    "etc/mosquitto/certs/ca.crt",
+    "etc/mosquitto/certs/server.crt",
+    "etc/mosquitto/certs/server.key",
+    "etc/mosquitto/conf.d/pibake.conf",
+    "etc/mosquitto/passwd",
+  ]);
+  for (const f of mosquittoFiles) {
+    const target = path.join(root, f.path);
+    mkdirSync(path.dirname(target), { recursive: true });
+    let content = f.content.toString("utf8");
+    if (f.path === "etc/mosquitto/conf.d/pibake.conf") {
+      const before = content;
+      content = content.replaceAll("/etc/mosquitto/", `${root}/etc/mosquitto/`);
+      content = content.replace(/^listener 1883$/m, `listener ${lanPort} 127.0.0.1`).replace(/^listener 8883$/m, `listener ${tlsPort} 127.0.0.1`);
+      expect(content.match(/^listener \d+ 127\.0\.0\.1$/gm), `both listeners rewritten in:\n${before}`).toHaveLength(2);
+      // Nothing may still point at the host's own /etc.
+      expect(content.split("\n").filter((l) => /(^|\s)\/etc\//.test(l))).toEqual([]);
+    }
+    writeFileSync(target, content, { mode: f.mode });
+  }
+  mkdirSync(path.join(root, "var/lib/mosquitto"), { recursive: true });
+  // Like Debian's /etc/mosquitto/mosquitto.conf, but logging everything to stderr and no pid file.
+  const mainConf = path.join(root, "etc/mosquitto/mosquitto.conf");
+  writeFileSync(
+    mainConf,
+    [
+      // As root mosquitto would switch to the user "mosquitto", who does not own these files.
+      ...(process.getuid?.() === 0 ? ["user root"] : []),
+      "persistence true",
+      `persistence_location ${root}/var/lib/mosquitto/`,
+      "log_dest stderr",
+      "log_type all",
+      `include_dir ${root}/etc/mosquitto/conf.d`,
+      "",
+    ].join("\n"),
+  );
+  const broker = new Broker(mainConf);
+  await broker.waitForLog(/mosquitto version \S+ running/, START_TIMEOUT_MS);
+  return { broker, root, lanPort, tlsPort };
+}
