@@ -88,7 +88,12 @@ const user = z.strictObject({
 });
 
 const wifi = z.strictObject({
-  ssid: z.string().min(1, { error: "is empty" }).refine((s) => Buffer.byteLength(s) <= 32, { error: "is longer than 32 bytes, the most an SSID can be" }),
+  ssid: z
+    .string()
+    .min(1, { error: "is empty" })
+    .refine((s) => Buffer.byteLength(s) <= 32, { error: "is longer than 32 bytes, the most an SSID can be" })
+    // Radios allow any byte, but no command line (nmcli, wpa_passphrase, iw) can be given a NUL.
+    .refine((s) => !s.includes("\u0000"), { error: "contains a NUL character, which no Wi-Fi tool on the Pi can be given" }),
   passphrase: secretRef,
   country: z.string().regex(/^[A-Z]{2}$/, { error: 'is not a two-letter country code such as "DE" or "GB"' }),
 });
