@@ -217,9 +217,26 @@ function minLength(n: number) {
   return (v: string) => (v.length < n ? `is shorter than ${n} characters` : undefined);
 }
 
-/** ddclient reads quoted values: a quote or backslash inside would end or escape them. */
+/**
+ * ddclient reads password='…' raw, from the first quote to the last, before comments are cut (sub
+ * _read_config, "parsing passwords is special"), so '#' ',' '=' '"' are carried. Refused: ' and \
+ * (without them the line means the same to ddclient's general parser, should a version not take
+ * the password out first), white space (it could start another match of that rule) and control or
+ * non-ASCII characters (3.11+ pass the secret to curl through escape_curl_param, whose /\v/ turns
+ * byte 0x85 of UTF-8 text into "\v").
+ */
 function ddclientSafe(v: string): string | undefined {
-  return minLength(8)(v) ?? (/['"\\\s]/.test(v) ? "contains a quote, backslash or white space, which ddclient's config cannot carry" : undefined);
+  return (
+    minLength(8)(v) ??
+    (/^[\x21-\x7e]+$/.test(v) && !/['\\]/.test(v)
+      ? undefined
+      : "contains white space, a single quote, a backslash, a control or a non-ASCII character, which ddclient's config cannot carry: use printable ASCII without ' and \\")
+  );
+}
+
+/** ddclient puts the freemyip token into the update URL as it is: only URL-safe characters keep the request intact. */
+function freemyipToken(v: string): string | undefined {
+  return ddclientSafe(v) ?? (/^[A-Za-z0-9._~-]+$/.test(v) ? undefined : "contains characters other than letters, digits, '.', '_', '~' and '-', which ddclient would put into freemyip's update URL as they are: copy the token exactly as freemyip shows it");
 }
 
 function wpaPassphrase(v: string): string | undefined {
@@ -261,7 +278,7 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     const hostname = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
     ddns =
       c.ddns.provider === "freemyip"
-        ? { provider: "freemyip", token: r.resolve(c.ddns.token, "ddns.token", ddclientSafe), hostname, interval: c.ddns.interval, ipLookup: c.ddns.ipLookup }
+        ? { provider: "freemyip", token: r.resolve(c.ddns.token, "ddns.token", freemyipToken), hostname, interval: c.ddns.interval, ipLookup: c.ddns.ipLookup }
         : {
             provider: "dyndns2",
             server: c.ddns.server,

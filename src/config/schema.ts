@@ -141,7 +141,22 @@ const tls = z.strictObject({
 });
 
 const interval = z.number({ error: "is not a number of seconds" }).int({ error: "is not a whole number of seconds" }).min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" }).max(86400, { error: "is longer than a day" }).default(300);
-const ipLookup = z.string().regex(/^https?:\/\/[^\s'"]+$/, { error: "is not an http(s) URL" }).default("https://api.ipify.org/");
+/**
+ * What ddclient's config carries in single quotes (ddclientQuote in src/render/templates.ts): printable
+ * ASCII but ' and \ (no escape is relied on) and '#' (ddclient cuts comments before it reads quotes).
+ * White space is squeezed and ends lines; 3.11+ mangle non-ASCII (byte 0x85) on the way to curl.
+ * URL: no '"' either. Login: no ':', which ends the login in HTTP Basic credentials.
+ */
+const DDCLIENT_URL_RE = /^https?:\/\/[!$-&(-[\]-~]+$/;
+const DDCLIENT_LOGIN_RE = /^[!"$-&(-9;-[\]-~]+$/;
+/** ddclient takes a line with "password" and then "=" in it for a password setting, whatever comes before. */
+const NO_PASSWORD_SETTING = [(s: string) => !/password.*=/i.test(s), { error: 'contains "password" followed by "=", which ddclient would read as a password setting' }] as const;
+const ipLookup = z
+  .string()
+  .regex(/^https?:\/\/[^/?#]/, { error: "is not an http(s) URL", abort: true })
+  .regex(DDCLIENT_URL_RE, { error: "is not a URL that ddclient's config can carry: printable ASCII without white space, quotes, a backslash or '#' (percent-encode them)", abort: true })
+  .refine(...NO_PASSWORD_SETTING)
+  .default("https://api.ipify.org/");
 
 const ddns = z.discriminatedUnion(
   "provider",
@@ -149,8 +164,15 @@ const ddns = z.discriminatedUnion(
     z.strictObject({ provider: z.literal("freemyip"), token: secretRef, interval, ipLookup, hostname: z.string().regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).optional() }),
     z.strictObject({
       provider: z.literal("dyndns2"),
-      server: z.string().regex(DNS_NAME_RE, { error: "is not a host name" }),
-      login: z.string().regex(/^[^\s'"\\]+$/, { error: "is not a login name without spaces or quotes" }),
+      // ddclient drops a server without a dot as invalid and sends the login to members.dyndns.org instead.
+      server: z.string().regex(DNS_NAME_RE, { error: "is not a host name", abort: true }).refine((s) => s.includes("."), { error: "is not a fully qualified host name (it needs a dot; ddclient would use members.dyndns.org instead)" }),
+      login: z
+        .string()
+        .regex(DDCLIENT_LOGIN_RE, {
+          error: "is not a login name that ddclient's config can carry: printable ASCII without white space, a single quote, a backslash, '#' or ':' (':' would end the login in HTTP Basic auth)",
+          abort: true,
+        })
+        .refine(...NO_PASSWORD_SETTING),
       password: secretRef,
       interval,
       ipLookup,
