@@ -6,10 +6,10 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { expect } from "vitest";
+import { freePort } from "./net.js";
 import { tempDir, type Fixture } from "./render-fixture.js";
 
 export const START_TIMEOUT_MS = 10_000;
@@ -17,17 +17,6 @@ export const CONNECT_TIMEOUT_MS = 5_000;
 /** How long a message that must not arrive is given to arrive anyway. */
 export const QUIET_MS = 500;
 
-async function freePortOnLoopback(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -151,9 +140,9 @@ export interface RunningBroker {
 /** Lays out the render's Mosquitto files under a temporary root and starts mosquitto on them (bounded). */
 export async function startRenderedBroker(fx: Fixture): Promise<RunningBroker> {
   const root = tempDir("pibake-mosquitto-");
-  const lanPort = await freePortOnLoopback();
-  let tlsPort = await freePortOnLoopback();
-  while (tlsPort === lanPort) tlsPort = await freePortOnLoopback();
+  const lanPort = await freePort();
+  let tlsPort = await freePort();
+  while (tlsPort === lanPort) tlsPort = await freePort();
 
   // Every Mosquitto file of the overlay, at its path under the temporary root, with its rendered mode.
   const mosquittoFiles = fx.rendered.overlay.filter((f) => f.path.startsWith("etc/mosquitto/"));
