@@ -3,7 +3,7 @@ import { execa } from "execa";
 import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
 import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
-import { bootVm, sshRun, waitForBroker, type Vm } from "./helpers/qemu.js";
+import { bootVm, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**
@@ -18,6 +18,41 @@ const hasQemu = existsSync("/usr/bin/qemu-system-aarch64") && existsSync("/proc/
 const DOMAIN = "home.freemyip.com";
 const NODE_RED_PASSWORD = "NodeRed-Admin-5b7c";
 
+/**
+ * Time budgets (ms). Each `it`/hook below makes a Deadline of its budget when
+ * it starts and hands every wait `d.cap(step)`: no wait runs past the budget,
+ * however the steps add up. The runner's timeout is the budget plus MARGIN,
+ * which leaves room for the diagnostics of a failed step (one SSH attempt of
+ * DIAGNOSTICS_SSH_MS, 25 s, plus reading the console) before vitest's own
+ * timeout, which would report none of them.
+ */
+const MARGIN = 40_000;
+const STEP = {
+  keygen: 30_000,
+  fixture: 1_800_000, // each of base-image.sh and qemu-kernel.sh (they may wait on another run's lock)
+  build: 2_400_000, // pibake build --base
+  brokerWait: 420_000, // power-on until the broker takes the phone's TLS login
+  connect: 15_000, // one tryConnect
+  roundTrip: 10_000, // subscribe + publish + the message back
+  sshLogin: 60_000, // the first SSH command after boot
+  settle: 125_000, // `timeout 120 systemctl is-system-running --wait`, plus SSH
+  ssh: 30_000, // every later SSH command
+  powerdown: 90_000,
+  nodeRedWait: 600_000, // power-on until the Node-RED editor answers
+  http: 10_000, // one HTTP request to Node-RED
+};
+const BUDGET = {
+  /** beforeAll: the fixtures and the build share one hour. */
+  build: 3_600_000 - MARGIN,
+  boot: STEP.brokerWait + STEP.connect + STEP.roundTrip, // 445 s
+  refusals: 4 * STEP.connect, // 60 s
+  lan: 2 * STEP.connect, // 30 s
+  sshChecks: STEP.sshLogin + STEP.settle + 5 * STEP.ssh, // 335 s
+  powerdown: STEP.powerdown, // 90 s
+  nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
+};
+if (MARGIN < DIAGNOSTICS_SSH_MS + 10_000) throw new Error("MARGIN leaves no room for the diagnostics");
+
 describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answers as a broker", () => {
   const tmp = tempDir("pibake-boot-");
   const artifacts = process.env.PIBAKE_BOOT_ARTIFACTS ?? tmp.dir;
@@ -25,15 +60,18 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
   let image = "";
   let ca: Buffer;
   let vm: Vm | undefined;
+  let kernel = "";
   let firstPublishMs = 0;
 
   beforeAll(async () => {
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", key]);
-    ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), (c) => {
+    const d = new Deadline("build", BUDGET.build);
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", key], { timeout: d.cap(STEP.keygen) });
+    ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, (c) => {
       c.nodeRed = { enabled: false };
       c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
     }));
-  }, 2_400_000);
+    kernel = await kernelDir(d);
+  }, BUDGET.build + MARGIN);
 
   afterAll(async () => {
     await vm?.kill();
@@ -42,47 +80,62 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
   });
 
   it("boots and serves authenticated MQTT over TLS, with the time from power-on reported", async () => {
-    vm = await bootVm({ image, kernelDir: await kernelDir(), consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 } });
-    // Bounded: a trixie guest under TCG on 2 cores reaches the broker in a few minutes at most.
-    await waitForBroker(vm, `mqtts://127.0.0.1:${vm.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW }, 420_000);
-    const client = await tryConnect(`mqtts://127.0.0.1:${vm.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW });
-    expect(client.ok, client.error).toBe(true);
-    // phone may read home/# and also write home/commands/+.
-    expect(await roundTrip(client.client!, "home/commands/light", "on")).toBe("on");
-    firstPublishMs = Date.now() - vm.startedAt;
-    client.client!.end(true);
+    const d = new Deadline("boot", BUDGET.boot);
+    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 } });
+    const booted = vm;
+    const ssh = { port: booted.ports.ssh!, user: "admin", key };
+    const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
+    const opts = { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
+    // A failure in here reports the console's last lines, the failed units and queued jobs (over SSH) and the time since power-on.
+    await withBootDiagnostics(booted, ssh, async () => {
+      // Bounded: a trixie guest under TCG on 2 cores reaches the broker in a few minutes at most.
+      // The wait ends early enough for the connect and the round trip that follow it.
+      await waitForBroker(booted, url, opts, d.before("broker wait", STEP.connect + STEP.roundTrip), { ssh });
+      const client = await tryConnect(url, opts, d.cap(STEP.connect));
+      expect(client.ok, client.error).toBe(true);
+      try {
+        // phone may read home/# and also write home/commands/+.
+        expect(await roundTrip(client.client!, "home/commands/light", "on", d.cap(STEP.roundTrip))).toBe("on");
+        firstPublishMs = Date.now() - booted.startedAt;
+      } finally {
+        client.client!.end(true);
+      }
+    });
     console.log(`boot: power-on to first authenticated TLS publish: ${(firstPublishMs / 1000).toFixed(1)} s`);
-  }, 480_000);
+  }, BUDGET.boot + MARGIN);
 
   it("refuses the wrong password, anonymous clients, TLS 1.1 and a name not in the certificate", async () => {
+    const d = new Deadline("refusals", BUDGET.refusals);
     const url = `mqtts://127.0.0.1:${vm!.ports.mqtts}`;
-    const wrong = await tryConnect(url, { ca, servername: DOMAIN, username: "phone", password: "not-the-password" });
+    const wrong = await tryConnect(url, { ca, servername: DOMAIN, username: "phone", password: "not-the-password" }, d.cap(STEP.connect));
     expect(wrong.ok).toBe(false);
     expect(wrong.error).toMatch(/Not authorized|Bad username/i);
-    const anonymous = await tryConnect(url, { ca, servername: DOMAIN });
+    const anonymous = await tryConnect(url, { ca, servername: DOMAIN }, d.cap(STEP.connect));
     expect(anonymous.ok).toBe(false);
-    const tls11 = await tryConnect(url, { ca, servername: DOMAIN, username: "phone", password: secretEnv.T_MQTT_PHONE_PW, minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
+    const tls11 = await tryConnect(url, { ca, servername: DOMAIN, username: "phone", password: secretEnv.T_MQTT_PHONE_PW, minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" }, d.cap(STEP.connect));
     expect(tls11.ok).toBe(false);
-    const otherName = await tryConnect(url, { ca, servername: "other.example.com", username: "phone", password: secretEnv.T_MQTT_PHONE_PW });
+    const otherName = await tryConnect(url, { ca, servername: "other.example.com", username: "phone", password: secretEnv.T_MQTT_PHONE_PW }, d.cap(STEP.connect));
     expect(otherName.ok).toBe(false);
     expect(otherName.error).toMatch(/ERR_TLS_CERT_ALTNAME_INVALID|altnames/i);
-  }, 120_000);
+  }, BUDGET.refusals + MARGIN);
 
   it("accepts the right password on the LAN port and refuses anonymous access there", async () => {
+    const d = new Deadline("LAN port", BUDGET.lan);
     const url = `mqtt://127.0.0.1:${vm!.ports.mqtt}`;
-    const good = await tryConnect(url, { username: "sensors", password: secretEnv.T_MQTT_SENSORS_PW });
+    const good = await tryConnect(url, { username: "sensors", password: secretEnv.T_MQTT_SENSORS_PW }, d.cap(STEP.connect));
     expect(good.ok, good.error).toBe(true);
     good.client!.end(true);
-    const anonymous = await tryConnect(url, {});
+    const anonymous = await tryConnect(url, {}, d.cap(STEP.connect));
     expect(anonymous.ok).toBe(false);
-  }, 120_000);
+  }, BUDGET.lan + MARGIN);
 
   it("lets the first user in with the configured SSH key, has no failed units, and runs ddclient with its file", async () => {
-    const ssh = (cmd: string) => sshRun(vm!.ports.ssh!, "admin", key, cmd);
-    const who = await ssh("id -un");
+    const d = new Deadline("SSH checks", BUDGET.sshChecks);
+    const ssh = (cmd: string, ms = STEP.ssh) => sshRun(vm!.ports.ssh!, "admin", key, cmd, d.cap(ms));
+    const who = await ssh("id -un", STEP.sshLogin);
     expect(who.stdout.trim(), who.stderr).toBe("admin");
     // Let the boot finish before judging units.
-    await ssh("timeout 120 systemctl is-system-running --wait || true");
+    await ssh("timeout 120 systemctl is-system-running --wait || true", STEP.settle);
     const failed = await ssh("systemctl --failed --no-legend --plain");
     expect(failed.stdout.trim(), `failed units:\n${failed.stdout}`).toBe("");
     const ddclient = await ssh("systemctl is-active ddclient; sudo -n journalctl -b -u ddclient --no-pager -o cat");
@@ -90,39 +143,43 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     // No Internet here: ddclient cannot learn the WAN address, which is expected; the config itself must not be warned about.
     const configWarnings = ddclient.stdout.split("\n").filter((l) => /WARNING/.test(l) && !/(CURL error|resolve host|unable to determine|could not determine|IP address|connect)/i.test(l));
     expect(configWarnings).toEqual([]);
+    // The image's own ddclient (trixie's, not the host's) parses the file and finds the host and its protocol; -noexec sends nothing.
+    const parsed = await ssh("sudo -n ddclient -file /etc/ddclient.conf -noexec -debug -verbose -foreground -daemon=0 -cache /tmp/pibake-ddclient.cache 2>&1 | grep -a -F 'home.freemyip.com' | grep -a -i -E 'protocol|host' || true");
+    expect(parsed.stdout, `the image's ddclient did not report home.freemyip.com with its protocol:\n${parsed.stdout}${parsed.stderr}`).toMatch(/home\.freemyip\.com/);
     const address = await ssh("ip -4 -o addr show dev eth0");
     expect(address.stdout).toMatch(/inet 10\.0\.2\.15\/24/);
     const profile = await ssh("nmcli -t -f NAME,DEVICE connection show --active");
     expect(profile.stdout).toMatch(/^pibake-lan:eth0$/m);
-  }, 300_000);
+  }, BUDGET.sshChecks + MARGIN);
 
   it("powers off cleanly within a minute", async () => {
-    const ms = await vm!.powerdown(90_000);
+    const d = new Deadline("power-off", BUDGET.powerdown);
+    const ms = await vm!.powerdown(d.cap(STEP.powerdown));
     console.log(`boot: clean power-off took ${(ms / 1000).toFixed(1)} s`);
     expect(vm!.console()).toMatch(/reboot: Power down|System halted|Power down/);
-  }, 120_000);
+  }, BUDGET.powerdown + MARGIN);
 });
 
-/** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network. */
-async function buildForQemu(dir: string, sshKey: string, mutate: (c: Record<string, any>) => void): Promise<{ image: string; ca: Buffer }> {
+/** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network; within `d`. */
+async function buildForQemu(dir: string, sshKey: string, d: Deadline, mutate: (c: Record<string, any>) => void): Promise<{ image: string; ca: Buffer }> {
   const c = validConfig();
   // QEMU's user-mode network: the broker answering at all proves the rendered NetworkManager profile was applied.
   c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
   c.user.sshKeys = [sshKey];
   mutate(c);
   const cfg = writeJson(path.join(dir, "boot.json"), c);
-  const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: 1_800_000 })).stdout.trim();
+  const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: d.cap(STEP.fixture) })).stdout.trim();
   const out = path.join(dir, "deploy");
   const build = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(dir, "state"), "--compress", "none"], {
     env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD },
-    timeout: 2_400_000,
+    timeout: d.cap(STEP.build),
   });
   expect(build.exitCode, build.stderr).toBe(0);
   return { image: path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!), ca: readFileSync(path.join(out, "ca.crt")) };
 }
 
-async function kernelDir(): Promise<string> {
-  return (await execa("bash", [path.join(repoRoot, "scripts/fixtures/qemu-kernel.sh")], { timeout: 1_800_000 })).stdout.trim();
+async function kernelDir(d: Deadline): Promise<string> {
+  return (await execa("bash", [path.join(repoRoot, "scripts/fixtures/qemu-kernel.sh")], { timeout: d.cap(STEP.fixture) })).stdout.trim();
 }
 
 /**
@@ -133,15 +190,19 @@ async function kernelDir(): Promise<string> {
  */
 describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")("Node-RED in the booted image", () => {
   const tmp = tempDir("pibake-boot-nr-");
+  const key = path.join(tmp.dir, "key");
   let vm: Vm | undefined;
   let image = "";
+  let kernel = "";
 
   beforeAll(async () => {
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(tmp.dir, "key")]);
-    ({ image } = await buildForQemu(tmp.dir, readFileSync(path.join(tmp.dir, "key.pub"), "utf8").trim(), (c) => {
+    const d = new Deadline("build", BUDGET.build);
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key], { timeout: d.cap(STEP.keygen) });
+    ({ image } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, (c) => {
       c.nodeRed = { install: "build", admin: { user: "admin", password: { env: "T_NODE_RED_PW" } } };
     }));
-  }, 3_600_000);
+    kernel = await kernelDir(d);
+  }, BUDGET.build + MARGIN);
 
   afterAll(async () => {
     await vm?.kill();
@@ -149,22 +210,27 @@ describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")
   });
 
   it("serves the editor behind a login, and the token endpoint accepts the configured password", async () => {
-    vm = await bootVm({ image, kernelDir: await kernelDir(), consoleLog: path.join(tmp.dir, "console.log"), forward: { nodeRed: 1880 } });
+    const d = new Deadline("Node-RED", BUDGET.nodeRed);
+    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { nodeRed: 1880, ssh: 22 } });
+    const booted = vm;
     const base = `http://127.0.0.1:${vm.ports.nodeRed}`;
-    const deadline = Date.now() + 600_000;
-    for (;;) {
-      const r = await fetch(`${base}/auth/login`, { signal: AbortSignal.timeout(10_000) }).catch(() => undefined);
-      if (r?.ok) break;
-      if (vm.exited() || Date.now() > deadline) throw new Error(`Node-RED did not answer within 10 minutes; last console lines:\n${vm.lastConsoleLines()}`);
-      await new Promise((res) => setTimeout(res, 5000));
-    }
+    const wait = d.before("Node-RED wait", 6 * STEP.http);
+    await withBootDiagnostics(booted, { port: booted.ports.ssh!, user: "admin", key }, async () => {
+      for (;;) {
+        const r = wait.remaining() > 0 ? await fetch(`${base}/auth/login`, { signal: AbortSignal.timeout(wait.cap(STEP.http)) }).catch(() => undefined) : undefined;
+        if (r?.ok) break;
+        if (booted.exited() || wait.remaining() <= 0) throw new Error(`Node-RED did not answer within 10 minutes`);
+        await new Promise((res) => setTimeout(res, Math.min(5000, wait.remaining())));
+      }
+    });
+    const http = (url: string, init: RequestInit = {}) => fetch(url, { ...init, signal: AbortSignal.timeout(d.cap(STEP.http)) });
     console.log(`boot: power-on to Node-RED answering: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
     // The editor asks for a login: adminAuth of type "credentials".
-    const login = (await (await fetch(`${base}/auth/login`)).json()) as { type?: string };
+    const login = (await (await http(`${base}/auth/login`)).json()) as { type?: string };
     expect(login.type).toBe("credentials");
-    expect((await fetch(`${base}/flows`)).status).toBe(401);
+    expect((await http(`${base}/flows`)).status).toBe(401);
     const token = async (password: string) =>
-      fetch(`${base}/auth/token`, {
+      http(`${base}/auth/token`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ client_id: "node-red-admin", grant_type: "password", scope: "*", username: "admin", password }),
@@ -173,6 +239,6 @@ describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")
     const ok = await token(NODE_RED_PASSWORD);
     expect(ok.status).toBe(200);
     const { access_token } = (await ok.json()) as { access_token: string };
-    expect((await fetch(`${base}/flows`, { headers: { authorization: `Bearer ${access_token}` } })).status).toBe(200);
-  }, 900_000);
+    expect((await http(`${base}/flows`, { headers: { authorization: `Bearer ${access_token}` } })).status).toBe(200);
+  }, BUDGET.nodeRed + MARGIN);
 });

@@ -28,18 +28,33 @@ export function tryConnect(url: string, opts: IClientOptions & Pick<ConnectionOp
   });
 }
 
-/** Subscribe, publish, and wait (bounded) for the message to come back. */
+/**
+ * Subscribe, publish, and wait for the message to come back: all three
+ * together bounded by `ms` (a broker that never acknowledges the SUBSCRIBE or
+ * PUBLISH fails here too, naming the step it hung in).
+ */
 export async function roundTrip(client: MqttClient, topic: string, payload: string, ms = 10_000): Promise<string> {
-  await client.subscribeAsync(topic, { qos: 1 });
-  const got = new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no message on ${topic} within ${ms} ms`)), ms);
-    client.on("message", (t, p) => {
-      if (t === topic) {
-        clearTimeout(timer);
-        resolve(p.toString());
-      }
+  const deadline = Date.now() + ms;
+  const within = <T>(step: string, p: Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`roundTrip on ${topic}: ${step} not done within ${ms} ms`)), Math.max(0, deadline - Date.now()));
+      p.then(
+        (v) => (clearTimeout(timer), resolve(v)),
+        (e) => (clearTimeout(timer), reject(e)),
+      );
     });
+  let onMessage: ((t: string, p: Buffer) => void) | undefined;
+  const got = new Promise<string>((resolve) => {
+    onMessage = (t, p) => {
+      if (t === topic) resolve(p.toString());
+    };
+    client.on("message", onMessage);
   });
-  await client.publishAsync(topic, payload, { qos: 1 });
-  return got;
+  try {
+    await within("subscribe", client.subscribeAsync(topic, { qos: 1 }));
+    await within("publish", client.publishAsync(topic, payload, { qos: 1 }));
+    return await within("the message", got);
+  } finally {
+    client.removeListener("message", onMessage!);
+  }
 }

@@ -93,14 +93,22 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
       const t = Date.now();
       // The monitor keeps its side open: send the command, give it a moment, hang up.
       await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          s.destroy();
+          reject(new Error(`the QEMU monitor did not take system_powerdown within 10 s`));
+        }, Math.min(10_000, ms));
         const s = net.connect(monitor, () => {
+          clearTimeout(timer);
           s.write("system_powerdown\n");
           setTimeout(() => {
             s.destroy();
             resolve();
           }, 1000);
         });
-        s.on("error", reject);
+        s.on("error", (e) => {
+          clearTimeout(timer);
+          reject(e);
+        });
       });
       const deadline = t + ms;
       while (!exited) {
@@ -117,38 +125,117 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
   return vm;
 }
 
-/** Run a command in the guest over SSH with the test's key (bounded). */
+/**
+ * One step's time budget, shared by all its waits: `cap(ms)` hands a single
+ * wait at most `ms` and never more than what is left, so the waits of a step
+ * cannot add up past its end. Made at the start of an `it` or hook whose
+ * runner timeout is the budget plus a margin (see test/boot.test.ts).
+ */
+export class Deadline {
+  readonly start = Date.now();
+  readonly at: number;
+  constructor(readonly name: string, readonly ms: number) {
+    this.at = this.start + ms;
+  }
+  remaining(): number {
+    return Math.max(0, this.at - Date.now());
+  }
+  /** At most `ms`, never past the deadline; throws (naming the budget) once it is spent. */
+  cap(ms: number): number {
+    const left = this.at - Date.now();
+    if (left <= 0) throw new Error(`the ${this.name} budget (${this.ms / 1000} s) is spent`);
+    return Math.max(1, Math.min(ms, left));
+  }
+  /** A deadline for the first part of this step, ending `reserveMs` before it (kept for the later parts). */
+  before(name: string, reserveMs: number): Deadline {
+    return new Deadline(name, Math.max(0, this.at - reserveMs - Date.now()));
+  }
+}
+
+export interface SshTarget {
+  port: number;
+  user: string;
+  key: string;
+}
+
+/** Run a command in the guest over SSH with the test's key (bounded by `ms`). */
 export async function sshRun(port: number, user: string, key: string, command: string, ms = 60_000) {
   return execa(
     "ssh",
     [
       "-i", key, "-p", String(port),
       "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-      "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR",
+      "-o", `ConnectTimeout=${Math.max(1, Math.min(20, Math.floor(ms / 1000) - 2))}`, "-o", "LogLevel=ERROR",
       `${user}@127.0.0.1`, command,
     ],
-    { reject: false, timeout: ms, stdin: "ignore" },
+    // execa's timeout 0 would mean none: never hand it less than 1 ms.
+    { reject: false, timeout: Math.max(1, ms), stdin: "ignore" },
   );
 }
 
+/** How long to give the SSH look at the guest in bootDiagnostics: the margins in test/boot.test.ts leave room for it. */
+export const DIAGNOSTICS_SSH_MS = 25_000;
+
 /**
- * Waits until the guest's broker takes a client with these options (bounded by
- * `ms`); throws with the console's last lines when the guest stops, fails to
- * boot, or the time is up.
+ * What a failed boot step reports besides its own message: the time since
+ * power-on, and (one bounded SSH attempt) the guest's failed units and the
+ * jobs still queued; if SSH fails, that it did and how.
  */
-export async function waitForBroker(vm: Vm, url: string, opts: Parameters<typeof tryConnect>[1], ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
+export async function bootDiagnostics(vm: Vm, ssh?: SshTarget, ms = DIAGNOSTICS_SSH_MS): Promise<string> {
+  const lines = [`time since power-on at the failure: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`];
+  if (!ssh) lines.push("failed units / unfinished jobs: not asked (no SSH forwarded)");
+  else if (vm.exited()) lines.push("failed units / unfinished jobs: not asked (the VM has exited)");
+  else {
+    const r = await sshRun(ssh.port, ssh.user, ssh.key, "echo '--- failed units:'; systemctl --failed --no-legend --plain 2>&1 | grep . || echo '(none)'; echo '--- unfinished jobs:'; systemctl list-jobs --no-legend 2>&1 | grep . || echo '(none)'", ms);
+    if (r.timedOut) lines.push(`failed units / unfinished jobs: SSH to the guest timed out after ${ms / 1000} s${r.stderr.trim() ? ` (${r.stderr.trim()})` : ""}`);
+    else if (!r.stdout.includes("--- failed units:")) lines.push(`failed units / unfinished jobs: SSH to the guest failed (exit ${r.exitCode}): ${r.stderr.trim() || "no message"}`);
+    else lines.push(r.stdout.trim());
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Waits until the guest's broker takes a client with these options, within
+ * `within` (ms from now, or a Deadline: every try and pause stays inside it);
+ * throws when the guest stops, fails to boot, or the time is up, with the
+ * console's last lines and bootDiagnostics (the failed units and queued jobs
+ * when `ssh` is given and the guest answers it).
+ */
+export async function waitForBroker(vm: Vm, url: string, opts: Parameters<typeof tryConnect>[1], within: number | Deadline, o: { ssh?: SshTarget } = {}): Promise<void> {
+  const d = typeof within === "number" ? new Deadline("broker wait", within) : within;
+  const fail = async (what: string) => {
+    throw new Error(`${what}; last console lines:\n${vm.lastConsoleLines()}\n--- diagnostics:\n${await bootDiagnostics(vm, o.ssh)}`);
+  };
   let last = "";
   for (;;) {
-    if (vm.exited()) throw new Error(`the VM stopped; last console lines:\n${vm.lastConsoleLines()}`);
-    if (/Kernel panic|emergency mode|Give root password/i.test(vm.console())) throw new Error(`the guest failed to boot:\n${vm.lastConsoleLines()}`);
-    const r = await tryConnect(url, opts, 10_000);
-    if (r.ok) {
-      r.client!.end(true);
-      return;
+    if (vm.exited()) return fail("the VM stopped");
+    if (/Kernel panic|emergency mode|Give root password/i.test(vm.console())) return fail("the guest failed to boot");
+    if (d.remaining() > 0) {
+      const r = await tryConnect(url, opts, d.cap(10_000));
+      if (r.ok) {
+        r.client!.end(true);
+        return;
+      }
+      last = r.error ?? "";
     }
-    last = r.error ?? "";
-    if (Date.now() > deadline) throw new Error(`no broker at ${url} within ${Math.round(ms / 60_000)} minutes (last error: ${last}); last console lines:\n${vm.lastConsoleLines()}`);
-    await new Promise((res) => setTimeout(res, 3000));
+    if (d.remaining() <= 0) return fail(`no broker at ${url} within ${(d.ms / 1000).toFixed(0)} s (last error: ${last || "none"})`);
+    await new Promise((res) => setTimeout(res, Math.min(3000, d.remaining())));
+  }
+}
+
+/**
+ * Runs a boot step; if it fails, its error gets the console's last lines and
+ * bootDiagnostics added (unless waitForBroker already added them), so that a
+ * refused login or a lost message says as much about the guest as a timeout.
+ */
+export async function withBootDiagnostics<T>(vm: Vm, ssh: SshTarget | undefined, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (e) {
+    const err = e instanceof Error ? e : new Error(String(e));
+    if (!err.message.includes("--- diagnostics:")) {
+      err.message += `\nlast console lines:\n${vm.lastConsoleLines()}\n--- diagnostics:\n${await bootDiagnostics(vm, ssh)}`;
+    }
+    throw err;
   }
 }
