@@ -18,7 +18,8 @@ import path from "node:path";
 import { execa } from "execa";
 import { withCleanup } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
-import { Secret, type Model } from "../config/model.js";
+import type { Model } from "../config/model.js";
+import { configDigest } from "../config/digest.js";
 import type { EngineResult } from "../engines/types.js";
 import { packageRoot } from "../paths.js";
 import type { Rendered } from "../render/index.js";
@@ -300,26 +301,6 @@ export function startCompressor(kind: "xz" | "zstd", dest: string, size: number,
   };
 }
 
-/** JSON with object keys sorted, so that equal values give equal digests. */
-export function canonicalJson(value: unknown, onSecret?: (s: Secret) => void): string {
-  const walk = (v: unknown): unknown => {
-    if (v instanceof Secret) {
-      onSecret?.(v);
-      return "***";
-    }
-    if (Array.isArray(v)) return v.map(walk);
-    if (v && typeof v === "object") {
-      return Object.fromEntries(
-        Object.keys(v)
-          .sort()
-          .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-          .map((k) => [k, walk((v as Record<string, unknown>)[k])]),
-      );
-    }
-    return v;
-  };
-  return JSON.stringify(walk(value));
-}
 
 /**
  * The config's digest: sha256 of the validated config (every default applied)
@@ -329,9 +310,8 @@ export function canonicalJson(value: unknown, onSecret?: (s: Secret) => void): s
  * guess against it. The secrets themselves are never written.
  */
 export function configDigests(model: Model, state: StateDir): { digest: string; secretsHmac: string } {
-  const { configPath: _p, configDir: _d, ...rest } = model;
   const secrets: string[] = [];
-  const json = canonicalJson(rest, (s) => secrets.push(s.reveal()));
+  const digest = configDigest(model, (s) => secrets.push(s.reveal()));
   let key = state.read("manifest-hmac-key")?.trim();
   if (!key) {
     key = randomBytes(32).toString("hex");
@@ -339,7 +319,7 @@ export function configDigests(model: Model, state: StateDir): { digest: string; 
   }
   const hmac = createHmac("sha256", Buffer.from(key, "hex"));
   for (const s of secrets) hmac.update(s).update("\0");
-  return { digest: `sha256:${createHash("sha256").update(json).digest("hex")}`, secretsHmac: `hmac-sha256:${hmac.digest("hex")}` };
+  return { digest, secretsHmac: `hmac-sha256:${hmac.digest("hex")}` };
 }
 
 function pibakeVersion(): string {
