@@ -240,7 +240,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
 
   it("enables the broker's services and SSH, and no first-boot wizard", () => {
     const wants = path.join(mnt, "etc/systemd/system/multi-user.target.wants");
-    for (const unit of ["mosquitto.service", "ddclient.service", "ssh.service", "NetworkManager.service"]) {
+    for (const unit of ["mosquitto.service", "ddclient.service", "ssh.service", "NetworkManager.service", "pibake-status.service"]) {
       expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
     }
     expect(existsSync(path.join(wants, "userconfig.service"))).toBe(false);

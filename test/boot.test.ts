@@ -47,7 +47,7 @@ const BUDGET = {
   boot: STEP.brokerWait + STEP.connect + STEP.roundTrip, // 445 s
   refusals: 4 * STEP.connect, // 60 s
   lan: 2 * STEP.connect, // 30 s
-  sshChecks: STEP.sshLogin + STEP.settle + 5 * STEP.ssh, // 335 s
+  sshChecks: STEP.sshLogin + STEP.settle + 6 * STEP.ssh, // 365 s
   powerdown: STEP.powerdown, // 90 s
   nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
 };
@@ -146,6 +146,21 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     // The image's own ddclient (trixie's, not the host's) parses the file and finds the host and its protocol; -noexec sends nothing.
     const parsed = await ssh("sudo -n ddclient -file /etc/ddclient.conf -noexec -debug -verbose -foreground -daemon=0 -cache /tmp/pibake-ddclient.cache 2>&1 | grep -a -F 'home.freemyip.com' | grep -a -i -E 'protocol|host' || true");
     expect(parsed.stdout, `the image's ddclient did not report home.freemyip.com with its protocol:\n${parsed.stdout}${parsed.stderr}`).toMatch(/home\.freemyip\.com/);
+    // The report on the boot partition, for a user who can only read the card.
+    const status = await ssh("systemctl show -p Result --value pibake-status.service; cat /boot/firmware/pibake-status.txt");
+    const [result, ...report] = status.stdout.split("\n");
+    expect(result, status.stderr).toBe("success");
+    const text = report.join("\n");
+    expect(text).toMatch(/^pibake \S+ status report, written \d{4}-\d\d-\d\dT/m);
+    expect(text).toMatch(/^image: +test-broker \(trixie, arm64\), config sha256:[0-9a-f]{64}$/m);
+    expect(text).toMatch(/^ {2}eth0 10\.0\.2\.15\/24$/m);
+    expect(text).toMatch(/^mosquitto: active$/m);
+    expect(text).toMatch(/^ {2}LAN port 1883: listening$/m);
+    expect(text).toMatch(/^ {2}TLS port 8883: listening$/m);
+    expect(text).toMatch(/DNS:home\.freemyip\.com/);
+    expect(text).toMatch(/^ddclient: active$/m);
+    expect(text).toMatch(/^failed units:$/m);
+    for (const secret of Object.values(secretEnv)) expect(text).not.toContain(secret);
     const address = await ssh("ip -4 -o addr show dev eth0");
     expect(address.stdout).toMatch(/inet 10\.0\.2\.15\/24/);
     const profile = await ssh("nmcli -t -f NAME,DEVICE connection show --active");

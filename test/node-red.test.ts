@@ -264,7 +264,7 @@ describe("Node-RED rendered files", () => {
   });
 
   it("puts the units, the first-boot script and ~/.node-red on the Pi with the right owners and modes", () => {
-    const nr = p.rendered.overlay.filter((f) => /systemd|pibake\/firstboot|\.node-red/.test(f.path)).map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
+    const nr = p.rendered.overlay.filter((f) => /nodered\.service|pibake-firstboot|pibake\/firstboot|\.node-red/.test(f.path)).map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
     expect(nr).toEqual([
       ["etc/systemd/system/nodered.service", "644", "root:root"],
       ["etc/systemd/system/pibake-firstboot.service", "644", "root:root"],
@@ -336,7 +336,7 @@ describe("Node-RED rendered files", () => {
     expect(file(off.rendered, "etc/mosquitto/passwd").content).not.toContain("nodered");
   });
 
-  it("gives systemd-analyze verify units it accepts, and shellcheck a clean first-boot script", async () => {
+  it("gives systemd-analyze verify units it accepts, and shellcheck clean first-boot and status scripts", async () => {
     const build = await prepare(writeConfig((c) => Object.assign(c.nodeRed, { install: "build", dashboard: "none" })));
     for (const r of [p.rendered, build.rendered]) {
       // verify checks that ExecStart= programs exist: a root with the overlay, stand-ins for
@@ -350,11 +350,11 @@ describe("Node-RED rendered files", () => {
       writeFileSync(path.join(root, "usr/local/bin/node-red-pi"), "#!/bin/sh\n", { mode: 0o755 });
       mkdirSync(path.join(root, "usr/lib/systemd"), { recursive: true });
       cpSync("/usr/lib/systemd/system", path.join(root, "usr/lib/systemd/system"), { recursive: true, verbatimSymlinks: true });
-      const units = ["nodered.service", "pibake-firstboot.service"].map((u) => path.join(root, "etc/systemd/system", u));
+      const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service"].map((u) => path.join(root, "etc/systemd/system", u));
       const verify = await run("systemd-analyze", [`--root=${root}`, "verify", ...units]).catch((e: { stdout: string; stderr: string }) => e);
       expect(verify.stderr).toBe("");
-      const script = path.join(root, "usr/local/lib/pibake/firstboot.sh");
-      const sc = await run("shellcheck", ["--severity=style", script]).catch((e: { stdout: string }) => e);
+      const scripts = ["firstboot.sh", "status.sh"].map((n) => path.join(root, "usr/local/lib/pibake", n));
+      const sc = await run("shellcheck", ["--severity=style", ...scripts]).catch((e: { stdout: string }) => e);
       expect(sc.stdout).toBe("");
       const stageScript = path.join(root, "01-run-chroot.sh");
       writeFileSync(stageScript, r.stage.find((f) => f.path === "01-node-red/01-run-chroot.sh")!.content);

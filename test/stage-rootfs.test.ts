@@ -98,7 +98,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
 
   it("enables the services and sets the first user's password from its hash", async () => {
     const wants = path.join(rootfs, "etc/systemd/system/multi-user.target.wants");
-    for (const unit of ["mosquitto.service", "ddclient.service"]) {
+    for (const unit of ["mosquitto.service", "ddclient.service", "pibake-status.service"]) {
       expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
       expect(readlinkSync(path.join(wants, unit))).toMatch(new RegExp(`/systemd/system/${unit}$`));
     }

@@ -47,6 +47,9 @@ export const OVERLAY: OverlaySpec[] = [
   // trixie images configure networking through cloud-init, which would add DHCP for the same interface.
   { path: "etc/cloud/cloud.cfg.d/99-pibake-network.cfg", mode: 0o644, when: (v) => v.image.release === "trixie" },
   { path: "etc/ssh/sshd_config.d/50-pibake.conf", mode: 0o644 },
+  // The report on the boot partition, for a Pi that does not show up on the network.
+  { path: "usr/local/lib/pibake/status.sh", mode: 0o755 },
+  { path: "etc/systemd/system/pibake-status.service", mode: 0o644 },
   ...NODE_RED_OVERLAY,
 ];
 

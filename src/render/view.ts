@@ -2,6 +2,8 @@ import { createHash } from "node:crypto";
 import type { Model, TopicRule } from "../config/model.js";
 import type { Secrets } from "../secrets/index.js";
 import { nodeRedView, type NodeRedView } from "./node-red.js";
+import { configDigest } from "../config/digest.js";
+import { PIBAKE_VERSION } from "../version.js";
 
 /**
  * The values templates see. Optional parts are `false` rather than missing,
@@ -34,6 +36,8 @@ export interface View {
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
+  /** What the status report on the boot partition says of the build. */
+  status: { version: string; configDigest: string };
 }
 
 /** A stable UUID (RFC 4122 layout, name-based) so that renders repeat byte for byte. */
@@ -109,5 +113,6 @@ export function buildView(model: Model, secrets: Secrets): View {
       stageList: DEFAULT_STAGE_LIST,
     },
     nodeRed: nodeRedView(model, secrets),
+    status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
   };
 }
