@@ -1,8 +1,6 @@
 import { cac, type CAC } from "cac";
-import { readFileSync } from "node:fs";
-import path from "node:path";
 import { ConfigError, PibakeError } from "./errors.js";
-import { packageRoot } from "./paths.js";
+import { PIBAKE_VERSION } from "./version.js";
 import { redact } from "./ui/output.js";
 import { registerConfigCommands } from "./commands/config.js";
 import { registerFlash } from "./commands/flash.js";
@@ -11,17 +9,12 @@ import { registerBuild } from "./commands/build.js";
 /** Each command lives in src/commands/ and registers itself here. */
 const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands, registerFlash, registerBuild];
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string };
-  return pkg.version;
-}
-
 export function createCli(): CAC {
   const cli = cac("pibake");
   for (const register of commandModules) register(cli);
   cli.option("--debug", "Show stack traces of unexpected errors");
   cli.help();
-  cli.version(version());
+  cli.version(PIBAKE_VERSION);
   return cli;
 }
 

@@ -13,7 +13,7 @@
  * only when complete, the image last: a failure or Ctrl-C leaves no partial file.
  */
 import { createHash, createHmac, randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream, existsSync, promises as fsp, readFileSync, statSync } from "node:fs";
+import { createReadStream, createWriteStream, existsSync, promises as fsp, statSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { withCleanup } from "../cleanup.js";
@@ -21,7 +21,7 @@ import { PibakeError } from "../errors.js";
 import type { Model } from "../config/model.js";
 import { configDigest } from "../config/digest.js";
 import type { EngineResult } from "../engines/types.js";
-import { packageRoot } from "../paths.js";
+import { PIBAKE_VERSION } from "../version.js";
 import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
 import { summarize } from "../secrets/pki.js";
@@ -322,14 +322,6 @@ export function configDigests(model: Model, state: StateDir): { digest: string; 
   return { digest, secretsHmac: `hmac-sha256:${hmac.digest("hex")}` };
 }
 
-function pibakeVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string }).version;
-  } catch {
-    return "unknown";
-  }
-}
-
 /** Move a file into --out: a rename on the same file system, else a sparse copy. */
 async function moveInto(src: string, dest: string, signal?: AbortSignal): Promise<void> {
   try {
@@ -444,7 +436,7 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
     const bmapSha256 = await sha256Of(tmp(names.bmap));
     const { digest, secretsHmac } = configDigests(input.model, input.state);
     const manifestData: Record<string, unknown> = {
-      pibake: { version: pibakeVersion() },
+      pibake: { version: PIBAKE_VERSION },
       createdAt: new Date().toISOString(),
       name: input.model.image.name,
       hostname: input.model.image.hostname,

@@ -9,7 +9,7 @@
  * other hosts). Everything held is released by clean-up scopes, on success,
  * failure and Ctrl-C alike.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
@@ -30,7 +30,7 @@ import { describeProgress, prepareBase } from "./prepare.js";
 import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
 import { applySystemSettings, checkBaseMatches, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram, tool } from "./tools.js";
-import { packageRoot } from "../../paths.js";
+import { PIBAKE_VERSION } from "../../version.js";
 
 export { parseGrow } from "./resize.js";
 
@@ -59,14 +59,6 @@ export interface BaseImageOptions {
 }
 
 const quietSteps: StepEvents = { begin() {}, skip() {}, status() {} };
-
-function version(): string {
-  try {
-    return (JSON.parse(readFileSync(path.join(packageRoot, "package.json"), "utf8")) as { version: string }).version;
-  } catch {
-    return "unknown";
-  }
-}
 
 /** Checks that need no work: run before anything is decompressed. */
 export async function preflightBase(opts: { base: string; arch: string; shrink?: boolean }): Promise<void> {
@@ -235,7 +227,7 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
 
     enterPhase("finalize");
     marker = {
-      pibake: version(),
+      pibake: PIBAKE_VERSION,
       builtAt: new Date().toISOString(),
       engine: "base",
       image: model.image.name,
