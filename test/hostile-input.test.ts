@@ -393,11 +393,12 @@ function stringFields(schema: Record<string, any>, at = ""): string[] {
 /** The concrete JSON path for messages: the first item of each list. */
 const concrete = (field: string) => field.replaceAll("[]", "[0]");
 
-async function renderBase(f: Field): Promise<Fixture> {
-  const c = validConfig();
+/** The test config with `v` in field `f`, and the environment its secret references read. */
+function configWith(f: Field, v: string): { config: TestConfig; env: Record<string, string> } {
+  const config = validConfig();
   const env: Record<string, string> = { ...secretEnv, T_WIFI_PW: "wifi-pass-123" };
-  f.set(c, f.base, env);
-  return renderFixture({ config: c, env });
+  f.set(config, v, env);
+  return { config, env };
 }
 
 function hostileValues(f: Field): string[] {
@@ -422,10 +423,8 @@ describe("hostile values in every string field: refused naming the field, or rea
     const problems: string[] = [];
     let accepted = 0;
     for (const value of hostileValues(f)) {
-      const c = validConfig();
-      const env: Record<string, string> = { ...secretEnv, T_WIFI_PW: "wifi-pass-123" };
-      f.set(c, value, env);
-      const file = tempFile(JSON.stringify(c));
+      const { config, env } = configWith(f, value);
+      const file = tempFile(JSON.stringify(config));
       try {
         loadConfig(file, env);
       } catch (err) {
@@ -437,7 +436,7 @@ describe("hostile values in every string field: refused naming the field, or rea
         continue;
       }
       accepted++;
-      const fx = await renderFixture({ config: c, env });
+      const fx = await renderFixture({ config, env });
       try {
         for (const reader of f.readers) {
           const problem = await reader.check(fx, value);
@@ -449,7 +448,7 @@ describe("hostile values in every string field: refused naming the field, or rea
     }
     // The plain value must get through, or the readers were never exercised; and each reader
     // must notice a value other than the one rendered, or it could not fail.
-    const fx = await renderBase(f);
+    const fx = await renderFixture(configWith(f, f.base));
     try {
       for (const reader of f.readers) {
         const problem = await reader.check(fx, f.base);
