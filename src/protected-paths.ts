@@ -15,11 +15,16 @@ export interface ProtectedPath {
   what: string;
 }
 
+/** The state directory as a protected path: the one protection a command without a config still has. */
+export function protectedStateDir(dir: string): ProtectedPath {
+  return { path: dir, what: "the state directory (it holds the CA key)" };
+}
+
 export function protectedPaths(model: Model, stateDir: string, extra: ProtectedPath[] = []): ProtectedPath[] {
   const secretFiles = secretsOf(model).flatMap(([where, s]) => (s.sourceFile ? [{ path: s.sourceFile, what: `the secret file of ${where}` }] : []));
   return [
     { path: model.configPath, what: "the config" },
-    { path: stateDir, what: "the state directory (it holds the CA key)" },
+    protectedStateDir(stateDir),
     ...secretFiles,
     ...model.image.baseStages.map((d) => ({ path: d, what: "a base stage of image.baseStages" })),
     ...extra,

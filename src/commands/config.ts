@@ -10,7 +10,7 @@ import { render } from "../render/index.js";
 import { writeRendered } from "../render/write.js";
 import { nodeRedSummary } from "../render/node-red.js";
 import { createOutput, type Output } from "../ui/output.js";
-import { protectedPaths, refuseProtectedOutput, secretsOf, type ProtectedPath } from "../protected-paths.js";
+import { protectedPaths, protectedStateDir, refuseProtectedOutput, secretsOf, type ProtectedPath } from "../protected-paths.js";
 
 interface StateOption {
   state?: string;
@@ -111,7 +111,7 @@ export function registerConfigCommands(cli: CAC): void {
         protect = protectedPaths(model, state.dir);
       } else if (opts.state) {
         state = new StateDir(path.resolve(opts.state));
-        protect = [{ path: state.dir, what: "the state directory (it holds the CA key)" }];
+        protect = [protectedStateDir(state.dir)];
       } else throw new PibakeError(`ca ${action} needs a config file or --state DIR`, 2);
       const caPem = state.read("ca.crt");
       if (!caPem) throw new PibakeError(`no CA in ${state.dir}: run pibake render or pibake build first`);
