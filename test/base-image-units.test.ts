@@ -20,7 +20,7 @@ import {
 } from "../src/engines/base-image/system.js";
 import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/base-image/marker.js";
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
-import { binfmtProblem, runsNatively } from "../src/engines/base-image/preflight.js";
+import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/engines/base-image/log.js";
 import { checkUsage } from "../src/commands/build.js";
 import { registerSecret } from "../src/ui/output.js";
@@ -190,6 +190,19 @@ describe("the FAT boot partition through mtools", () => {
     return execa("ln", ["-s", "x", path.join(dir, "link")]).then(() => {
       expect(() => snapshotTree(dir)).toThrow(/\/boot\/firmware\/link is a symbolic link: the boot partition is FAT/);
     });
+  });
+});
+
+describe("ext4 features the host's e2fsprogs cannot handle", () => {
+  // e2fsck's own words (e2fsprogs 1.46.5 on an image made with orphan_file), as unix.c prints them.
+  const old = "e2fsck 1.46.5 (30-Dec-2021)\n/dev/loop3 has unsupported feature(s): FEATURE_C12 FEATURE_R16\ne2fsck: Get a newer version of e2fsck!\n";
+  it("names the features e2fsprogs prints as bits, with the version that knows them", () => {
+    expect(unsupportedExt4Features(old)).toEqual(["orphan_file (e2fsprogs 1.47 or newer)", "orphan_present (e2fsprogs 1.47 or newer)"]);
+    expect(unsupportedExt4Features("rootfs: clean, 1234/5678 files\n")).toEqual([]);
+    expect(ext4FeaturesProblem("2026-06-18-raspios-trixie-arm64-lite.img.xz", old)).toBe(
+      "2026-06-18-raspios-trixie-arm64-lite.img.xz: the root file system uses ext4 features that this machine's e2fsprogs (1.46.5) cannot check or resize: " +
+        "orphan_file (e2fsprogs 1.47 or newer), orphan_present (e2fsprogs 1.47 or newer). Build on a machine with a newer e2fsprogs (Debian 12 and Ubuntu 24.04 have 1.47)",
+    );
   });
 });
 

@@ -39,6 +39,7 @@ describe("render", () => {
         "manifest.json",
         "stage/01-node-red/00-packages",
         "stage/01-node-red/01-run-chroot.sh",
+        "stage/02-first-boot/00-run-chroot.sh",
       ].sort(),
     );
     // Secrets-bearing files are private; scripts are executable, as pi-gen requires.

@@ -1,6 +1,6 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa, type ResultPromise } from "execa";
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { freePort, waitForPort } from "./helpers/net.js";
@@ -43,8 +43,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     c.mqtt.tlsPort = tlsPort;
     // Node-RED's stage (nodejs under qemu-user) has tests of its own.
     c.nodeRed = { enabled: false };
+    c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
     const cfg = writeJson(path.join(tmp.dir, "broker.json"), c);
-    const { model } = loadConfig(cfg, { ...secretEnv });
+    const { model } = loadConfig(cfg, { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" });
     const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
     writeRendered(out, await render(model, secrets));
 
@@ -52,8 +53,17 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: 1_200_000 });
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
-    // What pi-gen's stage1 does before any later stage runs: the first user exists.
-    await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/bin/bash", "admin"]);
+    // What pi-gen's stage1 does before any later stage runs: the first user exists,
+    // as trixie images from 2026-04-13 on make it (no password: /usr/sbin/nologin).
+    await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/usr/sbin/nologin", "admin"]);
+    officialImageState(rootfs);
+    // A probe run last, inside the chroot, records what a stage sees there.
+    mkdirSync(path.join(out, "stage/99-probe"));
+    writeFileSync(
+      path.join(out, "stage/99-probe/00-run-chroot.sh"),
+      "#!/bin/bash -e\n{ ls /etc/ld.so.preload 2>&1 || true; grep -h -e '^MODULES=' -e '^update_initramfs=' /etc/initramfs-tools/*.conf; } >/root/stage-probe.txt\n",
+      { mode: 0o755 },
+    );
 
     await runStage({ stageDir: path.join(out, "stage"), rootfs, aptUpdate: false });
   }, 1_500_000);
@@ -84,7 +94,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
       ["etc/ddclient.conf", 0o600, 0, 0],
       ["etc/default/ddclient", 0o644, 0, 0],
       ["etc/NetworkManager/system-connections/pibake-lan.nmconnection", 0o600, 0, 0],
-      ["etc/cloud/cloud.cfg.d/99-pibake-network.cfg", 0o644, 0, 0],
+      ["etc/cloud/cloud.cfg.d/99_zz-pibake.cfg", 0o644, 0, 0],
       ["etc/ssh/sshd_config.d/50-pibake.conf", 0o644, 0, 0],
     ];
     for (const [file, mode, uid, gid] of expected) {
@@ -111,6 +121,43 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     // The build-time helpers are gone again.
     expect(existsSync(path.join(rootfs, "usr/sbin/policy-rc.d"))).toBe(false);
     expect(readFileSync("/proc/self/mounts", "utf8")).not.toContain(rootfs);
+  });
+
+  it("leaves a first boot nothing to undo: a login shell, the wizard masked, the Wi-Fi radio on", () => {
+    expect(readFileSync(path.join(rootfs, "etc/passwd"), "utf8")).toMatch(/^admin:[^\n]*:\/bin\/bash$/m);
+    // Masked, so that systemd's first-boot presets cannot enable it again.
+    expect(readlinkSync(path.join(rootfs, "etc/systemd/system/userconfig.service"))).toBe("/dev/null");
+    expect(existsSync(path.join(rootfs, "etc/systemd/system/multi-user.target.wants/userconfig.service"))).toBe(false);
+    expect(lstatSync(path.join(rootfs, "etc/systemd/system/getty.target.wants/getty@tty1.service")).isSymbolicLink()).toBe(true);
+    expect(existsSync(path.join(rootfs, "etc/ssh/sshd_config.d/rename_user.conf"))).toBe(false);
+    expect(readFileSync(path.join(rootfs, "var/lib/NetworkManager/NetworkManager.state"), "utf8")).toBe("[main]\nWirelessEnabled=true\n");
+    for (const radio of ["platform-3f300000.mmcnr:wlan", "platform-fe300000.mmcnr:wlan", "platform-1001100000.mmc:wlan"]) {
+      expect(readFileSync(path.join(rootfs, "var/lib/systemd/rfkill", radio), "utf8")).toBe("0\n");
+    }
+  });
+
+  it("keeps the units it left disabled so through systemd's first-boot presets (the real systemctl preset-all, enable-only)", async () => {
+    const preset = readFileSync(path.join(rootfs, "etc/systemd/system-preset/00-pibake.preset"), "utf8");
+    expect(preset).toMatch(/^disable \S+\.(service|socket|timer)$/m);
+    for (const unit of ["mosquitto.service", "pibake-status.service", "ddclient.service", "userconfig.service"]) expect(preset).not.toContain(` ${unit}\n`);
+    // A unit installed after the build, disabled: the control, which presets do enable.
+    writeFileSync(path.join(rootfs, "usr/lib/systemd/system/late-probe.service"), "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
+    const disabledBefore = preset.split("\n").filter((l) => l.startsWith("disable ")).map((l) => l.slice(8));
+    const r = await execa("systemctl", [`--root=${rootfs}`, "preset-all", "--preset-mode=enable-only"], { reject: false, all: true });
+    expect(r.exitCode, r.all).toBe(0);
+    const state = async (unit: string) => (await execa("systemctl", [`--root=${rootfs}`, "is-enabled", unit], { reject: false })).stdout.trim();
+    expect(await state("late-probe.service")).toBe("enabled");
+    for (const unit of disabledBefore.filter((u) => !u.includes("@"))) expect(`${unit} ${await state(unit)}`).toBe(`${unit} disabled`);
+    expect(await state("userconfig.service")).toBe("masked");
+    expect(await state("mosquitto.service")).toBe("enabled");
+  });
+
+  it("runs the stage as pi-gen's build does (no ld.so.preload, no initramfs for the build host) and puts those files back byte for byte", () => {
+    expect(readFileSync(path.join(rootfs, "root/stage-probe.txt"), "utf8")).toBe(
+      "ls: cannot access '/etc/ld.so.preload': No such file or directory\nMODULES=most\nupdate_initramfs=no\n",
+    );
+    for (const [file, content] of Object.entries(OFFICIAL_FILES)) expect(readFileSync(path.join(rootfs, file), "utf8"), file).toBe(content);
+    expect(readdirSync(path.join(rootfs, "etc")).filter((f) => f.endsWith(".pibake-orig"))).toEqual([]);
   });
 
   it("runs the image's arm64 mosquitto with the rendered configuration and serves TLS to this host", async () => {
@@ -153,3 +200,28 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     expect(brokerLog).not.toMatch(/Error: Unable to open|Warning: File .* has world readable permissions/);
   }, 120_000);
 });
+
+/** Files as an official image has them (armhf's preload, export-image's initramfs settings): the stage must leave them as they were. */
+const OFFICIAL_FILES: Record<string, string> = {
+  "etc/ld.so.preload": "/usr/lib/arm-linux-gnueabihf/libarmmem-${PLATFORM}.so\n",
+  "etc/initramfs-tools/initramfs.conf": "# initramfs.conf\nMODULES=dep\nBUSYBOX=auto\nCOMPRESS=zstd\n",
+  "etc/initramfs-tools/update-initramfs.conf": "# update-initramfs.conf\nupdate_initramfs=yes\nbackup_initramfs=no\n",
+};
+
+/** What Raspberry Pi OS's first-boot machinery leaves in an image as downloaded (see scripts/fixtures/base-image.sh). */
+function officialImageState(rootfs: string): void {
+  for (const [file, content] of Object.entries(OFFICIAL_FILES)) {
+    mkdirSync(path.dirname(path.join(rootfs, file)), { recursive: true });
+    writeFileSync(path.join(rootfs, file), content);
+  }
+  // userconf-pi's wizard, enabled by rename-user, with its SSH banner; getty@tty1 disabled.
+  writeFileSync(path.join(rootfs, "usr/lib/systemd/system/userconfig.service"), "[Unit]\nDescription=wizard\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
+  mkdirSync(path.join(rootfs, "etc/systemd/system/multi-user.target.wants"), { recursive: true });
+  symlinkSync("/usr/lib/systemd/system/userconfig.service", path.join(rootfs, "etc/systemd/system/multi-user.target.wants/userconfig.service"));
+  rmSync(path.join(rootfs, "etc/systemd/system/getty.target.wants/getty@tty1.service"), { force: true });
+  mkdirSync(path.join(rootfs, "etc/ssh/sshd_config.d"), { recursive: true });
+  writeFileSync(path.join(rootfs, "etc/ssh/sshd_config.d/rename_user.conf"), "Banner /usr/share/userconf-pi/sshd_banner\n");
+  // stage2/02-net-tweaks without a Wi-Fi country.
+  mkdirSync(path.join(rootfs, "var/lib/NetworkManager"), { recursive: true });
+  writeFileSync(path.join(rootfs, "var/lib/NetworkManager/NetworkManager.state"), "[main]\nWirelessEnabled=false\n");
+}

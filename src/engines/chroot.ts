@@ -61,6 +61,35 @@ export function provideResolvConf(rootfs: string, scope: CleanupScope): void {
   scope.defer(restore, "restore resolv.conf");
 }
 
+/**
+ * While a stage runs, the image is kept as pi-gen keeps it during a build: no
+ * /etc/ld.so.preload (armhf images preload a library that qemu-user cannot
+ * load), and initramfs-tools told not to rebuild the initramfs
+ * (update_initramfs=no) and, should a kernel package make one anyway, to
+ * include every module (MODULES=most; "dep" would pick the build host's).
+ * Each file is put back byte for byte.
+ */
+export function holdBuildTimeSettings(rootfs: string, scope: CleanupScope): void {
+  const preload = path.join(rootfs, "etc/ld.so.preload");
+  if (existsSync(preload)) {
+    const aside = `${preload}.pibake-orig`;
+    renameSync(preload, aside);
+    scope.defer(() => renameSync(aside, preload), "restore ld.so.preload");
+  }
+  const settings: [string, RegExp, string][] = [
+    ["etc/initramfs-tools/update-initramfs.conf", /^update_initramfs=.*$/m, "update_initramfs=no"],
+    ["etc/initramfs-tools/initramfs.conf", /^MODULES=dep$/m, "MODULES=most"],
+  ];
+  for (const [rel, setting, value] of settings) {
+    const file = path.join(rootfs, rel);
+    if (!existsSync(file) || lstatSync(file).isSymbolicLink()) continue;
+    const text = readFileSync(file, "utf8");
+    if (!setting.test(text)) continue;
+    const restore = replaceFile(file, text.replace(setting, value), lstatSync(file).mode & 0o7777);
+    scope.defer(restore, `restore /${rel}`);
+  }
+}
+
 /** Put content at a path and return how to put back what was there (a file, a link or nothing). */
 function replaceFile(file: string, content: string | Buffer, mode: number): () => void {
   let backup: string | undefined;

@@ -3,7 +3,7 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync,
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
-import { mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
+import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
 
 /**
  * pi-gen's stage contract, for engines that run a stage without pi-gen (the
@@ -90,6 +90,7 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
     await mountChrootFilesystems(rootfs, scope);
     preventServiceStarts(rootfs, scope);
     provideResolvConf(rootfs, scope);
+    holdBuildTimeSettings(rootfs, scope);
     let aptUpdated = !opts.aptUpdate;
     const env = extraCaEnv(rootfs);
     const chroot = (script: string) => runInChroot(rootfs, { script, signal, env, ...(opts.onLine ? { onLine: opts.onLine } : {}) });

@@ -9,7 +9,7 @@
  * other hosts). Everything held is released by clean-up scopes, on success,
  * failure and Ctrl-C alike.
  */
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
@@ -25,10 +25,10 @@ import { FatPartition } from "./fat.js";
 import { BuildLog } from "./log.js";
 import { attachLoop, killChrootProcesses } from "./loop.js";
 import { MARKER_PATH, missingPackages, stagePackages, writeMarker, type ImageMarker } from "./marker.js";
-import { checkBinfmt, checkPrograms, checkRoot } from "./preflight.js";
+import { checkBinfmt, checkPrograms, checkRoot, ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase } from "./prepare.js";
 import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
-import { applySystemSettings, checkBaseMatches, inspectRootfs, type BaseFacts } from "./system.js";
+import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram, tool } from "./tools.js";
 import { PIBAKE_VERSION } from "../../version.js";
 
@@ -122,10 +122,15 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
   const wanted = stagePackages(input.rendered);
   const facts = await withCleanup(async (scope) => {
     const dev = await attachLoop(image, root.offset, root.size, scope, { log });
+    // Later steps check and resize the file system: features this host's e2fsprogs does not know stop the build now, not then.
+    const fsck = await tool("e2fsck", ["-n", dev], { what: "reading the root file system's features", log, okCodes: Array.from({ length: 256 }, (_, i) => i) });
+    const unsupported = ext4FeaturesProblem(label, fsck.output);
+    if (unsupported) throw new PibakeError(unsupported);
     await mountRoot(dev, mnt, scope, log, { readOnly: true });
     return inspectRootfs(mnt);
   });
   checkBaseMatches(facts, model, label);
+  checkNeverBooted(facts, label);
   const missing = missingPackages(wanted, facts.installed);
   const regeneration = facts.marker !== undefined && missing.length === 0;
   log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
@@ -385,7 +390,8 @@ function stageEnv(input: EngineInput): Record<string, string> {
 interface StateBefore {
   sshHostKeys: Set<string>;
   aptLists: boolean;
-  machineIdEmpty: boolean;
+  /** /etc/machine-id as the base has it ("uninitialized" on trixie, empty on bookworm), restored byte for byte: it decides whether systemd treats the next boot as the first. */
+  machineId: Buffer | undefined;
   dbusMachineId: boolean;
 }
 
@@ -395,10 +401,13 @@ function snapshotState(rootfs: string): StateBefore {
   return {
     sshHostKeys: new Set(list("etc/ssh").filter((f) => f.startsWith("ssh_host_"))),
     aptLists: list("var/lib/apt/lists").some((f) => f !== "lock" && f !== "partial" && f !== "auxfiles"),
-    machineIdEmpty: !existsSync(machineId) || statSync(machineId).size === 0,
+    machineId: existsSync(machineId) ? readFileSync(machineId) : undefined,
     dbusMachineId: existsSync(path.join(rootfs, "var/lib/dbus/machine-id")),
   };
 }
+
+/** What usermod, groupmod and chpasswd leave behind: the files as they were, earlier password hashes included. export-image removes them too. */
+export const ACCOUNT_BACKUPS = ["passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-"].map((f) => `etc/${f}`);
 
 /**
  * pi-gen's export-image finalise, for what a build adds: apt's downloads and
@@ -416,8 +425,10 @@ function finalizeRootfs(rootfs: string, before: StateBefore, log: BuildLog): voi
   if (!before.aptLists) removeIn("var/lib/apt/lists", (f) => f === "lock" || f === "partial" || f === "auxfiles");
   const newKeys = existsSync(p("etc/ssh")) ? readdirSync(p("etc/ssh")).filter((f) => f.startsWith("ssh_host_") && !before.sshHostKeys.has(f)) : [];
   for (const k of newKeys) rmSync(p(`etc/ssh/${k}`), { force: true });
-  if (before.machineIdEmpty && existsSync(p("etc/machine-id"))) truncateSync(p("etc/machine-id"), 0);
+  if (before.machineId) writeFileSync(p("etc/machine-id"), before.machineId);
+  else rmSync(p("etc/machine-id"), { force: true });
   if (!before.dbusMachineId) rmSync(p("var/lib/dbus/machine-id"), { force: true });
+  for (const f of ACCOUNT_BACKUPS) rmSync(p(f), { force: true });
   const truncateLogs = (dir: string) => {
     if (!existsSync(dir)) return;
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -427,7 +438,7 @@ function finalizeRootfs(rootfs: string, before: StateBefore, log: BuildLog): voi
     }
   };
   truncateLogs(p("var/log"));
-  log.line(`finalised: apt caches removed${before.aptLists ? "" : ", apt lists removed"}, logs emptied${newKeys.length ? `, new SSH host keys removed (${newKeys.join(", ")})` : ""}`);
+  log.line(`finalised: apt caches removed${before.aptLists ? "" : ", apt lists removed"}, logs emptied, machine-id as the base had it, account backups removed${newKeys.length ? `, new SSH host keys removed (${newKeys.join(", ")})` : ""}`);
 }
 
 export type { MbrPartition, BaseFacts };

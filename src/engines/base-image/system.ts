@@ -8,7 +8,7 @@
  * what needs the image's own programs (usermod, locale-gen, systemctl) is a
  * script for its chroot, run as a pi-gen NN-run-chroot.sh.
  */
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
 import path from "node:path";
 import { createHash } from "node:crypto";
 import { PibakeError } from "../../errors.js";
@@ -29,6 +29,8 @@ export interface BaseFacts {
   freeBytes: number;
   cloudInit: boolean;
   firstUser?: { name: string; uid: number; gid: number; home: string };
+  /** What only a boot leaves behind (host keys, a machine id, cloud-init's instance data): empty for an image as downloaded. */
+  bootTraces: string[];
 }
 
 /** ELF e_machine of the image's /bin/bash: what the image runs on. */
@@ -120,7 +122,38 @@ export function inspectRootfs(rootfs: string): BaseFacts {
     freeBytes: Number(st.bavail) * Number(st.bsize),
     cloudInit: existsSync(path.join(rootfs, "etc/cloud/cloud.cfg")),
     ...(firstUser ? { firstUser } : {}),
+    bootTraces: bootTraces(rootfs),
   };
+}
+
+/**
+ * Traces of an earlier boot. Raspberry Pi OS ships without SSH host keys, with
+ * /etc/machine-id "uninitialized" (trixie) or empty (bookworm) and without
+ * cloud-init's instance data, so that every Pi makes its own at first boot.
+ */
+export function bootTraces(rootfs: string): string[] {
+  const traces: string[] = [];
+  const sshDir = path.join(rootfs, "etc/ssh");
+  const keys = existsSync(sshDir) ? readdirSync(sshDir).filter((f) => /^ssh_host_.*_key$/.test(f)).sort() : [];
+  if (keys.length) traces.push(`SSH host keys (${keys.map((k) => `/etc/ssh/${k}`).join(", ")})`);
+  const machineId = path.join(rootfs, "etc/machine-id");
+  if (existsSync(machineId) && /^[0-9a-f]{32}\s*$/.test(readFileSync(machineId, "utf8"))) traces.push("a machine id in /etc/machine-id");
+  const instances = path.join(rootfs, "var/lib/cloud/instances");
+  if (existsSync(path.join(rootfs, "var/lib/cloud/instance")) || (existsSync(instances) && readdirSync(instances).length > 0)) {
+    traces.push("cloud-init's instance data (/var/lib/cloud/instances)");
+  }
+  return traces;
+}
+
+/** An image that has been booted carries one machine's identity and has spent its first boot: refused. */
+export function checkNeverBooted(facts: BaseFacts, label: string): void {
+  if (facts.bootTraces.length === 0) return;
+  throw new PibakeError(
+    `${label} has been booted before: it holds ${facts.bootTraces.join(", ")}. ` +
+      `Every Pi made from it would share them, and its first-boot set-up has already run. ` +
+      `Start from the image as downloaded (Raspberry Pi OS Lite ${facts.release ?? ""} ${facts.arch === "unknown" ? "" : facts.arch}, the .img.xz from https://www.raspberrypi.com/software/operating-systems/), not from a card or a copy of one that has been in a Pi`.replace(/ {2,}/g, " "),
+    2,
+  );
 }
 
 /** The base must be the release and architecture the config asks for: packages and the stage are made for them. */
@@ -190,11 +223,6 @@ export function cmdlineWithRegdom(cmdline: string, country: string): string {
   return (/cfg80211\.ieee80211_regdom=\S*/.test(one) ? one.replace(/cfg80211\.ieee80211_regdom=\S*/, param) : `${one} ${param}`) + "\n";
 }
 
-/** pi-gen unblocks Wi-Fi on these (Pi 3/4/5) once a country is set. */
-export const RFKILL_WLAN_FILES = ["platform-3f300000.mmcnr:wlan", "platform-fe300000.mmcnr:wlan", "platform-1001100000.mmc:wlan"];
-
-export const CLOUD_INIT_FILE = "etc/cloud/cloud.cfg.d/99-pibake-system.cfg";
-
 export interface SystemPlan {
   /** The chroot script (NN-run-chroot.sh). */
   script: string;
@@ -257,21 +285,13 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   if (wifi) {
     if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), wifi.country));
     else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${wifi.country} is not set there`);
-    for (const f of RFKILL_WLAN_FILES) write(`var/lib/systemd/rfkill/${f}`, "0\n");
   }
 
-  // No first-boot rename: no userconf.txt, no wizard, no "rename the user" SSH banner.
+  // No first-boot rename from the boot partition, nor the desktop's wizard (the stage masks Lite's).
   for (const f of ["userconf.txt", "userconf"]) rmSync(path.join(bootDir, f), { force: true });
-  for (const f of ["etc/xdg/autostart/piwiz.desktop", "etc/ssh/sshd_config.d/rename_user.conf"]) {
-    if (existsSync(p(f))) {
-      rmSync(p(f), { force: true });
-      notes.push(`removed /${f} (first-boot user rename)`);
-    }
-  }
-  // trixie's cloud-init would otherwise set the hostname and create users from the boot partition.
-  if (facts.cloudInit) {
-    write(CLOUD_INIT_FILE, "# Written by pibake: the hostname and the first user are set when the image is built.\npreserve_hostname: true\nusers: []\n");
-    systemFiles.push(CLOUD_INIT_FILE);
+  if (existsSync(p("etc/xdg/autostart/piwiz.desktop"))) {
+    rmSync(p("etc/xdg/autostart/piwiz.desktop"), { force: true });
+    notes.push("removed /etc/xdg/autostart/piwiz.desktop (first-boot user rename)");
   }
 
   const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => existsSync(inImage(rootfs, `/${d}/${u}`)));
@@ -328,7 +348,6 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   if (!unitExists("ssh.service")) notes.push("the image has no ssh.service (openssh-server): SSH is not enabled");
   if (unitExists("getty@.service")) enable.push("getty@tty1.service");
   if (enable.length > 0) lines.push(`systemctl enable ${enable.join(" ")}`);
-  if (unitExists("userconfig.service")) lines.push("systemctl disable userconfig.service");
   lines.push("");
   const digest = createHash("sha256")
     .update(JSON.stringify({ v: 1, user, passwordHash, keys: model.user.sshKeys, locale, keymap: model.image.keyboard.keymap, layout: model.image.keyboard.layout, enable }))

@@ -74,7 +74,7 @@ export interface ToolOptions {
  * Run a program; its output goes to the log. A failure is a PibakeError that
  * says what was being done, the command, its exit code and its last lines.
  */
-export async function tool(cmd: string, args: string[], opts: ToolOptions): Promise<{ stdout: string; exitCode: number }> {
+export async function tool(cmd: string, args: string[], opts: ToolOptions): Promise<{ stdout: string; output: string; exitCode: number }> {
   opts.log?.command(cmd, args);
   const child = execa(cmd, args, {
     reject: false,
@@ -108,7 +108,7 @@ export async function tool(cmd: string, args: string[], opts: ToolOptions): Prom
     const tail = all.trimEnd().split("\n").slice(-20).map((l) => `  | ${l}`).join("\n");
     throw new PibakeError(`${opts.what}: \`${[cmd, ...args].join(" ")}\` failed (exit ${code})${tail ? `:\n${tail}` : ""}`);
   }
-  return { stdout: String(r.stdout ?? ""), exitCode: code };
+  return { stdout: String(r.stdout ?? ""), output: all, exitCode: code };
 }
 
 /** Quote for a POSIX shell: single quotes, with embedded ones closed and escaped. */
