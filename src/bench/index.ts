@@ -1,6 +1,7 @@
 import os from "node:os";
 import { benchFlash } from "./flash.js";
 import { benchRender } from "./render.js";
+import { benchStartup } from "./startup.js";
 import { benchBaseImage } from "./base-image.js";
 import { benchPiGen } from "./pigen.js";
 
@@ -10,6 +11,7 @@ import { benchPiGen } from "./pigen.js";
  * so instead of measuring.
  */
 const sections: [string, () => Promise<string[]>][] = [
+  ["startup", () => benchStartup()],
   ["render", () => benchRender()],
   ["flash", () => benchFlash()],
   ["base-image", () => benchBaseImage()],

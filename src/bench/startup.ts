@@ -1,0 +1,86 @@
+/**
+ * `npm run bench`, start-up section: whole-process wall time (median of a few
+ * runs, round-robin) of a bare `node -e 0`, `pibake --version`, `pibake --help`,
+ * a warm `pibake render` of examples/broker.json (state directory kept from an
+ * earlier render) and a first render (new state directory: new CA and keys),
+ * each against `node -e 0` measured in the same run.
+ */
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { packageRoot } from "../paths.js";
+
+/** The example's secrets: two from the environment, one from a file beside the config. */
+const ENV = {
+  PIBAKE_USER_PASSWORD: "bench-User-Passw0rd",
+  PIBAKE_MQTT_SENSORS_PASSWORD: "bench-Sensors-Secret-1",
+  FREEMYIP_TOKEN: "benchDdnsToken12345",
+  // The first render would ask the npm registry for Node-RED's versions: the pinned ones keep the network out of the figure.
+  PIBAKE_OFFLINE: "1",
+  CI: "true",
+};
+
+interface Case {
+  name: string;
+  args: (run: number) => string[];
+  /** The goal, as the most time above or the largest ratio to `node -e 0`. */
+  goal?: { overMs?: number; ratio?: number };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function timeRun(args: string[], env: NodeJS.ProcessEnv): number {
+  const t = performance.now();
+  const r = spawnSync(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"], encoding: "utf8", timeout: 120_000 });
+  const ms = performance.now() - t;
+  if (r.status !== 0) throw new Error(`node ${args.join(" ")} exited with ${r.status ?? r.signal}:\n${String(r.stderr).split("\n").slice(-10).join("\n")}`);
+  return ms;
+}
+
+export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTUP_RUNS ?? 5)): Promise<string[]> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "pibake-bench-startup-"));
+  try {
+    const config = path.join(dir, "broker.json");
+    copyFileSync(path.join(packageRoot, "examples/broker.json"), config);
+    mkdirSync(path.join(dir, "secrets"));
+    writeFileSync(path.join(dir, "secrets/mqtt-phone.txt"), "bench-Phone-Secret-2\n");
+    const env = { ...process.env, ...ENV };
+    const bin = path.join(packageRoot, "bin/pibake.js");
+    const warmState = path.join(dir, "state-warm");
+    const render = (state: string, out: string) => [bin, "render", config, "--state", state, "--out", path.join(dir, out)];
+
+    const cases: Case[] = [
+      { name: "node -e 0", args: () => ["-e", "0"] },
+      { name: "pibake --version", args: () => [bin, "--version"], goal: { ratio: 1.5 } },
+      { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
+      { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 } },
+      { name: "pibake render (first, new CA)", args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`), goal: { overMs: 1000 } },
+    ];
+    // One render beforehand makes the warm state (CA, keys, hashes) and fills the file cache for every case.
+    timeRun(render(warmState, "warm-setup"), env);
+    timeRun([bin, "--version"], env);
+
+    const times = new Map<string, number[]>(cases.map((c) => [c.name, []]));
+    for (let i = 0; i < runs; i++) for (const c of cases) times.get(c.name)!.push(timeRun(c.args(i), env));
+
+    const base = median(times.get(cases[0]!.name)!);
+    const width = Math.max(...cases.map((c) => c.name.length));
+    const lines = [`median wall time of ${runs} runs (whole process, round-robin); examples/broker.json, secrets from the environment, PIBAKE_OFFLINE=1:`];
+    for (const c of cases) {
+      const ms = median(times.get(c.name)!);
+      let verdict = "";
+      if (c.goal?.ratio !== undefined) verdict = `goal ≤ ${c.goal.ratio}×: ${ms / base <= c.goal.ratio ? "met" : "NOT met"}`;
+      if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
+      const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
+      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${against.padEnd(20)}  ${verdict}`.trimEnd());
+    }
+    lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
+    return lines;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
