@@ -2,16 +2,12 @@ import { cac, type CAC } from "cac";
 import { ConfigError, PibakeError } from "./errors.js";
 import { PIBAKE_VERSION } from "./version.js";
 import { redact } from "./ui/output.js";
-import { registerConfigCommands } from "./commands/config.js";
-import { registerFlash } from "./commands/flash.js";
-import { registerBuild } from "./commands/build.js";
-
-/** Each command lives in src/commands/ and registers itself here. */
-const commandModules: ((cli: CAC) => void)[] = [registerConfigCommands, registerFlash, registerBuild];
+import { registerCommands } from "./commands/index.js";
 
 export function createCli(): CAC {
   const cli = cac("pibake");
-  for (const register of commandModules) register(cli);
+  // Options and help only: each command's code is imported when it runs (src/commands/index.ts).
+  registerCommands(cli);
   cli.option("--debug", "Show stack traces of unexpected errors");
   cli.help();
   cli.version(PIBAKE_VERSION);

@@ -1,9 +1,8 @@
 /**
- * pibake build CONFIG [--base IMAGE]: the project's issues 3 (pi-gen) and 4
- * (from an existing image). One list of named steps, shown as they run, each
+ * pibake build CONFIG [--base IMAGE]: with pi-gen, or from an existing
+ * Raspberry Pi OS image. One list of named steps, shown as they run, each
  * with its own failure message; the engines differ only in the middle ones.
  */
-import type { CAC } from "cac";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statfsSync } from "node:fs";
 import { probeImage } from "../image/compression.js";
 import path from "node:path";
@@ -308,30 +307,5 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
     out.info(`flash it: pibake flash ${path.relative(process.cwd(), delivered.image) || delivered.image}`);
     return delivered;
   }
-}
-
-
-export function registerBuild(cli: CAC): void {
-  cli
-    .command("build <config>", "Build the broker image: with pi-gen, or in minutes from an existing Raspberry Pi OS image with --base")
-    .option("--out <dir>", "Where the image and its files go", { default: "./deploy" })
-    .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
-    .option("--compress <kind>", "Compress the image: xz, zstd or none", { default: "xz" })
-    .option("--base <image>", "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip) instead of running pi-gen")
-    .option("--grow <size>", "With --base: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
-    .option("--shrink", "With --base: shrink the image to its used size plus a margin (the first boot expands it again)")
-    .option("--verbose", "Show the output of apt-get and the stage's scripts")
-    .option("--log-format <format>", "auto (a live status line on a terminal) or plain (one line per event)", { default: "auto" })
-    .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout")
-    .option("--update-pi-gen", "pi-gen: update pibake's pi-gen clone first")
-    .option("--runner <runner>", "pi-gen: native or docker")
-    .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
-    .option("--clean", "pi-gen: start from a clean pi-gen work directory")
-    .example("sudo pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
-    .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
-    .example("pibake build broker.json --runner docker")
-    .action(async (configPath: string, opts: BuildOptions) => {
-      await runBuild(configPath, opts);
-    });
 }
 

@@ -1,0 +1,72 @@
+import type { CAC } from "cac";
+import type { BuildOptions } from "./build.js";
+import type { CaOptions } from "./ca.js";
+import type { FlashOptions } from "./flash.js";
+import type { RenderOptions } from "./render.js";
+
+/**
+ * Every command with its options, help and examples, registered at start.
+ * A command's code (config loading, rendering, the engines, flash, node-forge,
+ * bcrypt, Handlebars…) is imported only inside its action, when that command
+ * runs: `pibake --version` and `pibake --help` load none of it.
+ */
+export function registerCommands(cli: CAC): void {
+  cli
+    .command("render <config>", "Render the pi-gen stage, overlay, pi-gen config and CA certificate into a directory")
+    .option("--out <dir>", "Output directory (must be empty or absent unless --force)")
+    .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
+    .option("--force", "Replace a non-empty output directory")
+    .example("pibake render examples/broker.json --out render/")
+    .action(async (configPath: string, opts: RenderOptions) => (await import("./render.js")).renderCommand(configPath, opts));
+
+  cli
+    .command("validate <config>", "Check a config without writing anything")
+    .action(async (configPath: string) => (await import("./validate.js")).validateCommand(configPath));
+
+  cli
+    .command("schema", "Print the JSON Schema of the config file")
+    .action(async () => (await import("./schema.js")).schemaCommand());
+
+  cli
+    .command("ca <action> [config]", "CA certificate: `ca export` writes it for clients, `ca show` describes the CA and server certificate")
+    .option("--state <dir>", "State directory (default: from the config: <config dir>/.pibake/<image name>)")
+    .option("--out <file>", "With export: write to this file instead of standard output (an existing certificate is replaced)")
+    .option("--force", "With export --out: replace an existing file that is not a certificate")
+    .example("pibake ca export examples/broker.json --out ca.crt")
+    .example("pibake ca show --state examples/.pibake/mqtt-broker")
+    .action(async (action: string, configPath: string | undefined, opts: CaOptions) => (await import("./ca.js")).caCommand(action, configPath, opts));
+
+  cli
+    .command("flash <image> [device]", "Write an image (.img, .xz, .zst, .gz, .zip) to an SD card or a file, and verify it")
+    .option("--yes", "Do not ask before overwriting the device (for scripts)")
+    .option("--force", "Allow a disk that is not removable")
+    .option("--unmount", "Unmount the device's mounted partitions first")
+    .option("--no-verify", "Do not read the card back to compare it with the image")
+    .option("--bmap [file]", "Use this bmap file (default: the .bmap beside the image)")
+    .option("--no-bmap", "Ignore a .bmap beside the image and write all of it")
+    .example("pibake flash deploy/broker.img.xz            # choose the card from a list")
+    .example("pibake flash deploy/broker.img.xz /dev/sdb --unmount")
+    .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
+
+  cli
+    .command("build <config>", "Build the broker image: with pi-gen, or in minutes from an existing Raspberry Pi OS image with --base")
+    .option("--out <dir>", "Where the image and its files go", { default: "./deploy" })
+    .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
+    .option("--compress <kind>", "Compress the image: xz, zstd or none", { default: "xz" })
+    .option("--base <image>", "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip) instead of running pi-gen")
+    .option("--grow <size>", "With --base: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
+    .option("--shrink", "With --base: shrink the image to its used size plus a margin (the first boot expands it again)")
+    .option("--verbose", "Show the output of apt-get and the stage's scripts")
+    .option("--log-format <format>", "auto (a live status line on a terminal) or plain (one line per event)", { default: "auto" })
+    .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout")
+    .option("--update-pi-gen", "pi-gen: update pibake's pi-gen clone first")
+    .option("--runner <runner>", "pi-gen: native or docker")
+    .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
+    .option("--clean", "pi-gen: start from a clean pi-gen work directory")
+    .example("sudo pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
+    .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
+    .example("pibake build broker.json --runner docker")
+    .action(async (configPath: string, opts: BuildOptions) => {
+      await (await import("./build.js")).runBuild(configPath, opts);
+    });
+}
