@@ -176,6 +176,12 @@ describe("Node-RED version choice", () => {
       ["20.19.2", "~20.18", false],
       ["20.19.2", "*", true],
       ["20.19.2", "nonsense", false],
+      // A range with one unreadable alternative is unreadable as a whole (npm's semver), not read in part.
+      ["20.19.2", "20 || nonsense", false],
+      ["20.19.2-rc.1", ">=18", false],
+      ["v20.19.2", "^20.0.0", true],
+      ["0.1.5", "^0.1.2", true],
+      ["0.2.0", "^0.1.2", false],
     ];
     for (const [v, range, expected] of table) expect([v, range, satisfies(v, range)]).toEqual([v, range, expected]);
   });

@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { createRequire } from "node:module";
 import type { Release } from "../config/model.js";
 import type { StateDir } from "../secrets/state.js";
 
@@ -51,111 +52,45 @@ export interface NodeRedVersions {
   dashboard?: PackageChoice;
 }
 
-const SEMVER_RE = /^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$/;
-
-type Triple = [number, number, number];
-
-function parse(version: string): { v: Triple; pre?: string } | undefined {
-  const m = SEMVER_RE.exec(version.trim());
-  if (!m) return undefined;
-  return { v: [Number(m[1]), Number(m[2]), Number(m[3])], ...(m[4] ? { pre: m[4] } : {}) };
+/**
+ * semver's functions, loaded at first use: a render that repeats the versions
+ * recorded in the state directory compares none and need not load them.
+ */
+interface Semver {
+  satisfies: typeof import("semver/functions/satisfies.js");
+  valid: typeof import("semver/functions/valid.js");
+  prerelease: typeof import("semver/functions/prerelease.js");
+  gt: typeof import("semver/functions/gt.js");
 }
-
-function cmp(a: Triple, b: Triple): number {
-  for (let i = 0; i < 3; i++) if (a[i] !== b[i]) return a[i]! < b[i]! ? -1 : 1;
-  return 0;
-}
-
-/** A partial version ("18", "18.5", "18.x", "*"): the numbers given and how many. */
-function partial(text: string): { v: Triple; given: number } | undefined {
-  const t = text.replace(/^v/, "").replace(/-.*$/, "");
-  if (t === "" || t === "*" || t === "x" || t === "X") return { v: [0, 0, 0], given: 0 };
-  const parts = t.split(".");
-  if (parts.length > 3) return undefined;
-  const nums: number[] = [];
-  for (const p of parts) {
-    if (p === "x" || p === "X" || p === "*") break;
-    if (!/^\d+$/.test(p)) return undefined;
-    nums.push(Number(p));
+let loaded: Semver | undefined;
+function semver(): Semver {
+  if (!loaded) {
+    const require = createRequire(import.meta.url);
+    loaded = {
+      satisfies: require("semver/functions/satisfies") as Semver["satisfies"],
+      valid: require("semver/functions/valid") as Semver["valid"],
+      prerelease: require("semver/functions/prerelease") as Semver["prerelease"],
+      gt: require("semver/functions/gt") as Semver["gt"],
+    };
   }
-  return { v: [nums[0] ?? 0, nums[1] ?? 0, nums[2] ?? 0], given: nums.length };
+  return loaded;
 }
 
-/** The exclusive upper bound of a partial version: 18 → 19.0.0, 18.5 → 18.6.0. */
-function bumpPartial(p: { v: Triple; given: number }): Triple | undefined {
-  if (p.given === 0) return undefined;
-  if (p.given === 1) return [p.v[0] + 1, 0, 0];
-  if (p.given === 2) return [p.v[0], p.v[1] + 1, 0];
-  return undefined;
-}
-
-type Test = (v: Triple) => boolean;
-
-function comparator(token: string): Test[] | undefined {
-  const m = /^(>=|<=|>|<|=|\^|~)?\s*(.*)$/.exec(token);
-  if (!m) return undefined;
-  const op = m[1] ?? "";
-  const p = partial(m[2]!);
-  if (!p) return undefined;
-  const lo = p.v;
-  const upper = bumpPartial(p);
-  switch (op) {
-    case ">=":
-      return [(v) => cmp(v, lo) >= 0];
-    case ">":
-      return upper ? [(v) => cmp(v, upper) >= 0] : p.given === 0 ? [() => false] : [(v) => cmp(v, lo) > 0];
-    case "<":
-      return p.given === 0 ? [() => false] : [(v) => cmp(v, lo) < 0];
-    case "<=":
-      return upper ? [(v) => cmp(v, upper) < 0] : p.given === 0 ? [() => true] : [(v) => cmp(v, lo) <= 0];
-    case "^": {
-      if (p.given === 0) return [() => true];
-      const [a, b, c] = lo;
-      const hi: Triple = a > 0 || p.given === 1 ? [a + 1, 0, 0] : b > 0 || p.given === 2 ? [0, b + 1, 0] : [0, 0, c + 1];
-      return [(v) => cmp(v, lo) >= 0, (v) => cmp(v, hi) < 0];
-    }
-    case "~": {
-      if (p.given === 0) return [() => true];
-      const hi: Triple = p.given === 1 ? [lo[0] + 1, 0, 0] : [lo[0], lo[1] + 1, 0];
-      return [(v) => cmp(v, lo) >= 0, (v) => cmp(v, hi) < 0];
-    }
-    default: {
-      if (p.given === 0) return [() => true];
-      if (upper) return [(v) => cmp(v, lo) >= 0, (v) => cmp(v, upper) < 0];
-      return [(v) => cmp(v, lo) === 0];
-    }
-  }
+/** A release version: valid semver (a leading "v" allowed) and no pre-release. */
+function release(version: string): string | undefined {
+  const { valid, prerelease } = semver();
+  const v = valid(version);
+  return v && !prerelease(v) ? v : undefined;
 }
 
 /**
- * Whether a (release) version satisfies an npm range, for the range forms
- * that `engines` fields use: comparators (>=, >, <=, <, =), ^, ~, x-ranges,
- * hyphen ranges and `||`. A range it cannot read counts as not satisfied.
+ * Whether a release version satisfies an npm range (npm's own rules, through
+ * the semver package). A pre-release never does, and a range that cannot be
+ * read counts as not satisfied.
  */
 export function satisfies(version: string, range: string): boolean {
-  const parsed = parse(version);
-  if (!parsed || parsed.pre) return false;
-  const r = range.trim();
-  if (r === "" || r === "*") return true;
-  return r.split("||").some((alt) => {
-    const text = alt.trim().replace(/(>=|<=|>|<|=|\^|~)\s+/g, "$1");
-    const hyphen = /^(\S+)\s+-\s+(\S+)$/.exec(text);
-    let tests: Test[] = [];
-    if (hyphen) {
-      const lo = partial(hyphen[1]!);
-      const hi = partial(hyphen[2]!);
-      if (!lo || !hi) return false;
-      const hiBound = bumpPartial(hi);
-      tests = [(v) => cmp(v, lo.v) >= 0, hiBound ? (v) => cmp(v, hiBound) < 0 : (v) => cmp(v, hi.v) <= 0];
-    } else {
-      for (const token of text.split(/\s+/).filter(Boolean)) {
-        const t = comparator(token);
-        if (!t) return false;
-        tests.push(...t);
-      }
-    }
-    return tests.every((t) => t(parsed.v));
-  });
+  const v = release(version);
+  return v !== undefined && semver().satisfies(v, range);
 }
 
 /**
@@ -165,15 +100,15 @@ export function satisfies(version: string, range: string): boolean {
  * nothing says it runs.
  */
 export function chooseVersion(infos: VersionInfo[], nodeVersion: string, nodeRedVersion?: string): string | undefined {
-  let best: { version: string; v: Triple } | undefined;
+  let best: { version: string; v: string } | undefined;
   for (const info of infos) {
-    const p = parse(info.version);
-    if (!p || p.pre) continue;
+    const v = release(info.version);
+    if (!v) continue;
     const range = info.engines?.node;
     if (typeof range !== "string" || !satisfies(nodeVersion, range)) continue;
     const nodeRedRange = info["node-red.version"];
     if (nodeRedVersion && typeof nodeRedRange === "string" && !satisfies(nodeRedVersion, nodeRedRange)) continue;
-    if (!best || cmp(p.v, best.v) > 0) best = { version: info.version, v: p.v };
+    if (!best || semver().gt(v, best.v)) best = { version: info.version, v };
   }
   return best?.version;
 }
