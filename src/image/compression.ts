@@ -1,13 +1,13 @@
 /**
- * Compressed images: recognise them by their first bytes, read them as a
- * stream of raw image bytes (never a temporary copy), and compress them with
- * the standard multi-threaded tools.
+ * Compressed images: recognise them by their first bytes, and read them as a
+ * stream of raw image bytes (never a temporary copy).
  */
 import { execa } from "execa";
 import { createReadStream, promises as fsp } from "node:fs";
 import path from "node:path";
-import { PassThrough, pipeline, type Readable } from "node:stream";
+import { PassThrough, pipeline, Transform, type Readable } from "node:stream";
 import zlib from "node:zlib";
+import yauzl from "yauzl";
 import { PibakeError } from "../errors.js";
 
 export type Compression = "none" | "gzip" | "xz" | "zstd" | "zip";
@@ -146,11 +146,8 @@ export async function openImageReader(file: string, opts: OpenImageOptions = {})
       return { ...info, ...spawnReader("xz", ["-dc", "-T0", "--", file], file) };
     case "zstd":
       return { ...info, ...spawnReader("zstd", ["-dc", "-q", "--", file], file) };
-    case "zip": {
-      // unzip treats member names as patterns; brackets make each special character literal.
-      const pattern = info.entry!.replace(/[[\]*?\\]/g, (c) => `[${c}]`);
-      return { ...info, ...spawnReader("unzip", ["-p", "--", file, pattern], file) };
-    }
+    case "zip":
+      return { ...info, ...(await zipReader(file, info.entry!)) };
   }
 }
 
@@ -246,71 +243,80 @@ export interface ZipEntry {
   method: number;
 }
 
-/** The central directory of a zip (Zip64 included), read from the end of the file. */
-export async function readZipDirectory(file: string): Promise<ZipEntry[]> {
-  const fh = await fsp.open(file, "r");
+async function openZip(file: string): Promise<yauzl.ZipFile> {
   try {
-    const { size } = await fh.stat();
-    const tailLen = Math.min(size, 65557 + 20);
-    const tail = Buffer.alloc(tailLen);
-    await fh.read(tail, 0, tailLen, size - tailLen);
-    let eocd = -1;
-    for (let i = tailLen - 22; i >= 0; i--) {
-      if (tail.readUInt32LE(i) === 0x06054b50) {
-        eocd = i;
-        break;
-      }
-    }
-    if (eocd < 0) throw new PibakeError(`${file} is not a readable zip archive (no end of central directory)`);
-    let count = tail.readUInt16LE(eocd + 10);
-    let cdSize = tail.readUInt32LE(eocd + 12);
-    let cdOffset = tail.readUInt32LE(eocd + 16);
-    // Zip64: the locator sits just before the classic record and points at the Zip64 record.
-    if (eocd >= 20 && tail.readUInt32LE(eocd - 20) === 0x07064b50) {
-      const recOffset = Number(tail.readBigUInt64LE(eocd - 20 + 8));
-      const rec = Buffer.alloc(56);
-      await fh.read(rec, 0, 56, recOffset);
-      if (rec.readUInt32LE(0) !== 0x06064b50) throw new PibakeError(`${file}: broken Zip64 end of central directory`);
-      count = Number(rec.readBigUInt64LE(32));
-      cdSize = Number(rec.readBigUInt64LE(40));
-      cdOffset = Number(rec.readBigUInt64LE(48));
-    }
-    const cd = Buffer.alloc(cdSize);
-    await fh.read(cd, 0, cdSize, cdOffset);
-    const entries: ZipEntry[] = [];
-    let p = 0;
-    for (let i = 0; i < count; i++) {
-      if (p + 46 > cd.length || cd.readUInt32LE(p) !== 0x02014b50) throw new PibakeError(`${file}: broken zip central directory`);
-      const method = cd.readUInt16LE(p + 10);
-      let compressedSize = cd.readUInt32LE(p + 20);
-      let uncompressed = cd.readUInt32LE(p + 24);
-      const nameLen = cd.readUInt16LE(p + 28);
-      const extraLen = cd.readUInt16LE(p + 30);
-      const commentLen = cd.readUInt16LE(p + 32);
-      const name = cd.toString("utf8", p + 46, p + 46 + nameLen);
-      // Zip64 extra field: 64-bit values appear only for the fields that overflowed, in this order.
-      let e = p + 46 + nameLen;
-      const end = e + extraLen;
-      while (e + 4 <= end) {
-        const id = cd.readUInt16LE(e);
-        const len = cd.readUInt16LE(e + 2);
-        if (id === 0x0001) {
-          let q = e + 4;
-          if (uncompressed === 0xffffffff) {
-            uncompressed = Number(cd.readBigUInt64LE(q));
-            q += 8;
-          }
-          if (compressedSize === 0xffffffff) compressedSize = Number(cd.readBigUInt64LE(q));
-        }
-        e += 4 + len;
-      }
-      entries.push({ name, size: uncompressed, compressedSize, method });
-      p = end + commentLen;
-    }
-    return entries;
-  } finally {
-    await fh.close();
+    return await yauzl.openPromise(file, { lazyEntries: true, autoClose: false });
+  } catch (err) {
+    throw new PibakeError(`${file} is not a readable zip archive (${(err as Error).message})`);
   }
+}
+
+/** The entries of an open zip's central directory, in order. */
+function zipEntries(zip: yauzl.ZipFile, file: string): Promise<yauzl.Entry[]> {
+  return new Promise((resolve, reject) => {
+    const entries: yauzl.Entry[] = [];
+    zip.on("entry", (entry: yauzl.Entry) => {
+      entries.push(entry);
+      zip.readEntry();
+    });
+    zip.once("end", () => resolve(entries));
+    zip.once("error", (err: Error) => reject(new PibakeError(`${file}: broken zip central directory (${err.message})`)));
+    zip.readEntry();
+  });
+}
+
+/** The central directory of a zip (Zip64 included), read by yauzl. */
+export async function readZipDirectory(file: string): Promise<ZipEntry[]> {
+  const zip = await openZip(file);
+  try {
+    return (await zipEntries(zip, file)).map((e) => ({ name: e.fileName, size: e.uncompressedSize, compressedSize: e.compressedSize, method: e.compressionMethod }));
+  } finally {
+    zip.close();
+  }
+}
+
+/**
+ * One member of a zip, inflated as it is read. yauzl checks the member's size;
+ * its CRC-32 is checked here at the end, so that a corrupt archive is a stream
+ * error and never a wrong image.
+ */
+async function zipReader(file: string, name: string): Promise<{ stream: Readable; close(): Promise<void> }> {
+  const zip = await openZip(file);
+  let raw: Readable;
+  let entry: yauzl.Entry | undefined;
+  try {
+    entry = (await zipEntries(zip, file)).find((e) => e.fileName === name);
+    if (!entry) throw new PibakeError(`${file} no longer holds ${name}`);
+    raw = await zip.openReadStreamPromise(entry);
+  } catch (err) {
+    zip.close();
+    throw err instanceof PibakeError ? err : new PibakeError(`cannot decompress ${file}: ${(err as Error).message}`);
+  }
+  const expected = entry.crc32;
+  let crc = 0;
+  const out = new Transform({
+    readableHighWaterMark: 1 << 20,
+    transform(chunk: Buffer, _encoding, done) {
+      crc = zlib.crc32(chunk, crc);
+      done(null, chunk);
+    },
+    flush(done) {
+      done(crc >>> 0 === expected ? null : new PibakeError(`cannot decompress ${file}: ${name} fails its CRC-32 check (the archive is corrupt)`));
+    },
+  });
+  raw.on("error", (err) => out.destroy(err instanceof PibakeError ? err : new PibakeError(`cannot decompress ${file}: ${err.message}`)));
+  raw.pipe(out);
+  // Closing the zip releases its file once the member's stream is done with it too.
+  out.once("close", () => zip.close());
+  return {
+    stream: out,
+    close: async () => {
+      raw.unpipe(out);
+      raw.destroy();
+      out.destroy();
+      zip.close();
+    },
+  };
 }
 
 /** The one image in a zip: the single .img member, or the single file if there is just one. */
@@ -325,38 +331,4 @@ export function pickZipImage(entries: ZipEntry[], file: string): ZipEntry {
       ? `${file} holds no .img file (it holds ${names})`
       : `${file} holds ${imgs.length} .img files (${names}): unpack the one you want and flash it`,
   );
-}
-
-export interface CompressOptions {
-  /** Compression level; the tools' defaults otherwise. */
-  level?: number;
-  signal?: AbortSignal;
-}
-
-/**
- * Compress `src` into `dest` with all cores. The result appears at `dest`
- * only when complete (written under a temporary name, then renamed).
- */
-export async function compressFile(src: string, kind: "xz" | "zstd", dest: string, opts: CompressOptions = {}): Promise<void> {
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${process.pid}.tmp`);
-  const level = opts.level === undefined ? [] : [`-${opts.level}`];
-  const args =
-    kind === "xz" ? ["-T0", "-c", ...level, "--", src] : ["-T0", "-q", "-c", ...level, "--", src];
-  try {
-    const r = await execa(kind, args, {
-      stdin: "ignore",
-      stdout: { file: tmp },
-      reject: false,
-      ...(opts.signal ? { cancelSignal: opts.signal } : {}),
-    });
-    if (r.isCanceled) throw opts.signal?.reason ?? new PibakeError(`compressing ${src} was cancelled`);
-    if (r.exitCode !== 0) {
-      const why = String(r.stderr ?? "").trim() || r.shortMessage;
-      throw new PibakeError(`cannot compress ${src} with ${kind}: ${why}`);
-    }
-    await fsp.rename(tmp, dest);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
 }
