@@ -8,7 +8,8 @@ export { binfmtProblem, parseBinfmtEntry, runsNatively } from "../binfmt.js";
 /** Programs the base-image engine runs, whatever the base. */
 export const BASE_PROGRAMS = ["losetup", "mount", "umount", "chroot", "cp", "tar", "e2fsck", "resize2fs", "mcopy", "mdel", "mmd", "mdeltree", "fstrim"];
 
-const DECOMPRESSOR: Partial<Record<Compression, string>> = { xz: "xz", zstd: "zstd", zip: "unzip" };
+// gzip and zip are read in-process (zlib, yauzl).
+const DECOMPRESSOR: Partial<Record<Compression, string>> = { xz: "xz", zstd: "zstd" };
 
 export function checkPrograms(baseCompression: Compression, shrink: boolean): void {
   const extra = [DECOMPRESSOR[baseCompression], shrink ? "resize2fs" : undefined].filter((x): x is string => !!x);

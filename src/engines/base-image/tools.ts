@@ -23,7 +23,6 @@ export const DEBIAN_PACKAGE: Record<string, string> = {
   mdeltree: "mtools",
   xz: "xz-utils",
   zstd: "zstd",
-  unzip: "unzip",
   zerofree: "zerofree",
 };
 
