@@ -356,7 +356,7 @@ describe("Node-RED rendered files", () => {
       writeFileSync(path.join(root, "usr/local/bin/node-red-pi"), "#!/bin/sh\n", { mode: 0o755 });
       mkdirSync(path.join(root, "usr/lib/systemd"), { recursive: true });
       cpSync("/usr/lib/systemd/system", path.join(root, "usr/lib/systemd/system"), { recursive: true, verbatimSymlinks: true });
-      const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service"].map((u) => path.join(root, "etc/systemd/system", u));
+      const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service", "pibake-status.timer"].map((u) => path.join(root, "etc/systemd/system", u));
       const verify = await run("systemd-analyze", [`--root=${root}`, "verify", ...units]).catch((e: { stdout: string; stderr: string }) => e);
       expect(verify.stderr).toBe("");
       const scripts = ["firstboot.sh", "status.sh"].map((n) => path.join(root, "usr/local/lib/pibake", n));

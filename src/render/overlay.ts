@@ -50,6 +50,7 @@ export const OVERLAY: OverlaySpec[] = [
   // The report on the boot partition, for a Pi that does not show up on the network.
   { path: "usr/local/lib/pibake/status.sh", mode: 0o755 },
   { path: "etc/systemd/system/pibake-status.service", mode: 0o644 },
+  { path: "etc/systemd/system/pibake-status.timer", mode: 0o644 },
   ...NODE_RED_OVERLAY,
 ];
 
