@@ -3,13 +3,19 @@ import { execa } from "execa";
 import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
 import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
-import { bootVm, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
+import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
+import { bootFile, mountRoot } from "./helpers/image.js";
+import { shq } from "../src/engines/base-image/tools.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**
- * Proof by boot: an image made by `pibake build --base` from the test base
- * image boots under qemu-system-aarch64 and answers as a broker, checked from
- * this host the way a user's client would. `npm run test:boot` runs this file
+ * Proof by boot: an image made by `pibake build --base` from the faithful
+ * stand-in for Raspberry Pi OS Lite (scripts/fixtures/base-image.sh: its
+ * first-boot wizard, cloud-init, machine-id "uninitialized" and so systemd's
+ * first-boot presets, no SSH host keys, the radio off) boots under
+ * qemu-system-aarch64 with the kernel command line of its cmdline.txt, comes
+ * up as configured and answers as a broker, checked from this host the way a
+ * user's client would. `npm run test:boot` runs this file
  * alone; `npm test` runs it too. The serial console is kept in
  * $PIBAKE_BOOT_ARTIFACTS (default: the test's temp dir, printed on failure).
  */
@@ -31,11 +37,11 @@ const STEP = {
   keygen: 30_000,
   fixture: 1_800_000, // each of base-image.sh and qemu-kernel.sh (they may wait on another run's lock)
   build: 2_400_000, // pibake build --base
-  brokerWait: 420_000, // power-on until the broker takes the phone's TLS login
+  brokerWait: 600_000, // power-on until the broker takes the phone's TLS login (cloud-init's first boot included)
   connect: 15_000, // one tryConnect
   roundTrip: 10_000, // subscribe + publish + the message back
   sshLogin: 60_000, // the first SSH command after boot
-  settle: 125_000, // `timeout 120 systemctl is-system-running --wait`, plus SSH
+  settle: 185_000, // `timeout 180 systemctl is-system-running --wait`, plus SSH
   ssh: 30_000, // every later SSH command
   powerdown: 90_000,
   nodeRedWait: 600_000, // power-on until the Node-RED editor answers
@@ -47,7 +53,8 @@ const BUDGET = {
   boot: STEP.brokerWait + STEP.connect + STEP.roundTrip, // 445 s
   refusals: 4 * STEP.connect, // 60 s
   lan: 2 * STEP.connect, // 30 s
-  sshChecks: STEP.sshLogin + STEP.settle + 6 * STEP.ssh, // 365 s
+  sshChecks: STEP.sshLogin + STEP.settle + 6 * STEP.ssh, // 425 s
+  firstBoot: STEP.settle + 8 * STEP.ssh, // 425 s
   powerdown: STEP.powerdown, // 90 s
   nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
 };
@@ -62,6 +69,7 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
   let vm: Vm | undefined;
   let kernel = "";
   let firstPublishMs = 0;
+  let imageHostKeys: string[] = [];
 
   beforeAll(async () => {
     const d = new Deadline("build", BUDGET.build);
@@ -69,8 +77,17 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, (c) => {
       c.nodeRed = { enabled: false };
       c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
+      // A Wi-Fi profile beside the wired one: the radio must be switched on (QEMU has no Wi-Fi device).
+      c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
     }));
     kernel = await kernelDir(d);
+    // What the image file holds, before any boot: no host keys, so that every Pi makes its own.
+    const mounted = await mountRoot(image, path.join(tmp.dir, "image-root"));
+    try {
+      imageHostKeys = readdirSync(path.join(tmp.dir, "image-root/etc/ssh")).filter((f) => f.startsWith("ssh_host_"));
+    } finally {
+      await mounted.release();
+    }
   }, BUDGET.build + MARGIN);
 
   afterAll(async () => {
@@ -81,14 +98,14 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
 
   it("boots and serves authenticated MQTT over TLS, with the time from power-on reported", async () => {
     const d = new Deadline("boot", BUDGET.boot);
-    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 } });
+    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 }, append: cmdlineForQemu(bootFile(image, "cmdline.txt")!) });
     const booted = vm;
     const ssh = { port: booted.ports.ssh!, user: "admin", key };
     const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
     const opts = { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
     // A failure in here reports the console's last lines, the failed units and queued jobs (over SSH) and the time since power-on.
     await withBootDiagnostics(booted, ssh, async () => {
-      // Bounded: a trixie guest under TCG on 2 cores reaches the broker in a few minutes at most.
+      // Bounded: a trixie guest under TCG on 2 cores, cloud-init's first boot included, reaches the broker in a few minutes.
       // The wait ends early enough for the connect and the round trip that follow it.
       await waitForBroker(booted, url, opts, d.before("broker wait", STEP.connect + STEP.roundTrip), { ssh });
       const client = await tryConnect(url, opts, d.cap(STEP.connect));
@@ -135,16 +152,16 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     const who = await ssh("id -un", STEP.sshLogin);
     expect(who.stdout.trim(), who.stderr).toBe("admin");
     // Let the boot finish before judging units.
-    await ssh("timeout 120 systemctl is-system-running --wait || true", STEP.settle);
+    await ssh("timeout 180 systemctl is-system-running --wait || true", STEP.settle);
     const failed = await ssh("systemctl --failed --no-legend --plain");
     expect(failed.stdout.trim(), `failed units:\n${failed.stdout}`).toBe("");
-    const ddclient = await ssh("systemctl is-active ddclient; sudo -n journalctl -b -u ddclient --no-pager -o cat");
+    const ddclient = await ssh(`systemctl is-active ddclient; ${sudo("journalctl -b -u ddclient --no-pager -o cat")}`);
     expect(ddclient.stdout.split("\n")[0]).toBe("active");
     // No Internet here: ddclient cannot learn the WAN address, which is expected; the config itself must not be warned about.
     const configWarnings = ddclient.stdout.split("\n").filter((l) => /WARNING/.test(l) && !/(CURL error|resolve host|unable to determine|could not determine|IP address|connect)/i.test(l));
     expect(configWarnings).toEqual([]);
     // The image's own ddclient (trixie's, not the host's) parses the file and finds the host and its protocol; -noexec sends nothing.
-    const parsed = await ssh("sudo -n ddclient -file /etc/ddclient.conf -noexec -debug -verbose -foreground -daemon=0 -cache /tmp/pibake-ddclient.cache 2>&1 | grep -a -F 'home.freemyip.com' | grep -a -i -E 'protocol|host' || true");
+    const parsed = await ssh(`${sudo("ddclient -file /etc/ddclient.conf -noexec -debug -verbose -foreground -daemon=0 -cache /tmp/pibake-ddclient.cache")} 2>&1 | grep -a -F 'home.freemyip.com' | grep -a -i -E 'protocol|host' || true`);
     expect(parsed.stdout, `the image's ddclient did not report home.freemyip.com with its protocol:\n${parsed.stdout}${parsed.stderr}`).toMatch(/home\.freemyip\.com/);
     // The report on the boot partition, for a user who can only read the card.
     const status = await ssh("systemctl show -p Result --value pibake-status.service; cat /boot/firmware/pibake-status.txt");
@@ -167,6 +184,51 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(profile.stdout).toMatch(/^pibake-lan:eth0$/m);
   }, BUDGET.sshChecks + MARGIN);
 
+  it("comes up as configured on the first boot of a Raspberry Pi OS image: a real shell, no second user, no wizard, cloud-init done, its own host keys, the radio on", async () => {
+    const d = new Deadline("first boot", BUDGET.firstBoot);
+    const ssh = (cmd: string, ms = STEP.ssh) => sshRun(vm!.ports.ssh!, "admin", key, cmd, d.cap(ms));
+    // The login runs the user's shell: bash, not /usr/sbin/nologin ("This account is currently not available").
+    const shell = await ssh('echo "$0 $BASH_VERSION"; getent passwd admin | cut -d: -f7');
+    expect(shell.stdout, shell.stderr).toMatch(/^-?bash \d+\.\d+\S*\n\/bin\/bash$/);
+    // No second user (cloud-init's default user "pi"), and the password works: sudo takes it.
+    const users = await ssh("getent passwd | awk -F: '$3 >= 1000 && $3 < 65534 {print $1}'");
+    expect(users.stdout).toBe("admin");
+    const root = await ssh(sudo("id -un; passwd -S admin | cut -d' ' -f2"));
+    expect(root.stdout, root.stderr).toBe("root\nP");
+    expect((await ssh("hostname")).stdout).toBe("broker");
+    // The wizard is masked, so systemd's first-boot presets could not enable it, and it never ran.
+    const wizard = await ssh("systemctl is-enabled userconfig.service; systemctl show -p ActiveEnterTimestampMonotonic --value userconfig.service; test -e /var/lib/userconf-pi/wizard-ran && echo ran || echo never ran");
+    expect(wizard.stdout).toBe("masked\n0\nnever ran");
+    // This was systemd's first boot (machine-id "uninitialized" in the image): it applied the unit presets and ran
+    // the first-boot-only units. And cloud-init finished without errors.
+    const first = await ssh(
+      `${sudo("journalctl -b -o cat -t systemd | grep -c 'Populated /etc with preset unit settings'")}; systemctl show -p ConditionResult --value sshd-keygen.service; ` +
+        "timeout 120 cloud-init status --wait >/dev/null; cloud-init status --format json",
+      STEP.settle,
+    );
+    const [presetsApplied, keygenRan, ...json] = first.stdout.split("\n");
+    expect({ presetsApplied, keygenRan }, first.stderr).toEqual({ presetsApplied: "1", keygenRan: "yes" });
+    const cloudInit = JSON.parse(json.join("\n")) as { status: string; errors: string[]; recoverable_errors?: Record<string, string[]> };
+    expect({ status: cloudInit.status, errors: cloudInit.errors }, first.stdout).toEqual({ status: "done", errors: [] });
+    // Host keys were made on this boot (the image file held none).
+    expect(imageHostKeys).toEqual([]);
+    const keys = await ssh("ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'; echo $(( $(stat -c %Y /etc/ssh/ssh_host_ed25519_key) - $(date -d \"$(uptime -s)\" +%s) ))");
+    const [keyCount, madeAfterBoot] = keys.stdout.trim().split("\n").map(Number);
+    expect(keyCount).toBeGreaterThanOrEqual(3);
+    expect(madeAfterBoot).toBeGreaterThanOrEqual(-2);
+    // Wi-Fi configured: NetworkManager's radio switch is on (the image had it off), and both profiles are there.
+    expect((await ssh("nmcli radio wifi")).stdout).toBe("enabled");
+    expect((await ssh("nmcli -t -f NAME connection show")).stdout).toMatch(/^pibake-wifi$/m);
+    // The report on the card says what these checks saw, once refreshed as pibake-status.timer does after the first boot's late work.
+    const text = (await ssh(`${sudo("systemctl start pibake-status.service")}; cat /boot/firmware/pibake-status.txt`)).stdout;
+    expect(text).toMatch(/^ {2}user admin: shell \/bin\/bash, password usable$/m);
+    expect(text).toMatch(/^ {2}other users: \(none\)$/m);
+    expect(text).toMatch(/^ {2}first-boot wizard \(userconfig\.service\): masked$/m);
+    expect(text).toMatch(/^ {2}cloud-init: done$/m);
+    expect(text).toMatch(/^ {2}SSH host keys made: \d{4}-\d\d-\d\dT/m);
+    expect(text).toMatch(/^ {2}Wi-Fi radio: enabled$/m);
+  }, BUDGET.firstBoot + MARGIN);
+
   it("powers off cleanly within a minute", async () => {
     const d = new Deadline("power-off", BUDGET.powerdown);
     const ms = await vm!.powerdown(d.cap(STEP.powerdown));
@@ -174,6 +236,11 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(vm!.console()).toMatch(/reboot: Power down|System halted|Power down/);
   }, BUDGET.powerdown + MARGIN);
 });
+
+/** A command run as root through sudo, which asks for the first user's password (Raspberry Pi OS from 2026-04-13 has no passwordless sudo). */
+function sudo(command: string): string {
+  return `printf '%s\\n' ${shq(secretEnv.T_USER_PW)} | sudo -S -p '' sh -c ${shq(command)}`;
+}
 
 /** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network; within `d`. */
 async function buildForQemu(dir: string, sshKey: string, d: Deadline, mutate: (c: Record<string, any>) => void): Promise<{ image: string; ca: Buffer }> {
@@ -186,7 +253,7 @@ async function buildForQemu(dir: string, sshKey: string, d: Deadline, mutate: (c
   const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: d.cap(STEP.fixture) })).stdout.trim();
   const out = path.join(dir, "deploy");
   const build = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(dir, "state"), "--compress", "none"], {
-    env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD },
+    env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" },
     timeout: d.cap(STEP.build),
   });
   expect(build.exitCode, build.stderr).toBe(0);

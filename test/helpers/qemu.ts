@@ -18,10 +18,32 @@ export interface VmOptions {
   consoleLog: string;
   /** restrict=on keeps the guest off the network; lift it only where a check needs the guest to reach out. */
   restrictNetwork?: boolean;
+  /** The kernel command line; default: root by PARTUUID, the serial console, kernel interface names. See cmdlineForQemu. */
+  append?: string;
+  /** Write to the image (default: snapshot=on, the image is never modified): for a boot whose changes the next boot must see. */
+  writable?: boolean;
+  /** A reboot ends QEMU (-no-reboot), as a first boot that reboots itself needs: the next boot reads the changed cmdline.txt. */
+  noReboot?: boolean;
+}
+
+/**
+ * A Raspberry Pi's cmdline.txt made fit for QEMU's `virt` machine: the Pi's
+ * serial alias becomes the PL011 console, which is kept as the last console
+ * (the one systemd writes to); everything else (root=, resize, init=, quiet)
+ * stays as the image has it, so that its first-boot logic runs as on a Pi.
+ * `net.ifnames=0` stands in for the image's masked 99-default.link, which a
+ * Pi's initramfs carries but the QEMU kernel's initramfs (made from a plain
+ * Debian system) does not: its udev would rename eth0 before the root is up.
+ */
+export function cmdlineForQemu(cmdlineTxt: string): string {
+  const args = cmdlineTxt.trim().split(/\s+/).filter((a) => !a.startsWith("console="));
+  return [...args, "net.ifnames=0", "console=ttyAMA0"].join(" ");
 }
 
 export interface Vm {
   ports: Record<string, number>;
+  /** Resolves with QEMU's exit code when it exits. */
+  exit: Promise<number | undefined>;
   startedAt: number;
   console(): string;
   lastConsoleLines(n?: number): string;
@@ -57,9 +79,10 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
     "-display", "none", "-serial", `file:${o.consoleLog}`, "-monitor", `unix:${monitor},server,nowait`,
     "-kernel", path.join(o.kernelDir, "vmlinuz"), "-initrd", path.join(o.kernelDir, "initrd.img"),
     // net.ifnames=0: the interface is eth0, as on a Raspberry Pi.
-    "-append", `root=PARTUUID=${diskId}-02 rootfstype=ext4 rootwait console=ttyAMA0 net.ifnames=0`,
-    "-drive", `file=${o.image},if=virtio,format=raw,snapshot=on`,
-    "-netdev", `user,id=n0,restrict=${o.restrictNetwork === false ? "off" : "on"},${forwards.join(",")}`,
+    "-append", o.append ?? `root=PARTUUID=${diskId}-02 rootfstype=ext4 rootwait console=ttyAMA0 net.ifnames=0`,
+    "-drive", `file=${o.image},if=virtio,format=raw${o.writable ? "" : ",snapshot=on"}`,
+    ...(o.noReboot ? ["-no-reboot"] : []),
+    "-netdev", ["user", "id=n0", `restrict=${o.restrictNetwork === false ? "off" : "on"}`, ...forwards].join(","),
     "-device", "virtio-net-pci,netdev=n0",
     "-device", "virtio-rng-pci",
   ];
@@ -74,6 +97,7 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
   const readConsole = () => (existsSync(o.consoleLog) ? readFileSync(o.consoleLog, "latin1") : "");
   const vm: Vm = {
     ports,
+    exit: child.then((r) => r.exitCode ?? undefined, () => undefined),
     startedAt,
     console: readConsole,
     lastConsoleLines: (n = 40) => readConsole().split(/\r?\n/).slice(-n).join("\n"),
