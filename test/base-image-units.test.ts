@@ -21,7 +21,7 @@ import {
 import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/base-image/marker.js";
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
 import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
-import { BuildLog } from "../src/engines/base-image/log.js";
+import { BuildLog } from "../src/host/log.js";
 import { checkUsage } from "../src/commands/build.js";
 import { registerSecret } from "../src/ui/output.js";
 

@@ -5,7 +5,7 @@ import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { bootFile, mountRoot } from "./helpers/image.js";
-import { shq } from "../src/engines/base-image/tools.js";
+import { shq } from "../src/host/tools.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**

@@ -15,7 +15,7 @@ import {
   type DeliverCompression,
 } from "../src/image/deliver.js";
 import { summarize } from "../src/secrets/pki.js";
-import { BuildLog } from "../src/engines/base-image/log.js";
+import { BuildLog } from "../src/host/log.js";
 import { baseConfig, DEFAULT_SECRET_ENV, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 
 /**

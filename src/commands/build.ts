@@ -14,7 +14,7 @@ import { render } from "../render/index.js";
 import { summarize } from "../secrets/pki.js";
 import { createOutput, formatBytes, formatDuration, type Output } from "../ui/output.js";
 import { COMPRESSIONS, deliver, deliveryBaseName, pidAlive, removeStaleTemps, type DeliverCompression, type Delivered } from "../image/deliver.js";
-import { BuildLog } from "../engines/base-image/log.js";
+import { BuildLog } from "../host/log.js";
 import { mountsBelow, releaseBelow } from "../engines/base-image/loop.js";
 import type { EngineInput, EngineResult } from "../engines/types.js";
 import { buildWithPiGen } from "../engines/pigen/index.js";

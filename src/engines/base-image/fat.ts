@@ -2,8 +2,8 @@ import { createHash } from "node:crypto";
 import { lstatSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../../errors.js";
-import type { BuildLog } from "./log.js";
-import { tool } from "./tools.js";
+import type { BuildLog } from "../../host/log.js";
+import { tool } from "../../host/tools.js";
 
 /**
  * The FAT boot partition, read and written with mtools at its byte offset in

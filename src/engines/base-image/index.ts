@@ -22,14 +22,14 @@ import { unmountTree } from "../chroot.js";
 import { runStage } from "../stage-runner.js";
 import type { EngineInput, EngineResult } from "../types.js";
 import { FatPartition } from "./fat.js";
-import { BuildLog } from "./log.js";
+import { BuildLog } from "../../host/log.js";
 import { attachLoop, killChrootProcesses } from "./loop.js";
 import { MARKER_PATH, missingPackages, stagePackages, writeMarker, type ImageMarker } from "./marker.js";
 import { checkBinfmt, checkPrograms, checkRoot, ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase } from "./prepare.js";
 import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
 import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
-import { findProgram, tool } from "./tools.js";
+import { findProgram, tool } from "../../host/tools.js";
 import { PIBAKE_VERSION } from "../../version.js";
 
 export { parseGrow } from "./resize.js";

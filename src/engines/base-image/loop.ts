@@ -4,8 +4,8 @@ import type { CleanupScope } from "../../cleanup.js";
 import { mountsBelow, unmountTree } from "../chroot.js";
 
 export { mountsBelow } from "../chroot.js";
-import { tool } from "./tools.js";
-import type { BuildLog } from "./log.js";
+import { tool } from "../../host/tools.js";
+import type { BuildLog } from "../../host/log.js";
 
 /**
  * Loop devices by offset: one per partition, `losetup --offset --sizelimit`.

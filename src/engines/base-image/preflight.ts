@@ -1,6 +1,6 @@
 import { PibakeError } from "../../errors.js";
 import type { Compression } from "../../image/compression.js";
-import { requirePrograms } from "./tools.js";
+import { requirePrograms } from "../../host/tools.js";
 import { binfmtProblem } from "../binfmt.js";
 
 export { binfmtProblem, parseBinfmtEntry, runsNatively } from "../binfmt.js";

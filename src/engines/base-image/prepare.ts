@@ -4,8 +4,8 @@ import { PibakeError } from "../../errors.js";
 import { openImageReader, probeImage, type Compression } from "../../image/compression.js";
 import { formatBytes } from "../../ui/output.js";
 import { sha256Sparse } from "../../image/deliver.js";
-import type { BuildLog } from "./log.js";
-import { tool } from "./tools.js";
+import type { BuildLog } from "../../host/log.js";
+import { tool } from "../../host/tools.js";
 
 /**
  * The working copy of the base image: decompressed as a stream into a sparse

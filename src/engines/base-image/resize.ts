@@ -1,8 +1,8 @@
 import { promises as fsp } from "node:fs";
 import { PibakeError } from "../../errors.js";
 import { SECTOR_SIZE, withPartitionSectors, type MbrPartition } from "../../image/partitions.js";
-import type { BuildLog } from "./log.js";
-import { tool } from "./tools.js";
+import type { BuildLog } from "../../host/log.js";
+import { tool } from "../../host/tools.js";
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;

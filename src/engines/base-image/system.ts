@@ -13,7 +13,7 @@ import path from "node:path";
 import { createHash } from "node:crypto";
 import { PibakeError } from "../../errors.js";
 import type { Model } from "../../config/model.js";
-import { shq } from "./tools.js";
+import { shq } from "../../host/tools.js";
 import { readMarker, installedPackages, type ImageMarker } from "./marker.js";
 
 export interface BaseFacts {

@@ -1,7 +1,7 @@
 import { execa } from "execa";
 import { accessSync, constants } from "node:fs";
 import path from "node:path";
-import { PibakeError } from "../../errors.js";
+import { PibakeError } from "../errors.js";
 import type { BuildLog } from "./log.js";
 
 /** The Debian package that has each program, for "X is not installed" messages. */
