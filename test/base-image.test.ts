@@ -11,7 +11,9 @@ import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { parseMbr } from "../src/image/partitions.js";
 import { dataRanges } from "../src/image/deliver.js";
-import { listLoops, mountsBelow, releaseBelow } from "../src/engines/base-image/loop.js";
+import { listLoops } from "../src/host/loop.js";
+import { mountsBelow } from "../src/host/mounts.js";
+import { releaseBelow } from "../src/host/release.js";
 import { bootFile, expectOverlayInRoot, mountRoot, readAt } from "./helpers/image.js";
 
 /**
@@ -346,6 +348,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     const dropIns = readdirSync(path.join(mnt, "etc/cloud/cloud.cfg.d")).filter((f) => f.endsWith(".cfg")).sort();
     expect(dropIns.at(-1)).toBe("99_zz-pibake.cfg");
     expect(dropIns).toContain("99_raspberry-pi.cfg");
+    // The image's own cloud-init merges its configuration so: no default user, the hostname kept, no network
+    // config (with a name that sorted before Raspberry Pi's, users would stay [default] and "pi" come back).
+    const merged = await execa("chroot", [mnt, "python3", "-c", "import json; from cloudinit import util; c = util.read_conf_with_confd('/etc/cloud/cloud.cfg'); print(json.dumps([c.get('users'), c.get('preserve_hostname'), c.get('network')]))"], { timeout: 120_000 });
+    expect(JSON.parse(merged.stdout)).toEqual([[], true, { config: "disabled" }]);
 
     // Per-machine state is left for the first boot, as pi-gen's export does; apt's downloads are gone.
     expect(readdirSync(path.join(mnt, "etc/ssh")).filter((f) => f.startsWith("ssh_host_"))).toEqual([]);

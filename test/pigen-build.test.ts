@@ -10,7 +10,9 @@ import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render, type Rendered } from "../src/render/index.js";
-import { listLoops, mountsBelow, releaseBelow } from "../src/engines/base-image/loop.js";
+import { listLoops } from "../src/host/loop.js";
+import { mountsBelow } from "../src/host/mounts.js";
+import { releaseBelow } from "../src/host/release.js";
 
 /**
  * `pibake build` through the real pi-gen, twice: a first build, then a

@@ -10,7 +10,7 @@ import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
 import { writeRendered } from "../src/render/write.js";
 import { packageList, runStage } from "../src/engines/stage-runner.js";
-import { unmountTree } from "../src/engines/chroot.js";
+import { unmountTree } from "../src/host/mounts.js";
 
 /**
  * The rendered stage applied to a real Debian arm64 root filesystem the way

@@ -11,7 +11,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { packageRoot } from "../paths.js";
-import { mountsBelow, releaseBelow } from "../engines/base-image/loop.js";
+import { mountsBelow } from "../host/mounts.js";
+import { releaseBelow } from "../host/release.js";
 import { benchConfig, runPibakeBuild, s } from "./common.js";
 
 export async function benchPiGen(): Promise<string[]> {

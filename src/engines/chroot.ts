@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSyn
 import path from "node:path";
 import type { CleanupScope } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
+import { unmountTree } from "../host/mounts.js";
 
 /**
  * The chroot that pi-gen's on_chroot provides: proc, dev, dev/pts, sys, and
@@ -23,24 +24,6 @@ export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope
     mkdirSync(target, { recursive: true });
     await execa("mount", [...args, target]);
     scope.defer(() => unmountTree(target), `unmount ${target}`);
-  }
-}
-
-/** Mount points at or below `dir`, from /proc/self/mounts. */
-export function mountsBelow(dir: string): string[] {
-  const d = path.resolve(dir);
-  return readFileSync("/proc/self/mounts", "utf8")
-    .split("\n")
-    .map((l) => l.split(" ")[1]?.replace(/\\040/g, " "))
-    .filter((m): m is string => !!m && (m === d || m.startsWith(`${d}/`)));
-}
-
-/** Unmount a mount point and anything below it, deepest first; lazily as a last resort so that clean-up never hangs. */
-export async function unmountTree(target: string): Promise<void> {
-  const mounts = mountsBelow(target).sort((a, b) => b.length - a.length);
-  for (const m of mounts) {
-    const r = await execa("umount", [m], { reject: false });
-    if (r.exitCode !== 0) await execa("umount", ["--lazy", m], { reject: false });
   }
 }
 

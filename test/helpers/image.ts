@@ -3,7 +3,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync } from
 import path from "node:path";
 import { expect } from "vitest";
 import { parseMbr } from "../../src/image/partitions.js";
-import { unmountTree } from "../../src/engines/chroot.js";
+import { unmountTree } from "../../src/host/mounts.js";
 import type { Rendered } from "../../src/render/index.js";
 
 /** Reading built images in tests: by partition offset, with no partition scan and no vfat driver. */

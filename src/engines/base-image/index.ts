@@ -18,12 +18,13 @@ import { checkFileSystems, checkRaspiLayout, parseMbr, SECTOR_SIZE, type MbrPart
 import { detectCompression } from "../../image/compression.js";
 import { writeRendered } from "../../render/write.js";
 import { formatBytes, formatDuration } from "../../ui/output.js";
-import { unmountTree } from "../chroot.js";
+import { unmountTree } from "../../host/mounts.js";
 import { runStage } from "../stage-runner.js";
 import type { EngineInput, EngineResult } from "../types.js";
 import { FatPartition } from "./fat.js";
 import { BuildLog } from "../../host/log.js";
-import { attachLoop, killChrootProcesses } from "./loop.js";
+import { attachLoop } from "../../host/loop.js";
+import { killChrootProcesses } from "../../host/release.js";
 import { MARKER_PATH, missingPackages, stagePackages, writeMarker, type ImageMarker } from "./marker.js";
 import { checkBinfmt, checkPrograms, checkRoot, ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase } from "./prepare.js";

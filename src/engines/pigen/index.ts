@@ -8,7 +8,7 @@ import type { EngineInput, EngineResult } from "../types.js";
 import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
 import { estimateRemaining, PiGenProgress } from "./log.js";
 import { binfmtProblem } from "../binfmt.js";
-import { releaseBelow } from "../base-image/loop.js";
+import { releaseBelow } from "../../host/release.js";
 import { diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
 import { baseDigest, baseStageNames, decideReuse, piGenBranch, piGenConfigFile, PIBAKE_STAGE, stageList } from "./plan.js";
 
