@@ -5,7 +5,7 @@ import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { bootFile, mountRoot } from "./helpers/image.js";
-import { shq } from "../src/host/tools.js";
+import { shellQuote } from "../src/render/templates.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**
@@ -239,7 +239,7 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
 
 /** A command run as root through sudo, which asks for the first user's password (Raspberry Pi OS from 2026-04-13 has no passwordless sudo). */
 function sudo(command: string): string {
-  return `printf '%s\\n' ${shq(secretEnv.T_USER_PW)} | sudo -S -p '' sh -c ${shq(command)}`;
+  return `printf '%s\\n' ${shellQuote(secretEnv.T_USER_PW)} | sudo -S -p '' sh -c ${shellQuote(command)}`;
 }
 
 /** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network; within `d`. */

@@ -109,8 +109,3 @@ export async function tool(cmd: string, args: string[], opts: ToolOptions): Prom
   }
   return { stdout: String(r.stdout ?? ""), output: all, exitCode: code };
 }
-
-/** Quote for a POSIX shell: single quotes, with embedded ones closed and escaped. */
-export function shq(s: string): string {
-  return `'${s.replace(/'/g, "'\\''")}'`;
-}

@@ -13,7 +13,7 @@ import path from "node:path";
 import { createHash } from "node:crypto";
 import { PibakeError } from "../../errors.js";
 import type { Model } from "../../config/model.js";
-import { shq } from "../../host/tools.js";
+import { shellQuote } from "../../render/templates.js";
 import { readMarker, installedPackages, type ImageMarker } from "./marker.js";
 
 export interface BaseFacts {
@@ -300,8 +300,8 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
     "#!/bin/bash -e",
     "# Written by pibake: what pi-gen's config does (FIRST_USER_NAME, FIRST_USER_PASS as a hash,",
     "# PUBKEY_SSH_FIRST_USER, ENABLE_SSH, LOCALE_DEFAULT, KEYBOARD_*, DISABLE_FIRST_BOOT_USER_RENAME=1).",
-    `NAME=${shq(user)}`,
-    `HASH=${shq(passwordHash)}`,
+    `NAME=${shellQuote(user)}`,
+    `HASH=${shellQuote(passwordHash)}`,
     "OLD=$(getent passwd 1000 | cut -d: -f1 || true)",
     "if [ -x /usr/lib/userconf-pi/userconf ]; then",
     "\t# Raspberry Pi OS's own first-user set-up: renames uid 1000 (home, group, sudoers) and sets the password.",
