@@ -20,13 +20,13 @@ import { withCleanup } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
 import type { Model } from "../config/model.js";
 import { configDigest } from "../config/digest.js";
-import type { EngineResult } from "../engines/types.js";
 import { PIBAKE_VERSION } from "../version.js";
 import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
 import { summarize } from "../secrets/pki.js";
 import { formatBytes } from "../ui/output.js";
 import { BmapBuilder, DEFAULT_BLOCK_SIZE, readBmap, serializeBmap, writeFileAtomic, type Bmap } from "./bmap.js";
+import type { EngineResult } from "./types.js";
 
 export type DeliverCompression = "xz" | "zstd" | "none";
 export const COMPRESSIONS: readonly DeliverCompression[] = ["xz", "zstd", "none"];
