@@ -10,7 +10,7 @@ import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { parseMbr } from "../src/image/partitions.js";
-import { dataRanges } from "../src/image/deliver.js";
+import { dataRanges } from "../src/image/sparse.js";
 import { listLoops } from "../src/host/loop.js";
 import { mountsBelow } from "../src/host/mounts.js";
 import { releaseBelow } from "../src/host/release.js";

@@ -6,14 +6,12 @@ import { createBmap } from "../src/image/bmap.js";
 import { probeImage } from "../src/image/compression.js";
 import {
   configDigests,
-  dataRanges,
   deliver,
-  parseFilefrag,
   removeStaleTemps,
-  scanImage,
   sha256Line,
   type DeliverCompression,
 } from "../src/image/deliver.js";
+import { dataRanges, parseFilefrag, scanImage } from "../src/image/sparse.js";
 import { summarize } from "../src/secrets/pki.js";
 import { BuildLog } from "../src/host/log.js";
 import { baseConfig, DEFAULT_SECRET_ENV, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";

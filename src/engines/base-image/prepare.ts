@@ -3,7 +3,7 @@ import path from "node:path";
 import { PibakeError } from "../../errors.js";
 import { openImageReader, probeImage, type Compression } from "../../image/compression.js";
 import { formatBytes } from "../../ui/output.js";
-import { sha256Sparse } from "../../image/deliver.js";
+import { sha256Sparse } from "../../image/sparse.js";
 import type { BuildLog } from "../../host/log.js";
 import { tool } from "../../host/tools.js";
 
