@@ -1,7 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import type { Release } from "../config/model.js";
-import type { StateDir } from "../secrets/state.js";
 
 /**
  * Which Node-RED (and dashboard) release the image installs. The Pi runs the
@@ -146,13 +145,23 @@ export interface VersionRequest {
 const STATE_FILE = "node-red-versions.json";
 
 /**
+ * Where the choice is recorded: the state directory (secrets' StateDir has
+ * these two methods). Only this much is asked for, so that the registry does
+ * not depend on the secrets that use it.
+ */
+export interface VersionRecordStore {
+  readJson<T>(name: string): T | undefined;
+  writeJson(name: string, value: unknown): void;
+}
+
+/**
  * The versions to install: those recorded in the state directory when they
  * were chosen for the same release and dashboard (and, if the config pins
  * one, the same Node-RED), else chosen now from the registry, else the
  * pinned fallback. The result is recorded, so that renders repeat.
  */
 export function resolveNodeRedVersions(
-  state: StateDir,
+  state: VersionRecordStore,
   req: VersionRequest,
   lookup: RegistryLookup = npmView,
   offline = process.env.PIBAKE_OFFLINE === "1",
