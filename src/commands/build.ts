@@ -18,6 +18,7 @@ import { BuildLog } from "../host/log.js";
 import { mountsBelow } from "../host/mounts.js";
 import { releaseBelow } from "../host/release.js";
 import type { EngineInput, EngineResult } from "../engines/types.js";
+import { loadBaseEngine, type BaseEngine } from "../engines/index.js";
 import { buildWithPiGen } from "../engines/pigen/index.js";
 import { loadAndWarn } from "./config.js";
 
@@ -186,9 +187,9 @@ export async function runBuild(configPath: string, opts: BuildOptions): Promise<
   const compress = parseCompression(opts.compress);
   const usingBase = opts.base !== undefined;
   let grow: "auto" | number = "auto";
-  let baseEngine: typeof import("../engines/base-image/index.js") | undefined;
+  let baseEngine: BaseEngine | undefined;
   if (usingBase) {
-    baseEngine = await import("../engines/base-image/index.js");
+    baseEngine = await loadBaseEngine();
     grow = baseEngine.parseGrow(opts.grow);
   }
   const loaded = loadAndWarn(configPath, out);
