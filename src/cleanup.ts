@@ -43,7 +43,7 @@ export async function withCleanup<T>(body: (scope: CleanupScope) => Promise<T>):
   const controller = new AbortController();
   if (interruptedBy) controller.abort(new InterruptedError(interruptedBy));
   openScopes.add(controller);
-  const actions: { action: () => unknown; label?: string }[] = [];
+  const actions: { action: () => unknown; label: string | undefined }[] = [];
   const scope: CleanupScope = {
     defer: (action, label) => actions.push({ action, label }),
     signal: controller.signal,

@@ -24,7 +24,7 @@ export async function renderCommand(configPath: string, opts: RenderOptions): Pr
   refuseProtectedOutput(opts.out, "--out", protectedPaths(model, state.dir));
   const secrets = prepareSecrets(model, state);
   const rendered = await render(model, secrets);
-  writeRendered(opts.out, rendered, { force: opts.force });
+  writeRendered(opts.out, rendered, { force: opts.force === true });
   const cert = summarize(secrets.pki.serverCertPem);
   out.info(`rendered ${path.resolve(opts.out)}`);
   out.info(`  stage/          pi-gen stage (${rendered.stage.length} files)`);

@@ -118,7 +118,7 @@ function bufferedHandle(t: TargetHandle): Promise<FileHandle> {
 
 export async function closeTarget(t: TargetHandle): Promise<void> {
   const b = t.buffered;
-  t.buffered = undefined;
+  delete t.buffered;
   await (await b?.catch(() => undefined))?.close();
   await t.fh.close();
 }

@@ -137,7 +137,7 @@ export const DASHBOARD_PACKAGES = { flowfuse: "@flowfuse/node-red-dashboard", cl
 export interface VersionRequest {
   release: Release;
   /** The dashboard package, or undefined for none. */
-  dashboard?: string;
+  dashboard?: string | undefined;
   /** An exact Node-RED version from the config (nodeRed.version). */
   pinned?: string;
 }

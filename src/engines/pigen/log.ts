@@ -17,7 +17,7 @@ export function locate(p: string): { stage?: string; subStage?: string; step?: s
   const parts = p.replace(/\/+$/, "").split("/");
   const idx = parts.findIndex((x) => /^(stage[^/]*|export-image|export-noobs)$/.test(x));
   if (idx < 0) return {};
-  const stage = parts[idx];
+  const stage = parts[idx]!;
   const subStage = parts[idx + 1];
   const step = parts[idx + 2];
   return { stage, ...(subStage ? { subStage } : {}), ...(step ? { step } : {}) };
@@ -39,7 +39,6 @@ export class PiGenProgress {
   private stageStarted = new Map<string, number>();
   readonly stageDurations: Record<string, number> = {};
   readonly tail: string[] = [];
-  failed = false;
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -48,7 +47,6 @@ export class PiGenProgress {
     if (this.tail.length > 40) this.tail.shift();
     const e = parseLine(line);
     if (!e) return undefined;
-    if (e.kind === "failed") this.failed = true;
     if (e.kind === "begin") {
       this.open.push(e.path);
       if (e.stage && !e.subStage) this.stageStarted.set(e.stage, this.now());
