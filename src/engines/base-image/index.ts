@@ -35,9 +35,6 @@ import { PIBAKE_VERSION } from "../../version.js";
 
 export { parseGrow } from "./resize.js";
 
-/** The steps this engine reports, in order, within the build's list. */
-export const BASE_STEPS = ["prepare base", "packages", "overlay", "finalize"] as const;
-
 export interface StepEvents {
   /** The named step starts (the previous one is done). */
   begin(name: string): void;
