@@ -6,6 +6,8 @@ import { tempDir } from "./helpers/cli.js";
 import { baseConfig, removeAllFixtures, renderFixture } from "./helpers/render-fixture.js";
 import { alignUp, autoGrow, GiB, MiB, parseGrow, parseMinimumBlocks, shrinkTarget } from "../src/engines/base-image/resize.js";
 import {
+  applySystemSettings,
+  type BaseFacts,
   bootMountFromFstab,
   cmdlineWithRegdom,
   elfArch,
@@ -109,6 +111,29 @@ describe("what pi-gen's config does, as file edits", () => {
     expect(elfArch(aarch64)).toBe("arm64");
     expect(elfArch(Buffer.from("#!/bin/sh\n"))).toBe("unknown");
     expect(firstUserOf("root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")).toEqual({ name: "pi", uid: 1000, gid: 1000, home: "/home/pi" });
+  });
+
+  it("renders the chroot part of the system settings from its template: shellcheck-clean, the hash and the keys as given", async () => {
+    const f = await renderFixture();
+    const root = path.join(tmp.dir, "system-root");
+    const boot = path.join(tmp.dir, "system-boot");
+    for (const d of ["etc", "usr/share/zoneinfo/Europe", "usr/lib/systemd/system"]) mkdirSync(path.join(root, d), { recursive: true });
+    mkdirSync(boot, { recursive: true });
+    writeFileSync(path.join(root, "usr/share/zoneinfo/Europe/Berlin"), "TZif");
+    writeFileSync(path.join(root, "etc/locale.gen"), "# en_GB.UTF-8 UTF-8\n");
+    for (const u of ["ssh.service", "getty@.service"]) writeFileSync(path.join(root, "usr/lib/systemd/system", u), "[Unit]\n");
+    const hash = "$6$salt$" + "x".repeat(20) + "'quote";
+    const plan = applySystemSettings(root, boot, f.model, hash, { ...({} as BaseFacts), bootTraces: [], installed: new Set(), arch: "arm64", bootMount: "/boot/firmware", prettyName: "t", freeBytes: 0, cloudInit: false });
+    const file = path.join(tmp.dir, "00-run-chroot.sh");
+    writeFileSync(file, plan.script);
+    const lint = await execa("shellcheck", ["-s", "bash", file], { reject: false });
+    expect(`${lint.stdout}${lint.stderr}`).toBe("");
+    // bash reads back the name and the hash exactly; the keys land in the here-document one per line.
+    const vars = await execa("bash", ["-c", `eval "$(grep -E '^(NAME|HASH)=' "$1")"; printf '%s\\n%s' "$NAME" "$HASH"`, "bash", file]);
+    expect(vars.stdout).toBe(`${f.model.user.name}\n${hash}`);
+    expect(plan.script).toContain(`<<'PIBAKE_SSH_KEYS'\n${f.model.user.sshKeys.join("\n")}\nPIBAKE_SSH_KEYS\n`);
+    expect(plan.script).toMatch(/^locale-gen --keep-existing$/m);
+    expect(plan.script).toMatch(/^systemctl enable ssh\.service getty@tty1\.service$/m);
   });
 
   it("resolves paths inside an image as the image would (absolute links stay inside)", () => {

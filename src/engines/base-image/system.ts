@@ -13,7 +13,8 @@ import path from "node:path";
 import { createHash } from "node:crypto";
 import { PibakeError } from "../../errors.js";
 import type { Model } from "../../config/model.js";
-import { shellQuote } from "../../render/templates.js";
+import { renderTemplateFile } from "../../render/templates.js";
+import { stagesDir } from "../../paths.js";
 import { readMarker, installedPackages, type ImageMarker } from "./marker.js";
 
 export interface BaseFacts {
@@ -223,6 +224,9 @@ export function cmdlineWithRegdom(cmdline: string, country: string): string {
   return (/cfg80211\.ieee80211_regdom=\S*/.test(one) ? one.replace(/cfg80211\.ieee80211_regdom=\S*/, param) : `${one} ${param}`) + "\n";
 }
 
+/** The chroot part of the system settings: a template, as every script that lands in the image is. */
+const SYSTEM_SCRIPT = path.join(stagesDir, "base-system/00-system/00-run-chroot.sh.hbs");
+
 export interface SystemPlan {
   /** The chroot script (NN-run-chroot.sh). */
   script: string;
@@ -296,61 +300,19 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
 
   const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => existsSync(inImage(rootfs, `/${d}/${u}`)));
   const user = model.user.name;
-  const lines = [
-    "#!/bin/bash -e",
-    "# Written by pibake: what pi-gen's config does (FIRST_USER_NAME, FIRST_USER_PASS as a hash,",
-    "# PUBKEY_SSH_FIRST_USER, ENABLE_SSH, LOCALE_DEFAULT, KEYBOARD_*, DISABLE_FIRST_BOOT_USER_RENAME=1).",
-    `NAME=${shellQuote(user)}`,
-    `HASH=${shellQuote(passwordHash)}`,
-    "OLD=$(getent passwd 1000 | cut -d: -f1 || true)",
-    "if [ -x /usr/lib/userconf-pi/userconf ]; then",
-    "\t# Raspberry Pi OS's own first-user set-up: renames uid 1000 (home, group, sudoers) and sets the password.",
-    '\t/usr/lib/userconf-pi/userconf "$NAME" "$HASH"',
-    'elif [ -n "$OLD" ]; then',
-    '\tif [ "$OLD" != "$NAME" ]; then',
-    '\t\tOLDHOME=$(getent passwd 1000 | cut -d: -f6)',
-    '\t\tusermod -l "$NAME" "$OLD"',
-    '\t\tif [ "$OLDHOME" = "/home/$OLD" ]; then usermod -m -d "/home/$NAME" "$NAME"; fi',
-    '\t\tif getent group "$OLD" >/dev/null; then groupmod -n "$NAME" "$OLD"; fi',
-    '\t\tif [ -f /etc/sudoers.d/010_pi-nopasswd ]; then sed -i "s/^$OLD /$NAME /" /etc/sudoers.d/010_pi-nopasswd; fi',
-    "\tfi",
-    "else",
-    "\tGRPS=",
-    "\tfor g in adm dialout cdrom sudo audio video plugdev games users input render netdev gpio i2c spi; do",
-    '\t\tif getent group "$g" >/dev/null; then GRPS=${GRPS:+$GRPS,}$g; fi',
-    "\tdone",
-    '\tuseradd -m -u 1000 -U -s /bin/bash ${GRPS:+-G "$GRPS"} "$NAME"',
-    "fi",
-    "usermod --password \"$HASH\" \"$NAME\"",
-  ];
-  if (model.user.sshKeys.length > 0) {
-    lines.push(
-      'HOMEDIR=$(getent passwd "$NAME" | cut -d: -f6)',
-      'GROUP=$(id -gn "$NAME")',
-      'install -d -m 0700 -o "$NAME" -g "$GROUP" "$HOMEDIR/.ssh"',
-      "cat >\"$HOMEDIR/.ssh/authorized_keys\" <<'PIBAKE_SSH_KEYS'",
-      ...model.user.sshKeys,
-      "PIBAKE_SSH_KEYS",
-      'chown "$NAME:$GROUP" "$HOMEDIR/.ssh/authorized_keys"',
-      'chmod 0600 "$HOMEDIR/.ssh/authorized_keys"',
-    );
-  }
-  if (localeGen) lines.push("locale-gen --keep-existing");
-  if (keyboardChanged) {
-    lines.push(
-      "debconf-set-selections <<'PIBAKE_DEBCONF'",
-      `keyboard-configuration keyboard-configuration/xkb-keymap select ${model.image.keyboard.keymap}`,
-      `keyboard-configuration keyboard-configuration/variant select ${model.image.keyboard.layout}`,
-      "PIBAKE_DEBCONF",
-    );
-  }
   const enable = ["ssh.service"].filter(unitExists);
   if (!unitExists("ssh.service")) notes.push("the image has no ssh.service (openssh-server): SSH is not enabled");
   if (unitExists("getty@.service")) enable.push("getty@tty1.service");
-  if (enable.length > 0) lines.push(`systemctl enable ${enable.join(" ")}`);
-  lines.push("");
+  const script = renderTemplateFile(SYSTEM_SCRIPT, {
+    user,
+    passwordHash,
+    sshKeys: model.user.sshKeys,
+    localeGen,
+    keyboard: keyboardChanged ? model.image.keyboard : false,
+    enable: enable.join(" "),
+  });
   const digest = createHash("sha256")
     .update(JSON.stringify({ v: 1, user, passwordHash, keys: model.user.sshKeys, locale, keymap: model.image.keyboard.keymap, layout: model.image.keyboard.layout, enable }))
     .digest("hex");
-  return { script: lines.join("\n"), digest, systemFiles, notes };
+  return { script, digest, systemFiles, notes };
 }
