@@ -6,6 +6,7 @@
 import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
+import { createPrivateKey, generateKeyPairSync, X509Certificate } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { writeRendered } from "../src/render/write.js";
 import { StateDir } from "../src/secrets/state.js";
@@ -184,6 +185,33 @@ describe("the CA and server certificate, as openssl reads them", () => {
       expect(extension(text.out, "Subject Alternative Name")).not.toContain("pibake-test.freemyip.com");
     } finally {
       moved.cleanup();
+    }
+  });
+
+  it("re-issues a stored certificate it cannot keep: unreadable, from another CA, or not matching the stored key", async () => {
+    const names = { commonName: fx.model.tls.domain, dnsNames: fx.model.tls.dnsNames, ipAddresses: fx.model.tls.ipAddresses };
+    const cases: [string, (state: StateDir) => Promise<void>, string][] = [
+      ["unreadable", async (st) => st.write("server.crt", "not a certificate\n"), "re-issued (the stored one could not be read)"],
+      ["another CA", async (st) => st.write("server.crt", await unrelatedCaPem()), "re-issued (signed by another CA)"],
+      [
+        "another key",
+        async (st) => st.write("server.key", generateKeyPairSync("rsa", { modulusLength: 2048, privateKeyEncoding: { type: "pkcs1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } }).privateKey),
+        "re-issued (the stored key does not match it)",
+      ],
+    ];
+    for (const [what, spoil, status] of cases) {
+      const state = new StateDir(copyState());
+      await spoil(state);
+      const pki = ensurePki(state, fx.model.image.name, names);
+      expect(pki.serverCertStatus, what).toBe(status);
+      // The new certificate is the CA's, for the stored (or a new) key.
+      const cert = new X509Certificate(pki.serverCertPem);
+      expect(cert.checkIssued(new X509Certificate(pki.caCertPem)) && cert.verify(new X509Certificate(pki.caCertPem).publicKey), what).toBe(true);
+      expect(cert.checkPrivateKey(createPrivateKey(state.read("server.key")!)), what).toBe(true);
+      const r = await openssl(["verify", "-CAfile", caFile, put(work, `reissued-${what.replace(/ /g, "-")}.crt`, pki.serverCertPem)]);
+      expect(r.code, r.out).toBe(0);
+      // And the next render keeps it.
+      expect(ensurePki(state, fx.model.image.name, names).serverCertStatus, what).toBe("reused");
     }
   });
 

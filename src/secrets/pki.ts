@@ -1,5 +1,6 @@
-import { generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
-import forge from "node-forge";
+import { createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
+import { createRequire } from "node:module";
+import type forge from "node-forge";
 import type { StateDir } from "./state.js";
 import { PibakeError } from "../errors.js";
 
@@ -10,6 +11,17 @@ import { PibakeError } from "../errors.js";
  * state directory and never enters the image.
  */
 
+/**
+ * node-forge makes and signs certificates; it is loaded only when one must be
+ * made, since a render that reuses the state directory's certificates checks
+ * them with Node's own X509Certificate and needs none of it.
+ */
+type Forge = typeof forge;
+let forgeLoaded: Forge | undefined;
+function forgeLib(): Forge {
+  forgeLoaded ??= createRequire(import.meta.url)("node-forge") as Forge;
+  return forgeLoaded;
+}
 const DAY_MS = 24 * 3600 * 1000;
 const CA_VALIDITY_DAYS = 3650;
 /** Apple platforms refuse TLS server certificates valid for longer, even from private CAs. */
@@ -52,11 +64,11 @@ function newRsaKey(bits: number): forge.pki.rsa.PrivateKey {
     publicKeyEncoding: { type: "spki", format: "pem" },
     privateKeyEncoding: { type: "pkcs1", format: "pem" },
   });
-  return forge.pki.privateKeyFromPem(privateKey);
+  return forgeLib().pki.privateKeyFromPem(privateKey);
 }
 
 function publicOf(key: forge.pki.rsa.PrivateKey): forge.pki.rsa.PublicKey {
-  return forge.pki.setRsaPublicKey(key.n, key.e);
+  return forgeLib().pki.setRsaPublicKey(key.n, key.e);
 }
 
 /** A positive 128-bit serial, as RFC 5280 asks (positive, unpredictable). */
@@ -69,7 +81,7 @@ function randomSerial(): string {
 
 function makeCa(name: string, now: Date): { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } {
   const key = newRsaKey(3072);
-  const cert = forge.pki.createCertificate();
+  const cert = forgeLib().pki.createCertificate();
   cert.publicKey = publicOf(key);
   cert.serialNumber = randomSerial();
   cert.validity.notBefore = new Date(now.getTime() - 3600 * 1000);
@@ -85,7 +97,7 @@ function makeCa(name: string, now: Date): { cert: forge.pki.Certificate; key: fo
     { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
     { name: "subjectKeyIdentifier" },
   ]);
-  cert.sign(key, forge.md.sha256.create());
+  cert.sign(key, forgeLib().md.sha256.create());
   return { cert, key };
 }
 
@@ -95,7 +107,7 @@ function issueServerCert(
   names: CertificateNames,
   now: Date,
 ): forge.pki.Certificate {
-  const cert = forge.pki.createCertificate();
+  const cert = forgeLib().pki.createCertificate();
   cert.publicKey = publicOf(serverKey);
   cert.serialNumber = randomSerial();
   // An hour of slack for a Pi whose clock is still a little behind at boot.
@@ -114,7 +126,7 @@ function issueServerCert(
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
   ]);
-  cert.sign(ca.key, forge.md.sha256.create());
+  cert.sign(ca.key, forgeLib().md.sha256.create());
   return cert;
 }
 
@@ -138,29 +150,21 @@ function sameSet(a: string[], b: string[]): boolean {
   return norm(a) === norm(b);
 }
 
-/** Why the stored server certificate cannot be kept, or undefined when it can. */
-function reasonToReissue(
-  certPem: string | undefined,
-  keyPem: string | undefined,
-  ca: forge.pki.Certificate,
-  names: CertificateNames,
-  now: Date,
-): string | undefined {
+/** Why the stored server certificate cannot be kept, or undefined when it can (checked with Node's own X.509 code). */
+function reasonToReissue(certPem: string | undefined, keyPem: string | undefined, ca: X509Certificate, names: CertificateNames, now: Date): string | undefined {
   if (!certPem || !keyPem) return "issued (none yet)";
-  let cert: forge.pki.Certificate;
+  let cert: X509Certificate;
   try {
-    cert = forge.pki.certificateFromPem(certPem);
+    cert = new X509Certificate(certPem);
   } catch {
     return "re-issued (the stored one could not be read)";
   }
   try {
-    if (!ca.verify(cert)) return "re-issued (signed by another CA)";
+    if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) return "re-issued (signed by another CA)";
   } catch {
     return "re-issued (signed by another CA)";
   }
-  const key = forge.pki.privateKeyFromPem(keyPem);
-  const certKey = cert.publicKey as forge.pki.rsa.PublicKey;
-  if (certKey.n.compareTo(key.n) !== 0) return "re-issued (the stored key does not match it)";
+  if (!cert.checkPrivateKey(createPrivateKey(keyPem))) return "re-issued (the stored key does not match it)";
   const s = summarize(certPem);
   if (!sameSet(s.dnsNames, names.dnsNames) || !sameSet(s.ipAddresses, names.ipAddresses)) return "re-issued (its names changed)";
   if (s.subject !== `CN=${names.commonName}`) return "re-issued (its name changed)";
@@ -177,17 +181,19 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
   let caCreated = false;
   let caCertPem = state.read("ca.crt");
   let caKeyPem = state.read("ca.key");
-  let ca: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey };
+  // The CA as node-forge objects, for signing: made here, or read only when a certificate must be issued.
+  let made: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } | undefined;
   if (caCertPem && caKeyPem) {
-    ca = { cert: forge.pki.certificateFromPem(caCertPem), key: forge.pki.privateKeyFromPem(caKeyPem) };
+    // Both must at least read; reading the key with Node's parser costs next to nothing.
+    createPrivateKey(caKeyPem);
   } else if (caCertPem || caKeyPem) {
     throw new PibakeError(
       `the state directory ${state.dir} holds only half of the CA (${caCertPem ? "ca.crt without ca.key" : "ca.key without ca.crt"}): restore the missing file from a backup, or remove both to make a new CA that every client must trust again`,
     );
   } else {
-    ca = makeCa(caName, now);
-    caKeyPem = forge.pki.privateKeyToPem(ca.key);
-    caCertPem = forge.pki.certificateToPem(ca.cert);
+    made = makeCa(caName, now);
+    caKeyPem = forgeLib().pki.privateKeyToPem(made.key);
+    caCertPem = forgeLib().pki.certificateToPem(made.cert);
     state.write("ca.key", caKeyPem);
     state.write("ca.crt", caCertPem);
     caCreated = true;
@@ -195,23 +201,24 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
 
   let serverKeyPem = state.read("server.key");
   let serverCertPem = state.read("server.crt");
-  const reason = reasonToReissue(serverCertPem, serverKeyPem, ca.cert, names, now);
+  const reason = reasonToReissue(serverCertPem, serverKeyPem, new X509Certificate(caCertPem), names, now);
   if (reason) {
+    const ca = made ?? { cert: forgeLib().pki.certificateFromPem(caCertPem), key: forgeLib().pki.privateKeyFromPem(caKeyPem) };
     // A key that does not match (or is missing) is replaced; otherwise the key is kept.
     let serverKey: forge.pki.rsa.PrivateKey | undefined;
     if (serverKeyPem && !reason.includes("key does not match")) {
       try {
-        serverKey = forge.pki.privateKeyFromPem(serverKeyPem);
+        serverKey = forgeLib().pki.privateKeyFromPem(serverKeyPem);
       } catch {
         serverKey = undefined;
       }
     }
     if (!serverKey) {
       serverKey = newRsaKey(2048);
-      serverKeyPem = forge.pki.privateKeyToPem(serverKey);
+      serverKeyPem = forgeLib().pki.privateKeyToPem(serverKey);
       state.write("server.key", serverKeyPem);
     }
-    serverCertPem = forge.pki.certificateToPem(issueServerCert(ca, serverKey, names, now));
+    serverCertPem = forgeLib().pki.certificateToPem(issueServerCert(ca, serverKey, names, now));
     state.write("server.crt", serverCertPem);
   }
   return {
