@@ -1,6 +1,7 @@
-import { closeSync, openSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../errors.js";
+import { writeFileAtomicSync } from "../host/files.js";
 import { summarize } from "../secrets/pki.js";
 import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
@@ -54,14 +55,7 @@ export function caCommand(action: string, configPath: string | undefined, opts: 
     if (opts.out) {
       refuseProtectedOutput(opts.out, "--out", protect);
       refuseNonCertificate(opts.out, opts.force === true);
-      const tmp = `${opts.out}.tmp-${process.pid}`;
-      try {
-        writeFileSync(tmp, caPem, { mode: 0o644 });
-        renameSync(tmp, opts.out);
-      } catch (err) {
-        rmSync(tmp, { force: true });
-        throw new PibakeError(`cannot write ${opts.out}: ${(err as Error).message}`);
-      }
+      writeFileAtomicSync(opts.out, caPem, 0o644);
       out.info(`wrote ${opts.out}`);
     } else process.stdout.write(caPem);
   } else if (action === "show") {

@@ -10,6 +10,7 @@ import { createHash, getHashes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../errors.js";
+import { writeFileAtomic } from "../host/files.js";
 
 export const BMAP_VERSION = "2.0";
 export const DEFAULT_BLOCK_SIZE = 4096;
@@ -242,24 +243,6 @@ export function serializeBmap(bmap: Bmap): string {
   const zeroed = lines.join("\n");
   const sum = createHash(type).update(zeroed, "utf8").digest("hex");
   return zeroed.replace(`<BmapFileChecksum> ${"0".repeat(len)} </BmapFileChecksum>`, `<BmapFileChecksum> ${sum} </BmapFileChecksum>`);
-}
-
-/** Write a file so that readers see the old one or the whole new one, never a part. */
-export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  try {
-    const fh = await fsp.open(tmp, "w", 0o644);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
 }
 
 export interface CreateBmapOptions {

@@ -25,7 +25,8 @@ import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
 import { summarize } from "../secrets/pki.js";
 import { formatBytes } from "../ui/output.js";
-import { readBmap, serializeBmap, writeFileAtomic, type Bmap } from "./bmap.js";
+import { readBmap, serializeBmap, type Bmap } from "./bmap.js";
+import { writeFileAtomic } from "../host/files.js";
 import { scanImage } from "./sparse.js";
 import type { EngineResult } from "./types.js";
 

@@ -1,7 +1,7 @@
-import { chmodSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, statSync, existsSync } from "node:fs";
 import path from "node:path";
-import { randomBytes } from "node:crypto";
 import { PibakeError } from "../errors.js";
+import { writeFileAtomicSync } from "../host/files.js";
 
 /**
  * The state directory: what must survive between builds (the CA, the server
@@ -55,15 +55,7 @@ export class StateDir {
   /** Written to a temporary name and renamed, so that an interrupted write never leaves half a key. */
   write(name: string, data: string): void {
     this.ensure();
-    const target = this.file(name);
-    const tmp = `${target}.tmp-${randomBytes(4).toString("hex")}`;
-    try {
-      writeFileSync(tmp, data, { mode: 0o600 });
-      renameSync(tmp, target);
-    } catch (err) {
-      rmSync(tmp, { force: true });
-      throw new PibakeError(`cannot write ${target}: ${(err as Error).message}`);
-    }
+    writeFileAtomicSync(this.file(name), data, 0o600);
   }
 
   writeJson(name: string, value: unknown): void {
