@@ -7,7 +7,6 @@ import { baseConfig, removeAllFixtures, renderFixture } from "./helpers/render-f
 import { alignUp, autoGrow, GiB, MiB, parseGrow, parseMinimumBlocks, shrinkTarget } from "../src/engines/base-image/resize.js";
 import {
   applySystemSettings,
-  type BaseFacts,
   bootMountFromFstab,
   cmdlineWithRegdom,
   elfArch,
@@ -123,7 +122,7 @@ describe("what pi-gen's config does, as file edits", () => {
     writeFileSync(path.join(root, "etc/locale.gen"), "# en_GB.UTF-8 UTF-8\n");
     for (const u of ["ssh.service", "getty@.service"]) writeFileSync(path.join(root, "usr/lib/systemd/system", u), "[Unit]\n");
     const hash = "$6$salt$" + "x".repeat(20) + "'quote";
-    const plan = applySystemSettings(root, boot, f.model, hash, { ...({} as BaseFacts), bootTraces: [], installed: new Set(), arch: "arm64", bootMount: "/boot/firmware", prettyName: "t", freeBytes: 0, cloudInit: false });
+    const plan = applySystemSettings(root, boot, f.model, hash);
     const file = path.join(tmp.dir, "00-run-chroot.sh");
     writeFileSync(file, plan.script);
     const lint = await execa("shellcheck", ["-s", "bash", file], { reject: false });

@@ -167,7 +167,7 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
 
     const before = snapshotState(mnt);
     steps.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
-    const plan = applySystemSettings(mnt, bootDir, model, input.secrets.userPasswordHash, facts);
+    const plan = applySystemSettings(mnt, bootDir, model, input.secrets.userPasswordHash);
     systemNotes = plan.notes;
     for (const n of plan.notes) log.line(`note: ${n}`);
     if (facts.marker?.systemDigest === plan.digest) {
@@ -184,7 +184,7 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
     if (facts.marker) {
       removedOverlay = facts.marker.overlay.filter((p) => !overlayPaths.includes(p));
       for (const p of removedOverlay) rmSync(path.join(mnt, p), { force: true });
-      for (const p of facts.marker.systemFiles ?? []) if (!plan.systemFiles.includes(p)) rmSync(path.join(mnt, p), { force: true });
+      for (const p of facts.marker.systemFiles ?? []) rmSync(path.join(mnt, p), { force: true });
       if (removedOverlay.length) log.line(`removed files of the previous overlay: ${removedOverlay.join(", ")}`);
     }
 
@@ -239,7 +239,6 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
       domain: model.tls.domain,
       packages: wanted,
       overlay: overlayPaths,
-      systemFiles: plan.systemFiles,
       systemDigest: plan.digest,
     };
     writeMarker(mnt, marker);

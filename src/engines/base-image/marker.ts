@@ -21,8 +21,8 @@ export interface ImageMarker {
   domain: string;
   packages: string[];
   overlay: string[];
-  /** Files written for the system settings (e.g. cloud-init's), besides the overlay. */
-  systemFiles: string[];
+  /** Files that earlier versions wrote for the system settings besides the overlay (a cloud-init drop-in); a regeneration removes them, as the overlay now carries that. */
+  systemFiles?: string[];
   /** What the system settings' chroot script applied (SystemPlan.digest). */
   systemDigest?: string;
 }

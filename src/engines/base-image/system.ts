@@ -28,7 +28,6 @@ export interface BaseFacts {
   installed: Set<string>;
   /** Free bytes in the root file system (for root). */
   freeBytes: number;
-  cloudInit: boolean;
   firstUser?: { name: string; uid: number; gid: number; home: string };
   /** What only a boot leaves behind (host keys, a machine id, cloud-init's instance data): empty for an image as downloaded. */
   bootTraces: string[];
@@ -121,7 +120,6 @@ export function inspectRootfs(rootfs: string): BaseFacts {
     ...(marker ? { marker } : {}),
     installed: installedPackages(rootfs),
     freeBytes: Number(st.bavail) * Number(st.bsize),
-    cloudInit: existsSync(path.join(rootfs, "etc/cloud/cloud.cfg")),
     ...(firstUser ? { firstUser } : {}),
     bootTraces: bootTraces(rootfs),
   };
@@ -232,8 +230,6 @@ export interface SystemPlan {
   script: string;
   /** Digest of the settings the script applies: when the base's marker has the same, the script has nothing to do. */
   digest: string;
-  /** Image files written here besides the overlay (recorded in the marker). */
-  systemFiles: string[];
   notes: string[];
 }
 
@@ -241,9 +237,8 @@ export interface SystemPlan {
  * Edit the image's files for the settings pi-gen's config carries and return
  * the chroot script for the rest. `bootDir` is the boot partition's files.
  */
-export function applySystemSettings(rootfs: string, bootDir: string, model: Model, passwordHash: string, facts: BaseFacts): SystemPlan {
+export function applySystemSettings(rootfs: string, bootDir: string, model: Model, passwordHash: string): SystemPlan {
   const notes: string[] = [];
-  const systemFiles: string[] = [];
   const p = (rel: string) => path.join(rootfs, rel);
   const write = (rel: string, content: string, mode = 0o644) => {
     mkdirSync(path.dirname(p(rel)), { recursive: true });
@@ -314,5 +309,5 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   const digest = createHash("sha256")
     .update(JSON.stringify({ v: 1, user, passwordHash, keys: model.user.sshKeys, locale, keymap: model.image.keyboard.keymap, layout: model.image.keyboard.layout, enable }))
     .digest("hex");
-  return { script, digest, systemFiles, notes };
+  return { script, digest, notes };
 }
