@@ -23,7 +23,8 @@ import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
 import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/host/log.js";
-import { checkUsage } from "../src/commands/build.js";
+import { checkUsage } from "../src/build.js";
+import { buildSettings } from "../src/commands/build.js";
 import { registerSecret } from "../src/ui/output.js";
 
 /** The base-image engine's pieces that need no root and no image: sizes, file edits, package lists, FAT sync, checks. */
@@ -276,9 +277,9 @@ describe("the build log and the command's usage", () => {
   });
 
   it("refuses options that do not go together, as usage errors (exit 2)", () => {
-    const usage = (o: Parameters<typeof checkUsage>[0]) => {
+    const usage = (o: Parameters<typeof buildSettings>[0]) => {
       try {
-        checkUsage(o);
+        checkUsage(buildSettings(o));
         return "ok";
       } catch (e) {
         return `${(e as { exitCode: number }).exitCode}: ${(e as Error).message}`;

@@ -4,8 +4,9 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, 
 import path from "node:path";
 import { createBmap } from "../src/image/bmap.js";
 import { probeImage } from "../src/image/compression.js";
+import { configDigests } from "../src/secrets/digests.js";
+import { buildFacts, deliveryBaseName } from "../src/build.js";
 import {
-  configDigests,
   deliver,
   removeStaleTemps,
   sha256Line,
@@ -68,19 +69,24 @@ function logFile(name: string): string {
 
 const DATE = new Date(2026, 0, 2, 12, 0, 0);
 
+/** What the build passes to delivery besides the image: names, facts and ca.crt from the config and secrets. */
+function buildSide() {
+  return {
+    baseName: deliveryBaseName(fx.model, DATE),
+    facts: buildFacts(fx.model, fx.secrets, fx.rendered, fx.state),
+    extraFiles: [{ name: "ca.crt", content: fx.secrets.pki.caCertPem }],
+  };
+}
+
 async function deliverAs(compress: DeliverCompression, name: string, extra: { signal?: AbortSignal } = {}) {
   const outDir = path.join(work, `out-${name}`);
   const result = { imagePath: engineImage(name), manifest: { engine: "test", facts: 1 }, timings: { engineStep: 5 } };
   const delivered = await deliver({
     result,
-    model: fx.model,
-    secrets: fx.secrets,
-    rendered: fx.rendered,
-    state: fx.state,
+    ...buildSide(),
     outDir,
     compress,
     logPath: logFile(name),
-    date: DATE,
     timings: { render: 7 },
     ...extra,
   });
@@ -140,7 +146,7 @@ describe("deliver", () => {
     await execa("bmaptool", ["copy", "--bmap", delivered.bmap, delivered.image, copy]);
     await execa("cmp", [copy, raw]);
 
-    expect(readFileSync(delivered.caCert, "utf8")).toBe(fx.secrets.pki.caCertPem);
+    expect(readFileSync(path.join(outDir, "ca.crt"), "utf8")).toBe(fx.secrets.pki.caCertPem);
     const log = readFileSync(delivered.log, "utf8");
     expect(log).toContain("a line of the build");
     expect(log).toContain("password=***");
@@ -204,8 +210,8 @@ describe("deliver", () => {
 
   it("replaces the same build delivered in another compression, so that no image is left with a bmap that is not its own", async () => {
     const outDir = path.join(work, "out-replace");
-    const first = await deliver({ result: { imagePath: engineImage("r1"), manifest: {}, timings: {} }, model: fx.model, secrets: fx.secrets, rendered: fx.rendered, state: fx.state, outDir, compress: "none", logPath: logFile("r1"), date: DATE });
-    await deliver({ result: { imagePath: engineImage("r2"), manifest: {}, timings: {} }, model: fx.model, secrets: fx.secrets, rendered: fx.rendered, state: fx.state, outDir, compress: "zstd", logPath: logFile("r2"), date: DATE });
+    const first = await deliver({ result: { imagePath: engineImage("r1"), manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "none", logPath: logFile("r1") });
+    await deliver({ result: { imagePath: engineImage("r2"), manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "zstd", logPath: logFile("r2") });
     expect(existsSync(first.image)).toBe(false);
     expect(existsSync(first.sha256File)).toBe(false);
     expect(readdirSync(outDir).filter((f) => /\.img(\.|$)/.test(f) && !f.endsWith(".bmap") && !f.endsWith(".sha256"))).toEqual([`${first.baseName}.img.zst`]);
@@ -217,7 +223,7 @@ describe("deliver", () => {
     writeFileSync(path.join(outDir, "keep.txt"), "someone else's file");
     const ac = new AbortController();
     const img = engineImage("abort");
-    const run = deliver({ result: { imagePath: img, manifest: {}, timings: {} }, model: fx.model, secrets: fx.secrets, rendered: fx.rendered, state: fx.state, outDir, compress: "xz", logPath: logFile("abort"), date: DATE, signal: ac.signal });
+    const run = deliver({ result: { imagePath: img, manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "xz", logPath: logFile("abort"), signal: ac.signal });
     // Abort as soon as the compressor has an output file.
     const deadline = Date.now() + 10_000;
     while (!readdirSync(outDir).some((f) => f.startsWith(".pibake-tmp-")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

@@ -67,6 +67,6 @@ export function registerCommands(cli: CAC): void {
     .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
     .example("pibake build broker.json --runner docker")
     .action(async (configPath: string, opts: BuildOptions) => {
-      await (await import("./build.js")).runBuild(configPath, opts);
+      await (await import("./build.js")).buildCommand(configPath, opts);
     });
 }

@@ -1,10 +1,26 @@
-/**
- * The engines' entry points for the build command. The base-image engine is
- * loaded only when a build uses it (--base), so that a pi-gen build and every
- * other command do without its code.
- */
-export function loadBaseEngine() {
-  return import("./base-image/index.js");
+import { baseImageEngine } from "./base-image/engine.js";
+import { piGenEngine } from "./pigen/engine.js";
+import type { BuildRequest, Engine } from "./types.js";
+
+/** Every engine pibake has. Each one's work is loaded only when it builds. */
+export const ENGINES: readonly Engine[] = [piGenEngine, baseImageEngine];
+
+/** The one place that decides which engine a build uses: an image to start from, or pi-gen. */
+export function chooseEngine(request: BuildRequest): Engine {
+  return request.base !== undefined ? baseImageEngine : piGenEngine;
 }
 
-export type BaseEngine = Awaited<ReturnType<typeof loadBaseEngine>>;
+/** Options given that belong to an engine other than the chosen one: one usage message per engine. */
+export function foreignOptions(chosen: Engine, request: BuildRequest): string[] {
+  const messages: string[] = [];
+  for (const engine of ENGINES) {
+    if (engine === chosen) continue;
+    const given = engine.options.filter((o) => isGiven(request[o.key]) && !chosen.options.some((c) => c.key === o.key)).map((o) => o.flag);
+    if (given.length > 0) messages.push(`${given.join(", ")} ${given.length === 1 ? "applies" : "apply"} to ${engine.optionsApplyTo}`);
+  }
+  return messages;
+}
+
+function isGiven(value: unknown): boolean {
+  return value !== undefined && value !== false && !(Array.isArray(value) && value.length === 0);
+}

@@ -1,23 +1,103 @@
 import type { CleanupScope } from "../cleanup.js";
 import type { LoadedConfig } from "../config/load.js";
+import type { Model } from "../config/model.js";
 import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
-import type { Output } from "../ui/output.js";
+import type { EngineResult } from "../image/types.js";
 
 /**
- * What every engine is given and what it hands back (EngineResult, which
- * src/image/types.ts defines because delivery reads it). An engine turns a
- * rendered stage into a raw, complete `.img` in a work directory of its own;
- * delivering it (compression, checksum, bmap, manifest, ca.crt, the final
- * rename into --out) is the same for every engine (src/image/deliver.ts).
+ * An engine turns the rendered stage into a raw, complete `.img` in a work
+ * directory of its own and hands back an EngineResult (src/image/types.ts);
+ * delivering it is the same for every engine (src/image/deliver.ts).
+ *
+ * src/build.ts runs every engine the same way: its usage check, then every
+ * preflight problem of the whole build at once, then render, then `build`
+ * with a reporter for the engine's own steps, then delivery. Adding an engine
+ * is a folder and a line in src/engines/index.ts.
  */
+export interface Engine {
+  /** What `pibake build` says it builds with: "pi-gen", "base". */
+  readonly id: string;
+  /** The engine's steps, in order, as the user sees them between "render" and "deliver". */
+  readonly steps: readonly StepSpec[];
+  /** The build options only this engine takes. */
+  readonly options: readonly EngineOption[];
+  /** Completes "--clean applies to …" for its options given to another engine: "the pi-gen build only, not with --base". */
+  readonly optionsApplyTo: string;
+  /** "with pi-gen", "from 2025-11-24-raspios-trixie-arm64-lite.img.xz": for the build's first line. */
+  describe(request: BuildRequest): string;
+  /** Options it takes with values it cannot use: usage errors (exit 2), before anything is read. */
+  usageProblems(request: BuildRequest): string[];
+  /** Files the build reads and must never overwrite (the base image). */
+  inputs(request: BuildRequest): { path: string; what: string }[];
+  /** Everything that would stop the build on this machine, all at once, before any work. */
+  preflight(request: BuildRequest, model: Model): Promise<Problem[]>;
+  /** Things worth saying before a long build (free space), which do not stop it. */
+  warnings?(request: BuildRequest, outDir: string): Promise<string[]>;
+  build(input: EngineInput, reporter: StepReporter): Promise<EngineResult>;
+}
+
+/** One step of a build: its title, what the user is told when it fails. */
+export interface StepSpec {
+  title: string;
+  failure: string;
+}
+
+export interface EngineOption {
+  /** The BuildRequest field. */
+  key: keyof BuildRequest;
+  flag: string;
+}
+
+/** The build's engine options, as given on the command line (paths not yet resolved). */
+export interface BuildRequest {
+  base?: string;
+  grow?: string;
+  shrink?: boolean;
+  piGen?: string;
+  updatePiGen?: boolean;
+  runner?: string;
+  baseStages?: string[];
+  clean?: boolean;
+}
+
+/** A reason the build cannot run here, and the command that fixes it when the message does not already say. */
+export interface Problem {
+  what: string;
+  fix?: string;
+  /** The config or the options are wrong (exit 2), not the machine (exit 1). */
+  usage?: boolean;
+}
+
+/**
+ * The only way an engine talks to the user (src/ui/steps.ts decides how it
+ * looks): its steps begin or are skipped, status lines within one, lasting
+ * lines, warnings, and tool output shown with --verbose. All of it goes to
+ * the build's log too.
+ */
+export interface StepReporter {
+  /** Whether status lines replace each other (a terminal) or each is a line of its own (a log, CI): throttle those. */
+  readonly live: boolean;
+  begin(title: string): void;
+  skip(title: string, why: string): void;
+  /** Progress within the step: a live line on a terminal, a plain line otherwise. */
+  status(message: string): void;
+  /** A line that stays: a decision the user should see ("regenerating: …"). */
+  info(message: string): void;
+  warn(message: string): void;
+  /** A program's output line: shown with --verbose. */
+  detail(line: string): void;
+}
+
 export interface EngineInput {
+  request: BuildRequest;
   config: LoadedConfig;
   state: StateDir;
   secrets: Secrets;
   rendered: Rendered;
-  output: Output;
   scope: CleanupScope;
+  /** A private directory for the engine's work (removed after the build). */
+  workDir: string;
   /** Where the engine writes its full log; delivered beside the image. */
   logPath: string;
   verbose: boolean;

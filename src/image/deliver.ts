@@ -12,18 +12,13 @@
  * Everything is written under temporary names in --out and renamed into place
  * only when complete, the image last: a failure or Ctrl-C leaves no partial file.
  */
-import { createHash, createHmac, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, existsSync, promises as fsp, statSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { withCleanup } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
-import type { Model } from "../config/model.js";
-import { configDigest } from "../config/digest.js";
 import { PIBAKE_VERSION } from "../version.js";
-import type { Rendered } from "../render/index.js";
-import type { Secrets, StateDir } from "../secrets/index.js";
-import { summarize } from "../secrets/pki.js";
 import { formatBytes } from "../ui/output.js";
 import { readBmap, serializeBmap, type Bmap } from "./bmap.js";
 import { writeFileAtomic } from "../host/files.js";
@@ -38,17 +33,17 @@ export type DeliverPhase = "bmap" | "compress" | "checksum" | "manifest";
 
 export interface DeliverInput {
   result: EngineResult;
-  model: Model;
-  secrets: Secrets;
-  rendered: Rendered;
-  state: StateDir;
   outDir: string;
+  /** `<name>-<domain>-<date>`: every delivered file's name starts with it. */
+  baseName: string;
   compress: DeliverCompression;
   /** The build's log so far; copied beside the image. */
   logPath: string;
   signal?: AbortSignal;
-  /** The build's date, for the file names (default: today, local time, as pi-gen's IMG_DATE). */
-  date?: Date;
+  /** What the manifest says about the build beyond the image (config digests, certificates), as given. */
+  facts: Record<string, unknown>;
+  /** Small files delivered beside the image (the CA certificate), listed in the manifest with their digests. */
+  extraFiles: { name: string; content: string }[];
   /** Timings of the steps before delivery (render, the engine's), for the manifest. */
   timings?: Record<string, number>;
   onStatus?: (phase: DeliverPhase, message: string) => void;
@@ -62,7 +57,6 @@ export interface Delivered {
   bmap: string;
   manifest: string;
   log: string;
-  caCert: string;
   /** Digest of the delivered image file (compressed or not). */
   sha256: string;
   size: number;
@@ -73,10 +67,6 @@ export interface Delivered {
 /** Local date as YYYY-MM-DD. */
 export function isoDate(d: Date): string {
   return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
-}
-
-export function deliveryBaseName(model: Model, date: Date): string {
-  return `${model.image.name}-${model.tls.domain}-${isoDate(date)}`;
 }
 
 export function imageFileName(baseName: string, compress: DeliverCompression): string {
@@ -170,26 +160,6 @@ export function startCompressor(kind: "xz" | "zstd", dest: string, size: number,
 }
 
 
-/**
- * The config's digest: sha256 of the validated config (every default applied)
- * with each secret replaced by "***", and, separately, an HMAC of the secret
- * values keyed with a random key kept in the state directory: a changed
- * password changes it, yet nobody without the state directory can test a
- * guess against it. The secrets themselves are never written.
- */
-export function configDigests(model: Model, state: StateDir): { digest: string; secretsHmac: string } {
-  const secrets: string[] = [];
-  const digest = configDigest(model, (s) => secrets.push(s.reveal()));
-  let key = state.read("manifest-hmac-key")?.trim();
-  if (!key) {
-    key = randomBytes(32).toString("hex");
-    state.write("manifest-hmac-key", key);
-  }
-  const hmac = createHmac("sha256", Buffer.from(key, "hex"));
-  for (const s of secrets) hmac.update(s).update("\0");
-  return { digest, secretsHmac: `hmac-sha256:${hmac.digest("hex")}` };
-}
-
 /** Move a file into --out: a rename on the same file system, else a sparse copy. */
 async function moveInto(src: string, dest: string, signal?: AbortSignal): Promise<void> {
   try {
@@ -205,14 +175,12 @@ async function moveInto(src: string, dest: string, signal?: AbortSignal): Promis
 export async function deliver(input: DeliverInput): Promise<Delivered> {
   const outDir = path.resolve(input.outDir);
   await fsp.mkdir(outDir, { recursive: true });
-  const date = input.date ?? new Date();
-  const baseName = deliveryBaseName(input.model, date);
+  const { baseName } = input;
   const names = {
     image: imageFileName(baseName, input.compress),
     bmap: `${baseName}.img.bmap`,
     manifest: `${baseName}.manifest.json`,
     log: `${baseName}.log`,
-    ca: "ca.crt",
   };
   const sha256Name = `${names.image}.sha256`;
   const final = (n: string) => path.join(outDir, n);
@@ -296,21 +264,15 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
     status("checksum", `${names.image}: sha256 ${sha256.slice(0, 16)}…`);
     const size = statSync(imageTmp).size;
     await fsp.writeFile(track(sha256Name), sha256Line(sha256, names.image), { mode: 0o644 });
-    await fsp.writeFile(track(names.ca), input.secrets.pki.caCertPem, { mode: 0o644 });
+    for (const f of input.extraFiles) await fsp.writeFile(track(f.name), f.content, { mode: 0o644 });
 
     status("manifest", names.manifest);
-    const cert = summarize(input.secrets.pki.serverCertPem);
-    const ca = summarize(input.secrets.pki.caCertPem);
     const bmapSha256 = await sha256Of(tmp(names.bmap));
-    const { digest, secretsHmac } = configDigests(input.model, input.state);
+    const { render, ...facts } = input.facts;
     const manifestData: Record<string, unknown> = {
       pibake: { version: PIBAKE_VERSION },
       createdAt: new Date().toISOString(),
-      name: input.model.image.name,
-      hostname: input.model.image.hostname,
-      release: input.model.image.release,
-      arch: input.model.image.arch,
-      domain: input.model.tls.domain,
+      ...facts,
       image: {
         file: names.image,
         compression: input.compress,
@@ -320,24 +282,13 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
         rawSha256,
         mappedBytes: mapped,
       },
-      config: { file: path.basename(input.model.configPath), digest, secrets: secretsHmac },
-      certificate: {
-        subject: cert.subject,
-        issuer: cert.issuer,
-        sha256Fingerprint: cert.fingerprint256,
-        notBefore: cert.notBefore.toISOString(),
-        notAfter: cert.notAfter.toISOString(),
-        dnsNames: cert.dnsNames,
-        ipAddresses: cert.ipAddresses,
-      },
-      ca: { subject: ca.subject, sha256Fingerprint: ca.fingerprint256, notAfter: ca.notAfter.toISOString() },
       engine: input.result.manifest,
-      render: input.rendered.manifest,
+      ...(render !== undefined ? { render } : {}),
       timings,
       files: {
         [names.image]: `sha256:${sha256}`,
         [names.bmap]: `sha256:${bmapSha256}`,
-        [names.ca]: `sha256:${createHash("sha256").update(input.secrets.pki.caCertPem).digest("hex")}`,
+        ...Object.fromEntries(input.extraFiles.map((f) => [f.name, `sha256:${createHash("sha256").update(f.content).digest("hex")}`])),
       },
     };
     await fsp.writeFile(track(names.manifest), JSON.stringify(manifestData, null, 2) + "\n", { mode: 0o644 });
@@ -347,7 +298,7 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
     signal?.throwIfAborted();
 
     // Into place: the sidecars, then the image, so that an image in --out always has its own.
-    for (const n of [names.ca, names.log, names.bmap, sha256Name, names.manifest, names.image]) {
+    for (const n of [...input.extraFiles.map((f) => f.name), names.log, names.bmap, sha256Name, names.manifest, names.image]) {
       await fsp.rename(tmp(n), final(n));
       temps.delete(tmp(n));
     }
@@ -365,7 +316,6 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
       bmap: final(names.bmap),
       manifest: final(names.manifest),
       log: final(names.log),
-      caCert: final(names.ca),
       sha256,
       size,
       rawSize,

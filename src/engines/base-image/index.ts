@@ -12,143 +12,161 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
+import type { Model } from "../../config/model.js";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
 import { PibakeError } from "../../errors.js";
 import { checkFileSystems, checkRaspiLayout, parseMbr, SECTOR_SIZE, type MbrPartition } from "../../image/partitions.js";
-import { detectCompression } from "../../image/compression.js";
 import { writeRendered } from "../../render/write.js";
 import { formatBytes, formatDuration } from "../../ui/output.js";
 import { unmountTree } from "../../host/mounts.js";
 import { runStage } from "../stage-runner.js";
-import type { EngineInput, EngineResult } from "../types.js";
+import type { EngineInput, EngineResult, StepReporter } from "../types.js";
 import { FatPartition } from "./fat.js";
 import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
 import { killChrootProcesses } from "../../host/release.js";
-import { MARKER_PATH, missingPackages, stagePackages, writeMarker, type ImageMarker } from "./marker.js";
-import { checkBinfmt, checkPrograms, checkRoot, ext4FeaturesProblem } from "./preflight.js";
-import { describeProgress, prepareBase } from "./prepare.js";
-import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, shrinkFileSystem, truncateImage } from "./resize.js";
+import { MARKER_PATH, missingPackages, stagePackages, writeMarker } from "./marker.js";
+import { ext4FeaturesProblem } from "./preflight.js";
+import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
+import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
 import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram, tool } from "../../host/tools.js";
 import { PIBAKE_VERSION } from "../../version.js";
 
 export { parseGrow } from "./resize.js";
 
-export interface StepEvents {
-  /** The named step starts (the previous one is done). */
-  begin(name: string): void;
-  /** The named step is not needed, and why. */
-  skip(name: string, why: string): void;
-  /** A line of progress within the current step. */
-  status(message: string): void;
+/**
+ * One build from a base image: what each step finds is recorded here for the
+ * next step and for the manifest. The steps run in order, each a function of
+ * this record.
+ */
+interface BaseBuild {
+  readonly input: EngineInput;
+  readonly model: Model;
+  readonly reporter: StepReporter;
+  readonly log: BuildLog;
+  readonly signal: AbortSignal;
+  /** The base image's file name, for messages. */
+  readonly label: string;
+  readonly base: string;
+  /** The working copy and where its partitions are mounted. */
+  readonly image: string;
+  readonly mnt: string;
+  readonly bootDir: string;
+  prepared?: PreparedBase;
+  layout?: Layout;
+  root?: MbrPartition;
+  facts?: BaseFacts;
+  /** The stage's packages, and those the base lacks. */
+  wanted: string[];
+  missing: string[];
+  /** Every stage package is in the base already: the packages step is skipped. */
+  regeneration: boolean;
+  growBy: number;
+  removedOverlay: string[];
+  zeroed: "fstrim" | "zerofree" | "none";
+  bootChanges: { changed: string[]; removed: string[] };
+  systemNotes: string[];
+  shrunk?: { from: number; to: number };
 }
 
-export interface BaseImageOptions {
-  /** The image to start from: .img, .img.xz, .img.gz, .img.zst or .zip. */
-  base: string;
-  /** A private directory for the working image, mount points and the stage (removed by the caller). Best on the file system of --out. */
-  workDir: string;
-  /** Bytes to add to the root partition, or "auto": enough free space for the packages. */
-  grow?: "auto" | number;
-  /** Shrink the root file system and the image to the used size plus a margin. */
-  shrink?: boolean;
-  steps?: StepEvents;
-}
-
-const quietSteps: StepEvents = { begin() {}, skip() {}, status() {} };
-
-/** Checks that need no work: run before anything is decompressed. */
-export async function preflightBase(opts: { base: string; arch: string; shrink?: boolean }): Promise<void> {
-  checkRoot();
-  const compression = await detectCompression(opts.base);
-  checkPrograms(compression, opts.shrink === true);
-  checkBinfmt(opts.arch);
-}
-
-export async function buildFromBase(input: EngineInput & BaseImageOptions): Promise<EngineResult> {
-  const { model } = input.config;
-  const out = input.output;
-  const steps = input.steps ?? quietSteps;
-  const log = new BuildLog(input.logPath);
-  const signal = input.scope.signal;
-  const label = path.basename(input.base);
-  const timings: Record<string, number> = {};
-  let lastToolStatus = 0;
-  let phase = "prepare base";
-  let phaseStart = Date.now();
-  const enterPhase = (name: string) => {
-    timings[phase] = (timings[phase] ?? 0) + (Date.now() - phaseStart);
-    phase = name;
-    phaseStart = Date.now();
-    log.line(`== ${name}`);
-    steps.begin(name);
+export async function buildFromBase(input: EngineInput, reporter: StepReporter): Promise<EngineResult> {
+  const base = path.resolve(input.request.base!);
+  const workDir = path.join(input.workDir, "base");
+  mkdirSync(path.join(workDir, "root"), { recursive: true, mode: 0o700 });
+  const b: BaseBuild = {
+    input,
+    model: input.config.model,
+    reporter,
+    log: new BuildLog(input.logPath),
+    signal: input.scope.signal,
+    label: path.basename(base),
+    base,
+    image: path.join(workDir, "image.img"),
+    mnt: path.join(workDir, "root"),
+    bootDir: path.join(workDir, "boot"),
+    wanted: stagePackages(input.rendered),
+    missing: [],
+    regeneration: false,
+    growBy: 0,
+    removedOverlay: [],
+    zeroed: "none",
+    bootChanges: { changed: [], removed: [] },
+    systemNotes: [],
   };
-  const skipPhase = (name: string, why: string) => {
-    log.line(`== ${name}: skipped (${why})`);
-    steps.skip(name, why);
-  };
+  reporter.begin("prepare base");
+  await copyBase(b);
+  await inspectBase(b);
+  await growRoot(b);
+  await applyStage(b);
+  await checkAndShrink(b);
+  return result(b);
+}
 
-  await preflightBase({ base: input.base, arch: model.image.arch, ...(input.shrink !== undefined ? { shrink: input.shrink } : {}) });
-  mkdirSync(input.workDir, { recursive: true, mode: 0o700 });
-  const image = path.join(input.workDir, "image.img");
-  const mnt = path.join(input.workDir, "root");
-  const bootDir = path.join(input.workDir, "boot");
-  mkdirSync(mnt, { recursive: true });
-
-  // ---- prepare base: the working copy, its partitions, the system settings ----
-  log.line(`== prepare base: ${input.base}`);
-  steps.begin("prepare base");
+/** The working copy of the base (decompressed, sparse) and its partition layout. */
+async function copyBase(b: BaseBuild): Promise<void> {
   const started = Date.now();
   let lastStatus = 0;
-  const prepared = await prepareBase(input.base, image, {
-    log,
-    signal,
+  b.prepared = await prepareBase(b.base, b.image, {
+    log: b.log,
+    signal: b.signal,
     onProgress: (done, total) => {
       const now = Date.now();
       if (now - lastStatus < 1000 && done !== total) return;
       lastStatus = now;
-      steps.status(describeProgress(label, done, total, started));
+      b.reporter.status(describeProgress(b.label, done, total, started));
     },
-    onCopy: (size) => steps.status(`copying ${label} (${formatBytes(size)}; sparse, or a reflink where the file system has them)`),
+    onCopy: (size) => b.reporter.status(`copying ${b.label} (${formatBytes(size)}; sparse, or a reflink where the file system has them)`),
   });
-  log.line(`base ${prepared.method} in ${formatDuration(Date.now() - started)}: ${prepared.size} bytes`);
-  const layout = await readLayout(image, label);
-  let root = layout.root;
+  b.log.line(`base ${b.prepared.method} in ${formatDuration(Date.now() - started)}: ${b.prepared.size} bytes`);
+  b.layout = await readLayout(b.image, b.label);
+  b.root = b.layout.root;
+}
 
-  // A first look, read-only, decides on regeneration and growth before anything changes.
-  const wanted = stagePackages(input.rendered);
+/** A first look, read-only, decides on regeneration and growth before anything changes. */
+async function inspectBase(b: BaseBuild): Promise<void> {
+  const root = b.root!;
   const facts = await withCleanup(async (scope) => {
-    const dev = await attachLoop(image, root.offset, root.size, scope, { log });
+    const dev = await attachLoop(b.image, root.offset, root.size, scope, { log: b.log });
     // Later steps check and resize the file system: features this host's e2fsprogs does not know stop the build now, not then.
-    const fsck = await tool("e2fsck", ["-n", dev], { what: "reading the root file system's features", log, okCodes: Array.from({ length: 256 }, (_, i) => i) });
-    const unsupported = ext4FeaturesProblem(label, fsck.output);
+    const fsck = await tool("e2fsck", ["-n", dev], { what: "reading the root file system's features", log: b.log, okCodes: Array.from({ length: 256 }, (_, i) => i) });
+    const unsupported = ext4FeaturesProblem(b.label, fsck.output);
     if (unsupported) throw new PibakeError(unsupported);
-    await mountRoot(dev, mnt, scope, log, { readOnly: true });
-    return inspectRootfs(mnt);
+    await mountRoot(dev, b.mnt, scope, b.log, { readOnly: true });
+    return inspectRootfs(b.mnt);
   });
-  checkBaseMatches(facts, model, label);
-  checkNeverBooted(facts, label);
-  const missing = missingPackages(wanted, facts.installed);
-  const regeneration = facts.marker !== undefined && missing.length === 0;
-  log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
-  log.line(regeneration ? `regeneration: every stage package is installed (${wanted.join(", ")})` : `packages to install: ${missing.join(", ") || "none"}`);
-  const nodeRedRoom = model.nodeRed?.install === "build" && !regeneration ? AUTO_FREE_NODE_RED_BUILD : 0;
-  const growBy = input.grow === undefined || input.grow === "auto" ? autoGrow(facts.freeBytes, !regeneration, nodeRedRoom) : input.grow;
-  if (growBy > 0) {
-    steps.status(`growing the root partition by ${formatBytes(growBy)} (${formatBytes(facts.freeBytes)} free)`);
-    root = await growImage(image, root, growBy);
-    log.line(`root partition grown by ${growBy} bytes to ${root.size}`);
-  }
+  checkBaseMatches(facts, b.model, b.label);
+  checkNeverBooted(facts, b.label);
+  b.facts = facts;
+  b.missing = missingPackages(b.wanted, facts.installed);
+  b.regeneration = facts.marker !== undefined && b.missing.length === 0;
+  b.log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
+  b.log.line(b.regeneration ? `regeneration: every stage package is installed (${b.wanted.join(", ")})` : `packages to install: ${b.missing.join(", ") || "none"}`);
+  const nodeRedRoom = b.model.nodeRed?.install === "build" && !b.regeneration ? AUTO_FREE_NODE_RED_BUILD : 0;
+  const grow = parseGrow(b.input.request.grow);
+  b.growBy = grow === "auto" ? autoGrow(facts.freeBytes, !b.regeneration, nodeRedRoom) : grow;
+}
 
-  let marker: ImageMarker | undefined;
-  let removedOverlay: string[] = [];
-  let zeroed: "fstrim" | "zerofree" | "none" = "none";
-  let bootChanges: { changed: string[]; removed: string[] } = { changed: [], removed: [] };
-  let systemNotes: string[] = [];
+/** More room in the image for the root partition; the file system follows once attached. */
+async function growRoot(b: BaseBuild): Promise<void> {
+  if (b.growBy <= 0) return;
+  b.reporter.status(`growing the root partition by ${formatBytes(b.growBy)} (${formatBytes(b.facts!.freeBytes)} free)`);
+  b.root = await growImage(b.image, b.root!, b.growBy);
+  b.log.line(`root partition grown by ${b.growBy} bytes to ${b.root.size}`);
+}
+
+/**
+ * With the root file system mounted and the boot partition's files at its
+ * boot mount: the system settings, the rendered stage as pi-gen runs it
+ * (packages, then the overlay and scripts), and what pi-gen's export does.
+ */
+async function applyStage(b: BaseBuild): Promise<void> {
+  const { input, model, log, signal, reporter, mnt } = b;
+  const facts = b.facts!;
+  const root = b.root!;
   await withCleanup(async (scope) => {
-    const dev = await attachLoop(image, root.offset, root.size, scope, { log });
-    if (growBy > 0) {
+    const dev = await attachLoop(b.image, root.offset, root.size, scope, { log });
+    if (b.growBy > 0) {
       // Offline: online growth (EXT4_IOC_RESIZE_FS) is refused in some containers and kernels.
       await checkFileSystem(dev, { log, signal, what: "checking the root file system before growing it" });
       await tool("resize2fs", [dev], { what: "growing the root file system", log, signal });
@@ -157,79 +175,30 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
     await checkCanRun(mnt, model.image.arch, log);
 
     // The boot partition's files, at /boot/firmware as on the Pi; written back with mtools afterwards.
-    mkdirSync(bootDir, { recursive: true, mode: 0o700 });
-    const fat = new FatPartition(image, layout.boot.offset, log);
-    const bootBefore = await fat.extract(bootDir);
+    mkdirSync(b.bootDir, { recursive: true, mode: 0o700 });
+    const fat = new FatPartition(b.image, b.layout!.boot.offset, log);
+    const bootBefore = await fat.extract(b.bootDir);
     const bootTarget = path.join(mnt, facts.bootMount);
     mkdirSync(bootTarget, { recursive: true });
-    await tool("mount", ["--bind", bootDir, bootTarget], { what: `making the boot partition's files available at ${facts.bootMount}`, log });
+    await tool("mount", ["--bind", b.bootDir, bootTarget], { what: `making the boot partition's files available at ${facts.bootMount}`, log });
     scope.defer(() => unmountTree(bootTarget), `unmount ${bootTarget}`);
 
     const before = snapshotState(mnt);
-    steps.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
-    const plan = applySystemSettings(mnt, bootDir, model, input.secrets.userPasswordHash);
-    systemNotes = plan.notes;
-    for (const n of plan.notes) log.line(`note: ${n}`);
-    if (facts.marker?.systemDigest === plan.digest) {
-      log.line("system settings: the user, SSH keys, locale and keyboard are as the base's last pibake build left them; the chroot part is not needed");
-    } else {
-      const systemStage = path.join(input.workDir, "system-stage");
-      mkdirSync(path.join(systemStage, "00-system"), { recursive: true, mode: 0o700 });
-      writeFileSync(path.join(systemStage, "00-system", "00-run-chroot.sh"), plan.script, { mode: 0o700 });
-      await runStage({ stageDir: systemStage, rootfs: mnt, signal, onLine: (l) => onToolLine(l) });
-    }
+    const systemDigest = await applySystem(b);
 
     // Files of the previous overlay that this one no longer has.
     const overlayPaths = input.rendered.overlay.map((f) => f.path);
     if (facts.marker) {
-      removedOverlay = facts.marker.overlay.filter((p) => !overlayPaths.includes(p));
-      for (const p of removedOverlay) rmSync(path.join(mnt, p), { force: true });
+      b.removedOverlay = facts.marker.overlay.filter((p) => !overlayPaths.includes(p));
+      for (const p of b.removedOverlay) rmSync(path.join(mnt, p), { force: true });
       for (const p of facts.marker.systemFiles ?? []) rmSync(path.join(mnt, p), { force: true });
-      if (removedOverlay.length) log.line(`removed files of the previous overlay: ${removedOverlay.join(", ")}`);
+      if (b.removedOverlay.length) log.line(`removed files of the previous overlay: ${b.removedOverlay.join(", ")}`);
     }
 
-    // The rendered stage, as pi-gen runs it.
-    const renderDir = path.join(input.workDir, "render");
-    writeRendered(renderDir, input.rendered);
-    if (regeneration) skipPhase("packages", "already installed: the base is an image pibake made");
-    else enterPhase("packages");
-    let current = "";
-    let overlayStarted = false;
-    await runStage({
-      stageDir: path.join(renderDir, "stage"),
-      rootfs: mnt,
-      skipPackages: regeneration,
-      aptUpdate: true,
-      env: stageEnv(input),
-      signal,
-      onStep: (event, what) => {
-        log.line(`[${event} ${what}]`);
-        if (event !== "Begin") return;
-        current = what;
-        const base = path.basename(what);
-        if (/^\d\d-(run|run-chroot)\.sh$/.test(base) && !overlayStarted) {
-          overlayStarted = true;
-          enterPhase("overlay");
-        }
-        const sub = path.basename(path.dirname(what));
-        if (/^\d\d-packages(-nr)?$/.test(base)) {
-          if (!regeneration && stagePackageFile(input.rendered, `${sub}/${base}`)) steps.status(`apt-get install (${sub}/${base}) in the chroot`);
-        } else if (/^\d\d-(run|run-chroot)\.sh$|^\d\d-debconf$/.test(base)) steps.status(`${sub}/${base}`);
-      },
-      onLine: (l) => onToolLine(l),
-    }).catch((err: unknown) => {
-      if (signal.aborted || !(err instanceof PibakeError)) throw err;
-      const base = path.basename(current);
-      const where = `${path.basename(path.dirname(current))}/${base}`;
-      const what = /packages/.test(base)
-        ? `installing the packages of ${where} in the image failed (apt-get in the chroot${process.arch === "arm64" ? "" : ", under qemu-user"}); check the network and the image's apt sources`
-        : `${where} failed`;
-      throw new PibakeError(`${what}: ${err.message}`);
-    });
-    if (!overlayStarted) enterPhase("overlay");
+    await runRenderedStage(b);
 
-    enterPhase("finalize");
-    marker = {
+    reporter.begin("finalize");
+    writeMarker(mnt, {
       pibake: PIBAKE_VERSION,
       builtAt: new Date().toISOString(),
       engine: "base",
@@ -237,85 +206,151 @@ export async function buildFromBase(input: EngineInput & BaseImageOptions): Prom
       release: model.image.release,
       arch: model.image.arch,
       domain: model.tls.domain,
-      packages: wanted,
+      packages: b.wanted,
       overlay: overlayPaths,
-      systemDigest: plan.digest,
-    };
-    writeMarker(mnt, marker);
+      systemDigest,
+    });
     finalizeRootfs(mnt, before, log);
-    bootChanges = await fat.writeBack(bootDir, bootBefore);
-    log.line(`boot partition: ${bootChanges.changed.length} file(s) written, ${bootChanges.removed.length} removed`);
+    b.bootChanges = await fat.writeBack(b.bootDir, bootBefore);
+    log.line(`boot partition: ${b.bootChanges.changed.length} file(s) written, ${b.bootChanges.removed.length} removed`);
     // Free blocks become holes in the image file (loop devices pass discards on as hole punches).
-    steps.status("zeroing free blocks");
+    reporter.status("zeroing free blocks");
     const trim = await tool("fstrim", ["-v", mnt], { what: "discarding free blocks", log, okCodes: [0, 1, 32, 64] });
-    if (trim.exitCode === 0) zeroed = "fstrim";
+    if (trim.exitCode === 0) b.zeroed = "fstrim";
   });
+}
 
-  // Unmounted: check, optionally shrink, zero what fstrim could not.
-  let shrunk: { from: number; to: number } | undefined;
+/** Hostname, first user, SSH, locale and the rest that pi-gen's config sets; the chroot part only when they changed. Returns their digest. */
+async function applySystem(b: BaseBuild): Promise<string> {
+  b.reporter.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
+  const plan = applySystemSettings(b.mnt, b.bootDir, b.model, b.input.secrets.userPasswordHash);
+  b.systemNotes = plan.notes;
+  for (const n of plan.notes) b.log.line(`note: ${n}`);
+  if (b.facts!.marker?.systemDigest === plan.digest) {
+    b.log.line("system settings: the user, SSH keys, locale and keyboard are as the base's last pibake build left them; the chroot part is not needed");
+  } else {
+    const systemStage = path.join(path.dirname(b.image), "system-stage");
+    mkdirSync(path.join(systemStage, "00-system"), { recursive: true, mode: 0o700 });
+    writeFileSync(path.join(systemStage, "00-system", "00-run-chroot.sh"), plan.script, { mode: 0o700 });
+    await runStage({ stageDir: systemStage, rootfs: b.mnt, signal: b.signal, onLine: toolLines(b) });
+  }
+  return plan.digest;
+}
+
+/** The rendered stage, as pi-gen runs it: the packages step, then the overlay and the scripts. */
+async function runRenderedStage(b: BaseBuild): Promise<void> {
+  const { input, reporter, regeneration } = b;
+  const renderDir = path.join(path.dirname(b.image), "render");
+  writeRendered(renderDir, input.rendered);
+  if (regeneration) reporter.skip("packages", "already installed: the base is an image pibake made");
+  else reporter.begin("packages");
+  let current = "";
+  let overlayStarted = false;
+  await runStage({
+    stageDir: path.join(renderDir, "stage"),
+    rootfs: b.mnt,
+    skipPackages: regeneration,
+    aptUpdate: true,
+    env: stageEnv(b.model),
+    signal: b.signal,
+    onStep: (event, what) => {
+      b.log.line(`[${event} ${what}]`);
+      if (event !== "Begin") return;
+      current = what;
+      const base = path.basename(what);
+      if (/^\d\d-(run|run-chroot)\.sh$/.test(base) && !overlayStarted) {
+        overlayStarted = true;
+        reporter.begin("overlay");
+      }
+      const sub = path.basename(path.dirname(what));
+      if (/^\d\d-packages(-nr)?$/.test(base)) {
+        if (!regeneration && stagePackageFile(input.rendered, `${sub}/${base}`)) reporter.status(`apt-get install (${sub}/${base}) in the chroot`);
+      } else if (/^\d\d-(run|run-chroot)\.sh$|^\d\d-debconf$/.test(base)) reporter.status(`${sub}/${base}`);
+    },
+    onLine: toolLines(b),
+  }).catch((err: unknown) => {
+    if (b.signal.aborted || !(err instanceof PibakeError)) throw err;
+    const base = path.basename(current);
+    const where = `${path.basename(path.dirname(current))}/${base}`;
+    const what = /packages/.test(base)
+      ? `installing the packages of ${where} in the image failed (apt-get in the chroot${process.arch === "arm64" ? "" : ", under qemu-user"}); check the network and the image's apt sources`
+      : `${where} failed`;
+    throw new PibakeError(`${what}: ${err.message}`);
+  });
+  if (!overlayStarted) reporter.begin("overlay");
+}
+
+/** Unmounted: check, zero what fstrim could not, optionally shrink. */
+async function checkAndShrink(b: BaseBuild): Promise<void> {
+  const { log, signal, reporter } = b;
+  const root = b.root!;
   await withCleanup(async (scope) => {
-    const dev = await attachLoop(image, root.offset, root.size, scope, { log });
-    steps.status("checking the root file system (e2fsck -f)");
+    const dev = await attachLoop(b.image, root.offset, root.size, scope, { log });
+    reporter.status("checking the root file system (e2fsck -f)");
     await checkFileSystem(dev, { log, signal });
-    if (zeroed === "none") {
+    if (b.zeroed === "none") {
       if (findProgram("zerofree")) {
-        steps.status("zeroing free blocks (zerofree)");
+        reporter.status("zeroing free blocks (zerofree)");
         await tool("zerofree", [dev], { what: "zeroing free blocks", log, signal });
-        zeroed = "zerofree";
+        b.zeroed = "zerofree";
       } else {
-        out.warn("the loop device does not support discard and zerofree is not installed: free blocks are not zeroed, so the compressed image is larger (sudo apt-get install zerofree)");
+        reporter.warn("the loop device does not support discard and zerofree is not installed: free blocks are not zeroed, so the compressed image is larger (sudo apt-get install zerofree)");
       }
     }
-    if (input.shrink) {
-      steps.status("shrinking the root file system (resize2fs)");
-      const sb = (await readLayout(image, label)).ext;
+    if (b.input.request.shrink) {
+      reporter.status("shrinking the root file system (resize2fs)");
+      const sb = (await readLayout(b.image, b.label)).ext;
       const r = await shrinkFileSystem(dev, sb.blockSize, root.size, { log, signal });
-      if (r) shrunk = { from: root.size, to: r.fsBytes };
+      if (r) b.shrunk = { from: root.size, to: r.fsBytes };
       else log.line("--shrink: the root file system is already within its margin");
     }
   });
-  if (shrunk) {
-    root = await truncateImage(image, root, shrunk.to);
-    log.line(`shrunk the root partition from ${shrunk.from} to ${root.size} bytes`);
+  if (b.shrunk) {
+    b.root = await truncateImage(b.image, root, b.shrunk.to);
+    log.line(`shrunk the root partition from ${b.shrunk.from} to ${b.root.size} bytes`);
   }
-  timings[phase] = (timings[phase] ?? 0) + (Date.now() - phaseStart);
-  const size = statSync(image).size;
+}
 
+async function result(b: BaseBuild): Promise<EngineResult> {
+  const facts = b.facts!;
+  const prepared = b.prepared!;
   return {
-    imagePath: image,
+    imagePath: b.image,
     manifest: {
       engine: "base",
-      baseImage: label,
+      baseImage: b.label,
       baseSha256: await prepared.sha256,
       baseCompression: prepared.compression,
       baseSize: prepared.size,
       baseSystem: facts.prettyName,
       baseBuiltByPibake: facts.marker ? facts.marker.pibake : false,
-      regeneration,
-      packagesInstalled: regeneration ? [] : missing,
-      packages: wanted,
-      rootGrownBy: growBy,
-      ...(shrunk ? { rootShrunkTo: root.size } : {}),
-      freeBlocksZeroed: zeroed,
-      bootPartitionChanges: bootChanges.changed,
-      removedOverlayFiles: removedOverlay,
-      notes: systemNotes,
-      imageSize: size,
+      regeneration: b.regeneration,
+      packagesInstalled: b.regeneration ? [] : b.missing,
+      packages: b.wanted,
+      rootGrownBy: b.growBy,
+      ...(b.shrunk ? { rootShrunkTo: b.root!.size } : {}),
+      freeBlocksZeroed: b.zeroed,
+      bootPartitionChanges: b.bootChanges.changed,
+      removedOverlayFiles: b.removedOverlay,
+      notes: b.systemNotes,
+      imageSize: statSync(b.image).size,
       marker: MARKER_PATH,
     },
-    timings,
+    timings: {},
   };
+}
 
-  function onToolLine(line: string): void {
-    log.line(line);
-    out.verbose(line);
-    // apt's progress, at most every 2 seconds (plain logs get one line each).
+/** What apt and the stage's scripts print: the log and --verbose get every line, the status line apt's progress every 2 seconds. */
+function toolLines(b: BaseBuild): (line: string) => void {
+  let last = 0;
+  return (line) => {
+    b.reporter.detail(line);
     const now = Date.now();
-    if (now - lastToolStatus >= 2000 && /^(Get:\d+|Unpacking|Setting up|Processing triggers|Fetched)/.test(line)) {
-      lastToolStatus = now;
-      steps.status(line.length > 100 ? `${line.slice(0, 97)}...` : line);
+    if (now - last >= 2000 && /^(Get:\d+|Unpacking|Setting up|Processing triggers|Fetched)/.test(line)) {
+      last = now;
+      b.reporter.status(line.length > 100 ? `${line.slice(0, 97)}...` : line);
     }
-  }
+  };
 }
 
 /** Whether the rendered stage file lists any package (an empty list is a step that does nothing). */
@@ -325,7 +360,9 @@ function stagePackageFile(rendered: EngineInput["rendered"], rel: string): boole
 }
 
 /** Sector 0 and the file systems' first bytes: the Raspberry Pi OS checks, with messages that name the image. */
-async function readLayout(image: string, label: string): Promise<ReturnType<typeof checkRaspiLayout> & ReturnType<typeof checkFileSystems>> {
+type Layout = ReturnType<typeof checkRaspiLayout> & ReturnType<typeof checkFileSystems>;
+
+async function readLayout(image: string, label: string): Promise<Layout> {
   const fh = await fsp.open(image, "r");
   try {
     const { size } = await fh.stat();
@@ -368,8 +405,7 @@ async function checkCanRun(rootfs: string, arch: string, log: BuildLog): Promise
 }
 
 /** What pi-gen exports to a stage's NN-run.sh, from the config. */
-function stageEnv(input: EngineInput): Record<string, string> {
-  const m = input.config.model;
+function stageEnv(m: Model): Record<string, string> {
   return {
     IMG_NAME: m.image.name,
     RELEASE: m.image.release,

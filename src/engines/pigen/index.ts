@@ -1,26 +1,18 @@
 import { execa } from "execa";
 import { createHash } from "node:crypto";
-import { createWriteStream, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { InterruptedError, PibakeError } from "../../errors.js";
 import { formatDuration, redact } from "../../ui/output.js";
-import type { EngineInput, EngineResult } from "../types.js";
+import type { EngineInput, EngineResult, StepReporter } from "../types.js";
+import { BuildLog } from "../../host/log.js";
+import { problemsError } from "../problems.js";
+import { chooseRunner, userBaseStages as chosenBaseStages } from "./engine.js";
 import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
 import { estimateRemaining, PiGenProgress } from "./log.js";
-import { binfmtProblem } from "../binfmt.js";
 import { releaseBelow } from "../../host/release.js";
-import { diskProblem, dockerAnswers, formatProblems, isDebianFamily, missingDependencies, rootProblem, type PreflightProblem } from "./preflight.js";
+import { missingDependencies, PIGEN_HEADING } from "./preflight.js";
 import { baseDigest, baseStageNames, decideReuse, piGenBranch, piGenConfigFile, PIBAKE_STAGE, stageList } from "./plan.js";
-
-export interface PiGenOptions {
-  /** An existing checkout on the right branch; otherwise pibake's cached clone. */
-  piGenDir?: string;
-  updatePiGen?: boolean;
-  runner?: "native" | "docker";
-  /** Stage directories that replace stage0-2. */
-  baseStages?: string[];
-  clean?: boolean;
-}
 
 interface BaseRecord {
   digest: string;
@@ -70,48 +62,26 @@ export function timingsSummary(t: PiGenTimings, thisBuild: "full" | "regeneratio
   return `pi-gen: ${part("full")}, ${part("regeneration")}`;
 }
 
-async function chooseRunner(requested: PiGenOptions["runner"]): Promise<"native" | "docker"> {
-  if (requested) return requested;
-  if (isDebianFamily() && process.getuid?.() === 0) return "native";
-  if (await dockerAnswers()) return "docker";
-  return "native";
-}
-
-export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise<EngineResult> {
+export async function buildWithPiGen(input: EngineInput, reporter: StepReporter): Promise<EngineResult> {
   const { model } = input.config;
-  const out = input.output;
+  const { request } = input;
   const started = Date.now();
+  reporter.begin("pi-gen");
   const branch = piGenBranch(model.image.release, model.image.arch);
-  // --base-stages (resolved from the working directory) wins over image.baseStages (resolved from the config file's).
-  const fromCli = (input.baseStages ?? []).length > 0;
-  const userBaseStages = fromCli ? input.baseStages!.map((d) => path.resolve(d)) : model.image.baseStages;
-  userBaseStages.forEach((d, i) => {
-    if (!existsSync(d) || !statSync(d).isDirectory()) {
-      throw new PibakeError(`${fromCli ? "--base-stages" : `image.baseStages[${i}]`}: ${d} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, 2);
-    }
-  });
+  const userBaseStages = chosenBaseStages(request, model).map((s) => s.dir);
 
-  const checkout: PiGenCheckout = input.piGenDir
-    ? await useCheckout(input.piGenDir, branch)
-    : await cachedCheckout(branch, { update: input.updatePiGen ?? false, onStatus: (s) => out.status(s) });
-  out.info(`pi-gen ${branch} at ${checkout.commit.slice(0, 12)} (${checkout.dir})`);
+  const checkout: PiGenCheckout = request.piGen
+    ? await useCheckout(path.resolve(request.piGen), branch)
+    : await cachedCheckout(branch, { update: request.updatePiGen ?? false, onStatus: (s) => reporter.status(s) });
+  reporter.info(`pi-gen ${branch} at ${checkout.commit.slice(0, 12)} (${checkout.dir})`);
 
-  const runner = await chooseRunner(input.runner);
+  const runner = await chooseRunner(request);
   const cache = cacheDir();
-  const problems: PreflightProblem[] = [];
-  const binfmt = binfmtProblem(model.image.arch);
-  if (binfmt) problems.push({ what: binfmt });
+  // The checkout says what it needs; the engine's preflight checked the rest.
   if (runner === "native") {
-    const root = rootProblem();
-    if (root) problems.push(root);
     const deps = await missingDependencies(path.join(checkout.dir, "depends"));
-    if (deps) problems.push(deps);
-    const disk = diskProblem(cache);
-    if (disk) problems.push(disk);
-  } else if (!(await dockerAnswers())) {
-    problems.push({ what: "no Docker engine answers (docker info failed)", fix: "start Docker, or use --runner native as root on a Debian-family host" });
+    if (deps) throw problemsError([deps], PIGEN_HEADING);
   }
-  if (problems.length) throw new PibakeError(formatProblems(problems));
 
   const treeDir = path.join(cache, "pi-gen-tree", branch);
   // The work directory is keyed by the image name, which stays fixed across domains: that is what lets a new domain reuse stage0-2.
@@ -126,12 +96,12 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   const record = existsSync(recordFile) ? (JSON.parse(readFileSync(recordFile, "utf8")) as BaseRecord) : undefined;
   const digest = baseDigest(model, checkout.commit, digestTree(userBaseStages), input.secrets.piGenFirstUserPlaceholder);
   const decision = decideReuse({
-    clean: input.clean ?? false,
+    clean: request.clean ?? false,
     currentDigest: digest,
     baseRootfsIntact: runner === "native" && existsSync(path.join(workDir, lastBase, "rootfs", "etc", "os-release")),
     ...(record ? { recordedDigest: record.digest } : {}),
   });
-  out.info(decision.reuse ? `regenerating: ${decision.reason}` : `full build: ${decision.reason}`);
+  reporter.info(decision.reuse ? `regenerating: ${decision.reason}` : `full build: ${decision.reason}`);
   if (!decision.reuse) rmSync(recordFile, { force: true });
 
   placeStages(treeDir, { stageFiles: input.rendered.stage, baseStageDirs: userBaseStages, skipBase: decision.reuse, baseStages });
@@ -156,8 +126,8 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   const previousStages = previous[kind]?.stages;
   const stages = [...(decision.reuse ? [] : baseStages), PIBAKE_STAGE, "export-image"];
   const progress = new PiGenProgress();
-  const log = createWriteStream(input.logPath, { flags: "a", mode: 0o600 });
-  log.write(`pibake: pi-gen ${branch} ${checkout.commit} (${runner}), ${decision.reuse ? "regeneration" : "full build"}\n`);
+  const log = new BuildLog(input.logPath);
+  log.line(`pi-gen ${branch} ${checkout.commit} (${runner}), ${decision.reuse ? "regeneration" : "full build"}`);
 
   const containerName = `pibake_${model.image.name.replace(/[^a-zA-Z0-9_.-]/g, "_")}`;
   const script = runner === "native" ? "./build.sh" : "./build-docker.sh";
@@ -193,7 +163,7 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     // pi-gen unmounts on its own exit trap; a pi-gen killed before that leaves chroot mounts and the export's loop device.
     input.scope.defer(async () => {
       const released = await releaseBelow(workDir);
-      if (released.length > 0) out.info(`released what pi-gen left: ${released.join(", ")}`);
+      if (released.length > 0) reporter.info(`released what pi-gen left: ${released.join(", ")}`);
     }, "release pi-gen's mounts and loop devices");
   }
   let stageStarted = Date.now();
@@ -202,10 +172,10 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   let lastPlain = { where: "", at: 0 };
   const showStatus = () => {
     const where = progress.current() ?? "starting";
-    if (!out.live && where === lastPlain.where && Date.now() - lastPlain.at < 60_000) return;
+    if (!reporter.live && where === lastPlain.where && Date.now() - lastPlain.at < 60_000) return;
     lastPlain = { where, at: Date.now() };
     const remaining = estimateRemaining(previousStages, stages, progress.stageDurations, currentStage, Date.now() - stageStarted);
-    out.status(`pi-gen: ${where} · ${formatDuration(Date.now() - started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
+    reporter.status(`pi-gen: ${where} · ${formatDuration(Date.now() - started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
   };
   const ticker = setInterval(showStatus, 5000);
   let partial = "";
@@ -215,14 +185,13 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
     partial = lines.pop() ?? "";
     for (const raw of lines) {
       const line = redact(raw);
-      log.write(line + "\n");
-      out.verbose(line);
+      reporter.detail(line);
       const e = progress.feed(line);
       if (e?.kind === "begin" && e.stage && !e.subStage) {
         currentStage = e.stage;
         stageStarted = Date.now();
         // pi-gen logs Begin/End for stages marked SKIP too; only the ones that run are news.
-        if (stages.includes(e.stage)) out.status(`pi-gen: ${e.stage} begins`);
+        if (stages.includes(e.stage)) reporter.status(`pi-gen: ${e.stage} begins`);
       } else if (e) showStatus();
     }
   });
@@ -230,7 +199,6 @@ export async function buildWithPiGen(input: EngineInput & PiGenOptions): Promise
   input.scope.signal.removeEventListener("abort", stopPiGen);
   clearTimeout(forceKill);
   clearInterval(ticker);
-  await new Promise<void>((r) => log.end(() => r()));
 
   if (input.scope.signal.aborted) {
     const reason = input.scope.signal.reason;

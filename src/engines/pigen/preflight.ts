@@ -4,16 +4,15 @@ import os from "node:os";
 import path from "node:path";
 import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
+import { formatProblems as formatProblemList } from "../problems.js";
+import type { Problem } from "../types.js";
 
 /**
  * What pi-gen will need, checked before a build of up to an hour starts,
  * each failure with the command that fixes it.
  */
-export interface PreflightProblem {
-  what: string;
-  /** The command that fixes it, when the message does not already say. */
-  fix?: string;
-}
+type PreflightProblem = Problem;
+export const PIGEN_HEADING = "pi-gen cannot build here yet";
 
 /** pi-gen needs several GiB for its work directory (three root filesystems and the image). */
 export const PI_GEN_MIN_FREE_BYTES = 12 * 1024 ** 3;
@@ -51,6 +50,5 @@ export function isDebianFamily(osRelease = existsSync("/etc/os-release") ? readF
 }
 
 export function formatProblems(problems: PreflightProblem[]): string {
-  const indent = (text: string) => text.replace(/\n/g, "\n    ");
-  return `pi-gen cannot build here yet:\n${problems.map((p) => `  - ${indent(p.what)}${p.fix ? `\n    fix: ${p.fix}` : ""}`).join("\n")}`;
+  return formatProblemList(problems, PIGEN_HEADING);
 }

@@ -1,0 +1,215 @@
+/**
+ * A build, the same for every engine: usage → every preflight problem at
+ * once → render → the engine's steps → delivery → summary. The engine is
+ * chosen in src/engines/index.ts; the steps are shown by src/ui/steps.ts.
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import path from "node:path";
+import { withCleanup, type CleanupScope } from "./cleanup.js";
+import { InterruptedError, PibakeError } from "./errors.js";
+import { loadConfig } from "./config/load.js";
+import type { Model } from "./config/model.js";
+import { prepareSecrets, StateDir, type Secrets } from "./secrets/index.js";
+import { configDigests } from "./secrets/digests.js";
+import { summarize } from "./secrets/pki.js";
+import { protectedPaths, refuseProtectedOutput } from "./protected-paths.js";
+import { render, type Rendered } from "./render/index.js";
+import { createOutput, formatBytes, formatDuration, type Output } from "./ui/output.js";
+import { buildSteps, Steps } from "./ui/steps.js";
+import { COMPRESSIONS, deliver, isoDate, pidAlive, removeStaleTemps, type DeliverCompression, type Delivered } from "./image/deliver.js";
+import { BuildLog } from "./host/log.js";
+import { mountsBelow } from "./host/mounts.js";
+import { releaseBelow } from "./host/release.js";
+import { chooseEngine, foreignOptions } from "./engines/index.js";
+import { problemsError } from "./engines/problems.js";
+import type { BuildRequest, Engine } from "./engines/types.js";
+
+export interface BuildSettings {
+  /** Where the image and its files go (default ./deploy). */
+  out?: string;
+  state?: string;
+  compress?: string;
+  verbose?: boolean;
+  logFormat?: string;
+  /** The engine's options. */
+  request: BuildRequest;
+}
+
+export function parseCompression(text: string | undefined): DeliverCompression {
+  const c = (text ?? "xz").toLowerCase();
+  if (c === "zst") return "zstd";
+  if ((COMPRESSIONS as readonly string[]).includes(c)) return c as DeliverCompression;
+  throw new PibakeError(`--compress ${text}: use xz, zstd or none`, 2);
+}
+
+/** Usage errors (exit 2) before any work: options that do not go together, values an engine cannot use. Returns the engine. */
+export function checkUsage(settings: BuildSettings): Engine {
+  if (settings.logFormat !== undefined && !["auto", "plain"].includes(settings.logFormat)) {
+    throw new PibakeError(`--log-format ${settings.logFormat}: use auto or plain`, 2);
+  }
+  parseCompression(settings.compress);
+  const engine = chooseEngine(settings.request);
+  const problems = [...foreignOptions(engine, settings.request), ...engine.usageProblems(settings.request)];
+  if (problems.length > 0) throw new PibakeError(problems.join("\n"), 2);
+  return engine;
+}
+
+/** `<name>-<domain>-<date>`: every delivered file's name starts with it. */
+export function deliveryBaseName(model: Model, date: Date): string {
+  return `${model.image.name}-${model.tls.domain}-${isoDate(date)}`;
+}
+
+/**
+ * A build killed outright (SIGKILL, a crash) cannot clean up after itself:
+ * the next build in the same --out releases what it left (processes in its
+ * chroot, mounts, loop devices) and removes its work directory and temporary files.
+ */
+export async function recoverStale(outDir: string, out: Output): Promise<void> {
+  if (!existsSync(outDir)) return;
+  for (const name of readdirSync(outDir)) {
+    const m = /^\.pibake-work-(\d+)$/.exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const dir = path.join(outDir, name);
+    const done = await releaseBelow(dir);
+    if (mountsBelow(dir).length > 0) {
+      out.warn(`${dir} is left from an interrupted build and still has mounts (${mountsBelow(dir).join(", ")}): unmount them, then remove it`);
+      continue;
+    }
+    rmSync(dir, { recursive: true, force: true });
+    out.info(`cleaned up after an interrupted build: ${[...done, `removed ${dir}`].join(", ")}`);
+  }
+  const temps = await removeStaleTemps(outDir);
+  if (temps.length > 0) out.info(`removed ${temps.length} temporary file(s) of an interrupted build from ${outDir}`);
+}
+
+/** What the manifest says about the build beyond the image: the config (digests, never secrets), the certificates, the render. */
+export function buildFacts(model: Model, secrets: Secrets, rendered: Rendered, state: StateDir): Record<string, unknown> {
+  const cert = summarize(secrets.pki.serverCertPem);
+  const ca = summarize(secrets.pki.caCertPem);
+  const { digest, secretsHmac } = configDigests(model, state);
+  return {
+    name: model.image.name,
+    hostname: model.image.hostname,
+    release: model.image.release,
+    arch: model.image.arch,
+    domain: model.tls.domain,
+    config: { file: path.basename(model.configPath), digest, secrets: secretsHmac },
+    certificate: {
+      subject: cert.subject,
+      issuer: cert.issuer,
+      sha256Fingerprint: cert.fingerprint256,
+      notBefore: cert.notBefore.toISOString(),
+      notAfter: cert.notAfter.toISOString(),
+      dnsNames: cert.dnsNames,
+      ipAddresses: cert.ipAddresses,
+    },
+    ca: { subject: ca.subject, sha256Fingerprint: ca.fingerprint256, notAfter: ca.notAfter.toISOString() },
+    render: rendered.manifest,
+  };
+}
+
+export async function runBuild(configPath: string, settings: BuildSettings): Promise<Delivered> {
+  const engine = checkUsage(settings);
+  const { request } = settings;
+  const out = createOutput({ verbose: settings.verbose === true, plain: settings.logFormat === "plain" });
+  const compress = parseCompression(settings.compress);
+  const loaded = loadConfig(configPath);
+  for (const w of loaded.warnings) out.warn(w);
+  const { model } = loaded;
+  const outDir = path.resolve(settings.out ?? "deploy");
+  const state = StateDir.locate(model.configDir, model.image.name, settings.state);
+  refuseProtectedOutput(outDir, "--out", protectedPaths(model, state.dir, engine.inputs(request)));
+
+  // Before any work: everything that would stop the build on this machine, at once.
+  const problems = await engine.preflight(request, model);
+  if (problems.length > 0) throw problemsError(problems, `pibake build ${engine.describe(request)} cannot run here yet`);
+  try {
+    mkdirSync(outDir, { recursive: true });
+  } catch (err) {
+    throw new PibakeError(`cannot create the output directory ${outDir}: ${(err as Error).message}`);
+  }
+  await recoverStale(outDir, out);
+  for (const w of (await engine.warnings?.(request, outDir)) ?? []) out.warn(w);
+
+  const workDir = path.join(outDir, `.pibake-work-${process.pid}`);
+  const logPath = path.join(workDir, "build.log");
+  const buildStart = Date.now();
+  out.info(`pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`);
+
+  return withCleanup(async (scope) => {
+    mkdirSync(workDir, { recursive: true, mode: 0o700 });
+    // Registered first, so it runs last: after every mount and loop device is released.
+    scope.defer(() => {
+      if (mountsBelow(workDir).length > 0) throw new Error(`${workDir} still has mounts; not removed`);
+      rmSync(workDir, { recursive: true, force: true });
+    }, `remove ${workDir}`);
+    const log = new BuildLog(logPath);
+    log.line(`pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${outDir} --compress ${compress}`);
+    const steps = new Steps(buildSteps(engine.steps), out, log);
+    try {
+      return await stepsOfTheBuild(scope, steps, log);
+    } catch (caught) {
+      // Once interrupted, whatever broke next (a killed child's pipe) is the interruption's doing.
+      // An engine that says more about the interruption (how to continue) is heard out.
+      const err = scope.signal.aborted && !(caught instanceof InterruptedError) ? scope.signal.reason : caught;
+      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}: ${err instanceof Error ? err.message : String(err)}`);
+      // The work directory goes with the clean-up; the log stays in --out for a look.
+      let kept: string | undefined;
+      if (!scope.signal.aborted) {
+        kept = path.join(outDir, `${deliveryBaseName(model, new Date())}.failed.log`);
+        try {
+          copyFileSync(logPath, kept);
+        } catch {
+          kept = undefined;
+        }
+      }
+      throw steps.failure(err, kept);
+    }
+  });
+
+  async function stepsOfTheBuild(scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
+    steps.begin("render");
+    const secrets = prepareSecrets(model, state);
+    const rendered = await render(model, secrets);
+    steps.status(`certificate for ${model.tls.domain}: ${secrets.pki.serverCertStatus}; CA ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);
+    scope.throwIfInterrupted();
+
+    const result = await engine.build(
+      { request, config: loaded, state, secrets, rendered, scope, workDir, logPath, verbose: settings.verbose === true },
+      steps,
+    );
+    scope.throwIfInterrupted();
+
+    steps.begin("deliver");
+    const baseName = deliveryBaseName(model, new Date());
+    const delivered = await deliver({
+      result,
+      outDir,
+      baseName,
+      compress,
+      logPath,
+      facts: buildFacts(model, secrets, rendered, state),
+      extraFiles: [{ name: "ca.crt", content: secrets.pki.caCertPem }],
+      signal: scope.signal,
+      timings: { ...steps.timings },
+      onStatus: (phase, message) => steps.status(`${phase}: ${message}`),
+    });
+    steps.end();
+    log.line(`delivered ${delivered.image}`);
+    rmSync(path.join(outDir, `${baseName}.failed.log`), { force: true });
+
+    const cert = summarize(secrets.pki.serverCertPem);
+    out.info("");
+    out.info(`built ${delivered.image} in ${formatDuration(Date.now() - buildStart)}${result.manifest.regeneration && result.manifest.engine === "base" ? " (regeneration: the packages were already in the base)" : ""}`);
+    for (const line of result.summary ?? []) out.info(`  ${line}`);
+    out.info(`  image       ${formatBytes(delivered.size)}${compress === "none" ? "" : ` (${formatBytes(delivered.rawSize)} raw)`}, sha256 ${delivered.sha256.slice(0, 16)}…`);
+    out.info(`  checksum    ${path.basename(delivered.sha256File)}   (check: sha256sum -c ${path.basename(delivered.sha256File)})`);
+    out.info(`  block map   ${path.basename(delivered.bmap)}   (bmaptool copy and pibake flash use it)`);
+    out.info(`  manifest    ${path.basename(delivered.manifest)}`);
+    out.info(`  log         ${path.basename(delivered.log)}`);
+    out.info(`  CA          ca.crt   install it on clients; it stays the same from build to build`);
+    out.info(`  certificate ${model.tls.domain}, valid until ${cert.notAfter.toISOString().slice(0, 10)}`);
+    out.info(`flash it: pibake flash ${path.relative(process.cwd(), delivered.image) || delivered.image}`);
+    return delivered;
+  }
+}

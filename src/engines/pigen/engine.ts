@@ -1,0 +1,74 @@
+import { existsSync, statSync } from "node:fs";
+import path from "node:path";
+import type { Model } from "../../config/model.js";
+import { binfmtProblem } from "../binfmt.js";
+import type { BuildRequest, Engine, Problem } from "../types.js";
+import { cacheDir } from "./checkout.js";
+import { diskProblem, dockerAnswers, isDebianFamily, rootProblem } from "./preflight.js";
+
+const RUNNERS = ["native", "docker"] as const;
+export type Runner = (typeof RUNNERS)[number];
+
+/**
+ * The pi-gen engine as the build sees it: its step, options and checks. Its
+ * work (src/engines/pigen/index.ts) is loaded only when it builds.
+ */
+export const piGenEngine: Engine = {
+  id: "pi-gen",
+  steps: [{ title: "pi-gen", failure: "the pi-gen build failed" }],
+  options: [
+    { key: "piGen", flag: "--pi-gen" },
+    { key: "updatePiGen", flag: "--update-pi-gen" },
+    { key: "runner", flag: "--runner" },
+    { key: "baseStages", flag: "--base-stages" },
+    { key: "clean", flag: "--clean" },
+  ],
+
+  optionsApplyTo: "the pi-gen build only, not with --base",
+  describe: () => "with pi-gen",
+
+  usageProblems(request) {
+    if (request.runner !== undefined && !(RUNNERS as readonly string[]).includes(request.runner)) return [`--runner ${request.runner}: use native or docker`];
+    return [];
+  },
+
+  inputs: () => [],
+
+  async preflight(request, model) {
+    const problems: Problem[] = [];
+    userBaseStages(request, model).forEach(({ dir, field }) => {
+      if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+        problems.push({ what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true });
+      }
+    });
+    const binfmt = binfmtProblem(model.image.arch);
+    if (binfmt) problems.push({ what: binfmt });
+    if ((await chooseRunner(request)) === "native") {
+      const root = rootProblem();
+      if (root) problems.push(root);
+      const disk = diskProblem(cacheDir());
+      if (disk) problems.push(disk);
+    } else if (!(await dockerAnswers())) {
+      problems.push({ what: "no Docker engine answers (docker info failed)", fix: "start Docker, or use --runner native as root on a Debian-family host" });
+    }
+    return problems;
+  },
+
+  async build(input, reporter) {
+    return (await import("./index.js")).buildWithPiGen(input, reporter);
+  },
+};
+
+/** --base-stages (resolved from the working directory) wins over image.baseStages (resolved from the config file's). */
+export function userBaseStages(request: BuildRequest, model: Model): { dir: string; field: string }[] {
+  const fromCli = request.baseStages ?? [];
+  if (fromCli.length > 0) return fromCli.map((d) => ({ dir: path.resolve(d), field: "--base-stages" }));
+  return model.image.baseStages.map((dir, i) => ({ dir, field: `image.baseStages[${i}]` }));
+}
+
+export async function chooseRunner(request: BuildRequest): Promise<Runner> {
+  if (request.runner) return request.runner as Runner;
+  if (isDebianFamily() && process.getuid?.() === 0) return "native";
+  if (await dockerAnswers()) return "docker";
+  return "native";
+}
