@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { imageCacheLocation, readCache } from "../src/images/cache.js";
-import { resolveOfficialImage, type ResolveImageOptions } from "../src/images/index.js";
+import { listUrlOf, resolveOfficialImage, type ResolveImageOptions } from "../src/images/index.js";
 import { chooseImage, parseOsList } from "../src/images/os-list.js";
 import { formatImageProgress, plainProgressPrinter, type ImageProgress } from "../src/images/progress.js";
 import { pibake, tempDir } from "./helpers/cli.js";
@@ -362,6 +362,12 @@ describe("where the cache is", () => {
     // sudo to root from root, or a user unknown to the system: root's own cache.
     expect(imageCacheLocation({ ...sudo, SUDO_USER: "root", SUDO_UID: "0" }, 0, () => "/home/me")).toEqual({ dir: "/root/.cache/pibake/images" });
     expect(imageCacheLocation(sudo, 0, () => undefined)).toEqual({ dir: "/root/.cache/pibake/images" });
+  });
+
+  it("the list URL: the option, else PIBAKE_OS_LIST_URL, else Raspberry Pi's", () => {
+    expect(listUrlOf({ listUrl: "http://a/l.json" }, { PIBAKE_OS_LIST_URL: "http://b/l.json" })).toBe("http://a/l.json");
+    expect(listUrlOf({}, { PIBAKE_OS_LIST_URL: "http://b/l.json" })).toBe("http://b/l.json");
+    expect(listUrlOf({}, {})).toBe("https://downloads.raspberrypi.com/os_list_imagingutility_v4.json");
   });
 
   it("the real getent finds root's home", async () => {
