@@ -335,6 +335,36 @@ describe("resolveOfficialImage", () => {
     expect(String(err2)).toContain(`Download ${server.base}/images/${BOOKWORM_ARM64} by hand and pass it with --base FILE`);
   });
 
+  it("one download of a file at a time: a live lock refuses, a dead one is taken over", async () => {
+    const partial = path.join(cache.dir, "partial");
+    mkdirSync(partial, { recursive: true });
+    const lock = path.join(partial, "2025-12-04-raspios-trixie-arm64-lite.img.xz.part.lock");
+    const sleeper = execa("sleep", ["30"]);
+    try {
+      writeFileSync(lock, String(sleeper.pid));
+      await expect(resolveOfficialImage(opts())).rejects.toThrow(`another pibake (pid ${sleeper.pid}) is downloading 2025-12-04-raspios-trixie-arm64-lite.img.xz`);
+      expect(server.imageRequests()).toEqual([]);
+    } finally {
+      sleeper.kill();
+      await sleeper.catch(() => {});
+    }
+    // The sleeper is gone now: its lock is stale.
+    const r = await resolveOfficialImage(opts());
+    expect(r.fromCache).toBe(false);
+    expect(existsSync(lock)).toBe(false);
+  });
+
+  it.skipIf(process.getuid?.() !== 0)("under sudo, what it stores belongs to the user who ran sudo", async () => {
+    const xdg = path.join(cache.dir, "xdg");
+    mkdirSync(xdg);
+    const r = await resolveOfficialImage(opts({ cacheDir: undefined, env: { XDG_CACHE_HOME: xdg, SUDO_USER: "nobody", SUDO_UID: "65534", SUDO_GID: "65534" } }));
+    expect(r.path.startsWith(path.join(xdg, "pibake", "images") + path.sep)).toBe(true);
+    const owners = [path.join(xdg, "pibake"), path.join(xdg, "pibake", "images"), path.dirname(r.path), r.path, path.join(path.dirname(r.path), "image.json"), path.join(xdg, "pibake", "images", "os_list.json")].map(
+      (f) => `${path.relative(xdg, f)} ${statSync(f).uid}:${statSync(f).gid}`,
+    );
+    expect(owners).toEqual(owners.map((o) => o.replace(/ \d+:\d+$/, " 65534:65534")));
+  });
+
   it("goes through the proxy that HTTP_PROXY names, and not for hosts in NO_PROXY", async () => {
     const proxy = await startProxy();
     try {

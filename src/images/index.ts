@@ -232,6 +232,49 @@ async function downloadAndVerify(e: OsImageEntry, opts: ResolveImageOptions & { 
   const partialDir = path.join(loc.dir, PARTIAL_DIR);
   await ensureDir(loc, partialDir);
   const partFile = path.join(partialDir, `${e.fileName}.part`);
+  const release = await lockDownload(`${partFile}.lock`, e.fileName);
+  try {
+    return await downloadLocked(e, opts, loc, client, partFile);
+  } finally {
+    await release();
+  }
+}
+
+/**
+ * One download of a file at a time: two builds writing the same .part would
+ * spoil it. The lock file holds the owner's pid; a lock whose process is gone
+ * (a crash, a kill -9) is taken over.
+ */
+async function lockDownload(lockFile: string, fileName: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await fsp.open(lockFile, "wx", 0o644);
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return () => fsp.rm(lockFile, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const pid = Number(await fsp.readFile(lockFile, "utf8").catch(() => ""));
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+      throw new PibakeError(`another pibake (pid ${pid}) is downloading ${fileName}: wait for it to finish, then run again`);
+    }
+    await fsp.rm(lockFile, { force: true });
+  }
+  throw new PibakeError(`cannot take the download lock ${lockFile}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient, partFile: string): Promise<OfficialImage> {
+  const status = opts.onStatus ?? (() => {});
   const partRecordFile = `${partFile}.json`;
   const want: PartRecord = { url: e.url, release: e.release, arch: e.arch, releaseDate: e.releaseDate, downloadSha256: e.downloadSha256 ?? null, extractSha256: e.extractSha256 };
   const had = await readPartRecord(partRecordFile);
