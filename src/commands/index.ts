@@ -2,6 +2,7 @@ import type { CAC } from "cac";
 import type { BuildOptions } from "./build.js";
 import type { CaOptions } from "./ca.js";
 import type { FlashOptions } from "./flash.js";
+import type { ImagesOptions } from "./images.js";
 import type { RenderOptions } from "./render.js";
 
 /**
@@ -47,6 +48,13 @@ export function registerCommands(cli: CAC): void {
     .example("pibake flash deploy/broker.img.xz            # choose the card from a list")
     .example("pibake flash deploy/broker.img.xz /dev/sdb --unmount")
     .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
+
+  cli
+    .command("images [action]", "Official Raspberry Pi OS images kept for builds: `images list` shows them, `images prune` removes all but the newest of each release/arch")
+    .option("--all", "With prune: remove every cached image and interrupted download")
+    .example("pibake images list")
+    .example("pibake images prune --all")
+    .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(action, opts));
 
   cli
     .command("build <config>", "Build the broker image: with pi-gen, or in minutes from an existing Raspberry Pi OS image with --base")

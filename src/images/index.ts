@@ -1,0 +1,353 @@
+/**
+ * The official Raspberry Pi OS Lite image for a build: chosen from the OS
+ * list Raspberry Pi Imager reads, downloaded (resumably), verified against
+ * the list's digests, and kept in the cache; from the cache without any
+ * request when the list cannot be read, or when the date is pinned and
+ * that image is already here.
+ */
+import { promises as fsp, readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
+import type { Arch, Release } from "../config/model.js";
+import { PibakeError } from "../errors.js";
+import { writeFileAtomic } from "../host/files.js";
+import {
+  ensureDir,
+  giveTo,
+  imageCacheLocation,
+  PARTIAL_DIR,
+  readCache,
+  SAVED_LIST,
+  writeRecord,
+  type CachedImage,
+  type CachedImageRecord,
+  type CacheLocation,
+} from "./cache.js";
+import { downloadToPart } from "./download.js";
+import { createHttpClient, DEFAULT_TIMEOUTS, getText, type HttpClient, type HttpTimeouts } from "./http.js";
+import { chooseImage, DEFAULT_OS_LIST_URL, describeWanted, matchesWanted, parseOsList, type ImageWanted, type OsImageEntry } from "./os-list.js";
+import type { ImageProgress } from "./progress.js";
+import { extractedDigest, sha256File } from "./verify.js";
+
+export { DEFAULT_OS_LIST_URL } from "./os-list.js";
+export { formatImageProgress, plainProgressPrinter, type ImageProgress } from "./progress.js";
+
+export interface ResolveImageOptions {
+  release: Release;
+  arch: Arch;
+  /** A release date, YYYY-MM-DD, to pin; the newest when absent. */
+  date?: string | undefined;
+  /** The OS list; default PIBAKE_OS_LIST_URL, else Raspberry Pi's own. */
+  listUrl?: string | undefined;
+  /** The cache directory; default $XDG_CACHE_HOME/pibake/images (the sudo user's under sudo). */
+  cacheDir?: string | undefined;
+  signal?: AbortSignal | undefined;
+  onProgress?: ((p: ImageProgress) => void) | undefined;
+  /** One-line messages: what is happening, and why the cache is used. */
+  onStatus?: ((message: string) => void) | undefined;
+  /** The environment to read (proxies, PIBAKE_OFFLINE, PIBAKE_OS_LIST_URL, XDG_CACHE_HOME); default process.env. */
+  env?: NodeJS.ProcessEnv | undefined;
+  timeouts?: HttpTimeouts | undefined;
+}
+
+/** What a build records about the official image it came from. */
+export interface OfficialImageEntry {
+  /** The list's name, e.g. "Raspberry Pi OS Lite (64-bit)". */
+  name: string;
+  fileName: string;
+  release: string;
+  arch: string;
+  releaseDate: string;
+  url: string;
+  /** SHA-256 of the downloaded file (the .img.xz). */
+  sha256: string;
+  size: number;
+  /** SHA-256 and size of the decompressed image. */
+  extractSha256: string;
+  extractSize: number;
+  /** The OS list it was chosen from. */
+  listUrl: string;
+  verifiedAt: string;
+}
+
+export interface OfficialImage {
+  /** The verified .img.xz in the cache, for the base engine. */
+  path: string;
+  entry: OfficialImageEntry;
+  /** True when nothing was downloaded. */
+  fromCache: boolean;
+}
+
+const DATE = /^\d{4}-\d{2}-\d{2}$/;
+
+function entryOfCached(c: CachedImage): OfficialImageEntry {
+  return {
+    name: c.name,
+    fileName: c.fileName,
+    release: c.release,
+    arch: c.arch,
+    releaseDate: c.releaseDate,
+    url: c.url,
+    sha256: c.downloadSha256,
+    size: c.downloadSize,
+    extractSha256: c.extractSha256,
+    extractSize: c.extractSize,
+    listUrl: c.listUrl,
+    verifiedAt: c.verifiedAt,
+  };
+}
+
+export function listUrlOf(opts: { listUrl?: string | undefined }, env: NodeJS.ProcessEnv): string {
+  return opts.listUrl || env.PIBAKE_OS_LIST_URL || DEFAULT_OS_LIST_URL;
+}
+
+export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<OfficialImage> {
+  const env = opts.env ?? process.env;
+  if (opts.date !== undefined && !DATE.test(opts.date)) throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
+  const wanted: ImageWanted = { release: opts.release, arch: opts.arch, ...(opts.date ? { date: opts.date } : {}) };
+  const loc: CacheLocation = opts.cacheDir ? { dir: path.resolve(opts.cacheDir) } : imageCacheLocation(env);
+  const listUrl = listUrlOf(opts, env);
+  const status = opts.onStatus ?? (() => {});
+
+  // A pinned release never changes: when it is here, nothing needs asking.
+  if (wanted.date) {
+    const pinned = readCache(loc.dir).images.find((c) => matchesWanted(c, wanted));
+    if (pinned) {
+      const ok = await stillWhole(pinned, opts);
+      if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+    }
+  }
+
+  const client = createHttpClient(env, opts.timeouts ?? DEFAULT_TIMEOUTS);
+  try {
+    let chosen: OsImageEntry | undefined;
+    let listProblem: string | undefined;
+    if (env.PIBAKE_OFFLINE === "1") listProblem = "PIBAKE_OFFLINE=1";
+    else {
+      let text: string | undefined;
+      try {
+        status(`reading the OS list ${listUrl}`);
+        text = await getText(client, listUrl, opts.signal);
+      } catch (err) {
+        if (opts.signal?.aborted) throw err;
+        listProblem = (err as Error).message;
+      }
+      if (text !== undefined) {
+        let parsed;
+        try {
+          parsed = parseOsList(text, listUrl);
+        } catch (err) {
+          listProblem = (err as Error).message;
+        }
+        if (parsed) {
+          chosen = chooseImage(parsed, wanted, listUrl);
+          await ensureDir(loc, loc.dir);
+          await writeFileAtomic(path.join(loc.dir, SAVED_LIST), text).catch(() => {});
+          await giveTo(loc, path.join(loc.dir, SAVED_LIST));
+        }
+      }
+    }
+
+    if (chosen) {
+      const cached = readCache(loc.dir).images.find((c) => sameImage(c, chosen!));
+      if (cached) {
+        const ok = await stillWhole(cached, opts);
+        if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+      }
+      return await downloadAndVerify(chosen, { ...opts, listUrl }, loc, client);
+    }
+
+    // No list: the newest cached image that fits, without any request.
+    const fallback = readCache(loc.dir).images.find((c) => matchesWanted(c, wanted));
+    if (fallback) {
+      status(`cannot read the OS list ${listUrl} (${listProblem}): using the cached ${fallback.fileName}, verified ${fallback.verifiedAt.slice(0, 10)}`);
+      const ok = await stillWhole(fallback, opts);
+      if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+    }
+    const knownUrl = knownImageUrl(loc.dir, wanted);
+    throw new PibakeError(
+      `cannot read the OS list ${listUrl} (${listProblem}), and no Raspberry Pi OS Lite image for ${describeWanted(wanted)} is in the cache (${loc.dir}).\n` +
+        (knownUrl ? `Download ${knownUrl} by hand` : `Download Raspberry Pi OS Lite (${describeWanted(wanted)}) by hand from https://www.raspberrypi.com/software/operating-systems/`) +
+        ` and pass it with --base FILE, or run again when the list can be reached.`,
+    );
+  } finally {
+    await client.close().catch(() => {});
+  }
+}
+
+/** A cached image is the list's entry when the digests agree (and the URL, when the list gives no download digest). */
+function sameImage(c: CachedImageRecord, e: OsImageEntry): boolean {
+  if (c.extractSha256 !== e.extractSha256) return false;
+  return e.downloadSha256 ? c.downloadSha256 === e.downloadSha256 : c.url === e.url;
+}
+
+/** The cached file still has the digest it was verified with; a spoiled entry is removed. */
+async function stillWhole(c: CachedImage, opts: ResolveImageOptions): Promise<CachedImage | undefined> {
+  opts.onStatus?.(`using the cached ${c.fileName} (${c.release}/${c.arch}, released ${c.releaseDate})`);
+  const now = await sha256File(c.path, { signal: opts.signal, onProgress: opts.onProgress, fileName: c.fileName, total: c.downloadSize });
+  if (now.sha256 === c.downloadSha256) return c;
+  opts.onStatus?.(`the cached ${c.path} has changed since it was verified (SHA-256 ${now.sha256}, was ${c.downloadSha256}): removing it`);
+  await fsp.rm(c.dir, { recursive: true, force: true });
+  return undefined;
+}
+
+/** The image URL a user could fetch by hand: from the last list read, else from an interrupted download. */
+function knownImageUrl(dir: string, wanted: ImageWanted): string | undefined {
+  try {
+    const list = parseOsList(readFileSync(path.join(dir, SAVED_LIST), "utf8"), SAVED_LIST);
+    return chooseImage(list, wanted, SAVED_LIST).url;
+  } catch {
+    // No saved list, or nothing fitting in it.
+  }
+  try {
+    for (const f of readdirSync(path.join(dir, PARTIAL_DIR))) {
+      if (!f.endsWith(".part.json")) continue;
+      const p = JSON.parse(readFileSync(path.join(dir, PARTIAL_DIR, f), "utf8")) as { url?: string; release?: string; arch?: string; releaseDate?: string };
+      if (typeof p.url === "string" && matchesWanted({ release: p.release ?? "", arch: p.arch ?? "", releaseDate: p.releaseDate ?? "" }, wanted)) return p.url;
+    }
+  } catch {
+    // No partial downloads.
+  }
+  return undefined;
+}
+
+interface PartRecord {
+  url: string;
+  release: string;
+  arch: string;
+  releaseDate: string;
+  downloadSha256: string | null;
+  extractSha256: string;
+}
+
+async function readPartRecord(file: string): Promise<PartRecord | undefined> {
+  try {
+    return JSON.parse(await fsp.readFile(file, "utf8")) as PartRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+async function downloadAndVerify(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient): Promise<OfficialImage> {
+  const status = opts.onStatus ?? (() => {});
+  const partialDir = path.join(loc.dir, PARTIAL_DIR);
+  await ensureDir(loc, partialDir);
+  const partFile = path.join(partialDir, `${e.fileName}.part`);
+  const release = await lockDownload(`${partFile}.lock`, e.fileName);
+  try {
+    return await downloadLocked(e, opts, loc, client, partFile);
+  } finally {
+    await release();
+  }
+}
+
+/**
+ * One download of a file at a time: two builds writing the same .part would
+ * spoil it. The lock file holds the owner's pid; a lock whose process is gone
+ * (a crash, a kill -9) is taken over.
+ */
+async function lockDownload(lockFile: string, fileName: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await fsp.open(lockFile, "wx", 0o644);
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return () => fsp.rm(lockFile, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const pid = Number(await fsp.readFile(lockFile, "utf8").catch(() => ""));
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+      throw new PibakeError(`another pibake (pid ${pid}) is downloading ${fileName}: wait for it to finish, then run again`);
+    }
+    await fsp.rm(lockFile, { force: true });
+  }
+  throw new PibakeError(`cannot take the download lock ${lockFile}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient, partFile: string): Promise<OfficialImage> {
+  const status = opts.onStatus ?? (() => {});
+  const partRecordFile = `${partFile}.json`;
+  const want: PartRecord = { url: e.url, release: e.release, arch: e.arch, releaseDate: e.releaseDate, downloadSha256: e.downloadSha256 ?? null, extractSha256: e.extractSha256 };
+  const had = await readPartRecord(partRecordFile);
+  if (JSON.stringify(had) !== JSON.stringify(want)) {
+    // A partial file of another image (or of unknown origin) cannot be continued.
+    await fsp.rm(partFile, { force: true });
+    await writeFileAtomic(partRecordFile, JSON.stringify(want, null, 2) + "\n");
+    await giveTo(loc, partRecordFile);
+  }
+  const discard = async () => {
+    await fsp.rm(partFile, { force: true });
+    await fsp.rm(partRecordFile, { force: true });
+  };
+
+  let got: { sha256: string; size: number };
+  const existing = await fsp.stat(partFile).then((s) => s.size, () => 0);
+  if (e.downloadSize !== undefined && existing === e.downloadSize) {
+    status(`${e.fileName} was downloaded before the last run stopped: checking it`);
+    got = await sha256File(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: existing });
+  } else {
+    status(existing > 0 ? `continuing the download of ${e.url} at ${existing} bytes` : `downloading ${e.url}`);
+    got = await downloadToPart({ url: e.url, partFile, fileName: e.fileName, ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}), client, signal: opts.signal, onProgress: opts.onProgress, onStatus: status });
+  }
+  await giveTo(loc, partFile);
+  if (e.downloadSize !== undefined && got.size < e.downloadSize) {
+    throw new PibakeError(`the download of ${e.url} ended after ${got.size} of ${e.downloadSize} bytes; run again to continue from ${partFile}`);
+  }
+  if (e.downloadSha256 && got.sha256 !== e.downloadSha256) {
+    await discard();
+    throw new PibakeError(
+      `the download of ${e.url} is not the file the OS list describes: its SHA-256 is ${got.sha256}, the list (${opts.listUrl}) says ${e.downloadSha256}. ` +
+        `The download was deleted; run again to fetch it anew.`,
+    );
+  }
+
+  status(`checking the image inside ${e.fileName} against the list's extract_sha256`);
+  let inner;
+  try {
+    inner = await extractedDigest(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: e.extractSize });
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    await discard();
+    throw new PibakeError(`the download of ${e.url} cannot be decompressed (${(err as Error).message}); it was deleted, run again to fetch it anew`);
+  }
+  if (inner.sha256 !== e.extractSha256 || (e.extractSize !== undefined && inner.size !== e.extractSize)) {
+    await discard();
+    throw new PibakeError(
+      `the image inside ${e.url} is not the one the OS list describes: its SHA-256 is ${inner.sha256} (${inner.size} bytes), ` +
+        `the list (${opts.listUrl}) says ${e.extractSha256}${e.extractSize !== undefined ? ` (${e.extractSize} bytes)` : ""}. The download was deleted; run again to fetch it anew.`,
+    );
+  }
+
+  // Verified: only now does the file take its own name, in a directory named by its digest.
+  const dir = path.join(loc.dir, got.sha256);
+  await ensureDir(loc, dir);
+  const file = path.join(dir, e.fileName);
+  await fsp.rename(partFile, file);
+  await fsp.rm(partRecordFile, { force: true });
+  const record: CachedImageRecord = {
+    name: e.name,
+    fileName: e.fileName,
+    release: e.release,
+    arch: e.arch,
+    releaseDate: e.releaseDate,
+    url: e.url,
+    downloadSha256: got.sha256,
+    downloadSize: got.size,
+    extractSha256: inner.sha256,
+    extractSize: inner.size,
+    verifiedAt: new Date().toISOString(),
+    listUrl: opts.listUrl,
+  };
+  await writeRecord(loc, dir, record);
+  status(`verified ${e.fileName} and kept it in ${dir}`);
+  return { path: file, entry: entryOfCached({ ...record, path: file, dir }), fromCache: false };
+}
