@@ -12,6 +12,7 @@ import type { Model } from "./config/model.js";
 import { prepareSecrets, StateDir, type Secrets } from "./secrets/index.js";
 import { configDigests } from "./secrets/digests.js";
 import { summarize } from "./secrets/pki.js";
+import { resolveVersions } from "./registry/resolve.js";
 import { protectedPaths, refuseProtectedOutput } from "./protected-paths.js";
 import { render, type Rendered } from "./render/index.js";
 import { createOutput, formatBytes, formatDuration, type Output } from "./ui/output.js";
@@ -145,7 +146,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
     }, `remove ${workDir}`);
     const log = new BuildLog(logPath);
     log.line(`pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${outDir} --compress ${compress}`);
-    const steps = new Steps(buildSteps(engine.steps), out, log);
+    const steps = new Steps(buildSteps(engine.steps(request)), out, log);
     try {
       return await stepsOfTheBuild(scope, steps, log);
     } catch (caught) {
@@ -169,6 +170,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
 
   async function stepsOfTheBuild(scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
     steps.begin("render");
+    await resolveVersions(model, state, { signal: scope.signal, onStatus: (m) => steps.status(`Node-RED: ${m}`) });
     const secrets = prepareSecrets(model, state);
     const rendered = await render(model, secrets);
     steps.status(`certificate for ${model.tls.domain}: ${secrets.pki.serverCertStatus}; CA ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);

@@ -285,9 +285,17 @@ describe("the build log and the command's usage", () => {
         return `${(e as { exitCode: number }).exitCode}: ${(e as Error).message}`;
       }
     };
-    expect(usage({ base: "x.img", runner: "docker" })).toBe("2: --runner applies to the pi-gen build only, not with --base");
-    expect(usage({ base: "x.img", clean: true, piGen: "/p" })).toBe("2: --pi-gen, --clean apply to the pi-gen build only, not with --base");
-    expect(usage({ shrink: true })).toBe("2: --shrink applies to builds from an image only: add --base IMAGE");
+    expect(usage({ base: "x.img", runner: "docker" })).toBe("2: --runner applies to the pi-gen build only (--engine pi-gen), not to builds from an image");
+    expect(usage({ base: "x.img", clean: true, piGen: "/p" })).toBe("2: --pi-gen, --clean apply to the pi-gen build only (--engine pi-gen), not to builds from an image");
+    expect(usage({ engine: "base", runner: "docker" })).toBe("2: --runner applies to the pi-gen build only (--engine pi-gen), not to builds from an image");
+    // Without --base the build starts from the official image; a pi-gen option, or --engine pi-gen, asks for pi-gen.
+    expect(usage({ shrink: true })).toBe("ok");
+    expect(usage({ runner: "docker", shrink: true })).toBe("2: --shrink applies to builds from an image only, not to pi-gen builds");
+    expect(usage({ engine: "pi-gen", base: "raspios" })).toBe("2: --base applies to builds from an image only, not to pi-gen builds");
+    expect(usage({ engine: "podman" })).toBe("2: --engine podman: use pi-gen or base");
+    expect(usage({ base: "raspios@2025-1-4" })).toBe("2: --base raspios@2025-1-4: give the official release as raspios@YYYY-MM-DD, e.g. raspios@2025-12-04");
+    expect(usage({ base: "x.img", osList: "http://127.0.0.1/list.json" })).toBe("2: --os-list applies to builds from the official image only, not with --base FILE");
+    expect(usage({ base: "raspios@2025-12-04", osList: "http://127.0.0.1/list.json" })).toBe("ok");
     expect(usage({ compress: "bzip2" })).toBe("2: --compress bzip2: use xz, zstd or none");
     expect(usage({ logFormat: "json" })).toBe("2: --log-format json: use auto or plain");
     expect(usage({ runner: "podman" })).toBe("2: --runner podman: use native or docker");

@@ -3,6 +3,7 @@ import { execa, type ResultPromise } from "execa";
 import { X509Certificate } from "node:crypto";
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { startImageServer, type ImageServer } from "./helpers/image-server.js";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { freePort, waitForPort } from "./helpers/net.js";
 import { tryConnect } from "./helpers/mqtt.js";
@@ -53,6 +54,25 @@ async function compressedBase(base: string): Promise<string> {
 
 
 
+/** Where the test's download host serves the base, as Raspberry Pi's does (a .zst here: the faithful base is cached as one). */
+const OFFICIAL_PATH = "raspios_lite_arm64/images/raspios_lite_arm64-2026-04-13/2026-04-13-raspios-trixie-arm64-lite.img.zst";
+
+/** Raspberry Pi Imager's OS list, nested as the real one: Lite under "Raspberry Pi OS (other)". */
+function osListFor(server: ImageServer, lite: Record<string, unknown>) {
+  return {
+    os_list: [
+      { name: "Raspberry Pi OS (64-bit)", description: "A port of Debian Trixie with the Raspberry Pi Desktop", icon: "", url: `${server.base}/images/raspios_arm64/images/raspios_arm64-2026-04-13/2026-04-13-raspios-trixie-arm64.img.xz`, extract_size: 1, extract_sha256: "0".repeat(64), image_download_size: 1, release_date: "2026-04-13" },
+      {
+        name: "Raspberry Pi OS (other)",
+        description: "Other Raspberry Pi OS based images",
+        icon: "",
+        subitems: [{ name: "Raspberry Pi OS Lite (64-bit)", description: "A port of Debian Trixie with no desktop environment", icon: "", release_date: "2026-04-13", devices: ["pi5-64bit", "pi4-64bit"], init_format: "cloudinit-rpi", ...lite }],
+      },
+      { name: "Other general-purpose OS", description: "", icon: "", subitems_url: `${server.base}/os_list_other.json` },
+    ],
+  };
+}
+
 /** Occurrences of each needle in the image's data (holes hold nothing), read in overlapping chunks. */
 async function countInImage(image: string, needles: string[]): Promise<Map<string, number>> {
   const counts = new Map(needles.map((n) => [n, 0]));
@@ -85,11 +105,11 @@ function leftovers(dir: string): string[] {
 }
 
 /** Run a build and send SIGINT (or SIGKILL to its process group) once its output matches `when`. */
-async function interruptWhen(args: string[], when: RegExp, signal: "SIGINT" | "SIGKILL" = "SIGINT", delayMs = 0) {
+async function interruptWhen(args: string[], when: RegExp, signal: "SIGINT" | "SIGKILL" = "SIGINT", delayMs = 0, extraEnv: Record<string, string> = {}) {
   const child = execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), ...args], {
     reject: false,
     all: true,
-    env: { ...env, CI: "true" },
+    env: { ...env, ...extraEnv, CI: "true" },
     cwd: repoRoot,
     stdin: "ignore",
     detached: signal === "SIGKILL",
@@ -225,7 +245,7 @@ describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry P
   it("refuses bad usage with exit 2", async () => {
     const r = await pibake(["build", cfg, "--base", "x.img", "--runner", "docker"], { env });
     expect(r.exitCode).toBe(2);
-    expect(r.stderr).toContain("--runner applies to the pi-gen build only, not with --base");
+    expect(r.stderr).toContain("--runner applies to the pi-gen build only (--engine pi-gen), not to builds from an image");
     const g = await pibake(["build", cfg, "--base", "x.img", "--grow", "lots"], { env });
     expect(g.exitCode).toBe(2);
     expect(g.stderr).toMatch(/--grow lots: not a size/);
@@ -246,14 +266,29 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   const mnt = path.join(tmp.dir, "mnt");
   let mounted: Awaited<ReturnType<typeof mountRoot>> | undefined;
   let broker: ResultPromise | undefined;
+  let server: ImageServer | undefined;
+  const imageCache = path.join(tmp.dir, "xdg-cache");
 
   beforeAll(async () => {
     base = (await execa("bash", [FIXTURE, "trixie"], { timeout: 1_800_000 })).stdout.trim();
     baseZst = await compressedBase(base);
     cfg = writeJson(path.join(tmp.dir, "broker.json"), config());
 
+    // The first build is a newcomer's: no --base, the official image from the OS list, here served on 127.0.0.1.
+    server = await startImageServer();
+    server.files.set(OFFICIAL_PATH, readFileSync(baseZst));
+    server.list = osListFor(server, {
+      url: `${server.base}/images/${OFFICIAL_PATH}`,
+      image_download_size: statSync(baseZst).size,
+      image_download_sha256: (await execa("sha256sum", [baseZst])).stdout.split(" ")[0],
+      extract_size: statSync(base).size,
+      extract_sha256: (await execa("sha256sum", [base])).stdout.split(" ")[0],
+    });
     const t0 = Date.now();
-    const r = await pibake(["build", cfg, "--base", baseZst, "--out", out1, "--state", state, "--compress", "none", "--log-format", "plain"], { env, timeout: 1_800_000 });
+    const r = await pibake(["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out1, "--state", state, "--compress", "none", "--log-format", "plain"], {
+      env: { ...env, XDG_CACHE_HOME: imageCache, PIBAKE_OFFLINE: "0" },
+      timeout: 1_800_000,
+    });
     firstMs = Date.now() - t0;
     firstOutput = `${r.stdout}\n${r.stderr}`;
     expect(r.exitCode, firstOutput).toBe(0);
@@ -266,6 +301,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   }, 2_400_000);
 
   afterAll(async () => {
+    await server?.close();
     broker?.kill("SIGKILL");
     await broker?.catch(() => undefined);
     await mounted?.release();
@@ -279,7 +315,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(files).toEqual(["ca.crt", `${b}.img`, `${b}.img.bmap`, `${b}.img.sha256`, `${b}.log`, `${b}.manifest.json`]);
     expect(b).toMatch(new RegExp(`^test-broker-${DOMAIN.replace(/\./g, "\\.")}-\\d{4}-\\d\\d-\\d\\d$`));
     expect((await execa("sha256sum", ["-c", `${b}.img.sha256`], { cwd: out1 })).stdout).toBe(`${b}.img: OK`);
-    const steps = ["render", "prepare base", "packages", "overlay", "finalize", "deliver"].map((s, i) => firstOutput.indexOf(`[${i + 1}/6] ${s}`));
+    const steps = ["render", "download base", "prepare base", "packages", "overlay", "finalize", "deliver"].map((s, i) => firstOutput.indexOf(`[${i + 1}/7] ${s}`));
     expect(steps.every((p) => p >= 0), firstOutput).toBe(true);
     expect([...steps].sort((x, y) => x - y)).toEqual(steps);
     // Progress while decompressing the .zst base.
@@ -289,12 +325,42 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(m.engine).toMatchObject({ engine: "base", baseCompression: "zstd", baseBuiltByPibake: false, regeneration: false, freeBlocksZeroed: "fstrim" });
     expect(m.engine.packagesInstalled).toEqual(expect.arrayContaining(["mosquitto", "ddclient"]));
     expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
+    // Which official image, from which list: verified on download, the download's digest recorded.
+    expect(m.engine.official).toEqual({
+      name: "Raspberry Pi OS Lite (64-bit)",
+      file: path.basename(OFFICIAL_PATH),
+      releaseDate: "2026-04-13",
+      url: `${server!.base}/images/${OFFICIAL_PATH}`,
+      sha256: m.engine.baseSha256,
+      extractSha256: (await execa("sha256sum", [base])).stdout.split(" ")[0],
+      list: `${server!.base}/os_list.json`,
+    });
+    expect(firstOutput).toMatch(/2026-04-13-raspios-trixie-arm64-lite\.img\.zst \(2026-04-13\), sha256 [0-9a-f]{16}…, downloaded and verified/);
     // Free blocks are holes: the image maps what the base held plus what the build added (packages, overlay), not its raw size.
     expect(m.image.mappedBytes).toBeLessThan(statSync(base).blocks * 512 + 400 * 2 ** 20);
     expect(m.image.mappedBytes).toBeLessThan(m.image.rawSize * 0.7);
     expect(m.domain).toBe(DOMAIN);
     expect(readFileSync(path.join(out1, "ca.crt"), "utf8")).toBe(readFileSync(path.join(state, "ca.crt"), "utf8"));
   });
+
+  it("builds again from the cached official image with the download host gone, asking it for nothing", async () => {
+    const seen = server!.requests.length;
+    await server!.close();
+    const outC = path.join(tmp.dir, "out-cached");
+    const { result, sent, text } = await interruptWhen(
+      ["build", cfg, "--os-list", `${server!.base}/os_list.json`, "--out", outC, "--state", state, "--compress", "none", "--log-format", "plain"],
+      /\[3\/7\] prepare base\n/,
+      "SIGINT",
+      0,
+      { XDG_CACHE_HOME: imageCache, PIBAKE_OFFLINE: "0" },
+    );
+    expect(sent, text).toBe(true);
+    expect(text).toMatch(/cannot read the OS list .*ECONNREFUSED/);
+    expect(text).toMatch(/2026-04-13-raspios-trixie-arm64-lite\.img\.zst \(2026-04-13\), sha256 [0-9a-f]{16}…, from the cache/);
+    expect(server!.requests.length).toBe(seen);
+    expect(result.exitCode, text).toBe(130);
+    expect(leftovers(outC)).toEqual([]);
+  }, 600_000);
 
   it("has every rendered file in the image with its content, owner and mode", () => {
     expectOverlayInRoot(mnt, rendered);

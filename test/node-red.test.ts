@@ -1,6 +1,6 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -13,7 +13,7 @@ import type { Model } from "../src/config/model.js";
 import { topicCovers } from "../src/config/node-red.js";
 import { ConfigError } from "../src/errors.js";
 import { packageRoot } from "../src/paths.js";
-import { chooseVersion, npmView, OS_NODE, parseNpmView, PINNED, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
+import { chooseVersion, npmView, OS_NODE, parseNpmView, PINNED, recordedNodeRedVersions, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { nodeRedIds } from "../src/render/node-red.js";
 import { prepareSecrets, StateDir, type Secrets } from "../src/secrets/index.js";
@@ -211,30 +211,37 @@ describe("Node-RED version choice", () => {
     expect(chooseVersion(dashboards, OS_NODE.trixie, "5.0.7")).toBe("2.0.0");
   });
 
-  it("keeps its choice in the state directory, falls back offline, and takes a pinned version", () => {
+  it("keeps its choice in the state directory, falls back offline, and takes a pinned version", async () => {
     const state = new StateDir(path.join(work, "versions-state"));
     let asked = 0;
     const lookup = (pkg: string) => {
       asked++;
       return pkg === "node-red" ? [{ version: "4.1.13", engines: { node: ">=18.5" } }, { version: "5.0.7", engines: { node: ">=22.9" } }] : [{ version: "1.30.0", engines: { node: ">=14" } }];
     };
-    const first = resolveNodeRedVersions(state, { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" }, lookup, false);
+    const trixie = { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" } as const;
+    // A render before any resolve takes the fallback and records nothing.
+    expect(recordedNodeRedVersions(state, trixie).nodeRed.source).toBe("fallback");
+    expect(existsSync(state.file("node-red-versions.json"))).toBe(false);
+    const { versions: first, asked: askedFirst } = await resolveNodeRedVersions(state, trixie, lookup, false);
+    expect(askedFirst).toBe(true);
     expect(first.nodeRed).toEqual({ package: "node-red", version: "4.1.13", source: "registry" });
     expect(first.dashboard).toEqual({ package: "@flowfuse/node-red-dashboard", version: "1.30.0", source: "registry" });
-    expect(resolveNodeRedVersions(state, { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" }, lookup, false)).toEqual(first);
+    expect(await resolveNodeRedVersions(state, trixie, lookup, false)).toEqual({ versions: first, asked: false });
+    // What the render then installs, with no network.
+    expect(recordedNodeRedVersions(state, trixie)).toEqual(first);
     expect(asked).toBe(2);
     const failing = () => {
       throw new Error("no network");
     };
-    const classic = resolveNodeRedVersions(state, { release: "bookworm", dashboard: "node-red-dashboard" }, failing, false);
+    const { versions: classic } = await resolveNodeRedVersions(state, { release: "bookworm", dashboard: "node-red-dashboard" }, failing, false);
     expect(classic).toMatchObject({ node: OS_NODE.bookworm, nodeRed: { version: PINNED["node-red"], source: "fallback" }, dashboard: { version: "3.6.6", source: "fallback" } });
-    const pinned = resolveNodeRedVersions(state, { release: "bookworm", pinned: "4.0.9" }, failing, true);
+    const { versions: pinned } = await resolveNodeRedVersions(state, { release: "bookworm", pinned: "4.0.9" }, failing, true);
     expect(pinned.nodeRed).toEqual({ package: "node-red", version: "4.0.9", source: "config" });
     expect(pinned.dashboard).toBeUndefined();
   });
 
-  it("asks the real registry through npm, and its answer is a 4.x for both releases", { timeout: 60_000 }, () => {
-    const infos = npmView("node-red");
+  it("asks the real registry through npm, and its answer is a 4.x for both releases", { timeout: 60_000 }, async () => {
+    const infos = await npmView("node-red");
     expect(infos.length).toBeGreaterThan(50);
     const trixie = chooseVersion(infos, OS_NODE.trixie)!;
     const bookworm = chooseVersion(infos, OS_NODE.bookworm)!;
@@ -245,7 +252,7 @@ describe("Node-RED version choice", () => {
     expect(pinned && satisfies(OS_NODE.bookworm, pinned.engines!.node!) && satisfies(OS_NODE.trixie, pinned.engines!.node!)).toBe(true);
     // The dashboards too, checked against the chosen Node-RED.
     for (const pkg of ["@flowfuse/node-red-dashboard", "node-red-dashboard"]) {
-      const d = npmView(pkg);
+      const d = await npmView(pkg);
       expect(chooseVersion(d, OS_NODE.bookworm, bookworm), pkg).toBeDefined();
       expect(d.some((i) => i.version === PINNED[pkg]), pkg).toBe(true);
     }

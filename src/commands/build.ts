@@ -6,7 +6,9 @@ export interface BuildOptions {
   out?: string;
   state?: string;
   compress?: string;
+  engine?: string;
   base?: string;
+  osList?: string;
   grow?: string;
   shrink?: boolean;
   verbose?: boolean;
@@ -20,8 +22,8 @@ export interface BuildOptions {
 
 /** The engines' options as given: a repeated option is a list, a flag given once a value. */
 export function buildSettings(opts: BuildOptions): BuildSettings {
-  const { out, state, compress, verbose, logFormat, base, grow, shrink, piGen, updatePiGen, runner, baseStages, clean } = opts;
-  const engine = { base, grow, shrink, piGen, updatePiGen, runner, clean };
+  const { out, state, compress, verbose, logFormat, engine: engineId, base, osList, grow, shrink, piGen, updatePiGen, runner, baseStages, clean } = opts;
+  const engine = { engine: engineId, base, osList, grow, shrink, piGen, updatePiGen, runner, clean };
   const request = Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)) as BuildSettings["request"];
   if (baseStages !== undefined) request.baseStages = (Array.isArray(baseStages) ? baseStages : [baseStages]).map(String);
   return {

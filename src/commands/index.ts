@@ -57,23 +57,27 @@ export function registerCommands(cli: CAC): void {
     .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(action, opts));
 
   cli
-    .command("build <config>", "Build the broker image: with pi-gen, or in minutes from an existing Raspberry Pi OS image with --base")
+    .command("build <config>", "Build the broker image in minutes from the official Raspberry Pi OS Lite (downloaded, verified and cached), from an image given with --base, or from scratch with --engine pi-gen")
     .option("--out <dir>", "Where the image and its files go", { default: "./deploy" })
     .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
     .option("--compress <kind>", "Compress the image: xz, zstd or none", { default: "xz" })
-    .option("--base <image>", "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip) instead of running pi-gen")
-    .option("--grow <size>", "With --base: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
-    .option("--shrink", "With --base: shrink the image to its used size plus a margin (the first boot expands it again)")
+    .option("--engine <engine>", "base (the default: start from a Raspberry Pi OS image) or pi-gen (build the system from scratch)")
+    .option("--base <image>", "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip), or raspios@YYYY-MM-DD for an official release (default: the newest official Lite)")
+    .option("--os-list <url>", "Where the official images are listed (Raspberry Pi Imager's OS list; default PIBAKE_OS_LIST_URL, else Raspberry Pi's)")
+    .option("--grow <size>", "Builds from an image: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
+    .option("--shrink", "Builds from an image: shrink the image to its used size plus a margin (the first boot expands it again)")
     .option("--verbose", "Show the output of apt-get and the stage's scripts")
     .option("--log-format <format>", "auto (a live status line on a terminal) or plain (one line per event)", { default: "auto" })
-    .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout")
+    .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout (implies --engine pi-gen)")
     .option("--update-pi-gen", "pi-gen: update pibake's pi-gen clone first")
     .option("--runner <runner>", "pi-gen: native or docker")
     .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
     .option("--clean", "pi-gen: start from a clean pi-gen work directory")
+    .example("sudo -E pibake build broker.json                 # from the newest official Raspberry Pi OS Lite")
+    .example("sudo -E pibake build broker.json --base raspios@2025-12-04")
     .example("sudo pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
     .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
-    .example("pibake build broker.json --runner docker")
+    .example("pibake build broker.json --engine pi-gen --runner docker")
     .action(async (configPath: string, opts: BuildOptions) => {
       await (await import("./build.js")).buildCommand(configPath, opts);
     });

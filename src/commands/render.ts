@@ -3,6 +3,7 @@ import { PibakeError } from "../errors.js";
 import { summarize } from "../secrets/pki.js";
 import { prepareSecrets, StateDir } from "../secrets/index.js";
 import { render } from "../render/index.js";
+import { resolveVersions } from "../registry/resolve.js";
 import { writeRendered } from "../render/write.js";
 import { nodeRedSummary } from "../render/node-red.js";
 import { createOutput } from "../ui/output.js";
@@ -22,6 +23,8 @@ export async function renderCommand(configPath: string, opts: RenderOptions): Pr
   const { model } = loadAndWarn(configPath, out);
   const state = StateDir.locate(model.configDir, model.image.name, opts.state);
   refuseProtectedOutput(opts.out, "--out", protectedPaths(model, state.dir));
+  state.ensure();
+  await resolveVersions(model, state, { onStatus: (m) => out.info(`Node-RED:    ${m}`) });
   const secrets = prepareSecrets(model, state);
   const rendered = await render(model, secrets);
   writeRendered(opts.out, rendered, { force: opts.force === true });

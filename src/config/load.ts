@@ -251,7 +251,8 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
   const extraIps = c.tls.extraNames.filter((n) => IPV4_RE.test(n));
   const dnsNames = [...new Set([c.tls.domain.toLowerCase(), ...extraDns, `${c.image.hostname.toLowerCase()}.local`])];
   const ipAddresses = [...new Set([ip, ...extraIps])];
-  const image = { ...c.image, baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)) };
+  const { raspiosDate, ...imageFields } = c.image;
+  const image = { ...imageFields, ...(raspiosDate !== undefined ? { raspiosDate } : {}), baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)) };
   const user = { name: c.user.name, password: r.resolve(c.user.password, "user.password"), sshKeys: c.user.sshKeys, passwordSsh: c.user.passwordSsh };
   const network: Model["network"] = {
     interface: c.network.interface,

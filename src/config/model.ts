@@ -67,6 +67,8 @@ export interface Model {
     keyboard: { keymap: string; layout: string };
     /** pi-gen builds: absolute stage directories that replace stage0-2; empty for pi-gen's own. */
     baseStages: string[];
+    /** The official Raspberry Pi OS Lite release to build from (YYYY-MM-DD); the newest when absent. */
+    raspiosDate?: string;
   };
   user: { name: string; password: Secret; sshKeys: string[]; passwordSsh: boolean };
   network: {

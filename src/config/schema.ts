@@ -71,6 +71,11 @@ const image = z.strictObject({
       layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"' }),
     })
     .default({ keymap: "gb", layout: "English (UK)" }),
+  /** Builds from the official image: the Raspberry Pi OS Lite release to start from (its release date); the newest when absent. */
+  raspiosDate: z
+    .string()
+    .regex(/^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$/, { error: 'is not a release date such as "2025-12-04" (YYYY-MM-DD)' })
+    .optional(),
   /** pi-gen builds only: stage directories that replace stage0-2 (relative to the config file); --base-stages overrides them. */
   baseStages: z.array(z.string().min(1, { error: "is empty: give a stage directory" }), { error: "is not a list of pi-gen stage directories" }).optional(),
 });

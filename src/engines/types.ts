@@ -18,11 +18,11 @@ import type { EngineResult } from "../image/types.js";
 export interface Engine {
   /** What `pibake build` says it builds with: "pi-gen", "base". */
   readonly id: string;
-  /** The engine's steps, in order, as the user sees them between "render" and "deliver". */
-  readonly steps: readonly StepSpec[];
+  /** The engine's steps for this request, in order, as the user sees them between "render" and "deliver". */
+  steps(request: BuildRequest): readonly StepSpec[];
   /** The build options only this engine takes. */
   readonly options: readonly EngineOption[];
-  /** Completes "--clean applies to …" for its options given to another engine: "the pi-gen build only, not with --base". */
+  /** Completes "--clean applies to …" for its options given to another engine: "the pi-gen build only (--engine pi-gen), not to builds from an image". */
   readonly optionsApplyTo: string;
   /** "with pi-gen", "from 2025-11-24-raspios-trixie-arm64-lite.img.xz": for the build's first line. */
   describe(request: BuildRequest): string;
@@ -51,7 +51,12 @@ export interface EngineOption {
 
 /** The build's engine options, as given on the command line (paths not yet resolved). */
 export interface BuildRequest {
+  /** --engine: "pi-gen" or "base"; otherwise chosen from the other options. */
+  engine?: string;
+  /** An image file, or "raspios" / "raspios@YYYY-MM-DD" for the official one (also the default). */
   base?: string;
+  /** Where the official images are listed (Raspberry Pi Imager's OS list). */
+  osList?: string;
   grow?: string;
   shrink?: boolean;
   piGen?: string;

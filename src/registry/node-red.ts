@@ -1,6 +1,6 @@
-import { execFileSync } from "node:child_process";
+import { execa } from "execa";
 import { createRequire } from "node:module";
-import type { Release } from "../config/model.js";
+import type { Model, Release } from "../config/model.js";
 
 /**
  * Which Node-RED (and dashboard) release the image installs. The Pi runs the
@@ -120,16 +120,18 @@ export function parseNpmView(json: string): VersionInfo[] {
 }
 
 /** Asks the registry through the user's own npm, so that its registry and proxy settings apply. */
-export type RegistryLookup = (pkg: string) => VersionInfo[];
+export type RegistryLookup = (pkg: string, signal?: AbortSignal) => VersionInfo[] | Promise<VersionInfo[]>;
 
-export const npmView: RegistryLookup = (pkg) => {
-  const out = execFileSync("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
-    encoding: "utf8",
+/** The registry's versions of a package, through npm (its proxy and registry settings): at most 60 seconds. */
+export const npmView: RegistryLookup = async (pkg, signal) => {
+  const r = await execa("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
     timeout: 60_000,
-    stdio: ["ignore", "pipe", "ignore"],
-    env: { ...process.env, npm_config_update_notifier: "false" },
+    stdin: "ignore",
+    stderr: "ignore",
+    env: { npm_config_update_notifier: "false" },
+    ...(signal ? { cancelSignal: signal } : {}),
   });
-  return parseNpmView(out);
+  return parseNpmView(r.stdout);
 };
 
 export const DASHBOARD_PACKAGES = { flowfuse: "@flowfuse/node-red-dashboard", classic: "node-red-dashboard", none: undefined } as const;
@@ -140,6 +142,13 @@ export interface VersionRequest {
   dashboard?: string | undefined;
   /** An exact Node-RED version from the config (nodeRed.version). */
   pinned?: string;
+}
+
+/** What Node-RED's versions are chosen for: the release's Node.js, the dashboard, a pinned Node-RED. */
+export function nodeRedVersionRequest(model: Model): VersionRequest | undefined {
+  const nr = model.nodeRed;
+  if (!nr) return undefined;
+  return { release: model.image.release, dashboard: DASHBOARD_PACKAGES[nr.dashboard], ...(nr.version ? { pinned: nr.version } : {}) };
 }
 
 const STATE_FILE = "node-red-versions.json";
@@ -154,47 +163,78 @@ export interface VersionRecordStore {
   writeJson(name: string, value: unknown): void;
 }
 
-/**
- * The versions to install: those recorded in the state directory when they
- * were chosen for the same release and dashboard (and, if the config pins
- * one, the same Node-RED), else chosen now from the registry, else the
- * pinned fallback. The result is recorded, so that renders repeat.
- */
-export function resolveNodeRedVersions(
-  state: VersionRecordStore,
-  req: VersionRequest,
-  lookup: RegistryLookup = npmView,
-  offline = process.env.PIBAKE_OFFLINE === "1",
-): NodeRedVersions {
-  const node = OS_NODE[req.release];
+/** The versions recorded in the state directory, when they were chosen for this request (release, dashboard, pinned Node-RED). */
+function recordedFor(state: VersionRecordStore, req: VersionRequest): NodeRedVersions | undefined {
   const recorded = state.readJson<NodeRedVersions>(STATE_FILE);
   if (
     recorded &&
     recorded.release === req.release &&
-    recorded.node === node &&
+    recorded.node === OS_NODE[req.release] &&
     recorded.dashboard?.package === req.dashboard &&
     (req.pinned === undefined ? recorded.nodeRed.source !== "config" : recorded.nodeRed.version === req.pinned)
   ) {
     return recorded;
   }
-  const pick = (pkg: string, nodeRedVersion?: string): PackageChoice => {
+  return undefined;
+}
+
+/** The choice made without the registry: the config's pin, else the known-good releases. */
+function fallbackVersions(req: VersionRequest): NodeRedVersions {
+  const fallback = (pkg: string): PackageChoice => ({ package: pkg, version: PINNED[pkg]!, source: "fallback" });
+  return {
+    release: req.release,
+    node: OS_NODE[req.release],
+    nodeRed: req.pinned ? { package: "node-red", version: req.pinned, source: "config" } : fallback("node-red"),
+    ...(req.dashboard ? { dashboard: fallback(req.dashboard) } : {}),
+  };
+}
+
+/**
+ * What a render installs, with no network: the versions recorded by the
+ * last resolve for the same request, else the fallback (not recorded, so
+ * that the next resolve still asks the registry).
+ */
+export function recordedNodeRedVersions(state: VersionRecordStore, req: VersionRequest): NodeRedVersions {
+  return recordedFor(state, req) ?? fallbackVersions(req);
+}
+
+/**
+ * The versions to install, chosen before a render: those recorded in the
+ * state directory when they were chosen for the same release and dashboard
+ * (and, if the config pins one, the same Node-RED), else chosen now from
+ * the registry, else the pinned fallback. The result is recorded, so that
+ * renders repeat.
+ */
+export async function resolveNodeRedVersions(
+  state: VersionRecordStore,
+  req: VersionRequest,
+  lookup: RegistryLookup = npmView,
+  offline = process.env.PIBAKE_OFFLINE === "1",
+  signal?: AbortSignal,
+): Promise<{ versions: NodeRedVersions; asked: boolean }> {
+  const recorded = recordedFor(state, req);
+  if (recorded) return { versions: recorded, asked: false };
+  const node = OS_NODE[req.release];
+  const fallback = fallbackVersions(req);
+  const pick = async (pkg: string, stand: PackageChoice, nodeRedVersion?: string): Promise<PackageChoice> => {
     if (!offline) {
       try {
-        const chosen = chooseVersion(lookup(pkg), node, nodeRedVersion);
+        const chosen = chooseVersion(await lookup(pkg, signal), node, nodeRedVersion);
         if (chosen) return { package: pkg, version: chosen, source: "registry" };
       } catch {
+        signal?.throwIfAborted();
         // No npm, no network, or an answer that is not JSON: the pinned release stands in.
       }
     }
-    return { package: pkg, version: PINNED[pkg]!, source: "fallback" };
+    return stand;
   };
-  const nodeRed: PackageChoice = req.pinned ? { package: "node-red", version: req.pinned, source: "config" } : pick("node-red");
+  const nodeRed = req.pinned ? fallback.nodeRed : await pick("node-red", fallback.nodeRed);
   const versions: NodeRedVersions = {
     release: req.release,
     node,
     nodeRed,
-    ...(req.dashboard ? { dashboard: pick(req.dashboard, nodeRed.version) } : {}),
+    ...(req.dashboard ? { dashboard: await pick(req.dashboard, fallback.dashboard!, nodeRed.version) } : {}),
   };
   state.writeJson(STATE_FILE, versions);
-  return versions;
+  return { versions, asked: !offline };
 }

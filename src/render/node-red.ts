@@ -69,7 +69,7 @@ export function nodeRedView(model: Model, secrets: Secrets): NodeRedView | false
   const nr = model.nodeRed;
   const s = secrets.nodeRed;
   if (!nr || !s) return false;
-  const mqttUser = model.mqtt.users.find((u) => u.name === nr.mqttUser);
+  const mqttUser = secrets.mqttUsers.find((u) => u.name === nr.mqttUser);
   if (!mqttUser) throw new Error(`Node-RED's MQTT user "${nr.mqttUser}" is not among the MQTT users: prepare the secrets before rendering`);
   const ids = nodeRedIds(model.image.name);
   const home = `/home/${model.user.name}`;

@@ -64,7 +64,7 @@ export function keyfileSsid(ssid: string): string {
 export const DEFAULT_STAGE_LIST = "stage0 stage1 stage2 stage-pibake";
 
 export function buildView(model: Model, secrets: Secrets): View {
-  const aclFile = model.mqtt.users.some((u) => u.topics !== undefined);
+  const aclFile = secrets.mqttUsers.some((u) => u.topics !== undefined);
   const wifiIsLan = model.network.interface.startsWith("wlan");
   const wifi = model.network.wifi;
   const ddns = model.ddns;
@@ -87,7 +87,7 @@ export function buildView(model: Model, secrets: Secrets): View {
       tlsPort: model.mqtt.tlsPort,
       persistence: model.mqtt.persistence,
       aclFile,
-      users: model.mqtt.users.map((u) => ({
+      users: secrets.mqttUsers.map((u) => ({
         name: u.name,
         hash: secrets.mqttHashes.get(u.name)!,
         // Without rules of its own a user may use every topic, also when others have rules.

@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import type { Model } from "../config/model.js";
+import type { Model, MqttUser } from "../config/model.js";
 import { HashCache, mosquittoHash, sha512Crypt, verifyMosquittoHash, verifySha512Crypt, wpaPsk } from "./hashes.js";
 import { ensurePki, type Pki } from "./pki.js";
-import { prepareNodeRed, type NodeRedSecrets } from "./node-red.js";
+import { nodeRedMqttUser, prepareNodeRed, type NodeRedSecrets } from "./node-red.js";
 import { StateDir } from "./state.js";
 
 export { StateDir } from "./state.js";
@@ -10,6 +10,8 @@ export { StateDir } from "./state.js";
 /** What the render needs from the secrets step: certificates and hashes, never clear-text passwords (but the ddclient token, which has no hashed form). */
 export interface Secrets {
   pki: Pki;
+  /** Every MQTT user: the config's, then those pibake adds (Node-RED's, when the config names none). */
+  mqttUsers: MqttUser[];
   /** Mosquitto `$7$` hashes by MQTT user name. */
   mqttHashes: Map<string, string>;
   /** crypt(3) hash of the first user's password. */
@@ -22,6 +24,11 @@ export interface Secrets {
   nodeRed?: NodeRedSecrets;
 }
 
+/**
+ * The secrets of a build, from the model and the state directory alone: no
+ * network, and the model is left as it is. Node-RED's versions are those the
+ * resolve step (src/registry/resolve.ts) recorded before.
+ */
 export function prepareSecrets(model: Model, state: StateDir): Secrets {
   state.ensure();
   const pki = ensurePki(state, model.image.name, {
@@ -30,10 +37,11 @@ export function prepareSecrets(model: Model, state: StateDir): Secrets {
     ipAddresses: model.tls.ipAddresses,
   });
   const cache = new HashCache(state);
-  // First: it may add Node-RED's MQTT user to model.mqtt.users.
   const nodeRed = prepareNodeRed(model, state, cache);
+  const nodeRedUser = nodeRedMqttUser(model, state);
+  const mqttUsers = [...model.mqtt.users, ...(nodeRedUser ? [nodeRedUser] : [])];
   const mqttHashes = new Map(
-    model.mqtt.users.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]),
+    mqttUsers.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]),
   );
   const userPasswordHash = cache.get(`user:${model.user.name}`, model.user.password.reveal(), (pw) => sha512Crypt(pw), verifySha512Crypt);
   cache.save();
@@ -44,6 +52,7 @@ export function prepareSecrets(model: Model, state: StateDir): Secrets {
   }
   return {
     pki,
+    mqttUsers,
     mqttHashes,
     userPasswordHash,
     ...(model.network.wifi ? { wifiPsk: wpaPsk(model.network.wifi.passphrase.reveal(), model.network.wifi.ssid) } : {}),

@@ -1,7 +1,7 @@
 import { compareSync, hashSync } from "bcryptjs";
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scryptSync, timingSafeEqual } from "node:crypto";
-import { Secret, type Model } from "../config/model.js";
-import { DASHBOARD_PACKAGES, resolveNodeRedVersions, type NodeRedVersions, type RegistryLookup } from "../registry/node-red.js";
+import { Secret, type Model, type MqttUser } from "../config/model.js";
+import { nodeRedVersionRequest, recordedNodeRedVersions, type NodeRedVersions } from "../registry/node-red.js";
 import type { HashCache } from "./hashes.js";
 import type { StateDir } from "./state.js";
 
@@ -93,33 +93,34 @@ function kept(state: StateDir, name: string, make: () => string): string {
 }
 
 /**
- * Prepare Node-RED's secrets and versions. When the config names no MQTT user
- * for Node-RED, this adds one to model.mqtt.users (password generated and kept,
- * allowed to read the example topic), so that the broker's password and ACL
- * files carry it like any other user. Call it before the MQTT hashes are made.
+ * The MQTT user that Node-RED logs in as, when the config names none: made
+ * here (password generated once and kept, allowed to read the example
+ * topic), so that the broker's password and ACL files carry it like any
+ * other user.
  */
-export function prepareNodeRed(model: Model, state: StateDir, cache: HashCache, lookup?: RegistryLookup): NodeRedSecrets | undefined {
+export function nodeRedMqttUser(model: Model, state: StateDir): MqttUser | undefined {
   const nr = model.nodeRed;
-  if (!nr) return undefined;
+  if (!nr || !nr.mqttUserGenerated || model.mqtt.users.some((u) => u.name === nr.mqttUser)) return undefined;
+  const password = kept(state, STATE_FILES.mqttPassword, () => randomBytes(24).toString("base64url"));
+  return {
+    name: nr.mqttUser,
+    password: new Secret(password, `generated, ${STATE_FILES.mqttPassword}`),
+    topics: [{ access: "read", topic: nr.exampleTopic }],
+  };
+}
+
+/** Node-RED's secrets, and the versions that the last resolve recorded (or the fallback). */
+export function prepareNodeRed(model: Model, state: StateDir, cache: HashCache): NodeRedSecrets | undefined {
+  const nr = model.nodeRed;
+  const request = nodeRedVersionRequest(model);
+  if (!nr || !request) return undefined;
   const adminPassword =
     nr.admin.password?.reveal() ??
     new Secret(kept(state, STATE_FILES.adminPassword, () => randomBytes(15).toString("base64url")), `generated, ${STATE_FILES.adminPassword}`).reveal();
-  if (nr.mqttUserGenerated && !model.mqtt.users.some((u) => u.name === nr.mqttUser)) {
-    const password = kept(state, STATE_FILES.mqttPassword, () => randomBytes(24).toString("base64url"));
-    model.mqtt.users.push({
-      name: nr.mqttUser,
-      password: new Secret(password, `generated, ${STATE_FILES.mqttPassword}`),
-      topics: [{ access: "read", topic: nr.exampleTopic }],
-    });
-  }
   const credentialSecret = kept(state, STATE_FILES.credentialSecret, () => randomBytes(32).toString("hex"));
   const user = nr.admin.user;
   return {
-    versions: resolveNodeRedVersions(
-      state,
-      { release: model.image.release, dashboard: DASHBOARD_PACKAGES[nr.dashboard], ...(nr.version ? { pinned: nr.version } : {}) },
-      lookup,
-    ),
+    versions: recordedNodeRedVersions(state, request),
     adminHash: cache.get(`node-red-admin:${user}`, adminPassword, bcryptHash, verifyBcrypt),
     ...(nr.admin.password ? {} : { adminPasswordFile: state.file(STATE_FILES.adminPassword) }),
     ...(nr.protectDashboard ? { dashboardHash: cache.get(`node-red-dashboard:${user}`, adminPassword, (pw) => scryptHash(pw), verifyScrypt) } : {}),

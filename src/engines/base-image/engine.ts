@@ -4,7 +4,7 @@ import { probeImage } from "../../image/compression.js";
 import { detectCompression } from "../../image/compression.js";
 import { formatBytes } from "../../ui/output.js";
 import { problemOf } from "../problems.js";
-import type { Engine, Problem } from "../types.js";
+import type { BuildRequest, Engine, Problem } from "../types.js";
 import { checkBinfmt, checkPrograms, checkRoot } from "./preflight.js";
 import { parseGrow } from "./resize.js";
 
@@ -14,7 +14,8 @@ import { parseGrow } from "./resize.js";
  */
 export const baseImageEngine: Engine = {
   id: "base",
-  steps: [
+  steps: (request) => [
+    ...(officialBase(request) ? [{ title: "download base", failure: "could not get the official Raspberry Pi OS Lite image" }] : []),
     { title: "prepare base", failure: "could not prepare the base image" },
     { title: "packages", failure: "installing the stage's packages in the image failed" },
     { title: "overlay", failure: "applying the overlay and running the stage's scripts failed" },
@@ -22,32 +23,50 @@ export const baseImageEngine: Engine = {
   ],
   options: [
     { key: "base", flag: "--base" },
+    { key: "osList", flag: "--os-list" },
     { key: "grow", flag: "--grow" },
     { key: "shrink", flag: "--shrink" },
   ],
 
-  optionsApplyTo: "builds from an image only: add --base IMAGE",
-  describe: (request) => `from ${request.base}`,
-
-  usageProblems(request) {
-    if (typeof request.base !== "string" || request.base === "") return ["--base needs an image file: .img, .img.xz, .img.gz, .img.zst or .zip"];
-    const problem = problemOfSync(() => parseGrow(request.grow));
-    return problem ? [problem] : [];
+  optionsApplyTo: "builds from an image only, not to pi-gen builds",
+  describe(request) {
+    const official = officialBase(request);
+    if (!official) return `from ${request.base}`;
+    return `from the official Raspberry Pi OS Lite${official.date ? ` of ${official.date}` : ""}`;
   },
 
-  inputs: (request) => [{ path: request.base!, what: "the base image (--base)" }],
+  usageProblems(request) {
+    const problems: string[] = [];
+    if (request.base !== undefined && (typeof request.base !== "string" || request.base === "")) {
+      problems.push("--base needs an image file (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD for an official release");
+    } else if (request.base !== undefined && /^raspios(@|$)/.test(request.base) && !officialBase(request)) {
+      problems.push(`--base ${request.base}: give the official release as raspios@YYYY-MM-DD, e.g. raspios@2025-12-04`);
+    }
+    if (request.osList !== undefined && !officialBase(request)) problems.push("--os-list applies to builds from the official image only, not with --base FILE");
+    const grow = problemOfSync(() => parseGrow(request.grow));
+    if (grow) problems.push(grow);
+    return problems;
+  },
+
+  inputs: (request) => (officialBase(request) ? [] : [{ path: request.base!, what: "the base image (--base)" }]),
 
   async preflight(request, model) {
+    const official = officialBase(request);
     const problems = await Promise.all([
       problemOf(checkRoot),
-      problemOf(async () => checkPrograms(await detectCompression(request.base!), request.shrink === true)),
+      // The official images are .img.xz.
+      problemOf(async () => checkPrograms(official ? "xz" : await detectCompression(request.base!), request.shrink === true)),
       problemOf(() => checkBinfmt(model.image.arch)),
     ]);
+    if (model.image.baseStages.length > 0) {
+      problems.push({ what: "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image", usage: true });
+    }
     return problems.filter((p): p is Problem => p !== undefined);
   },
 
   /** The working image lives in --out (holes are free, data is not): say so before a long build runs out of space. */
   async warnings(request, outDir) {
+    if (officialBase(request)) return [];
     try {
       const info = await probeImage(request.base!);
       const raw = info.size ?? info.sizeHint;
@@ -67,6 +86,17 @@ export const baseImageEngine: Engine = {
     return (await import("./index.js")).buildFromBase(input, reporter);
   },
 };
+
+/**
+ * The official image is the base when no file is named: `--base raspios`,
+ * `--base raspios@DATE` (a pinned release), or no --base at all; a date in
+ * the option wins over image.raspiosDate in the config.
+ */
+export function officialBase(request: BuildRequest): { date?: string } | undefined {
+  if (request.base === undefined || request.base === "raspios") return {};
+  const m = /^raspios@(\d{4}-\d{2}-\d{2})$/.exec(request.base);
+  return m ? { date: m[1]! } : undefined;
+}
 
 function problemOfSync(check: () => unknown): string | undefined {
   try {

@@ -32,6 +32,8 @@ import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, parseGr
 import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram, tool } from "../../host/tools.js";
 import { PIBAKE_VERSION } from "../../version.js";
+import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage, type OfficialImageEntry } from "../../images/index.js";
+import { officialBase } from "./engine.js";
 
 export { parseGrow } from "./resize.js";
 
@@ -68,10 +70,32 @@ interface BaseBuild {
   bootChanges: { changed: string[]; removed: string[] };
   systemNotes: string[];
   shrunk?: { from: number; to: number };
+  /** The official image the base is, when the build fetched it. */
+  official?: OfficialImageEntry;
+}
+
+/** The official Raspberry Pi OS Lite for the config's release and architecture: from the cache, or downloaded and verified. */
+async function downloadOfficial(input: EngineInput, reporter: StepReporter): Promise<OfficialImage> {
+  const { model } = input.config;
+  reporter.begin("download base");
+  const date = officialBase(input.request)?.date ?? model.image.raspiosDate;
+  const show = reporter.live ? (p: ImageProgress) => reporter.status(formatImageProgress(p)) : plainProgressPrinter((line) => reporter.status(line));
+  const got = await resolveOfficialImage({
+    release: model.image.release,
+    arch: model.image.arch,
+    date,
+    listUrl: input.request.osList,
+    signal: input.scope.signal,
+    onProgress: show,
+    onStatus: (m) => reporter.status(m),
+  });
+  reporter.info(`${got.entry.fileName} (${got.entry.releaseDate}), sha256 ${got.entry.sha256.slice(0, 16)}…, ${got.fromCache ? "from the cache" : "downloaded and verified"}: ${got.path}`);
+  return got;
 }
 
 export async function buildFromBase(input: EngineInput, reporter: StepReporter): Promise<EngineResult> {
-  const base = path.resolve(input.request.base!);
+  const official = officialBase(input.request) ? await downloadOfficial(input, reporter) : undefined;
+  const base = official ? official.path : path.resolve(input.request.base!);
   const workDir = path.join(input.workDir, "base");
   mkdirSync(path.join(workDir, "root"), { recursive: true, mode: 0o700 });
   const b: BaseBuild = {
@@ -93,6 +117,7 @@ export async function buildFromBase(input: EngineInput, reporter: StepReporter):
     zeroed: "none",
     bootChanges: { changed: [], removed: [] },
     systemNotes: [],
+    ...(official ? { official: official.entry } : {}),
   };
   reporter.begin("prepare base");
   await copyBase(b);
@@ -335,6 +360,9 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       notes: b.systemNotes,
       imageSize: statSync(b.image).size,
       marker: MARKER_PATH,
+      ...(b.official
+        ? { official: { name: b.official.name, file: b.official.fileName, releaseDate: b.official.releaseDate, url: b.official.url, sha256: b.official.sha256, extractSha256: b.official.extractSha256, list: b.official.listUrl } }
+        : {}),
     },
     timings: {},
   };

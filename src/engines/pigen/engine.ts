@@ -15,7 +15,7 @@ export type Runner = (typeof RUNNERS)[number];
  */
 export const piGenEngine: Engine = {
   id: "pi-gen",
-  steps: [{ title: "pi-gen", failure: "the pi-gen build failed" }],
+  steps: () => [{ title: "pi-gen", failure: "the pi-gen build failed" }],
   options: [
     { key: "piGen", flag: "--pi-gen" },
     { key: "updatePiGen", flag: "--update-pi-gen" },
@@ -24,7 +24,7 @@ export const piGenEngine: Engine = {
     { key: "clean", flag: "--clean" },
   ],
 
-  optionsApplyTo: "the pi-gen build only, not with --base",
+  optionsApplyTo: "the pi-gen build only (--engine pi-gen), not to builds from an image",
   describe: () => "with pi-gen",
 
   usageProblems(request) {
