@@ -24,6 +24,7 @@ import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image
 import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/host/log.js";
 import { checkUsage } from "../src/build.js";
+import { systemSettings } from "../src/render/system.js";
 import { buildSettings } from "../src/commands/build.js";
 import { registerSecret } from "../src/ui/output.js";
 
@@ -123,7 +124,7 @@ describe("what pi-gen's config does, as file edits", () => {
     writeFileSync(path.join(root, "etc/locale.gen"), "# en_GB.UTF-8 UTF-8\n");
     for (const u of ["ssh.service", "getty@.service"]) writeFileSync(path.join(root, "usr/lib/systemd/system", u), "[Unit]\n");
     const hash = "$6$salt$" + "x".repeat(20) + "'quote";
-    const plan = applySystemSettings(root, boot, f.model, hash);
+    const plan = applySystemSettings(root, boot, systemSettings(f.model), hash);
     const file = path.join(tmp.dir, "00-run-chroot.sh");
     writeFileSync(file, plan.script);
     const lint = await execa("shellcheck", ["-s", "bash", file], { reject: false });

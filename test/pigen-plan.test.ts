@@ -3,6 +3,7 @@ import { execa } from "execa";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { systemSettings } from "../src/render/system.js";
 import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, stageList } from "../src/engines/pigen/plan.js";
 import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pigen/log.js";
 import { diskProblem, formatProblems, missingDependencies, rootProblem } from "../src/engines/pigen/preflight.js";
@@ -69,7 +70,8 @@ describe("reusing stage0-2", () => {
     mutate(c);
     return loadConfig(writeJson(path.join(tmp.dir, `${Math.random()}.json`), c), { ...secretEnv }).model;
   };
-  const base = baseDigest(modelFor(() => {}), "commit1", "", "ph");
+  const systemOf = (mutate: (c: Record<string, any>) => void) => systemSettings(modelFor(mutate));
+  const base = baseDigest(systemOf(() => {}), "commit1", "", "ph");
 
   it("does not depend on the domain, certificates, MQTT users, ddclient or the user's password", () => {
     const other = modelFor((c) => {
@@ -78,15 +80,15 @@ describe("reusing stage0-2", () => {
       c.ddns.interval = 900;
       c.user.password = { env: "T_MQTT_PHONE_PW" };
     });
-    expect(baseDigest(other, "commit1", "", "ph")).toBe(base);
+    expect(baseDigest(systemSettings(other), "commit1", "", "ph")).toBe(base);
   });
 
   it.each([
-    ["the pi-gen commit", (m: any) => baseDigest(m, "commit2", "", "ph")],
-    ["the user's name", (m: any) => baseDigest(modelFor((c) => (c.user.name = "pi")), "commit1", "", "ph")],
-    ["the time zone", () => baseDigest(modelFor((c) => (c.image.timezone = "Europe/London")), "commit1", "", "ph")],
-    ["the SSH keys", () => baseDigest(modelFor((c) => (c.user.passwordSsh = true)), "commit1", "", "ph")],
-    ["the base stages", (m: any) => baseDigest(m, "commit1", "digest-of-my-stages", "ph")],
+    ["the pi-gen commit", (m: any) => baseDigest(systemSettings(m), "commit2", "", "ph")],
+    ["the user's name", (m: any) => baseDigest(systemOf((c) => (c.user.name = "pi")), "commit1", "", "ph")],
+    ["the time zone", () => baseDigest(systemOf((c) => (c.image.timezone = "Europe/London")), "commit1", "", "ph")],
+    ["the SSH keys", () => baseDigest(systemOf((c) => (c.user.passwordSsh = true)), "commit1", "", "ph")],
+    ["the base stages", (m: any) => baseDigest(systemSettings(m), "commit1", "digest-of-my-stages", "ph")],
   ])("changes with %s", (_what, digestOf) => {
     expect(digestOf(modelFor(() => {}))).not.toBe(base);
   });

@@ -5,6 +5,7 @@ import { renderPiGenConfig, renderStage, type StageFile } from "./stage.js";
 import { packOverlay } from "./tar.js";
 import { buildView } from "./view.js";
 import { nodeRedManifest } from "./node-red.js";
+import { systemSettings, type SystemSettings } from "./system.js";
 
 /** Everything a build needs, in memory: the engines decide where it goes. */
 export interface Rendered {
@@ -12,6 +13,8 @@ export interface Rendered {
   overlayTar: Buffer;
   stage: StageFile[];
   piGenConfig: string;
+  /** What pi-gen's config does to the system, for both engines. */
+  system: SystemSettings;
   caCertPem: string;
   /** What the build records about its choices (e.g. the Node-RED version); written as manifest.json. */
   manifest: Record<string, unknown>;
@@ -26,6 +29,7 @@ export async function render(model: Model, secrets: Secrets): Promise<Rendered> 
     overlayTar,
     stage: renderStage(view, overlay, overlayTar),
     piGenConfig: renderPiGenConfig(view),
+    system: view.system,
     caCertPem: secrets.pki.caCertPem,
     manifest: { ...nodeRedManifest(model, secrets) },
   };

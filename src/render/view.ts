@@ -4,12 +4,15 @@ import type { Secrets } from "../secrets/index.js";
 import { nodeRedView, type NodeRedView } from "./node-red.js";
 import { configDigest } from "../config/digest.js";
 import { PIBAKE_VERSION } from "../version.js";
+import { systemSettings, type SystemSettings } from "./system.js";
 
 /**
  * The values templates see. Optional parts are `false` rather than missing,
  * because templates are compiled strictly and a missing field is an error.
  */
 export interface View {
+  /** What pi-gen's config does to the system: the pi-gen config file is rendered from it. */
+  system: SystemSettings;
   image: Model["image"];
   user: { name: string; passwordHash: string; passwordSsh: boolean };
   network: {
@@ -69,6 +72,7 @@ export function buildView(model: Model, secrets: Secrets): View {
   const wifi = model.network.wifi;
   const ddns = model.ddns;
   return {
+    system: systemSettings(model),
     image: model.image,
     user: { name: model.user.name, passwordHash: secrets.userPasswordHash, passwordSsh: model.user.passwordSsh },
     network: {

@@ -248,7 +248,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
 /** Hostname, first user, SSH, locale and the rest that pi-gen's config sets; the chroot part only when they changed. Returns their digest. */
 async function applySystem(b: BaseBuild): Promise<string> {
   b.reporter.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
-  const plan = applySystemSettings(b.mnt, b.bootDir, b.model, b.input.secrets.userPasswordHash);
+  const plan = applySystemSettings(b.mnt, b.bootDir, b.input.rendered.system, b.input.secrets.userPasswordHash);
   b.systemNotes = plan.notes;
   for (const n of plan.notes) b.log.line(`note: ${n}`);
   if (b.facts!.marker?.systemDigest === plan.digest) {

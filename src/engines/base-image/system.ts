@@ -10,12 +10,12 @@
  */
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
 import path from "node:path";
-import { createHash } from "node:crypto";
 import { PibakeError } from "../../errors.js";
 import type { Model } from "../../config/model.js";
 import { renderTemplateFile } from "../../render/templates.js";
 import { stagesDir } from "../../paths.js";
 import { readMarker, installedPackages, type ImageMarker } from "./marker.js";
+import { systemDigest, type SystemSettings } from "../../render/system.js";
 
 export interface BaseFacts {
   /** VERSION_CODENAME from /etc/os-release: bookworm, trixie… */
@@ -237,7 +237,7 @@ export interface SystemPlan {
  * Edit the image's files for the settings pi-gen's config carries and return
  * the chroot script for the rest. `bootDir` is the boot partition's files.
  */
-export function applySystemSettings(rootfs: string, bootDir: string, model: Model, passwordHash: string): SystemPlan {
+export function applySystemSettings(rootfs: string, bootDir: string, system: SystemSettings, passwordHash: string): SystemPlan {
   const notes: string[] = [];
   const p = (rel: string) => path.join(rootfs, rel);
   const write = (rel: string, content: string, mode = 0o644) => {
@@ -247,11 +247,11 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   };
 
   // Hostname (pi-gen stage1/02-net-tweaks).
-  write("etc/hostname", `${model.image.hostname}\n`);
-  write("etc/hosts", hostsWithHostname(existsSync(p("etc/hosts")) ? readFileSync(p("etc/hosts"), "utf8") : "127.0.0.1\tlocalhost\n", model.image.hostname));
+  write("etc/hostname", `${system.hostname}\n`);
+  write("etc/hosts", hostsWithHostname(existsSync(p("etc/hosts")) ? readFileSync(p("etc/hosts"), "utf8") : "127.0.0.1\tlocalhost\n", system.hostname));
 
   // Time zone (pi-gen stage0/01-locale and TIMEZONE_DEFAULT).
-  const tz = model.image.timezone;
+  const tz = system.timezone;
   if (!existsSync(inImage(rootfs, `/usr/share/zoneinfo/${tz}`))) {
     throw new PibakeError(`time zone "${tz}" is not in the image (no /usr/share/zoneinfo/${tz}): check image.timezone in the config`);
   }
@@ -262,11 +262,11 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   // Keyboard (KEYBOARD_KEYMAP / KEYBOARD_LAYOUT).
   const kbFile = p("etc/default/keyboard");
   const kbText = existsSync(kbFile) ? readFileSync(kbFile, "utf8") : undefined;
-  const keyboardChanged = keyboardLayoutOf(kbText) !== model.image.keyboard.keymap;
-  write("etc/default/keyboard", keyboardWithLayout(kbText, model.image.keyboard.keymap));
+  const keyboardChanged = keyboardLayoutOf(kbText) !== system.keyboard.keymap;
+  write("etc/default/keyboard", keyboardWithLayout(kbText, system.keyboard.keymap));
 
   // Locale (LOCALE_DEFAULT): enabled in locale.gen, generated in the chroot when new.
-  const locale = model.image.locale;
+  const locale = system.locale;
   let localeGen = false;
   if (existsSync(p("etc/locale.gen"))) {
     const r = enableLocale(readFileSync(p("etc/locale.gen"), "utf8"), locale);
@@ -279,11 +279,11 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   }
 
   // Wi-Fi country (WPA_COUNTRY): regulatory domain on the kernel command line, Wi-Fi unblocked.
-  const wifi = model.network.wifi;
+  const country = system.wifiCountry;
   const cmdlineFile = path.join(bootDir, "cmdline.txt");
-  if (wifi) {
-    if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), wifi.country));
-    else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${wifi.country} is not set there`);
+  if (country) {
+    if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), country));
+    else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${country} is not set there`);
   }
 
   // No first-boot rename from the boot partition, nor the desktop's wizard (the stage masks Lite's).
@@ -294,20 +294,17 @@ export function applySystemSettings(rootfs: string, bootDir: string, model: Mode
   }
 
   const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => existsSync(inImage(rootfs, `/${d}/${u}`)));
-  const user = model.user.name;
+  const user = system.user.name;
   const enable = ["ssh.service"].filter(unitExists);
   if (!unitExists("ssh.service")) notes.push("the image has no ssh.service (openssh-server): SSH is not enabled");
   if (unitExists("getty@.service")) enable.push("getty@tty1.service");
   const script = renderTemplateFile(SYSTEM_SCRIPT, {
     user,
     passwordHash,
-    sshKeys: model.user.sshKeys,
+    sshKeys: system.user.sshKeys,
     localeGen,
-    keyboard: keyboardChanged ? model.image.keyboard : false,
+    keyboard: keyboardChanged ? system.keyboard : false,
     enable: enable.join(" "),
   });
-  const digest = createHash("sha256")
-    .update(JSON.stringify({ v: 1, user, passwordHash, keys: model.user.sshKeys, locale, keymap: model.image.keyboard.keymap, layout: model.image.keyboard.layout, enable }))
-    .digest("hex");
-  return { script, digest, notes };
+  return { script, digest: systemDigest(system), notes };
 }

@@ -94,7 +94,7 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   const lastBase = baseStages.at(-1)!;
   const recordFile = path.join(workDir, "pibake-base.json");
   const record = existsSync(recordFile) ? (JSON.parse(readFileSync(recordFile, "utf8")) as BaseRecord) : undefined;
-  const digest = baseDigest(model, checkout.commit, digestTree(userBaseStages), input.secrets.piGenFirstUserPlaceholder);
+  const digest = baseDigest(input.rendered.system, checkout.commit, digestTree(userBaseStages), input.secrets.piGenFirstUserPlaceholder);
   const decision = decideReuse({
     clean: request.clean ?? false,
     currentDigest: digest,

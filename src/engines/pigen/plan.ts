@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Arch, Model, Release } from "../../config/model.js";
 import { shellQuote } from "../../render/templates.js";
+import { systemDigest, type SystemSettings } from "../../render/system.js";
 
 /**
  * Everything about a pi-gen build that can be decided without running
@@ -55,23 +56,13 @@ export function piGenConfigFile(rendered: string, o: PiGenConfigOverrides): stri
  * ddclient and even the first user's password are not in it: pi-gen sets a
  * throw-away password there, and stage-pibake sets the real one.
  */
-export function baseDigest(model: Model, piGenCommit: string, baseStagesDigest: string, placeholder: string): string {
-  const inputs = {
-    piGenCommit,
-    release: model.image.release,
-    arch: model.image.arch,
-    hostname: model.image.hostname,
-    locale: model.image.locale,
-    keyboard: model.image.keyboard,
-    timezone: model.image.timezone,
-    user: model.user.name,
-    placeholder,
-    sshKeys: model.user.sshKeys,
-    passwordSsh: model.user.passwordSsh,
-    wifiCountry: model.network.wifi?.country ?? null,
-    baseStagesDigest,
-  };
-  return createHash("sha256").update(JSON.stringify(inputs)).digest("hex");
+/**
+ * What stage0-2 depend on: pi-gen's commit, the system settings (the same
+ * digest a build from an image keeps in its marker), pi-gen's throw-away
+ * first password, and the user's own base stages.
+ */
+export function baseDigest(system: SystemSettings, piGenCommit: string, baseStagesDigest: string, placeholder: string): string {
+  return createHash("sha256").update(JSON.stringify({ piGenCommit, system: systemDigest(system), placeholder, baseStagesDigest })).digest("hex");
 }
 
 export interface ReuseFacts {
