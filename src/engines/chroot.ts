@@ -1,9 +1,9 @@
-import { execa } from "execa";
 import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
 import path from "node:path";
 import type { CleanupScope } from "../cleanup.js";
 import { PibakeError } from "../errors.js";
 import { unmountTree } from "../host/mounts.js";
+import { run } from "../host/process.js";
 
 /**
  * The chroot that pi-gen's on_chroot provides: proc, dev, dev/pts, sys, and
@@ -22,7 +22,7 @@ export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope
   for (const [rel, args] of mounts) {
     const target = path.join(rootfs, rel);
     mkdirSync(target, { recursive: true });
-    await execa("mount", [...args, target]);
+    await run("mount", [...args, target], { what: `mounting ${target} for the chroot` });
     scope.defer(() => unmountTree(target), `unmount ${target}`);
   }
 }
@@ -116,35 +116,14 @@ const CHROOT_ENV = {
   HOME: "/root",
 };
 
-export async function runInChroot(rootfs: string, run: ChrootRun): Promise<void> {
-  const child = execa("chroot", [rootfs, "/bin/bash", "-e"], {
-    input: run.script,
-    env: { ...CHROOT_ENV, ...run.env },
+export async function runInChroot(rootfs: string, chroot: ChrootRun): Promise<void> {
+  await run("chroot", [rootfs, "/bin/bash", "-e"], {
+    what: "running a script in the image's chroot",
+    input: chroot.script,
+    env: { ...CHROOT_ENV, ...chroot.env },
     extendEnv: false,
-    all: true,
-    reject: false,
-    ...(run.signal ? { cancelSignal: run.signal } : {}),
-    forceKillAfterDelay: 5000,
+    signal: chroot.signal,
+    onLine: chroot.onLine,
+    failure: (exit, tail) => `a command in the image's chroot failed (${exit}):\n${tail}`,
   });
-  const tail: string[] = [];
-  child.all?.setEncoding("utf8");
-  let partial = "";
-  child.all?.on("data", (chunk: string) => {
-    const lines = (partial + chunk).split("\n");
-    partial = lines.pop() ?? "";
-    for (const l of lines) {
-      tail.push(l);
-      if (tail.length > 40) tail.shift();
-      run.onLine?.(l);
-    }
-  });
-  const result = await child;
-  if (partial) {
-    tail.push(partial);
-    run.onLine?.(partial);
-  }
-  if (result.isCanceled && run.signal?.reason instanceof Error) throw run.signal.reason;
-  if (result.exitCode !== 0) {
-    throw new PibakeError(`a command in the image's chroot failed (exit ${result.exitCode ?? result.signal}):\n${tail.map((l) => `  | ${l}`).join("\n")}`);
-  }
 }

@@ -1,7 +1,7 @@
-import { execa } from "execa";
 import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
+import { run } from "../host/process.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
 
@@ -132,20 +132,14 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
 }
 
 async function runHostScript(file: string, subStageDir: string, stageDir: string, rootfs: string, opts: StageRunOptions, signal: AbortSignal): Promise<void> {
-  const r = await execa(file, [], {
+  await run(file, [], {
+    what: `running ${file}`,
     cwd: subStageDir,
     env: { ...opts.env, ROOTFS_DIR: rootfs, STAGE_DIR: stageDir, SUB_STAGE_DIR: subStageDir },
-    all: true,
-    reject: false,
-    cancelSignal: signal,
-    forceKillAfterDelay: 5000,
+    signal,
+    onLine: opts.onLine,
+    failure: (exit, tail) => `${file} failed (${exit}):\n${tail}`,
   });
-  if (r.isCanceled && signal.reason instanceof Error) throw signal.reason;
-  for (const l of (r.all ?? "").split("\n")) if (l) opts.onLine?.(l);
-  if (r.exitCode !== 0) {
-    const tail = (r.all ?? "").split("\n").slice(-40).map((l) => `  | ${l}`).join("\n");
-    throw new PibakeError(`${file} failed (exit ${r.exitCode ?? r.signal}):\n${tail}`);
-  }
 }
 
 /**

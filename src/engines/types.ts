@@ -4,6 +4,9 @@ import type { Model } from "../config/model.js";
 import type { Rendered } from "../render/index.js";
 import type { Secrets, StateDir } from "../secrets/index.js";
 import type { EngineResult } from "../image/types.js";
+import type { StepReporter, StepSpec } from "../ui/steps.js";
+
+export type { StepReporter, StepSpec } from "../ui/steps.js";
 
 /**
  * An engine turns the rendered stage into a raw, complete `.img` in a work
@@ -37,12 +40,6 @@ export interface Engine {
   build(input: EngineInput, reporter: StepReporter): Promise<EngineResult>;
 }
 
-/** One step of a build: its title, what the user is told when it fails. */
-export interface StepSpec {
-  title: string;
-  failure: string;
-}
-
 export interface EngineOption {
   /** The BuildRequest field. */
   key: keyof BuildRequest;
@@ -72,26 +69,6 @@ export interface Problem {
   fix?: string;
   /** The config or the options are wrong (exit 2), not the machine (exit 1). */
   usage?: boolean;
-}
-
-/**
- * The only way an engine talks to the user (src/ui/steps.ts decides how it
- * looks): its steps begin or are skipped, status lines within one, lasting
- * lines, warnings, and tool output shown with --verbose. All of it goes to
- * the build's log too.
- */
-export interface StepReporter {
-  /** Whether status lines replace each other (a terminal) or each is a line of its own (a log, CI): throttle those. */
-  readonly live: boolean;
-  begin(title: string): void;
-  skip(title: string, why: string): void;
-  /** Progress within the step: a live line on a terminal, a plain line otherwise. */
-  status(message: string): void;
-  /** A line that stays: a decision the user should see ("regenerating: …"). */
-  info(message: string): void;
-  warn(message: string): void;
-  /** A program's output line: shown with --verbose. */
-  detail(line: string): void;
 }
 
 export interface EngineInput {

@@ -2,10 +2,10 @@
  * Block devices as lsblk sees them, and the pure questions asked about them:
  * which are removable, what is mounted on them, how to show them.
  */
-import { execa } from "execa";
 import { readFile } from "node:fs/promises";
 import { PibakeError } from "../errors.js";
 import { formatBytes } from "../ui/output.js";
+import { run } from "../host/process.js";
 
 export const LSBLK_COLUMNS = "NAME,PATH,TYPE,SIZE,RM,HOTPLUG,RO,TRAN,VENDOR,MODEL,SERIAL,MOUNTPOINTS,FSTYPE,LABEL,MAJ:MIN";
 
@@ -74,9 +74,9 @@ export function parseLsblk(json: string): BlockDevice[] {
 }
 
 export async function listBlockDevices(): Promise<BlockDevice[]> {
-  const r = await execa("lsblk", ["--json", "-b", "-o", LSBLK_COLUMNS], { reject: false, stdin: "ignore" });
+  const r = await run("lsblk", ["--json", "-b", "-o", LSBLK_COLUMNS], { what: "listing block devices", okCodes: "any" });
   if (r.exitCode !== 0) {
-    throw new PibakeError(`cannot list block devices with lsblk: ${String(r.stderr).trim() || r.shortMessage}`);
+    throw new PibakeError(`cannot list block devices with lsblk: ${r.output.trim() || `exit ${r.exitCode ?? r.signal}`}`);
   }
   return parseLsblk(String(r.stdout));
 }

@@ -3,7 +3,6 @@
  * write, verify and hand the card back. The decisions are pure functions
  * (devices.ts, checks.ts); this file sequences them around the writer.
  */
-import { execa } from "execa";
 import { promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { InterruptedError, PibakeError } from "../errors.js";
@@ -27,6 +26,7 @@ import {
 } from "./devices.js";
 import { createProgress, formatElapsed, formatRate } from "./progress.js";
 import { chooseIndex, createPrompter, isYes, type Prompter } from "./prompt.js";
+import { run } from "../host/process.js";
 import {
   closeTarget,
   flushDeviceCache,
@@ -171,9 +171,9 @@ function incomplete(err: unknown, target: string, written: number, total: number
 async function unmountAll(mounts: Mounted[], out: Output): Promise<void> {
   // Deepest mount points first, so that nested mounts come off before their parents.
   for (const m of [...mounts].sort((a, b) => b.mountpoint.length - a.mountpoint.length)) {
-    const r = await execa("umount", [m.mountpoint], { reject: false, stdin: "ignore" });
+    const r = await run("umount", [m.mountpoint], { what: `unmounting ${m.mountpoint}`, okCodes: "any" });
     if (r.exitCode !== 0) {
-      const why = String(r.stderr).trim() || r.shortMessage;
+      const why = r.output.trim() || `exit ${r.exitCode ?? r.signal}`;
       throw new PibakeError(`cannot unmount ${m.device} from ${m.mountpoint} (${why}): close what uses it and try again; nothing was written`);
     }
     out.info(`Unmounted ${m.device} from ${m.mountpoint}`);

@@ -4,7 +4,6 @@
  * its offsets with a few large writes in flight, read it back to verify, and
  * hand the card back to the kernel.
  */
-import { execa } from "execa";
 import { createHash, type Hash } from "node:crypto";
 import { constants as C, promises as fsp } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
@@ -12,6 +11,7 @@ import type { Readable } from "node:stream";
 import { PibakeError } from "../errors.js";
 import type { ByteRange } from "../image/bmap.js";
 import { formatBytes } from "../ui/output.js";
+import { run } from "../host/process.js";
 
 export const CHUNK_SIZE = 4 << 20;
 /** Writes in flight. libuv has four threads by default and the reader needs one. */
@@ -486,7 +486,7 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
 
 /** Drop cached blocks of a device, so that reads after buffered writes come from the medium. */
 export async function flushDeviceCache(device: string): Promise<void> {
-  await execa("blockdev", ["--flushbufs", device], { reject: false, stdin: "ignore" });
+  await run("blockdev", ["--flushbufs", device], { what: `flushing ${device}'s cache`, okCodes: "any" });
 }
 
 /**
@@ -495,12 +495,12 @@ export async function flushDeviceCache(device: string): Promise<void> {
  * Returns a warning when neither worked.
  */
 export async function rereadPartitions(device: string): Promise<string | undefined> {
-  const r = await execa("blockdev", ["--rereadpt", device], { reject: false, stdin: "ignore" });
+  const r = await run("blockdev", ["--rereadpt", device], { what: `rereading ${device}'s partitions`, okCodes: "any" });
   if (r.exitCode === 0) return undefined;
-  const p = await execa("partx", ["-u", device], { reject: false, stdin: "ignore" });
+  const p = await run("partx", ["-u", device], { what: `updating ${device}'s partitions`, okCodes: "any" });
   if (p.exitCode === 0) return undefined;
   // A loop device without partition scanning, holding an image without a table: nothing to tell the kernel.
   if (/^\/dev\/loop\d+$/.test(device)) return undefined;
-  const why = String(r.stderr).trim() || r.shortMessage;
+  const why = r.output.trim() || `exit ${r.exitCode ?? r.signal}`;
   return `the kernel did not reread the partition table of ${device} (${why}): unplug the card and plug it in again before using it on this computer`;
 }

@@ -1,6 +1,6 @@
-import { execa } from "execa";
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { run } from "./process.js";
 
 /** Mount points at or below `dir`, from /proc/self/mounts. */
 export function mountsBelow(dir: string): string[] {
@@ -15,7 +15,7 @@ export function mountsBelow(dir: string): string[] {
 export async function unmountTree(target: string): Promise<void> {
   const mounts = mountsBelow(target).sort((a, b) => b.length - a.length);
   for (const m of mounts) {
-    const r = await execa("umount", [m], { reject: false });
-    if (r.exitCode !== 0) await execa("umount", ["--lazy", m], { reject: false });
+    const r = await run("umount", [m], { what: `unmounting ${m}`, okCodes: "any" });
+    if (r.exitCode !== 0) await run("umount", ["--lazy", m], { what: `unmounting ${m} lazily`, okCodes: "any" });
   }
 }

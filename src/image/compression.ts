@@ -9,6 +9,7 @@ import { PassThrough, pipeline, Transform, type Readable } from "node:stream";
 import zlib from "node:zlib";
 import yauzl from "yauzl";
 import { PibakeError } from "../errors.js";
+import { run } from "../host/process.js";
 
 export type Compression = "none" | "gzip" | "xz" | "zstd" | "zip";
 
@@ -195,14 +196,14 @@ function spawnReader(cmd: string, args: string[], file: string): { stream: Reada
   };
 }
 
-async function tool(cmd: string, args: string[]): Promise<string | undefined> {
-  const r = await execa(cmd, args, { reject: false, stdin: "ignore" });
-  return r.exitCode === 0 ? String(r.stdout) : undefined;
+async function stdoutOf(cmd: string, args: string[]): Promise<string | undefined> {
+  const r = await run(cmd, args, { what: `${cmd} ${args[0] ?? ""}`, okCodes: "any" });
+  return r.exitCode === 0 ? r.stdout : undefined;
 }
 
 /** `xz --robot --list`: the totals line's fifth field is the uncompressed size. */
 export async function xzSize(file: string): Promise<number | undefined> {
-  const out = await tool("xz", ["--robot", "--list", "--", file]);
+  const out = await stdoutOf("xz", ["--robot", "--list", "--", file]);
   const totals = out?.split("\n").find((l) => l.startsWith("totals\t"));
   const n = Number(totals?.split("\t")[4]);
   return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
@@ -210,7 +211,7 @@ export async function xzSize(file: string): Promise<number | undefined> {
 
 /** zstd records the content size in the frame header when it compressed a file (not a pipe). */
 export async function zstdSize(file: string): Promise<number | undefined> {
-  const out = await tool("zstd", ["-lv", "--", file]);
+  const out = await stdoutOf("zstd", ["-lv", "--", file]);
   const m = out && /Decompressed Size:.*\((\d+) B\)/.exec(out);
   return m ? Number(m[1]) : undefined;
 }

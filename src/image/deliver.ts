@@ -24,6 +24,7 @@ import { readBmap, serializeBmap, type Bmap } from "./bmap.js";
 import { writeFileAtomic } from "../host/files.js";
 import { scanImage } from "./sparse.js";
 import type { EngineResult } from "./types.js";
+import { run } from "../host/process.js";
 
 export type DeliverCompression = "xz" | "zstd" | "none";
 export const COMPRESSIONS: readonly DeliverCompression[] = ["xz", "zstd", "none"];
@@ -166,9 +167,7 @@ async function moveInto(src: string, dest: string, signal?: AbortSignal): Promis
     await fsp.rename(src, dest);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
-    const r = await execa("cp", ["--reflink=auto", "--sparse=always", "--", src, dest], { reject: false, ...(signal ? { cancelSignal: signal } : {}) });
-    if (r.isCanceled) throw signal?.reason ?? new PibakeError("copy cancelled");
-    if (r.exitCode !== 0) throw new PibakeError(`cannot copy ${src} to ${dest}: ${String(r.stderr).trim() || r.shortMessage}`);
+    await run("cp", ["--reflink=auto", "--sparse=always", "--", src, dest], { what: `copying ${src} to ${dest}`, signal });
   }
 }
 

@@ -1,8 +1,8 @@
 import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
-import { execa } from "execa";
 import { PibakeError } from "../errors.js";
 import { BmapBuilder, DEFAULT_BLOCK_SIZE, type Bmap } from "./bmap.js";
+import { run } from "../host/process.js";
 
 // Sparse images.
 //
@@ -47,7 +47,7 @@ export function parseFilefrag(text: string, fileSize: number): DataRange[] | und
 export async function dataRanges(file: string, size: number): Promise<DataRange[]> {
   const whole = size > 0 ? [{ start: 0, end: size }] : [];
   // -s: write delayed allocations back first, so that every written block is in the map.
-  const r = await execa("filefrag", ["-s", "-e", file], { reject: false, stdin: "ignore", env: { LC_ALL: "C", PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin` } });
+  const r = await run("filefrag", ["-s", "-e", file], { what: "mapping the image's data", env: { LC_ALL: "C" }, okCodes: "any" });
   if (r.exitCode !== 0) return whole;
   return parseFilefrag(String(r.stdout), size) ?? whole;
 }

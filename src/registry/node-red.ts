@@ -1,4 +1,3 @@
-import { execa } from "execa";
 import { createRequire } from "node:module";
 import type { Model, Release } from "../config/model.js";
 
@@ -124,12 +123,13 @@ export type RegistryLookup = (pkg: string, signal?: AbortSignal) => VersionInfo[
 
 /** The registry's versions of a package, through npm (its proxy and registry settings): at most 60 seconds. */
 export const npmView: RegistryLookup = async (pkg, signal) => {
-  const r = await execa("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
+  // Loaded here: a render that repeats the recorded versions runs no program.
+  const { run } = await import("../host/process.js");
+  const r = await run("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
+    what: `asking the npm registry for ${pkg}`,
     timeout: 60_000,
-    stdin: "ignore",
-    stderr: "ignore",
     env: { npm_config_update_notifier: "false" },
-    ...(signal ? { cancelSignal: signal } : {}),
+    signal,
   });
   return parseNpmView(r.stdout);
 };

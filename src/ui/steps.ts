@@ -1,7 +1,36 @@
 import { InterruptedError, PibakeError } from "../errors.js";
-import type { BuildLog } from "../host/log.js";
-import type { StepReporter, StepSpec } from "../engines/types.js";
 import { formatDuration, type Output } from "./output.js";
+
+/** One step of a build: its title, what the user is told when it fails. */
+export interface StepSpec {
+  title: string;
+  failure: string;
+}
+
+/**
+ * The only way an engine talks to the user (src/ui/steps.ts decides how it
+ * looks): its steps begin or are skipped, status lines within one, lasting
+ * lines, warnings, and tool output shown with --verbose. All of it goes to
+ * the build's log too.
+ */
+export interface StepReporter {
+  /** Whether status lines replace each other (a terminal) or each is a line of its own (a log, CI): throttle those. */
+  readonly live: boolean;
+  begin(title: string): void;
+  skip(title: string, why: string): void;
+  /** Progress within the step: a live line on a terminal, a plain line otherwise. */
+  status(message: string): void;
+  /** A line that stays: a decision the user should see ("regenerating: …"). */
+  info(message: string): void;
+  warn(message: string): void;
+  /** A program's output line: shown with --verbose. */
+  detail(line: string): void;
+}
+
+/** Where the steps are written down too: the build's log. */
+interface LineLog {
+  line(text: string): void;
+}
 
 /**
  * A build's steps as the user sees them: the same first and last steps for
@@ -32,7 +61,7 @@ export class Steps implements StepReporter {
   constructor(
     readonly specs: readonly StepSpec[],
     private readonly out: Output,
-    private readonly log?: BuildLog,
+    private readonly log?: LineLog,
   ) {}
 
   private spec(title: string): StepSpec {

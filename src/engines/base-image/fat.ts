@@ -3,7 +3,7 @@ import { lstatSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../../errors.js";
 import type { BuildLog } from "../../host/log.js";
-import { tool } from "../../host/tools.js";
+import { run } from "../../host/process.js";
 
 /**
  * The FAT boot partition, read and written with mtools at its byte offset in
@@ -29,7 +29,7 @@ export class FatPartition {
   }
 
   private run(cmd: string, args: string[], what: string) {
-    return tool(cmd, ["-i", this.drive, ...args], { what, env: MTOOLS_ENV, ...(this.log ? { log: this.log } : {}) });
+    return run(cmd, ["-i", this.drive, ...args], { what, env: MTOOLS_ENV, ...(this.log ? { log: this.log } : {}) });
   }
 
   /** Copy every file of the partition into `dir` (which must exist); returns what was there. */

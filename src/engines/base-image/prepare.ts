@@ -5,7 +5,7 @@ import { openImageReader, probeImage, type Compression } from "../../image/compr
 import { formatBytes } from "../../ui/output.js";
 import { sha256Sparse } from "../../image/sparse.js";
 import type { BuildLog } from "../../host/log.js";
-import { tool } from "../../host/tools.js";
+import { run } from "../../host/process.js";
 
 /**
  * The working copy of the base image: decompressed as a stream into a sparse
@@ -45,7 +45,7 @@ export async function prepareBase(base: string, dest: string, opts: PrepareOptio
   let method: PreparedBase["method"];
   if (info.compression === "none") {
     opts.onCopy?.(info.size ?? 0);
-    await tool("cp", ["--reflink=auto", "--sparse=always", "--", base, dest], {
+    await run("cp", ["--reflink=auto", "--sparse=always", "--", base, dest], {
       what: `copying the base image ${path.basename(base)}`,
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

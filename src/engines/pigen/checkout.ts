@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { PibakeError } from "../../errors.js";
 import { PI_GEN_REPO } from "./plan.js";
+import { run } from "../../host/process.js";
 
 /** pibake's cache: `$XDG_CACHE_HOME/pibake`, else `~/.cache/pibake`. */
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -11,8 +12,8 @@ export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 async function git(cwd: string, args: string[]): Promise<string> {
-  const r = await execa("git", ["-C", cwd, ...args], { reject: false });
-  if (r.exitCode !== 0) throw new PibakeError(`git ${args.join(" ")} in ${cwd} failed: ${r.stderr.trim() || r.stdout.trim()}`);
+  const r = await run("git", ["-C", cwd, ...args], { what: `git ${args.join(" ")}`, okCodes: "any" });
+  if (r.exitCode !== 0) throw new PibakeError(`git ${args.join(" ")} in ${cwd} failed: ${r.output.trim()}`);
   return r.stdout.trim();
 }
 
@@ -43,10 +44,10 @@ export async function cachedCheckout(branch: string, opts: { update: boolean; on
     const tmp = `${dir}.tmp-${process.pid}`;
     rmSync(tmp, { recursive: true, force: true });
     opts.onStatus(`cloning pi-gen (${branch}) into ${dir}`);
-    const r = await execa("git", ["clone", "--quiet", "--depth", "1", "--branch", branch, PI_GEN_REPO, tmp], { reject: false });
+    const r = await run("git", ["clone", "--quiet", "--depth", "1", "--branch", branch, PI_GEN_REPO, tmp], { what: "cloning pi-gen", okCodes: "any" });
     if (r.exitCode !== 0) {
       rmSync(tmp, { recursive: true, force: true });
-      throw new PibakeError(`cannot clone ${PI_GEN_REPO} (${branch}): ${r.stderr.trim()}\nWithout Internet access, clone it elsewhere and pass --pi-gen DIR`);
+      throw new PibakeError(`cannot clone ${PI_GEN_REPO} (${branch}): ${r.output.trim()}\nWithout Internet access, clone it elsewhere and pass --pi-gen DIR`);
     }
     renameSync(tmp, dir);
   } else if (opts.update) {

@@ -1,4 +1,4 @@
-import { execa } from "execa";
+import { run } from "../../host/process.js";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
@@ -61,6 +61,9 @@ export function timingsSummary(t: PiGenTimings, thisBuild: "full" | "regeneratio
   };
   return `pi-gen: ${part("full")}, ${part("regeneration")}`;
 }
+
+/** pi-gen unmounts and removes its loop devices when interrupted: it is given this long before SIGKILL. */
+const PI_GEN_STOP_MS = 60_000;
 
 export async function buildWithPiGen(input: EngineInput, reporter: StepReporter): Promise<EngineResult> {
   const { model } = input.config;
@@ -134,30 +137,14 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   const env: Record<string, string> = runner === "docker" ? { CONTAINER_NAME: containerName, PRESERVE_CONTAINER: "0", CONTINUE: "0" } : {};
   if (runner === "docker") {
     // A container left by an interrupted build would stop build-docker.sh with "already exists".
-    const existing = await execa("docker", ["ps", "-a", "--filter", `name=^${containerName}$`, "-q"], { reject: false });
+    const existing = await run("docker", ["ps", "-a", "--filter", `name=^${containerName}$`, "-q"], { what: "looking for pi-gen's container", okCodes: "any" });
     if (existing.stdout.trim()) env.CONTINUE = "1";
   }
 
   // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
   // terminal would: build.sh defers its clean-up trap until its foreground command (an apt-get in the chroot) exits.
-  const child = execa(script, ["-c", configPath], { cwd: treeDir, env, all: true, reject: false, stdin: "ignore", detached: true });
-  let forceKill: NodeJS.Timeout | undefined;
-  const signalGroup = (signal: NodeJS.Signals) => {
-    try {
-      if (child.pid) process.kill(-child.pid, signal);
-    } catch {
-      // The group is gone already.
-    }
-  };
-  const stopPiGen = () => {
-    signalGroup("SIGINT");
-    forceKill = setTimeout(() => signalGroup("SIGKILL"), 60_000);
-  };
-  input.scope.signal.addEventListener("abort", stopPiGen, { once: true });
-  // An interruption that came while pi-gen was being started.
-  if (input.scope.signal.aborted) stopPiGen();
   input.scope.defer(async () => {
-    if (runner === "docker" && input.scope.signal.aborted) await execa("docker", ["stop", "-t", "10", containerName], { reject: false });
+    if (runner === "docker" && input.scope.signal.aborted) await run("docker", ["stop", "-t", "10", containerName], { what: "stopping pi-gen's container", okCodes: "any" });
   }, "stop pi-gen's container");
   if (runner === "native") {
     // pi-gen unmounts on its own exit trap; a pi-gen killed before that leaves chroot mounts and the export's loop device.
@@ -178,12 +165,16 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
     reporter.status(`pi-gen: ${where} · ${formatDuration(Date.now() - started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
   };
   const ticker = setInterval(showStatus, 5000);
-  let partial = "";
-  child.all?.setEncoding("utf8");
-  child.all?.on("data", (chunk: string) => {
-    const lines = (partial + chunk).split("\n");
-    partial = lines.pop() ?? "";
-    for (const raw of lines) {
+  // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
+  // terminal would: build.sh defers its clean-up trap until its foreground command (an apt-get in the chroot) exits.
+  const result = await run(script, ["-c", configPath], {
+    what: "pi-gen",
+    cwd: treeDir,
+    env,
+    signal: input.scope.signal,
+    stop: { signal: "SIGINT", group: true, killAfterMs: PI_GEN_STOP_MS },
+    okCodes: "any",
+    onLine: (raw) => {
       const line = redact(raw);
       reporter.detail(line);
       const e = progress.feed(line);
@@ -193,12 +184,8 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
         // pi-gen logs Begin/End for stages marked SKIP too; only the ones that run are news.
         if (stages.includes(e.stage)) reporter.status(`pi-gen: ${e.stage} begins`);
       } else if (e) showStatus();
-    }
-  });
-  const result = await child;
-  input.scope.signal.removeEventListener("abort", stopPiGen);
-  clearTimeout(forceKill);
-  clearInterval(ticker);
+    },
+  }).finally(() => clearInterval(ticker));
 
   if (input.scope.signal.aborted) {
     const reason = input.scope.signal.reason;
@@ -210,7 +197,7 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   if (result.exitCode !== 0) {
     const failed = progress.failedStep();
     throw new PibakeError(
-      `pi-gen failed${failed ? ` in ${failed}` : ""} (exit ${result.exitCode ?? result.signal}). Last lines of its log:\n${progress.tail.map((l) => `  | ${l}`).join("\n")}`,
+      `pi-gen failed${failed ? ` in ${failed}` : ""} (exit ${result.exitCode ?? result.signal}). Last lines of its log:\n${result.tail.map((l) => `  | ${redact(l)}`).join("\n")}`,
     );
   }
 

@@ -38,13 +38,10 @@ export class PiGenProgress {
   private readonly open: string[] = [];
   private stageStarted = new Map<string, number>();
   readonly stageDurations: Record<string, number> = {};
-  readonly tail: string[] = [];
 
   constructor(private readonly now: () => number = Date.now) {}
 
   feed(line: string): LogEvent | undefined {
-    this.tail.push(line);
-    if (this.tail.length > 40) this.tail.shift();
     const e = parseLine(line);
     if (!e) return undefined;
     if (e.kind === "begin") {

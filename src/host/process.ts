@@ -1,0 +1,159 @@
+import { execa } from "execa";
+import { PibakeError } from "../errors.js";
+import { redact } from "../ui/output.js";
+import type { BuildLog } from "./log.js";
+import { DEBIAN_PACKAGE, toolPath } from "./tools.js";
+
+/**
+ * The one way pibake runs a program: its output split into lines as it
+ * arrives (for progress), logged with secrets redacted, its last lines kept
+ * for the error message, stopped when the build is interrupted, and a
+ * failure that says what was being done.
+ */
+
+/** How long a child has to exit after it was asked to stop, before SIGKILL. */
+export const KILL_AFTER_MS = 5000;
+
+/** Lines from chunks of output: "\n", "\r\n" and a bare "\r" (progress bars) end a line. */
+export class LineSplitter {
+  private partial = "";
+
+  constructor(private readonly onLine: (line: string) => void) {}
+
+  push(chunk: string): void {
+    const lines = (this.partial + chunk).split(/\r?\n|\r/);
+    this.partial = lines.pop() ?? "";
+    for (const l of lines) if (l) this.onLine(l);
+  }
+
+  /** The last line, when the output did not end with a line break. */
+  end(): void {
+    if (this.partial) this.onLine(this.partial);
+    this.partial = "";
+  }
+}
+
+/** The last lines of a program's output, for an error message. */
+export class Tail {
+  private readonly kept: string[] = [];
+
+  constructor(private readonly max = 40) {}
+
+  push(line: string): void {
+    this.kept.push(line);
+    if (this.kept.length > this.max) this.kept.shift();
+  }
+
+  get lines(): readonly string[] {
+    return this.kept;
+  }
+
+  /** "  | line" each, redacted. */
+  format(): string {
+    return this.kept.map((l) => `  | ${redact(l)}`).join("\n");
+  }
+}
+
+export interface RunOptions {
+  /** What this does, for the error message: "checking the root file system". */
+  what: string;
+  log?: BuildLog | undefined;
+  signal?: AbortSignal | undefined;
+  input?: string | undefined;
+  env?: Record<string, string> | undefined;
+  /** false: the child gets `env` only, not this process's environment. */
+  extendEnv?: boolean;
+  cwd?: string | undefined;
+  /** Exit codes that are success (e2fsck: 0, 1, 2), or "any": the caller looks at the result. */
+  okCodes?: number[] | "any";
+  /** Each output line as it arrives (stdout and stderr, interleaved). */
+  onLine?: ((line: string) => void) | undefined;
+  /** Lines kept for the error message. */
+  tailLines?: number;
+  timeout?: number | undefined;
+  /**
+   * How an interruption stops it. Default: SIGTERM, SIGKILL after KILL_AFTER_MS.
+   * A program with clean-up of its own (pi-gen) is sent `signal` to its whole
+   * process group, as Ctrl-C on a terminal would, and given longer.
+   */
+  stop?: { signal: NodeJS.Signals; group: true; killAfterMs: number } | undefined;
+  /** The error message for a failing exit code; default: what, the command, its exit code and last lines. */
+  failure?: ((exit: string, tail: string) => string) | undefined;
+}
+
+export interface RunResult {
+  stdout: string;
+  /** stdout and stderr, interleaved. */
+  output: string;
+  /** undefined when it was killed by a signal. */
+  exitCode: number | undefined;
+  signal: string | undefined;
+  tail: readonly string[];
+}
+
+export async function run(cmd: string, args: readonly string[], opts: RunOptions): Promise<RunResult> {
+  opts.log?.command(cmd, args);
+  const group = opts.stop?.group === true;
+  const child = execa(cmd, args, {
+    reject: false,
+    all: true,
+    env: { ...opts.env, PATH: opts.env?.PATH ?? toolPath() },
+    ...(opts.extendEnv === false ? { extendEnv: false } : {}),
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    ...(opts.input !== undefined ? { input: opts.input } : { stdin: "ignore" as const }),
+    ...(opts.timeout ? { timeout: opts.timeout } : {}),
+    ...(group ? { detached: true } : opts.signal ? { cancelSignal: opts.signal, forceKillAfterDelay: KILL_AFTER_MS } : {}),
+  });
+
+  let stopGroup: (() => void) | undefined;
+  let forceKill: NodeJS.Timeout | undefined;
+  if (group && opts.signal) {
+    const stop = opts.stop!;
+    const signalGroup = (sig: NodeJS.Signals) => {
+      try {
+        if (child.pid) process.kill(-child.pid, sig);
+      } catch {
+        // The group is gone already.
+      }
+    };
+    stopGroup = () => {
+      signalGroup(stop.signal);
+      forceKill = setTimeout(() => signalGroup("SIGKILL"), stop.killAfterMs);
+    };
+    opts.signal.addEventListener("abort", stopGroup, { once: true });
+    // An interruption that came while it was being started.
+    if (opts.signal.aborted) stopGroup();
+  }
+
+  const tail = new Tail(opts.tailLines ?? 40);
+  const lines = new LineSplitter((l) => {
+    tail.push(l);
+    opts.onLine?.(l);
+  });
+  child.all?.setEncoding("utf8");
+  child.all?.on("data", (chunk: string) => lines.push(chunk));
+  const r = await child;
+  lines.end();
+  if (stopGroup) opts.signal?.removeEventListener("abort", stopGroup);
+  clearTimeout(forceKill);
+
+  const output = String(r.all ?? "");
+  if (output.trim()) opts.log?.line(output.trimEnd());
+  const result: RunResult = { stdout: String(r.stdout ?? ""), output, exitCode: r.exitCode, signal: r.signal, tail: tail.lines };
+  if (opts.okCodes === "any") return result;
+  if (r.isCanceled && opts.signal?.reason instanceof Error) throw opts.signal.reason;
+  if (r.exitCode === undefined) {
+    const notFound = (r as { code?: string }).code === "ENOENT" || /ENOENT/.test(r.message ?? "");
+    if (notFound) throw new PibakeError(`${opts.what}: ${cmd} is not installed: sudo apt-get install ${DEBIAN_PACKAGE[cmd] ?? cmd}`);
+    if (opts.signal?.aborted && opts.signal.reason instanceof Error) throw opts.signal.reason;
+    throw new PibakeError(`${opts.what}: ${cmd} did not run (${r.signal ? `killed by ${r.signal}` : r.shortMessage})`);
+  }
+  if (!(opts.okCodes ?? [0]).includes(r.exitCode)) {
+    const exit = `exit ${r.exitCode}`;
+    const text = tail.format();
+    throw new PibakeError(
+      opts.failure ? opts.failure(exit, text) : `${opts.what}: \`${redact([cmd, ...args].join(" "))}\` failed (${exit})${text ? `:\n${text}` : ""}`,
+    );
+  }
+  return result;
+}
