@@ -1,7 +1,6 @@
 import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
 import path from "node:path";
 import type { CleanupScope } from "../cleanup.js";
-import { PibakeError } from "../errors.js";
 import { unmountTree } from "../host/mounts.js";
 import { run } from "../host/process.js";
 

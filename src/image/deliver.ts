@@ -13,16 +13,18 @@
  * only when complete, the image last: a failure or Ctrl-C leaves no partial file.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, existsSync, promises as fsp, statSync } from "node:fs";
+import { createReadStream, promises as fsp, statSync } from "node:fs";
 import path from "node:path";
-import { execa } from "execa";
 import { withCleanup } from "../cleanup.js";
-import { PibakeError } from "../errors.js";
 import { PIBAKE_VERSION } from "../version.js";
 import { formatBytes } from "../ui/output.js";
 import { readBmap, serializeBmap, type Bmap } from "./bmap.js";
 import { writeFileAtomic } from "../host/files.js";
 import { scanImage } from "./sparse.js";
+import { startCompressor } from "./compressor.js";
+import { tempName } from "./temp-files.js";
+
+export { pidAlive, removeStaleTemps } from "./temp-files.js";
 import type { EngineResult } from "./types.js";
 import { run } from "../host/process.js";
 
@@ -79,87 +81,12 @@ export function sha256Line(digest: string, fileName: string): string {
   return `${digest}  ${fileName}\n`;
 }
 
-/** A temporary name in --out: hidden, with our pid, so that a later run can tell a leftover from a live build. */
-export function tempName(dir: string, finalName: string): string {
-  return path.join(dir, `.pibake-tmp-${process.pid}-${finalName}`);
-}
-
-/** Leftovers of builds that were killed before they could clean up (SIGKILL): `.pibake-tmp-<pid>-*` whose pid is gone. */
-export async function removeStaleTemps(dir: string): Promise<string[]> {
-  if (!existsSync(dir)) return [];
-  const removed: string[] = [];
-  for (const name of await fsp.readdir(dir)) {
-    const m = /^\.pibake-tmp-(\d+)-/.exec(name) ?? /^\.\.pibake-tmp-(\d+)-.*\.(\d+)\.tmp$/.exec(name);
-    if (!m) continue;
-    if (pidAlive(Number(m[1]))) continue;
-    await fsp.rm(path.join(dir, name), { recursive: true, force: true });
-    removed.push(name);
-  }
-  return removed;
-}
-
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 export async function sha256Of(file: string, signal?: AbortSignal): Promise<string> {
   const h = createHash("sha256");
   const s = createReadStream(file, { highWaterMark: 4 << 20, ...(signal ? { signal } : {}) });
   for await (const chunk of s) h.update(chunk as Buffer);
   return h.digest("hex");
 }
-
-/**
- * A compressor (xz or zstd, all cores) fed through a pipe; its output goes to
- * `dest` and through a sha256 on the way, so the archive is never read back.
- */
-export function startCompressor(kind: "xz" | "zstd", dest: string, size: number, signal?: AbortSignal) {
-  const args = kind === "xz" ? ["-T0", "-c", "-z", "-"] : ["-T0", "-q", "-c", `--stream-size=${size}`, "-"];
-  const child = execa(kind, args, { stdin: "pipe", stdout: "pipe", stderr: "pipe", buffer: { stdout: false, stderr: true }, reject: false, ...(signal ? { cancelSignal: signal } : {}) });
-  const hash = createHash("sha256");
-  const file = createWriteStream(dest, { mode: 0o644 });
-  let written = 0;
-  child.stdout.on("data", (c: Buffer) => {
-    hash.update(c);
-    written += c.length;
-  });
-  child.stdout.pipe(file);
-  const fileDone = new Promise<void>((resolve, reject) => {
-    file.on("finish", () => resolve());
-    file.on("error", reject);
-  });
-  let broken: Error | undefined;
-  child.stdin.on("error", (e: Error) => (broken = e));
-  return {
-    written: () => written,
-    write: (chunk: Buffer) =>
-      new Promise<void>((resolve, reject) => {
-        if (broken) return reject(broken);
-        child.stdin.write(chunk, (err) => (err ? reject(err) : resolve()));
-      }),
-    /** Close the input, wait for the compressor, and return the archive's sha256. */
-    finish: async (): Promise<string> => {
-      child.stdin.end();
-      const r = await child;
-      await fileDone.catch(() => undefined);
-      if (r.isCanceled) throw signal?.reason ?? new PibakeError(`${kind} was cancelled`);
-      if (r.exitCode !== 0) throw new PibakeError(`${kind} failed (exit ${r.exitCode ?? r.signal}): ${String(r.stderr ?? "").trim() || r.shortMessage}`);
-      await fileDone;
-      return hash.digest("hex");
-    },
-    abort: async () => {
-      child.kill("SIGKILL");
-      await child.catch(() => undefined);
-      file.destroy();
-    },
-  };
-}
-
 
 /** Move a file into --out: a rename on the same file system, else a sparse copy. */
 async function moveInto(src: string, dest: string, signal?: AbortSignal): Promise<void> {

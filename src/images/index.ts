@@ -228,7 +228,6 @@ async function readPartRecord(file: string): Promise<PartRecord | undefined> {
 }
 
 async function downloadAndVerify(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient): Promise<OfficialImage> {
-  const status = opts.onStatus ?? (() => {});
   const partialDir = path.join(loc.dir, PARTIAL_DIR);
   await ensureDir(loc, partialDir);
   const partFile = path.join(partialDir, `${e.fileName}.part`);

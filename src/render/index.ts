@@ -5,7 +5,7 @@ import { renderPiGenConfig, renderStage, type StageFile } from "./stage.js";
 import { packOverlay } from "./tar.js";
 import { buildView } from "./view.js";
 import { nodeRedManifest } from "./node-red.js";
-import { systemSettings, type SystemSettings } from "./system.js";
+import type { SystemSettings } from "./system.js";
 
 /** Everything a build needs, in memory: the engines decide where it goes. */
 export interface Rendered {

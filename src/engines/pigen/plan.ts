@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { Arch, Model, Release } from "../../config/model.js";
+import type { Arch, Release } from "../../config/model.js";
 import { shellQuote } from "../../render/templates.js";
 import { systemDigest, type SystemSettings } from "../../render/system.js";
 

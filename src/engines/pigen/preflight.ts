@@ -1,6 +1,5 @@
 import { existsSync, readFileSync, statfsSync, mkdirSync } from "node:fs";
 import os from "node:os";
-import path from "node:path";
 import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
 import { formatProblems as formatProblemList } from "../problems.js";
