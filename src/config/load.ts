@@ -245,6 +245,16 @@ function wpaPassphrase(v: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Mosquitto's own default is 1800 s. Every save rewrites the whole file (a new
+ * file, then a rename), so a shorter interval costs SD-card writes: a home
+ * broker's file of tens of kilobytes saved every 5 minutes is a few megabytes a
+ * day, far below what a card wears out at. What a power cut loses is what
+ * changed since the last save (retained messages, sessions, queued QoS 1/2
+ * messages): at most 5 minutes instead of 30.
+ */
+export const AUTOSAVE_INTERVAL_S = 300;
+
 function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {
   const [ip, prefix] = c.network.address.split("/") as [string, string];
   const extraDns = c.tls.extraNames.filter((n) => !IPV4_RE.test(n)).map((n) => n.toLowerCase());
@@ -263,10 +273,13 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
       ? { wifi: { ssid: c.network.wifi.ssid, country: c.network.wifi.country, passphrase: r.resolve(c.network.wifi.passphrase, "network.wifi.passphrase", wpaPassphrase) } }
       : {}),
   };
+  const ws = c.mqtt.websockets;
   const mqtt: Model["mqtt"] = {
     lanPort: c.mqtt.lanPort,
     tlsPort: c.mqtt.tlsPort,
     persistence: c.mqtt.persistence,
+    autosaveInterval: c.mqtt.autosaveInterval ?? AUTOSAVE_INTERVAL_S,
+    ...(ws ? { websockets: { tlsPort: ws.tlsPort, ...(ws.lan ? { lanPort: ws.lanPort } : {}) } } : {}),
     users: c.mqtt.users.map((u, i) => ({
       name: u.name,
       password: r.resolve(u.password, `mqtt.users[${i}].password`),
@@ -299,5 +312,6 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
     ...(ddns ? { ddns } : {}),
     ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
+    ...(c.updates.enabled ? { updates: c.updates.reboot ? { rebootTime: c.updates.reboot.time } : {} } : {}),
   };
 }

@@ -27,6 +27,8 @@ export interface View {
     lanPort: number;
     tlsPort: number;
     persistence: boolean;
+    autosaveInterval: number;
+    websockets: false | { tlsPort: number; lanPort: number | false };
     aclFile: boolean;
     users: { name: string; hash: string; topics: TopicRule[] }[];
   };
@@ -36,6 +38,7 @@ export interface View {
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
+  updates: false | { reboot: false | { time: string } };
   /** What the status report on the boot partition says of the build. */
   status: { version: string; configDigest: string };
 }
@@ -86,6 +89,8 @@ export function buildView(model: Model, secrets: Secrets): View {
       lanPort: model.mqtt.lanPort,
       tlsPort: model.mqtt.tlsPort,
       persistence: model.mqtt.persistence,
+      autosaveInterval: model.mqtt.autosaveInterval,
+      websockets: model.mqtt.websockets ? { tlsPort: model.mqtt.websockets.tlsPort, lanPort: model.mqtt.websockets.lanPort ?? false } : false,
       aclFile,
       users: model.mqtt.users.map((u) => ({
         name: u.name,
@@ -113,6 +118,7 @@ export function buildView(model: Model, secrets: Secrets): View {
       stageList: DEFAULT_STAGE_LIST,
     },
     nodeRed: nodeRedView(model, secrets),
+    updates: model.updates ? { reboot: model.updates.rebootTime ? { time: model.updates.rebootTime } : false } : false,
     status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
   };
 }
