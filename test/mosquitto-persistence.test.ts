@@ -181,7 +181,7 @@ describe("the persistence file", () => {
     expect(ok.all).toBe("");
     expect(ok.exitCode).toBe(0);
     // verify checks ExecStart= programs only: the drop-in's is the rendered script.
-    expect(fx.overlayText(DROP_IN)).toContain(`\nExecStartPre=/${SCRIPT} /var/lib/mosquitto\n`);
+    expect(fx.overlayText(DROP_IN)).toContain(`\nExecStartPre=-/${SCRIPT} /var/lib/mosquitto\n`);
     // The control: verify does read the drop-in (an unknown setting there is reported).
     put(DROP_IN, `${fx.overlayText(DROP_IN)}NoSuchSetting=1\n`);
     const broken = await verify();
