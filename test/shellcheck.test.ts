@@ -226,6 +226,7 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       expect(calls.filter((c) => c[0] === "chown")).toEqual(expect.arrayContaining(owned));
       expect(calls).toContainEqual(["systemctl", "enable", "mosquitto.service"]);
       expect(calls).toContainEqual(["systemctl", "enable", "ddclient.service"]);
+      expect(calls).toContainEqual(["systemctl", "enable", "apt-daily.timer", "apt-daily-upgrade.timer"]);
       const all = readFileSync(log, "utf8") + res.stdout + res.stderr;
       expect(all).not.toContain(fx.clear.userPassword);
     }

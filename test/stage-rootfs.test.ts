@@ -57,6 +57,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     // as trixie images from 2026-04-13 on make it (no password: /usr/sbin/nologin).
     await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/usr/sbin/nologin", "admin"]);
     officialImageState(rootfs);
+    // apt's timers off, as a base image may have them: the stage must turn them on for unattended-upgrades.
+    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) rmSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer), { force: true });
     // A probe run last, inside the chroot, records what a stage sees there.
     mkdirSync(path.join(out, "stage/99-probe"));
     writeFileSync(
@@ -116,6 +118,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     for (const unit of ["mosquitto.service", "ddclient.service", "pibake-status.service"]) {
       expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
       expect(readlinkSync(path.join(wants, unit))).toMatch(new RegExp(`/systemd/system/${unit}$`));
+    }
+    // unattended-upgrades runs from apt's timers.
+    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) {
+      expect(readlinkSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer)), timer).toMatch(new RegExp(`/systemd/system/${timer}$`));
     }
     const shadow = readFileSync(path.join(rootfs, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!;
     const hash = shadow.split(":")[1]!;
