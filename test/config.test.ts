@@ -85,6 +85,21 @@ const broken: [string, Mutate, string, RegExp][] = [
   ["a Node-RED password of 72 characters but more bytes", (c) => (c.nodeRed = { admin: { password: { env: "T_LONG_UTF8_PW" } } }), "nodeRed.admin.password", /longer than 72 bytes/],
   ["a value nested 5000 deep", (c) => (c.image.name = nested(5000)), "image.name[0][0]…", /is nested more than 32 levels deep/],
   ["dyndns2 without a server", (c) => (c.ddns = { provider: "dyndns2", login: "me", password: { env: "T_DDNS_TOKEN" } }), "ddns.server", /is required/],
+  ["WebSockets on the MQTT TLS port", (c) => (c.mqtt.websockets = { tlsPort: 8883 }), "mqtt.websockets.tlsPort", /8883 is also mqtt.tlsPort: each listener needs a port of its own/],
+  ["LAN WebSockets on the MQTT LAN port", (c) => (c.mqtt.websockets = { lan: true, lanPort: 1883 }), "mqtt.websockets.lanPort", /1883 is also mqtt.lanPort/],
+  ["LAN WebSockets on the TLS WebSockets port", (c) => (c.mqtt.websockets = { lan: true, lanPort: 8884 }), "mqtt.websockets.lanPort", /8884 is also mqtt.websockets.tlsPort/],
+  ["Node-RED on the WebSockets port", (c) => ((c.mqtt.websockets = {}), (c.nodeRed = { port: 8884 })), "nodeRed.port", /8884 is also mqtt.websockets.tlsPort: Node-RED needs a port of its own/],
+  ["WebSockets port out of range", (c) => (c.mqtt.websockets = { tlsPort: 0 }), "mqtt.websockets.tlsPort", /0 is not a port number/],
+  ["WebSockets lan as a string", (c) => (c.mqtt.websockets = { lan: "yes" }), "mqtt.websockets.lan", /"yes" is not true or false/],
+  ["unknown WebSockets field", (c) => (c.mqtt.websockets = { port: 9001 }), "mqtt.websockets", /unknown field "port"; expected tlsPort, lan, lanPort/],
+  ["autosave every 5 seconds", (c) => (c.mqtt.autosaveInterval = 5), "mqtt.autosaveInterval", /5 is too short: at least 60 seconds/],
+  ["autosave as a fraction", (c) => (c.mqtt.autosaveInterval = 300.5), "mqtt.autosaveInterval", /is not a whole number of seconds/],
+  ["autosave without persistence", (c) => ((c.mqtt.persistence = false), (c.mqtt.autosaveInterval = 600)), "mqtt.autosaveInterval", /is set while mqtt.persistence is false/],
+  ["reboot time without a leading zero", (c) => (c.updates = { reboot: { time: "4:00" } }), "updates.reboot.time", /"4:00" is not a time of day as HH:MM/],
+  ["reboot time 24:00", (c) => (c.updates = { reboot: { time: "24:00" } }), "updates.reboot.time", /is not a time of day as HH:MM/],
+  ["reboot time with seconds", (c) => (c.updates = { reboot: { time: "04:00:00" } }), "updates.reboot.time", /is not a time of day as HH:MM/],
+  ["reboot without a time", (c) => (c.updates = { reboot: {} }), "updates.reboot.time", /is required: the time of day to reboot at/],
+  ["reboot with updates off", (c) => (c.updates = { enabled: false, reboot: { time: "04:00" } }), "updates.reboot", /is set while updates.enabled is false/],
 ];
 
 /** A list inside a list… `depth` times: JSON.stringify and recursive reporters overflow on it. */
@@ -231,6 +246,23 @@ describe("good configs", () => {
     expect(model.mqtt.lanPort).toBe(1883);
     expect(model.tls.dnsNames).toEqual(["home.freemyip.com", "broker.lan", "broker.local"]);
     expect(model.tls.ipAddresses).toEqual(["192.168.1.10"]);
+    expect(model.mqtt.autosaveInterval).toBe(300);
+    expect(model.mqtt.websockets).toBeUndefined();
+    expect(model.updates).toEqual({});
+  });
+
+  it("models WebSockets (lanPort only when lan is true) and updates (absent when off)", () => {
+    const c = validConfig();
+    c.mqtt.websockets = { tlsPort: 9443, lanPort: 9001 };
+    c.updates = { reboot: { time: "03:30" } };
+    const model = loadConfig(writeJson(path.join(tmp.dir, "ws.json"), c), { ...secretEnv }).model;
+    expect(model.mqtt.websockets).toEqual({ tlsPort: 9443 });
+    expect(model.updates).toEqual({ rebootTime: "03:30" });
+    c.mqtt.websockets = { lan: true };
+    c.updates = { enabled: false };
+    const model2 = loadConfig(writeJson(path.join(tmp.dir, "ws2.json"), c), { ...secretEnv }).model;
+    expect(model2.mqtt.websockets).toEqual({ tlsPort: 8884, lanPort: 1884 });
+    expect(model2.updates).toBeUndefined();
   });
 
   it("throws ConfigError (exit code 2) in-process too", () => {

@@ -51,6 +51,7 @@ const CRYPT: Consumer = { name: "libc crypt (shadow)", specials: [":", "$", "'",
 const WPA: Consumer = { name: "wpa_passphrase", specials: ['"', "'", "#", "$"] };
 const NODE: Consumer = { name: "Node (settings.js, flows.json)", specials: ['"', "'", "`", "${x}", "</script>", "*/", "\u2029"] };
 const BCRYPT: Consumer = { name: "bcrypt (Node-RED's adminAuth)", specials: ["$", '"', "'"] };
+const APT: Consumer = { name: "apt-config (apt.conf.d)", specials: ['"', ";", "{", "}", "//", "/*", "#", "::", "$"] };
 
 const tmp = tempDir("pibake-hostile-");
 let fileNo = 0;
@@ -351,6 +352,23 @@ const FIELDS: Record<string, Field> = {
         },
       },
       mosquittoLogin(() => "nodered", (fx) => passwordOf("nodered")(fx), (v) => v, { username: "phone", password: secretEnv.T_MQTT_PHONE_PW }),
+    ],
+  },
+  "updates.reboot.time": {
+    base: "04:00",
+    set: (c, v) => (c.updates = { reboot: { time: v } }),
+    readers: [
+      {
+        consumer: APT,
+        async check(fx, v) {
+          // apt's own parser reads the rendered file as its main config file (APT_CONFIG).
+          const file = tempFile(fx.overlayText("etc/apt/apt.conf.d/52pibake-unattended-upgrades"));
+          const r = await execa("apt-config", ["dump", "--format", "%f\t%v%n"], { env: { APT_CONFIG: file }, timeout: 10_000, reject: false });
+          if (r.exitCode !== 0) return `apt-config refused the rendered file: ${r.stderr}`;
+          const line = r.stdout.split("\n").find((l) => l.startsWith("Unattended-Upgrade::Automatic-Reboot-Time\t"));
+          return same("Unattended-Upgrade::Automatic-Reboot-Time", String(line?.split("\t")[1]), v);
+        },
+      },
     ],
   },
   "nodeRed.version": {

@@ -104,6 +104,52 @@ describe("mosquitto runs the rendered configuration", () => {
     expect(broker!.log).toContain("disconnected, not authorised.");
   });
 
+  it("logs to stderr for the journal: no time stamps, and every connection with its address and port", async () => {
+    expect(fx.overlayText("etc/mosquitto/mosquitto.conf")).toMatch(/^log_dest stderr\nlog_timestamp false\nconnection_messages true$/m);
+    await mustConnect(lanOpts({ username: "hub", password: pw.hub }));
+    await connect(tlsOpts({ username: "phone", password: `${pw.phone}x` }));
+    const lines = broker!.log.split("\n");
+    // journald stamps each line itself; a second time stamp would only cost space. (While it
+    // reads its config files mosquitto has not yet taken log_timestamp in: "Loading config file".)
+    const started = lines.findIndex((l) => /^mosquitto version \S+ starting$/.test(l));
+    expect(started, broker!.log).toBeGreaterThan(0);
+    expect(lines.slice(started).filter((l) => /^\d{10}: /.test(l))).toEqual([]);
+    // What a ban on password guessers reads from the journal (mosquitto.service's lines).
+    expect(lines).toEqual(expect.arrayContaining([expect.stringMatching(new RegExp(`^New connection from 127\\.0\\.0\\.1:\\d+ on port ${lanPort}\\.$`))]));
+    expect(lines).toEqual(expect.arrayContaining([expect.stringMatching(new RegExp(`^New connection from 127\\.0\\.0\\.1:\\d+ on port ${tlsPort}\\.$`))]));
+    expect(lines).toEqual(expect.arrayContaining([expect.stringMatching(/^Client \S+ disconnected, not authorised\.$/)]));
+  });
+
+  it("round-trips an MQTT v5 message over TLS with a user property and a message expiry, read back on the subscriber", async () => {
+    const v5 = (user: string) => tlsOpts({ username: user, password: pw[user], protocolVersion: 5 });
+    const sub = await mustConnect(v5("hub"));
+    const pub = await mustConnect(v5("phone"));
+    expect(sub.options.protocolVersion).toBe(5);
+    const got = new Promise<{ payload: string; properties: Record<string, unknown> | undefined }>((resolve) =>
+      sub.on("message", (topic, payload, packet) => {
+        if (topic === "home/commands/v5") resolve({ payload: payload.toString(), properties: packet.properties as Record<string, unknown> | undefined });
+      }),
+    );
+    expect(await subscribe(sub, "home/commands/v5")).toBe(1);
+    await pub.publishAsync("home/commands/v5", "with properties", { qos: 1, properties: { userProperties: { origin: "pibake-test" }, messageExpiryInterval: 3600 } });
+    const m = await Promise.race([got, sleep(5000).then(() => undefined)]);
+    expect(m, "no message within 5 s").toBeDefined();
+    expect(m!.payload).toBe("with properties");
+    expect(m!.properties?.userProperties).toEqual({ origin: "pibake-test" });
+    // The broker forwards what is left of the expiry: at most the 3600 s given, and not much less.
+    expect(m!.properties?.messageExpiryInterval).toBeGreaterThan(3590);
+    expect(m!.properties?.messageExpiryInterval).toBeLessThanOrEqual(3600);
+    expect(broker!.log).toMatch(/New client connected from 127\.0\.0\.1:\d+ as \S+ \(p5, c1, k\d+, u'phone'\)/);
+  });
+
+  it("refuses an MQTT v5 client with a wrong password with the CONNACK reason code mosquitto sends", async () => {
+    const wrong = await connect(tlsOpts({ username: "phone", password: `${pw.phone}x`, protocolVersion: 5 }));
+    const anonymous = await connect(tlsOpts({ protocolVersion: 5 }));
+    expect({ code: wrong.error?.code, message: wrong.error?.message }).toEqual({ code: 135, message: "Connection refused: Not authorized" });
+    expect({ code: anonymous.error?.code, message: anonymous.error?.message }).toEqual({ code: 135, message: "Connection refused: Not authorized" });
+    expect(broker!.log).toMatch(/Sending CONNACK to 127\.0\.0\.1 \(0, 135\)/);
+  });
+
   it("refuses TLS 1.1 on the server side, while the same client code gets in with TLS 1.2", async () => {
     // SECLEVEL=0 lets this client offer TLS 1.1 at all (OpenSSL 3 refuses it by default on the client).
     const attempt = (version: "TLSv1.1" | "TLSv1.2") =>

@@ -79,6 +79,24 @@ describe("the rendered stage scripts and pi-gen.config", () => {
   });
 
   for (const which of ["plain", "nasty"] as const) {
+    it(`shellcheck passes every script the overlay puts on the Pi (${which} render)`, async () => {
+      const fx = r[which];
+      const scripts = fx.rendered.overlay.filter((f) => f.path.endsWith(".sh") || f.content.subarray(0, 2).toString() === "#!");
+      expect(scripts.map((f) => f.path)).toEqual(expect.arrayContaining(["usr/local/lib/pibake/status.sh", "usr/local/lib/pibake/mosquitto-db-check.sh"]));
+      const dir = tempDir("pibake-overlay-");
+      const failures: string[] = [];
+      for (const f of scripts) {
+        // systemd runs them as programs: executable, with a shebang.
+        expect(f.mode & 0o111, `${f.path} is executable`).toBe(0o111);
+        expect(f.content.toString("utf8"), f.path).toMatch(/^#!\/bin\/(ba)?sh( -e)?\n/);
+        const file = path.join(dir, path.basename(f.path));
+        writeFileSync(file, f.content);
+        const res = await shellcheck(file);
+        if (res.code !== 0) failures.push(`${f.path}:\n${res.out}`);
+      }
+      expect(failures).toEqual([]);
+    });
+
     it(`shellcheck passes every stage script (${which} render)`, async () => {
       const fx = r[which];
       const scripts = fx.rendered.stage.filter((s) => SCRIPT_RE.test(s.path));
@@ -208,6 +226,7 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       expect(calls.filter((c) => c[0] === "chown")).toEqual(expect.arrayContaining(owned));
       expect(calls).toContainEqual(["systemctl", "enable", "mosquitto.service"]);
       expect(calls).toContainEqual(["systemctl", "enable", "ddclient.service"]);
+      expect(calls).toContainEqual(["systemctl", "enable", "apt-daily.timer", "apt-daily-upgrade.timer"]);
       const all = readFileSync(log, "utf8") + res.stdout + res.stderr;
       expect(all).not.toContain(fx.clear.userPassword);
     }

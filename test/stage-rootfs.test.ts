@@ -57,6 +57,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     // as trixie images from 2026-04-13 on make it (no password: /usr/sbin/nologin).
     await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/usr/sbin/nologin", "admin"]);
     officialImageState(rootfs);
+    // apt's timers off, as a base image may have them: the stage must turn them on for unattended-upgrades.
+    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) rmSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer), { force: true });
     // A probe run last, inside the chroot, records what a stage sees there.
     mkdirSync(path.join(out, "stage/99-probe"));
     writeFileSync(
@@ -85,7 +87,12 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     const mosquittoUid = idOf("etc/passwd", "mosquitto");
     const mosquittoGid = idOf("etc/group", "mosquitto");
     const expected: [string, number, number, number][] = [
+      ["etc/mosquitto/mosquitto.conf", 0o644, 0, 0],
       ["etc/mosquitto/conf.d/pibake.conf", 0o644, 0, 0],
+      ["etc/systemd/system/mosquitto.service.d/50-pibake.conf", 0o644, 0, 0],
+      ["usr/local/lib/pibake/mosquitto-db-check.sh", 0o755, 0, 0],
+      ["etc/systemd/journald.conf.d/50-pibake.conf", 0o644, 0, 0],
+      ["etc/apt/apt.conf.d/52pibake-unattended-upgrades", 0o644, 0, 0],
       ["etc/mosquitto/passwd", 0o600, mosquittoUid, mosquittoGid],
       ["etc/mosquitto/acl", 0o600, mosquittoUid, mosquittoGid],
       ["etc/mosquitto/certs/server.key", 0o600, mosquittoUid, mosquittoGid],
@@ -111,6 +118,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     for (const unit of ["mosquitto.service", "ddclient.service", "pibake-status.service"]) {
       expect(lstatSync(path.join(wants, unit)).isSymbolicLink(), unit).toBe(true);
       expect(readlinkSync(path.join(wants, unit))).toMatch(new RegExp(`/systemd/system/${unit}$`));
+    }
+    // unattended-upgrades runs from apt's timers.
+    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) {
+      expect(readlinkSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer)), timer).toMatch(new RegExp(`/systemd/system/${timer}$`));
     }
     const shadow = readFileSync(path.join(rootfs, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!;
     const hash = shadow.split(":")[1]!;
@@ -160,8 +171,34 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     expect(readdirSync(path.join(rootfs, "etc")).filter((f) => f.endsWith(".pibake-orig"))).toEqual([]);
   });
 
+  it("replaces Debian's mosquitto.conf (the package's conffile) with pibake's, which logs to the journal", () => {
+    const conf = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8");
+    expect(conf).toMatch(/^log_dest stderr$/m);
+    expect(conf.split("\n").filter((l) => !l.startsWith("#") && l.includes("/var/log"))).toEqual([]);
+    expect(readFileSync(path.join(rootfs, "var/lib/dpkg/info/mosquitto.conffiles"), "utf8")).toMatch(/^\/etc\/mosquitto\/mosquitto\.conf$/m);
+    // Debian's unit still makes /var/log/mosquitto (an empty directory); nothing writes into it.
+    expect(readFileSync(path.join(rootfs, "usr/lib/systemd/system/mosquitto.service"), "utf8")).toMatch(/^Type=notify$/m);
+  });
+
+  it("moves a persistence file that the image's own mosquitto cannot load aside, with the rendered drop-in's command", async () => {
+    const dropIn = readFileSync(path.join(rootfs, "etc/systemd/system/mosquitto.service.d/50-pibake.conf"), "utf8");
+    // ("-": a failing check does not keep mosquitto from starting.)
+    const command = /^ExecStartPre=-(.*)$/m.exec(dropIn)![1]!.split(" ");
+    const db = path.join(rootfs, "var/lib/mosquitto/mosquitto.db");
+    writeFileSync(db, Buffer.concat([Buffer.from("\u0000\u00b5\u0000mosquitto db", "latin1"), Buffer.alloc(64, 0xff)]), { mode: 0o600 });
+    const r = await execa("chroot", [rootfs, ...command], { reject: false, all: true, timeout: 120_000 });
+    expect(r.exitCode, r.all).toBe(0);
+    expect(r.all).toMatch(/^pibake: mosquitto cannot load its persistence file .*moved it to \/var\/lib\/mosquitto\/mosquitto\.db\.corrupt-\d{8}T\d{6}Z;/m);
+    expect(existsSync(db)).toBe(false);
+    for (const f of readdirSync(path.dirname(db))) rmSync(path.join(path.dirname(db), f));
+    // The host's systemd-analyze reads the image's unit with the drop-in without a complaint about either
+    // (it does complain about newer settings in other units of trixie's systemd).
+    const verify = await execa("systemd-analyze", [`--root=${rootfs}`, "verify", "mosquitto.service"], { reject: false, all: true, timeout: 60_000 });
+    expect(verify.all.split("\n").map((l) => l.replaceAll(rootfs, "")).filter((l) => /mosquitto|pibake/.test(l))).toEqual([]);
+  }, 180_000);
+
   it("runs the image's arm64 mosquitto with the rendered configuration and serves TLS to this host", async () => {
-    // Debian's main config as the image has it, with the rendered fragment in place of
+    // The main config as the image has it (pibake's), with the rendered fragment in place of
     // include_dir; the only change is that the listeners bind loopback (tests never listen wider).
     const stock = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8")
       .replace(/^include_dir .*$/m, "")

@@ -79,7 +79,16 @@ export interface Model {
     dns: string[];
     wifi?: { ssid: string; passphrase: Secret; country: string };
   };
-  mqtt: { lanPort: number; tlsPort: number; persistence: boolean; users: MqttUser[] };
+  mqtt: {
+    lanPort: number;
+    tlsPort: number;
+    persistence: boolean;
+    /** Seconds between saves of the persistence file; only with persistence. */
+    autosaveInterval: number;
+    /** MQTT over WebSockets: TLS on tlsPort; plain on lanPort, present only when the config asks for it. */
+    websockets?: { tlsPort: number; lanPort?: number };
+    users: MqttUser[];
+  };
   tls: {
     domain: string;
     /** Every DNS name the server certificate carries: domain, extra names, <hostname>.local. */
@@ -90,6 +99,13 @@ export interface Model {
   ddns?: Ddns;
   /** Absent when nodeRed.enabled is false. */
   nodeRed?: NodeRed;
+  /** Unattended security updates; absent when updates.enabled is false. */
+  updates?: Updates;
+}
+
+export interface Updates {
+  /** "HH:MM": reboot at that time when an update needs it; absent: never reboot by itself. */
+  rebootTime?: string;
 }
 
 /** Node-RED on the broker (src/config/node-red.ts). */

@@ -1,6 +1,7 @@
 import type { ConfigIssue } from "../errors.js";
 import type { NodeRed, Secret } from "./model.js";
 import type { ParsedConfig, SecretRef } from "./schema.js";
+import { mqttListenerPorts } from "./ports.js";
 
 /** The MQTT user pibake adds for Node-RED when the config names none. */
 export const GENERATED_MQTT_USER = "nodered";
@@ -54,12 +55,8 @@ export function nodeRedIssues(c: ParsedConfig): ConfigIssue[] {
   const n = c.nodeRed;
   if (!n.enabled) return [];
   const issues: ConfigIssue[] = [];
-  if (n.port === c.mqtt.lanPort || n.port === c.mqtt.tlsPort) {
-    issues.push({
-      path: "nodeRed.port",
-      message: `${n.port} is also ${n.port === c.mqtt.lanPort ? "mqtt.lanPort" : "mqtt.tlsPort"}: Node-RED needs a port of its own`,
-    });
-  }
+  const clash = mqttListenerPorts(c).find((l) => l.port === n.port);
+  if (clash) issues.push({ path: "nodeRed.port", message: `${n.port} is also ${clash.path}: Node-RED needs a port of its own` });
   if (n.mqttUser !== undefined) {
     const user = c.mqtt.users.find((u) => u.name === n.mqttUser);
     if (!user) {

@@ -1,6 +1,7 @@
 import type { ConfigIssue } from "../errors.js";
 import type { ParsedConfig } from "./schema.js";
 import { nodeRedIssues } from "./node-red.js";
+import { mqttListenerPorts } from "./ports.js";
 
 /** Rules that only make sense across fields; the schema has already checked each field alone. */
 export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
@@ -25,8 +26,16 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
     issues.push({ path: "network.wifi", message: `is required when network.interface is "${c.network.interface}": give ssid, passphrase and country` });
   }
 
-  if (c.mqtt.lanPort === c.mqtt.tlsPort) {
-    issues.push({ path: "mqtt.tlsPort", message: `${c.mqtt.tlsPort} is also mqtt.lanPort: the two listeners need different ports` });
+  const listeners = mqttListenerPorts(c);
+  listeners.forEach((l, i) => {
+    const earlier = listeners.slice(0, i).find((e) => e.port === l.port);
+    if (earlier) issues.push({ path: l.path, message: `${l.port} is also ${earlier.path}: each listener needs a port of its own` });
+  });
+  if (c.mqtt.autosaveInterval !== undefined && !c.mqtt.persistence) {
+    issues.push({ path: "mqtt.autosaveInterval", message: "is set while mqtt.persistence is false: without persistence nothing is saved; remove it or set persistence to true" });
+  }
+  if (!c.updates.enabled && c.updates.reboot) {
+    issues.push({ path: "updates.reboot", message: "is set while updates.enabled is false: only unattended upgrades reboot the Pi; remove it or enable updates" });
   }
   const seen = new Map<string, number>();
   c.mqtt.users.forEach((u, i) => {

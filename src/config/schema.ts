@@ -124,10 +124,26 @@ const mqttUser = z.strictObject({
   topics: z.array(topicRule).optional(),
 });
 
+/** MQTT over WebSockets, for browsers: a TLS listener, and on request a plain one for the home network. */
+const websockets = z.strictObject({
+  tlsPort: port(8884),
+  lan: z.boolean({ error: "is not true or false" }).default(false),
+  /** Used only when lan is true. */
+  lanPort: port(1884),
+});
+
 const mqtt = z.strictObject({
   lanPort: port(1883),
   tlsPort: port(8883),
   persistence: z.boolean({ error: "is not true or false" }).default(true),
+  /** Absent: the default in src/config/load.ts (AUTOSAVE_INTERVAL_S); only with persistence. */
+  autosaveInterval: z
+    .number({ error: "is not a number of seconds" })
+    .int({ error: "is not a whole number of seconds" })
+    .min(60, { error: "is too short: at least 60 seconds (every save rewrites the whole persistence file on the SD card)" })
+    .max(86400, { error: "is longer than a day: retained messages of a whole day would be lost on a power cut" })
+    .optional(),
+  websockets: websockets.optional(),
   users: z.array(mqttUser).min(1, { error: "is empty: the broker allows no anonymous access, so give at least one user" }),
 });
 
@@ -208,6 +224,21 @@ const nodeRed = z
   })
   .prefault({});
 
+/** Debian's unattended-upgrades: security updates installed every day, unless `enabled` is false. */
+const updates = z
+  .strictObject({
+    enabled: z.boolean({ error: "is not true or false" }).default(true),
+    /** Absent: never reboot by itself (a kernel or libc update then waits for a reboot by hand). */
+    reboot: z
+      .strictObject({
+        time: z.string({ error: 'is required: the time of day to reboot at when an update needs it, e.g. "04:00"' }).regex(/^([01][0-9]|2[0-3]):[0-5][0-9]$/, {
+          error: 'is not a time of day as HH:MM (24-hour clock, two digits each), e.g. "04:00"',
+        }),
+      })
+      .optional(),
+  })
+  .prefault({});
+
 export const configSchema = z.strictObject({
   $schema: z.string().optional(),
   image,
@@ -217,6 +248,7 @@ export const configSchema = z.strictObject({
   tls,
   ddns: ddns.optional(),
   nodeRed,
+  updates,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

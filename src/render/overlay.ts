@@ -32,7 +32,15 @@ export interface OverlayFile {
 const MOSQUITTO = { owner: "mosquitto", group: "mosquitto" } as const;
 
 export const OVERLAY: OverlaySpec[] = [
+  // In place of Debian's, which logs to /var/log/mosquitto: the log goes to the journal.
+  { path: "etc/mosquitto/mosquitto.conf", mode: 0o644 },
   { path: "etc/mosquitto/conf.d/pibake.conf", mode: 0o644 },
+  // A persistence file mosquitto cannot load is moved aside before the broker starts.
+  { path: "etc/systemd/system/mosquitto.service.d/50-pibake.conf", mode: 0o644, when: (v) => v.mqtt.persistence },
+  { path: "usr/local/lib/pibake/mosquitto-db-check.sh", mode: 0o755, when: (v) => v.mqtt.persistence },
+  // The journal kept on the card, capped.
+  { path: "etc/systemd/journald.conf.d/50-pibake.conf", mode: 0o644 },
+  { path: "etc/apt/apt.conf.d/52pibake-unattended-upgrades", mode: 0o644, when: (v) => v.updates !== false },
   // mosquitto reads these after dropping privileges; 2.0.16+ warns about anything looser.
   { path: "etc/mosquitto/passwd", mode: 0o600, ...MOSQUITTO },
   { path: "etc/mosquitto/acl", mode: 0o600, ...MOSQUITTO, when: (v) => v.mqtt.aclFile },

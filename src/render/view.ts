@@ -30,6 +30,8 @@ export interface View {
     lanPort: number;
     tlsPort: number;
     persistence: boolean;
+    autosaveInterval: number;
+    websockets: false | { tlsPort: number; lanPort: number | false };
     aclFile: boolean;
     users: { name: string; hash: string; topics: TopicRule[] }[];
   };
@@ -39,6 +41,7 @@ export interface View {
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
+  updates: false | { reboot: false | { time: string } };
   /** What the status report on the boot partition says of the build. */
   status: { version: string; configDigest: string };
 }
@@ -90,6 +93,8 @@ export function buildView(model: Model, secrets: Secrets): View {
       lanPort: model.mqtt.lanPort,
       tlsPort: model.mqtt.tlsPort,
       persistence: model.mqtt.persistence,
+      autosaveInterval: model.mqtt.autosaveInterval,
+      websockets: model.mqtt.websockets ? { tlsPort: model.mqtt.websockets.tlsPort, lanPort: model.mqtt.websockets.lanPort ?? false } : false,
       aclFile,
       users: secrets.mqttUsers.map((u) => ({
         name: u.name,
@@ -117,6 +122,7 @@ export function buildView(model: Model, secrets: Secrets): View {
       stageList: DEFAULT_STAGE_LIST,
     },
     nodeRed: nodeRedView(model, secrets),
+    updates: model.updates ? { reboot: model.updates.rebootTime ? { time: model.updates.rebootTime } : false } : false,
     status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
   };
 }

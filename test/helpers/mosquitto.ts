@@ -11,6 +11,7 @@ import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { expect } from "vitest";
 import { freePort } from "./net.js";
 import { tempDir, type Fixture } from "./render-fixture.js";
+import type { Netns } from "./netns.js";
 
 export const START_TIMEOUT_MS = 10_000;
 export const CONNECT_TIMEOUT_MS = 5_000;
@@ -28,8 +29,10 @@ export class Broker {
   private spawnError: Error | undefined;
   private readonly exited: Promise<void>;
 
-  constructor(confPath: string) {
-    this.child = spawn("mosquitto", ["-c", confPath], { stdio: ["ignore", "pipe", "pipe"] });
+  /** prefix: a command that runs mosquitto, such as `ip netns exec NAME`. */
+  constructor(confPath: string, prefix: string[] = []) {
+    const [cmd, ...args] = prefix.length > 0 ? prefix : ["mosquitto"];
+    this.child = spawn(cmd!, [...args, ...(prefix.length > 0 ? ["mosquitto"] : []), "-c", confPath], { stdio: ["ignore", "pipe", "pipe"] });
     this.child.stdout!.on("data", (d: Buffer) => (this.log += d.toString("utf8")));
     this.child.stderr!.on("data", (d: Buffer) => (this.log += d.toString("utf8")));
     // Should the test process end without afterAll (a crash), the broker ends with it.
@@ -133,58 +136,94 @@ export interface RunningBroker {
   broker: Broker;
   /** The temporary root that stands for the Pi's / (etc/mosquitto/… below it). */
   root: string;
+  /** Where clients connect: 127.0.0.1, or the namespace's address. */
+  host: string;
   lanPort: number;
   tlsPort: number;
+  /** WebSockets listeners, when the config has them. */
+  wsTlsPort?: number;
+  wsLanPort?: number;
 }
 
-/** Lays out the render's Mosquitto files under a temporary root and starts mosquitto on them (bounded). */
-export async function startRenderedBroker(fx: Fixture): Promise<RunningBroker> {
-  const root = tempDir("pibake-mosquitto-");
-  const lanPort = await freePort();
-  let tlsPort = await freePort();
-  while (tlsPort === lanPort) tlsPort = await freePort();
+export interface LaidOut {
+  root: string;
+  /** The rendered mosquitto.conf with paths under root: what to start mosquitto with. */
+  mainConf: string;
+  host: string;
+  /** The port each rendered port was moved to (the same port inside a namespace). */
+  ports: Map<number, number>;
+}
 
+/**
+ * Lays out the render's Mosquitto files (mosquitto.conf, conf.d fragment, password file,
+ * ACL, certificates) under a temporary root, their /etc, /var and /run paths moved there.
+ * Outside a namespace every listener is moved to a free port on 127.0.0.1. WebSockets
+ * listeners need a namespace: mosquitto 2.0.11's (libwebsockets 4.1) ignore the bind
+ * address and would listen on every address of the host.
+ */
+export async function layOutRenderedBroker(fx: Fixture, opts: { netns?: Netns } = {}): Promise<LaidOut> {
+  const root = tempDir("pibake-mosquitto-");
   // Every Mosquitto file of the overlay, at its path under the temporary root, with its rendered mode.
   const mosquittoFiles = fx.rendered.overlay.filter((f) => f.path.startsWith("etc/mosquitto/"));
-  expect(mosquittoFiles.map((f) => f.path).sort()).toEqual([
-    "etc/mosquitto/acl",
+  // (The ACL only when some user has topic rules.)
+  expect(mosquittoFiles.map((f) => f.path).filter((p) => p !== "etc/mosquitto/acl").sort()).toEqual([
     "etc/mosquitto/certs/ca.crt",
     "etc/mosquitto/certs/server.crt",
     "etc/mosquitto/certs/server.key",
     "etc/mosquitto/conf.d/pibake.conf",
+    "etc/mosquitto/mosquitto.conf",
     "etc/mosquitto/passwd",
   ]);
+  const fragment = fx.overlayText("etc/mosquitto/conf.d/pibake.conf");
+  const renderedPorts = [...fragment.matchAll(/^listener (\d+)$/gm)].map((m) => Number(m[1]));
+  if (!opts.netns && /^protocol websockets$/m.test(fragment)) throw new Error("WebSockets listeners are tested inside a network namespace (opts.netns)");
+  const ports = new Map<number, number>();
+  for (const p of renderedPorts) {
+    let port = opts.netns ? p : await freePort();
+    while (!opts.netns && [...ports.values()].includes(port)) port = await freePort();
+    ports.set(p, port);
+  }
+  const moveToRoot = (text: string) => text.replace(/(^|\s)\/(etc|var|run)\//gm, `$1${root}/$2/`);
   for (const f of mosquittoFiles) {
     const target = path.join(root, f.path);
     mkdirSync(path.dirname(target), { recursive: true });
     let content = f.content.toString("utf8");
-    if (f.path === "etc/mosquitto/conf.d/pibake.conf") {
-      const before = content;
-      content = content.replaceAll("/etc/mosquitto/", `${root}/etc/mosquitto/`);
-      content = content.replace(/^listener 1883$/m, `listener ${lanPort} 127.0.0.1`).replace(/^listener 8883$/m, `listener ${tlsPort} 127.0.0.1`);
-      expect(content.match(/^listener \d+ 127\.0\.0\.1$/gm), `both listeners rewritten in:\n${before}`).toHaveLength(2);
-      // Nothing may still point at the host's own /etc.
-      expect(content.split("\n").filter((l) => /(^|\s)\/etc\//.test(l))).toEqual([]);
+    if (f.path.endsWith(".conf")) {
+      content = moveToRoot(content);
+      if (!opts.netns) content = content.replace(/^listener (\d+)$/gm, (_, p: string) => `listener ${ports.get(Number(p))} 127.0.0.1`);
+      // Nothing may still point at the host's own /etc, /var or /run.
+      expect(content.split("\n").filter((l) => /(^|\s)\/(etc|var|run)\//.test(l))).toEqual([]);
+    }
+    if (f.path === "etc/mosquitto/mosquitto.conf") {
+      // As root mosquitto would switch to the user "mosquitto", who does not own these files;
+      // every log type, so that tests can read what the broker did.
+      content += `${process.getuid?.() === 0 ? "user root\n" : ""}log_type all\n`;
     }
     writeFileSync(target, content, { mode: f.mode });
   }
   mkdirSync(path.join(root, "var/lib/mosquitto"), { recursive: true });
-  // Like Debian's /etc/mosquitto/mosquitto.conf, but logging everything to stderr and no pid file.
-  const mainConf = path.join(root, "etc/mosquitto/mosquitto.conf");
-  writeFileSync(
-    mainConf,
-    [
-      // As root mosquitto would switch to the user "mosquitto", who does not own these files.
-      ...(process.getuid?.() === 0 ? ["user root"] : []),
-      "persistence true",
-      `persistence_location ${root}/var/lib/mosquitto/`,
-      "log_dest stderr",
-      "log_type all",
-      `include_dir ${root}/etc/mosquitto/conf.d`,
-      "",
-    ].join("\n"),
-  );
-  const broker = new Broker(mainConf);
+  mkdirSync(path.join(root, "run/mosquitto"), { recursive: true });
+  return { root, mainConf: path.join(root, "etc/mosquitto/mosquitto.conf"), host: opts.netns?.nsAddress ?? "127.0.0.1", ports };
+}
+
+/** Starts mosquitto on files laid out by layOutRenderedBroker (bounded), in the namespace if given. */
+export async function startLaidOutBroker(fx: Fixture, laid: LaidOut, opts: { netns?: Netns } = {}): Promise<RunningBroker> {
+  const broker = new Broker(laid.mainConf, opts.netns?.exec ?? []);
   await broker.waitForLog(/mosquitto version \S+ running/, START_TIMEOUT_MS);
-  return { broker, root, lanPort, tlsPort };
+  const at = (p: number | undefined) => (p === undefined ? undefined : laid.ports.get(p));
+  const ws = fx.model.mqtt.websockets;
+  return {
+    broker,
+    root: laid.root,
+    host: laid.host,
+    lanPort: at(fx.model.mqtt.lanPort)!,
+    tlsPort: at(fx.model.mqtt.tlsPort)!,
+    ...(ws ? { wsTlsPort: at(ws.tlsPort)! } : {}),
+    ...(ws?.lanPort !== undefined ? { wsLanPort: at(ws.lanPort)! } : {}),
+  };
+}
+
+/** Lays out the render's Mosquitto files under a temporary root and starts mosquitto on them (bounded). */
+export async function startRenderedBroker(fx: Fixture, opts: { netns?: Netns } = {}): Promise<RunningBroker> {
+  return startLaidOutBroker(fx, await layOutRenderedBroker(fx, opts), opts);
 }
