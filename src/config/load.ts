@@ -5,7 +5,7 @@ import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
 import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
 import { Secret, type Ddns, type Model } from "./model.js";
-import { crossFieldIssues } from "./rules.js";
+import { crossFieldIssues, intToIp, ipToInt } from "./rules.js";
 import { nodeRedModel } from "./node-red.js";
 
 export interface LoadedConfig {
@@ -245,6 +245,12 @@ function wpaPassphrase(v: string): string | undefined {
   return undefined;
 }
 
+/** The network an address is in: 192.168.1.10 with 24 is "192.168.1.0/24". */
+function subnetOf(ip: string, prefix: number): string {
+  const value = ipToInt(ip);
+  return `${intToIp(value - (value % 2 ** (32 - prefix)))}/${prefix}`;
+}
+
 function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {
   const [ip, prefix] = c.network.address.split("/") as [string, string];
   const extraDns = c.tls.extraNames.filter((n) => !IPV4_RE.test(n)).map((n) => n.toLowerCase());
@@ -299,5 +305,6 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
     ...(ddns ? { ddns } : {}),
     ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
+    ...(c.firewall.enabled ? { firewall: { lan: c.firewall.lan ?? [subnetOf(ip, Number(prefix))] } } : {}),
   };
 }

@@ -88,6 +88,14 @@ export interface Model {
   ddns?: Ddns;
   /** Absent when nodeRed.enabled is false. */
   nodeRed?: NodeRed;
+  /** Absent when firewall.enabled is false: no ruleset, no fail2ban jails. */
+  firewall?: Firewall;
+}
+
+/** The firewall on the Pi (src/render/firewall.ts computes its ports). */
+export interface Firewall {
+  /** IPv4 networks (CIDR, host bits clear) that may reach the LAN-only ports. */
+  lan: string[];
 }
 
 /** Node-RED on the broker (src/config/node-red.ts). */

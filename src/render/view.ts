@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Model, TopicRule } from "../config/model.js";
 import type { Secrets } from "../secrets/index.js";
 import { nodeRedView, type NodeRedView } from "./node-red.js";
+import { firewallView, type FirewallView } from "./firewall.js";
 import { configDigest } from "../config/digest.js";
 import { PIBAKE_VERSION } from "../version.js";
 
@@ -36,6 +37,8 @@ export interface View {
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
+  /** The nftables ruleset and fail2ban's jails; false when firewall.enabled is false. */
+  firewall: false | FirewallView;
   /** What the status report on the boot partition says of the build. */
   status: { version: string; configDigest: string };
 }
@@ -113,6 +116,7 @@ export function buildView(model: Model, secrets: Secrets): View {
       stageList: DEFAULT_STAGE_LIST,
     },
     nodeRed: nodeRedView(model, secrets),
+    firewall: firewallView(model),
     status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
   };
 }
