@@ -57,7 +57,6 @@ describe.skipIf(unavailable !== undefined)(`firewall in network namespaces${unav
     writeFileSync(rulesFile, fx.overlayFile("etc/nftables.conf"));
     topo = await makeTopology("fw");
     await loadRuleset(topo, topo.pi, rulesFile);
-    mkdirSync(path.join(root, "var/lib/mosquitto"), { recursive: true });
     broker = new NetnsBroker(topo.pi, layOutMosquitto(fx.rendered.overlay, root));
     await broker.waitForLog(/mosquitto version \S+ running/, 10_000);
     listeners = new ProbeProcess(topo.pi, { op: "listen", ports: [22, fx.model.nodeRed!.port] });

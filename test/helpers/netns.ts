@@ -151,21 +151,29 @@ export class ProbeProcess {
  * The render's Mosquitto files laid out under `root` (paths rewritten from
  * /etc/mosquitto to there), with a main config as Debian's but logging to
  * stderr the way the Pi's journal gets it (no timestamps, connection
- * messages). The listeners stay as rendered: inside a namespace their ports
- * are free. Returns the main config's path.
+ * messages). The listeners stay as rendered (inside a namespace their ports
+ * are free), or with `loopback` listen on 127.0.0.1 only. Returns the main
+ * config's path.
  */
-export function layOutMosquitto(overlay: OverlayFile[], root: string): string {
+export function layOutMosquitto(overlay: OverlayFile[], root: string, opts: { loopback?: boolean } = {}): string {
   for (const f of overlay.filter((o) => o.path.startsWith("etc/mosquitto/"))) {
     const target = path.join(root, f.path);
     mkdirSync(path.dirname(target), { recursive: true });
-    const content = f.path.endsWith("pibake.conf") ? f.content.toString("utf8").replaceAll("/etc/mosquitto/", `${root}/etc/mosquitto/`) : f.content;
+    let content: string | Buffer = f.content;
+    if (f.path.endsWith("pibake.conf")) {
+      content = f.content.toString("utf8").replaceAll("/etc/mosquitto/", `${root}/etc/mosquitto/`);
+      if (opts.loopback) content = content.replace(/^listener (\d+)$/gm, "listener $1 127.0.0.1");
+    }
     writeFileSync(target, content, { mode: f.mode });
   }
+  mkdirSync(path.join(root, "var/lib/mosquitto"), { recursive: true });
   const main = path.join(root, "etc/mosquitto/mosquitto.conf");
   writeFileSync(
     main,
     [
       "user root",
+      // The rendered config keeps persistence on; Debian's main config puts the database here.
+      `persistence_location ${root}/var/lib/mosquitto/`,
       "log_dest stderr",
       "log_timestamp false",
       "connection_messages true",
@@ -180,13 +188,17 @@ export function layOutMosquitto(overlay: OverlayFile[], root: string): string {
   return main;
 }
 
-/** mosquitto in a namespace, its stderr collected line by line. */
+/** mosquitto in a namespace (or, with ns undefined, on the host), its log collected and handed on line by line. */
 export class NetnsBroker {
   readonly child: ResultPromise;
   log = "";
-  constructor(ns: string, mainConf: string) {
-    this.child = execa("ip", ["netns", "exec", ns, "mosquitto", "-c", mainConf], { reject: false, all: true, buffer: false });
-    this.child.all!.on("data", (d: Buffer) => (this.log += d.toString("utf8")));
+  constructor(ns: string | undefined, mainConf: string, onLine?: (line: string) => void) {
+    const cmd = ns ? ["ip", "netns", "exec", ns, "mosquitto"] : ["mosquitto"];
+    this.child = execa(cmd[0]!, [...cmd.slice(1), "-c", mainConf], { reject: false, all: true, buffer: false });
+    readline.createInterface({ input: this.child.all! }).on("line", (l) => {
+      this.log += `${l}\n`;
+      onLine?.(l);
+    });
     const kill = () => this.child.kill("SIGKILL");
     process.once("exit", kill);
     void this.child.finally(() => process.removeListener("exit", kill));
