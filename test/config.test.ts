@@ -84,6 +84,14 @@ const broken: [string, Mutate, string, RegExp][] = [
   ["a Node-RED password longer than bcrypt reads", (c) => (c.nodeRed = { admin: { password: { env: "T_LONG_PW" } } }), "nodeRed.admin.password", /longer than 72 bytes, the most that bcrypt/],
   ["a Node-RED password of 72 characters but more bytes", (c) => (c.nodeRed = { admin: { password: { env: "T_LONG_UTF8_PW" } } }), "nodeRed.admin.password", /longer than 72 bytes/],
   ["a value nested 5000 deep", (c) => (c.image.name = nested(5000)), "image.name[0][0]…", /is nested more than 32 levels deep/],
+  ["LAN networks as one string", (c) => (c.firewall = { lan: "192.168.1.0/24" }), "firewall.lan", /is not a list of IPv4 networks/],
+  ["a LAN network given by a host address", (c) => (c.firewall = { lan: ["192.168.1.10/24"] }), "firewall.lan[0]", /has host bits set: give the network's own address/],
+  ["a LAN network without a prefix length", (c) => (c.firewall = { lan: ["192.168.1.0"] }), "firewall.lan[0]", /"192\.168\.1\.0" is not an IPv4 network with a prefix length/],
+  ["the whole Internet as the LAN", (c) => (c.firewall = { lan: ["0.0.0.0/0"] }), "firewall.lan[0]", /is wider than a \/8/],
+  ["an IPv6 LAN network", (c) => (c.firewall = { lan: ["fd00::/8"] }), "firewall.lan[0]", /is not an IPv4 network/],
+  ["no LAN network", (c) => (c.firewall = { lan: [] }), "firewall.lan", /is empty: give at least one network, or leave firewall.lan out/],
+  ["firewall on as a word", (c) => (c.firewall = { enabled: "yes" }), "firewall.enabled", /"yes" is not true or false/],
+  ["MQTT on SSH's port", (c) => (c.mqtt.tlsPort = 22), "mqtt.tlsPort", /22 is SSH's port/],
   ["dyndns2 without a server", (c) => (c.ddns = { provider: "dyndns2", login: "me", password: { env: "T_DDNS_TOKEN" } }), "ddns.server", /is required/],
 ];
 

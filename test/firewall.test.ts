@@ -25,7 +25,7 @@ import {
   ProbeProcess,
   type Topology,
 } from "./helpers/netns.js";
-import { NEW_CONNECTION_LIMIT } from "../src/render/firewall.js";
+import { firewallPorts, NEW_CONNECTION_LIMIT } from "../src/render/firewall.js";
 
 const unavailable = await netnsUnavailable();
 /** A dropped SYN is given this long to be answered anyway; a connection through the firewall takes milliseconds. */
@@ -183,6 +183,35 @@ describe("firewall as rendered", () => {
     // Read back by bash: the loop disables exactly those two units.
     const r = await execa("bash", ["-c", `systemctl() { echo "systemctl $*"; }; ${script.slice(script.indexOf("for unit in"), script.indexOf("done", script.indexOf("for unit in")) + 4)}`]);
     expect(r.stdout.split("\n").filter((l) => l.includes("disable"))).toEqual(["systemctl disable nftables.service", "systemctl disable fail2ban.service"]);
+  });
+
+  it("computes every open port in one place, with a reason each", async () => {
+    const config = baseConfig();
+    config.mqtt.lanPort = 11883;
+    config.mqtt.tlsPort = 18883;
+    config.nodeRed = { port: 11880 };
+    const on = firewallPorts((await renderFixture({ config })).model);
+    expect(on.internet.map((p) => [p.port, p.protocol, p.mosquitto])).toEqual([[18883, "tcp", true]]);
+    expect(on.lan.map((p) => [p.port, p.protocol])).toEqual([
+      [11883, "tcp"],
+      [22, "tcp"],
+      [11880, "tcp"],
+      [5353, "udp"],
+    ]);
+    for (const p of [...on.internet, ...on.lan]) expect(p.reason).not.toBe("");
+    const off = firewallPorts((await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false } } })).model);
+    expect(off.lan.map((p) => p.port)).toEqual([1883, 22, 5353]);
+  });
+
+  it.each([
+    ["192.168.50.10/24", "192.168.50.0/24"],
+    ["10.1.2.3/8", "10.0.0.0/8"],
+    ["172.16.5.77/20", "172.16.0.0/20"],
+  ])("takes the Pi's own subnet as the home network by default: %s → %s", async (address, lan) => {
+    const gateway = address.replace(/\.\d+\/\d+$/, ".1");
+    const fx = await renderFixture({ config: { ...baseConfig(), network: { ...baseConfig().network, address, gateway } } });
+    expect(fx.model.firewall?.lan).toEqual([lan]);
+    expect(fx.overlayText("etc/nftables.conf")).toContain(`elements = { ${lan} }`);
   });
 
   it("by default installs nftables and fail2ban and enables both", async () => {

@@ -2,6 +2,9 @@ import type { ConfigIssue } from "../errors.js";
 import type { ParsedConfig } from "./schema.js";
 import { nodeRedIssues } from "./node-red.js";
 
+/** The Pi's SSH server (Raspberry Pi OS's default, which pibake keeps). */
+export const SSH_PORT = 22;
+
 /** Rules that only make sense across fields; the schema has already checked each field alone. */
 export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
@@ -27,6 +30,9 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
 
   if (c.mqtt.lanPort === c.mqtt.tlsPort) {
     issues.push({ path: "mqtt.tlsPort", message: `${c.mqtt.tlsPort} is also mqtt.lanPort: the two listeners need different ports` });
+  }
+  for (const [field, port] of [["mqtt.lanPort", c.mqtt.lanPort], ["mqtt.tlsPort", c.mqtt.tlsPort], ...(c.nodeRed.enabled ? [["nodeRed.port", c.nodeRed.port] as const] : [])] as const) {
+    if (port === SSH_PORT) issues.push({ path: field, message: `${port} is SSH's port, which the Pi's SSH server listens on: choose another` });
   }
   const seen = new Map<string, number>();
   c.mqtt.users.forEach((u, i) => {

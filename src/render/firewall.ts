@@ -1,4 +1,5 @@
 import type { Model } from "../config/model.js";
+import { SSH_PORT } from "../config/rules.js";
 
 /** One port the firewall opens, and why: the ruleset and the README say the reason. */
 export interface OpenPort {
@@ -26,7 +27,7 @@ export function firewallPorts(model: Model): FirewallPorts {
     internet: [tcp(model.mqtt.tlsPort, "MQTT over TLS (mqtt.tlsPort), forwarded by the router", true)],
     lan: [
       tcp(model.mqtt.lanPort, "plain MQTT (mqtt.lanPort)", true),
-      tcp(22, "SSH"),
+      tcp(SSH_PORT, "SSH"),
       ...(model.nodeRed ? [tcp(model.nodeRed.port, "Node-RED's editor and dashboard (nodeRed.port)")] : []),
       { port: 5353, protocol: "udp", reason: "mDNS: <hostname>.local answers on the home network", mosquitto: false },
     ],
