@@ -145,7 +145,7 @@ describe.skipIf(missing.length > 0)(`fail2ban reads the journal${missing.length 
     expect(found, broker.log).toEqual(["127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.6"]);
   });
 
-  it.skipIf(!isRoot || !existsSync("/usr/sbin/sshd"))("finds a real sshd's failed logins (unknown user, wrong password) with Debian's sshd filter and the jail's journal match", async () => {
+  it.skipIf(!isRoot || !existsSync("/usr/sbin/sshd"))("finds a real sshd's failed logins (unknown user, wrong password), logged as sshd or as sshd-session (OpenSSH 9.8 and later), with the jail's filter and journal match", async () => {
     const fx = await renderFixture({ config: baseConfig() });
     const dir = tempDir("pibake-sshd-");
     const port = await freePort();
@@ -177,15 +177,20 @@ describe.skipIf(missing.length > 0)(`fail2ban reads the journal${missing.length 
       await Promise.race([sshd, sleep(3000)]);
       sshd.kill("SIGKILL");
     }
-    const journal = path.join(tempDir("pibake-journal-"), "ssh.journal");
     const lines = log.split("\n").filter((l) => l && !l.startsWith("Server listening"));
-    await writeJournal(journal, lines.map((message) => ({ unit: "ssh.service", ident: "sshd", pid: 700, message })));
     const confDir = fail2banConfig(fx, path.join(tempDir("pibake-f2b-conf-"), "fail2ban"));
-    const jail = fx.overlayText("etc/fail2ban/jail.d/pibake.local");
-    const match = /^\[sshd\][^[]*^journalmatch = (.+)$/m.exec(jail)?.[1];
+    // The jail's own filter line and journal match, as fail2ban-server would use them.
+    const section = fx.overlayText("etc/fail2ban/jail.d/pibake.local").split(/^(?=\[)/m).find((s) => s.startsWith("[sshd]\n"))!;
+    const filter = /^filter = (.+)$/m.exec(section)?.[1] ?? "sshd";
+    const match = /^journalmatch = (.+)$/m.exec(section)![1]!;
     expect(match).toContain("_SYSTEMD_UNIT=ssh.service");
-    const found = await failuresInJournal(confDir, journal, "sshd", match);
-    expect(found, log).toEqual(["127.0.0.2", "127.0.0.2", "127.0.0.3"]);
+    // OpenSSH before 9.8 (bookworm) logs as sshd, later ones (trixie) as sshd-session.
+    for (const ident of ["sshd", "sshd-session"]) {
+      const journal = path.join(tempDir("pibake-journal-"), "ssh.journal");
+      await writeJournal(journal, lines.map((message) => ({ unit: "ssh.service", ident, pid: 700, message })));
+      const found = await failuresInJournal(confDir, journal, filter, match);
+      expect(found, `${ident}:\n${log}`).toEqual(["127.0.0.2", "127.0.0.2", "127.0.0.3"]);
+    }
   });
 });
 
