@@ -141,9 +141,20 @@ describe.skipIf(unavailable !== undefined)(`firewall in network namespaces${unav
     session.send("roundtrip");
     expect(await session.next(8_000)).toBe("ok");
     expect(await tcp(topo!.inet, PI_WAN.v4, fx.model.mqtt.tlsPort, { localAddress: INTERNET_PEER.v4 })).toBe("connected");
-    expect(await tcp(topo!.lan, PI_LAN.v4, fx.model.mqtt.tlsPort)).toBe("connected");
+    // The home network is not limited.
+    const home = await probe(topo!, topo!.lan, { op: "tcp", host: PI_LAN.v4, port: fx.model.mqtt.tlsPort, count: attempts, timeoutMs: DROP_MS });
+    expect(home).toEqual(Array(attempts).fill("connected"));
     const counter = await topo!.run(topo!.pi, "nft", ["list", "chain", "inet", "pibake", "input"]);
     expect(counter.stdout).toMatch(/new_internet4 .* counter packets [1-9]\d* /);
+  });
+
+  it("counts new IPv6 connections per /64: another address of the same /64 shares the limit", async () => {
+    await topo!.run(topo!.inet, "ip", ["addr", "add", "2001:db8:113::8/64", "dev", "eth0", "nodad"]);
+    const results = await probe(topo!, topo!.inet, { op: "tcp", host: PI_WAN.v6, port: fx.model.mqtt.tlsPort, count: NEW_CONNECTION_LIMIT.burst + 3, timeoutMs: DROP_MS, localAddress: "2001:db8:113::8" });
+    // The IPv6 test above spent one of this /64's budget from 2001:db8:113::7.
+    expect(results.filter((r) => r === "connected").length, results.join(" ")).toBeLessThanOrEqual(NEW_CONNECTION_LIMIT.burst);
+    expect(results.slice(-3), results.join(" ")).toEqual(["timeout", "timeout", "timeout"]);
+    expect(await tcp(topo!.inet, PI_WAN.v6, fx.model.mqtt.tlsPort, { localAddress: INTERNET_PEER.v6 })).toBe("timeout");
   });
 
   it("follows firewall.lan: another network becomes home and the Pi's own subnet does not", async () => {

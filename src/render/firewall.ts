@@ -64,6 +64,8 @@ export interface FirewallView {
   internet: { list: string; rules: OpenPort[] };
   lanTcp: { list: string; rules: OpenPort[] };
   lanUdp: { list: string; rules: OpenPort[] };
+  /** Every TCP port the home network may reach: its own and the Internet-open ones. */
+  homeTcpList: string;
   limit: { perMinute: number; burst: number };
   fail2ban: {
     ignoreIp: string;
@@ -88,6 +90,7 @@ export function firewallView(model: Model): FirewallView | false {
     internet: set(internet),
     lanTcp: set(lan.filter((p) => p.protocol === "tcp")),
     lanUdp: set(lan.filter((p) => p.protocol === "udp")),
+    homeTcpList: [...lan, ...internet].filter((p) => p.protocol === "tcp").map((p) => p.port).join(", "),
     limit: { ...NEW_CONNECTION_LIMIT },
     fail2ban: {
       ignoreIp: ["127.0.0.0/8", "::1", ...LAN6, ...model.firewall.lan].join(" "),
