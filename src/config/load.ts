@@ -5,7 +5,7 @@ import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
 import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
 import { Secret, type Ddns, type Model } from "./model.js";
-import { crossFieldIssues, intToIp, ipToInt } from "./rules.js";
+import { crossFieldIssues, subnetOf } from "./rules.js";
 import { nodeRedModel } from "./node-red.js";
 
 export interface LoadedConfig {
@@ -243,12 +243,6 @@ function wpaPassphrase(v: string): string | undefined {
   if (!/^[\x20-\x7e]*$/.test(v)) return "contains characters other than printable ASCII, which WPA passphrases cannot";
   if (v.length < 8 || v.length > 63) return "is not 8 to 63 characters long, as WPA requires";
   return undefined;
-}
-
-/** The network an address is in: 192.168.1.10 with 24 is "192.168.1.0/24". */
-function subnetOf(ip: string, prefix: number): string {
-  const value = ipToInt(ip);
-  return `${intToIp(value - (value % 2 ** (32 - prefix)))}/${prefix}`;
 }
 
 function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {

@@ -10,7 +10,7 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const [ip, prefixText] = c.network.address.split("/") as [string, string];
   const prefix = Number(prefixText);
-  const subnet = `${intToIp(networkOf(ipToInt(ip), prefix))}/${prefix}`;
+  const subnet = subnetOf(ip, prefix);
 
   if (networkOf(ipToInt(c.network.gateway), prefix) !== networkOf(ipToInt(ip), prefix)) {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is outside ${subnet} (network.address)` });
@@ -63,6 +63,17 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
 
 export function ipToInt(ip: string): number {
   return ip.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
+}
+
+/** The network an address is in, as CIDR: 192.168.1.10 with 24 is "192.168.1.0/24". */
+export function subnetOf(ip: string, prefix: number): string {
+  return `${intToIp(networkOf(ipToInt(ip), prefix))}/${prefix}`;
+}
+
+/** Whether an IPv4 CIDR names its network ("192.168.1.0/24"), not a host in it ("192.168.1.10/24"). */
+export function isNetworkCidr(cidr: string): boolean {
+  const [ip, prefix] = cidr.split("/") as [string, string];
+  return subnetOf(ip, Number(prefix)) === cidr;
 }
 
 export function intToIp(n: number): string {

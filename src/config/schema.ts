@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { isNetworkCidr } from "./rules.js";
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:
@@ -203,13 +204,6 @@ const nodeRed = z
   })
   .prefault({});
 
-/** Whether an IPv4 CIDR names its network ("192.168.1.0/24"), not a host in it ("192.168.1.10/24"). */
-function hostBitsClear(cidr: string): boolean {
-  const [ip, prefixText] = cidr.split("/") as [string, string];
-  const value = ip.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
-  return value % 2 ** (32 - Number(prefixText)) === 0;
-}
-
 /**
  * The firewall on the Pi (src/render/firewall.ts). `lan`: the IPv4 networks that may reach the LAN-only
  * ports (plain MQTT, SSH, Node-RED); default: the Pi's own subnet (network.address).
@@ -223,7 +217,7 @@ const firewall = z
           .string({ error: 'is not a string: give an IPv4 network such as "192.168.1.0/24"' })
           .regex(IPV4_CIDR_RE, { error: 'is not an IPv4 network with a prefix length such as "192.168.1.0/24"', abort: true })
           .refine((s) => Number(s.split("/")[1]) >= 8, { error: "is wider than a /8: a home network has a prefix length of 8 to 32, and a wider one would let much of the Internet in", abort: true })
-          .refine(hostBitsClear, { error: 'has host bits set: give the network\'s own address, e.g. "192.168.1.0/24" for 192.168.1.10/24' }),
+          .refine(isNetworkCidr, { error: 'has host bits set: give the network\'s own address, e.g. "192.168.1.0/24" for 192.168.1.10/24' }),
         { error: 'is not a list of IPv4 networks such as ["192.168.1.0/24"]' },
       )
       .min(1, { error: "is empty: give at least one network, or leave firewall.lan out for the Pi's own subnet" })
