@@ -202,7 +202,7 @@ describe("firewall as rendered", () => {
     config.mqtt.tlsPort = 18883;
     config.nodeRed = { port: 11880 };
     const on = firewallPorts((await renderFixture({ config })).model);
-    expect(on.internet.map((p) => [p.port, p.protocol, p.mosquitto])).toEqual([[18883, "tcp", true]]);
+    expect(on.internet.map((p) => [p.port, p.protocol, p.fail2ban])).toEqual([[18883, "tcp", true]]);
     expect(on.lan.map((p) => [p.port, p.protocol])).toEqual([
       [11883, "tcp"],
       [22, "tcp"],

@@ -6,8 +6,13 @@ export interface OpenPort {
   port: number;
   protocol: "tcp" | "udp";
   reason: string;
-  /** A Mosquitto listener: its failed logins feed fail2ban's mosquitto jail (Internet-open ports only). */
-  mosquitto: boolean;
+  /**
+   * fail2ban's mosquitto jail watches this port (when it is Internet-open): a Mosquitto listener of
+   * MQTT over TCP, whose "New connection from ADDR:PORT on port P." line names the client. Not a
+   * websockets listener: for those mosquitto (2.0.21) logs no address at all, only "Client ID
+   * closed its connection.", so only the limit on new connections guards them.
+   */
+  fail2ban: boolean;
 }
 
 export interface FirewallPorts {
@@ -22,14 +27,14 @@ export interface FirewallPorts {
  * ruleset, the rate limit and the fail2ban jail all follow this list.
  */
 export function firewallPorts(model: Model): FirewallPorts {
-  const tcp = (port: number, reason: string, mosquitto = false): OpenPort => ({ port, protocol: "tcp", reason, mosquitto });
+  const tcp = (port: number, reason: string, fail2ban = false): OpenPort => ({ port, protocol: "tcp", reason, fail2ban });
   return {
     internet: [tcp(model.mqtt.tlsPort, "MQTT over TLS (mqtt.tlsPort), forwarded by the router", true)],
     lan: [
       tcp(model.mqtt.lanPort, "plain MQTT (mqtt.lanPort)", true),
       tcp(SSH_PORT, "SSH"),
       ...(model.nodeRed ? [tcp(model.nodeRed.port, "Node-RED's editor and dashboard (nodeRed.port)")] : []),
-      { port: 5353, protocol: "udp", reason: "mDNS: <hostname>.local answers on the home network", mosquitto: false },
+      { port: 5353, protocol: "udp", reason: "mDNS: <hostname>.local answers on the home network", fail2ban: false },
     ],
   };
 }
@@ -83,7 +88,7 @@ export function firewallView(model: Model): FirewallView | false {
   if (!model.firewall) return false;
   const { internet, lan } = firewallPorts(model);
   const set = (rules: OpenPort[]) => ({ list: rules.map((r) => r.port).join(", "), rules });
-  const mqtt = internet.filter((p) => p.mosquitto && p.protocol === "tcp").map((p) => p.port);
+  const mqtt = internet.filter((p) => p.fail2ban && p.protocol === "tcp").map((p) => p.port);
   return {
     lan4: model.firewall.lan.join(", "),
     lan6: LAN6.join(", "),
