@@ -6,7 +6,7 @@
  * config is refused with the field named, or the value is rendered and the real
  * consumer reads it back unchanged: bash sourcing pi-gen.config, mosquitto
  * logging a user in and applying the ACL, nmcli --offline, ddclient, openssl,
- * ssh-keygen, libc's crypt, wpa_passphrase, Node, nft.
+ * ssh-keygen, libc's crypt, wpa_passphrase, Node, nft, fail2ban.
  *
  * The list of fields is checked against the config's own JSON Schema, so a
  * field added to the config fails this test until it says where its value goes.
@@ -90,6 +90,26 @@ function nftLanSet(): Reader {
       const set = (JSON.parse(r.stdout) as { nftables: { set?: { elem?: (string | { prefix: { addr: string; len: number } })[] } }[] }).nftables.find((x) => x.set)?.set;
       const got = (set?.elem ?? []).map((e) => (typeof e === "string" ? `${e}/32` : `${e.prefix.addr}/${e.prefix.len}`));
       return same("nft's lan4 set", got.join(", "), v);
+    },
+  };
+}
+
+const FAIL2BAN: Consumer = { name: "fail2ban (jail.d/pibake.local)", specials: ["%", "(", ")", "<", ">", "[", "]", ",", ";", "#", "="] };
+
+/** The jails' ignoreip, as fail2ban-client -d reads the rendered jail file on top of Debian's configuration. */
+function fail2banIgnoreIp(): Reader {
+  return {
+    consumer: FAIL2BAN,
+    async check(fx, v) {
+      const dir = path.join(tmp, `f2b${fileNo++}`);
+      await execa("cp", ["-r", "/etc/fail2ban", dir]);
+      writeFileSync(path.join(dir, "jail.d/pibake.local"), fx.overlayFile("etc/fail2ban/jail.d/pibake.local"));
+      writeFileSync(path.join(dir, "filter.d/pibake-mosquitto.conf"), fx.overlayFile("etc/fail2ban/filter.d/pibake-mosquitto.conf"));
+      const r = await execa("fail2ban-client", ["-c", dir, "-d"], { timeout: 30_000, reject: false });
+      if (r.exitCode !== 0) return `fail2ban-client could not read the jails: ${r.stderr}`;
+      const line = r.stdout.split("\n").find((l) => l.startsWith("['set', 'pibake-mosquitto', 'addignoreip'"));
+      const ips = line ? (JSON.parse(line.replaceAll("'", '"')) as string[]).slice(3) : [];
+      return same("the mosquitto jail's last ignoreip", String(ips.at(-1)), v);
     },
   };
 }
@@ -276,7 +296,7 @@ const FIELDS: Record<string, Field> = {
     // NetworkManager writes the gateway after the address: address1=192.168.1.10/24,192.168.1.1.
     readers: [keyfileValue("etc/NetworkManager/system-connections/pibake-lan.nmconnection", "ipv4.gateway", "ipv4", "address1")],
   },
-  "firewall.lan[]": { base: "10.20.0.0/16", set: (c, v) => (c.firewall = { lan: [v] }), readers: [nftLanSet()] },
+  "firewall.lan[]": { base: "10.20.0.0/16", set: (c, v) => (c.firewall = { lan: [v] }), readers: [nftLanSet(), fail2banIgnoreIp()] },
   "network.dns[]": {
     base: "9.9.9.9",
     set: (c, v) => (c.network.dns = [v]),
