@@ -172,7 +172,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
 
   it.skipIf(!existsSync(JOURNAL_REMOTE))("has the image's fail2ban read the rendered jails, and find the image's mosquitto's failed logins in a journal", async () => {
     // The image's own fail2ban-client (Debian's configuration of this release with pibake's jail on top).
-    const dump = await execa("chroot", [rootfs, "fail2ban-client", "-d"], { reject: false, all: true, timeout: 180_000 });
+    const dump = await execa("chroot", [rootfs, "fail2ban-client", "-d"], { reject: false, all: true, timeout: 120_000 });
     expect(dump.exitCode, dump.all).toBe(0);
     for (const jail of ["sshd", "pibake-mosquitto"]) {
       expect(dump.stdout).toContain(`['add', '${jail}', 'systemd']`);
@@ -217,7 +217,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
       .map((message, i) => `__REALTIME_TIMESTAMP=${now + i}\n__MONOTONIC_TIMESTAMP=${i + 1}\n_BOOT_ID=5a2e1a3c7d6b4f0e9c8b7a6f5e4d3c2b\n_HOSTNAME=broker\n_SYSTEMD_UNIT=mosquitto.service\nSYSLOG_IDENTIFIER=mosquitto\n_COMM=mosquitto\n_PID=812\nMESSAGE=${message}\n`);
     await execa(JOURNAL_REMOTE, [`--output=${path.join(rootfs, "tmp/mosquitto.journal")}`, "-"], { input: entries.join("\n"), timeout: 20_000 });
     try {
-      const found = await execa("chroot", [rootfs, "fail2ban-regex", "-o", "ip", 'systemd-journal[journalfiles="/tmp/mosquitto.journal"]', "pibake-mosquitto"], { reject: false, all: true, timeout: 180_000 });
+      const found = await execa("chroot", [rootfs, "fail2ban-regex", "-o", "ip", 'systemd-journal[journalfiles="/tmp/mosquitto.journal"]', "pibake-mosquitto"], { reject: false, all: true, timeout: 120_000 });
       expect(found.exitCode, found.all).toBe(0);
       expect(found.stdout.split("\n").filter(Boolean), log).toEqual(["127.0.0.2", "127.0.0.3"]);
     } finally {
