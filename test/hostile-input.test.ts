@@ -6,7 +6,7 @@
  * config is refused with the field named, or the value is rendered and the real
  * consumer reads it back unchanged: bash sourcing pi-gen.config, mosquitto
  * logging a user in and applying the ACL, nmcli --offline, ddclient, openssl,
- * ssh-keygen, libc's crypt, wpa_passphrase, Node.
+ * ssh-keygen, libc's crypt, wpa_passphrase, Node, nft, fail2ban.
  *
  * The list of fields is checked against the config's own JSON Schema, so a
  * field added to the config fails this test until it says where its value goes.
@@ -52,6 +52,7 @@ const WPA: Consumer = { name: "wpa_passphrase", specials: ['"', "'", "#", "$"] }
 const NODE: Consumer = { name: "Node (settings.js, flows.json)", specials: ['"', "'", "`", "${x}", "</script>", "*/", "\u2029"] };
 const BCRYPT: Consumer = { name: "bcrypt (Node-RED's adminAuth)", specials: ["$", '"', "'"] };
 const APT: Consumer = { name: "apt-config (apt.conf.d)", specials: ['"', ";", "{", "}", "//", "/*", "#", "::", "$"] };
+const NFT: Consumer = { name: "nft (nftables.conf)", specials: ["{", "}", ",", ";", "#", '"', "$", "@", "-", "*", "/0", "::"] };
 
 const tmp = tempDir("pibake-hostile-");
 let fileNo = 0;
@@ -70,6 +71,46 @@ function piGenVar(name: string, expected: (v: string) => string = (v) => v): Rea
     async check(fx, v) {
       const r = await execa("bash", ["-c", `set -eu; . "$1"; printf '%s' "\${${name}}"`, "bash", tempFile(fx.rendered.piGenConfig)], { timeout: 10_000, reject: false });
       return r.exitCode === 0 ? same(`bash's ${name}`, r.stdout, expected(v)) : `bash could not source pi-gen.config: ${r.stderr}`;
+    },
+  };
+}
+
+/**
+ * The networks of the firewall's LAN set, as nft reads them: the rendered
+ * ruleset loaded with `nft -f` into a network namespace of its own (unshare,
+ * gone with the process), then listed as JSON.
+ */
+function nftLanSet(): Reader {
+  return {
+    consumer: NFT,
+    async check(fx, v) {
+      const ns = process.getuid?.() === 0 ? ["--net"] : ["--user", "--map-root-user", "--net"];
+      const script = 'nft -f "$1" && nft -j list set inet pibake lan4';
+      const r = await execa("unshare", [...ns, "sh", "-c", script, "sh", tempFile(fx.overlayFile("etc/nftables.conf"))], { timeout: 10_000, reject: false });
+      if (r.exitCode !== 0) return `nft could not load the ruleset: ${r.stderr}`;
+      const set = (JSON.parse(r.stdout) as { nftables: { set?: { elem?: (string | { prefix: { addr: string; len: number } })[] } }[] }).nftables.find((x) => x.set)?.set;
+      const got = (set?.elem ?? []).map((e) => (typeof e === "string" ? `${e}/32` : `${e.prefix.addr}/${e.prefix.len}`));
+      return same("nft's lan4 set", got.join(", "), v);
+    },
+  };
+}
+
+const FAIL2BAN: Consumer = { name: "fail2ban (jail.d/pibake.local)", specials: ["%", "(", ")", "<", ">", "[", "]", ",", ";", "#", "="] };
+
+/** The jails' ignoreip, as fail2ban-client -d reads the rendered jail file on top of Debian's configuration. */
+function fail2banIgnoreIp(): Reader {
+  return {
+    consumer: FAIL2BAN,
+    async check(fx, v) {
+      const dir = path.join(tmp, `f2b${fileNo++}`);
+      await execa("cp", ["-r", "/etc/fail2ban", dir]);
+      writeFileSync(path.join(dir, "jail.d/pibake.local"), fx.overlayFile("etc/fail2ban/jail.d/pibake.local"));
+      writeFileSync(path.join(dir, "filter.d/pibake-mosquitto.conf"), fx.overlayFile("etc/fail2ban/filter.d/pibake-mosquitto.conf"));
+      const r = await execa("fail2ban-client", ["-c", dir, "-d"], { timeout: 30_000, reject: false });
+      if (r.exitCode !== 0) return `fail2ban-client could not read the jails: ${r.stderr}`;
+      const line = r.stdout.split("\n").find((l) => l.startsWith("['set', 'pibake-mosquitto', 'addignoreip'"));
+      const ips = line ? (JSON.parse(line.replaceAll("'", '"')) as string[]).slice(3) : [];
+      return same("the mosquitto jail's last ignoreip", String(ips.at(-1)), v);
     },
   };
 }
@@ -256,6 +297,7 @@ const FIELDS: Record<string, Field> = {
     // NetworkManager writes the gateway after the address: address1=192.168.1.10/24,192.168.1.1.
     readers: [keyfileValue("etc/NetworkManager/system-connections/pibake-lan.nmconnection", "ipv4.gateway", "ipv4", "address1")],
   },
+  "firewall.lan[]": { base: "10.20.0.0/16", set: (c, v) => (c.firewall = { lan: [v] }), readers: [nftLanSet(), fail2banIgnoreIp()] },
   "network.dns[]": {
     base: "9.9.9.9",
     set: (c, v) => (c.network.dns = [v]),

@@ -11,7 +11,7 @@
 import type { IClientOptions } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { clients, connect, inbox, mustConnect, startRenderedBroker, subscribe, type RunningBroker } from "./helpers/mosquitto.js";
-import { createNetns, type Netns } from "./helpers/netns.js";
+import { createNetns, type Netns } from "./helpers/host-netns.js";
 import { baseConfig, removeAllFixtures, renderFixture, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
 
 const isRoot = process.getuid?.() === 0;

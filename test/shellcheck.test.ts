@@ -31,6 +31,8 @@ function nastyConfig(): { config: TestConfig; env: Record<string, string> } {
   config.network.wifi = { ssid: `SSID ${NASTY}`.slice(0, 32), passphrase: { env: "PIBAKE_TEST_WIFI_PASSPHRASE" }, country: "GB" };
   config.image.keyboard = { keymap: "gb", layout: "English (UK, extended) - with_underscores" };
   config.mqtt.users.push({ name: `o'brien"$x\`y\`\\z`, password: { env: "PIBAKE_TEST_MQTT_NASTY" } });
+  // The other branch of the stage's chroot script: no firewall, both units turned off.
+  config.firewall = { enabled: false };
   const env = {
     ...DEFAULT_SECRET_ENV,
     PIBAKE_TEST_USER_PASSWORD: NASTY,

@@ -24,6 +24,8 @@ import { unmountTree } from "../src/host/mounts.js";
  * qemu-user takes minutes, and the fixture is cached outside the repo.
  */
 const isRoot = process.getuid?.() === 0;
+/** Writes journal files from journal export format (Debian's systemd-journal-remote). */
+const JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote";
 const hasBinfmt = existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64");
 
 describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs", () => {
@@ -103,6 +105,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
       ["etc/NetworkManager/system-connections/pibake-lan.nmconnection", 0o600, 0, 0],
       ["etc/cloud/cloud.cfg.d/99_zz-pibake.cfg", 0o644, 0, 0],
       ["etc/ssh/sshd_config.d/50-pibake.conf", 0o644, 0, 0],
+      ["etc/nftables.conf", 0o755, 0, 0],
+      ["etc/fail2ban/jail.d/pibake.local", 0o644, 0, 0],
+      ["etc/fail2ban/filter.d/pibake-mosquitto.conf", 0o644, 0, 0],
     ];
     for (const [file, mode, uid, gid] of expected) {
       const st = statSync(path.join(rootfs, file));
@@ -129,6 +134,11 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     // libc's crypt, on the host, agrees that this hash is of the configured password.
     const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", secretEnv.T_USER_PW, hash]);
     expect(check.stdout).toBe("True");
+    // The firewall and fail2ban (nftables.service is wanted by sysinit.target, fail2ban by multi-user.target).
+    for (const unit of ["nftables.service", "fail2ban.service"]) {
+      const r = await execa("systemctl", [`--root=${rootfs}`, "is-enabled", unit], { reject: false });
+      expect(`${unit} ${r.stdout.trim()}`).toBe(`${unit} enabled`);
+    }
     // The build-time helpers are gone again.
     expect(existsSync(path.join(rootfs, "usr/sbin/policy-rc.d"))).toBe(false);
     expect(readFileSync("/proc/self/mounts", "utf8")).not.toContain(rootfs);
@@ -196,6 +206,62 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     const verify = await execa("systemd-analyze", [`--root=${rootfs}`, "verify", "mosquitto.service"], { reject: false, all: true, timeout: 60_000 });
     expect(verify.all.split("\n").map((l) => l.replaceAll(rootfs, "")).filter((l) => /mosquitto|pibake/.test(l))).toEqual([]);
   }, 180_000);
+
+  it.skipIf(!existsSync(JOURNAL_REMOTE))("has the image's fail2ban read the rendered jails, and find the image's mosquitto's failed logins in a journal", async () => {
+    // The image's own fail2ban-client (Debian's configuration of this release with pibake's jail on top).
+    const dump = await execa("chroot", [rootfs, "fail2ban-client", "-d"], { reject: false, all: true, timeout: 120_000 });
+    expect(dump.exitCode, dump.all).toBe(0);
+    for (const jail of ["sshd", "pibake-mosquitto"]) {
+      expect(dump.stdout).toContain(`['add', '${jail}', 'systemd']`);
+      expect(dump.stdout).toContain(`['set', '${jail}', 'addaction', 'nftables-allports']`);
+    }
+    expect(dump.stdout).toContain("['set', 'pibake-mosquitto', 'addjournalmatch', '_SYSTEMD_UNIT=mosquitto.service']");
+    expect(dump.stdout).toMatch(/\['set', 'sshd', 'addjournalmatch', '_SYSTEMD_UNIT=ssh\.service'/);
+
+    // The image's mosquitto logging as the Pi's journal gets it: stderr, no timestamps, connection messages.
+    const stock = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8").replace(/^include_dir .*$/m, "").replace(/^log_dest .*$/m, "").replace(/^pid_file .*$/m, "");
+    const fragment = readFileSync(path.join(rootfs, "etc/mosquitto/conf.d/pibake.conf"), "utf8").replace(/^listener (\d+)$/gm, "listener $1 127.0.0.1");
+    writeFileSync(path.join(rootfs, "etc/mosquitto/pibake-journal.conf"), `${stock}\n${fragment}\nlog_dest stderr\nlog_timestamp false\nconnection_messages true\n`);
+    let log = "";
+    const journalBroker = execa("chroot", [rootfs, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-journal.conf"], { reject: false, all: true });
+    journalBroker.all?.on("data", (d: Buffer) => (log += d.toString()));
+    try {
+      let alive = true;
+      void journalBroker.then(() => (alive = false));
+      await waitForPort(tlsPort, 60_000, () => alive);
+      const ca = readFileSync(path.join(out, "ca.crt"));
+      const opts = { ca, servername: "home.freemyip.com", rejectUnauthorized: true };
+      for (const [from, username, password] of [
+        ["127.0.0.2", "phone", "wrong-password"],
+        ["127.0.0.3", "nosuchuser", "wrong-password"],
+        ["127.0.0.4", "phone", secretEnv.T_MQTT_PHONE_PW],
+      ] as const) {
+        const r = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, { ...opts, username, password, localAddress: from } as never);
+        expect(r.ok, `${from}: ${r.error}`).toBe(username === "phone" && password !== "wrong-password");
+        r.client?.end(true);
+      }
+      const deadline = Date.now() + 10_000;
+      while (!/New client connected from 127\.0\.0\.4/.test(log) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    } finally {
+      journalBroker.kill("SIGKILL");
+      await journalBroker.catch(() => undefined);
+    }
+    expect(log).toMatch(/^Client \S+ disconnected, not authorised\.$/m);
+    const now = Date.now() * 1000;
+    const entries = log
+      .split("\n")
+      .filter(Boolean)
+      .map((message, i) => `__REALTIME_TIMESTAMP=${now + i}\n__MONOTONIC_TIMESTAMP=${i + 1}\n_BOOT_ID=5a2e1a3c7d6b4f0e9c8b7a6f5e4d3c2b\n_HOSTNAME=broker\n_SYSTEMD_UNIT=mosquitto.service\nSYSLOG_IDENTIFIER=mosquitto\n_COMM=mosquitto\n_PID=812\nMESSAGE=${message}\n`);
+    await execa(JOURNAL_REMOTE, [`--output=${path.join(rootfs, "tmp/mosquitto.journal")}`, "-"], { input: entries.join("\n"), timeout: 20_000 });
+    try {
+      const found = await execa("chroot", [rootfs, "fail2ban-regex", "-o", "ip", 'systemd-journal[journalfiles="/tmp/mosquitto.journal"]', "pibake-mosquitto"], { reject: false, all: true, timeout: 120_000 });
+      expect(found.exitCode, found.all).toBe(0);
+      expect(found.stdout.split("\n").filter(Boolean), log).toEqual(["127.0.0.2", "127.0.0.3"]);
+    } finally {
+      rmSync(path.join(rootfs, "tmp/mosquitto.journal"), { force: true });
+      rmSync(path.join(rootfs, "etc/mosquitto/pibake-journal.conf"), { force: true });
+    }
+  }, 400_000);
 
   it("runs the image's arm64 mosquitto with the rendered configuration and serves TLS to this host", async () => {
     // The main config as the image has it (pibake's), with the rendered fragment in place of

@@ -5,7 +5,7 @@ import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
 import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
 import { Secret, type Ddns, type Model } from "./model.js";
-import { crossFieldIssues } from "./rules.js";
+import { crossFieldIssues, subnetOf } from "./rules.js";
 import { nodeRedModel } from "./node-red.js";
 
 export interface LoadedConfig {
@@ -314,5 +314,6 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     ...(ddns ? { ddns } : {}),
     ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
     ...(c.updates.enabled ? { updates: c.updates.reboot ? { rebootTime: c.updates.reboot.time } : {} } : {}),
+    ...(c.firewall.enabled ? { firewall: { lan: c.firewall.lan ?? [subnetOf(ip, Number(prefix))] } } : {}),
   };
 }

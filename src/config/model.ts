@@ -101,11 +101,19 @@ export interface Model {
   nodeRed?: NodeRed;
   /** Unattended security updates; absent when updates.enabled is false. */
   updates?: Updates;
+  /** Absent when firewall.enabled is false: no ruleset, no fail2ban jails. */
+  firewall?: Firewall;
 }
 
 export interface Updates {
   /** "HH:MM": reboot at that time when an update needs it; absent: never reboot by itself. */
   rebootTime?: string;
+}
+
+/** The firewall on the Pi (src/render/firewall.ts computes its ports). */
+export interface Firewall {
+  /** IPv4 networks (CIDR, host bits clear) that may reach the LAN-only ports. */
+  lan: string[];
 }
 
 /** Node-RED on the broker (src/config/node-red.ts). */

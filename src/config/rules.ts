@@ -3,12 +3,15 @@ import type { ParsedConfig } from "./schema.js";
 import { nodeRedIssues } from "./node-red.js";
 import { mqttListenerPorts } from "./ports.js";
 
+/** The Pi's SSH server (Raspberry Pi OS's default, which pibake keeps). */
+export const SSH_PORT = 22;
+
 /** Rules that only make sense across fields; the schema has already checked each field alone. */
 export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const [ip, prefixText] = c.network.address.split("/") as [string, string];
   const prefix = Number(prefixText);
-  const subnet = `${intToIp(networkOf(ipToInt(ip), prefix))}/${prefix}`;
+  const subnet = subnetOf(ip, prefix);
 
   if (networkOf(ipToInt(c.network.gateway), prefix) !== networkOf(ipToInt(ip), prefix)) {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is outside ${subnet} (network.address)` });
@@ -36,6 +39,9 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   }
   if (!c.updates.enabled && c.updates.reboot) {
     issues.push({ path: "updates.reboot", message: "is set while updates.enabled is false: only unattended upgrades reboot the Pi; remove it or enable updates" });
+  }
+  for (const [field, port] of [["mqtt.lanPort", c.mqtt.lanPort], ["mqtt.tlsPort", c.mqtt.tlsPort], ...(c.nodeRed.enabled ? [["nodeRed.port", c.nodeRed.port] as const] : [])] as const) {
+    if (port === SSH_PORT) issues.push({ path: field, message: `${port} is SSH's port, which the Pi's SSH server listens on: choose another` });
   }
   const seen = new Map<string, number>();
   c.mqtt.users.forEach((u, i) => {
@@ -66,6 +72,17 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
 
 export function ipToInt(ip: string): number {
   return ip.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
+}
+
+/** The network an address is in, as CIDR: 192.168.1.10 with 24 is "192.168.1.0/24". */
+export function subnetOf(ip: string, prefix: number): string {
+  return `${intToIp(networkOf(ipToInt(ip), prefix))}/${prefix}`;
+}
+
+/** Whether an IPv4 CIDR names its network ("192.168.1.0/24"), not a host in it ("192.168.1.10/24"). */
+export function isNetworkCidr(cidr: string): boolean {
+  const [ip, prefix] = cidr.split("/") as [string, string];
+  return subnetOf(ip, Number(prefix)) === cidr;
 }
 
 export function intToIp(n: number): string {

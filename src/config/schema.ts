@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { isNetworkCidr } from "./rules.js";
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:
@@ -239,6 +240,27 @@ const updates = z
   })
   .prefault({});
 
+/**
+ * The firewall on the Pi (src/render/firewall.ts). `lan`: the IPv4 networks that may reach the LAN-only
+ * ports (plain MQTT, SSH, Node-RED); default: the Pi's own subnet (network.address).
+ */
+const firewall = z
+  .strictObject({
+    enabled: z.boolean({ error: "is not true or false" }).default(true),
+    lan: z
+      .array(
+        z
+          .string({ error: 'is not a string: give an IPv4 network such as "192.168.1.0/24"' })
+          .regex(IPV4_CIDR_RE, { error: 'is not an IPv4 network with a prefix length such as "192.168.1.0/24"', abort: true })
+          .refine((s) => Number(s.split("/")[1]) >= 8, { error: "is wider than a /8: a home network has a prefix length of 8 to 32, and a wider one would let much of the Internet in", abort: true })
+          .refine(isNetworkCidr, { error: 'has host bits set: give the network\'s own address, e.g. "192.168.1.0/24" for 192.168.1.10/24' }),
+        { error: 'is not a list of IPv4 networks such as ["192.168.1.0/24"]' },
+      )
+      .min(1, { error: "is empty: give at least one network, or leave firewall.lan out for the Pi's own subnet" })
+      .optional(),
+  })
+  .prefault({});
+
 export const configSchema = z.strictObject({
   $schema: z.string().optional(),
   image,
@@ -249,6 +271,7 @@ export const configSchema = z.strictObject({
   ddns: ddns.optional(),
   nodeRed,
   updates,
+  firewall,
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

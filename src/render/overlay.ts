@@ -59,6 +59,10 @@ export const OVERLAY: OverlaySpec[] = [
   { path: "usr/local/lib/pibake/status.sh", mode: 0o755 },
   { path: "etc/systemd/system/pibake-status.service", mode: 0o644 },
   { path: "etc/systemd/system/pibake-status.timer", mode: 0o644 },
+  // The firewall (src/render/firewall.ts) and fail2ban's jails; nftables.service loads the ruleset at boot.
+  { path: "etc/nftables.conf", mode: 0o755, when: (v) => v.firewall !== false },
+  { path: "etc/fail2ban/jail.d/pibake.local", mode: 0o644, when: (v) => v.firewall !== false },
+  { path: "etc/fail2ban/filter.d/pibake-mosquitto.conf", mode: 0o644, when: (v) => v.firewall !== false },
   ...NODE_RED_OVERLAY,
 ];
 

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Model, TopicRule } from "../config/model.js";
 import type { Secrets } from "../secrets/index.js";
 import { nodeRedView, type NodeRedView } from "./node-red.js";
+import { firewallView, type FirewallView } from "./firewall.js";
 import { configDigest } from "../config/digest.js";
 import { PIBAKE_VERSION } from "../version.js";
 import { systemSettings, type SystemSettings } from "./system.js";
@@ -42,6 +43,8 @@ export interface View {
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
   updates: false | { reboot: false | { time: string } };
+  /** The nftables ruleset and fail2ban's jails; false when firewall.enabled is false. */
+  firewall: false | FirewallView;
   /** What the status report on the boot partition says of the build. */
   status: { version: string; configDigest: string };
 }
@@ -123,6 +126,7 @@ export function buildView(model: Model, secrets: Secrets): View {
     },
     nodeRed: nodeRedView(model, secrets),
     updates: model.updates ? { reboot: model.updates.rebootTime ? { time: model.updates.rebootTime } : false } : false,
+    firewall: firewallView(model),
     status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
   };
 }

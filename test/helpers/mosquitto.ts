@@ -11,7 +11,7 @@ import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { expect } from "vitest";
 import { freePort } from "./net.js";
 import { tempDir, type Fixture } from "./render-fixture.js";
-import type { Netns } from "./netns.js";
+import type { Netns } from "./host-netns.js";
 
 export const START_TIMEOUT_MS = 10_000;
 export const CONNECT_TIMEOUT_MS = 5_000;
