@@ -161,7 +161,7 @@ describe("packages", () => {
     const config = baseConfig();
     config.nodeRed = { enabled: false };
     const fx = await renderFixture({ config });
-    expect(stagePackages(fx.rendered)).toEqual(["ca-certificates", "ddclient", "fail2ban", "mosquitto", "mosquitto-clients", "nftables", "openssl", "python3-systemd"]);
+    expect(stagePackages(fx.rendered)).toEqual(["ca-certificates", "ddclient", "fail2ban", "mosquitto", "mosquitto-clients", "nftables", "openssl", "python3-systemd", "unattended-upgrades"]);
   });
 });
 
