@@ -159,7 +159,7 @@ describe("packages", () => {
     const config = baseConfig();
     config.nodeRed = { enabled: false };
     const fx = await renderFixture({ config });
-    expect(stagePackages(fx.rendered)).toEqual(["ca-certificates", "ddclient", "mosquitto", "mosquitto-clients", "openssl"]);
+    expect(stagePackages(fx.rendered)).toEqual(["ca-certificates", "ddclient", "mosquitto", "mosquitto-clients", "openssl", "unattended-upgrades"]);
   });
 });
 
