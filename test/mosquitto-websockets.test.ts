@@ -8,6 +8,7 @@
  * every address of this host. In a namespace they listen on every address as on
  * the Pi, with the rendered ports unchanged, and only this host reaches them.
  */
+import { execa } from "execa";
 import type { IClientOptions } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { clients, connect, inbox, mustConnect, startRenderedBroker, subscribe, type RunningBroker } from "./helpers/mosquitto.js";
@@ -140,6 +141,22 @@ describe.skipIf(!isRoot)("mosquitto serves MQTT over WebSockets as rendered", ()
     expect(anonymous.error?.code, String(anonymous.error)).toBe(5);
     const wrong = await connect(opts({ username: "hub", password: `${pw.hub}x` }));
     expect(wrong.error?.code, String(wrong.error)).toBe(5);
+  });
+
+  it("reports the WebSockets ports in the status report on the boot partition, as ss sees them", async () => {
+    const script = withLan.overlayText("usr/local/lib/pibake/status.sh");
+    // The report's own helpers and its WebSockets lines, run where the broker listens.
+    const lines = script.split("\n");
+    const helpers = lines.slice(0, lines.findIndex((l) => l.startsWith("report() {")));
+    expect(helpers.join("\n")).toMatch(/^listening\(\) \{$/m);
+    const wsLines = lines.filter((l) => l.includes("WebSockets"));
+    expect(wsLines).toHaveLength(2);
+    const netns = started.find((e) => e.running === lanBroker)!.netns;
+    const r = await execa(netns.exec[0]!, [...netns.exec.slice(1), "bash", "-c", [...helpers, ...wsLines.map((l) => l.trim())].join("\n")], { reject: false, all: true, timeout: 30_000 });
+    expect(r.all).toBe("  WebSockets TLS port 8884: listening\n  WebSockets LAN port 1884: listening");
+    expect(tlsOnly.overlayText("usr/local/lib/pibake/status.sh").split("\n").filter((l) => l.includes("WebSockets"))).toHaveLength(1);
+    const shellcheck = await execa("shellcheck", ["-s", "bash", "-"], { input: script, reject: false, all: true, timeout: 30_000 });
+    expect(shellcheck.all).toBe("");
   });
 
   it("has no plain WebSockets listener when mqtt.websockets.lan is not set", async () => {
