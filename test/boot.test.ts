@@ -55,6 +55,7 @@ const BUDGET = {
   lan: 2 * STEP.connect, // 30 s
   sshChecks: STEP.sshLogin + STEP.settle + 6 * STEP.ssh, // 425 s
   firstBoot: STEP.settle + 8 * STEP.ssh, // 425 s
+  defences: 3 * STEP.connect + STEP.roundTrip + 4 * STEP.ssh + STEP.settle, // 340 s
   powerdown: STEP.powerdown, // 90 s
   nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
 };
@@ -79,6 +80,8 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
       c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
       // A Wi-Fi profile beside the wired one: the radio must be switched on (QEMU has no Wi-Fi device).
       c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
+      // A browser's way in: MQTT over WebSockets with TLS on 8884.
+      c.mqtt.websockets = {};
     }));
     kernel = await kernelDir(d);
     // What the image file holds, before any boot: no host keys, so that every Pi makes its own.
@@ -98,7 +101,7 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
 
   it("boots and serves authenticated MQTT over TLS, with the time from power-on reported", async () => {
     const d = new Deadline("boot", BUDGET.boot);
-    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, ssh: 22 }, append: cmdlineForQemu(bootFile(image, "cmdline.txt")!) });
+    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtt: 1883, mqtts: 8883, wss: 8884, ssh: 22 }, append: cmdlineForQemu(bootFile(image, "cmdline.txt")!) });
     const booted = vm;
     const ssh = { port: booted.ports.ssh!, user: "admin", key };
     const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
@@ -228,6 +231,45 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(text).toMatch(/^ {2}SSH host keys made: \d{4}-\d\d-\d\dT/m);
     expect(text).toMatch(/^ {2}Wi-Fi radio: enabled$/m);
   }, BUDGET.firstBoot + MARGIN);
+
+  it("defends itself on the Internet: the rendered firewall loaded, fail2ban and unattended-upgrades running, mosquitto logging to the journal, WebSockets over TLS", async () => {
+    const d = new Deadline("Internet defences", BUDGET.defences);
+    const ssh = (cmd: string, ms = STEP.ssh) => sshRun(vm!.ports.ssh!, "admin", key, cmd, d.cap(ms));
+    // A browser's client through the forwarded port: wss://, trusting only ca.crt, the name checked.
+    const wss = await tryConnect(`wss://127.0.0.1:${vm!.ports.wss}`, { username: "phone", password: secretEnv.T_MQTT_PHONE_PW, wsOptions: { ca, servername: DOMAIN, rejectUnauthorized: true } } as never, d.cap(STEP.connect));
+    expect(wss.ok, wss.error).toBe(true);
+    try {
+      expect(await roundTrip(wss.client!, "home/commands/door", "over wss", d.cap(STEP.roundTrip))).toBe("over wss");
+    } finally {
+      wss.client!.end(true);
+    }
+    const wrong = await tryConnect(`wss://127.0.0.1:${vm!.ports.wss}`, { username: "phone", password: "not-the-password", wsOptions: { ca, servername: DOMAIN, rejectUnauthorized: true } } as never, d.cap(STEP.connect));
+    expect(wrong.ok).toBe(false);
+
+    const units = await ssh("systemctl is-active nftables fail2ban unattended-upgrades mosquitto");
+    expect(units.stdout, units.stderr).toBe("active\nactive\nactive\nactive");
+    // The ruleset the kernel holds is pibake's, from the rendered file: its table, the home network from
+    // network.address, the Internet-open ports with the limit on new connections.
+    const rules = (await ssh(sudo("nft list ruleset"))).stdout;
+    expect(rules).toMatch(/^table inet pibake \{/m);
+    expect(rules).toMatch(/10\.0\.2\.0\/24/);
+    expect(rules).toMatch(/policy drop;/);
+    expect(rules).toMatch(/8883/);
+    expect(rules).toMatch(/8884/);
+    expect(rules).toMatch(/limit rate over 10\/minute burst 20 packets/);
+    expect(rules).toMatch(/set new_internet4 \{/);
+    const jails = (await ssh(sudo("fail2ban-client status"))).stdout;
+    expect(jails).toMatch(/Jail list:.*pibake-mosquitto/);
+    expect(jails).toMatch(/Jail list:.*sshd/);
+    // Mosquitto's lines are in the journal, with the clients' addresses fail2ban reads; nothing grows under /var/log/mosquitto.
+    const logs = await ssh(`${sudo("journalctl -b -u mosquitto -o cat --no-pager | grep -c 'New connection from'")}; ${sudo("find /var/log/mosquitto -type f -size +0c")}`);
+    const [connections, ...files] = logs.stdout.split("\n");
+    expect(Number(connections), logs.stderr).toBeGreaterThan(0);
+    expect(files.filter(Boolean)).toEqual([]);
+    // unattended-upgrades reads the rendered origins (its own dry run, on the Pi).
+    const origins = await ssh(sudo("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins are:'"), STEP.settle);
+    expect(origins.stdout).toMatch(/origin=Debian,codename=trixie-security,label=Debian-Security/);
+  }, BUDGET.defences + MARGIN);
 
   it("powers off cleanly within a minute", async () => {
     const d = new Deadline("power-off", BUDGET.powerdown);
