@@ -18,14 +18,21 @@ export interface CheckOptions {
   dnsServer?: string;
 }
 
-function portOption(value: string | number | undefined, flag: string): number | undefined {
+/** An option given twice arrives as an array: the last one counts, as with most command lines. */
+function last<T>(value: T | T[] | undefined): T | undefined {
+  return Array.isArray(value) ? value[value.length - 1] : value;
+}
+
+function portOption(given: string | number | undefined, flag: string): number | undefined {
+  const value = last(given);
   if (value === undefined) return undefined;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PibakeError(`${flag} ${value} is not a port (1-65535)`, 2);
   return n;
 }
 
-function timeoutOption(value: string | number | undefined): number {
+function timeoutOption(given: string | number | undefined): number {
+  const value = last(given);
   if (value === undefined) return 5000;
   const s = Number(value);
   if (!Number.isFinite(s) || s <= 0 || s > 60) throw new PibakeError(`--timeout ${value} is not a number of seconds between 0 and 60`, 2);
@@ -33,7 +40,8 @@ function timeoutOption(value: string | number | undefined): number {
 }
 
 /** IP or IP:PORT ([IPv6]:PORT), as node:dns setServers takes them. */
-function dnsServerOption(value: string | undefined): string | undefined {
+function dnsServerOption(given: string | undefined): string | undefined {
+  const value = last(given);
   if (value === undefined) return undefined;
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$/.exec(value) ?? (isIP(value) === 6 ? [value, value] : null);
   const ip = m?.[1] ?? m?.[2];
@@ -50,11 +58,12 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const ports = { tls: portOption(opts.portTls, "--port-tls"), lan: portOption(opts.portLan, "--port-lan"), ws: portOption(opts.portWs, "--port-ws"), nodeRed: portOption(opts.portNodeRed, "--port-node-red") };
   const timeoutMs = timeoutOption(opts.timeout);
   const dnsServer = dnsServerOption(opts.dnsServer);
+  const stateOption = last(opts.state);
   if (hostArg !== undefined && opts.lan) throw new PibakeError("give HOST or --lan, not both: --lan checks the config's static address", 2);
   if (ports.lan !== undefined && !opts.lan) throw new PibakeError("--port-lan goes with --lan: the LAN listener is checked only from the home network", 2);
 
   const { model } = loadAndWarn(configPath, out);
-  const state = StateDir.locate(model.configDir, model.image.name, opts.state);
+  const state = StateDir.locate(model.configDir, model.image.name, stateOption);
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
 
   const host = opts.lan ? model.network.address : (hostArg ?? model.tls.domain);
