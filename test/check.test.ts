@@ -12,8 +12,9 @@ import { createServer as createTlsServer } from "node:tls";
 import path from "node:path";
 import forge from "node-forge";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFileSync, spawn } from "node:child_process";
 import { execa } from "execa";
-import { bin, pibake } from "./helpers/cli.js";
+import { bin, pibake, repoRoot } from "./helpers/cli.js";
 import { Broker, START_TIMEOUT_MS, startRenderedBroker, type RunningBroker } from "./helpers/mosquitto.js";
 import { freePort } from "./helpers/net.js";
 import { baseConfig, DEFAULT_SECRET_ENV, redactAll, removeAllFixtures, renderFixture, tempDir, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
@@ -190,6 +191,29 @@ describe("pibake check", () => {
     });
   });
 
+  it("checks MQTT over WebSockets with TLS on --port-ws (mosquitto's websockets listener)", async () => {
+    const wsPort = await freePort();
+    const addWebsockets = (root: string) => {
+      const conf = path.join(root, "etc/mosquitto/conf.d/pibake.conf");
+      const certs = path.join(root, "etc/mosquitto/certs");
+      const listener = [`listener ${wsPort} 127.0.0.1`, "protocol websockets", `certfile ${certs}/server.crt`, `keyfile ${certs}/server.key`, "tls_version tlsv1.2", ""];
+      writeFileSync(conf, readFileSync(conf, "utf8") + "\n" + listener.join("\n"));
+    };
+    await withBroker(addWebsockets, async ({ tlsPort, broker }) => {
+      expect(broker.log).toContain(`Opening websockets listen socket on port ${wsPort}.`);
+      const { r, output, line } = await checkJson(["--port-tls", String(tlsPort), "--port-ws", String(wsPort)]);
+      expect(r.exitCode, output).toBe(0);
+      for (const name of ["wss anonymous", "wss wrong password", "wss round trip"]) expect(line(name).status, name).toBe("ok");
+    });
+    // Nothing listening there: named, and a failure.
+    const closed = await freePort();
+    await withBroker(undefined, async ({ tlsPort }) => {
+      const { r, line } = await checkJson(["--port-tls", String(tlsPort), "--port-ws", String(closed)]);
+      expect(r.exitCode).toBe(1);
+      expect(line("wss connect").detail).toMatch(/refused/);
+    });
+  });
+
   it("fails the chain and the origin when the state directory holds another CA", async () => {
     await withBroker(undefined, async ({ tlsPort }) => {
       const other = tempDir("pibake-check-other-state-");
@@ -358,4 +382,71 @@ describe("pibake check", () => {
     expect(r.exitCode).toBe(2);
     expect(output).toMatch(/no CA in/);
   });
+
+  it("checks that Node-RED's editor asks for a login: the rendered settings.js in a real Node-RED, and one without adminAuth", { timeout: 300_000 }, async () => {
+    const config = baseConfig();
+    config.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
+    const nr = await renderFixture({ config });
+    const versions = nr.secrets.nodeRed!.versions;
+    // The Node-RED that test/node-red.test.ts runs, from the same cache.
+    const prefix = execFileSync(path.join(repoRoot, "scripts/fixtures/node-red.sh"), [versions.nodeRed.version, `${versions.dashboard!.package}@${versions.dashboard!.version}`], { encoding: "utf8", timeout: 240_000 }).trim();
+    const run = async (userDir: string) => {
+      const port = await freePort();
+      const child = spawn(process.execPath, [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"], { stdio: ["ignore", "pipe", "pipe"] });
+      let log = "";
+      child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
+      child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      const stop = async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        child.kill("SIGINT");
+        const killer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+        await exited;
+        clearTimeout(killer);
+      };
+      const deadline = Date.now() + 90_000;
+      while (!/Server now running at/.test(log) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (!/Server now running at/.test(log)) {
+        await stop();
+        throw new Error(`Node-RED did not start within 90 s:\n${redactAll(log, secrets())}`);
+      }
+      return { port, stop };
+    };
+    const checkNodeRed = async (port: number) => {
+      const r = await pibake(["check", nr.configPath, "--lan", "--state", nr.state.dir, "--port-tls", String(await freePort()), "--port-lan", String(await freePort()), "--port-node-red", String(port), "--timeout", "5", "--json"], {
+        env: DEFAULT_SECRET_ENV,
+        timeout: CLI_TIMEOUT_MS,
+      });
+      const report = JSON.parse(String(r.stdout)) as Report;
+      return report.checks.find((c) => c.name === "node-red")!;
+    };
+    try {
+      const userDir = tempDir("pibake-check-node-red-");
+      for (const f of nr.rendered.overlay.filter((x) => x.path.startsWith("home/admin/.node-red/"))) writeFileSync(path.join(userDir, path.basename(f.path)), f.content, { mode: f.mode });
+      const secured = await run(userDir);
+      try {
+        const line = await checkNodeRed(secured.port);
+        expect(line.status, line.detail).toBe("ok");
+        expect(line.detail).toMatch(/asks for a login \(credentials\)/);
+      } finally {
+        await secured.stop();
+      }
+      // An empty user directory: Node-RED's own default settings, no adminAuth.
+      const open = await run(tempDir("pibake-check-node-red-open-"));
+      try {
+        const line = await checkNodeRed(open.port);
+        expect(line.status, line.detail).toBe("failed");
+        expect(line.detail).toMatch(/serves its flows without a login/);
+      } finally {
+        await open.stop();
+      }
+      // Nothing there: a failure from home (--lan).
+      const closed = await checkNodeRed(await freePort());
+      expect(closed.status).toBe("failed");
+      expect(closed.detail).toMatch(/does not answer: refused/);
+    } finally {
+      nr.cleanup();
+    }
+  });
 });
+

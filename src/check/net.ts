@@ -26,12 +26,18 @@ export function within<T>(what: string, ms: number, work: Promise<T>, onTimeout?
 
 const TLS_CODES = /^(ERR_SSL_|ERR_TLS_|EPROTO|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/;
 
-export function classify(err: unknown): Reach | undefined {
-  const e = err as NodeJS.ErrnoException | undefined;
+/** fetch() reports "fetch failed" and keeps the socket's error as its cause. */
+function underlying(err: unknown): unknown {
+  const e = err as (Error & { code?: unknown; cause?: unknown }) | undefined;
+  return e && e.code === undefined && e.cause instanceof Error ? e.cause : err;
+}
+
+export function classify(error: unknown): Reach | undefined {
+  const e = underlying(error) as NodeJS.ErrnoException | undefined;
   const code = String(e?.code ?? "");
   if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "ENODATA" || code === "ESERVFAIL" || code === "ENOTIMP" || code === "EREFUSED_DNS") return "no DNS";
   if (code === "ECONNREFUSED") return "refused";
-  if (code === "ETIMEDOUT" || code === "ETIMEOUT" || e instanceof TimeoutError) return "timed out";
+  if (code === "ETIMEDOUT" || code === "ETIMEOUT" || e instanceof TimeoutError || e?.name === "TimeoutError" || e?.name === "AbortError") return "timed out";
   if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EADDRNOTAVAIL") return "unreachable";
   if (code === "ECONNRESET" || code === "EPIPE") return "closed";
   if (TLS_CODES.test(code) || /SSL|TLS|certificate/i.test(String(e?.message ?? ""))) return "TLS failure";
@@ -39,7 +45,8 @@ export function classify(err: unknown): Reach | undefined {
 }
 
 /** "refused (connect ECONNREFUSED 127.0.0.1:8883)", "timed out (...)": the kind first, then what Node said. */
-export function describe(err: unknown): string {
+export function describe(error: unknown): string {
+  const err = underlying(error);
   const kind = classify(err);
   const message = String((err as Error | undefined)?.message ?? err);
   return kind ? `${kind} (${message})` : message;
