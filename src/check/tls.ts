@@ -57,6 +57,12 @@ export function handshake(target: TlsTarget, ms: number, extra: ConnectionOption
   return within(`TLS handshake with ${target.host}:${target.port}`, ms, work, () => socket?.destroy()).finally(() => socket?.destroy());
 }
 
+/** OpenSSL's reason ("tlsv1 alert protocol version") out of its long error line, else the message. */
+function opensslReason(err: unknown): string {
+  const message = String((err as Error)?.message ?? err);
+  return /SSL routines:[^:]*:([^:]+):/.exec(message)?.[1] ?? message.split("\n")[0]!;
+}
+
 /** Why a chain did not verify, in words. */
 function chainProblem(code: string, target: TlsTarget): { detail: string; fix: string } {
   if (code === "CERT_HAS_EXPIRED") return { detail: `the server certificate has expired (${code})`, fix: `build a new image (${target.buildCommand}) and flash it: the build renews the certificate` };
@@ -102,7 +108,7 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
     } catch (err) {
       const kind = classify(err);
       if (kind === "timed out") results.push(warning("tls version", `${hs.protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`));
-      else results.push(ok("tls version", `${hs.protocol} is used; a TLS 1.1 handshake is refused (${(err as Error).message.split("\n")[0]})`));
+      else results.push(ok("tls version", `${hs.protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`));
     }
   } else results.push(failed("tls version", `the server chose ${hs.protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
 
