@@ -72,10 +72,10 @@ describe("pibake check", () => {
 
   const secrets = () => Object.values(DEFAULT_SECRET_ENV);
 
-  async function check(args: string[], opts: { state?: string; dnsPort?: number } = {}) {
+  async function check(args: string[], opts: { state?: string; dnsPort?: number; env?: Record<string, string> } = {}) {
     const started = Date.now();
     const r = await pibake(["check", fx.configPath, "--state", opts.state ?? fx.state.dir, "--dns-server", `127.0.0.1:${opts.dnsPort ?? dns.port}`, "--timeout", "3", ...args], {
-      env: DEFAULT_SECRET_ENV,
+      env: opts.env ?? DEFAULT_SECRET_ENV,
       timeout: CLI_TIMEOUT_MS,
     });
     const output = `${r.stdout}\n${r.stderr}`;
@@ -83,7 +83,7 @@ describe("pibake check", () => {
     return { r, ms: Date.now() - started, output: redactAll(output, secrets()) };
   }
 
-  async function checkJson(args: string[], opts: { state?: string; dnsPort?: number } = {}) {
+  async function checkJson(args: string[], opts: { state?: string; dnsPort?: number; env?: Record<string, string> } = {}) {
     const { r, ms, output } = await check([...args, "--json"], opts);
     let report: Report;
     try {
@@ -100,11 +100,11 @@ describe("pibake check", () => {
   }
 
   /** A broker with the rendered files, optionally changed under its root and restarted; always stopped. */
-  async function withBroker(edit: ((root: string) => void) | undefined, body: (b: RunningBroker) => Promise<void>): Promise<void> {
+  async function withBroker(edit: ((root: string) => void) | undefined, body: (b: RunningBroker) => Promise<void>, rendered: Fixture = fx): Promise<void> {
     let running: RunningBroker | undefined;
     let restarted: Broker | undefined;
     try {
-      running = await startRenderedBroker(fx);
+      running = await startRenderedBroker(rendered);
       if (edit) {
         await running.broker.stop();
         edit(running.root);
@@ -211,6 +211,46 @@ describe("pibake check", () => {
       const { r, line } = await checkJson(["--port-tls", String(tlsPort), "--port-ws", String(closed)]);
       expect(r.exitCode).toBe(1);
       expect(line("wss connect").detail).toMatch(/refused/);
+    });
+  });
+
+  it("sends the test message from a write-only user to a read-only user when no user may do both (through the broker's ACL)", async () => {
+    const config = baseConfig();
+    config.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
+    config.nodeRed = { enabled: false };
+    delete config.ddns;
+    config.mqtt.users = [
+      { name: "sensors", password: { env: "PIBAKE_TEST_MQTT_SENSORS" }, topics: [{ access: "write", topic: "home/sensors/#" }] },
+      { name: "phone", password: { env: "PIBAKE_TEST_MQTT_PHONE" }, topics: [{ access: "read", topic: "home/#" }] },
+    ];
+    const pair = await renderFixture({ config });
+    try {
+      await withBroker(
+        undefined,
+        async ({ lanPort, tlsPort }) => {
+          const r = await pibake(["check", pair.configPath, "--lan", "--state", pair.state.dir, "--port-tls", String(tlsPort), "--port-lan", String(lanPort), "--timeout", "3", "--json"], { env: DEFAULT_SECRET_ENV, timeout: CLI_TIMEOUT_MS });
+          const report = JSON.parse(String(r.stdout)) as Report;
+          expect(r.exitCode, JSON.stringify(report.checks, null, 2)).toBe(0);
+          for (const name of ["mqtts round trip", "lan round trip"]) {
+            expect(report.checks.find((c) => c.name === name)?.detail).toMatch(/^sensors → phone: a message on home\/sensors\/pibake-check\/[0-9a-f]{8} arrived/);
+          }
+        },
+        pair,
+      );
+    } finally {
+      pair.cleanup();
+    }
+  });
+
+  it("fails the round trip when the config's password is not the one the broker has (the config changed since the build)", async () => {
+    await withBroker(undefined, async ({ tlsPort }) => {
+      const env = { ...DEFAULT_SECRET_ENV, PIBAKE_TEST_MQTT_PHONE: "phone-Changed-since-build" };
+      const { r, output, line } = await checkJson(["--port-tls", String(tlsPort)], { env });
+      expect(output).not.toContain(env.PIBAKE_TEST_MQTT_PHONE);
+      expect(r.exitCode, output).toBe(1);
+      expect(line("mqtts round trip").status).toBe("failed");
+      expect(line("mqtts round trip").detail).toMatch(/^phone could not log in with the config's password/);
+      expect(line("mqtts round trip").fix).toMatch(/build a new image \(pibake build /);
     });
   });
 
