@@ -7,7 +7,7 @@
  * allow_anonymous true, a server that accepts TLS 1.1, an address that never answers).
  */
 import { createServer, type Server } from "node:http";
-import { readFileSync, writeFileSync, cpSync, mkdirSync } from "node:fs";
+import { chmodSync, readFileSync, writeFileSync, cpSync, mkdirSync } from "node:fs";
 import { createServer as createTlsServer } from "node:tls";
 import path from "node:path";
 import forge from "node-forge";
@@ -17,7 +17,7 @@ import { execa } from "execa";
 import { bin, pibake, repoRoot } from "./helpers/cli.js";
 import { Broker, START_TIMEOUT_MS, startRenderedBroker, type RunningBroker } from "./helpers/mosquitto.js";
 import { freePort } from "./helpers/net.js";
-import { baseConfig, DEFAULT_SECRET_ENV, redactAll, removeAllFixtures, renderFixture, tempDir, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
+import { baseConfig, DEFAULT_SECRET_ENV, TEST_SSH_KEYS, redactAll, removeAllFixtures, renderFixture, tempDir, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
 import { startDnsServer, type DnsServer } from "./helpers/dns-server.js";
 
 interface Line {
@@ -486,6 +486,94 @@ describe("pibake check", () => {
       expect(closed.detail).toMatch(/does not answer: refused/);
     } finally {
       nr.cleanup();
+    }
+  });
+
+  it("--ssh: the first user logs in with a key of the config and passwords are refused (a real sshd with the rendered settings)", async () => {
+    const work = tempDir("pibake-check-sshd-");
+    chmodSync(work, 0o755);
+    const keygen = (file: string, comment: string) => execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file], { timeout: 20_000 });
+    await keygen(path.join(work, "hostkey"), "host");
+    await keygen(path.join(work, "id"), "laptop key");
+    await keygen(path.join(work, "other"), "someone else");
+    const config = baseConfig();
+    config.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
+    config.nodeRed = { enabled: false };
+    config.user.sshKeys = [readFileSync(path.join(work, "id.pub"), "utf8").trim(), TEST_SSH_KEYS[1]];
+    const ssh = await renderFixture({ config });
+    const sshPort = await freePort();
+    // The Pi's authorized_keys holds the config's keys (the stage writes them); sshd reads it as the user.
+    writeFileSync(path.join(work, "authorized_keys"), config.user.sshKeys.join("\n") + "\n", { mode: 0o644 });
+    mkdirSync(path.join(work, "conf.d"));
+    mkdirSync(path.join(work, "home"));
+    const pibakeConf = path.join(work, "conf.d/50-pibake.conf");
+    writeFileSync(pibakeConf, ssh.overlayText("etc/ssh/sshd_config.d/50-pibake.conf"));
+    // Like Debian's sshd_config: the drop-ins first (the first value of a setting wins), then what a test needs.
+    writeFileSync(
+      path.join(work, "sshd_config"),
+      [`Include ${work}/conf.d/*.conf`, `Port ${sshPort}`, "ListenAddress 127.0.0.1", `HostKey ${work}/hostkey`, "PidFile none", "UsePAM no", "StrictModes no", `AuthorizedKeysFile ${work}/authorized_keys`, ""].join("\n"),
+    );
+    // The user exists only for this sshd: passwd and shadow with it are bind-mounted in a mount namespace of its own.
+    writeFileSync(path.join(work, "passwd"), readFileSync("/etc/passwd", "utf8") + `admin:x:4242:4242::${work}/home:/bin/sh\n`);
+    writeFileSync(path.join(work, "shadow"), readFileSync("/etc/shadow", "utf8") + "admin:*:19000:0:99999:7:::\n", { mode: 0o600 });
+    const startSshd = async () => {
+      const script = `mount --bind ${work}/passwd /etc/passwd && mount --bind ${work}/shadow /etc/shadow && mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec /usr/sbin/sshd -D -e -f ${work}/sshd_config`;
+      const child = spawn("unshare", ["-m", "sh", "-c", script], { stdio: ["ignore", "pipe", "pipe"] });
+      let log = "";
+      child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
+      child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      const stop = async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        child.kill("SIGTERM");
+        const killer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+        await exited;
+        clearTimeout(killer);
+      };
+      const deadline = Date.now() + 10_000;
+      while (!/Server listening on 127\.0\.0\.1 port/.test(log) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      if (!/Server listening/.test(log)) {
+        await stop();
+        throw new Error(`sshd did not start within 10 s (CI installs openssh-server):\n${log}`);
+      }
+      return { stop, log: () => log };
+    };
+    const checkSsh = async (key: string, port = sshPort) => {
+      const args = ["check", ssh.configPath, "--lan", "--state", ssh.state.dir, "--port-tls", String(await freePort()), "--port-lan", String(await freePort())];
+      const r = await pibake([...args, "--ssh", "--ssh-key", path.join(work, key), "--port-ssh", String(port), "--timeout", "5", "--json"], { env: DEFAULT_SECRET_ENV, timeout: CLI_TIMEOUT_MS });
+      const report = JSON.parse(String(r.stdout)) as Report;
+      return (name: string) => report.checks.find((c) => c.name === name);
+    };
+    try {
+      let sshd = await startSshd();
+      try {
+        const good = await checkSsh("id");
+        expect(good("ssh key login")?.status, sshd.log()).toBe("ok");
+        expect(good("ssh key login")?.detail).toMatch(/^admin@127\.0\.0\.1:\d+ accepts the key SHA256:\S+ \(laptop key\) of user\.sshKeys$/);
+        expect(good("ssh passwords")?.status).toBe("ok");
+        expect(good("ssh passwords")?.detail).toMatch(/refuses passwords \(it offers only publickey\)/);
+        expect(sshd.log()).toMatch(/Accepted publickey for admin from 127\.0\.0\.1/);
+        const other = await checkSsh("other");
+        expect(other("ssh key login")?.status).toBe("failed");
+        expect(other("ssh key login")?.fix).toMatch(/--ssh-key/);
+      } finally {
+        await sshd.stop();
+      }
+      // A Pi whose sshd takes passwords after all.
+      writeFileSync(pibakeConf, readFileSync(pibakeConf, "utf8").replace(/^PasswordAuthentication no$/m, "PasswordAuthentication yes"));
+      sshd = await startSshd();
+      try {
+        const open = await checkSsh("id");
+        expect(open("ssh passwords")?.status).toBe("failed");
+        expect(open("ssh passwords")?.detail).toMatch(/offers password logins \(publickey,password\), but user\.passwordSsh is false/);
+      } finally {
+        await sshd.stop();
+      }
+      const closed = await checkSsh("id", await freePort());
+      expect(closed("ssh")?.status).toBe("failed");
+      expect(closed("ssh")?.detail).toMatch(/: refused \(connect to host 127\.0\.0\.1 port \d+: Connection refused\)/);
+    } finally {
+      ssh.cleanup();
     }
   });
 });

@@ -6,6 +6,7 @@ import { checkDns, makeResolver, resolveAll } from "./dns.js";
 import { checkMqtt, type MqttTarget } from "./mqtt.js";
 import { describe } from "./net.js";
 import { checkNodeRed } from "./node-red.js";
+import { checkSsh } from "./ssh.js";
 import { Budget, failed, type CheckResult } from "./result.js";
 import { checkTls, type TlsTarget } from "./tls.js";
 
@@ -21,6 +22,8 @@ export interface CheckPlan {
   host: string;
   lan: boolean;
   ports: { tls: number; lan: number; ws: number | undefined; nodeRed: number | undefined };
+  /** Check SSH logins of the first user (--ssh), with this private key or ssh's own choice. */
+  ssh: { port: number; identity: string | undefined } | undefined;
   timeoutMs: number;
   dnsServer: string | undefined;
   /** "pibake build CONFIG", as the user would type it, for fixes. */
@@ -91,6 +94,10 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const lanFamily = plan.lan ? checkMqtt(mqttTarget("lan", plan.ports.lan, { protocol: "mqtt" }), budget) : Promise.resolve([]);
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
-  const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily]);
+  const sshFamily = plan.ssh
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand }, budget)
+    : Promise.resolve([]);
+
+  const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
   return families.flat();
 }

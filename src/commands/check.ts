@@ -16,6 +16,9 @@ export interface CheckOptions {
   portNodeRed?: string | number;
   timeout?: string | number;
   dnsServer?: string;
+  ssh?: boolean;
+  sshKey?: string;
+  portSsh?: string | number;
 }
 
 /** An option given twice arrives as an array: the last one counts, as with most command lines. */
@@ -59,6 +62,9 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const timeoutMs = timeoutOption(opts.timeout);
   const dnsServer = dnsServerOption(opts.dnsServer);
   const stateOption = last(opts.state);
+  const sshPort = portOption(opts.portSsh, "--port-ssh");
+  const sshKey = last(opts.sshKey);
+  if ((sshPort !== undefined || sshKey !== undefined) && !opts.ssh) throw new PibakeError("--port-ssh and --ssh-key go with --ssh", 2);
   if (hostArg !== undefined && opts.lan) throw new PibakeError("give HOST or --lan, not both: --lan checks the config's static address", 2);
   if (ports.lan !== undefined && !opts.lan) throw new PibakeError("--port-lan goes with --lan: the LAN listener is checked only from the home network", 2);
 
@@ -78,6 +84,7 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
       ws: ports.ws ?? websocketsPort(model),
       nodeRed: model.nodeRed ? (ports.nodeRed ?? model.nodeRed.port) : undefined,
     },
+    ssh: opts.ssh ? { port: sshPort ?? 22, identity: sshKey === undefined ? undefined : path.resolve(sshKey) } : undefined,
     timeoutMs,
     dnsServer,
     buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
