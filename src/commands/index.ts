@@ -1,6 +1,7 @@
 import type { CAC } from "cac";
 import type { BuildOptions } from "./build.js";
 import type { CaOptions } from "./ca.js";
+import type { CheckOptions } from "./check.js";
 import type { FlashOptions } from "./flash.js";
 import type { ImagesOptions } from "./images.js";
 import type { RenderOptions } from "./render.js";
@@ -55,6 +56,25 @@ export function registerCommands(cli: CAC): void {
     .example("pibake images list")
     .example("pibake images prune --all")
     .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(action, opts));
+
+  cli
+    .command("check <config> [host]", "Check a running broker the way its clients see it: TLS (chain, name, version, expiry, origin), MQTT logins and a message round trip, DNS and the WAN address, Node-RED's login")
+    .option("--lan", "Check the static address (network.address) from the home network, the LAN listener too; no DNS")
+    .option("--json", "Print the results as one JSON object")
+    .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
+    .option("--port-tls <port>", "The TLS listener's port (default: mqtt.tlsPort)")
+    .option("--port-lan <port>", "With --lan: the plain listener's port (default: mqtt.lanPort)")
+    .option("--port-ws <port>", "Check MQTT over WebSockets with TLS on this port (default: the config's WebSockets port, if any)")
+    .option("--port-node-red <port>", "Node-RED's editor port (default: nodeRed.port)")
+    .option("--dns-server <ip[:port]>", "Ask this DNS server for the domain (and HOST) instead of the system's")
+    .option("--ssh", "Also check that the first user logs in with an SSH key of the config (the system's ssh client) and that passwords are refused")
+    .option("--ssh-key <file>", "With --ssh: the private key to log in with (default: ssh's own: agent, ~/.ssh)")
+    .option("--port-ssh <port>", "With --ssh: the SSH port (default 22)")
+    .option("--timeout <seconds>", "How long each check may wait (every wait together stays under 25 s)", { default: 5 })
+    .example("pibake check broker.json                   # through the Internet: DNS, TLS, MQTT")
+    .example("pibake check broker.json --lan             # from home, at the static address")
+    .example("pibake check broker.json 203.0.113.7 --json")
+    .action(async (configPath: string, host: string | undefined, opts: CheckOptions) => (await import("./check.js")).checkCommand(configPath, host, opts));
 
   cli
     .command("build <config>", "Build the broker image in minutes from the official Raspberry Pi OS Lite (downloaded, verified and cached), from an image given with --base, or from scratch with --engine pi-gen")

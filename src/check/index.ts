@@ -1,0 +1,101 @@
+import { isIP } from "node:net";
+import type { Model } from "../config/model.js";
+import { summarize } from "../secrets/pki.js";
+import type { StateDir } from "../secrets/state.js";
+import { checkDns, makeResolver, resolveAll } from "./dns.js";
+import { checkMqtt, type MqttTarget } from "./mqtt.js";
+import { describe } from "./net.js";
+import { checkNodeRed } from "./node-red.js";
+import { checkSsh } from "./ssh.js";
+import { Budget, failed, type CheckResult } from "./result.js";
+import { checkTls, type TlsTarget } from "./tls.js";
+
+export type { CheckResult, CheckStatus } from "./result.js";
+
+/** Every network wait of one run together stays under this, whatever --timeout says. */
+export const TOTAL_BOUND_MS = 25_000;
+
+export interface CheckPlan {
+  model: Model;
+  state: StateDir;
+  /** Where to connect: tls.domain, the static address with --lan, or the user's HOST. */
+  host: string;
+  lan: boolean;
+  ports: { tls: number; lan: number; ws: number | undefined; nodeRed: number | undefined };
+  /** Check SSH logins of the first user (--ssh), with this private key or ssh's own choice. */
+  ssh: { port: number; identity: string | undefined } | undefined;
+  timeoutMs: number;
+  dnsServer: string | undefined;
+  /** "pibake build CONFIG", as the user would type it, for fixes. */
+  buildCommand: string;
+}
+
+/** The port of the WebSockets-over-TLS listener, when the config has one. */
+export function websocketsPort(model: Model): number | undefined {
+  return model.mqtt.websockets?.tlsPort;
+}
+
+/**
+ * Check a running broker the way its clients see it. The families (TLS and
+ * MQTT on the TLS port, WebSockets, the LAN port, DNS, Node-RED) run side by
+ * side; their lines come out in this fixed order.
+ */
+export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
+  const { model, state } = plan;
+  const budget = new Budget(plan.timeoutMs, TOTAL_BOUND_MS);
+  const caPem = state.read("ca.crt")!;
+  const issued = state.read("server.crt");
+  const dnsFamily = plan.lan ? Promise.resolve([]) : checkDns(model.tls.domain, model.ddns, plan.dnsServer, budget);
+
+  // With --dns-server the host's address comes from that server too, as it would for a client using it.
+  let address = plan.host;
+  if (plan.dnsServer && !isIP(plan.host)) {
+    try {
+      address = (await resolveAll(makeResolver(budget.ms, plan.dnsServer), plan.host, budget.ms)).find((a) => isIP(a) === 4) ?? address;
+    } catch (err) {
+      return [...(await dnsFamily), failed("host", `${plan.host} does not resolve (asked ${plan.dnsServer}): ${describe(err)}; nothing else was tried`, "give the Pi's address as HOST, or check from home with --lan")];
+    }
+  }
+
+  const tlsTarget: TlsTarget = {
+    host: plan.host,
+    address,
+    port: plan.ports.tls,
+    servername: model.tls.domain,
+    caPem,
+    caFile: state.file("ca.crt"),
+    issuedFingerprint256: issued ? summarize(issued).fingerprint256 : undefined,
+    stateDir: state.dir,
+    buildCommand: plan.buildCommand,
+    lan: plan.lan,
+  };
+  const tlsTransport = { ca: caPem, servername: model.tls.domain, rejectUnauthorized: true };
+  const mqttTarget = (label: string, port: number, transport: MqttTarget["transport"]): MqttTarget => ({
+    label,
+    host: plan.host,
+    address,
+    port,
+    transport,
+    users: model.mqtt.users,
+    buildCommand: plan.buildCommand,
+    lan: plan.lan,
+  });
+
+  const tlsFamily = (async () => {
+    const t = await checkTls(tlsTarget, budget);
+    if (!t.reachable) return t.results;
+    if (!t.trusted) return [...t.results, failed("mqtts", "not tried: clients that trust only this CA and verify the name refuse this server", "fix the TLS lines above first")];
+    return [...t.results, ...(await checkMqtt(mqttTarget("mqtts", plan.ports.tls, { protocol: "mqtts", ...tlsTransport }), budget))];
+  })();
+  const wsPort = plan.ports.ws;
+  const wsFamily = wsPort === undefined ? Promise.resolve([]) : checkMqtt(mqttTarget("wss", wsPort, { protocol: "wss", ...tlsTransport, wsOptions: { servername: model.tls.domain } } as MqttTarget["transport"]), budget);
+  const lanFamily = plan.lan ? checkMqtt(mqttTarget("lan", plan.ports.lan, { protocol: "mqtt" }), budget) : Promise.resolve([]);
+  const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
+
+  const sshFamily = plan.ssh
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand }, budget)
+    : Promise.resolve([]);
+
+  const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
+  return families.flat();
+}

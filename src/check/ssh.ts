@@ -1,0 +1,101 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { run, type RunResult } from "../host/process.js";
+import { failed, ok, type Budget, type CheckResult } from "./result.js";
+
+export interface SshTarget {
+  host: string;
+  address: string;
+  port: number;
+  /** The first user: user.name, with user.sshKeys and user.passwordSsh. */
+  user: string;
+  keys: string[];
+  passwordSsh: boolean;
+  /** A private key to log in with; otherwise ssh's own choice (agent, ~/.ssh). */
+  identity: string | undefined;
+  buildCommand: string;
+}
+
+/** "SHA256:…" of an OpenSSH public key line, as ssh-keygen -l and ssh -v print it. */
+export function keyFingerprint(line: string): string | undefined {
+  const blob = line.trim().split(/\s+/)[1];
+  if (!blob) return undefined;
+  return `SHA256:${createHash("sha256").update(Buffer.from(blob, "base64")).digest("base64").replace(/=+$/, "")}`;
+}
+
+/**
+ * The system's ssh client, once, bounded, never asking anything (BatchMode).
+ * The host key is not verified against the user's known_hosts, nor added to
+ * it: a check must not change them (the certificate origin line tells
+ * whether this is the right machine).
+ */
+async function ssh(target: SshTarget, extra: string[], ms: number): Promise<RunResult> {
+  const scratch = mkdtempSync(path.join(os.tmpdir(), "pibake-check-ssh-"));
+  try {
+    const args = [
+      "-v",
+      "-o", "BatchMode=yes",
+      "-o", `ConnectTimeout=${Math.max(1, Math.ceil(ms / 1000))}`,
+      "-o", `UserKnownHostsFile=${path.join(scratch, "known_hosts")}`,
+      "-o", "GlobalKnownHostsFile=/dev/null",
+      "-o", "StrictHostKeyChecking=no",
+      "-p", String(target.port),
+      "-l", target.user,
+      ...(target.identity ? ["-i", target.identity, "-o", "IdentitiesOnly=yes"] : []),
+      ...extra,
+      target.address,
+      "true",
+    ];
+    return await run("ssh", args, { what: `ssh to ${target.host}`, okCodes: "any", timeout: ms + 1000 });
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** Why ssh could not talk to the server at all, from its own words; undefined when it did. */
+function unreachable(r: RunResult, ms: number): string | undefined {
+  const lines = r.output.split("\n");
+  // ssh's own error line ("ssh: connect to host … port 22: Connection refused") says it best.
+  const line = lines.find((l) => /^ssh: /.test(l)) ?? lines.find((l) => /Connection (refused|timed out)|Could not resolve hostname|No route to host|Network is unreachable|kex_exchange_identification/.test(l) && !/^debug/.test(l));
+  if (r.exitCode === undefined) return `timed out (no answer within ${(ms / 1000).toFixed(0)} s)`;
+  if (!line) return undefined;
+  const kind = /refused/.test(line) ? "refused" : /timed out/.test(line) ? "timed out" : /resolve/.test(line) ? "no DNS" : /route|unreachable/i.test(line) ? "unreachable" : "failed";
+  return `${kind} (${line.replace(/^ssh: /, "")})`;
+}
+
+/** The first user logs in with an SSH key of the config, and passwords are refused unless user.passwordSsh. */
+export async function checkSsh(target: SshTarget, budget: Budget): Promise<CheckResult[]> {
+  const where = `${target.user}@${target.host}:${target.port}`;
+  const known = new Map(target.keys.map((k) => [keyFingerprint(k), k.trim().split(/\s+/).slice(2).join(" ") || "no comment"]));
+  const ms = budget.ms;
+  const login = await ssh(target, ["-o", "PreferredAuthentications=publickey"], ms);
+  const down = unreachable(login, ms);
+  if (down) return [failed("ssh", `${where}: ${down}; the other SSH checks were not tried`, "is the Pi up, and does SSH reach it from here (from outside, only what the router forwards does)?")];
+  const results: CheckResult[] = [];
+  const accepted = /Server accepts key: .*?(SHA256:[A-Za-z0-9+/]+)/.exec(login.output)?.[1];
+  if (/Authenticated to .* using "publickey"/.test(login.output)) {
+    if (accepted && known.has(accepted)) results.push(ok("ssh key login", `${where} accepts the key ${accepted} (${known.get(accepted)}) of user.sshKeys`));
+    else results.push(failed("ssh key login", `${where} accepts a key that is not in user.sshKeys (${accepted ?? "unknown"}): someone added it on the Pi`, "remove it from ~/.ssh/authorized_keys on the Pi, or add it to user.sshKeys"));
+  } else {
+    const offered = [...login.output.matchAll(/Offering public key: .*?(SHA256:[A-Za-z0-9+/]+)/g)].map((m) => m[1]!);
+    const mine = offered.filter((f) => known.has(f));
+    results.push(
+      failed(
+        "ssh key login",
+        `${where} refused ${offered.length ? `the keys offered (${offered.join(", ")})` : "this machine: it offered no key"}${mine.length ? `, although ${mine.join(", ")} is in user.sshKeys: the image has other keys than the config` : ""}`,
+        mine.length ? `build a new image (${target.buildCommand}) and flash it` : "load the private key of one of user.sshKeys into ssh-agent, or name it with --ssh-key FILE",
+      ),
+    );
+  }
+  if (!target.passwordSsh) {
+    // Without a key, ssh asks for "none" first and the server lists what it would take.
+    const pw = await ssh(target, ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"], budget.ms);
+    const methods = /Authentications that can continue: (\S+)/.exec(pw.output)?.[1];
+    if (!methods) results.push(failed("ssh passwords", `${where}: ${unreachable(pw, ms) ?? "the server named no login methods"}`));
+    else if (/password|keyboard-interactive/.test(methods)) results.push(failed("ssh passwords", `${where} offers password logins (${methods}), but user.passwordSsh is false`, `build a new image (${target.buildCommand}): its sshd settings refuse passwords`));
+    else results.push(ok("ssh passwords", `${where} refuses passwords (it offers only ${methods})`));
+  }
+  return results;
+}

@@ -1,0 +1,106 @@
+import path from "node:path";
+import { isIP } from "node:net";
+import { PibakeError } from "../errors.js";
+import { StateDir } from "../secrets/state.js";
+import { createOutput, redact } from "../ui/output.js";
+import { runChecks, websocketsPort, type CheckResult } from "../check/index.js";
+import { loadAndWarn } from "./config.js";
+
+export interface CheckOptions {
+  lan?: boolean;
+  json?: boolean;
+  state?: string;
+  portTls?: string | number;
+  portLan?: string | number;
+  portWs?: string | number;
+  portNodeRed?: string | number;
+  timeout?: string | number;
+  dnsServer?: string;
+  ssh?: boolean;
+  sshKey?: string;
+  portSsh?: string | number;
+}
+
+/** An option given twice arrives as an array: the last one counts, as with most command lines. */
+function last<T>(value: T | T[] | undefined): T | undefined {
+  return Array.isArray(value) ? value[value.length - 1] : value;
+}
+
+function portOption(given: string | number | undefined, flag: string): number | undefined {
+  const value = last(given);
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PibakeError(`${flag} ${value} is not a port (1-65535)`, 2);
+  return n;
+}
+
+function timeoutOption(given: string | number | undefined): number {
+  const value = last(given);
+  if (value === undefined) return 5000;
+  const s = Number(value);
+  if (!Number.isFinite(s) || s <= 0 || s > 60) throw new PibakeError(`--timeout ${value} is not a number of seconds between 0 and 60`, 2);
+  return Math.round(s * 1000);
+}
+
+/** IP or IP:PORT ([IPv6]:PORT), as node:dns setServers takes them. */
+function dnsServerOption(given: string | undefined): string | undefined {
+  const value = last(given);
+  if (value === undefined) return undefined;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$/.exec(value) ?? (isIP(value) === 6 ? [value, value] : null);
+  const ip = m?.[1] ?? m?.[2];
+  const port = m?.[3] === undefined ? 53 : Number(m[3]);
+  if (!m || !ip || !isIP(ip) || port < 1 || port > 65535) throw new PibakeError(`--dns-server ${value} is not an IP address with an optional port (IP, IP:PORT or [IPv6]:PORT)`, 2);
+  return value;
+}
+
+const LABEL: Record<CheckResult["status"], string> = { ok: "ok     ", warning: "warning", failed: "failed " };
+
+/** pibake check CONFIG [HOST]: one line per check; exit 1 when one failed (warnings allowed). */
+export async function checkCommand(configPath: string, hostArg: string | undefined, opts: CheckOptions): Promise<void> {
+  const out = createOutput();
+  const ports = { tls: portOption(opts.portTls, "--port-tls"), lan: portOption(opts.portLan, "--port-lan"), ws: portOption(opts.portWs, "--port-ws"), nodeRed: portOption(opts.portNodeRed, "--port-node-red") };
+  const timeoutMs = timeoutOption(opts.timeout);
+  const dnsServer = dnsServerOption(opts.dnsServer);
+  const stateOption = last(opts.state);
+  const sshPort = portOption(opts.portSsh, "--port-ssh");
+  const sshKey = last(opts.sshKey);
+  if ((sshPort !== undefined || sshKey !== undefined) && !opts.ssh) throw new PibakeError("--port-ssh and --ssh-key go with --ssh", 2);
+  if (hostArg !== undefined && opts.lan) throw new PibakeError("give HOST or --lan, not both: --lan checks the config's static address", 2);
+  if (ports.lan !== undefined && !opts.lan) throw new PibakeError("--port-lan goes with --lan: the LAN listener is checked only from the home network", 2);
+
+  const { model } = loadAndWarn(configPath, out);
+  const state = StateDir.locate(model.configDir, model.image.name, stateOption);
+  if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
+
+  const host = opts.lan ? model.network.address : (hostArg ?? model.tls.domain);
+  const results = await runChecks({
+    model,
+    state,
+    host,
+    lan: opts.lan === true,
+    ports: {
+      tls: ports.tls ?? model.mqtt.tlsPort,
+      lan: ports.lan ?? model.mqtt.lanPort,
+      ws: ports.ws ?? websocketsPort(model),
+      nodeRed: model.nodeRed ? (ports.nodeRed ?? model.nodeRed.port) : undefined,
+    },
+    ssh: opts.ssh ? { port: sshPort ?? 22, identity: sshKey === undefined ? undefined : path.resolve(sshKey) } : undefined,
+    timeoutMs,
+    dnsServer,
+    buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
+  });
+  const failedCount = results.filter((r) => r.status === "failed").length;
+  const warningCount = results.filter((r) => r.status === "warning").length;
+  if (opts.json) {
+    process.stdout.write(redact(JSON.stringify({ host, lan: opts.lan === true, ok: failedCount === 0, failed: failedCount, warnings: warningCount, checks: results }, null, 2)) + "\n");
+  } else {
+    out.info(`checking ${host}${opts.lan ? " (the static address)" : ""} as clients see it`);
+    const width = Math.max(...results.map((r) => r.name.length));
+    for (const r of results) {
+      out.info(`${LABEL[r.status]}  ${r.name.padEnd(width)}  ${r.detail}`);
+      if (r.fix) out.info(`${" ".repeat(9 + width + 2)}→ ${r.fix}`);
+    }
+    out.info(failedCount ? `${failedCount} failed, ${warningCount} warning${warningCount === 1 ? "" : "s"}` : `all passed${warningCount ? ` (${warningCount} warning${warningCount === 1 ? "" : "s"})` : ""}`);
+  }
+  if (failedCount) process.exitCode = 1;
+}
