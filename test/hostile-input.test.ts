@@ -200,7 +200,8 @@ function ddclientCredentials(which: "token" | "login" | "password"): Reader {
   };
 }
 
-const passwordOf = (name: string) => (fx: Fixture) => fx.model.mqtt.users.find((u) => u.name === name)!.password.reveal();
+/** The config's users and those pibake adds (Node-RED's), as the secrets step returns them. */
+const passwordOf = (name: string) => (fx: Fixture) => fx.secrets.mqttUsers.find((u) => u.name === name)!.password.reveal();
 
 /** The real ddclient parses the rendered file (-noexec: nothing is sent) and shows what it read. */
 function ddclientValue(key: string, expected: (v: string) => string = (v) => v): Reader {
@@ -433,6 +434,7 @@ const FIELDS: Record<string, Field> = {
 const HOST_ONLY: Record<string, string> = {
   $schema: "read by editors only",
   "image.baseStages[]": "pi-gen stage directories on the build host",
+  "image.raspiosDate": "chooses the official image on the build host (a date, checked by the schema)",
 };
 const SECRET_FIELDS = Object.keys(FIELDS).filter((f) => ["user.password", "network.wifi.passphrase", "mqtt.users[].password", "ddns.token", "ddns.password", "nodeRed.admin.password"].includes(f));
 for (const f of SECRET_FIELDS) {
