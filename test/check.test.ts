@@ -432,24 +432,12 @@ describe("pibake check", () => {
     const prefix = execFileSync(path.join(repoRoot, "scripts/fixtures/node-red.sh"), [versions.nodeRed.version, `${versions.dashboard!.package}@${versions.dashboard!.version}`], { encoding: "utf8", timeout: 240_000 }).trim();
     const run = async (userDir: string) => {
       const port = await freePort();
-      const child = spawn(process.execPath, [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"], { stdio: ["ignore", "pipe", "pipe"] });
-      let log = "";
-      child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
-      child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
-      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-      const stop = async () => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        child.kill("SIGINT");
-        const killer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-        await exited;
-        clearTimeout(killer);
-      };
-      const deadline = Date.now() + 90_000;
-      while (!/Server now running at/.test(log) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-      if (!/Server now running at/.test(log)) {
-        await stop();
-        throw new Error(`Node-RED did not start within 90 s:\n${redactAll(log, secrets())}`);
-      }
+      const { stop } = await startServer(process.execPath, [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"], {
+        ready: /Server now running at/,
+        ms: 90_000,
+        stopWith: "SIGINT",
+        failure: (log) => `Node-RED did not start within 90 s:\n${redactAll(log, secrets())}`,
+      });
       return { port, stop };
     };
     const checkNodeRed = async (port: number) => {
@@ -518,25 +506,12 @@ describe("pibake check", () => {
     writeFileSync(path.join(work, "shadow"), readFileSync("/etc/shadow", "utf8") + "admin:*:19000:0:99999:7:::\n", { mode: 0o600 });
     const startSshd = async () => {
       const script = `mount --bind ${work}/passwd /etc/passwd && mount --bind ${work}/shadow /etc/shadow && mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec /usr/sbin/sshd -D -e -f ${work}/sshd_config`;
-      const child = spawn("unshare", ["-m", "sh", "-c", script], { stdio: ["ignore", "pipe", "pipe"] });
-      let log = "";
-      child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
-      child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
-      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-      const stop = async () => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        child.kill("SIGTERM");
-        const killer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-        await exited;
-        clearTimeout(killer);
-      };
-      const deadline = Date.now() + 10_000;
-      while (!/Server listening on 127\.0\.0\.1 port/.test(log) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      if (!/Server listening/.test(log)) {
-        await stop();
-        throw new Error(`sshd did not start within 10 s (CI installs openssh-server):\n${log}`);
-      }
-      return { stop, log: () => log };
+      return startServer("unshare", ["-m", "sh", "-c", script], {
+        ready: /Server listening on 127\.0\.0\.1 port/,
+        ms: 10_000,
+        stopWith: "SIGTERM",
+        failure: (log) => `sshd did not start within 10 s (CI installs openssh-server):\n${log}`,
+      });
     };
     const checkSsh = async (key: string, port = sshPort) => {
       const args = ["check", ssh.configPath, "--lan", "--state", ssh.state.dir, "--port-tls", String(await freePort()), "--port-lan", String(await freePort())];
@@ -578,3 +553,28 @@ describe("pibake check", () => {
   });
 });
 
+/**
+ * A server process for a test: its output collected, ready once `ready` shows in it (within `ms`,
+ * else stopped and an error made by `failure`), stopped with `stopWith` and SIGKILL after 10 s.
+ */
+async function startServer(cmd: string, args: string[], o: { ready: RegExp; ms: number; stopWith: NodeJS.Signals; failure: (log: string) => string }) {
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill(o.stopWith);
+    const killer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    await exited;
+    clearTimeout(killer);
+  };
+  const deadline = Date.now() + o.ms;
+  while (!o.ready.test(log) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (!o.ready.test(log)) {
+    await stop();
+    throw new Error(o.failure(log));
+  }
+  return { stop, log: () => log };
+}
