@@ -5,11 +5,12 @@
  * That mosquitto itself accepts the rendered $7$ hashes is proven in
  * mosquitto.test.ts, where every user logs in with its password.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, describe, expect, it } from "vitest";
-import { mosquittoHash, sha512Crypt, verifyMosquittoHash, verifySha512Crypt, wpaPsk } from "../src/secrets/hashes.js";
+import { HashCache, mosquittoHash, sha512Crypt, verifyMosquittoHash, verifySha512Crypt, wpaPsk } from "../src/secrets/hashes.js";
+import { StateDir } from "../src/secrets/state.js";
 import { removeAllFixtures, tempDir } from "./helpers/render-fixture.js";
 
 const PASSWORDS = [
@@ -87,6 +88,42 @@ describe("sha512Crypt ($6$) is crypt(3)'s SHA-512 scheme", () => {
     expect(m, hash).not.toBeNull();
     const r = await execa("openssl", ["passwd", "-6", "-salt", m![1]!, "-stdin"], { input: `${PASSWORDS[2]}\n`, timeout: 20_000 });
     expect(r.stdout).toBe(hash);
+  });
+});
+
+describe("HashCache", () => {
+  it("reuses a hash while the password is the same without checking the hash, makes a new one when it changes, and checks an older entry once", () => {
+    const dir = tempDir("pibake-hashcache-");
+    const state = new StateDir(path.join(dir, "state"));
+    const calls: string[] = [];
+    const made = new Map<string, string>([["hash-0", "pw-old-789"]]);
+    const make = (pw: string) => {
+      calls.push(`make ${pw}`);
+      const hash = `hash-${made.size}`;
+      made.set(hash, pw);
+      return hash;
+    };
+    const verify = (pw: string, hash: string) => (calls.push(`verify ${pw}`), made.get(hash) === pw);
+    const first = new HashCache(state);
+    const h1 = first.get("user:admin", "pw-one-123", make, verify);
+    first.save();
+    expect(new HashCache(state).get("user:admin", "pw-one-123", make, verify)).toBe(h1);
+    expect(calls).toEqual(["make pw-one-123"]);
+    const changed = new HashCache(state);
+    expect(changed.get("user:admin", "pw-two-456", make, verify)).not.toBe(h1);
+    expect(calls).toEqual(["make pw-one-123", "make pw-two-456"]);
+    // The file holds the hash and an HMAC, never the password; the key is 0600.
+    const text = readFileSync(state.file("hashes.json"), "utf8");
+    expect(text).not.toContain("pw-one-123");
+    expect(statSync(state.file("hash-check-key")).mode & 0o777).toBe(0o600);
+    // An entry as an older pibake wrote it: verified once, then kept with its HMAC.
+    state.writeJson("hashes.json", { "user:admin": "hash-0" });
+    calls.length = 0;
+    const old = new HashCache(state);
+    expect(old.get("user:admin", "pw-old-789", make, verify)).toBe("hash-0");
+    old.save();
+    expect(new HashCache(state).get("user:admin", "pw-old-789", make, verify)).toBe("hash-0");
+    expect(calls).toEqual(["verify pw-old-789"]);
   });
 });
 

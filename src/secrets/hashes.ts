@@ -1,4 +1,4 @@
-import { createHash, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
 import type { StateDir } from "./state.js";
 
 /**
@@ -87,21 +87,42 @@ type Verifier = (password: string, hash: string) => boolean;
  * Hashes are salted, so hashing again would change every render. The state
  * directory keeps each hash and reuses it while the password still matches:
  * two renders of the same config and state are byte-identical.
+ *
+ * Whether it still matches is told by an HMAC of the password under a random
+ * key kept in the state directory, not by checking the hash: bcrypt and
+ * scrypt are slow on purpose (a tenth of a second each), and a render that
+ * repeats should not pay for them. An entry of an older pibake (the hash
+ * alone) is checked the slow way once.
  */
 export class HashCache {
-  private readonly entries: Record<string, string>;
+  private readonly entries: Record<string, string | { hash: string; check: string }>;
   private dirty = false;
+  private hmacKey: Buffer | undefined;
+
   constructor(private readonly state: StateDir) {
-    this.entries = state.readJson<Record<string, string>>("hashes.json") ?? {};
+    this.entries = state.readJson<HashCache["entries"]>("hashes.json") ?? {};
+  }
+
+  private check(key: string, password: string): string {
+    if (!this.hmacKey) {
+      let hex = this.state.read("hash-check-key")?.trim();
+      if (!hex || !/^[0-9a-f]{64}$/.test(hex)) {
+        hex = randomBytes(32).toString("hex");
+        this.state.write("hash-check-key", hex);
+      }
+      this.hmacKey = Buffer.from(hex, "hex");
+    }
+    return createHmac("sha256", this.hmacKey).update(key).update("\0").update(password).digest("hex");
   }
 
   get(key: string, password: string, make: (pw: string) => string, verify: Verifier): string {
     const cached = this.entries[key];
-    if (cached && verify(password, cached)) return cached;
-    const fresh = make(password);
-    this.entries[key] = fresh;
+    const check = this.check(key, password);
+    if (typeof cached === "object" && cached.check.length === check.length && timingSafeEqual(Buffer.from(cached.check), Buffer.from(check))) return cached.hash;
+    const hash = typeof cached === "string" && verify(password, cached) ? cached : make(password);
+    this.entries[key] = { hash, check };
     this.dirty = true;
-    return fresh;
+    return hash;
   }
 
   save(): void {

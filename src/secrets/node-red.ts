@@ -1,4 +1,4 @@
-import { compareSync, hashSync } from "bcryptjs";
+import { createRequire } from "node:module";
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scryptSync, timingSafeEqual } from "node:crypto";
 import { Secret, type Model, type MqttUser } from "../config/model.js";
 import { nodeRedVersionRequest, recordedNodeRedVersions, type NodeRedVersions } from "../registry/node-red.js";
@@ -33,13 +33,17 @@ export interface NodeRedSecrets {
 /** bcrypt cost: Node-RED checks it at each login, on a Pi, possibly in plain JavaScript (bcryptjs). */
 const BCRYPT_COST = 10;
 
+/** bcryptjs, loaded when a hash is made or checked: a render that repeats needs neither. */
+let bcryptLoaded: typeof import("bcryptjs") | undefined;
+const bcrypt = () => (bcryptLoaded ??= createRequire(import.meta.url)("bcryptjs") as typeof import("bcryptjs"));
+
 export function bcryptHash(password: string): string {
-  return hashSync(password, BCRYPT_COST);
+  return bcrypt().hashSync(password, BCRYPT_COST);
 }
 
 export function verifyBcrypt(password: string, hash: string): boolean {
   try {
-    return compareSync(password, hash);
+    return bcrypt().compareSync(password, hash);
   } catch {
     return false;
   }
