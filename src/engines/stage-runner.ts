@@ -2,6 +2,7 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync,
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { run } from "../host/process.js";
+import { shellQuote } from "../render/templates.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
 
@@ -109,11 +110,10 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
             const pkgs = packageList(readFileSync(step.file, "utf8"));
             if (pkgs.length === 0) break;
             if (!aptUpdated) {
-              await chroot("apt-get -o Acquire::Retries=3 update\n");
+              await chroot(aptUpdateScript());
               aptUpdated = true;
             }
-            const nr = step.noRecommends ? "--no-install-recommends " : "";
-            await chroot(`apt-get -o Acquire::Retries=3 install ${nr}-y ${pkgs.map((p) => `'${p}'`).join(" ")}\n`);
+            await chroot(aptInstallScript(pkgs, step.noRecommends));
             break;
           }
           case "run":
@@ -140,6 +140,16 @@ async function runHostScript(file: string, subStageDir: string, stageDir: string
     onLine: opts.onLine,
     failure: (exit, tail) => `${file} failed (${exit}):\n${tail}`,
   });
+}
+
+/** The chroot's apt-get, as pi-gen runs it: retries for a flaky mirror. */
+export function aptUpdateScript(): string {
+  return "apt-get -o Acquire::Retries=3 update\n";
+}
+
+/** `NN-packages` (with recommends) and `NN-packages-nr` (without), each name quoted for the shell. */
+export function aptInstallScript(packages: readonly string[], noRecommends: boolean): string {
+  return `apt-get -o Acquire::Retries=3 install ${noRecommends ? "--no-install-recommends " : ""}-y ${packages.map(shellQuote).join(" ")}\n`;
 }
 
 /**

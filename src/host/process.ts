@@ -157,3 +157,19 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
   }
   return result;
 }
+
+/**
+ * A command as its builder makes it: pure data, so that what pibake runs is
+ * tested table-driven (test/commands.test.ts) apart from running it.
+ */
+export interface Command {
+  cmd: string;
+  args: string[];
+  /** What it does, for the error message. */
+  what: string;
+  okCodes?: number[] | "any";
+}
+
+export function runCommand(c: Command, opts: Omit<RunOptions, "what" | "okCodes"> = {}): Promise<RunResult> {
+  return run(c.cmd, c.args, { ...opts, what: c.what, ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
+}

@@ -30,7 +30,8 @@ import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
 import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
 import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram } from "../../host/tools.js";
-import { run } from "../../host/process.js";
+import { runCommand } from "../../host/process.js";
+import { bindMount, discardFreeBlocks, growExt4, mountExt4, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
 import { PIBAKE_VERSION } from "../../version.js";
 import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage, type OfficialImageEntry } from "../../images/index.js";
 import { officialBase } from "./engine.js";
@@ -154,7 +155,7 @@ async function inspectBase(b: BaseBuild): Promise<void> {
   const facts = await withCleanup(async (scope) => {
     const dev = await attachLoop(b.image, root.offset, root.size, scope, { log: b.log });
     // Later steps check and resize the file system: features this host's e2fsprogs does not know stop the build now, not then.
-    const fsck = await run("e2fsck", ["-n", dev], { what: "reading the root file system's features", log: b.log, okCodes: Array.from({ length: 256 }, (_, i) => i) });
+    const fsck = await runCommand(readExt4Features(dev), { log: b.log });
     const unsupported = ext4FeaturesProblem(b.label, fsck.output);
     if (unsupported) throw new PibakeError(unsupported);
     await mountRoot(dev, b.mnt, scope, b.log, { readOnly: true });
@@ -192,9 +193,8 @@ async function applyStage(b: BaseBuild): Promise<void> {
   await withCleanup(async (scope) => {
     const dev = await attachLoop(b.image, root.offset, root.size, scope, { log });
     if (b.growBy > 0) {
-      // Offline: online growth (EXT4_IOC_RESIZE_FS) is refused in some containers and kernels.
       await checkFileSystem(dev, { log, signal, what: "checking the root file system before growing it" });
-      await run("resize2fs", [dev], { what: "growing the root file system", log, signal });
+      await runCommand(growExt4(dev), { log, signal });
     }
     await mountRoot(dev, mnt, scope, log);
     await checkCanRun(mnt, model.image.arch, log);
@@ -205,7 +205,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
     const bootBefore = await fat.extract(b.bootDir);
     const bootTarget = path.join(mnt, facts.bootMount);
     mkdirSync(bootTarget, { recursive: true });
-    await run("mount", ["--bind", b.bootDir, bootTarget], { what: `making the boot partition's files available at ${facts.bootMount}`, log });
+    await runCommand(bindMount(b.bootDir, bootTarget, `making the boot partition's files available at ${facts.bootMount}`), { log });
     scope.defer(() => unmountTree(bootTarget), `unmount ${bootTarget}`);
 
     const before = snapshotState(mnt);
@@ -240,7 +240,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
     log.line(`boot partition: ${b.bootChanges.changed.length} file(s) written, ${b.bootChanges.removed.length} removed`);
     // Free blocks become holes in the image file (loop devices pass discards on as hole punches).
     reporter.status("zeroing free blocks");
-    const trim = await run("fstrim", ["-v", mnt], { what: "discarding free blocks", log, okCodes: [0, 1, 32, 64] });
+    const trim = await runCommand(discardFreeBlocks(mnt), { log });
     if (trim.exitCode === 0) b.zeroed = "fstrim";
   });
 }
@@ -316,7 +316,7 @@ async function checkAndShrink(b: BaseBuild): Promise<void> {
     if (b.zeroed === "none") {
       if (findProgram("zerofree")) {
         reporter.status("zeroing free blocks (zerofree)");
-        await run("zerofree", [dev], { what: "zeroing free blocks", log, signal });
+        await runCommand(zeroFreeBlocks(dev), { log, signal });
         b.zeroed = "zerofree";
       } else {
         reporter.warn("the loop device does not support discard and zerofree is not installed: free blocks are not zeroed, so the compressed image is larger (sudo apt-get install zerofree)");
@@ -409,7 +409,7 @@ async function readLayout(image: string, label: string): Promise<Layout> {
 }
 
 async function mountRoot(dev: string, mnt: string, scope: CleanupScope, log: BuildLog, opts: { readOnly?: boolean } = {}): Promise<void> {
-  await run("mount", ["-t", "ext4", ...(opts.readOnly ? ["-o", "ro"] : []), dev, mnt], { what: `mounting the root partition (${dev})`, log });
+  await runCommand(mountExt4(dev, mnt, opts.readOnly === true), { log });
   // Ctrl-C: stop what runs in the chroot at once, so that its mounts can go.
   const onAbort = () => void killChrootProcesses(mnt, log);
   scope.signal.addEventListener("abort", onAbort, { once: true });
@@ -422,7 +422,7 @@ async function mountRoot(dev: string, mnt: string, scope: CleanupScope, log: Bui
 
 /** The image's programs must run here (natively or through qemu-user): try one before the long work. */
 async function checkCanRun(rootfs: string, arch: string, log: BuildLog): Promise<void> {
-  const r = await run("chroot", [rootfs, "/bin/true"], { what: "trying one of the image's programs", log, okCodes: "any" });
+  const r = await runCommand(tryImageProgram(rootfs), { log });
   if (r.exitCode !== 0) {
     throw new PibakeError(
       `cannot run the image's ${arch} programs in its chroot (${r.output.trim() || `exit ${r.exitCode ?? r.signal}`}): ` +

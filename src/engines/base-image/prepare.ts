@@ -5,7 +5,8 @@ import { openImageReader, probeImage, type Compression } from "../../image/compr
 import { formatBytes } from "../../ui/output.js";
 import { sha256Sparse } from "../../image/sparse.js";
 import type { BuildLog } from "../../host/log.js";
-import { run } from "../../host/process.js";
+import { runCommand } from "../../host/process.js";
+import { sparseCopy } from "./commands.js";
 
 /**
  * The working copy of the base image: decompressed as a stream into a sparse
@@ -45,8 +46,7 @@ export async function prepareBase(base: string, dest: string, opts: PrepareOptio
   let method: PreparedBase["method"];
   if (info.compression === "none") {
     opts.onCopy?.(info.size ?? 0);
-    await run("cp", ["--reflink=auto", "--sparse=always", "--", base, dest], {
-      what: `copying the base image ${path.basename(base)}`,
+    await runCommand(sparseCopy(base, dest, `copying the base image ${path.basename(base)}`), {
       ...(opts.log ? { log: opts.log } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     });

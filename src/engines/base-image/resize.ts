@@ -2,7 +2,8 @@ import { promises as fsp } from "node:fs";
 import { PibakeError } from "../../errors.js";
 import { SECTOR_SIZE, withPartitionSectors, type MbrPartition } from "../../image/partitions.js";
 import type { BuildLog } from "../../host/log.js";
-import { run } from "../../host/process.js";
+import { runCommand } from "../../host/process.js";
+import { minimumExt4, repairExt4, shrinkExt4 } from "./commands.js";
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -103,19 +104,17 @@ export interface ShrinkResult {
 /** Shrink the (unmounted, checked) ext4 on `dev`; the caller then shortens the partition and the file. */
 export async function shrinkFileSystem(dev: string, blockSize: number, currentBytes: number, opts: { log?: BuildLog; signal?: AbortSignal }): Promise<ShrinkResult | undefined> {
   const ctx = { ...(opts.log ? { log: opts.log } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
-  const est = await run("resize2fs", ["-P", dev], { what: "estimating the root file system's minimum size", ...ctx });
+  const est = await runCommand(minimumExt4(dev), ctx);
   const minBytes = parseMinimumBlocks(est.stdout) * blockSize;
   const target = shrinkTarget(minBytes, currentBytes);
   if (target === undefined) return undefined;
-  await run("resize2fs", [dev, `${target / 1024}K`], { what: `shrinking the root file system to ${target / MiB} MiB`, ...ctx });
+  await runCommand(shrinkExt4(dev, target), ctx);
   return { fsBytes: target };
 }
 
 /** e2fsck -fy: fixes what it can; 0, 1 and 2 mean the file system is now clean. */
 export async function checkFileSystem(dev: string, opts: { log?: BuildLog; signal?: AbortSignal; what?: string }): Promise<void> {
-  await run("e2fsck", ["-f", "-y", dev], {
-    what: opts.what ?? "checking the root file system",
-    okCodes: [0, 1, 2],
+  await runCommand(repairExt4(dev, opts.what), {
     ...(opts.log ? { log: opts.log } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
   });

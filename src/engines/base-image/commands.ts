@@ -1,0 +1,47 @@
+import type { Command } from "../../host/process.js";
+
+/**
+ * The programs the base-image engine runs on the working image, as pure
+ * command builders: the arguments are decided here and tested as data.
+ */
+
+/** e2fsck only reads (-n) and says which features it does not know; any exit code is an answer. */
+export const readExt4Features = (dev: string): Command => ({
+  cmd: "e2fsck",
+  args: ["-n", dev],
+  what: "reading the root file system's features",
+  okCodes: Array.from({ length: 256 }, (_, i) => i),
+});
+
+/** e2fsck -fy: fixes what it can; 0, 1 and 2 mean the file system is now clean. */
+export const repairExt4 = (dev: string, what = "checking the root file system"): Command => ({ cmd: "e2fsck", args: ["-f", "-y", dev], what, okCodes: [0, 1, 2] });
+
+/** Offline growth to the partition's size: online growth (EXT4_IOC_RESIZE_FS) is refused in some containers and kernels. */
+export const growExt4 = (dev: string): Command => ({ cmd: "resize2fs", args: [dev], what: "growing the root file system" });
+
+export const minimumExt4 = (dev: string): Command => ({ cmd: "resize2fs", args: ["-P", dev], what: "estimating the root file system's minimum size" });
+
+/** resize2fs takes K as KiB; the target is a whole number of KiB. */
+export const shrinkExt4 = (dev: string, bytes: number): Command => {
+  if (bytes % 1024 !== 0) throw new Error(`shrink target ${bytes} is not a whole number of KiB`);
+  return { cmd: "resize2fs", args: [dev, `${bytes / 1024}K`], what: `shrinking the root file system to ${bytes / (1024 * 1024)} MiB` };
+};
+
+export const mountExt4 = (dev: string, mnt: string, readOnly: boolean): Command => ({
+  cmd: "mount",
+  args: ["-t", "ext4", ...(readOnly ? ["-o", "ro"] : []), dev, mnt],
+  what: `mounting the root partition (${dev})`,
+});
+
+export const bindMount = (source: string, target: string, what: string): Command => ({ cmd: "mount", args: ["--bind", source, target], what });
+
+/** fstrim's exit codes: 0 done, 1 and 32 (not supported), 64 (some file systems trimmed): only 0 means the free blocks are holes. */
+export const discardFreeBlocks = (mnt: string): Command => ({ cmd: "fstrim", args: ["-v", mnt], what: "discarding free blocks", okCodes: [0, 1, 32, 64] });
+
+export const zeroFreeBlocks = (dev: string): Command => ({ cmd: "zerofree", args: [dev], what: "zeroing free blocks" });
+
+/** One of the image's own programs, to learn before the long work whether they run here (natively or through qemu-user). */
+export const tryImageProgram = (rootfs: string): Command => ({ cmd: "chroot", args: [rootfs, "/bin/true"], what: "trying one of the image's programs", okCodes: "any" });
+
+/** A copy that keeps holes, or a reflink where the file system has them. */
+export const sparseCopy = (source: string, dest: string, what: string): Command => ({ cmd: "cp", args: ["--reflink=auto", "--sparse=always", "--", source, dest], what });

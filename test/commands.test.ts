@@ -1,0 +1,68 @@
+import { describe, expect, it } from "vitest";
+import { execa } from "execa";
+import {
+  bindMount,
+  discardFreeBlocks,
+  growExt4,
+  minimumExt4,
+  mountExt4,
+  readExt4Features,
+  repairExt4,
+  shrinkExt4,
+  sparseCopy,
+  tryImageProgram,
+  zeroFreeBlocks,
+} from "../src/engines/base-image/commands.js";
+import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
+import type { Command } from "../src/host/process.js";
+
+/**
+ * What pibake runs, as data: each builder's program, arguments and accepted
+ * exit codes, table by table (the engines run them; the build tests run those).
+ */
+describe("the base-image engine's commands", () => {
+  const dev = "/dev/loop7";
+  it.each<[string, Command, string, (number[] | "any")?]>([
+    ["features, read only", readExt4Features(dev), "e2fsck -n /dev/loop7"],
+    ["repair", repairExt4(dev), "e2fsck -f -y /dev/loop7", [0, 1, 2]],
+    ["grow to the partition", growExt4(dev), "resize2fs /dev/loop7"],
+    ["minimum size", minimumExt4(dev), "resize2fs -P /dev/loop7"],
+    ["shrink in KiB", shrinkExt4(dev, 1536 * 1024 * 1024), "resize2fs /dev/loop7 1572864K"],
+    ["mount read-only", mountExt4(dev, "/w/root", true), "mount -t ext4 -o ro /dev/loop7 /w/root"],
+    ["mount read-write", mountExt4(dev, "/w/root", false), "mount -t ext4 /dev/loop7 /w/root"],
+    ["bind", bindMount("/w/boot", "/w/root/boot/firmware", "boot files"), "mount --bind /w/boot /w/root/boot/firmware"],
+    ["discard", discardFreeBlocks("/w/root"), "fstrim -v /w/root", [0, 1, 32, 64]],
+    ["zero", zeroFreeBlocks(dev), "zerofree /dev/loop7"],
+    ["try a program", tryImageProgram("/w/root"), "chroot /w/root /bin/true", "any"],
+    ["copy, a name that looks like an option", sparseCopy("-base.img", "/w/image.img", "copying"), "cp --reflink=auto --sparse=always -- -base.img /w/image.img"],
+  ])("%s", (_name, c, line, okCodes) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.what).not.toBe("");
+    if (okCodes) expect(c.okCodes).toEqual(okCodes);
+    else if (c.cmd !== "e2fsck") expect(c.okCodes).toBeUndefined();
+  });
+
+  it("accepts every e2fsck answer when it only reads the features", () => {
+    expect(readExt4Features(dev).okCodes).toHaveLength(256);
+  });
+
+  it("refuses a shrink target that is not whole KiB", () => {
+    expect(() => shrinkExt4(dev, 1000)).toThrow(/not a whole number of KiB/);
+  });
+});
+
+describe("the stage's apt-get in the chroot", () => {
+  it.each([
+    [["mosquitto", "ca-certificates"], false, "apt-get -o Acquire::Retries=3 install -y 'mosquitto' 'ca-certificates'\n"],
+    [["nodejs"], true, "apt-get -o Acquire::Retries=3 install --no-install-recommends -y 'nodejs'\n"],
+  ] as const)("%j (no recommends: %s)", (pkgs, nr, script) => {
+    expect(aptInstallScript(pkgs, nr)).toBe(script);
+  });
+
+  it("reads back the package names unchanged through bash", async () => {
+    const odd = ["libfoo1:arm64", "g++", "name'with'quotes"];
+    const r = await execa("bash", ["-c", `apt-get() { shift 2; printf '%s\\n' "$@"; }; ${aptInstallScript(odd, false)}`]);
+    expect(r.stdout.split("\n")).toEqual(["install", "-y", ...odd]);
+    expect(aptUpdateScript()).toBe("apt-get -o Acquire::Retries=3 update\n");
+  });
+});
