@@ -46,6 +46,7 @@ const STEP = {
   powerdown: 90_000,
   nodeRedWait: 600_000, // power-on until the Node-RED editor answers
   http: 10_000, // one HTTP request to Node-RED
+  check: 60_000, // pibake check (its own waits stay under 25 s)
 };
 const BUDGET = {
   /** beforeAll: the fixtures and the build share one hour. */
@@ -56,6 +57,7 @@ const BUDGET = {
   sshChecks: STEP.sshLogin + STEP.settle + 6 * STEP.ssh, // 425 s
   firstBoot: STEP.settle + 8 * STEP.ssh, // 425 s
   defences: 3 * STEP.connect + STEP.roundTrip + 4 * STEP.ssh + STEP.settle, // 340 s
+  check: STEP.check,
   powerdown: STEP.powerdown, // 90 s
   nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
 };
@@ -270,6 +272,19 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     const origins = await ssh(sudo("unattended-upgrade --dry-run --debug 2>&1 | grep -m1 'Allowed origins are:'"), STEP.settle);
     expect(origins.stdout).toMatch(/origin=Debian,codename=trixie-security,label=Debian-Security/);
   }, BUDGET.defences + MARGIN);
+
+  it("passes pibake check from this host as from the home network, through the forwarded ports", async () => {
+    const d = new Deadline("pibake check", BUDGET.check);
+    const ports = vm!.ports;
+    const r = await pibake(
+      ["check", path.join(tmp.dir, "boot.json"), "127.0.0.1", "--lan", "--state", path.join(tmp.dir, "state"), "--port-tls", String(ports.mqtts), "--port-lan", String(ports.mqtt), "--port-ws", String(ports.wss), "--timeout", "10", "--json"],
+      { env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" }, timeout: d.cap(STEP.check) },
+    );
+    const report = JSON.parse(String(r.stdout)) as { ok: boolean; checks: { name: string; status: string; detail: string }[] };
+    expect(report.checks.filter((c) => c.status !== "ok"), String(r.stdout)).toEqual([]);
+    expect(report.ok).toBe(true);
+    expect(r.exitCode).toBe(0);
+  }, BUDGET.check + MARGIN);
 
   it("powers off cleanly within a minute", async () => {
     const d = new Deadline("power-off", BUDGET.powerdown);

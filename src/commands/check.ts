@@ -72,7 +72,8 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const state = StateDir.locate(model.configDir, model.image.name, stateOption);
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
 
-  const host = opts.lan ? model.network.address : (hostArg ?? model.tls.domain);
+  // HOST wins; without it, --lan checks the static address and otherwise the domain.
+  const host = hostArg ?? (opts.lan ? model.network.address : model.tls.domain);
   const results = await runChecks({
     model,
     state,

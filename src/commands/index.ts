@@ -59,7 +59,7 @@ export function registerCommands(cli: CAC): void {
 
   cli
     .command("check <config> [host]", "Check a running broker the way its clients see it: TLS (chain, name, version, expiry, origin), MQTT logins and a message round trip, DNS and the WAN address, Node-RED's login")
-    .option("--lan", "Check the static address (network.address) from the home network, the LAN listener too; no DNS")
+    .option("--lan", "Check from the home network: the LAN listener too, no DNS; HOST defaults to the static address (network.address)")
     .option("--json", "Print the results as one JSON object")
     .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
     .option("--port-tls <port>", "The TLS listener's port (default: mqtt.tlsPort)")
