@@ -14,7 +14,7 @@ import { describe, expect, it } from "vitest";
 import type { OverlayFile } from "../src/render/overlay.js";
 import { actionsFor, describeChange, parseInspect, planPush, type PiState, type PlanInput, type RemoteFile } from "../src/push/plan.js";
 import { INSPECT_SCRIPT, packPayload, sshArgs, sudoCommand } from "../src/push/commands.js";
-import { tempDir } from "./helpers/cli.js";
+import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -218,5 +218,31 @@ describe.skipIf(!isRoot)("the remote command, through the real sudo", () => {
     const out = Buffer.from(r.stdout);
     expect(out.toString("latin1")).toBe(`${nasty}|two words|\n\x00\x01\x02\xff\nA`);
     expect(out.toString("latin1")).not.toContain("the-password");
+  });
+});
+
+describe("pibake push, before it connects", () => {
+  it("without a terminal and without --yes it exits 2 and says to pass --yes; a bad port or a missing key is named", async () => {
+    const { dir, cleanup } = tempDir("pibake-push-usage-");
+    try {
+      const key = path.join(dir, "key");
+      writeFileSync(key, "", { mode: 0o600 });
+      const cfg = writeJson(path.join(dir, "broker.json"), validConfig());
+      const noYes = await pibake(["push", cfg, "192.0.2.1", "--ssh-key", key], { env: secretEnv });
+      expect(noYes.exitCode).toBe(2);
+      expect(noYes.stderr).toMatch(/no terminal to ask on: pass --yes/);
+      const port = await pibake(["push", cfg, "192.0.2.1", "--yes", "--ssh-key", key, "--port", "99999"], { env: secretEnv });
+      expect(port.exitCode).toBe(2);
+      expect(port.stderr).toMatch(/--port 99999 is not a port/);
+      const noKey = await pibake(["push", cfg, "192.0.2.1", "--yes", "--ssh-key", path.join(dir, "absent")], { env: secretEnv });
+      expect(noKey.exitCode).toBe(2);
+      expect(noKey.stderr).toMatch(/no SSH key at .*absent: name the private key/);
+      // No CA in the state directory: a push would make a new one, which no client trusts.
+      const noCa = await pibake(["push", cfg, "192.0.2.1", "--yes", "--ssh-key", key, "--state", path.join(dir, "state")], { env: secretEnv });
+      expect(noCa.exitCode).toBe(2);
+      expect(noCa.stderr).toMatch(/no CA in .*state: pass --state/);
+    } finally {
+      cleanup();
+    }
   });
 });
