@@ -203,6 +203,7 @@ describe.skipIf(!isRoot)("the payload, as the apply script unpacks it", () => {
       expect(readFileSync(path.join(dir, "remove"), "utf8")).toBe("etc/old.conf\n");
       expect(readFileSync(path.join(dir, "actions"), "utf8")).toBe("daemon-reload\nrestart mosquitto\n");
       expect(JSON.parse(readFileSync(path.join(dir, "push.json"), "utf8"))).toEqual({ domain: "new.example.com" });
+      expect(statSync(path.join(dir, "push.json")).mode & 0o7777).toBe(0o644);
     } finally {
       cleanup();
     }

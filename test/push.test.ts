@@ -147,7 +147,7 @@ describe.skipIf(!isRoot || !hasQemu)("pibake push to a Pi booted under QEMU", ()
     const ms = Date.now() - started;
     const said = `${push.stdout}\n${push.stderr}`;
     expect(push.exitCode, said).toBe(0);
-    console.log(`push: a new domain and password pushed end to end in ${(ms / 1000).toFixed(1)} s`);
+    console.log(`push: a new domain and password pushed end to end in ${(ms / 1000).toFixed(1)} s\n${push.stdout}`);
     // The plan names files, never their contents.
     expect(said).toMatch(/~ \/etc\/mosquitto\/certs\/server\.crt: content/);
     expect(said).toMatch(/~ \/etc\/mosquitto\/passwd: content/);
@@ -195,6 +195,7 @@ describe.skipIf(!isRoot || !hasQemu)("pibake push to a Pi booted under QEMU", ()
     const push = await pibake(["push", cfg, "127.0.0.1", "--yes", "--port", String(vm!.ports.ssh), "--ssh-key", key, "--state", state], { env: { ...env, T_MQTT_SENSORS_PW_NEW: NEW_SENSORS_PW }, timeout: d.cap(STEP.push) });
     const said = `${push.stdout}\n${push.stderr}`;
     expect(push.exitCode, said).toBe(1);
+    console.log(`push: the rolled-back push said:\n${said}`);
     expect(push.stderr).toMatch(/the push failed and was rolled back/);
     expect(said).toMatch(/rolled back: the previous files are in place and mosquitto is healthy again/);
 

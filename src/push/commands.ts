@@ -88,7 +88,7 @@ export async function packPayload(p: PushPayload): Promise<Buffer> {
     pack.on("end", () => resolve());
     pack.on("error", reject);
   });
-  const meta = (name: string, text: string) => pack.entry({ name, type: "file", mode: 0o600, uname: "root", gname: "root", uid: 0, gid: 0, mtime: OVERLAY_MTIME }, text);
+  const meta = (name: string, text: string, mode = 0o600) => pack.entry({ name, type: "file", mode, uname: "root", gname: "root", uid: 0, gid: 0, mtime: OVERLAY_MTIME }, text);
   const dirs = new Set<string>(["files/"]);
   for (const f of p.files) {
     const parts = `files/${f.path}`.split("/");
@@ -100,7 +100,8 @@ export async function packPayload(p: PushPayload): Promise<Buffer> {
   }
   meta("remove", p.removed.map((r) => `${r}\n`).join(""));
   meta("actions", p.actions.map((a) => `${a}\n`).join(""));
-  meta("push.json", JSON.stringify(p.record, null, 2) + "\n");
+  // Readable by all, as the build's marker is: no secret is in it.
+  meta("push.json", JSON.stringify(p.record, null, 2) + "\n", 0o644);
   pack.finalize();
   await done;
   return Buffer.concat(chunks);
