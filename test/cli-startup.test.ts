@@ -44,7 +44,7 @@ describe("start-up", () => {
     expect(r.stdout).toMatch(/--base <image>/);
     expect(r.stdout).toMatch(/--base-stages <dir>/);
     const all = await loaded(["--help"]);
-    for (const c of ["render <config>", "validate <config>", "schema", "ca <action> [config]", "flash <image> [device]", "images [action]", "check <config> [host]", "build <config>"]) expect(all.stdout).toContain(c);
+    for (const c of ["render <config>", "validate <config>", "schema", "ca <action> [config]", "flash <image> [device]", "images [action]", "check <config> [host]", "push <config> <host>", "build <config>"]) expect(all.stdout).toContain(c);
   });
 
   it("pibake validate loads the config's code, not the renderer, the engines or flash", async () => {

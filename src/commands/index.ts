@@ -4,6 +4,7 @@ import type { CaOptions } from "./ca.js";
 import type { CheckOptions } from "./check.js";
 import type { FlashOptions } from "./flash.js";
 import type { ImagesOptions } from "./images.js";
+import type { PushOptions } from "./push.js";
 import type { RenderOptions } from "./render.js";
 
 /**
@@ -75,6 +76,18 @@ export function registerCommands(cli: CAC): void {
     .example("pibake check broker.json --lan             # from home, at the static address")
     .example("pibake check broker.json 203.0.113.7 --json")
     .action(async (configPath: string, host: string | undefined, opts: CheckOptions) => (await import("./check.js")).checkCommand(configPath, host, opts));
+
+  cli
+    .command("push <config> <host>", "Bring a running Pi to what the config now says, over SSH, without a new image: certificate and domain, MQTT users and rules, ddclient, Node-RED's login; rolled back if the broker does not come up")
+    .option("--yes", "Do not ask before changing the Pi (needed without a terminal)")
+    .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
+    .option("--ssh-key <file>", "The private key of one of user.sshKeys (default: ~/.ssh/id_ed25519)")
+    .option("--port <port>", "The Pi's SSH port", { default: 22 })
+    .option("--known-hosts <file>", "Where the Pi's host key is remembered (default: known_hosts in the state directory)")
+    .option("--allow-network-change", "Also push a changed network profile (static address, Wi-Fi): a mistake there loses the Pi")
+    .example("pibake push broker.json 192.168.1.10          # shows the changes, asks, applies")
+    .example("pibake push broker.json broker.lan --yes --ssh-key ~/.ssh/pi_ed25519")
+    .action(async (configPath: string, host: string, opts: PushOptions) => (await import("./push.js")).pushCommand(configPath, host, opts));
 
   cli
     .command("build <config>", "Build the broker image in minutes from the official Raspberry Pi OS Lite (downloaded, verified and cached), from an image given with --base, or from scratch with --engine pi-gen")

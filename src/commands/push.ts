@@ -1,0 +1,60 @@
+import os from "node:os";
+import path from "node:path";
+import { existsSync } from "node:fs";
+import { PibakeError } from "../errors.js";
+import { StateDir } from "../secrets/state.js";
+import { createOutput } from "../ui/output.js";
+import { createPrompter, isYes } from "../flash/prompt.js";
+import { runPush } from "../push/index.js";
+import { loadAndWarn } from "./config.js";
+
+export interface PushOptions {
+  yes?: boolean;
+  state?: string;
+  sshKey?: string;
+  port?: string | number;
+  knownHosts?: string;
+  allowNetworkChange?: boolean;
+}
+
+/** An option given twice arrives as an array: the last one counts. */
+function last<T>(value: T | T[] | undefined): T | undefined {
+  return Array.isArray(value) ? value[value.length - 1] : value;
+}
+
+/** pibake push CONFIG HOST: bring a running Pi to what the config says, without a new image. */
+export async function pushCommand(configPath: string, host: string, opts: PushOptions): Promise<void> {
+  const out = createOutput();
+  const portValue = last(opts.port) ?? 22;
+  const port = Number(portValue);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PibakeError(`--port ${portValue} is not a port (1-65535)`, 2);
+  if (!/^[A-Za-z0-9][A-Za-z0-9.:_-]*$/.test(host)) throw new PibakeError(`HOST ${JSON.stringify(host)} is not a host name or address`, 2);
+  const key = path.resolve(last(opts.sshKey) ?? path.join(os.homedir(), ".ssh", "id_ed25519"));
+  if (!existsSync(key)) throw new PibakeError(`no SSH key at ${key}: name the private key of one of user.sshKeys with --ssh-key FILE`, 2);
+  const interactive = process.stdin.isTTY === true && process.stderr.isTTY === true;
+  if (!opts.yes && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
+
+  const { model } = loadAndWarn(configPath, out);
+  const state = StateDir.locate(model.configDir, model.image.name, last(opts.state));
+  const knownHosts = path.resolve(last(opts.knownHosts) ?? state.file("known_hosts"));
+  await runPush({
+    model,
+    state,
+    host,
+    port,
+    key,
+    knownHosts,
+    allowNetworkChange: opts.allowNetworkChange === true,
+    out,
+    buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
+    confirm: async () => {
+      if (opts.yes) return true;
+      const prompter = createPrompter({ input: process.stdin, output: process.stderr });
+      try {
+        return isYes(await prompter.ask(`Push these changes to ${host}? [y/N] `));
+      } finally {
+        prompter.close();
+      }
+    },
+  });
+}

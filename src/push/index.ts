@@ -1,0 +1,134 @@
+import path from "node:path";
+import { execa } from "execa";
+import type { Model } from "../config/model.js";
+import { PibakeError } from "../errors.js";
+import { stagePackages } from "../engines/base-image/marker.js";
+import { render } from "../render/index.js";
+import { resolveVersions } from "../registry/resolve.js";
+import { configDigests } from "../secrets/digests.js";
+import { prepareSecrets, type StateDir } from "../secrets/index.js";
+import { summarize } from "../secrets/pki.js";
+import { redact, type Output } from "../ui/output.js";
+import { PIBAKE_VERSION } from "../version.js";
+import { applyCommand, inspectCommand, packPayload, sshArgs, type SshTarget } from "./commands.js";
+import { describeChange, parseInspect, planPush, type PushPlan } from "./plan.js";
+
+export interface PushSettings {
+  model: Model;
+  state: StateDir;
+  host: string;
+  port: number;
+  key: string;
+  knownHosts: string;
+  allowNetworkChange: boolean;
+  /** Asked before anything changes on the Pi; false stops the push. */
+  confirm: (plan: PushPlan) => Promise<boolean>;
+  out: Output;
+  buildCommand: string;
+}
+
+/** How long each remote step may take, all bounded. */
+export const LIMITS = {
+  connectSeconds: 15,
+  inspectMs: 90_000,
+  /** Unpacking, restarting the services, the health wait and a roll-back with its own health wait. */
+  applyMs: 240_000,
+  healthSeconds: 45,
+};
+
+/** The apply script's exit code when it put the previous files back. */
+const ROLLED_BACK = 3;
+
+export interface PushResult {
+  plan: PushPlan;
+  applied: boolean;
+  ms: number;
+}
+
+async function ssh(target: SshTarget, remote: string, input: Buffer, ms: number, what: string) {
+  const r = await execa("ssh", sshArgs(target, remote), { input, reject: false, timeout: ms, maxBuffer: 64 * 1024 * 1024, encoding: "utf8" });
+  if (r.timedOut) throw new PibakeError(`${what}: no end within ${ms / 1000} s (ssh ${target.user}@${target.host} port ${target.port})`);
+  // ssh's own failure (exit 255): cannot connect, host key changed, key refused.
+  if (r.exitCode === 255) throw new PibakeError(`${what}: ssh ${target.user}@${target.host} port ${target.port} failed: ${redact(r.stderr.trim()) || "no message"}`);
+  return r;
+}
+
+/** Sudo's refusal of the password, in its own words. */
+function sudoRefused(stderr: string): boolean {
+  return /incorrect password|Sorry, try again|no password was provided|a password is required|is not in the sudoers/i.test(stderr);
+}
+
+export async function runPush(s: PushSettings): Promise<PushResult> {
+  const { model, state, out } = s;
+  const started = Date.now();
+  if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with (a new CA would make every client distrust the broker)`, 2);
+  await resolveVersions(model, state, { onStatus: (m) => out.info(`Node-RED: ${m}`) });
+  const secrets = prepareSecrets(model, state);
+  const rendered = await render(model, secrets);
+  const cert = summarize(secrets.pki.serverCertPem);
+  const target: SshTarget = { host: s.host, port: s.port, user: model.user.name, key: s.key, knownHosts: s.knownHosts, connectTimeoutSeconds: LIMITS.connectSeconds };
+  const password = Buffer.from(`${model.user.password.reveal()}\n`);
+
+  out.info(`asking ${model.user.name}@${s.host} (port ${s.port}) what it runs`);
+  const inspected = await ssh(target, inspectCommand(rendered.overlay.map((f) => f.path)), password, LIMITS.inspectMs, "reading the Pi's files");
+  if (inspected.exitCode !== 0) {
+    if (sudoRefused(inspected.stderr)) throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: the Pi's password differs from the config's (a push does not change it)`);
+    throw new PibakeError(`reading the Pi's files failed (exit ${inspected.exitCode}): ${redact(inspected.stderr.trim()).slice(-2000)}`);
+  }
+  const pi = parseInspect(inspected.stdout);
+  const plan = planPush({
+    overlay: rendered.overlay,
+    pi,
+    release: model.image.release,
+    arch: model.image.arch,
+    packages: stagePackages(rendered),
+    allowNetworkChange: s.allowNetworkChange,
+  });
+
+  if (plan.refusals.length) {
+    throw new PibakeError(
+      [`cannot push to ${s.host}: this cannot change in place:`, ...plan.refusals.map((r) => `  ${r.what}: ${r.reason}`), `build a new image instead: ${s.buildCommand}`].join("\n"),
+    );
+  }
+  if (plan.changes.length === 0) {
+    out.info(`nothing to push: the ${plan.unchanged.length} files on ${s.host} are those the config renders`);
+    return { plan, applied: false, ms: Date.now() - started };
+  }
+  out.info(`on ${s.host}, ${plan.changes.length} file(s) would change (${plan.unchanged.length} unchanged):`);
+  for (const c of plan.changes) out.info(`  ${describeChange(c)}`);
+  out.info(`then: ${plan.actions.join("; ") || "nothing to restart"}; mosquitto must be active and listen on port ${model.mqtt.tlsPort} within ${LIMITS.healthSeconds} s, or the previous files go back`);
+  if (pi.push?.domain !== undefined || pi.build?.domain !== undefined) {
+    const before = pi.push?.domain ?? pi.build?.domain;
+    if (before !== model.tls.domain) out.info(`domain: ${before} → ${model.tls.domain}`);
+  }
+  if (!(await s.confirm(plan))) throw new PibakeError("cancelled: nothing was changed on the Pi");
+
+  const { digest, secretsHmac } = configDigests(model, state);
+  const record = {
+    pibake: PIBAKE_VERSION,
+    pushedAt: new Date().toISOString(),
+    config: { file: path.basename(model.configPath), digest, secrets: secretsHmac },
+    domain: model.tls.domain,
+    tlsPort: model.mqtt.tlsPort,
+    certificate: { sha256Fingerprint: cert.fingerprint256, notAfter: cert.notAfter.toISOString(), dnsNames: cert.dnsNames },
+    overlay: rendered.overlay.map((f) => f.path),
+  };
+  const payload = await packPayload({ files: plan.files, removed: plan.removed, actions: plan.actions, record });
+  const rollbackPort = pi.push?.tlsPort ?? model.mqtt.tlsPort;
+  out.info(`pushing ${plan.files.length} file(s) to ${s.host}`);
+  const applied = await ssh(target, applyCommand(model.mqtt.tlsPort, rollbackPort, LIMITS.healthSeconds), Buffer.concat([password, payload]), LIMITS.applyMs, "applying the push");
+  const said = redact(applied.stderr)
+    .split("\n")
+    .filter((l) => l.trim() !== "");
+  for (const l of said) out.info(`  ${l}`);
+  if (applied.exitCode === ROLLED_BACK) {
+    throw new PibakeError(`the push failed and was rolled back: mosquitto did not come up healthy with the new files, so ${s.host} runs the previous ones again (see the lines above)`);
+  }
+  if (applied.exitCode !== 0) {
+    if (sudoRefused(applied.stderr)) throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: nothing was changed`);
+    throw new PibakeError(`applying the push failed (exit ${applied.exitCode}); the Pi may be between the old and new files: check it with pibake check`);
+  }
+  const ms = Date.now() - started;
+  out.info(`pushed to ${s.host} in ${(ms / 1000).toFixed(1)} s: certificate ${cert.fingerprint256} for ${cert.dnsNames.join(", ")}; recorded in /var/lib/pibake/push.json`);
+  return { plan, applied: true, ms };
+}
