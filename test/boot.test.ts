@@ -1,6 +1,8 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa } from "execa";
 import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import tls from "node:tls";
 import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
@@ -23,6 +25,11 @@ const isRoot = process.getuid?.() === 0;
 const hasQemu = existsSync("/usr/bin/qemu-system-aarch64") && existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64");
 const DOMAIN = "home.freemyip.com";
 const NODE_RED_PASSWORD = "NodeRed-Admin-5b7c";
+const NEW_DOMAIN = "new-home.freemyip.com";
+const THIRD_DOMAIN = "third-home.freemyip.com";
+const NEW_SENSORS_PW = "Sensors-Secret-Pushed-4d2e";
+/** The port a push moves mosquitto's LAN listener to, held by another program on the Pi (the image has no WebSockets LAN listener). */
+const SQUATTED_PORT = 1884;
 
 /**
  * Time budgets (ms). Each `it`/hook below makes a Deadline of its budget when
@@ -47,6 +54,8 @@ const STEP = {
   nodeRedWait: 600_000, // power-on until the Node-RED editor answers
   http: 10_000, // one HTTP request to Node-RED
   check: 60_000, // pibake check (its own waits stay under 25 s)
+  // pibake push: its own bounds are 90 s to read the Pi and 240 s to apply (roll-back included), plus rendering.
+  push: 400_000,
 };
 const BUDGET = {
   /** beforeAll: the fixtures and the build share one hour. */
@@ -58,6 +67,8 @@ const BUDGET = {
   firstBoot: STEP.settle + 8 * STEP.ssh, // 425 s
   defences: 3 * STEP.connect + STEP.roundTrip + 4 * STEP.ssh + STEP.settle, // 340 s
   check: STEP.check,
+  push: STEP.connect + STEP.push * 2 + 8 * STEP.connect + 4 * STEP.ssh,
+  rollback: STEP.push + 6 * STEP.connect + 4 * STEP.ssh,
   powerdown: STEP.powerdown, // 90 s
   nodeRed: STEP.nodeRedWait + 6 * STEP.http, // 660 s
 };
@@ -286,6 +297,131 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(r.exitCode).toBe(0);
   }, BUDGET.check + MARGIN);
 
+  // pibake push, on the same Pi: a new domain and password without a reflash, then a push whose broker cannot start, rolled back.
+  const state = () => path.join(tmp.dir, "state");
+  const pushEnv = { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" };
+  /** The config the image was built from (buildForQemu's), changed. */
+  const pushConfig = (mutate: (c: Record<string, any>) => void) => {
+    const c = JSON.parse(readFileSync(path.join(tmp.dir, "boot.json"), "utf8")) as Record<string, any>;
+    mutate(c);
+    return c;
+  };
+  /** The certificate the broker serves for `servername`, and whether it verifies against ca.crt for that name. */
+  const served = (servername: string, ms: number) =>
+    new Promise<{ cert: X509Certificate; authorized: boolean; error?: string }>((resolve, reject) => {
+      const socket = tls.connect({ host: "127.0.0.1", port: vm!.ports.mqtts!, servername, ca, rejectUnauthorized: false });
+      const timer = setTimeout(() => (socket.destroy(), reject(new Error(`no TLS handshake within ${ms} ms`))), ms);
+      socket.once("secureConnect", () => {
+        clearTimeout(timer);
+        const cert = new X509Certificate(socket.getPeerCertificate(true).raw);
+        resolve({ cert, authorized: socket.authorized, ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}) });
+        socket.destroy();
+      });
+      socket.once("error", (e) => (clearTimeout(timer), reject(e)));
+    });
+
+  /** The retained message, read by phone (home/#) over TLS for `servername`. */
+  const retained = async (servername: string, ms: number): Promise<string | undefined> => {
+    const phone = await tryConnect(`mqtts://127.0.0.1:${vm!.ports.mqtts}`, { ca, servername, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW }, ms);
+    expect(phone.ok, phone.error).toBe(true);
+    try {
+      return await new Promise<string | undefined>((resolve) => {
+        const timer = setTimeout(() => resolve(undefined), ms);
+        phone.client!.on("message", (t, p) => {
+          if (t === "home/sensors/kitchen") (clearTimeout(timer), resolve(p.toString()));
+        });
+        void phone.client!.subscribeAsync("home/sensors/kitchen", { qos: 1 });
+      });
+    } finally {
+      phone.client!.end(true);
+    }
+  };
+
+  it("pushes a new domain and a changed MQTT password: the new certificate is served, the old password refused, the retained message kept", async () => {
+    const d = new Deadline("push", BUDGET.push);
+    // A retained message published before the push, which must survive it.
+    const sensors = await tryConnect(`mqtts://127.0.0.1:${vm!.ports.mqtts}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "sensors", password: secretEnv.T_MQTT_SENSORS_PW }, d.cap(STEP.connect));
+    expect(sensors.ok, sensors.error).toBe(true);
+    try {
+      await sensors.client!.publishAsync("home/sensors/kitchen", "21.5", { qos: 1, retain: true });
+    } finally {
+      sensors.client!.end(true);
+    }
+    const cfg = writeJson(path.join(tmp.dir, "push.json"), pushConfig((c) => {
+      c.tls.domain = NEW_DOMAIN;
+      c.mqtt.users[0].password = { env: "T_MQTT_SENSORS_PW_NEW" };
+    }));
+    const started = Date.now();
+    const push = await pibake(["push", cfg, "127.0.0.1", "--yes", "--port", String(vm!.ports.ssh), "--ssh-key", key, "--state", state()], { env: { ...pushEnv, T_MQTT_SENSORS_PW_NEW: NEW_SENSORS_PW }, timeout: d.cap(STEP.push) });
+    const ms = Date.now() - started;
+    const said = `${push.stdout}\n${push.stderr}`;
+    expect(push.exitCode, said).toBe(0);
+    console.log(`push: a new domain and password pushed end to end in ${(ms / 1000).toFixed(1)} s\n${push.stdout}`);
+    // The plan names files, never their contents.
+    expect(said).toMatch(/~ \/etc\/mosquitto\/certs\/server\.crt: content/);
+    expect(said).toMatch(/~ \/etc\/mosquitto\/passwd: content/);
+    expect(said).toMatch(/restart mosquitto/);
+    for (const secret of [...Object.values(secretEnv), NEW_SENSORS_PW]) expect(said).not.toContain(secret);
+    // The host key was remembered in the state directory's known_hosts.
+    expect(readFileSync(path.join(state(), "known_hosts"), "utf8")).toMatch(/ssh-ed25519 /);
+
+    const now = await served(NEW_DOMAIN, d.cap(STEP.connect));
+    expect(now.authorized, now.error).toBe(true);
+    expect(now.cert.subjectAltName).toContain(`DNS:${NEW_DOMAIN}`);
+    expect(now.cert.subjectAltName).not.toContain(`DNS:${DOMAIN}`);
+    const url = `mqtts://127.0.0.1:${vm!.ports.mqtts}`;
+    const old = await tryConnect(url, { ca, servername: NEW_DOMAIN, rejectUnauthorized: true, username: "sensors", password: secretEnv.T_MQTT_SENSORS_PW }, d.cap(STEP.connect));
+    expect(old.ok).toBe(false);
+    expect(old.error).toMatch(/Not authorized|Bad username/i);
+    const fresh = await tryConnect(url, { ca, servername: NEW_DOMAIN, rejectUnauthorized: true, username: "sensors", password: NEW_SENSORS_PW }, d.cap(STEP.connect));
+    expect(fresh.ok, fresh.error).toBe(true);
+    fresh.client!.end(true);
+    expect(await retained(NEW_DOMAIN, d.cap(STEP.connect))).toBe("21.5");
+
+    // The record on the Pi: this config's digest and this certificate.
+    const record = await sshRun(vm!.ports.ssh!, "admin", key, "cat /var/lib/pibake/push.json", d.cap(STEP.ssh));
+    const pushed = JSON.parse(record.stdout) as { domain: string; certificate: { sha256Fingerprint: string }; config: { digest: string } };
+    expect(pushed.domain).toBe(NEW_DOMAIN);
+    expect(pushed.certificate.sha256Fingerprint).toBe(now.cert.fingerprint256);
+    expect(pushed.config.digest).toMatch(/^sha256:[0-9a-f]{64}$|^[0-9a-f]{64}$/);
+
+    // The same config again: nothing to push.
+    const again = await pibake(["push", cfg, "127.0.0.1", "--yes", "--port", String(vm!.ports.ssh), "--ssh-key", key, "--state", state()], { env: { ...pushEnv, T_MQTT_SENSORS_PW_NEW: NEW_SENSORS_PW }, timeout: d.cap(STEP.push) });
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/nothing to push/);
+  }, BUDGET.push + MARGIN);
+
+  it("rolls back a push whose broker cannot start (its new LAN port is taken on the Pi): the command fails saying so, the previous files serve again", async () => {
+    const d = new Deadline("roll-back", BUDGET.rollback);
+    // Something else holds the port the next config gives mosquitto's LAN listener: a second broker, made by hand on the Pi.
+    const squat = await sshRun(vm!.ports.ssh!, "admin", key, sudo(`systemd-run --unit=pibake-test-squatter mosquitto -p ${SQUATTED_PORT} && sleep 2 && ss -Hltn 'sport = :${SQUATTED_PORT}'`), d.cap(STEP.ssh));
+    expect(squat.stdout, squat.stderr).toMatch(new RegExp(`:${SQUATTED_PORT}\\b`));
+    const cfg = writeJson(path.join(tmp.dir, "push.json"), pushConfig((c) => {
+      c.tls.domain = THIRD_DOMAIN;
+      c.mqtt.lanPort = SQUATTED_PORT;
+      c.mqtt.users[0].password = { env: "T_MQTT_SENSORS_PW_NEW" };
+    }));
+    const push = await pibake(["push", cfg, "127.0.0.1", "--yes", "--port", String(vm!.ports.ssh), "--ssh-key", key, "--state", state()], { env: { ...pushEnv, T_MQTT_SENSORS_PW_NEW: NEW_SENSORS_PW }, timeout: d.cap(STEP.push) });
+    const said = `${push.stdout}\n${push.stderr}`;
+    expect(push.exitCode, said).toBe(1);
+    console.log(`push: the rolled-back push said:\n${said}`);
+    expect(push.stderr).toMatch(/the push failed and was rolled back/);
+    expect(said).toMatch(/rolled back: the previous files are in place and mosquitto is healthy again/);
+
+    // The broker answers with the files of the first push: its certificate, for its domain.
+    const now = await served(NEW_DOMAIN, d.cap(STEP.connect));
+    expect(now.authorized, now.error).toBe(true);
+    expect(now.cert.subjectAltName).not.toContain(`DNS:${THIRD_DOMAIN}`);
+    const lan = await tryConnect(`mqtt://127.0.0.1:${vm!.ports.mqtt}`, { username: "sensors", password: NEW_SENSORS_PW }, d.cap(STEP.connect));
+    expect(lan.ok, lan.error).toBe(true);
+    lan.client!.end(true);
+    expect(await retained(NEW_DOMAIN, d.cap(STEP.connect))).toBe("21.5");
+    const record = await sshRun(vm!.ports.ssh!, "admin", key, "cat /var/lib/pibake/push.json; ls -a /etc/mosquitto/conf.d /var/lib/pibake", d.cap(STEP.ssh));
+    expect(record.stdout).toContain(`"domain": "${NEW_DOMAIN}"`);
+    // Nothing staged is left behind.
+    expect(record.stdout).not.toMatch(/\.pibake-push\.|push-work\./);
+    await sshRun(vm!.ports.ssh!, "admin", key, sudo("systemctl stop pibake-test-squatter"), d.cap(STEP.ssh));
+  }, BUDGET.rollback + MARGIN);
   it("powers off cleanly within a minute", async () => {
     const d = new Deadline("power-off", BUDGET.powerdown);
     const ms = await vm!.powerdown(d.cap(STEP.powerdown));

@@ -65,7 +65,6 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const sshPort = portOption(opts.portSsh, "--port-ssh");
   const sshKey = last(opts.sshKey);
   if ((sshPort !== undefined || sshKey !== undefined) && !opts.ssh) throw new PibakeError("--port-ssh and --ssh-key go with --ssh", 2);
-  if (hostArg !== undefined && opts.lan) throw new PibakeError("give HOST or --lan, not both: --lan checks the config's static address", 2);
   if (ports.lan !== undefined && !opts.lan) throw new PibakeError("--port-lan goes with --lan: the LAN listener is checked only from the home network", 2);
 
   const { model } = loadAndWarn(configPath, out);
