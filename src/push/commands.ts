@@ -1,9 +1,9 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import tar from "tar-stream";
+import type tar from "tar-stream";
 import { stagesDir } from "../paths.js";
 import { shellQuote } from "../render/templates.js";
-import { OVERLAY_MTIME } from "../render/tar.js";
+import { OVERLAY_MTIME, packTar } from "../render/tar.js";
 import type { OverlayFile } from "../render/overlay.js";
 
 /**
@@ -80,14 +80,11 @@ export interface PushPayload {
 }
 
 /** The tar the apply script unpacks: each file with its owner and group by name and its mode, as in the image's overlay. */
-export async function packPayload(p: PushPayload): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  pack.on("data", (c: unknown) => chunks.push(c as Buffer));
-  const done = new Promise<void>((resolve, reject) => {
-    pack.on("end", () => resolve());
-    pack.on("error", reject);
-  });
+export function packPayload(p: PushPayload): Promise<Buffer> {
+  return packTar((pack) => addPayload(pack, p));
+}
+
+function addPayload(pack: tar.Pack, p: PushPayload): void {
   const meta = (name: string, text: string, mode = 0o600) => pack.entry({ name, type: "file", mode, uname: "root", gname: "root", uid: 0, gid: 0, mtime: OVERLAY_MTIME }, text);
   const dirs = new Set<string>(["files/"]);
   for (const f of p.files) {
@@ -102,7 +99,4 @@ export async function packPayload(p: PushPayload): Promise<Buffer> {
   meta("actions", p.actions.map((a) => `${a}\n`).join(""));
   // Readable by all, as the build's marker is: no secret is in it.
   meta("push.json", JSON.stringify(p.record, null, 2) + "\n", 0o644);
-  pack.finalize();
-  await done;
-  return Buffer.concat(chunks);
 }

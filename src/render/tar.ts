@@ -9,7 +9,12 @@ export const OVERLAY_MTIME = new Date("2024-01-01T00:00:00Z");
  * (root 0755; the stage extracts with --no-overwrite-dir, so existing ones keep theirs),
  * owners and groups by name, fixed mtimes. Byte-identical for identical inputs.
  */
-export async function packOverlay(files: OverlayFile[]): Promise<Buffer> {
+export function packOverlay(files: OverlayFile[]): Promise<Buffer> {
+  return packTar((pack) => addOverlay(pack, files));
+}
+
+/** A tar in memory: `add` writes its entries, the archive's bytes come back once it is finished. */
+export async function packTar(add: (pack: tar.Pack) => void): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   pack.on("data", (c: unknown) => chunks.push(c as Buffer));
@@ -17,6 +22,13 @@ export async function packOverlay(files: OverlayFile[]): Promise<Buffer> {
     pack.on("end", () => resolve());
     pack.on("error", reject);
   });
+  add(pack);
+  pack.finalize();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+function addOverlay(pack: tar.Pack, files: OverlayFile[]): void {
   const dirs = new Set<string>();
   for (const f of files) {
     const parts = f.path.split("/");
@@ -39,7 +51,4 @@ export async function packOverlay(files: OverlayFile[]): Promise<Buffer> {
       pack.entry({ name: f.path, type: "file", mode: f.mode, uname: f.owner, gname: f.group, uid: 0, gid: 0, mtime: OVERLAY_MTIME }, f.content);
     }
   }
-  pack.finalize();
-  await done;
-  return Buffer.concat(chunks);
 }
