@@ -67,6 +67,8 @@ const BUDGET = {
   firstBoot: STEP.settle + 8 * STEP.ssh, // 425 s
   defences: 3 * STEP.connect + STEP.roundTrip + 4 * STEP.ssh + STEP.settle, // 340 s
   check: STEP.check,
+  samePush: STEP.ssh + STEP.push,
+  checkAfterPush: 2 * STEP.check,
   push: STEP.connect + STEP.push * 2 + 8 * STEP.connect + 4 * STEP.ssh,
   rollback: STEP.push + 6 * STEP.connect + 4 * STEP.ssh,
   powerdown: STEP.powerdown, // 90 s
@@ -337,6 +339,18 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     }
   };
 
+  it("has, from its build, the very files a push of the same config renders: a dry-run push of it has nothing to push", async () => {
+    const d = new Deadline("build = push", BUDGET.samePush);
+    const record = await sshRun(vm!.ports.ssh!, "admin", key, "cat /var/lib/pibake/build.json", d.cap(STEP.ssh));
+    const built = (JSON.parse(record.stdout) as { overlay: string[] }).overlay;
+    expect(built.length).toBeGreaterThan(20);
+    // Compared by sha256, mode and owner on the booted Pi (first boot included), file by file.
+    const push = await pibake(["push", path.join(tmp.dir, "boot.json"), "127.0.0.1", "--dry-run", "--port", String(vm!.ports.ssh), "--ssh-key", key, "--state", state()], { env: pushEnv, timeout: d.cap(STEP.push) });
+    const said = `${push.stdout}\n${push.stderr}`;
+    expect(push.exitCode, said).toBe(0);
+    expect(said).toContain(`nothing to push: the ${built.length} files on 127.0.0.1 are those the config renders`);
+  }, BUDGET.samePush + MARGIN);
+
   it("pushes a new domain and a changed MQTT password: the new certificate is served, the old password refused, the retained message kept", async () => {
     const d = new Deadline("push", BUDGET.push);
     // A retained message published before the push, which must survive it.
@@ -390,6 +404,38 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(again.exitCode, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/nothing to push/);
   }, BUDGET.push + MARGIN);
+
+  /** pibake check of `config` against the Pi, through the forwarded ports, as from the home network. */
+  const checkPi = (config: string, env: Record<string, string>, ms: number) =>
+    pibake(["check", config, "127.0.0.1", "--lan", "--state", state(), "--port-tls", String(vm!.ports.mqtts), "--port-lan", String(vm!.ports.mqtt), "--port-ws", String(vm!.ports.wss), "--timeout", "10", "--json"], { env, timeout: ms });
+  type Report = { ok: boolean; checks: { name: string; status: string; detail: string }[] };
+
+  it("passes pibake check with the pushed config, and fails it with the config from before the push: the old name is not in the certificate, the old password refused", async () => {
+    const d = new Deadline("check after push", BUDGET.checkAfterPush);
+    const pushed = await checkPi(path.join(tmp.dir, "push.json"), { ...pushEnv, T_MQTT_SENSORS_PW_NEW: NEW_SENSORS_PW }, d.cap(STEP.check));
+    const report = JSON.parse(String(pushed.stdout)) as Report;
+    expect(report.checks.filter((c) => c.status !== "ok"), String(pushed.stdout)).toEqual([]);
+    expect(pushed.exitCode).toBe(0);
+    const detail = (name: string) => report.checks.find((c) => c.name === name)?.detail ?? "";
+    expect(detail("tls name")).toContain(NEW_DOMAIN);
+    // The certificate the push placed is the one the state directory issued for the new name.
+    const issued = new X509Certificate(readFileSync(path.join(state(), "server.crt")));
+    expect(issued.subjectAltName).toContain(`DNS:${NEW_DOMAIN}`);
+    expect(detail("certificate origin")).toContain(issued.fingerprint256.slice(0, 23));
+
+    // The config from before the push, with the round trip sent by sensors (phone's readwrite rule left out): its old password.
+    const before = writeJson(path.join(tmp.dir, "before-push.json"), pushConfig((c) => {
+      c.mqtt.users[1].topics = c.mqtt.users[1].topics.filter((t: { access: string }) => t.access !== "readwrite");
+    }));
+    const stale = await checkPi(before, pushEnv, d.cap(STEP.check));
+    const staleReport = JSON.parse(String(stale.stdout)) as Report;
+    expect(stale.exitCode, String(stale.stdout)).toBe(1);
+    expect(staleReport.ok).toBe(false);
+    const failedCheck = (name: string) => staleReport.checks.find((c) => c.name === name && c.status === "failed")?.detail;
+    expect(failedCheck("tls name"), String(stale.stdout)).toMatch(/does not carry home\.freemyip\.com:/);
+    // Over TLS no client that verifies the old name gets as far as a login; on the LAN port the old password is refused.
+    expect(failedCheck("lan round trip"), String(stale.stdout)).toMatch(/^sensors could not log in with the config's password/);
+  }, BUDGET.checkAfterPush + MARGIN);
 
   it("rolls back a push whose broker cannot start (its new LAN port is taken on the Pi): the command fails saying so, the previous files serve again", async () => {
     const d = new Deadline("roll-back", BUDGET.rollback);

@@ -223,7 +223,7 @@ describe.skipIf(!isRoot)("the remote command, through the real sudo", () => {
 });
 
 describe("pibake push, before it connects", () => {
-  it("without a terminal and without --yes it exits 2 and says to pass --yes; a bad port or a missing key is named", async () => {
+  it("without a terminal and without --yes (or --dry-run) it exits 2 and says to pass --yes; a bad port or a missing key is named", async () => {
     const { dir, cleanup } = tempDir("pibake-push-usage-");
     try {
       const key = path.join(dir, "key");
@@ -242,6 +242,10 @@ describe("pibake push, before it connects", () => {
       const noCa = await pibake(["push", cfg, "192.0.2.1", "--yes", "--ssh-key", key, "--state", path.join(dir, "state")], { env: secretEnv });
       expect(noCa.exitCode).toBe(2);
       expect(noCa.stderr).toMatch(/no CA in .*state: pass --state/);
+      // A dry run changes nothing, so it needs no --yes: it gets as far as the state directory.
+      const dryRun = await pibake(["push", cfg, "192.0.2.1", "--dry-run", "--ssh-key", key, "--state", path.join(dir, "state")], { env: secretEnv });
+      expect(dryRun.exitCode).toBe(2);
+      expect(dryRun.stderr).toMatch(/no CA in .*state: pass --state/);
     } finally {
       cleanup();
     }

@@ -85,8 +85,10 @@ export function registerCommands(cli: CAC): void {
     .option("--port <port>", "The Pi's SSH port", { default: 22 })
     .option("--known-hosts <file>", "Where the Pi's host key is remembered (default: known_hosts in the state directory)")
     .option("--allow-network-change", "Also push a changed network profile (static address, Wi-Fi): a mistake there loses the Pi")
+    .option("--dry-run", "Only show what would change: nothing is changed on the Pi")
     .example("pibake push broker.json 192.168.1.10          # shows the changes, asks, applies")
     .example("pibake push broker.json broker.lan --yes --ssh-key ~/.ssh/pi_ed25519")
+    .example("pibake push broker.json 192.168.1.10 --dry-run  # what a build of broker.json would change on the Pi")
     .action(async (configPath: string, host: string, opts: PushOptions) => (await import("./push.js")).pushCommand(configPath, host, opts));
 
   cli

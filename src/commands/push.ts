@@ -15,6 +15,7 @@ export interface PushOptions {
   port?: string | number;
   knownHosts?: string;
   allowNetworkChange?: boolean;
+  dryRun?: boolean;
 }
 
 /** An option given twice arrives as an array: the last one counts. */
@@ -32,7 +33,7 @@ export async function pushCommand(configPath: string, host: string, opts: PushOp
   const key = path.resolve(last(opts.sshKey) ?? path.join(os.homedir(), ".ssh", "id_ed25519"));
   if (!existsSync(key)) throw new PibakeError(`no SSH key at ${key}: name the private key of one of user.sshKeys with --ssh-key FILE`, 2);
   const interactive = process.stdin.isTTY === true && process.stderr.isTTY === true;
-  if (!opts.yes && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
+  if (!opts.yes && !opts.dryRun && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
 
   const { model } = loadAndWarn(configPath, out);
   const state = StateDir.locate(model.configDir, model.image.name, last(opts.state));
@@ -45,6 +46,7 @@ export async function pushCommand(configPath: string, host: string, opts: PushOp
     key,
     knownHosts,
     allowNetworkChange: opts.allowNetworkChange === true,
+    dryRun: opts.dryRun === true,
     out,
     buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
     confirm: async () => {

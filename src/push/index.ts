@@ -21,6 +21,8 @@ export interface PushSettings {
   key: string;
   knownHosts: string;
   allowNetworkChange: boolean;
+  /** Show what would change and stop: nothing is changed on the Pi. */
+  dryRun?: boolean;
   /** Asked before anything changes on the Pi; false stops the push. */
   confirm: (plan: PushPlan) => Promise<boolean>;
   out: Output;
@@ -100,6 +102,10 @@ export async function runPush(s: PushSettings): Promise<PushResult> {
   if (pi.push?.domain !== undefined || pi.build?.domain !== undefined) {
     const before = pi.push?.domain ?? pi.build?.domain;
     if (before !== model.tls.domain) out.info(`domain: ${before} → ${model.tls.domain}`);
+  }
+  if (s.dryRun) {
+    out.info(`dry run: nothing was changed on ${s.host}`);
+    return { plan, applied: false, ms: Date.now() - started };
   }
   if (!(await s.confirm(plan))) throw new PibakeError("cancelled: nothing was changed on the Pi");
 
