@@ -170,7 +170,7 @@ describe("resolveOfficialImage", () => {
     const first = await resolveOfficialImage(opts());
     expect(first.fromCache).toBe(false);
     const img = images[TRIXIE_ARM64]!;
-    expect(first.entry).toMatchObject({ name: "Raspberry Pi OS Lite (64-bit)", releaseDate: "2025-12-04", sha256: img.downloadSha256, extractSha256: img.extractSha256, url: `${server.base}/images/${TRIXIE_ARM64}` });
+    expect(first.entry).toMatchObject({ name: "Raspberry Pi OS Lite (64-bit)", releaseDate: "2025-12-04", downloadSha256: img.downloadSha256, extractSha256: img.extractSha256, url: `${server.base}/images/${TRIXIE_ARM64}` });
     expect(first.path).toBe(path.join(cache.dir, img.downloadSha256, "2025-12-04-raspios-trixie-arm64-lite.img.xz"));
     // The real xz and sha256sum agree with what was checked.
     await execa("xz", ["--test", first.path]);
@@ -190,7 +190,7 @@ describe("resolveOfficialImage", () => {
 
     progress = [];
     const second = await resolveOfficialImage(opts());
-    expect(second).toMatchObject({ fromCache: true, path: first.path, entry: { sha256: img.downloadSha256 } });
+    expect(second).toMatchObject({ fromCache: true, path: first.path, entry: { downloadSha256: img.downloadSha256 } });
     expect(server.imageRequests()).toHaveLength(1);
     expect(server.requests.filter((r) => r.path === "/os_list.json")).toHaveLength(2);
 
@@ -211,7 +211,7 @@ describe("resolveOfficialImage", () => {
   it("follows a redirect to a mirror", async () => {
     server.list = officialList(server, (lite) => (lite[0]!.url = `${server.base}/redirect/${TRIXIE_ARM64}`));
     const r = await resolveOfficialImage(opts());
-    expect(r.entry.sha256).toBe(images[TRIXIE_ARM64]!.downloadSha256);
+    expect(r.entry.downloadSha256).toBe(images[TRIXIE_ARM64]!.downloadSha256);
     expect(server.imageRequests().map((q) => q.path)).toEqual([`/redirect/${TRIXIE_ARM64}`, `/images/${TRIXIE_ARM64}`]);
   });
 
@@ -241,7 +241,7 @@ describe("resolveOfficialImage", () => {
     const r = await resolveOfficialImage(opts());
     expect(server.imageRequests().at(-1)!.range).toMatch(/^bytes=\d+-$/);
     expect(statuses.join("\n")).toMatch(/does not resume downloads .*starting again/);
-    expect(r.entry.sha256).toBe(images[TRIXIE_ARM64]!.downloadSha256);
+    expect(r.entry.downloadSha256).toBe(images[TRIXIE_ARM64]!.downloadSha256);
   });
 
   it("an abort signal stops the download, keeps a resumable .part and nothing complete", async () => {
@@ -278,7 +278,7 @@ describe("resolveOfficialImage", () => {
     const r = await resolveOfficialImage(opts({ arch: "armhf" }));
     const whole = images[TRIXIE_ARMHF]!.xz.length;
     expect(server.imageRequests().at(-1)).toMatchObject({ path: `/images/${TRIXIE_ARMHF}`, range: `bytes=${whole}-` });
-    expect(r.entry.sha256).toBe(images[TRIXIE_ARMHF]!.downloadSha256);
+    expect(r.entry.downloadSha256).toBe(images[TRIXIE_ARMHF]!.downloadSha256);
   });
 
   it("refuses a corrupted download, naming both digests, and deletes it", async () => {
@@ -302,7 +302,7 @@ describe("resolveOfficialImage", () => {
 
   it("a pinned date picks its release, and once cached is used without asking the list", async () => {
     const r = await resolveOfficialImage(opts({ date: "2025-11-24" }));
-    expect(r.entry).toMatchObject({ releaseDate: "2025-11-24", fileName: "2025-11-24-raspios-trixie-arm64-lite.img.xz", sha256: images[TRIXIE_ARM64_OLDER]!.downloadSha256 });
+    expect(r.entry).toMatchObject({ releaseDate: "2025-11-24", fileName: "2025-11-24-raspios-trixie-arm64-lite.img.xz", downloadSha256: images[TRIXIE_ARM64_OLDER]!.downloadSha256 });
     const before = server.requests.length;
     const again = await resolveOfficialImage(opts({ date: "2025-11-24" }));
     expect(again).toMatchObject({ fromCache: true, path: r.path });

@@ -40,6 +40,7 @@ export function addressIn(body: string): string | undefined {
   return v6;
 }
 
+/** Asked directly, never through HTTP(S)_PROXY: a proxy would report its own address, not the home's (ddclient on the Pi asks directly too). */
 async function wanAddress(url: string, ms: number): Promise<string> {
   const res = await within(`GET ${url}`, ms, fetch(url, { signal: AbortSignal.timeout(ms), redirect: "follow" }));
   if (!res.ok) throw new Error(`${url} answered HTTP ${res.status}`);

@@ -50,50 +50,20 @@ export interface ResolveImageOptions {
 }
 
 /** What a build records about the official image it came from. */
-export interface OfficialImageEntry {
-  /** The list's name, e.g. "Raspberry Pi OS Lite (64-bit)". */
-  name: string;
-  fileName: string;
-  release: string;
-  arch: string;
-  releaseDate: string;
-  url: string;
-  /** SHA-256 of the downloaded file (the .img.xz). */
-  sha256: string;
-  size: number;
-  /** SHA-256 and size of the decompressed image. */
-  extractSha256: string;
-  extractSize: number;
-  /** The OS list it was chosen from. */
-  listUrl: string;
-  verifiedAt: string;
-}
-
 export interface OfficialImage {
   /** The verified .img.xz in the cache, for the base engine. */
   path: string;
-  entry: OfficialImageEntry;
+  /** What the cache's record says of it: the list's entry, as downloaded and measured. */
+  entry: CachedImageRecord;
   /** True when nothing was downloaded. */
   fromCache: boolean;
 }
 
 const DATE = /^\d{4}-\d{2}-\d{2}$/;
 
-function entryOfCached(c: CachedImage): OfficialImageEntry {
-  return {
-    name: c.name,
-    fileName: c.fileName,
-    release: c.release,
-    arch: c.arch,
-    releaseDate: c.releaseDate,
-    url: c.url,
-    sha256: c.downloadSha256,
-    size: c.downloadSize,
-    extractSha256: c.extractSha256,
-    extractSize: c.extractSize,
-    listUrl: c.listUrl,
-    verifiedAt: c.verifiedAt,
-  };
+/** The record alone, without where the cache keeps the file. */
+function recordOf({ path: _path, dir: _dir, ...record }: CachedImage): CachedImageRecord {
+  return record;
 }
 
 export function listUrlOf(opts: { listUrl?: string | undefined }, env: NodeJS.ProcessEnv): string {
@@ -113,7 +83,7 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
     const pinned = readCache(loc.dir).images.find((c) => matchesWanted(c, wanted));
     if (pinned) {
       const ok = await stillWhole(pinned, opts);
-      if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+      if (ok) return { path: ok.path, entry: recordOf(ok), fromCache: true };
     }
   }
 
@@ -151,7 +121,7 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
       const cached = readCache(loc.dir).images.find((c) => sameImage(c, chosen!));
       if (cached) {
         const ok = await stillWhole(cached, opts);
-        if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+        if (ok) return { path: ok.path, entry: recordOf(ok), fromCache: true };
       }
       return await downloadAndVerify(chosen, { ...opts, listUrl }, loc, client);
     }
@@ -161,7 +131,7 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
     if (fallback) {
       status(`cannot read the OS list ${listUrl} (${listProblem}): using the cached ${fallback.fileName}, verified ${fallback.verifiedAt.slice(0, 10)}`);
       const ok = await stillWhole(fallback, opts);
-      if (ok) return { path: ok.path, entry: entryOfCached(ok), fromCache: true };
+      if (ok) return { path: ok.path, entry: recordOf(ok), fromCache: true };
     }
     const knownUrl = knownImageUrl(loc.dir, wanted);
     throw new PibakeError(
@@ -348,5 +318,5 @@ async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { lis
   };
   await writeRecord(loc, dir, record);
   status(`verified ${e.fileName} and kept it in ${dir}`);
-  return { path: file, entry: entryOfCached({ ...record, path: file, dir }), fromCache: false };
+  return { path: file, entry: record, fromCache: false };
 }

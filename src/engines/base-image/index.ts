@@ -33,7 +33,8 @@ import { findProgram } from "../../host/tools.js";
 import { runCommand } from "../../host/process.js";
 import { bindMount, discardFreeBlocks, growExt4, mountExt4, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
 import { PIBAKE_VERSION } from "../../version.js";
-import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage, type OfficialImageEntry } from "../../images/index.js";
+import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage } from "../../images/index.js";
+import type { CachedImageRecord } from "../../images/cache.js";
 import { officialBase } from "./engine.js";
 
 export { parseGrow } from "./resize.js";
@@ -72,7 +73,7 @@ interface BaseBuild {
   systemNotes: string[];
   shrunk?: { from: number; to: number };
   /** The official image the base is, when the build fetched it. */
-  official?: OfficialImageEntry;
+  official?: CachedImageRecord;
 }
 
 /** The official Raspberry Pi OS Lite for the config's release and architecture: from the cache, or downloaded and verified. */
@@ -90,7 +91,7 @@ async function downloadOfficial(input: EngineInput, reporter: StepReporter): Pro
     onProgress: show,
     onStatus: (m) => reporter.status(m),
   });
-  reporter.info(`${got.entry.fileName} (${got.entry.releaseDate}), sha256 ${got.entry.sha256.slice(0, 16)}…, ${got.fromCache ? "from the cache" : "downloaded and verified"}: ${got.path}`);
+  reporter.info(`${got.entry.fileName} (${got.entry.releaseDate}), sha256 ${got.entry.downloadSha256.slice(0, 16)}…, ${got.fromCache ? "from the cache" : "downloaded and verified"}: ${got.path}`);
   return got;
 }
 
@@ -361,7 +362,7 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       imageSize: statSync(b.image).size,
       marker: MARKER_PATH,
       ...(b.official
-        ? { official: { name: b.official.name, file: b.official.fileName, releaseDate: b.official.releaseDate, url: b.official.url, sha256: b.official.sha256, extractSha256: b.official.extractSha256, list: b.official.listUrl } }
+        ? { official: { name: b.official.name, file: b.official.fileName, releaseDate: b.official.releaseDate, url: b.official.url, sha256: b.official.downloadSha256, extractSha256: b.official.extractSha256, list: b.official.listUrl } }
         : {}),
     },
     timings: {},

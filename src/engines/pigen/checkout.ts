@@ -6,7 +6,11 @@ import { PibakeError } from "../../errors.js";
 import { PI_GEN_REPO } from "./plan.js";
 import { run } from "../../host/process.js";
 
-/** pibake's cache: `$XDG_CACHE_HOME/pibake`, else `~/.cache/pibake`. */
+/**
+ * pibake's cache for pi-gen: `$XDG_CACHE_HOME/pibake`, else `~/.cache/pibake`.
+ * Under sudo that is root's home, not SUDO_USER's (unlike the image cache):
+ * pi-gen's work trees are root file systems that only root can prune.
+ */
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "pibake");
 }
