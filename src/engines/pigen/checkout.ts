@@ -8,7 +8,7 @@ import { run } from "../../host/process.js";
 
 /**
  * pibake's cache for pi-gen: `$XDG_CACHE_HOME/pibake`, else `~/.cache/pibake`.
- * Under sudo that is root's home, not SUDO_USER's (unlike the image cache):
+ * Under sudo, HOME is normally root's; SUDO_USER's is not used (unlike the image cache):
  * pi-gen's work trees are root file systems that only root can prune.
  */
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
