@@ -16,6 +16,7 @@ import { listLoops } from "../src/host/loop.js";
 import { mountsBelow } from "../src/host/mounts.js";
 import { releaseBelow } from "../src/host/release.js";
 import { bootFile, expectOverlayInRoot, mountRoot, readAt } from "./helpers/image.js";
+import { brokerImageConfig, BROKER_DOMAIN, offerImage, offerState } from "./helpers/broker-image.js";
 
 /**
  * `pibake build CONFIG --base IMAGE` against a realistic Raspberry Pi OS
@@ -30,16 +31,15 @@ const hasBinfmt = existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64") || process
 const CACHE = process.env.PIBAKE_TEST_CACHE ?? "/var/cache/pibake-test";
 const FIXTURE = path.join(repoRoot, "scripts/fixtures/base-image.sh");
 const env = { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" };
-const DOMAIN = "home.freemyip.com";
+const DOMAIN = BROKER_DOMAIN;
 const NEW_DOMAIN = "cabin.freemyip.com";
 
+/** The SSH key of the first build's config: made by the first build, so that boot.test.ts can log in to the image it takes over. */
+let sshKeyFile = "";
+
+/** The boot test's config (test/helpers/broker-image.ts), so that it can boot this file's first image instead of building its own. */
 function config(domain = DOMAIN): Record<string, any> {
-  const c = validConfig();
-  c.tls.domain = domain;
-  // Node-RED's stage (nodejs and npm under qemu-user) has its own tests.
-  c.nodeRed = { enabled: false };
-  c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
-  return c;
+  return brokerImageConfig(readFileSync(`${sshKeyFile}.pub`, "utf8").trim(), domain);
 }
 
 /** The base as users download it: compressed (zstd here: quick to make once, and cached beside the fixture). */
@@ -139,7 +139,7 @@ describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry P
   const tmp = tempDir("pibake-base-bad-");
   let cfg = "";
   beforeAll(async () => {
-    cfg = writeJson(path.join(tmp.dir, "broker.json"), config());
+    cfg = writeJson(path.join(tmp.dir, "broker.json"), { ...validConfig(), nodeRed: { enabled: false } });
   });
   afterAll(() => tmp.cleanup());
 
@@ -272,6 +272,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   beforeAll(async () => {
     base = (await execa("bash", [FIXTURE, "trixie"], { timeout: 1_800_000 })).stdout.trim();
     baseZst = await compressedBase(base);
+    sshKeyFile = path.join(tmp.dir, "id_ed25519");
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", sshKeyFile], { timeout: 30_000 });
     cfg = writeJson(path.join(tmp.dir, "broker.json"), config());
 
     // The first build is a newcomer's: no --base, the official image from the OS list, here served on 127.0.0.1.
@@ -293,6 +295,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     firstOutput = `${r.stdout}\n${r.stderr}`;
     expect(r.exitCode, firstOutput).toBe(0);
     image = path.join(out1, readdirSync(out1).find((f) => f.endsWith(".img"))!);
+    offerState({ config: cfg, state, key: sshKeyFile });
 
     // What the build rendered, again (renders repeat byte for byte with the same state directory).
     const { model } = loadConfig(cfg, env);
@@ -306,6 +309,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     await broker?.catch(() => undefined);
     await mounted?.release();
     await releaseBelow(tmp.dir);
+    // Read only, never changed by the tests above: the boot test boots it.
+    if (image) offerImage(image);
     tmp.cleanup();
   });
 
@@ -460,7 +465,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
         .replace(/^pid_file .*$/m, "");
       const fragment = readFileSync(path.join(root, "etc/mosquitto/conf.d/pibake.conf"), "utf8")
         .replace(/^listener 8883$/m, `listener ${tls} 127.0.0.1`)
-        .replace(/^listener 1883$/m, `listener ${lan} 127.0.0.1`);
+        .replace(/^listener 1883$/m, `listener ${lan} 127.0.0.1`)
+        .replace(/^listener 8884$/m, `listener ${await freePort()} 127.0.0.1`);
+      expect(fragment, "every listener on a free port of 127.0.0.1").not.toMatch(/^listener \d+$/m);
       writeFileSync(path.join(root, "etc/mosquitto/pibake-test.conf"), `${stock}\n${fragment}\n`);
       let log = "";
       broker = execa("chroot", [root, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-test.conf"], { reject: false, all: true });

@@ -4,10 +4,11 @@ import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
 import { X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import path from "node:path";
-import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { pibake, repoRoot, secretEnv, tempDir, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { bootFile, mountRoot } from "./helpers/image.js";
 import { shellQuote } from "../src/render/templates.js";
+import { brokerImageConfig, BROKER_DOMAIN, takeOver } from "./helpers/broker-image.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 
 /**
@@ -18,12 +19,13 @@ import { roundTrip, tryConnect } from "./helpers/mqtt.js";
  * qemu-system-aarch64 with the kernel command line of its cmdline.txt, comes
  * up as configured and answers as a broker, checked from this host the way a
  * user's client would. `npm run test:boot` runs this file
- * alone; `npm test` runs it too. The serial console is kept in
+ * alone (and builds the image); `npm test` runs it too, booting the image that
+ * base-image.test.ts built from the same config (test/helpers/broker-image.ts). The serial console is kept in
  * $PIBAKE_BOOT_ARTIFACTS (default: the test's temp dir, printed on failure).
  */
 const isRoot = process.getuid?.() === 0;
 const hasQemu = existsSync("/usr/bin/qemu-system-aarch64") && existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-const DOMAIN = "home.freemyip.com";
+const DOMAIN = BROKER_DOMAIN;
 const NODE_RED_PASSWORD = "NodeRed-Admin-5b7c";
 const NEW_DOMAIN = "new-home.freemyip.com";
 const THIRD_DOMAIN = "third-home.freemyip.com";
@@ -89,15 +91,16 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
 
   beforeAll(async () => {
     const d = new Deadline("build", BUDGET.build);
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", key], { timeout: d.cap(STEP.keygen) });
-    ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, (c) => {
-      c.nodeRed = { enabled: false };
-      c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
-      // A Wi-Fi profile beside the wired one: the radio must be switched on (QEMU has no Wi-Fi device).
-      c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
-      // A browser's way in: MQTT over WebSockets with TLS on 8884.
-      c.mqtt.websockets = {};
-    }));
+    // In a full run, base-image.test.ts has built this very image (the same config, its own key) and hands it over.
+    const handed = { image: path.join(tmp.dir, "broker.img"), state: path.join(tmp.dir, "state"), config: path.join(tmp.dir, "boot.json"), key };
+    if (takeOver(handed)) {
+      image = handed.image;
+      ca = readFileSync(path.join(handed.state, "ca.crt"));
+      console.log("boot: booting the image base-image.test.ts built");
+    } else {
+      await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", key], { timeout: d.cap(STEP.keygen) });
+      ({ image, ca } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, () => {}));
+    }
     kernel = await kernelDir(d);
     // What the image file holds, before any boot: no host keys, so that every Pi makes its own.
     const mounted = await mountRoot(image, path.join(tmp.dir, "image-root"));
@@ -482,11 +485,9 @@ function sudo(command: string): string {
 }
 
 /** `pibake build --base` from the test base image, with the Pi's address in QEMU's user network; within `d`. */
+/** An image of brokerImageConfig (changed by `mutate`) built from the stand-in for Raspberry Pi OS Lite. */
 async function buildForQemu(dir: string, sshKey: string, d: Deadline, mutate: (c: Record<string, any>) => void): Promise<{ image: string; ca: Buffer }> {
-  const c = validConfig();
-  // QEMU's user-mode network: the broker answering at all proves the rendered NetworkManager profile was applied.
-  c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
-  c.user.sshKeys = [sshKey];
+  const c = brokerImageConfig(sshKey);
   mutate(c);
   const cfg = writeJson(path.join(dir, "boot.json"), c);
   const base = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/base-image.sh"), "trixie"], { timeout: d.cap(STEP.fixture) })).stdout.trim();
@@ -511,15 +512,15 @@ async function kernelDir(d: Deadline): Promise<string> {
  */
 describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")("Node-RED in the booted image", () => {
   const tmp = tempDir("pibake-boot-nr-");
-  const key = path.join(tmp.dir, "key");
+  const key = () => path.join(tmp.dir, "key");
   let vm: Vm | undefined;
   let image = "";
   let kernel = "";
 
   beforeAll(async () => {
     const d = new Deadline("build", BUDGET.build);
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key], { timeout: d.cap(STEP.keygen) });
-    ({ image } = await buildForQemu(tmp.dir, readFileSync(`${key}.pub`, "utf8").trim(), d, (c) => {
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key()], { timeout: d.cap(STEP.keygen) });
+    ({ image } = await buildForQemu(tmp.dir, readFileSync(`${key()}.pub`, "utf8").trim(), d, (c) => {
       c.nodeRed = { install: "build", admin: { user: "admin", password: { env: "T_NODE_RED_PW" } } };
     }));
     kernel = await kernelDir(d);
@@ -536,7 +537,7 @@ describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")
     const booted = vm;
     const base = `http://127.0.0.1:${vm.ports.nodeRed}`;
     const wait = d.before("Node-RED wait", 6 * STEP.http);
-    await withBootDiagnostics(booted, { port: booted.ports.ssh!, user: "admin", key }, async () => {
+    await withBootDiagnostics(booted, { port: booted.ports.ssh!, user: "admin", key: key() }, async () => {
       for (;;) {
         const r = wait.remaining() > 0 ? await fetch(`${base}/auth/login`, { signal: AbortSignal.timeout(wait.cap(STEP.http)) }).catch(() => undefined) : undefined;
         if (r?.ok) break;
