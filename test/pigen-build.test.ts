@@ -44,7 +44,7 @@ const NEW_DOMAIN = "cabin.freemyip.com";
 
 describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the real pi-gen (PIBAKE_PIGEN_DIR)", () => {
   const tmp = tempDir("pibake-pigen-");
-  const state = path.join(tmp.dir, "state");
+  const state = () => path.join(tmp.dir, "state");
   const env = {
     ...secretEnv,
     PATH: `${path.join(SCAFFOLDING, "bin")}:${process.env.PATH}`,
@@ -67,7 +67,7 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
   };
 
   const buildArgs = (domain: string, out: string, o: { name?: string; baseStage?: string } = {}) =>
-    ["build", config(domain, o.name), "--pi-gen", piGenDir!, "--base-stages", o.baseStage ?? path.join(SCAFFOLDING, "debian-base"), "--out", out, "--state", state, "--compress", "none", "--log-format", "plain"];
+    ["build", config(domain, o.name), "--pi-gen", piGenDir!, "--base-stages", o.baseStage ?? path.join(SCAFFOLDING, "debian-base"), "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"];
   const build = async (domain: string, extra: string[]) => {
     const out = path.join(tmp.dir, `deploy-${runs.length + 1}`);
     const t0 = Date.now();
@@ -83,7 +83,7 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     await build(NEW_DOMAIN, []);
     console.log(`pi-gen: first build ${(runs[0]!.ms / 1000).toFixed(0)} s (${/full build: /.test(runs[0]!.output) ? "full" : "regeneration"}), regeneration for a new domain ${(runs[1]!.ms / 1000).toFixed(0)} s`);
     const { model } = loadConfig(path.join(tmp.dir, `pigen-test-${NEW_DOMAIN}.json`), { ...secretEnv });
-    rendered = await render(model, prepareSecrets(model, new StateDir(state)));
+    rendered = await render(model, prepareSecrets(model, new StateDir(state())));
   }, 10_800_000);
 
   afterAll(async () => {

@@ -19,10 +19,22 @@ export async function pibake(args: string[], opts: { env?: Record<string, string
   });
 }
 
-/** A temporary directory removed after the test; `using`-free for Node 20. */
-export function tempDir(prefix = "pibake-test-"): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+/**
+ * A temporary directory removed after the test; `using`-free for Node 20.
+ * Made when `dir` is first read: a skipped describe block, whose afterAll
+ * never runs, then leaves nothing behind.
+ */
+export function tempDir(prefix = "pibake-test-"): { readonly dir: string; cleanup: () => void } {
+  let made: string | undefined;
+  return {
+    get dir() {
+      made ??= mkdtempSync(path.join(os.tmpdir(), prefix));
+      return made;
+    },
+    cleanup: () => {
+      if (made) rmSync(made, { recursive: true, force: true });
+    },
+  };
 }
 
 export function writeJson(file: string, value: unknown): string {

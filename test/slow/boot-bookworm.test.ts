@@ -26,7 +26,7 @@ const BUDGET = { build: 3_600_000, firstBoot: 480_000, boot: 600_000, checks: 24
 
 describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init= script, then the broker", () => {
   const tmp = tempDir("pibake-boot-bookworm-");
-  const key = path.join(tmp.dir, "id_ed25519");
+  const key = () => path.join(tmp.dir, "id_ed25519");
   let image = "";
   let kernel = "";
   let ca: Buffer;
@@ -34,11 +34,11 @@ describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init
 
   beforeAll(async () => {
     const d = new Deadline("build", BUDGET.build);
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key], { timeout: d.cap(30_000) });
+    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key()], { timeout: d.cap(30_000) });
     const c = validConfig();
     c.image.release = "bookworm";
     c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
-    c.user.sshKeys = [readFileSync(`${key}.pub`, "utf8").trim()];
+    c.user.sshKeys = [readFileSync(`${key()}.pub`, "utf8").trim()];
     c.nodeRed = { enabled: false };
     const cfg = writeJson(path.join(tmp.dir, "bookworm.json"), c);
     const fixture = (script: string) => execa("bash", [path.join(repoRoot, "scripts/fixtures", script), "bookworm"], { timeout: d.cap(1_800_000) }).then((r) => r.stdout.trim());
@@ -78,7 +78,7 @@ describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init
     const booted = vm;
     const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
     const opts = { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
-    const ssh = { port: booted.ports.ssh!, user: "admin", key };
+    const ssh = { port: booted.ports.ssh!, user: "admin", key: key() };
     await withBootDiagnostics(booted, ssh, () => waitForBroker(booted, url, opts, d.before("broker wait", 20_000), { ssh }));
     const client = await tryConnect(url, opts, d.cap(15_000));
     expect(client.ok, client.error).toBe(true);
@@ -86,7 +86,7 @@ describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init
     console.log(`boot (bookworm, second boot): power-on to the broker: ${((Date.now() - booted.startedAt) / 1000).toFixed(1)} s`);
 
     const c = new Deadline("checks", BUDGET.checks);
-    const run = (cmd: string) => sshRun(ssh.port, ssh.user, key, cmd, c.cap(30_000));
+    const run = (cmd: string) => sshRun(ssh.port, ssh.user, key(), cmd, c.cap(30_000));
     const shell = await run('echo "$0"; getent passwd | awk -F: \'$3 >= 1000 && $3 < 65534 {print $1}\'; sudo -n true && echo sudo-ok');
     expect(shell.stdout, shell.stderr).toBe("bash\nadmin\nsudo-ok");
     const wizard = await run("systemctl is-enabled userconfig.service; test -e /var/lib/userconf-pi/wizard-ran && echo ran || echo never ran");
