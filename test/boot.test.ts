@@ -293,11 +293,20 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     const d = new Deadline("pibake check", BUDGET.check);
     const ports = vm!.ports;
     const r = await pibake(
-      ["check", path.join(tmp.dir, "boot.json"), "127.0.0.1", "--lan", "--state", path.join(tmp.dir, "state"), "--port-tls", String(ports.mqtts), "--port-lan", String(ports.mqtt), "--port-ws", String(ports.wss), "--timeout", "10", "--json"],
+      ["check", path.join(tmp.dir, "boot.json"), "127.0.0.1", "--lan", "--state", path.join(tmp.dir, "state"), "--port-tls", String(ports.mqtts), "--port-lan", String(ports.mqtt), "--port-ws", String(ports.wss), "--timeout", "10", "--json"]
+        .concat(["--ssh", "--ssh-key", key, "--port-ssh", String(ports.ssh)]),
       { env: { ...secretEnv, T_NODE_RED_PW: NODE_RED_PASSWORD, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" }, timeout: d.cap(STEP.check) },
     );
     const report = JSON.parse(String(r.stdout)) as { ok: boolean; checks: { name: string; status: string; detail: string }[] };
-    expect(report.checks.filter((c) => c.status !== "ok"), String(r.stdout)).toEqual([]);
+    console.log(`check --ssh on the booted Pi:\n${report.checks.map((c) => `  ${c.status}: ${c.name}: ${c.detail}`).join("\n")}`);
+    // The Pi's own facts, over SSH: QEMU's Pi has no Internet, so ddclient cannot have updated the name yet.
+    const fact = (name: string) => report.checks.find((c) => c.name === name);
+    expect(fact("ddclient"), String(r.stdout)).toMatchObject({ status: "warning", detail: expect.stringMatching(/^running, but it has not updated home\.freemyip\.com yet/) });
+    expect(fact("failed units")).toMatchObject({ status: "ok", detail: "none" });
+    expect(fact("mosquitto uptime")?.detail).toMatch(/^active for \d+ (s|min) \(the Pi up /);
+    expect(fact("pibake-status")?.detail).toMatch(/^written .*: test-broker \(trixie, arm64\)/);
+    for (const name of ["ssh key login", "ssh passwords", "disk /", "disk /boot/firmware", "memory"]) expect(fact(name)?.status, name).toBe("ok");
+    expect(report.checks.filter((c) => c.status !== "ok" && c.name !== "ddclient"), String(r.stdout)).toEqual([]);
     expect(report.ok).toBe(true);
     expect(r.exitCode).toBe(0);
   }, BUDGET.check + MARGIN);

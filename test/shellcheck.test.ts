@@ -261,8 +261,8 @@ describe("the rendered stage scripts and pi-gen.config", () => {
 });
 
 describe("the scripts pibake push runs on the Pi", () => {
-  // They run as root on a running broker, from stages/push/ as they are (no template).
-  it.each(["stages/push/inspect.sh", "stages/push/apply.sh"])("%s passes shellcheck", async (rel) => {
+  // They run on a running broker (push's as root, check's as the first user), from stages/ as they are (no template).
+  it.each(["stages/push/inspect.sh", "stages/push/apply.sh", "stages/check/facts.sh"])("%s passes shellcheck", async (rel) => {
     const r = await execa("shellcheck", ["-s", "bash", path.basename(rel)], { cwd: path.join(repoRoot, path.dirname(rel)), reject: false, timeout: 30_000 });
     expect(`${r.stdout}${r.stderr}`).toBe("");
     expect(r.exitCode).toBe(0);

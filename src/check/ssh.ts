@@ -1,9 +1,12 @@
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { run, type RunResult } from "../host/process.js";
-import { failed, ok, type Budget, type CheckResult } from "./result.js";
+import { stagesDir } from "../paths.js";
+import { shellQuote } from "../render/templates.js";
+import { judgeFacts, parseFacts } from "./facts.js";
+import { failed, ok, warning, type Budget, type CheckResult } from "./result.js";
 
 export interface SshTarget {
   host: string;
@@ -16,6 +19,15 @@ export interface SshTarget {
   /** A private key to log in with; otherwise ssh's own choice (agent, ~/.ssh). */
   identity: string | undefined;
   buildCommand: string;
+  /** The name ddclient keeps up to date (ddns.hostname); undefined without ddns. */
+  ddnsHostname: string | undefined;
+}
+
+export const FACTS_SCRIPT = path.join(stagesDir, "check/facts.sh");
+
+/** The remote command that runs stages/check/facts.sh as the first user: no sudo, so no password is needed. */
+export function factsCommand(ddnsHostname: string | undefined): string {
+  return `bash -c ${shellQuote(readFileSync(FACTS_SCRIPT, "utf8"))} pibake-check ${shellQuote(ddnsHostname ?? "")}`;
 }
 
 /** "SHA256:…" of an OpenSSH public key line, as ssh-keygen -l and ssh -v print it. */
@@ -31,11 +43,11 @@ export function keyFingerprint(line: string): string | undefined {
  * it: a check must not change them (the certificate origin line tells
  * whether this is the right machine).
  */
-async function ssh(target: SshTarget, extra: string[], ms: number): Promise<RunResult> {
+async function ssh(target: SshTarget, extra: string[], ms: number, remote = "true"): Promise<RunResult> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), "pibake-check-ssh-"));
   try {
     const args = [
-      "-v",
+      ...(remote === "true" ? ["-v"] : []),
       "-o", "BatchMode=yes",
       "-o", `ConnectTimeout=${Math.max(1, Math.ceil(ms / 1000))}`,
       "-o", `UserKnownHostsFile=${path.join(scratch, "known_hosts")}`,
@@ -46,7 +58,7 @@ async function ssh(target: SshTarget, extra: string[], ms: number): Promise<RunR
       ...(target.identity ? ["-i", target.identity, "-o", "IdentitiesOnly=yes"] : []),
       ...extra,
       target.address,
-      "true",
+      remote,
     ];
     return await run("ssh", args, { what: `ssh to ${target.host}`, okCodes: "any", timeout: ms + 1000 });
   } finally {
@@ -75,7 +87,9 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
   if (down) return [failed("ssh", `${where}: ${down}; the other SSH checks were not tried`, "is the Pi up, and does SSH reach it from here (from outside, only what the router forwards does)?")];
   const results: CheckResult[] = [];
   const accepted = /Server accepts key: .*?(SHA256:[A-Za-z0-9+/]+)/.exec(login.output)?.[1];
+  let loggedIn = false;
   if (/Authenticated to .* using "publickey"/.test(login.output)) {
+    loggedIn = true;
     if (accepted && known.has(accepted)) results.push(ok("ssh key login", `${where} accepts the key ${accepted} (${known.get(accepted)}) of user.sshKeys`));
     else results.push(failed("ssh key login", `${where} accepts a key that is not in user.sshKeys (${accepted ?? "unknown"}): someone added it on the Pi`, "remove it from ~/.ssh/authorized_keys on the Pi, or add it to user.sshKeys"));
   } else {
@@ -97,5 +111,19 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
     else if (/password|keyboard-interactive/.test(methods)) results.push(failed("ssh passwords", `${where} offers password logins (${methods}), but user.passwordSsh is false`, `build a new image (${target.buildCommand}): its sshd settings refuse passwords`));
     else results.push(ok("ssh passwords", `${where} refuses passwords (it offers only ${methods})`));
   }
+  if (loggedIn) results.push(...(await checkFacts(target, where, budget)));
   return results;
+}
+
+/** What the Pi says of itself, over the same key login: failed units, mosquitto, ddclient, headroom, pibake-status. */
+async function checkFacts(target: SshTarget, where: string, budget: Budget): Promise<CheckResult[]> {
+  const ms = budget.ms;
+  const r = await ssh(target, ["-o", "PreferredAuthentications=publickey"], ms, factsCommand(target.ddnsHostname));
+  const down = unreachable(r, ms);
+  if (down) return [failed("pi facts", `${where}: ${down}`)];
+  try {
+    return judgeFacts(parseFacts(r.stdout), { where, domain: target.ddnsHostname, ddns: target.ddnsHostname !== undefined });
+  } catch (err) {
+    return [warning("pi facts", `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`)];
+  }
 }

@@ -1,0 +1,175 @@
+import { failed, ok, warning, type CheckResult } from "./result.js";
+
+/**
+ * What `pibake check --ssh` learns from the Pi itself (stages/check/facts.sh,
+ * run as the first user) and how it judges it: failed units, mosquitto's
+ * uptime, ddclient's last update, disk and memory headroom, the pibake-status
+ * report. Pure, so that every verdict is tested from text.
+ */
+
+export interface UnitState {
+  loadState: string;
+  activeState: string;
+  /** Monotonic microseconds at which the unit last became active; 0 when never. */
+  activeEnterUs: number;
+  restarts: number;
+}
+
+export interface PiFacts {
+  uptimeSeconds: number;
+  /** Undefined when systemctl could not be asked. */
+  failedUnits: string[] | undefined;
+  units: Map<string, UnitState>;
+  /** ddclient's cache entry for the domain: its key=value fields; "none" without a cache file, "missing" without an entry. */
+  ddclientCache: Record<string, string> | "none" | "missing" | undefined;
+  disks: { mount: string; size: number; available: number }[];
+  memory: { total: number; available: number } | undefined;
+  status: { writtenAt: number; text: string } | undefined;
+  now: number;
+  errors: string[];
+}
+
+export function parseFacts(output: string): PiFacts {
+  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, now: NaN, errors: [] };
+  const failedUnits: string[] = [];
+  let ended = false;
+  for (const line of output.split("\n")) {
+    const [kind, ...f] = line.split("\t");
+    switch (kind) {
+      case "uptime":
+        facts.uptimeSeconds = Number(f[0]);
+        break;
+      case "failed-unit":
+        if (f[0]) failedUnits.push(f[0]);
+        break;
+      case "failed-units-read":
+        facts.failedUnits = failedUnits;
+        break;
+      case "unit": {
+        const props = new Map(f.slice(1).map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)] as const));
+        facts.units.set(f[0] ?? "", {
+          loadState: props.get("LoadState") ?? "",
+          activeState: props.get("ActiveState") ?? "",
+          activeEnterUs: Number(props.get("ActiveEnterTimestampMonotonic") ?? 0) || 0,
+          restarts: Number(props.get("NRestarts") ?? 0) || 0,
+        });
+        break;
+      }
+      case "ddclient-cache":
+        facts.ddclientCache = f[0] === "none" ? "none" : !f[0] || f[0] === "-" ? "missing" : Object.fromEntries(f[0].split(",").map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+        break;
+      case "disk":
+        if (f[0]) facts.disks.push({ mount: f[0], size: Number(f[1]), available: Number(f[2]) });
+        break;
+      case "memory":
+        facts.memory = { total: Number(f[0]), available: Number(f[1]) };
+        break;
+      case "status":
+        facts.status = { writtenAt: Number(f[0]), text: Buffer.from(f[1] ?? "", "base64").toString("utf8") };
+        break;
+      case "now":
+        facts.now = Number(f[0]);
+        break;
+      case "error":
+        facts.errors.push(`${f[0]}: ${f[1] ?? ""}`.trim());
+        break;
+      case "end":
+        ended = true;
+        break;
+      default:
+        // A login banner or a shell's own lines: not ours.
+        break;
+    }
+  }
+  if (!ended || !Number.isFinite(facts.now)) throw new Error("the Pi's answer was cut short (no end line)");
+  return facts;
+}
+
+const MiB = 1024 * 1024;
+
+function size(bytes: number): string {
+  return bytes >= 1024 * MiB ? `${(bytes / (1024 * MiB)).toFixed(1)} GiB` : `${Math.round(bytes / MiB)} MiB`;
+}
+
+function duration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.floor(s / 60)} min`;
+  if (s < 172_800) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86_400)} days`;
+}
+
+function isoOf(epochSeconds: number): string {
+  return new Date(epochSeconds * 1000).toISOString().replace(/\.000Z$/, "Z");
+}
+
+/** What each fact means for the broker: a line each, with what to do. */
+export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string | undefined; ddns: boolean }): CheckResult[] {
+  const out: CheckResult[] = [];
+  const onPi = (cmd: string) => `on the Pi: ${cmd}`;
+
+  if (facts.failedUnits === undefined) out.push(warning("failed units", `${opts.where}: systemctl could not be asked (${facts.errors.join("; ") || "no answer"})`, onPi("systemctl --failed")));
+  else if (facts.failedUnits.length === 0) out.push(ok("failed units", "none"));
+  else out.push(failed("failed units", facts.failedUnits.join(", "), onPi(`journalctl -b -u ${facts.failedUnits[0]}`)));
+
+  const mosquitto = facts.units.get("mosquitto");
+  if (!mosquitto || mosquitto.activeState !== "active") {
+    out.push(failed("mosquitto uptime", `mosquitto.service is ${mosquitto?.activeState || "unknown"}`, onPi("journalctl -b -u mosquitto")));
+  } else {
+    const up = facts.uptimeSeconds - mosquitto.activeEnterUs / 1e6;
+    const restarts = mosquitto.restarts ? `; systemd restarted it ${mosquitto.restarts} time(s) since boot` : "";
+    const detail = `active for ${duration(up)} (the Pi up ${duration(facts.uptimeSeconds)})${restarts}`;
+    out.push(mosquitto.restarts ? warning("mosquitto uptime", detail, onPi("journalctl -b -u mosquitto")) : ok("mosquitto uptime", detail));
+  }
+
+  if (opts.ddns) {
+    const ddclient = facts.units.get("ddclient");
+    const cache = facts.ddclientCache;
+    if (!ddclient || ddclient.activeState !== "active") out.push(failed("ddclient", `ddclient.service is ${ddclient?.activeState || "unknown"}`, onPi("journalctl -b -u ddclient")));
+    else if (cache === undefined || cache === "none" || cache === "missing") {
+      out.push(warning("ddclient", `running, but it has not updated ${opts.domain} yet (${cache === "missing" ? "no entry for it in" : "no"} /var/cache/ddclient/ddclient.cache)`, onPi("journalctl -u ddclient: it needs the Internet and ddns.token")));
+    } else {
+      // ddclient 3.10 writes status and ip; later releases status-ipv4 and ipv4 (or -ipv6).
+      const status = cache.status || cache["status-ipv4"] || cache["status-ipv6"] || "";
+      const address = cache.ip || cache.ipv4 || cache.ipv6 || "";
+      const attempted = Number(cache.atime) || 0;
+      const updated = Number(cache.mtime) || 0;
+      const when = (t: number) => (t ? `${isoOf(t)}, ${duration(facts.now - t)} ago` : "never");
+      if (/^(good|nochg)$/.test(status)) out.push(ok("ddclient", `${opts.domain} → ${address || "?"}: last update ${when(updated)} (${status}); last check ${when(attempted)}`));
+      else out.push(failed("ddclient", `${opts.domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`, onPi("journalctl -u ddclient; check ddns.token and ddns.provider")));
+    }
+  }
+
+  for (const d of facts.disks) {
+    const share = d.size ? d.available / d.size : 0;
+    const name = `disk ${d.mount}`;
+    const detail = `${size(d.available)} free of ${size(d.size)} (${Math.round(share * 100)} %)`;
+    const tight = d.mount === "/" ? d.available < 100 * MiB : d.available < 5 * MiB;
+    const low = d.mount === "/" ? d.available < 500 * MiB || share < 0.1 : d.available < 20 * MiB;
+    if (tight) out.push(failed(name, detail, d.mount === "/" ? "free space on the Pi (journalctl --vacuum-size, apt clean), or use a larger card" : "remove old kernels' files from the boot partition"));
+    else if (low) out.push(warning(name, detail, d.mount === "/" ? "mosquitto's persistence and updates need room: free space, or use a larger card" : "kernel updates need room on the boot partition"));
+    else out.push(ok(name, detail));
+  }
+
+  if (facts.memory) {
+    const { total, available } = facts.memory;
+    const detail = `${size(available)} available of ${size(total)}`;
+    if (available < 32 * MiB) out.push(failed("memory", detail, onPi("ps aux --sort=-rss | head: something uses it all")));
+    else if (available < 0.1 * total || available < 64 * MiB) out.push(warning("memory", detail, onPi("ps aux --sort=-rss | head")));
+    else out.push(ok("memory", detail));
+  }
+
+  if (!facts.status) out.push(warning("pibake-status", "no /boot/firmware/pibake-status.txt: an image without pibake-status, or its first boot is not done", onPi("systemctl status pibake-status.service")));
+  else {
+    const lines = facts.status.text.split("\n");
+    const age = facts.now - facts.status.writtenAt;
+    const image = lines.find((l) => l.startsWith("image:"))?.replace(/^image:\s*/, "");
+    const notListening = lines.filter((l) => /NOT listening/.test(l)).map((l) => l.trim());
+    const detail = `written ${isoOf(facts.status.writtenAt)} (${duration(age)} ago)${image ? `: ${image}` : ""}`;
+    // The timer rewrites it hourly; older means the timer stopped.
+    if (notListening.length) out.push(warning("pibake-status", `${detail}; it says ${notListening.join("; ")}`, onPi("cat /boot/firmware/pibake-status.txt")));
+    else if (age > 2 * 3600) out.push(warning("pibake-status", `${detail}: not rewritten for more than the hour of its timer`, onPi("systemctl status pibake-status.timer")));
+    else out.push(ok("pibake-status", detail));
+  }
+  return out;
+}

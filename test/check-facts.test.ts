@@ -1,0 +1,106 @@
+/**
+ * `pibake check --ssh`: what the Pi says of itself (stages/check/facts.sh)
+ * and the verdict on each fact. The script runs here for real under bash (this
+ * machine has no systemd as PID 1, so systemctl's refusal is part of the
+ * test); on a booted Pi it runs in test/boot.test.ts. ddclient's cache lines
+ * are in the format of its write_cache (keys sorted, comma-joined, then the
+ * host name), as ddclient 3.10 writes them and 3.11 with -ipv4 keys.
+ */
+import { execa } from "execa";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { judgeFacts, parseFacts, type PiFacts } from "../src/check/facts.js";
+import { FACTS_SCRIPT, factsCommand } from "../src/check/ssh.js";
+import { repoRoot } from "./helpers/cli.js";
+
+const NOW = 1_796_500_000;
+const GiB = 1024 ** 3;
+const b64 = (s: string) => Buffer.from(s).toString("base64");
+
+/** The script's answer for a healthy Pi, with `change` applied to its lines. */
+function answer(change: (lines: string[]) => string[] = (l) => l): string {
+  const lines = [
+    "uptime\t7300.12",
+    "failed-units-read",
+    "unit\tmosquitto\tLoadState=loaded\tActiveState=active\tActiveEnterTimestampMonotonic=100000000\tNRestarts=0",
+    "unit\tddclient\tLoadState=loaded\tActiveState=active\tActiveEnterTimestampMonotonic=99000000\tNRestarts=0",
+    `ddclient-cache\tatime=${NOW - 120},ip=203.0.113.7,mtime=${NOW - 86_400},status=good,wtime=0`,
+    `disk\t/\t${30 * GiB}\t${20 * GiB}`,
+    `disk\t/boot/firmware\t${512 * 1024 ** 2}\t${400 * 1024 ** 2}`,
+    `memory\t${4 * GiB}\t${3 * GiB}`,
+    `status\t${NOW - 600}\t${b64("pibake 0.1.0 status report\nimage:  broker (trixie, arm64), config sha256:ab\nmosquitto: active\n  TLS port 8883: listening\n")}`,
+    `now\t${NOW}`,
+    "end",
+  ];
+  return change(lines).join("\n") + "\n";
+}
+
+const judge = (text: string, ddns = true) => judgeFacts(parseFacts(text), { where: "admin@pi:22", domain: "home.freemyip.com", ddns });
+const verdict = (text: string, name: string, ddns = true) => judge(text, ddns).find((c) => c.name === name);
+const replace = (prefix: string, line: string) => (lines: string[]) => lines.map((l) => (l.startsWith(prefix) ? line : l));
+
+describe("pibake check --ssh: the Pi's facts judged", () => {
+  it("a healthy Pi: every line ok, with mosquitto's uptime, ddclient's last update and the headroom in words", () => {
+    const results = judge(answer());
+    expect(results.filter((r) => r.status !== "ok")).toEqual([]);
+    expect(results.map((r) => r.name)).toEqual(["failed units", "mosquitto uptime", "ddclient", "disk /", "disk /boot/firmware", "memory", "pibake-status"]);
+    expect(verdict(answer(), "mosquitto uptime")?.detail).toBe("active for 2 h 0 min (the Pi up 2 h 1 min)");
+    expect(verdict(answer(), "ddclient")?.detail).toBe("home.freemyip.com → 203.0.113.7: last update 2026-12-04T19:46:40Z, 24 h 0 min ago (good); last check 2026-12-05T19:44:40Z, 2 min ago");
+    expect(verdict(answer(), "disk /")?.detail).toBe("20.0 GiB free of 30.0 GiB (67 %)");
+    expect(verdict(answer(), "memory")?.detail).toBe("3.0 GiB available of 4.0 GiB");
+    expect(verdict(answer(), "pibake-status")?.detail).toBe("written 2026-12-05T19:36:40Z (10 min ago): broker (trixie, arm64), config sha256:ab");
+  });
+
+  it.each<[string, (l: string[]) => string[], string, "warning" | "failed", RegExp]>([
+    ["a failed unit", (l) => ["failed-unit\tnodered.service", ...l], "failed units", "failed", /^nodered\.service$/],
+    ["systemctl unreachable", (l) => l.filter((x) => x !== "failed-units-read").concat("error\tsystemctl --failed\tSystem has not been booted with systemd"), "failed units", "warning", /could not be asked \(systemctl --failed: System has not been booted/],
+    ["mosquitto down", replace("unit\tmosquitto", "unit\tmosquitto\tLoadState=loaded\tActiveState=failed\tActiveEnterTimestampMonotonic=0\tNRestarts=5"), "mosquitto uptime", "failed", /mosquitto\.service is failed/],
+    ["mosquitto restarted by systemd", replace("unit\tmosquitto", "unit\tmosquitto\tLoadState=loaded\tActiveState=active\tActiveEnterTimestampMonotonic=7000000000\tNRestarts=2"), "mosquitto uptime", "warning", /active for 5 min .*restarted it 2 time/],
+    ["ddclient stopped", replace("unit\tddclient", "unit\tddclient\tLoadState=loaded\tActiveState=inactive\tActiveEnterTimestampMonotonic=0\tNRestarts=0"), "ddclient", "failed", /ddclient\.service is inactive/],
+    ["ddclient without a cache yet", replace("ddclient-cache", "ddclient-cache\tnone"), "ddclient", "warning", /has not updated home\.freemyip\.com yet \(no \/var\/cache/],
+    ["ddclient's cache without the name", replace("ddclient-cache", "ddclient-cache\t-"), "ddclient", "warning", /no entry for it in/],
+    ["the provider refused the token", replace("ddclient-cache", `ddclient-cache\tatime=${NOW - 60},ip=203.0.113.7,mtime=0,status=badauth`), "ddclient", "failed", /the last update .* answered badauth/],
+    ["a full root file system", replace("disk\t/\t", `disk\t/\t${30 * GiB}\t${50 * 1024 ** 2}`), "disk /", "failed", /^50 MiB free of 30\.0 GiB \(0 %\)$/],
+    ["a nearly full root file system", replace("disk\t/\t", `disk\t/\t${30 * GiB}\t${2 * GiB}`), "disk /", "warning", /2\.0 GiB free .*\(7 %\)/],
+    ["a full boot partition", replace("disk\t/boot", `disk\t/boot/firmware\t${512 * 1024 ** 2}\t${3 * 1024 ** 2}`), "disk /boot/firmware", "failed", /^3 MiB free/],
+    ["little memory", replace("memory", `memory\t${GiB}\t${50 * 1024 ** 2}`), "memory", "warning", /50 MiB available of 1\.0 GiB/],
+    ["no memory", replace("memory", `memory\t${GiB}\t${10 * 1024 ** 2}`), "memory", "failed", /10 MiB available/],
+    ["no status report", (l) => l.filter((x) => !x.startsWith("status")), "pibake-status", "warning", /no \/boot\/firmware\/pibake-status\.txt/],
+    ["a stale status report", replace("status", `status\t${NOW - 5 * 3600}\t${b64("image:  broker\n")}`), "pibake-status", "warning", /5 h 0 min ago.*not rewritten/],
+    ["a port not listening at boot", replace("status", `status\t${NOW - 60}\t${b64("image:  broker\n  TLS port 8883: NOT listening\n")}`), "pibake-status", "warning", /it says TLS port 8883: NOT listening/],
+  ])("%s", (_what, change, name, status, detail) => {
+    const r = verdict(answer(change), name);
+    expect(r?.status).toBe(status);
+    expect(r?.detail).toMatch(detail);
+    expect(r?.fix, "a fix is named").toBeTruthy();
+  });
+
+  it("reads ddclient 3.11's keys (status-ipv4, ipv4)", () => {
+    const r = verdict(answer(replace("ddclient-cache", `ddclient-cache\tatime=${NOW - 60},ipv4=198.51.100.9,mtime=${NOW - 60},status-ipv4=nochg`)), "ddclient");
+    expect(r).toMatchObject({ status: "ok", detail: expect.stringMatching(/→ 198\.51\.100\.9: last update .* \(nochg\)/) });
+  });
+
+  it("says nothing of ddclient without ddns, and refuses an answer cut short", () => {
+    expect(verdict(answer(), "ddclient", false)).toBeUndefined();
+    expect(() => parseFacts(answer((l) => l.slice(0, 4)))).toThrow(/cut short/);
+  });
+
+  it("the real script under bash: every line parses, systemctl's refusal is a warning, and the disk and memory are this machine's", async () => {
+    const r = await execa("bash", [FACTS_SCRIPT, "home.freemyip.com"], { reject: false, timeout: 30_000 });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const facts: PiFacts = parseFacts(r.stdout);
+    expect(facts.disks.map((d) => d.mount)).toContain("/");
+    expect(facts.memory!.total).toBeGreaterThan(facts.memory!.available);
+    expect(Math.abs(facts.now - Date.now() / 1000)).toBeLessThan(60);
+    const results = judgeFacts(facts, { where: "here", domain: "home.freemyip.com", ddns: true });
+    if (facts.failedUnits === undefined) expect(results.find((x) => x.name === "failed units")?.status).toBe("warning");
+    expect(results.find((x) => x.name === "disk /")?.detail).toMatch(/free of/);
+  });
+
+  it("sends the script as one command line that a login shell runs whole (what sshd does with it: the user's shell -c)", async () => {
+    const r = await execa("sh", ["-c", factsCommand("it's.example")], { reject: false, timeout: 30_000 });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(parseFacts(r.stdout).ddclientCache).toBeDefined();
+    expect(path.relative(repoRoot, FACTS_SCRIPT)).toBe("stages/check/facts.sh");
+  });
+});
