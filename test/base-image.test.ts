@@ -4,7 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { startImageServer, type ImageServer } from "./helpers/image-server.js";
-import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { FIXTURE_TIMEOUT_MS, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { freePort, waitForPort } from "./helpers/net.js";
 import { tryConnect } from "./helpers/mqtt.js";
 import { loadConfig } from "../src/config/load.js";
@@ -270,7 +270,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   const imageCache = path.join(tmp.dir, "xdg-cache");
 
   beforeAll(async () => {
-    base = (await execa("bash", [FIXTURE, "trixie"], { timeout: 1_800_000 })).stdout.trim();
+    base = (await execa("bash", [FIXTURE, "trixie"], { timeout: FIXTURE_TIMEOUT_MS })).stdout.trim();
     baseZst = await compressedBase(base);
     sshKeyFile = path.join(tmp.dir, "id_ed25519");
     await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", sshKeyFile], { timeout: 30_000 });
@@ -301,7 +301,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     const { model } = loadConfig(cfg, env);
     rendered = await render(model, prepareSecrets(model, new StateDir(state)));
     mounted = await mountRoot(image, mnt);
-  }, 2_400_000);
+  }, FIXTURE_TIMEOUT_MS + 1_800_000);
 
   afterAll(async () => {
     await server?.close();

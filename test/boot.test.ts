@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, copyFileSync } from "node:fs";
 import { X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import path from "node:path";
-import { pibake, repoRoot, secretEnv, tempDir, writeJson } from "./helpers/cli.js";
+import { FIXTURE_TIMEOUT_MS, pibake, repoRoot, secretEnv, tempDir, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { bootFile, mountRoot } from "./helpers/image.js";
 import { shellQuote } from "../src/render/templates.js";
@@ -44,7 +44,7 @@ const SQUATTED_PORT = 1884;
 const MARGIN = 40_000;
 const STEP = {
   keygen: 30_000,
-  fixture: 1_800_000, // each of base-image.sh and qemu-kernel.sh (they may wait on another run's lock)
+  fixture: FIXTURE_TIMEOUT_MS, // each of base-image.sh and qemu-kernel.sh (they may wait on another run's lock)
   build: 2_400_000, // pibake build --base
   brokerWait: 600_000, // power-on until the broker takes the phone's TLS login (cloud-init's first boot included)
   connect: 15_000, // one tryConnect
@@ -60,8 +60,8 @@ const STEP = {
   push: 400_000,
 };
 const BUDGET = {
-  /** beforeAll: the fixtures and the build share one hour. */
-  build: 3_600_000 - MARGIN,
+  /** beforeAll: the two fixtures (cold, each up to its timeout) and the build. */
+  build: 2 * FIXTURE_TIMEOUT_MS + STEP.build - MARGIN,
   boot: STEP.brokerWait + STEP.connect + STEP.roundTrip, // 445 s
   refusals: 4 * STEP.connect, // 60 s
   lan: 2 * STEP.connect, // 30 s

@@ -2,7 +2,7 @@ import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa, type ResultPromise } from "execa";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { FIXTURE_TIMEOUT_MS, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { freePort, waitForPort } from "./helpers/net.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 import { loadConfig } from "../src/config/load.js";
@@ -52,7 +52,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     writeRendered(out, await render(model, secrets));
 
     const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages"), "utf8"));
-    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: 1_200_000 });
+    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
     // What pi-gen's stage1 does before any later stage runs: the first user exists,
@@ -70,7 +70,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     );
 
     await runStage({ stageDir: path.join(out, "stage"), rootfs, aptUpdate: false });
-  }, 1_500_000);
+  }, FIXTURE_TIMEOUT_MS + 300_000);
 
   afterAll(async () => {
     broker?.kill("SIGKILL");

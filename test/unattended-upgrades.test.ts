@@ -19,7 +19,7 @@ import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { packageList } from "../src/engines/stage-runner.js";
 import { unmountTree } from "../src/host/mounts.js";
-import { repoRoot } from "./helpers/cli.js";
+import { FIXTURE_TIMEOUT_MS, repoRoot } from "./helpers/cli.js";
 import { baseConfig, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -48,7 +48,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
     // The fixture the stage tests use: the same recipe, so one cached tarball serves both.
     const packages = packageList(fx.stageText("00-broker/00-packages"));
     expect(packages).toContain("unattended-upgrades");
-    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: 1_200_000 });
+    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
     rootfs = path.join(tempDir("pibake-uu-"), "root");
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
@@ -67,7 +67,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
       mkdirSync(path.join(rootfs, rel), { recursive: true });
       await execa("mount", [...args, path.join(rootfs, rel)]);
     }
-  }, 1_500_000);
+  }, FIXTURE_TIMEOUT_MS + 300_000);
 
   afterAll(async () => {
     if (rootfs) {

@@ -42,6 +42,14 @@ export function writeJson(file: string, value: unknown): string {
   return file;
 }
 
+/**
+ * How long a test waits for a fixture of scripts/fixtures/ (each made once,
+ * then cached): on a new 2-core machine the stand-in's package layer took
+ * more than 30 minutes under qemu-user, and another script may hold the lock.
+ * The hooks that wait for one add their own work to it.
+ */
+export const FIXTURE_TIMEOUT_MS = 3_600_000;
+
 /** A complete, valid config with every secret as an env reference; tests change one thing at a time. */
 export function validConfig(): Record<string, any> {
   return {
