@@ -1,3 +1,4 @@
+import { answerRecords } from "../host/answer.js";
 import { failed, ok, warning, type CheckResult } from "./result.js";
 
 /**
@@ -32,9 +33,8 @@ export interface PiFacts {
 export function parseFacts(output: string): PiFacts {
   const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, now: NaN, errors: [] };
   const failedUnits: string[] = [];
-  let ended = false;
-  for (const line of output.split("\n")) {
-    const [kind, ...f] = line.split("\t");
+  const { records, ended } = answerRecords(output);
+  for (const [kind, f] of records) {
     switch (kind) {
       case "uptime":
         facts.uptimeSeconds = Number(f[0]);
@@ -72,9 +72,6 @@ export function parseFacts(output: string): PiFacts {
         break;
       case "error":
         facts.errors.push(`${f[0]}: ${f[1] ?? ""}`.trim());
-        break;
-      case "end":
-        ended = true;
         break;
       default:
         // A login banner or a shell's own lines: not ours.

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { answerRecords } from "../host/answer.js";
 import type { OverlayFile } from "../render/overlay.js";
 
 /**
@@ -37,10 +38,8 @@ export interface PiState {
 /** Parses the inspect script's output (stages/push/inspect.sh); throws when it is cut short or malformed. */
 export function parseInspect(output: string): PiState {
   const state: PiState = { release: "", arch: "", packages: new Set(), files: new Map() };
-  let ended = false;
-  for (const line of output.split("\n")) {
-    if (line === "") continue;
-    const [kind, ...f] = line.split("\t");
+  const { records, ended } = answerRecords(output);
+  for (const [kind, f] of records) {
     switch (kind) {
       case "release":
         state.release = f[0] ?? "";
@@ -59,7 +58,7 @@ export function parseInspect(output: string): PiState {
       }
       case "file": {
         const [path, sha256, mode, owner, group, size] = f;
-        if (!path || !/^[0-9a-f]{64}$/.test(sha256 ?? "") || !/^[0-7]{1,4}$/.test(mode ?? "") || !owner || !group || !/^\d+$/.test(size ?? "")) throw new Error(`the Pi's answer has a malformed line: ${line.slice(0, 200)}`);
+        if (!path || !/^[0-9a-f]{64}$/.test(sha256 ?? "") || !/^[0-7]{1,4}$/.test(mode ?? "") || !owner || !group || !/^\d+$/.test(size ?? "")) throw new Error(`the Pi's answer has a malformed line: ${[kind, ...f].join("\t").slice(0, 200)}`);
         state.files.set(path, { sha256: sha256!, mode: parseInt(mode!, 8), owner, group, size: Number(size) });
         break;
       }
@@ -67,9 +66,6 @@ export function parseInspect(output: string): PiState {
         if (f[0]) state.files.set(f[0], "other");
         break;
       case "missing":
-        break;
-      case "end":
-        ended = true;
         break;
       default:
         // sudo or a login banner may add lines of their own: ignore them.
