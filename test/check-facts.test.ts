@@ -11,7 +11,13 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { judgeFacts, parseFacts, type PiFacts } from "../src/check/facts.js";
 import { FACTS_SCRIPT, factsCommand } from "../src/check/ssh.js";
-import { repoRoot } from "./helpers/cli.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { configDigest } from "../src/config/digest.js";
+import { loadConfig } from "../src/config/load.js";
+import { configDigests } from "../src/secrets/digests.js";
+import { StateDir } from "../src/secrets/state.js";
+import { repoRoot, secretEnv, validConfig, writeJson } from "./helpers/cli.js";
 
 const NOW = 1_796_500_000;
 const GiB = 1024 ** 3;
@@ -78,6 +84,32 @@ describe("pibake check --ssh: the Pi's facts judged", () => {
   it("reads ddclient 3.11's keys (status-ipv4, ipv4)", () => {
     const r = verdict(answer(replace("ddclient-cache", `ddclient-cache\tatime=${NOW - 60},ipv4=198.51.100.9,mtime=${NOW - 60},status-ipv4=nochg`)), "ddclient");
     expect(r).toMatchObject({ status: "ok", detail: expect.stringMatching(/→ 198\.51\.100\.9: last update .* \(nochg\)/) });
+  });
+
+  it("tells whether the Pi runs the config checked: the last push's record first, else the build's digest in the status report", () => {
+    const THIS = `sha256:${"ab".repeat(32)}`;
+    const OTHER = `sha256:${"cd".repeat(32)}`;
+    const withStatus = (digest: string) => replace("status", `status\t${NOW - 60}\t${b64(`image:  broker (trixie, arm64), config ${digest}\n`)}`);
+    const pushed = (digest: string) => (l: string[]) => [`push-record\t${b64(JSON.stringify({ pushedAt: "2026-12-01T10:00:00.000Z", config: { digest } }))}`, ...l];
+    const pi = (change: (l: string[]) => string[]) =>
+      judgeFacts(parseFacts(answer(change)), { where: "pi", domain: "home.freemyip.com", ddns: true, configDigest: THIS, pushCommand: "pibake push broker.json pi" }).find((c) => c.name === "pi config");
+    expect(pi(withStatus(THIS))).toMatchObject({ status: "ok", detail: "the Pi runs this config (built with it, never pushed)" });
+    expect(pi(withStatus(OTHER))).toMatchObject({ status: "warning", fix: "bring it to this config: pibake push broker.json pi" });
+    // After a push, the status report may still name the build's config until it is rewritten: the record wins.
+    expect(pi((l) => pushed(THIS)(withStatus(OTHER)(l)))).toMatchObject({ status: "ok", detail: "the Pi runs this config (pushed 2026-12-01T10:00:00.000Z)" });
+    expect(pi((l) => pushed(OTHER)(withStatus(THIS)(l)))?.status).toBe("warning");
+    expect(pi((l) => l.filter((x) => !x.startsWith("status")))).toBeUndefined();
+  });
+
+  it("the digests compared are one: the status report's (render) and the push record's (configDigests) for the same config", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "pibake-facts-"));
+    try {
+      const cfg = writeJson(path.join(dir, "broker.json"), validConfig());
+      const { model } = loadConfig(cfg, secretEnv);
+      expect(configDigests(model, new StateDir(path.join(dir, "state"))).digest).toBe(configDigest(model));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("says nothing of ddclient without ddns, and refuses an answer cut short", () => {

@@ -26,12 +26,14 @@ export interface PiFacts {
   disks: { mount: string; size: number; available: number }[];
   memory: { total: number; available: number } | undefined;
   status: { writtenAt: number; text: string } | undefined;
+  /** /var/lib/pibake/push.json: what the last push put there. */
+  pushed: { at: string; digest: string } | undefined;
   now: number;
   errors: string[];
 }
 
 export function parseFacts(output: string): PiFacts {
-  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, now: NaN, errors: [] };
+  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, pushed: undefined, now: NaN, errors: [] };
   const failedUnits: string[] = [];
   const { records, ended } = answerRecords(output);
   for (const [kind, f] of records) {
@@ -67,6 +69,14 @@ export function parseFacts(output: string): PiFacts {
       case "status":
         facts.status = { writtenAt: Number(f[0]), text: Buffer.from(f[1] ?? "", "base64").toString("utf8") };
         break;
+      case "push-record":
+        try {
+          const r = JSON.parse(Buffer.from(f[0] ?? "", "base64").toString("utf8")) as { pushedAt?: unknown; config?: { digest?: unknown } };
+          if (typeof r.pushedAt === "string" && typeof r.config?.digest === "string") facts.pushed = { at: r.pushedAt, digest: r.config.digest };
+        } catch {
+          // A record pibake cannot read tells nothing.
+        }
+        break;
       case "now":
         facts.now = Number(f[0]);
         break;
@@ -101,7 +111,7 @@ function isoOf(epochSeconds: number): string {
 }
 
 /** What each fact means for the broker: a line each, with what to do. */
-export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string | undefined; ddns: boolean }): CheckResult[] {
+export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string | undefined; ddns: boolean; configDigest?: string; pushCommand?: string }): CheckResult[] {
   const out: CheckResult[] = [];
   const onPi = (cmd: string) => `on the Pi: ${cmd}`;
 
@@ -167,6 +177,14 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string
     if (notListening.length) out.push(warning("pibake-status", `${detail}; it says ${notListening.join("; ")}`, onPi("cat /boot/firmware/pibake-status.txt")));
     else if (age > 2 * 3600) out.push(warning("pibake-status", `${detail}: not rewritten for more than the hour of its timer`, onPi("systemctl status pibake-status.timer")));
     else out.push(ok("pibake-status", detail));
+  }
+
+  // Which config the Pi runs: the last push's record, else the build's digest in the status report.
+  const reported = facts.status?.text.match(/config (sha256:[0-9a-f]{64})/)?.[1];
+  const runs = facts.pushed ? { digest: facts.pushed.digest, how: `pushed ${facts.pushed.at}` } : reported ? { digest: reported, how: "built with it, never pushed" } : undefined;
+  if (opts.configDigest && runs) {
+    if (runs.digest === opts.configDigest) out.push(ok("pi config", `the Pi runs this config (${runs.how})`));
+    else out.push(warning("pi config", `the Pi runs another config than this one (${runs.how}: ${runs.digest.slice(0, 19)}…, this one ${opts.configDigest.slice(0, 19)}…)`, opts.pushCommand ? `bring it to this config: ${opts.pushCommand}` : undefined));
   }
   return out;
 }

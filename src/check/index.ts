@@ -1,4 +1,5 @@
 import { isIP } from "node:net";
+import { configDigest } from "../config/digest.js";
 import type { Model } from "../config/model.js";
 import { summarize } from "../secrets/pki.js";
 import type { StateDir } from "../secrets/state.js";
@@ -93,7 +94,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
   const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname }, budget)
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: `${plan.buildCommand.replace(/^pibake build /, "pibake push ")} ${plan.host}` }, budget)
     : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);

@@ -45,5 +45,9 @@ status=/boot/firmware/pibake-status.txt
 if [ -r "$status" ]; then
 	printf 'status\t%s\t%s\n' "$(stat -c %Y "$status")" "$(head -c 16384 "$status" | base64 -w0)"
 fi
+# What the last pibake push recorded (no secret is in it).
+if [ -r /var/lib/pibake/push.json ]; then
+	printf 'push-record\t%s\n' "$(head -c 65536 /var/lib/pibake/push.json | base64 -w0)"
+fi
 printf 'now\t%s\n' "$(date +%s)"
 printf 'end\n'
