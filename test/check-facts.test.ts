@@ -41,7 +41,7 @@ function answer(change: (lines: string[]) => string[] = (l) => l): string {
   return change(lines).join("\n") + "\n";
 }
 
-const judge = (text: string, ddns = true) => judgeFacts(parseFacts(text), { where: "admin@pi:22", domain: "home.freemyip.com", ddns });
+const judge = (text: string, ddns = true) => judgeFacts(parseFacts(text), { where: "admin@pi:22", ddnsHostname: ddns ? "home.freemyip.com" : undefined });
 const verdict = (text: string, name: string, ddns = true) => judge(text, ddns).find((c) => c.name === name);
 const replace = (prefix: string, line: string) => (lines: string[]) => lines.map((l) => (l.startsWith(prefix) ? line : l));
 
@@ -92,7 +92,7 @@ describe("pibake check --ssh: the Pi's facts judged", () => {
     const withStatus = (digest: string) => replace("status", `status\t${NOW - 60}\t${b64(`image:  broker (trixie, arm64), config ${digest}\n`)}`);
     const pushed = (digest: string) => (l: string[]) => [`push-record\t${b64(JSON.stringify({ pushedAt: "2026-12-01T10:00:00.000Z", config: { digest } }))}`, ...l];
     const pi = (change: (l: string[]) => string[]) =>
-      judgeFacts(parseFacts(answer(change)), { where: "pi", domain: "home.freemyip.com", ddns: true, configDigest: THIS, pushCommand: "pibake push broker.json pi" }).find((c) => c.name === "pi config");
+      judgeFacts(parseFacts(answer(change)), { where: "pi", ddnsHostname: "home.freemyip.com", configDigest: THIS, pushCommand: "pibake push broker.json pi" }).find((c) => c.name === "pi config");
     expect(pi(withStatus(THIS))).toMatchObject({ status: "ok", detail: "the Pi runs this config (built with it, never pushed)" });
     expect(pi(withStatus(OTHER))).toMatchObject({ status: "warning", fix: "bring it to this config: pibake push broker.json pi" });
     // After a push, the status report may still name the build's config until it is rewritten: the record wins.
@@ -124,7 +124,7 @@ describe("pibake check --ssh: the Pi's facts judged", () => {
     expect(facts.disks.map((d) => d.mount)).toContain("/");
     expect(facts.memory!.total).toBeGreaterThan(facts.memory!.available);
     expect(Math.abs(facts.now - Date.now() / 1000)).toBeLessThan(60);
-    const results = judgeFacts(facts, { where: "here", domain: "home.freemyip.com", ddns: true });
+    const results = judgeFacts(facts, { where: "here", ddnsHostname: "home.freemyip.com" });
     if (facts.failedUnits === undefined) expect(results.find((x) => x.name === "failed units")?.status).toBe("warning");
     expect(results.find((x) => x.name === "disk /")?.detail).toMatch(/free of/);
   });

@@ -111,7 +111,7 @@ function isoOf(epochSeconds: number): string {
 }
 
 /** What each fact means for the broker: a line each, with what to do. */
-export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string | undefined; ddns: boolean; configDigest?: string; pushCommand?: string }): CheckResult[] {
+export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostname; undefined without ddns. */ ddnsHostname: string | undefined; configDigest?: string; pushCommand?: string }): CheckResult[] {
   const out: CheckResult[] = [];
   const onPi = (cmd: string) => `on the Pi: ${cmd}`;
 
@@ -129,12 +129,13 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string
     out.push(mosquitto.restarts ? warning("mosquitto uptime", detail, onPi("journalctl -b -u mosquitto")) : ok("mosquitto uptime", detail));
   }
 
-  if (opts.ddns) {
+  const domain = opts.ddnsHostname;
+  if (domain !== undefined) {
     const ddclient = facts.units.get("ddclient");
     const cache = facts.ddclientCache;
     if (!ddclient || ddclient.activeState !== "active") out.push(failed("ddclient", `ddclient.service is ${ddclient?.activeState || "unknown"}`, onPi("journalctl -b -u ddclient")));
     else if (cache === undefined || cache === "none" || cache === "missing") {
-      out.push(warning("ddclient", `running, but it has not updated ${opts.domain} yet (${cache === "missing" ? "no entry for it in" : "no"} /var/cache/ddclient/ddclient.cache)`, onPi("journalctl -u ddclient: it needs the Internet and ddns.token")));
+      out.push(warning("ddclient", `running, but it has not updated ${domain} yet (${cache === "missing" ? "no entry for it in" : "no"} /var/cache/ddclient/ddclient.cache)`, onPi("journalctl -u ddclient: it needs the Internet and ddns.token")));
     } else {
       // ddclient 3.10 writes status and ip; later releases status-ipv4 and ipv4 (or -ipv6).
       const status = cache.status || cache["status-ipv4"] || cache["status-ipv6"] || "";
@@ -142,8 +143,8 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; domain: string
       const attempted = Number(cache.atime) || 0;
       const updated = Number(cache.mtime) || 0;
       const when = (t: number) => (t ? `${isoOf(t)}, ${duration(facts.now - t)} ago` : "never");
-      if (/^(good|nochg)$/.test(status)) out.push(ok("ddclient", `${opts.domain} → ${address || "?"}: last update ${when(updated)} (${status}); last check ${when(attempted)}`));
-      else out.push(failed("ddclient", `${opts.domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`, onPi("journalctl -u ddclient; check ddns.token and ddns.provider")));
+      if (/^(good|nochg)$/.test(status)) out.push(ok("ddclient", `${domain} → ${address || "?"}: last update ${when(updated)} (${status}); last check ${when(attempted)}`));
+      else out.push(failed("ddclient", `${domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`, onPi("journalctl -u ddclient; check ddns.token and ddns.provider")));
     }
   }
 

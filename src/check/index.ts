@@ -27,8 +27,9 @@ export interface CheckPlan {
   ssh: { port: number; identity: string | undefined } | undefined;
   timeoutMs: number;
   dnsServer: string | undefined;
-  /** "pibake build CONFIG", as the user would type it, for fixes. */
+  /** "pibake build CONFIG" and "pibake push CONFIG HOST", as the user would type them, for fixes. */
   buildCommand: string;
+  pushCommand: string;
 }
 
 /** The port of the WebSockets-over-TLS listener, when the config has one. */
@@ -94,7 +95,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
   const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: `${plan.buildCommand.replace(/^pibake build /, "pibake push ")} ${plan.host}` }, budget)
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand }, budget)
     : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);

@@ -22,8 +22,8 @@ export interface SshTarget {
   /** The name ddclient keeps up to date (ddns.hostname); undefined without ddns. */
   ddnsHostname: string | undefined;
   /** configDigest of the config checked, and the command that pushes it, to tell whether the Pi runs it. */
-  configDigest?: string;
-  pushCommand?: string;
+  configDigest: string;
+  pushCommand: string;
 }
 
 export const FACTS_SCRIPT = path.join(stagesDir, "check/facts.sh");
@@ -125,13 +125,7 @@ async function checkFacts(target: SshTarget, where: string, budget: Budget): Pro
   const down = unreachable(r, ms);
   if (down) return [failed("pi facts", `${where}: ${down}`)];
   try {
-    return judgeFacts(parseFacts(r.stdout), {
-      where,
-      domain: target.ddnsHostname,
-      ddns: target.ddnsHostname !== undefined,
-      ...(target.configDigest ? { configDigest: target.configDigest } : {}),
-      ...(target.pushCommand ? { pushCommand: target.pushCommand } : {}),
-    });
+    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand });
   } catch (err) {
     return [warning("pi facts", `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`)];
   }

@@ -73,6 +73,8 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
 
   // HOST wins; without it, --lan checks the static address and otherwise the domain.
   const host = hostArg ?? (opts.lan ? model.network.address : model.tls.domain);
+  // The config as the user would type it in the commands that fixes name.
+  const configArg = path.relative(process.cwd(), model.configPath) || model.configPath;
   const results = await runChecks({
     model,
     state,
@@ -87,7 +89,8 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
     ssh: opts.ssh ? { port: sshPort ?? 22, identity: sshKey === undefined ? undefined : path.resolve(sshKey) } : undefined,
     timeoutMs,
     dnsServer,
-    buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
+    buildCommand: `pibake build ${configArg}`,
+    pushCommand: `pibake push ${configArg} ${host}`,
   });
   const failedCount = results.filter((r) => r.status === "failed").length;
   const warningCount = results.filter((r) => r.status === "warning").length;
