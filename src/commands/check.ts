@@ -5,6 +5,7 @@ import { StateDir } from "../secrets/state.js";
 import { createOutput, redact } from "../ui/output.js";
 import { runChecks, websocketsPort, type CheckResult } from "../check/index.js";
 import { loadAndWarn } from "./config.js";
+import { configArgument, last, portOption } from "./options.js";
 
 export interface CheckOptions {
   lan?: boolean;
@@ -19,19 +20,6 @@ export interface CheckOptions {
   ssh?: boolean;
   sshKey?: string;
   portSsh?: string | number;
-}
-
-/** An option given twice arrives as an array: the last one counts, as with most command lines. */
-function last<T>(value: T | T[] | undefined): T | undefined {
-  return Array.isArray(value) ? value[value.length - 1] : value;
-}
-
-function portOption(given: string | number | undefined, flag: string): number | undefined {
-  const value = last(given);
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PibakeError(`${flag} ${value} is not a port (1-65535)`, 2);
-  return n;
 }
 
 function timeoutOption(given: string | number | undefined): number {
@@ -73,8 +61,7 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
 
   // HOST wins; without it, --lan checks the static address and otherwise the domain.
   const host = hostArg ?? (opts.lan ? model.network.address : model.tls.domain);
-  // The config as the user would type it in the commands that fixes name.
-  const configArg = path.relative(process.cwd(), model.configPath) || model.configPath;
+  const configArg = configArgument(model);
   const results = await runChecks({
     model,
     state,

@@ -7,6 +7,7 @@ import { createOutput } from "../ui/output.js";
 import { createPrompter, isYes } from "../flash/prompt.js";
 import { runPush } from "../push/index.js";
 import { loadAndWarn } from "./config.js";
+import { configArgument, last, portOption } from "./options.js";
 
 export interface PushOptions {
   yes?: boolean;
@@ -18,17 +19,10 @@ export interface PushOptions {
   dryRun?: boolean;
 }
 
-/** An option given twice arrives as an array: the last one counts. */
-function last<T>(value: T | T[] | undefined): T | undefined {
-  return Array.isArray(value) ? value[value.length - 1] : value;
-}
-
 /** pibake push CONFIG HOST: bring a running Pi to what the config says, without a new image. */
 export async function pushCommand(configPath: string, host: string, opts: PushOptions): Promise<void> {
   const out = createOutput();
-  const portValue = last(opts.port) ?? 22;
-  const port = Number(portValue);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PibakeError(`--port ${portValue} is not a port (1-65535)`, 2);
+  const port = portOption(opts.port, "--port") ?? 22;
   if (!/^[A-Za-z0-9][A-Za-z0-9.:_-]*$/.test(host)) throw new PibakeError(`HOST ${JSON.stringify(host)} is not a host name or address`, 2);
   const key = path.resolve(last(opts.sshKey) ?? path.join(os.homedir(), ".ssh", "id_ed25519"));
   if (!existsSync(key)) throw new PibakeError(`no SSH key at ${key}: name the private key of one of user.sshKeys with --ssh-key FILE`, 2);
@@ -48,7 +42,7 @@ export async function pushCommand(configPath: string, host: string, opts: PushOp
     allowNetworkChange: opts.allowNetworkChange === true,
     dryRun: opts.dryRun === true,
     out,
-    buildCommand: `pibake build ${path.relative(process.cwd(), model.configPath) || model.configPath}`,
+    buildCommand: `pibake build ${configArgument(model)}`,
     confirm: async () => {
       if (opts.yes) return true;
       const prompter = createPrompter({ input: process.stdin, output: process.stderr });
