@@ -13,7 +13,6 @@ import {
   enableLocale,
   firstUserOf,
   hostsWithHostname,
-  inImage,
   keyboardLayoutOf,
   keyboardWithLayout,
   localeGenLine,
@@ -23,6 +22,7 @@ import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
 import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/host/log.js";
+import { ImageRoot } from "../src/host/image-root.js";
 import { checkUsage } from "../src/build.js";
 import { systemSettings } from "../src/render/system.js";
 import { buildSettings } from "../src/commands/build.js";
@@ -105,6 +105,8 @@ describe("what pi-gen's config does, as file edits", () => {
   it("reads the facts of a base: boot mount point, release, architecture, first user", async () => {
     expect(bootMountFromFstab("proc /proc proc defaults 0 0\nPARTUUID=ab-01  /boot/firmware  vfat    defaults 0 2\n")).toBe("/boot/firmware");
     expect(bootMountFromFstab("PARTUUID=ab-01  /boot  vfat    defaults 0 2\n")).toBe("/boot");
+    // A mount point that climbs out of /boot is not taken for the boot partition's.
+    expect(bootMountFromFstab("PARTUUID=ab-01  /boot/../etc  vfat    defaults 0 2\n")).toBe("/boot/firmware");
     expect(parseOsRelease('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n')).toMatchObject({ VERSION_CODENAME: "trixie", PRETTY_NAME: "Debian GNU/Linux 13 (trixie)" });
     expect(elfArch(readFileSync("/bin/true").subarray(0, 64))).toBe(process.arch === "x64" ? "x86_64" : process.arch === "arm64" ? "arm64" : "armhf");
     const aarch64 = Buffer.alloc(64);
@@ -124,7 +126,7 @@ describe("what pi-gen's config does, as file edits", () => {
     writeFileSync(path.join(root, "etc/locale.gen"), "# en_GB.UTF-8 UTF-8\n");
     for (const u of ["ssh.service", "getty@.service"]) writeFileSync(path.join(root, "usr/lib/systemd/system", u), "[Unit]\n");
     const hash = "$6$salt$" + "x".repeat(20) + "'quote";
-    const plan = applySystemSettings(root, boot, systemSettings(f.model), hash);
+    const plan = applySystemSettings(new ImageRoot(root), boot, systemSettings(f.model), hash);
     const file = path.join(tmp.dir, "00-run-chroot.sh");
     writeFileSync(file, plan.script);
     const lint = await execa("shellcheck", ["-s", "bash", file], { reject: false });
@@ -142,7 +144,7 @@ describe("what pi-gen's config does, as file edits", () => {
     mkdirSync(path.join(root, "usr/bin"), { recursive: true });
     writeFileSync(path.join(root, "usr/bin/bash"), "x");
     return execa("ln", ["-sfn", "/usr/bin", path.join(root, "bin")]).then(() => {
-      expect(inImage(root, "/bin/bash")).toBe(path.join(root, "usr/bin/bash"));
+      expect(new ImageRoot(root).path("/bin/bash")).toBe(path.join(root, "usr/bin/bash"));
     });
   });
 });

@@ -10,6 +10,7 @@ import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_STAGE_LIST } from "../src/render/view.js";
 import { repoRoot } from "./helpers/cli.js";
+import { hostChroot } from "./helpers/host-chroot.js";
 import { baseConfig, DEFAULT_SECRET_ENV, removeAllFixtures, renderFixture, tempDir, type Fixture, type TestConfig } from "./helpers/render-fixture.js";
 
 /** Scripts pi-gen runs (or sources) from a stage directory. */
@@ -236,18 +237,20 @@ describe("the rendered stage scripts and pi-gen.config", () => {
     expect(existsSync(CANARY)).toBe(false);
   });
 
-  it("01-run.sh unpacks the overlay into ROOTFS_DIR with the rendered modes", async () => {
+  it("01-run.sh unpacks the overlay into ROOTFS_DIR, inside its chroot, with the rendered modes", async () => {
     const fx = r.nasty;
     const dir = tempDir("pibake-run-");
     writeStage(fx, dir);
     const rootfs = path.join(dir, "rootfs");
-    mkdirSync(rootfs);
-    const res = await execa("bash", ["--norc", "--noprofile", "-e", path.join(dir, "00-broker/01-run.sh")], {
+    await hostChroot(rootfs);
+    // As pi-gen runs it: on_chroot exported by the runner (here the stage runner's own definition).
+    const run = 'source "$1" && export -f on_chroot && exec bash --norc --noprofile -e "$2"';
+    const res = await execa("bash", ["-c", run, "run", path.join(repoRoot, "stages/host/on-chroot.sh"), path.join(dir, "00-broker/01-run.sh")], {
       stdin: "ignore",
       reject: false,
       timeout: 20_000,
       cwd: path.join(dir, "00-broker"),
-      env: { PATH: "/usr/bin:/bin", ROOTFS_DIR: rootfs },
+      env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", ROOTFS_DIR: rootfs },
       extendEnv: false,
     });
     expect(res.exitCode, `${res.stdout}${res.stderr}`).toBe(0);
@@ -260,9 +263,9 @@ describe("the rendered stage scripts and pi-gen.config", () => {
   });
 });
 
-describe("the scripts pibake push runs on the Pi", () => {
-  // They run on a running broker (push's as root, check's as the first user), from stages/ as they are (no template).
-  it.each(["stages/push/inspect.sh", "stages/push/apply.sh", "stages/check/facts.sh"])("%s passes shellcheck", async (rel) => {
+describe("the scripts pibake runs on the Pi and on the build host", () => {
+  // They run on a running broker (push's as root, check's as the first user) or, on-chroot.sh, on the build host, from stages/ as they are (no template).
+  it.each(["stages/push/inspect.sh", "stages/push/apply.sh", "stages/check/facts.sh", "stages/host/on-chroot.sh"])("%s passes shellcheck", async (rel) => {
     const r = await execa("shellcheck", ["-s", "bash", path.basename(rel)], { cwd: path.join(repoRoot, path.dirname(rel)), reject: false, timeout: 30_000 });
     expect(`${r.stdout}${r.stderr}`).toBe("");
     expect(r.exitCode).toBe(0);

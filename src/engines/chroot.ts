@@ -1,15 +1,16 @@
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
-import path from "node:path";
+import { existsSync, readFileSync, readlinkSync } from "node:fs";
 import type { CleanupScope } from "../cleanup.js";
+import type { ImageRoot } from "../host/image-root.js";
 import { unmountTree } from "../host/mounts.js";
 import { run } from "../host/process.js";
 
 /**
  * The chroot that pi-gen's on_chroot provides: proc, dev, dev/pts, sys, and
  * tmpfs on run and tmp. Everything mounted here is unmounted by the scope,
- * on success, failure and Ctrl-C alike.
+ * on success, failure and Ctrl-C alike. Each mount point is resolved inside
+ * the image: mount follows links, and the image's /proc may be one.
  */
-export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope): Promise<void> {
+export async function mountChrootFilesystems(root: ImageRoot, scope: CleanupScope): Promise<void> {
   const mounts: [string, string[]][] = [
     ["proc", ["-t", "proc", "proc"]],
     ["dev", ["--bind", "/dev"]],
@@ -19,8 +20,7 @@ export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope
     ["tmp", ["-t", "tmpfs", "tmpfs"]],
   ];
   for (const [rel, args] of mounts) {
-    const target = path.join(rootfs, rel);
-    mkdirSync(target, { recursive: true });
+    const target = root.mkdir(rel);
     await run("mount", [...args, target], { what: `mounting ${target} for the chroot` });
     scope.defer(() => unmountTree(target), `unmount ${target}`);
   }
@@ -30,16 +30,15 @@ export async function mountChrootFilesystems(rootfs: string, scope: CleanupScope
  * Keep packages' maintainer scripts from starting services in the chroot
  * (invoke-rc.d asks policy-rc.d; 101 means "not allowed"). Restored afterwards.
  */
-export function preventServiceStarts(rootfs: string, scope: CleanupScope): void {
-  const file = path.join(rootfs, "usr/sbin/policy-rc.d");
-  const restore = replaceFile(file, "#!/bin/sh\n# pibake: no service starts while the image is being built\nexit 101\n", 0o755);
+export function preventServiceStarts(root: ImageRoot, scope: CleanupScope): void {
+  const restore = replaceFile(root, "/usr/sbin/policy-rc.d", "#!/bin/sh\n# pibake: no service starts while the image is being built\nexit 101\n", 0o755);
   scope.defer(restore, "restore policy-rc.d");
 }
 
 /** apt inside the chroot needs a resolver; the image's own resolv.conf may be a dangling link to NetworkManager's. */
-export function provideResolvConf(rootfs: string, scope: CleanupScope): void {
+export function provideResolvConf(root: ImageRoot, scope: CleanupScope): void {
   const host = existsSync("/etc/resolv.conf") ? readFileSync("/etc/resolv.conf") : Buffer.from("nameserver 9.9.9.9\n");
-  const restore = replaceFile(path.join(rootfs, "etc/resolv.conf"), host, 0o644);
+  const restore = replaceFile(root, "/etc/resolv.conf", host, 0o644);
   scope.defer(restore, "restore resolv.conf");
 }
 
@@ -51,50 +50,44 @@ export function provideResolvConf(rootfs: string, scope: CleanupScope): void {
  * include every module (MODULES=most; "dep" would pick the build host's).
  * Each file is put back byte for byte.
  */
-export function holdBuildTimeSettings(rootfs: string, scope: CleanupScope): void {
-  const preload = path.join(rootfs, "etc/ld.so.preload");
-  if (existsSync(preload)) {
+export function holdBuildTimeSettings(root: ImageRoot, scope: CleanupScope): void {
+  const preload = "/etc/ld.so.preload";
+  if (root.lstat(preload)) {
     const aside = `${preload}.pibake-orig`;
-    renameSync(preload, aside);
-    scope.defer(() => renameSync(aside, preload), "restore ld.so.preload");
+    root.rename(preload, aside);
+    scope.defer(() => root.rename(aside, preload), "restore ld.so.preload");
   }
   const settings: [string, RegExp, string][] = [
-    ["etc/initramfs-tools/update-initramfs.conf", /^update_initramfs=.*$/m, "update_initramfs=no"],
-    ["etc/initramfs-tools/initramfs.conf", /^MODULES=dep$/m, "MODULES=most"],
+    ["/etc/initramfs-tools/update-initramfs.conf", /^update_initramfs=.*$/m, "update_initramfs=no"],
+    ["/etc/initramfs-tools/initramfs.conf", /^MODULES=dep$/m, "MODULES=most"],
   ];
-  for (const [rel, setting, value] of settings) {
-    const file = path.join(rootfs, rel);
-    if (!existsSync(file) || lstatSync(file).isSymbolicLink()) continue;
-    const text = readFileSync(file, "utf8");
+  for (const [file, setting, value] of settings) {
+    const st = root.lstat(file);
+    if (!st?.isFile()) continue;
+    const text = root.readText(file)!;
     if (!setting.test(text)) continue;
-    const restore = replaceFile(file, text.replace(setting, value), lstatSync(file).mode & 0o7777);
-    scope.defer(restore, `restore /${rel}`);
+    const restore = replaceFile(root, file, text.replace(setting, value), st.mode & 0o7777);
+    scope.defer(restore, `restore ${file}`);
   }
 }
 
-/** Put content at a path and return how to put back what was there (a file, a link or nothing). */
-function replaceFile(file: string, content: string | Buffer, mode: number): () => void {
+/** Put content at a path in the image and return how to put back what was there (a file, a link or nothing). */
+function replaceFile(root: ImageRoot, file: string, content: string | Buffer, mode: number): () => void {
   let backup: string | undefined;
   let link: string | undefined;
-  try {
-    const st = lstatSync(file);
-    if (st.isSymbolicLink()) {
-      link = readlinkSync(file);
-      rmSync(file);
-    } else {
-      backup = `${file}.pibake-orig`;
-      renameSync(file, backup);
-    }
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  const st = root.lstat(file);
+  if (st?.isSymbolicLink()) {
+    link = readlinkSync(root.linkPath(file));
+    root.remove(file);
+  } else if (st) {
+    backup = `${file}.pibake-orig`;
+    root.rename(file, backup);
   }
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, content);
-  chmodSync(file, mode);
+  root.replace(file, content, mode);
   return () => {
-    rmSync(file, { force: true });
-    if (link !== undefined) symlinkSync(link, file);
-    else if (backup) renameSync(backup, file);
+    root.remove(file);
+    if (link !== undefined) root.symlink(file, link);
+    else if (backup) root.rename(backup, file);
   };
 }
 

@@ -1,7 +1,9 @@
-import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
+import { ImageRoot } from "../host/image-root.js";
 import { run } from "../host/process.js";
+import { stagesDir } from "../paths.js";
 import { shellQuote } from "../render/templates.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
@@ -81,19 +83,20 @@ function isExecutable(file: string): boolean {
 export async function runStage(opts: StageRunOptions): Promise<void> {
   const rootfs = path.resolve(opts.rootfs);
   const stageDir = path.resolve(opts.stageDir);
-  if (!existsSync(path.join(rootfs, "bin/bash")) && !existsSync(path.join(rootfs, "usr/bin/bash"))) {
+  const root = new ImageRoot(rootfs);
+  if (!root.exists("/bin/bash")) {
     throw new PibakeError(`${rootfs} does not look like a root filesystem (no /bin/bash)`);
   }
   const begin = (what: string) => opts.onStep?.("Begin", what);
   const end = (what: string) => opts.onStep?.("End", what);
   await withCleanup(async (scope) => {
     const signal = anySignal(scope.signal, opts.signal);
-    await mountChrootFilesystems(rootfs, scope);
-    preventServiceStarts(rootfs, scope);
-    provideResolvConf(rootfs, scope);
-    holdBuildTimeSettings(rootfs, scope);
+    await mountChrootFilesystems(root, scope);
+    preventServiceStarts(root, scope);
+    provideResolvConf(root, scope);
+    holdBuildTimeSettings(root, scope);
     let aptUpdated = !opts.aptUpdate;
-    const env = extraCaEnv(rootfs);
+    const env = extraCaEnv(root);
     const chroot = (script: string) => runInChroot(rootfs, { script, signal, env, ...(opts.onLine ? { onLine: opts.onLine } : {}) });
     begin(stageDir);
     for (const sub of subStages(stageDir)) {
@@ -131,8 +134,16 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
   });
 }
 
+/**
+ * pi-gen's scripts/common exports on_chroot to every NN-run.sh; a host script
+ * gets the same here, so that what it does to the image it does inside the
+ * chroot, where the image's links lead inside the image (the chroot's
+ * mounts are already in place).
+ */
+const ON_CHROOT = path.join(stagesDir, "host/on-chroot.sh");
+
 async function runHostScript(file: string, subStageDir: string, stageDir: string, rootfs: string, opts: StageRunOptions, signal: AbortSignal): Promise<void> {
-  await run(file, [], {
+  await run("bash", ["-c", 'source "$1" && export -f on_chroot && exec "$2"', "run.sh", ON_CHROOT, file], {
     what: `running ${file}`,
     cwd: subStageDir,
     env: { ...opts.env, ROOTFS_DIR: rootfs, STAGE_DIR: stageDir, SUB_STAGE_DIR: subStageDir },
@@ -158,11 +169,11 @@ export function aptInstallScript(packages: readonly string[], noRecommends: bool
  * needs it too. It is copied to the chroot's /tmp, a tmpfs for the stage's
  * duration, so it never lands in the image.
  */
-function extraCaEnv(rootfs: string): Record<string, string> {
+function extraCaEnv(root: ImageRoot): Record<string, string> {
   const file = process.env.NODE_EXTRA_CA_CERTS;
   if (!file || !existsSync(file)) return {};
   const inChroot = "/tmp/pibake-extra-ca.pem";
-  writeFileSync(path.join(rootfs, inChroot), readFileSync(file));
+  root.write(inChroot, readFileSync(file));
   return { NODE_EXTRA_CA_CERTS: inChroot };
 }
 

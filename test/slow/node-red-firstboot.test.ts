@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../helpers/net.js";
 import { withCleanup } from "../../src/cleanup.js";
 import { loadConfig } from "../../src/config/load.js";
+import { ImageRoot } from "../../src/host/image-root.js";
 import { mountChrootFilesystems, provideResolvConf, runInChroot } from "../../src/engines/chroot.js";
 import { unmountTree } from "../../src/host/mounts.js";
 import { packageList, runStage } from "../../src/engines/stage-runner.js";
@@ -55,8 +56,8 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     const lines: string[] = [];
     const start = Date.now();
     await withCleanup(async (scope) => {
-      await mountChrootFilesystems(rootfs, scope);
-      provideResolvConf(rootfs, scope);
+      await mountChrootFilesystems(new ImageRoot(rootfs), scope);
+      provideResolvConf(new ImageRoot(rootfs), scope);
       await runInChroot(rootfs, { script, env, onLine: (l) => lines.push(l), signal: scope.signal });
     });
     return { lines, ms: Date.now() - start };
@@ -142,7 +143,7 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
   it("the arm64 Node-RED starts as the first user with the rendered files and asks for the login", async () => {
     const port = await freePort();
     await withCleanup(async (scope) => {
-      await mountChrootFilesystems(rootfs, scope);
+      await mountChrootFilesystems(new ImageRoot(rootfs), scope);
       let log = "";
       const start = Date.now();
       const child = execa("chroot", [rootfs, "setpriv", `--reuid=${user}`, `--regid=${user}`, "--init-groups", "env", `HOME=/home/${user}`, "node", "/usr/local/lib/node_modules/node-red/red.js", "--userDir", `/home/${user}/.node-red`, "--port", String(port), "-D", "uiHost=127.0.0.1"], {

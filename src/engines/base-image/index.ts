@@ -9,7 +9,7 @@
  * other hosts). Everything held is released by clean-up scopes, on success,
  * failure and Ctrl-C alike.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
+import { mkdirSync, readdirSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import type { Model } from "../../config/model.js";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
@@ -23,6 +23,7 @@ import type { EngineInput, EngineResult, StepReporter } from "../types.js";
 import { FatPartition } from "./fat.js";
 import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
+import { ImageRoot } from "../../host/image-root.js";
 import { killChrootProcesses } from "../../host/release.js";
 import { MARKER_PATH, missingPackages, stagePackages, writeMarker } from "./marker.js";
 import { ext4FeaturesProblem } from "./preflight.js";
@@ -56,6 +57,8 @@ interface BaseBuild {
   /** The working copy and where its partitions are mounted. */
   readonly image: string;
   readonly mnt: string;
+  /** The mounted root file system, every path in it resolved inside the image. */
+  readonly tree: ImageRoot;
   readonly bootDir: string;
   prepared?: PreparedBase;
   layout?: Layout;
@@ -110,6 +113,7 @@ export async function buildFromBase(input: EngineInput, reporter: StepReporter):
     base,
     image: path.join(workDir, "image.img"),
     mnt: path.join(workDir, "root"),
+    tree: new ImageRoot(path.join(workDir, "root")),
     bootDir: path.join(workDir, "boot"),
     wanted: stagePackages(input.rendered),
     missing: [],
@@ -160,7 +164,7 @@ async function inspectBase(b: BaseBuild): Promise<void> {
     const unsupported = ext4FeaturesProblem(b.label, fsck.output);
     if (unsupported) throw new PibakeError(unsupported);
     await mountRoot(dev, b.mnt, scope, b.log, { readOnly: true });
-    return inspectRootfs(b.mnt);
+    return inspectRootfs(b.tree);
   });
   checkBaseMatches(facts, b.model, b.label);
   checkNeverBooted(facts, b.label);
@@ -204,27 +208,26 @@ async function applyStage(b: BaseBuild): Promise<void> {
     mkdirSync(b.bootDir, { recursive: true, mode: 0o700 });
     const fat = new FatPartition(b.image, b.layout!.boot.offset, log);
     const bootBefore = await fat.extract(b.bootDir);
-    const bootTarget = path.join(mnt, facts.bootMount);
-    mkdirSync(bootTarget, { recursive: true });
+    const bootTarget = b.tree.mkdir(facts.bootMount);
     await runCommand(bindMount(b.bootDir, bootTarget, `making the boot partition's files available at ${facts.bootMount}`), { log });
     scope.defer(() => unmountTree(bootTarget), `unmount ${bootTarget}`);
 
-    const before = snapshotState(mnt);
+    const before = snapshotState(b.tree);
     const systemDigest = await applySystem(b);
 
     // Files of the previous overlay that this one no longer has.
     const overlayPaths = input.rendered.overlay.map((f) => f.path);
     if (facts.marker) {
       b.removedOverlay = facts.marker.overlay.filter((p) => !overlayPaths.includes(p));
-      for (const p of b.removedOverlay) rmSync(path.join(mnt, p), { force: true });
-      for (const p of facts.marker.systemFiles ?? []) rmSync(path.join(mnt, p), { force: true });
+      for (const p of b.removedOverlay) b.tree.remove(p);
+      for (const p of facts.marker.systemFiles ?? []) b.tree.remove(p);
       if (b.removedOverlay.length) log.line(`removed files of the previous overlay: ${b.removedOverlay.join(", ")}`);
     }
 
     await runRenderedStage(b);
 
     reporter.begin("finalize");
-    writeMarker(mnt, {
+    writeMarker(b.tree, {
       pibake: PIBAKE_VERSION,
       builtAt: new Date().toISOString(),
       engine: "base",
@@ -236,7 +239,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
       overlay: overlayPaths,
       systemDigest,
     });
-    finalizeRootfs(mnt, before, log);
+    finalizeRootfs(b.tree, before, log);
     b.bootChanges = await fat.writeBack(b.bootDir, bootBefore);
     log.line(`boot partition: ${b.bootChanges.changed.length} file(s) written, ${b.bootChanges.removed.length} removed`);
     // Free blocks become holes in the image file (loop devices pass discards on as hole punches).
@@ -249,7 +252,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
 /** Hostname, first user, SSH, locale and the rest that pi-gen's config sets; the chroot part only when they changed. Returns their digest. */
 async function applySystem(b: BaseBuild): Promise<string> {
   b.reporter.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
-  const plan = applySystemSettings(b.mnt, b.bootDir, b.input.rendered.system, b.input.secrets.userPasswordHash);
+  const plan = applySystemSettings(b.tree, b.bootDir, b.input.rendered.system, b.input.secrets.userPasswordHash);
   b.systemNotes = plan.notes;
   for (const n of plan.notes) b.log.line(`note: ${n}`);
   if (b.facts!.marker?.systemDigest === plan.digest) {
@@ -452,18 +455,21 @@ interface StateBefore {
   sshHostKeys: Set<string>;
   aptLists: boolean;
   /** /etc/machine-id as the base has it ("uninitialized" on trixie, empty on bookworm), restored byte for byte: it decides whether systemd treats the next boot as the first. */
-  machineId: Buffer | undefined;
+  machineId: { bytes: Buffer; mode: number } | undefined;
   dbusMachineId: boolean;
 }
 
-function snapshotState(rootfs: string): StateBefore {
-  const list = (d: string) => (existsSync(path.join(rootfs, d)) ? readdirSync(path.join(rootfs, d)) : []);
-  const machineId = path.join(rootfs, "etc/machine-id");
+function machineIdOf(root: ImageRoot): StateBefore["machineId"] {
+  const bytes = root.read("/etc/machine-id");
+  return bytes ? { bytes, mode: root.stat("/etc/machine-id")!.mode & 0o7777 } : undefined;
+}
+
+function snapshotState(root: ImageRoot): StateBefore {
   return {
-    sshHostKeys: new Set(list("etc/ssh").filter((f) => f.startsWith("ssh_host_"))),
-    aptLists: list("var/lib/apt/lists").some((f) => f !== "lock" && f !== "partial" && f !== "auxfiles"),
-    machineId: existsSync(machineId) ? readFileSync(machineId) : undefined,
-    dbusMachineId: existsSync(path.join(rootfs, "var/lib/dbus/machine-id")),
+    sshHostKeys: new Set(root.list("/etc/ssh").filter((f) => f.startsWith("ssh_host_"))),
+    aptLists: root.list("/var/lib/apt/lists").some((f) => f !== "lock" && f !== "partial" && f !== "auxfiles"),
+    machineId: machineIdOf(root),
+    dbusMachineId: root.exists("/var/lib/dbus/machine-id"),
   };
 }
 
@@ -475,30 +481,28 @@ export const ACCOUNT_BACKUPS = ["passwd-", "group-", "shadow-", "gshadow-", "sub
  * (when the base had none) its lists, logs, and per-machine state that the
  * first boot must create (SSH host keys, machine-id).
  */
-function finalizeRootfs(rootfs: string, before: StateBefore, log: BuildLog): void {
-  const p = (rel: string) => path.join(rootfs, rel);
+function finalizeRootfs(root: ImageRoot, before: StateBefore, log: BuildLog): void {
   const removeIn = (dir: string, keep: (f: string) => boolean) => {
-    if (!existsSync(p(dir))) return;
-    for (const f of readdirSync(p(dir))) if (!keep(f)) rmSync(path.join(p(dir), f), { recursive: true, force: true });
+    for (const f of root.list(dir)) if (!keep(f)) root.remove(`${dir}/${f}`, { recursive: true });
   };
-  removeIn("var/cache/apt/archives", (f) => f === "lock" || f === "partial");
-  removeIn("var/cache/apt", (f) => !f.endsWith(".bin"));
-  if (!before.aptLists) removeIn("var/lib/apt/lists", (f) => f === "lock" || f === "partial" || f === "auxfiles");
-  const newKeys = existsSync(p("etc/ssh")) ? readdirSync(p("etc/ssh")).filter((f) => f.startsWith("ssh_host_") && !before.sshHostKeys.has(f)) : [];
-  for (const k of newKeys) rmSync(p(`etc/ssh/${k}`), { force: true });
-  if (before.machineId) writeFileSync(p("etc/machine-id"), before.machineId);
-  else rmSync(p("etc/machine-id"), { force: true });
-  if (!before.dbusMachineId) rmSync(p("var/lib/dbus/machine-id"), { force: true });
-  for (const f of ACCOUNT_BACKUPS) rmSync(p(f), { force: true });
+  removeIn("/var/cache/apt/archives", (f) => f === "lock" || f === "partial");
+  removeIn("/var/cache/apt", (f) => !f.endsWith(".bin"));
+  if (!before.aptLists) removeIn("/var/lib/apt/lists", (f) => f === "lock" || f === "partial" || f === "auxfiles");
+  const newKeys = root.list("/etc/ssh").filter((f) => f.startsWith("ssh_host_") && !before.sshHostKeys.has(f));
+  for (const k of newKeys) root.remove(`/etc/ssh/${k}`);
+  if (before.machineId) root.write("/etc/machine-id", before.machineId.bytes, before.machineId.mode);
+  else root.remove("/etc/machine-id");
+  if (!before.dbusMachineId) root.remove("/var/lib/dbus/machine-id");
+  for (const f of ACCOUNT_BACKUPS) root.remove(f);
+  // Within the resolved /var/log, entries are taken as they are: a link is neither followed nor truncated.
   const truncateLogs = (dir: string) => {
-    if (!existsSync(dir)) return;
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const f = path.join(dir, e.name);
       if (e.isDirectory()) truncateLogs(f);
       else if (e.isFile()) truncateSync(f, 0);
     }
   };
-  truncateLogs(p("var/log"));
+  if (root.isDirectory("/var/log")) truncateLogs(root.path("/var/log"));
   log.line(`finalised: apt caches removed${before.aptLists ? "" : ", apt lists removed"}, logs emptied, machine-id as the base had it, account backups removed${newKeys.length ? `, new SSH host keys removed (${newKeys.join(", ")})` : ""}`);
 }
 

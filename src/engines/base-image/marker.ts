@@ -1,5 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import path from "node:path";
+import type { ImageRoot } from "../../host/image-root.js";
 import { packageList } from "../stage-runner.js";
 import type { Rendered } from "../../render/index.js";
 
@@ -27,21 +26,19 @@ export interface ImageMarker {
   systemDigest?: string;
 }
 
-export function readMarker(rootfs: string): ImageMarker | undefined {
-  const file = path.join(rootfs, MARKER_PATH);
-  if (!existsSync(file)) return undefined;
+export function readMarker(root: ImageRoot): ImageMarker | undefined {
+  const text = root.readText(MARKER_PATH);
+  if (text === undefined) return undefined;
   try {
-    const m = JSON.parse(readFileSync(file, "utf8")) as ImageMarker;
+    const m = JSON.parse(text) as ImageMarker;
     return typeof m.pibake === "string" && Array.isArray(m.packages) && Array.isArray(m.overlay) ? m : undefined;
   } catch {
     return undefined;
   }
 }
 
-export function writeMarker(rootfs: string, marker: ImageMarker): void {
-  const file = path.join(rootfs, MARKER_PATH);
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
-  writeFileSync(file, JSON.stringify(marker, null, 2) + "\n", { mode: 0o644 });
+export function writeMarker(root: ImageRoot, marker: ImageMarker): void {
+  root.write(MARKER_PATH, JSON.stringify(marker, null, 2) + "\n", 0o644);
 }
 
 /** Every package the rendered stage installs (NN-packages and NN-packages-nr of every sub-stage). */
@@ -61,9 +58,8 @@ export function parseDpkgStatus(text: string): Set<string> {
   return installed;
 }
 
-export function installedPackages(rootfs: string): Set<string> {
-  const file = path.join(rootfs, "var/lib/dpkg/status");
-  return existsSync(file) ? parseDpkgStatus(readFileSync(file, "utf8")) : new Set();
+export function installedPackages(root: ImageRoot): Set<string> {
+  return parseDpkgStatus(root.readText("/var/lib/dpkg/status") ?? "");
 }
 
 /** A package name may carry an architecture (`foo:arm64`) or a version (`foo=1.2`); dpkg's status has the bare name. */

@@ -8,8 +8,9 @@
  * what needs the image's own programs (usermod, locale-gen, systemctl) is a
  * script for its chroot, run as a pi-gen NN-run-chroot.sh.
  */
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import type { ImageRoot } from "../../host/image-root.js";
 import { PibakeError } from "../../errors.js";
 import type { Model } from "../../config/model.js";
 import { renderTemplateFile } from "../../render/templates.js";
@@ -56,43 +57,12 @@ export function parseOsRelease(text: string): Record<string, string> {
 export function bootMountFromFstab(fstab: string): string {
   for (const line of fstab.split("\n")) {
     const f = line.replace(/#.*/, "").trim().split(/\s+/);
-    if (f.length >= 3 && /^vfat$|^msdos$|^fat$/.test(f[2]!) && f[1]!.startsWith("/boot")) return f[1]!;
+    if (f.length < 3 || !/^vfat$|^msdos$|^fat$/.test(f[2]!)) continue;
+    // Only a place under /boot: the mount point is made inside the image, and "/boot/../etc" is not the boot partition's.
+    const mount = path.posix.normalize(f[1]!);
+    if (mount === "/boot" || mount.startsWith("/boot/")) return mount;
   }
   return "/boot/firmware";
-}
-
-function readHead(file: string, n: number): Buffer {
-  const fd = openSync(file, "r");
-  try {
-    const b = Buffer.alloc(n);
-    const got = readSync(fd, b, 0, n, 0);
-    return b.subarray(0, got);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Resolve a path inside the image, following links as the image would (absolute links relative to its root). */
-export function inImage(rootfs: string, p: string, depth = 0): string {
-  const parts = p.split("/").filter(Boolean);
-  let cur = "";
-  for (let i = 0; i < parts.length; i++) {
-    const next = `${cur}/${parts[i]}`;
-    const host = path.join(rootfs, next);
-    let st;
-    try {
-      st = lstatSync(host);
-    } catch {
-      return path.join(rootfs, next, ...parts.slice(i + 1));
-    }
-    if (st.isSymbolicLink() && depth < 20) {
-      const target = readlinkSync(host);
-      const resolved = target.startsWith("/") ? target : path.posix.join(cur || "/", target);
-      return inImage(rootfs, path.posix.join(resolved, ...parts.slice(i + 1)), depth + 1);
-    }
-    cur = next;
-  }
-  return path.join(rootfs, cur);
 }
 
 export function firstUserOf(passwd: string): BaseFacts["firstUser"] {
@@ -103,25 +73,22 @@ export function firstUserOf(passwd: string): BaseFacts["firstUser"] {
   return undefined;
 }
 
-export function inspectRootfs(rootfs: string): BaseFacts {
-  const osRelease = existsSync(inImage(rootfs, "/etc/os-release")) ? parseOsRelease(readFileSync(inImage(rootfs, "/etc/os-release"), "utf8")) : {};
-  const bash = inImage(rootfs, "/bin/bash");
-  const arch = existsSync(bash) ? elfArch(readHead(bash, 64)) : "unknown";
-  const fstab = existsSync(path.join(rootfs, "etc/fstab")) ? readFileSync(path.join(rootfs, "etc/fstab"), "utf8") : "";
-  const st = statfsSync(rootfs);
-  const passwd = existsSync(path.join(rootfs, "etc/passwd")) ? readFileSync(path.join(rootfs, "etc/passwd"), "utf8") : "";
-  const marker = readMarker(rootfs);
-  const firstUser = firstUserOf(passwd);
+export function inspectRootfs(root: ImageRoot): BaseFacts {
+  const osRelease = parseOsRelease(root.readText("/etc/os-release") ?? "");
+  const bash = root.head("/bin/bash", 64);
+  const arch = bash ? elfArch(bash) : "unknown";
+  const marker = readMarker(root);
+  const firstUser = firstUserOf(root.readText("/etc/passwd") ?? "");
   return {
     ...(osRelease.VERSION_CODENAME ? { release: osRelease.VERSION_CODENAME } : {}),
     prettyName: osRelease.PRETTY_NAME ?? "an unknown system",
     arch,
-    bootMount: bootMountFromFstab(fstab),
+    bootMount: bootMountFromFstab(root.readText("/etc/fstab") ?? ""),
     ...(marker ? { marker } : {}),
-    installed: installedPackages(rootfs),
-    freeBytes: Number(st.bavail) * Number(st.bsize),
+    installed: installedPackages(root),
+    freeBytes: root.freeBytes(),
     ...(firstUser ? { firstUser } : {}),
-    bootTraces: bootTraces(rootfs),
+    bootTraces: bootTraces(root),
   };
 }
 
@@ -130,15 +97,12 @@ export function inspectRootfs(rootfs: string): BaseFacts {
  * /etc/machine-id "uninitialized" (trixie) or empty (bookworm) and without
  * cloud-init's instance data, so that every Pi makes its own at first boot.
  */
-export function bootTraces(rootfs: string): string[] {
+export function bootTraces(root: ImageRoot): string[] {
   const traces: string[] = [];
-  const sshDir = path.join(rootfs, "etc/ssh");
-  const keys = existsSync(sshDir) ? readdirSync(sshDir).filter((f) => /^ssh_host_.*_key$/.test(f)).sort() : [];
+  const keys = root.list("/etc/ssh").filter((f) => /^ssh_host_.*_key$/.test(f)).sort();
   if (keys.length) traces.push(`SSH host keys (${keys.map((k) => `/etc/ssh/${k}`).join(", ")})`);
-  const machineId = path.join(rootfs, "etc/machine-id");
-  if (existsSync(machineId) && /^[0-9a-f]{32}\s*$/.test(readFileSync(machineId, "utf8"))) traces.push("a machine id in /etc/machine-id");
-  const instances = path.join(rootfs, "var/lib/cloud/instances");
-  if (existsSync(path.join(rootfs, "var/lib/cloud/instance")) || (existsSync(instances) && readdirSync(instances).length > 0)) {
+  if (/^[0-9a-f]{32}\s*$/.test(root.readText("/etc/machine-id") ?? "")) traces.push("a machine id in /etc/machine-id");
+  if (root.exists("/var/lib/cloud/instance") || root.list("/var/lib/cloud/instances").length > 0) {
     traces.push("cloud-init's instance data (/var/lib/cloud/instances)");
   }
   return traces;
@@ -237,48 +201,42 @@ export interface SystemPlan {
  * Edit the image's files for the settings pi-gen's config carries and return
  * the chroot script for the rest. `bootDir` is the boot partition's files.
  */
-export function applySystemSettings(rootfs: string, bootDir: string, system: SystemSettings, passwordHash: string): SystemPlan {
+export function applySystemSettings(root: ImageRoot, bootDir: string, system: SystemSettings, passwordHash: string): SystemPlan {
   const notes: string[] = [];
-  const p = (rel: string) => path.join(rootfs, rel);
-  const write = (rel: string, content: string, mode = 0o644) => {
-    mkdirSync(path.dirname(p(rel)), { recursive: true });
-    rmSync(p(rel), { force: true });
-    writeFileSync(p(rel), content, { mode });
-  };
 
   // Hostname (pi-gen stage1/02-net-tweaks).
-  write("etc/hostname", `${system.hostname}\n`);
-  write("etc/hosts", hostsWithHostname(existsSync(p("etc/hosts")) ? readFileSync(p("etc/hosts"), "utf8") : "127.0.0.1\tlocalhost\n", system.hostname));
+  root.write("/etc/hostname", `${system.hostname}\n`);
+  root.write("/etc/hosts", hostsWithHostname(root.readText("/etc/hosts") ?? "127.0.0.1\tlocalhost\n", system.hostname));
 
   // Time zone (pi-gen stage0/01-locale and TIMEZONE_DEFAULT).
   const tz = system.timezone;
-  if (!existsSync(inImage(rootfs, `/usr/share/zoneinfo/${tz}`))) {
+  if (!root.exists(`/usr/share/zoneinfo/${tz}`)) {
     throw new PibakeError(`time zone "${tz}" is not in the image (no /usr/share/zoneinfo/${tz}): check image.timezone in the config`);
   }
-  rmSync(p("etc/localtime"), { force: true });
-  symlinkSync(`/usr/share/zoneinfo/${tz}`, p("etc/localtime"));
-  write("etc/timezone", `${tz}\n`);
+  root.symlink("/etc/localtime", `/usr/share/zoneinfo/${tz}`);
+  root.write("/etc/timezone", `${tz}\n`);
 
   // Keyboard (KEYBOARD_KEYMAP / KEYBOARD_LAYOUT).
-  const kbFile = p("etc/default/keyboard");
-  const kbText = existsSync(kbFile) ? readFileSync(kbFile, "utf8") : undefined;
+  const kbText = root.readText("/etc/default/keyboard");
   const keyboardChanged = keyboardLayoutOf(kbText) !== system.keyboard.keymap;
-  write("etc/default/keyboard", keyboardWithLayout(kbText, system.keyboard.keymap));
+  root.write("/etc/default/keyboard", keyboardWithLayout(kbText, system.keyboard.keymap));
 
   // Locale (LOCALE_DEFAULT): enabled in locale.gen, generated in the chroot when new.
   const locale = system.locale;
   let localeGen = false;
-  if (existsSync(p("etc/locale.gen"))) {
-    const r = enableLocale(readFileSync(p("etc/locale.gen"), "utf8"), locale);
+  const localeGenText = root.readText("/etc/locale.gen");
+  if (localeGenText !== undefined) {
+    const r = enableLocale(localeGenText, locale);
     localeGen = r.changed;
-    if (r.changed) write("etc/locale.gen", r.text);
+    if (r.changed) root.write("/etc/locale.gen", r.text);
   } else notes.push(`the image has no /etc/locale.gen (package locales): LANG is set to ${locale} but the locale is not generated`);
-  const defLocale = existsSync(p("etc/default/locale")) ? readFileSync(p("etc/default/locale"), "utf8") : "";
+  const defLocale = root.readText("/etc/default/locale") ?? "";
   if (!new RegExp(`^LANG=${locale.replace(/\./g, "\\.")}$`, "m").test(defLocale)) {
-    write("etc/default/locale", /^LANG=/m.test(defLocale) ? defLocale.replace(/^LANG=.*$/m, `LANG=${locale}`) : `${defLocale}LANG=${locale}\n`);
+    root.write("/etc/default/locale", /^LANG=/m.test(defLocale) ? defLocale.replace(/^LANG=.*$/m, `LANG=${locale}`) : `${defLocale}LANG=${locale}\n`);
   }
 
   // Wi-Fi country (WPA_COUNTRY): regulatory domain on the kernel command line, Wi-Fi unblocked.
+  // The boot partition's files are pibake's own copy (mtools), and FAT has no links.
   const country = system.wifiCountry;
   const cmdlineFile = path.join(bootDir, "cmdline.txt");
   if (country) {
@@ -288,12 +246,12 @@ export function applySystemSettings(rootfs: string, bootDir: string, system: Sys
 
   // No first-boot rename from the boot partition, nor the desktop's wizard (the stage masks Lite's).
   for (const f of ["userconf.txt", "userconf"]) rmSync(path.join(bootDir, f), { force: true });
-  if (existsSync(p("etc/xdg/autostart/piwiz.desktop"))) {
-    rmSync(p("etc/xdg/autostart/piwiz.desktop"), { force: true });
+  if (root.exists("/etc/xdg/autostart/piwiz.desktop")) {
+    root.remove("/etc/xdg/autostart/piwiz.desktop");
     notes.push("removed /etc/xdg/autostart/piwiz.desktop (first-boot user rename)");
   }
 
-  const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => existsSync(inImage(rootfs, `/${d}/${u}`)));
+  const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => root.exists(`/${d}/${u}`));
   const user = system.user.name;
   const enable = ["ssh.service"].filter(unitExists);
   if (!unitExists("ssh.service")) notes.push("the image has no ssh.service (openssh-server): SSH is not enabled");
