@@ -1,7 +1,7 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa, type ResultPromise } from "execa";
 import { X509Certificate } from "node:crypto";
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { startImageServer, type ImageServer } from "./helpers/image-server.js";
 import { FIXTURE_TIMEOUT_MS, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
@@ -11,11 +11,10 @@ import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { parseMbr } from "../src/image/partitions.js";
-import { dataRanges } from "../src/image/sparse.js";
 import { listLoops } from "../src/host/loop.js";
 import { mountsBelow } from "../src/host/mounts.js";
 import { releaseBelow } from "../src/host/release.js";
-import { bootFile, expectOverlayInRoot, mountRoot, readAt } from "./helpers/image.js";
+import { bootFile, countInImage, expectOverlayInRoot, mountRoot, readAt } from "./helpers/image.js";
 import { brokerImageConfig, BROKER_DOMAIN, offerImage, offerState } from "./helpers/broker-image.js";
 
 /**
@@ -71,32 +70,6 @@ function osListFor(server: ImageServer, lite: Record<string, unknown>) {
       { name: "Other general-purpose OS", description: "", icon: "", subitems_url: `${server.base}/os_list_other.json` },
     ],
   };
-}
-
-/** Occurrences of each needle in the image's data (holes hold nothing), read in overlapping chunks. */
-async function countInImage(image: string, needles: string[]): Promise<Map<string, number>> {
-  const counts = new Map(needles.map((n) => [n, 0]));
-  const bufs = needles.map((n) => Buffer.from(n));
-  const overlap = Math.max(...bufs.map((b) => b.length)) - 1;
-  const size = statSync(image).size;
-  const fd = openSync(image, "r");
-  try {
-    for (const r of await dataRanges(image, size)) {
-      const chunk = 8 << 20;
-      for (let pos = r.start; pos < r.end; pos += chunk) {
-        const len = Math.min(chunk + overlap, r.end - pos);
-        const b = Buffer.alloc(len);
-        readSync(fd, b, 0, len, pos);
-        bufs.forEach((needle, i) => {
-          // Count matches that start in this chunk's own part (not in the overlap, which the next chunk owns).
-          for (let at = b.indexOf(needle); at >= 0 && at < Math.min(chunk, len); at = b.indexOf(needle, at + 1)) counts.set(needles[i]!, counts.get(needles[i]!)! + 1);
-        });
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return counts;
 }
 
 /** Nothing of a build left under `dir`: no mount, no loop device on a file there. */

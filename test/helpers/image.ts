@@ -1,5 +1,6 @@
 import { execa, execaSync } from "execa";
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { dataRanges } from "../../src/image/sparse.js";
 import path from "node:path";
 import { expect } from "vitest";
 import { parseMbr } from "../../src/image/partitions.js";
@@ -55,4 +56,30 @@ export function expectOverlayInRoot(root: string, rendered: Rendered): void {
   expect(users.get("mosquitto")).toBeGreaterThan(0);
   // The overlay did not change directories that were there.
   expect(statSync(path.join(root, "etc")).mode & 0o7777).toBe(0o755);
+}
+
+/** Occurrences of each needle in the image's data (holes hold nothing), read in overlapping chunks. */
+export async function countInImage(image: string, needles: string[]): Promise<Map<string, number>> {
+  const counts = new Map(needles.map((n) => [n, 0]));
+  const bufs = needles.map((n) => Buffer.from(n));
+  const overlap = Math.max(...bufs.map((b) => b.length)) - 1;
+  const size = statSync(image).size;
+  const fd = openSync(image, "r");
+  try {
+    for (const r of await dataRanges(image, size)) {
+      const chunk = 8 << 20;
+      for (let pos = r.start; pos < r.end; pos += chunk) {
+        const len = Math.min(chunk + overlap, r.end - pos);
+        const b = Buffer.alloc(len);
+        readSync(fd, b, 0, len, pos);
+        bufs.forEach((needle, i) => {
+          // Count matches that start in this chunk's own part (not in the overlap, which the next chunk owns).
+          for (let at = b.indexOf(needle); at >= 0 && at < Math.min(chunk, len); at = b.indexOf(needle, at + 1)) counts.set(needles[i]!, counts.get(needles[i]!)! + 1);
+        });
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return counts;
 }
