@@ -3,10 +3,10 @@
  * restarted) table-driven; the inspect script run for real on this machine
  * and its answer parsed; the ssh options read back by ssh itself (-G); the
  * payload unpacked by GNU tar as the apply script does; the remote command
- * run through the real sudo.
+ * run through the real sudo; the apply script run here against trees with links.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
@@ -14,7 +14,7 @@ import { describe, expect, it } from "vitest";
 import type { OverlayFile } from "../src/render/overlay.js";
 import { actionsFor, describeChange, parseInspect, planPush, type PiState, type PlanInput, type RemoteFile } from "../src/push/plan.js";
 import { INSPECT_SCRIPT, packPayload, sshArgs, sudoCommand } from "../src/push/commands.js";
-import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -246,6 +246,58 @@ describe("pibake push, before it connects", () => {
       const dryRun = await pibake(["push", cfg, "192.0.2.1", "--dry-run", "--ssh-key", key, "--state", path.join(dir, "state")], { env: secretEnv });
       expect(dryRun.exitCode).toBe(2);
       expect(dryRun.stderr).toMatch(/no CA in .*state: pass --state/);
+    } finally {
+      cleanup();
+    }
+  });
+});
+
+describe.skipIf(!isRoot)("the apply script against a tree with links, run here as root", () => {
+  const APPLY = path.join(repoRoot, "stages/push/apply.sh");
+  /** A throwaway tree on this host standing for the Pi's, named in the payload by its absolute path (the script writes /<path>). */
+  async function applyTo(files: OverlayFile[]) {
+    const tarBytes = await packPayload({ files, removed: [], actions: [], record: {} });
+    const hadState = existsSync("/var/lib/pibake");
+    try {
+      // Health after 0 s: this host's mosquitto is not under systemd, so a push that gets as far as placing files is rolled back (exit 3).
+      return await execa("bash", [APPLY, "8883", "0"], { input: tarBytes, reject: false, timeout: 60_000 });
+    } finally {
+      if (!hadState) rmSync("/var/lib/pibake", { recursive: true, force: true });
+    }
+  }
+
+  it("writes nothing through a link that a user planted under the staging name beside a target", async () => {
+    const { dir, cleanup } = tempDir("pibake-apply-links-");
+    try {
+      const home = path.join(dir, "home/admin/.node-red");
+      mkdirSync(home, { recursive: true });
+      const canary = path.join(dir, "canary");
+      writeFileSync(canary, "canary\n");
+      // The old script staged beside the target as .pibake-push.<name>: a user owning the directory could link that name anywhere.
+      symlinkSync(canary, path.join(home, ".pibake-push.settings.js"));
+      await execa("chown", ["-h", "-R", "nobody:nogroup", path.join(dir, "home/admin")]);
+      const r = await applyTo([file(`${home.slice(1)}/settings.js`, "module.exports = {};\n", 0o644, "nobody", "nogroup")]);
+      expect(r.exitCode, r.stderr).toBe(3);
+      expect(r.stderr).toContain("placed 1 file(s)");
+      expect(readFileSync(canary, "utf8")).toBe("canary\n");
+    } finally {
+      cleanup();
+    }
+  });
+
+  it("refuses, before changing anything, a target whose path runs through a link that another user owns (exit 4, naming it)", async () => {
+    const { dir, cleanup } = tempDir("pibake-apply-links-");
+    try {
+      const elsewhere = path.join(dir, "etc-of-root");
+      mkdirSync(elsewhere);
+      mkdirSync(path.join(dir, "home/admin"), { recursive: true });
+      const link = path.join(dir, "home/admin/.node-red");
+      symlinkSync(elsewhere, link);
+      await execa("chown", ["-h", "nobody:nogroup", link]);
+      const r = await applyTo([file(`${link.slice(1)}/settings.js`, "module.exports = {};\n", 0o644, "nobody", "nogroup")]);
+      expect(r.exitCode, r.stderr).toBe(4);
+      expect(r.stderr).toContain(`${link} is a link owned by nobody`);
+      expect(readdirSync(elsewhere)).toEqual([]);
     } finally {
       cleanup();
     }

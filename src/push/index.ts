@@ -40,6 +40,8 @@ export const LIMITS = {
 
 /** The apply script's exit code when it put the previous files back. */
 const ROLLED_BACK = 3;
+/** The apply script's exit when a target's path runs through a link another user owns: nothing was changed. */
+const REFUSED_LINK = 4;
 
 export interface PushResult {
   plan: PushPlan;
@@ -129,6 +131,9 @@ export async function runPush(s: PushSettings): Promise<PushResult> {
   for (const l of said) out.info(`  ${l}`);
   if (applied.exitCode === ROLLED_BACK) {
     throw new PibakeError(`the push failed and was rolled back: mosquitto did not come up healthy with the new files, so ${s.host} runs the previous ones again (see the lines above)`);
+  }
+  if (applied.exitCode === REFUSED_LINK) {
+    throw new PibakeError(`${s.host} refused the push before changing anything: a path it would write runs through a link that a user other than root owns (see the line above)`);
   }
   if (applied.exitCode !== 0) {
     if (sudoRefused(applied.stderr)) throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: nothing was changed`);

@@ -9,7 +9,9 @@
 # the TLS port of the previous files (for the check after a roll-back).
 # Every file is staged beside its target and renamed into place; the old ones
 # are kept until the broker is healthy, and put back (then the services
-# restarted again) when it is not. Exit 0: applied; 3: rolled back; other: failed.
+# restarted again) when it is not. Exit 0: applied; 3: rolled back; 4: refused
+# before any change (a target's path runs through another user's link); other:
+# failed.
 set -euo pipefail
 
 tls_port=$1
@@ -36,12 +38,32 @@ if [ -f "$work/in/remove" ]; then
   done <"$work/in/remove"
 fi
 
-# Copies $1 to $2 through a file beside $2, so that $2 changes in one rename.
+# A target's path must not run through a link that someone other than root
+# owns: that user could point it anywhere, and this script writes as root. A
+# Pi as pibake made it has none in the paths pibake writes (the first user's
+# home included).
+check_target() {
+  local rel=$1 p="" part
+  local -a parts
+  IFS=/ read -r -a parts <<<"$rel"
+  for part in "${parts[@]}"; do
+    p="$p/$part"
+    if [ -L "$p" ] && [ "$(stat -c %u "$p")" != 0 ]; then
+      say "refusing to write /$rel: $p is a link owned by $(stat -c %U "$p") (-> $(readlink "$p")); remove it and push again"
+      return 1
+    fi
+  done
+}
+
+# Copies $1 to $2 through a new file beside $2, so that $2 changes in one
+# rename. The staged name is random and cp creates it exclusively
+# (--remove-destination, then O_EXCL): a link planted under that name by the
+# owner of a directory is never written through.
 put() {
   local src=$1 target=$2 staged
   mkdir -p "$(dirname "$target")"
-  staged="$(dirname "$target")/.pibake-push.$(basename "$target")"
-  cp -a "$src" "$staged"
+  staged=$(mktemp -u "$(dirname "$target")/.pibake-push.XXXXXXXX")
+  cp -a --remove-destination "$src" "$staged"
   mv -f -T "$staged" "$target"
 }
 
@@ -93,6 +115,9 @@ healthy() {
   return 1
 }
 
+for rel in ${placed[@]+"${placed[@]}"} ${removed[@]+"${removed[@]}"}; do
+  check_target "$rel" || exit 4
+done
 for rel in ${placed[@]+"${placed[@]}"} ${removed[@]+"${removed[@]}"}; do
   backup "$rel"
 done
