@@ -302,6 +302,11 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     const m = JSON.parse(readFileSync(path.join(out1, `${b}.manifest.json`), "utf8"));
     expect(m.engine).toMatchObject({ engine: "base", baseCompression: "zstd", baseBuiltByPibake: false, regeneration: false, freeBlocksZeroed: "fstrim" });
     expect(m.engine.packagesInstalled).toEqual(expect.arrayContaining(["mosquitto", "ddclient"]));
+    // What the build added, dependencies included, as dpkg counts it; the summary says it too.
+    expect(m.engine.packagesAdded.names).toEqual(expect.arrayContaining(["mosquitto", "ddclient", "libmosquitto1"]));
+    expect(m.engine.packagesAdded.count).toBe(m.engine.packagesAdded.names.length);
+    expect(m.engine.packagesAdded.installedBytes).toBeGreaterThan(1 << 20);
+    expect(firstOutput).toMatch(new RegExp(`packages +${m.engine.packagesAdded.count} added to the base \\(`));
     expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
     // Which official image, from which list: verified on download, the download's digest recorded.
     expect(m.engine.official).toEqual({

@@ -186,7 +186,7 @@ describe("firewall as rendered", () => {
   it("with firewall.enabled false installs no ruleset, no fail2ban jail and neither package, and the stage turns both services off", async () => {
     const fx = await renderFixture({ config: { ...baseConfig(), firewall: { enabled: false } } });
     expect(fx.rendered.overlay.filter((f) => /nftables|fail2ban/.test(f.path))).toEqual([]);
-    const packages = fx.stageText("00-broker/00-packages");
+    const packages = fx.stageText("00-broker/00-packages-nr");
     expect(packages).not.toMatch(/nftables|fail2ban/);
     const script = fx.stageText("00-broker/02-run-chroot.sh");
     expect(script).not.toMatch(/systemctl enable .*nftables/);
@@ -233,7 +233,7 @@ describe("firewall as rendered", () => {
 
   it("by default installs nftables and fail2ban and enables both", async () => {
     const fx = await renderFixture({ config: baseConfig() });
-    expect(fx.stageText("00-broker/00-packages").split("\n")).toEqual(expect.arrayContaining(["nftables", "fail2ban", "python3-systemd"]));
+    expect(fx.stageText("00-broker/00-packages-nr").split("\n")).toEqual(expect.arrayContaining(["nftables", "fail2ban", "python3-systemd"]));
     expect(fx.stageText("00-broker/02-run-chroot.sh")).toMatch(/^systemctl enable nftables\.service fail2ban\.service$/m);
     expect(fx.rendered.overlay.find((f) => f.path === "etc/nftables.conf")?.mode).toBe(0o755);
   });

@@ -294,7 +294,7 @@ describe("Node-RED rendered files", () => {
     expect(sub.mode).toBe(0o755);
     expect(sub.content.toString()).toContain("systemctl enable pibake-firstboot.service");
     expect(sub.content.toString()).not.toContain("--install-only");
-    expect(p.rendered.stage.find((f) => f.path === "01-node-red/00-packages")!.content.toString().trim().split("\n")).toEqual(["nodejs", "npm"]);
+    expect(p.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim().split("\n")).toEqual(["nodejs", "npm"]);
     expect(p.rendered.manifest).toMatchObject({ nodeRed: { release: "trixie", node: OS_NODE.trixie, nodeRed: { package: "node-red", version: PINNED["node-red"] }, install: "firstboot" } });
   });
 
@@ -344,7 +344,7 @@ describe("Node-RED rendered files", () => {
     expect(build.rendered.stage.find((f) => f.path === "01-node-red/01-run-chroot.sh")!.content.toString()).toContain("/usr/local/lib/pibake/firstboot.sh --install-only");
     const off = await prepare(writeConfig((c) => (c.nodeRed = { enabled: false })));
     expect(off.rendered.overlay.filter((f) => /node-red|nodered|firstboot/.test(f.path))).toEqual([]);
-    expect(off.rendered.stage.find((f) => f.path === "01-node-red/00-packages")!.content.toString().trim()).toBe("");
+    expect(off.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim()).toBe("");
     expect(off.rendered.manifest).toEqual({ nodeRed: false });
     expect(file(off.rendered, "etc/mosquitto/passwd").content).not.toContain("nodered");
   });

@@ -51,7 +51,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
     writeRendered(out, await render(model, secrets));
 
-    const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages"), "utf8"));
+    const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages-nr"), "utf8"));
     const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);

@@ -46,7 +46,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
     c.updates = { reboot: { time: "04:30" } };
     withReboot = await renderFixture({ config: c });
     // The fixture the stage tests use: the same recipe, so one cached tarball serves both.
-    const packages = packageList(fx.stageText("00-broker/00-packages"));
+    const packages = packageList(fx.stageText("00-broker/00-packages-nr"));
     expect(packages).toContain("unattended-upgrades");
     const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
     rootfs = path.join(tempDir("pibake-uu-"), "root");
@@ -129,7 +129,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
     const off = await renderFixture({ config: c });
     try {
       expect(off.rendered.overlay.map((f) => f.path)).not.toContain(APT_CONF);
-      expect(packageList(off.stageText("00-broker/00-packages"))).not.toContain("unattended-upgrades");
+      expect(packageList(off.stageText("00-broker/00-packages-nr"))).not.toContain("unattended-upgrades");
     } finally {
       off.cleanup();
     }

@@ -39,6 +39,8 @@ export function ddclientQuote(value: unknown, opts: { password?: boolean } = {})
 hbs.registerHelper("ddclientQuote", (value: unknown, options: Handlebars.HelperOptions) =>
   new Handlebars.SafeString(ddclientQuote(value, { password: options.hash?.password === true })),
 );
+/** Equality for a template's #if: what differs between releases. */
+hbs.registerHelper("eq", (a: unknown, b: unknown) => a === b);
 /** A JSON value (string with quotes and escapes, number, object), for JSON and JavaScript files. */
 hbs.registerHelper("json", (value: unknown) => new Handlebars.SafeString(JSON.stringify(value)));
 

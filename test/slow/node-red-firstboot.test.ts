@@ -80,7 +80,7 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     writeRendered(out, await render(model, secrets));
 
     // The fixture has the stage's packages already, so that its package steps find nothing to fetch.
-    const packages = ["00-broker", "01-node-red"].flatMap((s) => packageList(readFileSync(path.join(out, "stage", s, "00-packages"), "utf8")));
+    const packages = ["00-broker", "01-node-red"].flatMap((s) => packageList(readFileSync(path.join(out, "stage", s, "00-packages-nr"), "utf8")));
     let start = Date.now();
     const fixture = await execa("bash", [path.join(packageRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: 1_800_000 });
     timings.fixture = Date.now() - start;

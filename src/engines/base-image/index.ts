@@ -25,7 +25,7 @@ import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
 import { ImageRoot } from "../../host/image-root.js";
 import { killChrootProcesses } from "../../host/release.js";
-import { MARKER_PATH, missingPackages, stagePackages, writeMarker } from "./marker.js";
+import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackages, writeMarker } from "./marker.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
 import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
@@ -74,6 +74,8 @@ interface BaseBuild {
   zeroed: "fstrim" | "zerofree" | "none";
   bootChanges: { changed: string[]; removed: string[] };
   systemNotes: string[];
+  /** The packages the stage added to the base (dependencies included), and their installed size. */
+  added?: { names: string[]; installedBytes: number };
   shrunk?: { from: number; to: number };
   /** The official image the base is, when the build fetched it. */
   official?: CachedImageRecord;
@@ -227,6 +229,8 @@ async function applyStage(b: BaseBuild): Promise<void> {
     await runRenderedStage(b);
 
     reporter.begin("finalize");
+    b.added = packagesAdded(facts.installed, installedSizes(b.tree));
+    log.line(`packages added to the base: ${b.added.names.length} (${formatBytes(b.added.installedBytes)} installed)${b.added.names.length ? `: ${b.added.names.join(", ")}` : ""}`);
     writeMarker(b.tree, {
       pibake: PIBAKE_VERSION,
       builtAt: new Date().toISOString(),
@@ -355,6 +359,7 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       baseBuiltByPibake: facts.marker ? facts.marker.pibake : false,
       regeneration: b.regeneration,
       packagesInstalled: b.regeneration ? [] : b.missing,
+      packagesAdded: { count: b.added?.names.length ?? 0, installedBytes: b.added?.installedBytes ?? 0, names: b.added?.names ?? [] },
       packages: b.wanted,
       rootGrownBy: b.growBy,
       ...(b.shrunk ? { rootShrunkTo: b.root!.size } : {}),
@@ -369,6 +374,7 @@ async function result(b: BaseBuild): Promise<EngineResult> {
         : {}),
     },
     timings: {},
+    summary: [`packages    ${b.added?.names.length ?? 0} added to the base (${formatBytes(b.added?.installedBytes ?? 0)} installed), root partition grown by ${formatBytes(b.growBy)}`],
   };
 }
 

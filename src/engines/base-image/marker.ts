@@ -62,6 +62,22 @@ export function installedPackages(root: ImageRoot): Set<string> {
   return parseDpkgStatus(root.readText("/var/lib/dpkg/status") ?? "");
 }
 
+/** Installed-Size (KiB) of each package dpkg has fully installed. */
+export function installedSizes(root: ImageRoot): Map<string, number> {
+  const sizes = new Map<string, number>();
+  for (const para of (root.readText("/var/lib/dpkg/status") ?? "").split(/\n\s*\n/)) {
+    const name = /^Package:\s*(\S+)/m.exec(para)?.[1];
+    if (name && /^Status:\s*install ok installed\s*$/m.test(para)) sizes.set(name, Number(/^Installed-Size:\s*(\d+)/m.exec(para)?.[1] ?? 0));
+  }
+  return sizes;
+}
+
+/** What a build added to the base: the packages dpkg has now and did not before, and their installed size. */
+export function packagesAdded(before: Set<string>, after: Map<string, number>): { names: string[]; installedBytes: number } {
+  const names = [...after.keys()].filter((n) => !before.has(n)).sort();
+  return { names, installedBytes: names.reduce((sum, n) => sum + after.get(n)! * 1024, 0) };
+}
+
 /** A package name may carry an architecture (`foo:arm64`) or a version (`foo=1.2`); dpkg's status has the bare name. */
 export function missingPackages(wanted: string[], installed: Set<string>): string[] {
   return wanted.filter((p) => !installed.has(p.replace(/[:=].*$/, "")));
