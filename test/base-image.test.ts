@@ -307,6 +307,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(m.engine.packagesAdded.count).toBe(m.engine.packagesAdded.names.length);
     expect(m.engine.packagesAdded.installedBytes).toBeGreaterThan(1 << 20);
     expect(firstOutput).toMatch(new RegExp(`packages +${m.engine.packagesAdded.count} added to the base \\(`));
+    // The root partition grew by what apt in the image (trixie's apt 3) said the packages need, not by a constant: dpkg's count after the install agrees.
+    expect(m.engine.aptEstimate.installBytes).toBeGreaterThan(10_000_000);
+    expect(m.engine.packagesAdded.installedBytes / m.engine.aptEstimate.installBytes).toBeGreaterThan(0.9);
+    expect(m.engine.packagesAdded.installedBytes / m.engine.aptEstimate.installBytes).toBeLessThan(1.15);
     expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
     // Which official image, from which list: verified on download, the download's digest recorded.
     expect(m.engine.official).toEqual({

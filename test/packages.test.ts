@@ -6,6 +6,7 @@ import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
 import { stagePackages } from "../src/engines/base-image/marker.js";
+import { parseAptSizes } from "../src/engines/base-image/room.js";
 import { repoRoot, tempDir } from "./helpers/cli.js";
 
 /**
@@ -122,6 +123,15 @@ describe("the packages the stage adds (apt's simulation against Debian's arm64 a
         for (const p of packages) expect(lean.names.includes(p) || root.baseInstall.has(p), p).toBe(true);
         if (release === "bookworm") expect(lean.names).toContain("libio-socket-ssl-perl");
       }
+      // The build grows the image from apt's own figures: this apt's wording (apt 2; the image's trixie apt 3 is read in the --base build test) read back as the packages' Installed-Size.
+      const packages = await examplePackages(release, true);
+      const asked = await apt(root, ["-q", "install", "--assume-no", "--no-install-recommends", ...packages]).catch((e: { stdout: string }) => e);
+      const sizes = parseAptSizes(asked.stdout);
+      const names = [...(await simulate(root, packages, false))];
+      const kib = names.reduce((sum, n) => sum + (root.sizes.get(n) ?? 0), 0);
+      expect(sizes.installBytes / (kib * 1024)).toBeGreaterThan(0.98);
+      expect(sizes.installBytes / (kib * 1024)).toBeLessThan(1.02);
+      expect(sizes.downloadBytes).toBeGreaterThan(sizes.installBytes / 10);
       console.log(`${release} over a Debian base (required and important): ${figures.join("; ")}`);
     });
   }

@@ -94,6 +94,8 @@ function replaceFile(root: ImageRoot, file: string, content: string | Buffer, mo
 export interface ChrootRun {
   /** A script fed to `bash -e` inside the chroot, as pi-gen's on_chroot does. */
   script: string;
+  /** What the script is for, named when it fails. */
+  what?: string;
   env?: Record<string, string>;
   signal?: AbortSignal;
   onLine?: (line: string) => void;
@@ -110,12 +112,12 @@ const CHROOT_ENV = {
 
 export async function runInChroot(rootfs: string, chroot: ChrootRun): Promise<void> {
   await run("chroot", [rootfs, "/bin/bash", "-e"], {
-    what: "running a script in the image's chroot",
+    what: chroot.what ?? "running a script in the image's chroot",
     input: chroot.script,
     env: { ...CHROOT_ENV, ...chroot.env },
     extendEnv: false,
     signal: chroot.signal,
     onLine: chroot.onLine,
-    failure: (exit, tail) => `a command in the image's chroot failed (${exit}):\n${tail}`,
+    failure: (exit, tail) => `${chroot.what ? `${chroot.what}: ` : ""}a command in the image's chroot failed (${exit}):\n${tail}`,
   });
 }

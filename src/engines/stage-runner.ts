@@ -163,6 +163,11 @@ export function aptInstallScript(packages: readonly string[], noRecommends: bool
   return `apt-get -o Acquire::Retries=3 install ${noRecommends ? "--no-install-recommends " : ""}-y ${packages.map(shellQuote).join(" ")}\n`;
 }
 
+/** An install answered "no": apt prints what it would download and install, and changes nothing. */
+export function aptEstimateScript(packages: readonly string[], noRecommends: boolean): string {
+  return `apt-get -o Acquire::Retries=3 install --assume-no ${noRecommends ? "--no-install-recommends " : ""}${packages.map(shellQuote).join(" ")} || true\n`;
+}
+
 /**
  * A build host behind a TLS-inspecting proxy names the proxy's CA in
  * NODE_EXTRA_CA_CERTS; npm inside the image (Node-RED installed at build time)

@@ -33,6 +33,13 @@ export const mountExt4 = (dev: string, mnt: string, readOnly: boolean): Command 
   what: `mounting the root partition (${dev})`,
 });
 
+/** The image's root, read-only, under a throwaway writable layer: apt may update and simulate there without changing the image. */
+export const mountOverlay = (lower: string, upper: string, work: string, target: string): Command => ({
+  cmd: "mount",
+  args: ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${work}`, target],
+  what: "mounting a writable layer over the image's root for apt's estimate",
+});
+
 export const bindMount = (source: string, target: string, what: string): Command => ({ cmd: "mount", args: ["--bind", source, target], what });
 
 /** fstrim's exit codes: 0 done, 1 and 32 (not supported), 64 (some file systems trimmed): only 0 means the free blocks are holes. */

@@ -28,11 +28,14 @@ import { killChrootProcesses } from "../../host/release.js";
 import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackages, writeMarker } from "./marker.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
-import { AUTO_FREE_NODE_RED_BUILD, autoGrow, checkFileSystem, growImage, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
+import { alignUp, AUTO_FREE_NODE_RED_BUILD, AUTO_FREE_WITHOUT_PACKAGES, checkFileSystem, growImage, MiB, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
+import { parseAptSizes, ROOM_MARGIN, roomForPackages, type AptSizes } from "./room.js";
+import { mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "../chroot.js";
+import { aptEstimateScript, aptUpdateScript } from "../stage-runner.js";
 import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs, type BaseFacts } from "./system.js";
 import { findProgram } from "../../host/tools.js";
 import { runCommand } from "../../host/process.js";
-import { bindMount, discardFreeBlocks, growExt4, mountExt4, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
+import { bindMount, discardFreeBlocks, growExt4, mountExt4, mountOverlay, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
 import { PIBAKE_VERSION } from "../../version.js";
 import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage } from "../../images/index.js";
 import type { CachedImageRecord } from "../../images/cache.js";
@@ -74,6 +77,11 @@ interface BaseBuild {
   zeroed: "fstrim" | "zerofree" | "none";
   bootChanges: { changed: string[]; removed: string[] };
   systemNotes: string[];
+  /** apt's figures for the missing packages, and the package lists its estimate fetched (file name → bytes). */
+  aptSizes?: AptSizes;
+  aptLists?: Map<string, Buffer>;
+  /** What the root file system was to have free for the build. */
+  roomNeeded?: number;
   /** The packages the stage added to the base (dependencies included), and their installed size. */
   added?: { names: string[]; installedBytes: number };
   shrunk?: { from: number; to: number };
@@ -159,25 +167,98 @@ async function copyBase(b: BaseBuild): Promise<void> {
 /** A first look, read-only, decides on regeneration and growth before anything changes. */
 async function inspectBase(b: BaseBuild): Promise<void> {
   const root = b.root!;
-  const facts = await withCleanup(async (scope) => {
+  await withCleanup(async (scope) => {
     const dev = await attachLoop(b.image, root.offset, root.size, scope, { log: b.log });
     // Later steps check and resize the file system: features this host's e2fsprogs does not know stop the build now, not then.
     const fsck = await runCommand(readExt4Features(dev), { log: b.log });
     const unsupported = ext4FeaturesProblem(b.label, fsck.output);
     if (unsupported) throw new PibakeError(unsupported);
     await mountRoot(dev, b.mnt, scope, b.log, { readOnly: true });
-    return inspectRootfs(b.tree);
+    const facts = inspectRootfs(b.tree);
+    checkBaseMatches(facts, b.model, b.label);
+    checkNeverBooted(facts, b.label);
+    b.facts = facts;
+    b.missing = missingPackages(b.wanted, facts.installed);
+    b.regeneration = facts.marker !== undefined && b.missing.length === 0;
+    b.log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
+    b.log.line(b.regeneration ? `regeneration: every stage package is installed (${b.wanted.join(", ")})` : `packages to install: ${b.missing.join(", ") || "none"}`);
+    if (b.missing.length > 0) {
+      await checkCanRun(b.mnt, b.model.image.arch, b.log);
+      await estimatePackages(b, scope);
+    }
   });
-  checkBaseMatches(facts, b.model, b.label);
-  checkNeverBooted(facts, b.label);
-  b.facts = facts;
-  b.missing = missingPackages(b.wanted, facts.installed);
-  b.regeneration = facts.marker !== undefined && b.missing.length === 0;
-  b.log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
-  b.log.line(b.regeneration ? `regeneration: every stage package is installed (${b.wanted.join(", ")})` : `packages to install: ${b.missing.join(", ") || "none"}`);
+  decideGrowth(b);
+}
+
+/**
+ * apt's own figures for the packages this base lacks: `apt-get update` and
+ * an install answered "no", in the image's chroot over a throwaway writable
+ * layer (the image stays read-only). The package lists it fetched are kept
+ * for the packages step, which then needs no second update.
+ */
+async function estimatePackages(b: BaseBuild, scope: CleanupScope): Promise<void> {
+  b.reporter.status(`asking apt in the image what ${b.missing.length} package(s) need (apt-get update${process.arch === "arm64" ? "" : ", under qemu-user"})`);
+  const work = path.join(path.dirname(b.image), "apt-estimate");
+  for (const d of ["upper", "work", "root"]) mkdirSync(path.join(work, d), { recursive: true, mode: 0o700 });
+  const simRoot = path.join(work, "root");
+  await runCommand(mountOverlay(b.mnt, path.join(work, "upper"), path.join(work, "work"), simRoot), { log: b.log });
+  scope.defer(async () => {
+    await killChrootProcesses(simRoot, b.log);
+    await unmountTree(simRoot);
+  }, `unmount ${simRoot}`);
+  const sim = new ImageRoot(simRoot);
+  await mountChrootFilesystems(sim, scope);
+  preventServiceStarts(sim, scope);
+  provideResolvConf(sim, scope);
+  const said: string[] = [];
+  const lines = toolLines(b);
+  await runInChroot(simRoot, {
+    what: "asking apt in the image's chroot what the packages need (apt-get update, then an install answered no); check the network and the image's apt sources",
+    script: aptUpdateScript() + aptEstimateScript(b.missing, stageInstallsWithoutRecommends(b.input.rendered)),
+    signal: b.signal,
+    onLine: (line) => {
+      said.push(line);
+      lines(line);
+    },
+  });
+  const sizes = parseAptSizes(said.join("\n"));
+  if (sizes.downloadBytes === 0 && sizes.installBytes === 0) {
+    // apt said nothing we can read (another apt's wording): the room of old, which holds pibake's own packages.
+    b.log.line(`apt's estimate could not be read; assuming ${formatBytes(FALLBACK_PACKAGE_ROOM)} for ${b.missing.join(", ")}`);
+    return;
+  }
+  b.aptSizes = sizes;
+  b.log.line(`apt: ${formatBytes(b.aptSizes.downloadBytes)} to download, ${formatBytes(b.aptSizes.installBytes)} installed for ${b.missing.join(", ")}`);
+  b.aptLists = new Map();
+  for (const e of sim.listEntries("/var/lib/apt/lists")) {
+    if (e.isFile() && e.name !== "lock") b.aptLists.set(e.name, sim.read(`/var/lib/apt/lists/${e.name}`)!);
+  }
+}
+
+/** Room for packages when apt's figures cannot be read. */
+const FALLBACK_PACKAGE_ROOM = 1024 * MiB;
+
+/** How much to grow the root partition: apt's figures plus the margin (or, for files only, a little), beyond what is free; a --grow that cannot hold them is refused now. */
+function decideGrowth(b: BaseBuild): void {
+  const free = b.facts!.freeBytes;
   const nodeRedRoom = b.model.nodeRed?.install === "build" && !b.regeneration ? AUTO_FREE_NODE_RED_BUILD : 0;
+  const forPackages = b.missing.length === 0 ? 0 : b.aptSizes ? roomForPackages(b.aptSizes) : FALLBACK_PACKAGE_ROOM;
+  const need = Math.max(forPackages, AUTO_FREE_WITHOUT_PACKAGES) + nodeRedRoom;
+  b.roomNeeded = need;
   const grow = parseGrow(b.input.request.grow);
-  b.growBy = grow === "auto" ? autoGrow(facts.freeBytes, !b.regeneration, nodeRedRoom) : grow;
+  if (grow === "auto") {
+    b.growBy = need <= free ? 0 : alignUp(need - free, 64 * MiB);
+    return;
+  }
+  if (free + grow < need) {
+    const what = b.aptSizes ? `apt's ${formatBytes(b.aptSizes.downloadBytes)} of downloads and ${formatBytes(b.aptSizes.installBytes)} installed, plus ${Math.round(ROOM_MARGIN.fraction * 100)} % and ${formatBytes(ROOM_MARGIN.bytes)}` : "the overlay and logs";
+    throw new PibakeError(
+      `--grow ${b.input.request.grow}: the build needs ${formatBytes(need)} free in the root file system (${what}${nodeRedRoom ? `, and ${formatBytes(nodeRedRoom)} for Node-RED's install at build time` : ""}), ` +
+        `but ${b.label} has ${formatBytes(free)} free, ${formatBytes(free + grow)} with that growth: use --grow ${formatBytes(alignUp(need - free, 64 * MiB)).replace(/ /g, "").replace(/iB$/, "")} or more, or leave --grow out`,
+      2,
+    );
+  }
+  b.growBy = grow;
 }
 
 /** More room in the image for the root partition; the file system follows once attached. */
@@ -215,6 +296,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
     scope.defer(() => unmountTree(bootTarget), `unmount ${bootTarget}`);
 
     const before = snapshotState(b.tree);
+    for (const [name, bytes] of b.aptLists ?? []) b.tree.write(`/var/lib/apt/lists/${name}`, bytes, 0o644);
     const systemDigest = await applySystem(b);
 
     // Files of the previous overlay that this one no longer has.
@@ -283,7 +365,8 @@ async function runRenderedStage(b: BaseBuild): Promise<void> {
     stageDir: path.join(renderDir, "stage"),
     rootfs: b.mnt,
     skipPackages: regeneration,
-    aptUpdate: true,
+    // The estimate's apt-get update already fetched the lists (copied in by applyStage).
+    aptUpdate: b.aptLists === undefined,
     env: stageEnv(b.model),
     signal: b.signal,
     onStep: (event, what) => {
@@ -362,6 +445,7 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       packagesAdded: { count: b.added?.names.length ?? 0, installedBytes: b.added?.installedBytes ?? 0, names: b.added?.names ?? [] },
       packages: b.wanted,
       rootGrownBy: b.growBy,
+      ...(b.aptSizes ? { aptEstimate: { ...b.aptSizes, roomNeeded: b.roomNeeded, margin: ROOM_MARGIN } } : {}),
       ...(b.shrunk ? { rootShrunkTo: b.root!.size } : {}),
       freeBlocksZeroed: b.zeroed,
       bootPartitionChanges: b.bootChanges.changed,
@@ -389,6 +473,11 @@ function toolLines(b: BaseBuild): (line: string) => void {
       b.reporter.status(line.length > 100 ? `${line.slice(0, 97)}...` : line);
     }
   };
+}
+
+/** Whether every package file of the stage is NN-packages-nr (installed without recommends), so that apt's estimate asks the same. */
+function stageInstallsWithoutRecommends(rendered: EngineInput["rendered"]): boolean {
+  return rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path)).every((f) => f.path.endsWith("-nr"));
 }
 
 /** Whether the rendered stage file lists any package (an empty list is a step that does nothing). */

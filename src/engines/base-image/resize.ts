@@ -30,8 +30,7 @@ export function parseGrow(text: string | undefined): "auto" | number {
   return alignUp(bytes);
 }
 
-/** Free space the build makes sure the root file system has: room for packages and apt's downloads, or just for the overlay. */
-export const AUTO_FREE_WITH_PACKAGES = 1 * GiB;
+/** Free space a build that installs no package makes sure the root file system has: the overlay, logs, apt's lists. */
 export const AUTO_FREE_WITHOUT_PACKAGES = 128 * MiB;
 
 /**
@@ -41,11 +40,6 @@ export const AUTO_FREE_WITHOUT_PACKAGES = 128 * MiB;
  * blocks ext4 reserves for root and fails with "No space left on device".
  */
 export const AUTO_FREE_NODE_RED_BUILD = 1 * GiB;
-
-export function autoGrow(freeBytes: number, installsPackages: boolean, extraBytes = 0): number {
-  const want = (installsPackages ? AUTO_FREE_WITH_PACKAGES : AUTO_FREE_WITHOUT_PACKAGES) + extraBytes;
-  return freeBytes >= want ? 0 : alignUp(want - freeBytes, 64 * MiB);
-}
 
 /**
  * Make the image file `add` bytes longer and give them to the root partition
