@@ -10,7 +10,8 @@ import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { byteRanges, findBmapFor, mappedBytes, readBmap, type Bmap } from "../image/bmap.js";
 import { openImageReader, probeImage, type ImageInfo } from "../image/compression.js";
 import { createOutput, formatBytes, type Output } from "../ui/output.js";
-import { checkTarget, type SystemInfo, type Target } from "./checks.js";
+import { checkTarget, isNamingMistake, type SystemInfo, type Target } from "./checks.js";
+import { checkFlashSource } from "./source.js";
 import {
   activeSwaps,
   describeContents,
@@ -186,9 +187,10 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     const verify = args.verify !== false;
     const image = path.resolve(args.image);
     const ist = await statOrUndefined(image);
-    if (!ist) throw new PibakeError(`image ${args.image} does not exist`);
-    if (!ist.isFile()) throw new PibakeError(`image ${args.image} is not a regular file`);
+    if (!ist) throw new PibakeError(`image ${args.image} does not exist`, 2);
+    if (!ist.isFile()) throw new PibakeError(`image ${args.image} is not a regular file`, 2);
     const info = await probeImage(image);
+    await checkFlashSource(image, args.image, info);
 
     let bmap: { path: string; bmap: Bmap } | undefined;
     const bmapPath = typeof args.bmap === "string" ? path.resolve(args.bmap) : args.bmap === false ? undefined : await findBmapFor(image);
@@ -231,7 +233,7 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     const system = await systemInfo();
     system.inputs = await Promise.all(inputs.map(async (i) => ({ what: i.what, majMin: majMinOf((await fsp.stat(i.path)).dev) })));
     const check = checkTarget(target, imageSize, { force: args.force === true, unmount: args.unmount === true }, system);
-    if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "));
+    if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "), isNamingMistake(target) ? 2 : 1);
 
     const targetPath = target.path;
     const kind = target.kind === "block" ? "block" : "file";
