@@ -53,7 +53,7 @@ export const baseImageEngine: Engine = {
   async preflight(request, model) {
     const official = officialBase(request);
     const problems = await Promise.all([
-      problemOf(checkRoot),
+      problemOf(() => checkRoot(request.base)),
       // The official images are .img.xz.
       problemOf(async () => checkPrograms(official ? "xz" : await detectCompression(request.base!), request.shrink === true)),
       problemOf(() => checkBinfmt(model.image.arch)),
