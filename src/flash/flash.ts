@@ -9,7 +9,7 @@ import { InterruptedError, PibakeError } from "../errors.js";
 import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { byteRanges, findBmapFor, mappedBytes, readBmap, type Bmap } from "../image/bmap.js";
 import { openImageReader, probeImage, type ImageInfo } from "../image/compression.js";
-import { createOutput, formatBytes, type Output } from "../ui/output.js";
+import { canRedraw, createOutput, formatBytes, type Output } from "../ui/output.js";
 import { checkTarget, isNamingMistake, type SystemInfo, type Target } from "./checks.js";
 import { checkFlashSource } from "./source.js";
 import {
@@ -70,7 +70,7 @@ export function defaultFlashIO(): FlashIO {
     prompt: process.stderr,
     input: process.stdin,
     interactive,
-    live: process.stderr.isTTY === true && process.env.CI !== "true",
+    live: canRedraw(process.stderr),
   };
 }
 

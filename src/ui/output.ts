@@ -17,6 +17,15 @@ export function redact(text: string): string {
   return out;
 }
 
+/**
+ * Whether status lines may replace each other with control codes: only on a
+ * terminal that understands them. TERM=dumb (Emacs' shell, some CI consoles)
+ * shows "\x1b[2K" as text, and a file or pipe keeps every one.
+ */
+export function canRedraw(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv = process.env): boolean {
+  return stream.isTTY === true && env.CI !== "true" && env.TERM !== "dumb";
+}
+
 export interface Output {
   /** True when status lines replace each other on a terminal; plain lines otherwise (log files, CI). */
   readonly live: boolean;
@@ -39,7 +48,7 @@ export interface OutputOptions {
 export function createOutput(opts: OutputOptions = {}): Output {
   const stdout = opts.stdout ?? process.stdout;
   const stderr = opts.stderr ?? process.stderr;
-  const live = !opts.plain && stderr.isTTY === true && process.env.CI !== "true";
+  const live = !opts.plain && canRedraw(stderr);
   let statusShown = false;
   const clearStatus = () => {
     if (statusShown) {
@@ -62,7 +71,8 @@ export function createOutput(opts: OutputOptions = {}): Output {
       if (opts.quiet) return;
       const text = redact(message);
       if (live) {
-        const width = (stderr.columns ?? 80) - 1;
+        // A pseudo-terminal without a size reports 0 columns.
+        const width = (stderr.columns || 80) - 1;
         stderr.write(`\r\x1b[2K${text.length > width ? text.slice(0, width) : text}`);
         statusShown = true;
       } else {
