@@ -1,7 +1,7 @@
 import { cac, type CAC } from "cac";
 import { ConfigError, PibakeError } from "./errors.js";
 import { PIBAKE_VERSION } from "./version.js";
-import { redact } from "./ui/output.js";
+import { guardOutputStreams, redact } from "./ui/output.js";
 import { ACTIONS, registerCommands } from "./commands/index.js";
 import { checkGlobalOptions, helpSections, unknownCommand, usageError } from "./usage.js";
 
@@ -19,6 +19,7 @@ export function createCli(): CAC {
 export async function main(argv: string[]): Promise<void> {
   const cli = createCli();
   let debug = argv.includes("--debug");
+  guardOutputStreams();
   try {
     const parsed = cli.parse(argv, { run: false });
     debug = Boolean(parsed.options.debug);

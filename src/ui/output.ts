@@ -26,6 +26,24 @@ export function canRedraw(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv = 
   return stream.isTTY === true && env.CI !== "true" && env.TERM !== "dumb";
 }
 
+/**
+ * Standard output that cannot be written is not a bug to show a stack for.
+ * EPIPE: the reader stopped (`pibake schema | head -1`), so the rest is not
+ * wanted; the command still finishes, so that its clean-up runs. Anything else
+ * (ENOSPC on a full disk) is said once and fails the run: the output is incomplete.
+ */
+export function guardOutputStreams(stdout: NodeJS.WritableStream = process.stdout, stderr: NodeJS.WritableStream = process.stderr): void {
+  let said = false;
+  stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (said || err.code === "EPIPE") return;
+    said = true;
+    process.exitCode = 1;
+    stderr.write(`pibake: cannot write to standard output: ${err.code ? `${err.code} (${err.message.replace(/^\w+: /, "").replace(/, write$/, "")})` : err.message}\n`);
+  });
+  // Nowhere is left to report a broken standard error.
+  stderr.on("error", () => {});
+}
+
 export interface Output {
   /** True when status lines replace each other on a terminal; plain lines otherwise (log files, CI). */
   readonly live: boolean;
