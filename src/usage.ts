@@ -60,10 +60,10 @@ export function unknownCommand(name: string, cli: CAC): PibakeError {
 export function checkAction(command: string, action: string | undefined, actions: readonly Action[]): string {
   const names = actions.map((a) => a.name);
   if (action !== undefined && names.includes(action)) return action;
-  const list = names.map((n) => `"${n}"`).join(" or ");
-  if (action === undefined || action === "") throw new PibakeError(`${command} needs an action: ${list}`, 2);
+  const needs = `${command} needs an action: ${names.map((n) => `"${n}"`).join(" or ")}`;
+  if (action === undefined || action === "") throw new PibakeError(needs, 2);
   const hint = didYouMean(String(action), names);
-  throw new PibakeError(`unknown ${command} action "${action}": ${hint ? `${hint} ` : ""}(use ${list}; see pibake ${command} --help)`, 2);
+  throw new PibakeError(`${needs}, not "${action}"${hint ? `: ${hint}` : ""} (see pibake ${command} --help)`, 2);
 }
 
 /** The long forms an option is typed as: "--bmap [file]" is "--bmap", "-h, --help" is "--help". */

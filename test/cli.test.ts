@@ -54,10 +54,10 @@ describe("did you mean", () => {
   it("checks an action before reading the config", async () => {
     const r = await pibake(["ca", "exprot", path.join(tmp.dir, "missing.json")]);
     expect(r.exitCode).toBe(2);
-    expect(oneLine(r.stderr)).toBe(`pibake: unknown ca action "exprot": did you mean "export"? (use "export" or "show"; see pibake ca --help)`);
+    expect(oneLine(r.stderr)).toBe(`pibake: ca needs an action: "export" or "show", not "exprot": did you mean "export"? (see pibake ca --help)`);
     const images = await pibake(["images", "lst"]);
     expect(images.exitCode).toBe(2);
-    expect(images.stderr).toBe(`pibake: unknown images action "lst": did you mean "list"? (use "list" or "prune"; see pibake images --help)`);
+    expect(images.stderr).toBe(`pibake: images needs an action: "list" or "prune", not "lst": did you mean "list"? (see pibake images --help)`);
   });
 
   it("suggests only what is close, and only one", () => {
