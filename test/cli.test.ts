@@ -10,7 +10,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createCli } from "../src/cli.js";
 import { closest, editDistance } from "../src/usage.js";
-import { bin, pibake, repoRoot, tempDir } from "./helpers/cli.js";
+import { bin, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 
 const tmp = tempDir("pibake-cli-test-");
 afterAll(tmp.cleanup);
@@ -89,6 +89,36 @@ describe("usage errors exit 2 with one line", () => {
     const r = await pibake(args.map((a) => (a === "CFG" ? cfg : a)), { cwd: tmp.dir });
     expect(r.exitCode, r.stderr).toBe(2);
     expect(oneLine(r.stderr)).toMatch(message);
+  });
+});
+
+describe("a file or directory named that is not there is a usage error", () => {
+  it("build --base, build --pi-gen, flash --bmap, ca export --out", async () => {
+    const cfg = writeJson(path.join(tmp.dir, "valid.json"), validConfig());
+    const state = path.join(tmp.dir, "state");
+    await fsp.mkdir(state, { recursive: true });
+    await fsp.writeFile(path.join(state, "ca.crt"), "-----BEGIN CERTIFICATE-----\n");
+    const image = path.join(tmp.dir, "tiny.img");
+    const head = Buffer.alloc(4096);
+    head[446 + 4] = 0x83;
+    head.writeUInt32LE(1, 446 + 8);
+    head.writeUInt32LE(7, 446 + 12);
+    head[510] = 0x55;
+    head[511] = 0xaa;
+    await fsp.writeFile(image, head);
+    const cases: [string[], string][] = [
+      [["build", cfg, "--base", "missing.img", "--out", "out"], "--base missing.img: no such file; give a Raspberry Pi OS image"],
+      [["build", cfg, "--pi-gen", "no-pi-gen", "--out", "out"], "--pi-gen no-pi-gen: not a pi-gen checkout (no build.sh)"],
+      [["flash", image, "copy.img", "--bmap", "missing.bmap", "--yes"], "pibake: bmap missing.bmap does not exist"],
+      [["ca", "export", "--state", state, "--out", "no-dir/ca.crt"], `pibake: --out no-dir/ca.crt: directory ${tmp.dir}/no-dir does not exist`],
+    ];
+    for (const [args, message] of cases) {
+      const r = await pibake(args, { cwd: tmp.dir, env: secretEnv, timeout: 120_000 });
+      expect(r.exitCode, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr, args.join(" ")).toContain(message);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+    expect(existsSync(path.join(tmp.dir, "copy.img"))).toBe(false);
   });
 });
 

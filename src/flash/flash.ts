@@ -193,6 +193,7 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     await checkFlashSource(image, args.image, info);
 
     let bmap: { path: string; bmap: Bmap } | undefined;
+    if (typeof args.bmap === "string" && !(await statOrUndefined(path.resolve(args.bmap)))) throw new PibakeError(`bmap ${args.bmap} does not exist`, 2);
     const bmapPath = typeof args.bmap === "string" ? path.resolve(args.bmap) : args.bmap === false ? undefined : await findBmapFor(image);
     if (bmapPath) bmap = { path: bmapPath, bmap: await readBmap(bmapPath) };
     if (bmap && info.size !== undefined && info.size !== bmap.bmap.imageSize) {
