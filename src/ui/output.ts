@@ -32,7 +32,12 @@ export function canRedraw(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv = 
  * wanted; the command still finishes, so that its clean-up runs. Anything else
  * (ENOSPC on a full disk) is said once and fails the run: the output is incomplete.
  */
+const guarded = new WeakSet<NodeJS.WritableStream>();
+
 export function guardOutputStreams(stdout: NodeJS.WritableStream = process.stdout, stderr: NodeJS.WritableStream = process.stderr): void {
+  // Once per stream, however often main() runs in one process.
+  if (guarded.has(stdout)) return;
+  guarded.add(stdout);
   let said = false;
   stdout.on("error", (err: NodeJS.ErrnoException) => {
     if (said || err.code === "EPIPE") return;
