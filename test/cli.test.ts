@@ -207,9 +207,9 @@ describe("help", () => {
     const examples = r.stdout.split("Examples:\n")[1]?.trim().split("\n") ?? [];
     for (const example of examples) {
       const words = example.replace(/\s+#.*$/, "").trim().split(/\s+/);
-      // Builds read the config's secrets from the environment, which plain sudo drops.
-      if (words[0] === "sudo") expect(words.slice(0, 2), example).toEqual(["sudo", "-E"]);
-      const argv = words[0] === "sudo" ? words.slice(2) : words;
+      // Builds read the config's secrets from the environment, which plain sudo drops; flash needs none.
+      if (words[0] === "sudo") expect(words.slice(0, 2), example).toEqual(name === "flash" ? ["sudo", "pibake"] : ["sudo", "-E"]);
+      const argv = words[0] !== "sudo" ? words : words[1] === "-E" ? words.slice(2) : words.slice(1);
       expect(argv[0], example).toBe("pibake");
       const cli = createCli();
       cli.parse(["node", ...argv], { run: false });

@@ -60,8 +60,9 @@ export function registerCommands(cli: CAC): void {
     .option("--no-verify", "Do not read the card back to compare it with the image (by default it is read back and compared)")
     .option("--bmap [file]", "Use this bmap file (default: the .bmap beside the image)")
     .option("--no-bmap", "Ignore a .bmap beside the image and write all of it (by default a .bmap beside the image is used)")
-    .example("pibake flash deploy/broker.img.xz            # choose the card from a list")
-    .example("pibake flash deploy/broker.img.xz /dev/sdb --unmount")
+    .example("sudo pibake flash deploy/broker-home.example.com-2026-01-10.img.xz       # choose the card from a list")
+    .example("sudo pibake flash deploy/broker-home.example.com-2026-01-10.img.xz /dev/sdb --unmount")
+    .example("pibake flash deploy/broker-home.example.com-2026-01-10.img.xz copy.img   # a file as the target")
     .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
 
   cli
