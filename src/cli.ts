@@ -1,15 +1,16 @@
 import { cac, type CAC } from "cac";
 import { ConfigError, PibakeError } from "./errors.js";
 import { PIBAKE_VERSION } from "./version.js";
-import { redact } from "./ui/output.js";
-import { registerCommands } from "./commands/index.js";
+import { guardOutputStreams, redact } from "./ui/output.js";
+import { ACTIONS, registerCommands } from "./commands/index.js";
+import { checkGlobalOptions, helpSections, unknownCommand, usageError } from "./usage.js";
 
 export function createCli(): CAC {
   const cli = cac("pibake");
   // Options and help only: each command's code is imported when it runs (src/commands/index.ts).
   registerCommands(cli);
   cli.option("--debug", "Show stack traces of unexpected errors");
-  cli.help();
+  cli.help(helpSections(cli, ACTIONS));
   cli.version(PIBAKE_VERSION);
   return cli;
 }
@@ -18,18 +19,20 @@ export function createCli(): CAC {
 export async function main(argv: string[]): Promise<void> {
   const cli = createCli();
   let debug = argv.includes("--debug");
+  guardOutputStreams();
   try {
     const parsed = cli.parse(argv, { run: false });
     debug = Boolean(parsed.options.debug);
     if (!cli.matchedCommand) {
       if (parsed.options.help || parsed.options.version) return;
-      if (parsed.args.length > 0) throw new PibakeError(`unknown command "${parsed.args[0]}": see pibake --help`, 2);
+      if (parsed.args.length > 0) throw unknownCommand(String(parsed.args[0]), cli);
+      checkGlobalOptions(cli, argv.slice(2));
       cli.outputHelp();
       return;
     }
     await cli.runMatchedCommand();
   } catch (err) {
-    process.exitCode = report(err, debug);
+    process.exitCode = report(usageError(err, cli, argv.slice(2)), debug);
   }
 }
 

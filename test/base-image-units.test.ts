@@ -21,7 +21,7 @@ import {
 } from "../src/engines/base-image/system.js";
 import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/base-image/marker.js";
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
-import { binfmtProblem, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
+import { binfmtProblem, checkRoot, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/host/log.js";
 import { ImageRoot } from "../src/host/image-root.js";
 import { checkUsage } from "../src/build.js";
@@ -220,6 +220,16 @@ describe("the FAT boot partition through mtools", () => {
     return execa("ln", ["-s", "x", path.join(dir, "link")]).then(() => {
       expect(() => snapshotTree(dir)).toThrow(/\/boot\/firmware\/link is a symbolic link: the boot partition is FAT/);
     });
+  });
+});
+
+describe("root", () => {
+  it("names the build as it was asked for, and sudo -E (the secrets are in the environment)", () => {
+    const tail = "needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)";
+    expect(() => checkRoot(undefined, 1000)).toThrow(`pibake build (from the official Raspberry Pi OS Lite) ${tail}`);
+    expect(() => checkRoot("raspios@2025-12-04", 1000)).toThrow(`pibake build --base raspios@2025-12-04 ${tail}`);
+    expect(() => checkRoot("base.img.xz", 1000)).toThrow(`pibake build --base base.img.xz ${tail}`);
+    expect(() => checkRoot(undefined, 0)).not.toThrow();
   });
 });
 

@@ -147,9 +147,10 @@ describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry P
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/cannot decompress .*cut\.img\.xz/);
 
+    // A --base that names nothing is a usage error.
     r = await build(path.join(tmp.dir, "missing.img.xz"));
-    expect(r.exitCode).toBe(1);
-    expect(r.stderr).toMatch(/image .*missing\.img\.xz does not exist/);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/--base .*missing\.img\.xz: no such file/);
 
     // None of this left anything in --out.
     const out = path.join(tmp.dir, "out");

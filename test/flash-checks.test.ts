@@ -4,6 +4,7 @@ import { checkTarget, systemUse, type SystemInfo, type Target } from "../src/fla
 import { describeContents, flashCandidates, formatDeviceTable, majMinOf, mountsOf, parseLsblk, type BlockDevice } from "../src/flash/devices.js";
 import { formatProgress } from "../src/flash/progress.js";
 import { isYes, parseChoice } from "../src/flash/prompt.js";
+import { partitionTableProblem, sidecarOf } from "../src/flash/source.js";
 
 const GiB = 1024 ** 3;
 
@@ -197,5 +198,49 @@ describe("formatProgress", () => {
   it("fits 80 columns for any card size and speed", () => {
     const line = formatProgress({ phase: "Verifying", done: 123.4 * 2 ** 30, total: 999.9 * 2 ** 30, rate: 123.4 * 2 ** 20 });
     expect(line.length).toBeLessThan(80);
+  });
+});
+
+describe("what flash takes for a disk image", () => {
+  const sector = (fill: (s: Buffer) => void) => {
+    const s = Buffer.alloc(512);
+    fill(s);
+    return s;
+  };
+  const signed = (s: Buffer) => {
+    s[510] = 0x55;
+    s[511] = 0xaa;
+  };
+  const entry = (s: Buffer, i: number, type: number, start: number, sectors: number, status = 0) => {
+    const e = 446 + 16 * i;
+    s[e] = status;
+    s[e + 4] = type;
+    s.writeUInt32LE(start, e + 8);
+    s.writeUInt32LE(sectors, e + 12);
+  };
+
+  it.each([
+    ["Raspberry Pi OS's MBR", sector((s) => (entry(s, 0, 0x0c, 8192, 1048576), entry(s, 1, 0x83, 1056768, 4194304), signed(s))), undefined],
+    ["a GPT disk's protective MBR", sector((s) => (entry(s, 0, 0xee, 1, 0xffffffff), signed(s))), undefined],
+    ["an empty file", Buffer.alloc(0), "it is empty"],
+    ["text shorter than a sector", Buffer.from("abc123  x.img.xz\n"), "it is 17 bytes long, shorter than one sector"],
+    ["a sector without the signature", sector((s) => entry(s, 0, 0x0c, 8192, 1024)), "its first sector holds no partition table (no MBR or GPT signature)"],
+    ["a FAT boot sector (text where the entries would be)", sector((s) => (s.write("press any key to try again ... \r\n", 440, "latin1"), signed(s))), "its first sector ends like a boot sector but holds no valid partition table (a file system on its own, not a whole disk)"],
+    ["a signed sector with no partitions", sector(signed), "its partition table is empty"],
+    ["an entry at sector 0", sector((s) => (entry(s, 0, 0x83, 0, 1024), signed(s))), "its partition table has an entry that starts at sector 0 or is empty: it is damaged, or not a partition table"],
+  ])("%s", (_what, head, problem) => {
+    expect(partitionTableProblem(head)).toBe(problem);
+  });
+
+  it("names the image a sidecar belongs to, when it is there", () => {
+    const there = new Set(["deploy/b-h-2026-01-10.img.xz", "raw/b.img"]);
+    const exists = (p: string) => there.has(p);
+    expect(sidecarOf("deploy/b-h-2026-01-10.img.xz.sha256", exists)).toBe("the checksum file of deploy/b-h-2026-01-10.img.xz");
+    expect(sidecarOf("deploy/b-h-2026-01-10.img.bmap", exists)).toBe("the block map of deploy/b-h-2026-01-10.img.xz");
+    expect(sidecarOf("deploy/b-h-2026-01-10.manifest.json", exists)).toBe("the build manifest of deploy/b-h-2026-01-10.img.xz");
+    expect(sidecarOf("deploy/b-h-2026-01-10.log", exists)).toBe("the build log of deploy/b-h-2026-01-10.img.xz");
+    expect(sidecarOf("raw/b.img.bmap", exists)).toBe("the block map of raw/b.img");
+    expect(sidecarOf("deploy/other.log", exists)).toBeUndefined();
+    expect(sidecarOf("notes.txt", exists)).toBeUndefined();
   });
 });

@@ -32,7 +32,21 @@ let imageData: Buffer;
 const loops: string[] = [];
 const mounts: string[] = [];
 
-/** A sparse image with a partition table and random data in a few places. */
+/** A first sector with one FAT partition: the least that flash takes for a disk image. */
+function minimalMbr(): Buffer {
+  const s = Buffer.alloc(512);
+  s[446 + 4] = 0x0c;
+  s.writeUInt32LE(2048, 446 + 8);
+  s.writeUInt32LE(8192, 446 + 12);
+  s[510] = 0x55;
+  s[511] = 0xaa;
+  return s;
+}
+
+/**
+ * A sparse image with random data in a few places and a partition table:
+ * sfdisk's (when `table` and sfdisk is there), else a minimal one written last.
+ */
 async function makeImage(file: string, size: number, runs: [number, number][], table = true): Promise<Buffer> {
   await fsp.writeFile(file, "");
   await fsp.truncate(file, size);
@@ -42,6 +56,7 @@ async function makeImage(file: string, size: number, runs: [number, number][], t
   }
   const fh = await fsp.open(file, "r+");
   for (const [offMiB, lenKiB] of runs) await fh.write(randomBytes(lenKiB * 1024), 0, lenKiB * 1024, offMiB * MiB);
+  if (!(table && hasSfdisk)) await fh.write(minimalMbr(), 0, 512, 0);
   await fh.close();
   return fsp.readFile(file);
 }
@@ -305,6 +320,7 @@ describe("refusals: clear message, nothing written", () => {
     const { dev } = await card("small", 32 * MiB);
     const err = await refused({ image, device: dev, yes: true, force: true }, dev, 32 * MiB);
     expect(err.message).toBe(`${dev} (32.0 MiB) is smaller than the image (64.0 MiB): use a larger card`);
+    expect(err.exitCode).toBe(1);
   });
 
   it.skipIf(!canLoop)("a disk that is not removable, without --force", async () => {
@@ -341,17 +357,106 @@ describe("refusals: clear message, nothing written", () => {
   it("a device that does not exist", async () => {
     const err = await runFlash({ image, device: "/dev/pibake-no-such-card", yes: true }, captureIO()).catch((e: unknown) => e);
     expect((err as Error).message).toBe(`/dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`);
+    // A name that leads nowhere is a usage error; a card that cannot be written (read-only, too small) is not.
+    expect(err).toMatchObject({ exitCode: 2 });
   });
 
   it("the image itself as the target", async () => {
     const err = await runFlash({ image, device: image, yes: true }, captureIO()).catch((e: unknown) => e);
     expect((err as Error).message).toBe(`${image} is the image itself: choose another target`);
+    expect(err).toMatchObject({ exitCode: 2 });
     expect(sha(await fsp.readFile(image))).toBe(sha(imageData));
   });
 
   it("no device and no terminal: usage error", async () => {
     const err = await runFlash({ image }, captureIO()).catch((e: unknown) => e);
     expect(err).toMatchObject({ exitCode: 2, message: expect.stringMatching(/^no DEVICE given, and no terminal to choose one on/) });
+  });
+});
+
+describe("only a disk image is written", () => {
+  /** Flash `source` onto a file that already holds something: refused with exit 2, before any question, the file unchanged. */
+  async function refusedSource(source: string): Promise<PibakeError> {
+    const target = path.join(dir, "precious.bin");
+    await fsp.writeFile(target, "the card's old contents\n");
+    const input = new PassThrough();
+    input.end("y\n");
+    const io = captureIO({ interactive: true, input });
+    const err = await runFlash({ image: source, device: target }, io).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PibakeError);
+    expect(err).toMatchObject({ exitCode: 2 });
+    expect(io.text()).not.toContain("Write the image");
+    expect(await fsp.readFile(target, "utf8")).toBe("the card's old contents\n");
+    return err as PibakeError;
+  }
+
+  it("refuses a text file, and a new target is not even created", async () => {
+    const notes = path.join(dir, "notes.txt");
+    await fsp.writeFile(notes, "not an image\n".repeat(100));
+    expect((await refusedSource(notes)).message).toBe(
+      `${notes} is not a disk image: its first sector holds no partition table (no MBR or GPT signature); ` +
+        `flash the .img (or .img.xz, .img.zst, .img.gz, .zip) that pibake build made. Nothing was written`,
+    );
+    const fresh = path.join(dir, "fresh.img");
+    await expect(runFlash({ image: notes, device: fresh, yes: true }, captureIO())).rejects.toThrow(/is not a disk image/);
+    expect(existsSync(fresh)).toBe(false);
+  });
+
+  it("refuses the files delivered beside an image, and names the image", async () => {
+    const deploy = await fsp.mkdtemp(path.join(dir, "deploy-"));
+    const base = path.join(deploy, "broker-home.example.com-2026-01-10");
+    await fsp.writeFile(`${base}.img.xz`, "");
+    await fsp.writeFile(`${base}.img.xz.sha256`, `${"0".repeat(64)}  broker-home.example.com-2026-01-10.img.xz\n`);
+    await fsp.copyFile(`${image}.bmap`, `${base}.img.bmap`);
+    await fsp.writeFile(`${base}.manifest.json`, JSON.stringify({ pibake: "0.1.0" }, null, 2));
+    await fsp.writeFile(`${base}.log`, "== step: render\n".repeat(200));
+    for (const [file, what] of [
+      [`${base}.img.xz.sha256`, "the checksum file"],
+      [`${base}.img.bmap`, "the block map"],
+      [`${base}.manifest.json`, "the build manifest"],
+      [`${base}.log`, "the build log"],
+    ] as const) {
+      const message = (await refusedSource(file)).message;
+      expect(message.startsWith(`${file} is not a disk image: `), message).toBe(true);
+      expect(message.endsWith(`; it is ${what} of ${base}.img.xz: flash that instead. Nothing was written`), message).toBe(true);
+    }
+  });
+
+  it("reads a compressed source's start through the decompressor: refused when it is not an image", async () => {
+    const notes = path.join(dir, "notes.img");
+    await fsp.writeFile(notes, "still not an image\n".repeat(100));
+    await execa("sh", ["-c", `xz -0 -c "${notes}" > "${notes}.xz" && zstd -q -c "${notes}" > "${notes}.zst" && gzip -c "${notes}" > "${notes}.gz" && cd "${dir}" && zip -q notes.zip notes.img`], T);
+    for (const [file, kind] of [[`${notes}.xz`, "xz"], [`${notes}.zst`, "zstd"], [`${notes}.gz`, "gzip"], [path.join(dir, "notes.zip"), "zip, member notes.img"]] as const) {
+      expect((await refusedSource(file)).message, file).toContain(`${file} is not a disk image once decompressed (${kind}): its first sector holds no partition table`);
+    }
+  });
+
+  it("refuses a file system's boot sector on its own (55 aa, but no partition entries)", async () => {
+    const vbr = path.join(dir, "boot-partition.img");
+    const sector = Buffer.alloc(8 * MiB);
+    sector.write("This is not a bootable disk.  Please insert a bootable floppy and\r\npress any key to try again ... \r\n", 430, "latin1");
+    sector[510] = 0x55;
+    sector[511] = 0xaa;
+    await fsp.writeFile(vbr, sector);
+    expect((await refusedSource(vbr)).message).toContain("its first sector ends like a boot sector but holds no valid partition table");
+  });
+
+  it("still writes compressed images (zstd, zip) and a GPT disk", async () => {
+    await execa("sh", ["-c", `zstd -q -f -c "${image}" > "${image}.zst" && cd "${dir}" && zip -q -1 broker.zip broker.img`], T);
+    for (const source of [`${image}.zst`, path.join(dir, "broker.zip")]) {
+      const copy = path.join(dir, `copy-of-${path.basename(source)}`);
+      await runFlash({ image: source, device: copy, bmap: false }, captureIO());
+      expect(sha(await fsp.readFile(copy)), source).toBe(sha(imageData));
+      await fsp.rm(copy);
+    }
+    if (!hasSfdisk) return;
+    const gpt = path.join(dir, "gpt.img");
+    await fsp.writeFile(gpt, "");
+    await fsp.truncate(gpt, 8 * MiB);
+    expect((await execa("sfdisk", ["-q", gpt], { ...T, stdin: undefined, input: "label: gpt\nstart=2048, size=4096\n" })).exitCode).toBe(0);
+    const copy = path.join(dir, "gpt.copy");
+    await runFlash({ image: gpt, device: copy, bmap: false }, captureIO());
+    expect(sha(await fsp.readFile(copy))).toBe(sha(await fsp.readFile(gpt)));
   });
 });
 
@@ -402,10 +507,21 @@ describe("the command line", () => {
     if (root) await fsp.rm(root, { recursive: true, force: true });
   });
 
-  it("exit code 1 and a one-line message for a refusal, no stack trace", async () => {
+  it("exit code 2 and a one-line message for a device that does not exist, no stack trace", async () => {
     const r = await execa("node", [bin, "flash", image, "/dev/pibake-no-such-card", "--yes"], T);
-    expect(r.exitCode).toBe(1);
+    expect(r.exitCode).toBe(2);
     expect(String(r.stderr)).toBe(`pibake: /dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`);
+  });
+
+  it("a source that is not a disk image: exit 2, before anything is asked or written", async () => {
+    const notes = path.join(dir, "notimg.txt");
+    await fsp.writeFile(notes, "hello\n");
+    const dest = path.join(dir, "notimg.copy");
+    const r = await execa("node", [bin, "flash", notes, dest, "--yes"], T);
+    expect(r.exitCode).toBe(2);
+    expect(String(r.stderr)).toBe(`pibake: ${notes} is not a disk image: it is 6 bytes long, shorter than one sector; flash the .img (or .img.xz, .img.zst, .img.gz, .zip) that pibake build made. Nothing was written`);
+    expect(String(r.stdout)).toBe("");
+    expect(existsSync(dest)).toBe(false);
   });
 
   it("exit code 2 for bad usage", async () => {
@@ -414,11 +530,14 @@ describe("the command line", () => {
     const noDevice = await execa("node", [bin, "flash", image], T);
     expect(noDevice.exitCode).toBe(2);
     expect(String(noDevice.stderr)).toMatch(/^pibake: no DEVICE given, and no terminal to choose one on/);
+    const missing = await execa("node", [bin, "flash", path.join(dir, "missing.img"), path.join(dir, "x.copy")], T);
+    expect(missing.exitCode).toBe(2);
+    expect(String(missing.stderr)).toBe(`pibake: image ${path.join(dir, "missing.img")} does not exist`);
   });
 
   it("Ctrl-C stops cleanly and says the target is incomplete", async () => {
     const big = path.join(dir, "big.img");
-    await fsp.writeFile(big, "");
+    await fsp.writeFile(big, minimalMbr());
     await fsp.truncate(big, 1024 * MiB);
     const dest = path.join(dir, "big.copy");
     const child = execa("node", [bin, "flash", big, dest, "--no-bmap"], { ...T, buffer: true });

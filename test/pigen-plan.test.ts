@@ -176,7 +176,7 @@ describe("pre-flight checks", () => {
     expect(text).toBe(
       "pi-gen cannot build here yet:\n" +
         "  - binfmt_misc is not mounted. Fix:\n      sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc\n" +
-        "  - pi-gen's native build must run as root (it mounts file systems and uses loop devices)\n    fix: run pibake with sudo, or use --runner docker",
+        "  - pi-gen's native build must run as root (it mounts file systems and uses loop devices)\n    fix: run pibake with sudo -E (-E keeps the environment variables the config's secrets come from), or use --runner docker",
     );
   });
 
@@ -192,7 +192,7 @@ describe("pre-flight checks", () => {
     expect(parseDepends(readFileSync(depends, "utf8"))[1]).toEqual({ tool: "no-such-tool-pibake", pkg: "pkg-one" });
     const p = await missingDependencies(depends);
     expect(p?.fix).toBe("sudo apt-get install -y pkg-one qemu-user-binfmt zzz-not-here");
-    expect(formatProblems([p!, rootProblem(1000)!])).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo, or use --runner docker/);
+    expect(formatProblems([p!, rootProblem(1000)!])).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo -E \(-E keeps the environment variables the config's secrets come from\), or use --runner docker/);
   });
 });
 

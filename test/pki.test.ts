@@ -3,7 +3,7 @@
  * lifetime, algorithms; reuse and renewal across builds; and the CA key
  * staying in the state directory.
  */
-import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { createPrivateKey, generateKeyPairSync, X509Certificate } from "node:crypto";
@@ -188,7 +188,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
     }
   });
 
-  it("re-issues a stored certificate it cannot keep: unreadable, from another CA, or not matching the stored key", async () => {
+  it("re-issues a stored certificate it cannot keep: unreadable, from another CA, not matching the stored key, or its key lost", async () => {
     const names = { commonName: fx.model.tls.domain, dnsNames: fx.model.tls.dnsNames, ipAddresses: fx.model.tls.ipAddresses };
     const cases: [string, (state: StateDir) => Promise<void>, string][] = [
       ["unreadable", async (st) => st.write("server.crt", "not a certificate\n"), "re-issued (the stored one could not be read)"],
@@ -198,6 +198,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
         async (st) => st.write("server.key", generateKeyPairSync("rsa", { modulusLength: 2048, privateKeyEncoding: { type: "pkcs1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } }).privateKey),
         "re-issued (the stored key does not match it)",
       ],
+      ["key missing", async (st) => rmSync(path.join(st.dir, "server.key")), "re-issued (its key was missing)"],
     ];
     for (const [what, spoil, status] of cases) {
       const state = new StateDir(copyState());

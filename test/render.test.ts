@@ -24,7 +24,7 @@ describe("render", () => {
     expect(r.stderr).toBe("");
     expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/domain:\s+home\.freemyip\.com/);
-    expect(r.stdout).toMatch(/certificate: issued \(none yet\), valid until \d{4}-\d\d-\d\d \(825 days\)/);
+    expect(r.stdout).toMatch(/certificate: issued \(new\), valid until \d{4}-\d\d-\d\d \(825 days\)/);
     expect(listFiles(out).sort()).toEqual(
       [
         "ca.crt",

@@ -28,7 +28,11 @@ function refuseNonCertificate(file: string, force: boolean): void {
       closeSync(fd);
     }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+      const dir = path.dirname(path.resolve(file));
+      if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new PibakeError(`--out ${file}: directory ${dir} does not exist`, 2);
+      return;
+    }
     throw err instanceof PibakeError ? err : new PibakeError(`cannot read ${file}: ${(err as Error).message}`, 2);
   }
   if (!head.startsWith("-----BEGIN CERTIFICATE-----") && !force) {

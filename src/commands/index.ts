@@ -6,6 +6,19 @@ import type { FlashOptions } from "./flash.js";
 import type { ImagesOptions } from "./images.js";
 import type { PushOptions } from "./push.js";
 import type { RenderOptions } from "./render.js";
+import { checkAction, type Action } from "../usage.js";
+
+/** The actions of the commands that take one, for their help and to check the word before loading the command. */
+export const ACTIONS: Record<string, Action[]> = {
+  ca: [
+    { name: "export", description: "Write the CA certificate for clients (to standard output, or --out FILE)" },
+    { name: "show", description: "Print subject, SHA-256 fingerprint and expiry of the CA and of the server certificate" },
+  ],
+  images: [
+    { name: "list", description: "Show the cached official images and interrupted downloads" },
+    { name: "prune", description: "Remove all but the newest image of each release/arch (--all: every one)" },
+  ],
+};
 
 /**
  * Every command with its options, help and examples, registered at start.
@@ -37,18 +50,19 @@ export function registerCommands(cli: CAC): void {
     .option("--force", "With export --out: replace an existing file that is not a certificate")
     .example("pibake ca export examples/broker.json --out ca.crt")
     .example("pibake ca show --state examples/.pibake/mqtt-broker")
-    .action(async (action: string, configPath: string | undefined, opts: CaOptions) => (await import("./ca.js")).caCommand(action, configPath, opts));
+    .action(async (action: string, configPath: string | undefined, opts: CaOptions) => (await import("./ca.js")).caCommand(checkAction("ca", action, ACTIONS.ca!), configPath, opts));
 
   cli
     .command("flash <image> [device]", "Write an image (.img, .xz, .zst, .gz, .zip) to an SD card or a file, and verify it")
     .option("--yes", "Do not ask before overwriting the device (for scripts)")
     .option("--force", "Allow a disk that is not removable")
     .option("--unmount", "Unmount the device's mounted partitions first")
-    .option("--no-verify", "Do not read the card back to compare it with the image")
+    .option("--no-verify", "Do not read the card back to compare it with the image (by default it is read back and compared)")
     .option("--bmap [file]", "Use this bmap file (default: the .bmap beside the image)")
-    .option("--no-bmap", "Ignore a .bmap beside the image and write all of it")
-    .example("pibake flash deploy/broker.img.xz            # choose the card from a list")
-    .example("pibake flash deploy/broker.img.xz /dev/sdb --unmount")
+    .option("--no-bmap", "Ignore a .bmap beside the image and write all of it (by default a .bmap beside the image is used)")
+    .example("sudo pibake flash deploy/broker-home.example.com-2026-01-10.img.xz       # choose the card from a list")
+    .example("sudo pibake flash deploy/broker-home.example.com-2026-01-10.img.xz /dev/sdb --unmount")
+    .example("pibake flash deploy/broker-home.example.com-2026-01-10.img.xz copy.img   # a file as the target")
     .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
 
   cli
@@ -56,7 +70,7 @@ export function registerCommands(cli: CAC): void {
     .option("--all", "With prune: remove every cached image and interrupted download")
     .example("pibake images list")
     .example("pibake images prune --all")
-    .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(action, opts));
+    .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(checkAction("images", action, ACTIONS.images!), opts));
 
   cli
     .command("check <config> [host]", "Check a running broker the way its clients see it: TLS (chain, name, version, expiry, origin), MQTT logins and a message round trip, DNS and the WAN address, Node-RED's login")
@@ -110,8 +124,8 @@ export function registerCommands(cli: CAC): void {
     .option("--clean", "pi-gen: start from a clean pi-gen work directory")
     .example("sudo -E pibake build broker.json                 # from the newest official Raspberry Pi OS Lite")
     .example("sudo -E pibake build broker.json --base raspios@2025-12-04")
-    .example("sudo pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
-    .example("sudo pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
+    .example("sudo -E pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
+    .example("sudo -E pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
     .example("pibake build broker.json --engine pi-gen --runner docker")
     .action(async (configPath: string, opts: BuildOptions) => {
       await (await import("./build.js")).buildCommand(configPath, opts);

@@ -52,6 +52,16 @@ export function systemUse(top: BlockDevice, system: SystemInfo): string[] {
   return uses;
 }
 
+/**
+ * A refusal of what was named rather than of the disk's state: no such
+ * device, a directory, the image itself, a partition. Those are usage errors
+ * (exit 2); a card that is read-only, mounted or too small is not.
+ */
+export function isNamingMistake(target: Target): boolean {
+  if (target.kind === "block") return target.node !== target.top || (target.node.type !== "disk" && target.node.type !== "loop");
+  return target.kind !== "file" || target.sameAsInput !== undefined;
+}
+
 export function checkTarget(target: Target, imageSize: number | undefined, opts: CheckOptions, system: SystemInfo): CheckResult {
   const none: Mounted[] = [];
   switch (target.kind) {

@@ -9,8 +9,9 @@ import { InterruptedError, PibakeError } from "../errors.js";
 import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { byteRanges, findBmapFor, mappedBytes, readBmap, type Bmap } from "../image/bmap.js";
 import { openImageReader, probeImage, type ImageInfo } from "../image/compression.js";
-import { createOutput, formatBytes, type Output } from "../ui/output.js";
-import { checkTarget, type SystemInfo, type Target } from "./checks.js";
+import { canRedraw, createOutput, formatBytes, type Output } from "../ui/output.js";
+import { checkTarget, isNamingMistake, type SystemInfo, type Target } from "./checks.js";
+import { checkFlashSource } from "./source.js";
 import {
   activeSwaps,
   describeContents,
@@ -69,7 +70,7 @@ export function defaultFlashIO(): FlashIO {
     prompt: process.stderr,
     input: process.stdin,
     interactive,
-    live: process.stderr.isTTY === true && process.env.CI !== "true",
+    live: canRedraw(process.stderr),
   };
 }
 
@@ -186,11 +187,13 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     const verify = args.verify !== false;
     const image = path.resolve(args.image);
     const ist = await statOrUndefined(image);
-    if (!ist) throw new PibakeError(`image ${args.image} does not exist`);
-    if (!ist.isFile()) throw new PibakeError(`image ${args.image} is not a regular file`);
+    if (!ist) throw new PibakeError(`image ${args.image} does not exist`, 2);
+    if (!ist.isFile()) throw new PibakeError(`image ${args.image} is not a regular file`, 2);
     const info = await probeImage(image);
+    await checkFlashSource(image, args.image, info);
 
     let bmap: { path: string; bmap: Bmap } | undefined;
+    if (typeof args.bmap === "string" && !(await statOrUndefined(path.resolve(args.bmap)))) throw new PibakeError(`bmap ${args.bmap} does not exist`, 2);
     const bmapPath = typeof args.bmap === "string" ? path.resolve(args.bmap) : args.bmap === false ? undefined : await findBmapFor(image);
     if (bmapPath) bmap = { path: bmapPath, bmap: await readBmap(bmapPath) };
     if (bmap && info.size !== undefined && info.size !== bmap.bmap.imageSize) {
@@ -231,7 +234,7 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     const system = await systemInfo();
     system.inputs = await Promise.all(inputs.map(async (i) => ({ what: i.what, majMin: majMinOf((await fsp.stat(i.path)).dev) })));
     const check = checkTarget(target, imageSize, { force: args.force === true, unmount: args.unmount === true }, system);
-    if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "));
+    if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "), isNamingMistake(target) ? 2 : 1);
 
     const targetPath = target.path;
     const kind = target.kind === "block" ? "block" : "file";

@@ -152,7 +152,8 @@ function sameSet(a: string[], b: string[]): boolean {
 
 /** Why the stored server certificate cannot be kept, or undefined when it can (checked with Node's own X.509 code). */
 function reasonToReissue(certPem: string | undefined, keyPem: string | undefined, ca: X509Certificate, names: CertificateNames, now: Date): string | undefined {
-  if (!certPem || !keyPem) return "issued (none yet)";
+  if (!certPem && !keyPem) return "issued (new)";
+  if (!certPem || !keyPem) return `re-issued (its ${certPem ? "key" : "certificate"} was missing)`;
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(certPem);

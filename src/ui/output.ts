@@ -17,6 +17,38 @@ export function redact(text: string): string {
   return out;
 }
 
+/**
+ * Whether status lines may replace each other with control codes: only on a
+ * terminal that understands them. TERM=dumb (Emacs' shell, some CI consoles)
+ * shows "\x1b[2K" as text, and a file or pipe keeps every one.
+ */
+export function canRedraw(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv = process.env): boolean {
+  return stream.isTTY === true && env.CI !== "true" && env.TERM !== "dumb";
+}
+
+/**
+ * Standard output that cannot be written is not a bug to show a stack for.
+ * EPIPE: the reader stopped (`pibake schema | head -1`), so the rest is not
+ * wanted; the command still finishes, so that its clean-up runs. Anything else
+ * (ENOSPC on a full disk) is said once and fails the run: the output is incomplete.
+ */
+const guarded = new WeakSet<NodeJS.WritableStream>();
+
+export function guardOutputStreams(stdout: NodeJS.WritableStream = process.stdout, stderr: NodeJS.WritableStream = process.stderr): void {
+  // Once per stream, however often main() runs in one process.
+  if (guarded.has(stdout)) return;
+  guarded.add(stdout);
+  let said = false;
+  stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (said || err.code === "EPIPE") return;
+    said = true;
+    process.exitCode = 1;
+    stderr.write(`pibake: cannot write to standard output: ${err.code ? `${err.code} (${err.message.replace(/^\w+: /, "").replace(/, write$/, "")})` : err.message}\n`);
+  });
+  // Nowhere is left to report a broken standard error.
+  stderr.on("error", () => {});
+}
+
 export interface Output {
   /** True when status lines replace each other on a terminal; plain lines otherwise (log files, CI). */
   readonly live: boolean;
@@ -39,7 +71,7 @@ export interface OutputOptions {
 export function createOutput(opts: OutputOptions = {}): Output {
   const stdout = opts.stdout ?? process.stdout;
   const stderr = opts.stderr ?? process.stderr;
-  const live = !opts.plain && stderr.isTTY === true && process.env.CI !== "true";
+  const live = !opts.plain && canRedraw(stderr);
   let statusShown = false;
   const clearStatus = () => {
     if (statusShown) {
@@ -62,7 +94,8 @@ export function createOutput(opts: OutputOptions = {}): Output {
       if (opts.quiet) return;
       const text = redact(message);
       if (live) {
-        const width = (stderr.columns ?? 80) - 1;
+        // A pseudo-terminal without a size reports 0 columns.
+        const width = (stderr.columns || 80) - 1;
         stderr.write(`\r\x1b[2K${text.length > width ? text.slice(0, width) : text}`);
         statusShown = true;
       } else {

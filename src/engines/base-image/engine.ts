@@ -1,4 +1,4 @@
-import { statfsSync } from "node:fs";
+import { existsSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { probeImage } from "../../image/compression.js";
 import { detectCompression } from "../../image/compression.js";
@@ -52,12 +52,17 @@ export const baseImageEngine: Engine = {
 
   async preflight(request, model) {
     const official = officialBase(request);
+    // A --base that names nothing is a usage error (exit 2), like a missing config.
+    const missing = !official && !existsSync(request.base!);
     const problems = await Promise.all([
-      problemOf(checkRoot),
+      problemOf(() => checkRoot(request.base)),
       // The official images are .img.xz.
-      problemOf(async () => checkPrograms(official ? "xz" : await detectCompression(request.base!), request.shrink === true)),
+      problemOf(async () => checkPrograms(official ? "xz" : missing ? "none" : await detectCompression(request.base!), request.shrink === true)),
       problemOf(() => checkBinfmt(model.image.arch)),
     ]);
+    if (missing) {
+      problems.unshift({ what: `--base ${request.base}: no such file; give a Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD`, usage: true });
+    }
     if (model.image.baseStages.length > 0) {
       problems.push({ what: "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image", usage: true });
     }

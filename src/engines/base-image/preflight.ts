@@ -16,10 +16,18 @@ export function checkPrograms(baseCompression: Compression, shrink: boolean): vo
   requirePrograms([...BASE_PROGRAMS, ...extra], "pibake build --base");
 }
 
-export function checkRoot(): void {
-  if (process.getuid?.() !== 0) {
-    throw new PibakeError("pibake build --base needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. Run it with sudo");
-  }
+/**
+ * Root, named as the user asked for the build: the default build gives no
+ * --base, so the message must not speak of one. sudo -E keeps the environment
+ * variables the config's secrets come from.
+ */
+export function checkRoot(base: string | undefined, uid = process.getuid?.()): void {
+  if (uid === 0) return;
+  const asked = base === undefined || base === "raspios" ? "pibake build (from the official Raspberry Pi OS Lite)" : `pibake build --base ${base}`;
+  throw new PibakeError(
+    `${asked} needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. ` +
+      `Run it with sudo -E (-E keeps the environment variables the config's secrets come from)`,
+  );
 }
 
 export function checkBinfmt(imageArch: string): void {

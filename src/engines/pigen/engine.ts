@@ -36,6 +36,9 @@ export const piGenEngine: Engine = {
 
   async preflight(request, model) {
     const problems: Problem[] = [];
+    if (request.piGen !== undefined && !existsSync(path.join(request.piGen, "build.sh"))) {
+      problems.push({ what: `--pi-gen ${request.piGen}: not a pi-gen checkout (no build.sh); give the directory of a pi-gen clone, or drop --pi-gen to let pibake fetch pi-gen`, usage: true });
+    }
     userBaseStages(request, model).forEach(({ dir, field }) => {
       if (!existsSync(dir) || !statSync(dir).isDirectory()) {
         problems.push({ what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true });

@@ -36,7 +36,7 @@ export async function missingDependencies(dependsFile: string): Promise<Prefligh
 }
 
 export function rootProblem(uid = process.getuid?.() ?? 0): PreflightProblem | undefined {
-  return uid === 0 ? undefined : { what: "pi-gen's native build must run as root (it mounts file systems and uses loop devices)", fix: "run pibake with sudo, or use --runner docker" };
+  return uid === 0 ? undefined : { what: "pi-gen's native build must run as root (it mounts file systems and uses loop devices)", fix: "run pibake with sudo -E (-E keeps the environment variables the config's secrets come from), or use --runner docker" };
 }
 
 export async function dockerAnswers(): Promise<boolean> {
