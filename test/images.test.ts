@@ -423,6 +423,26 @@ describe("progress lines", () => {
 });
 
 describe("pibake images", () => {
+  it("fetch downloads and verifies the official image into the cache, without root; a second fetch takes it from there", async () => {
+    const xdg = path.join(cache.dir, "xdg");
+    // The tests run offline (vitest.config.ts); the list here is local.
+    const env = { XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" };
+    const img = images[BOOKWORM_ARM64]!;
+    const r = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const file = path.join(xdg, "pibake", "images", img.downloadSha256, "2025-12-04-raspios-bookworm-arm64-lite.img.xz");
+    expect(r.stdout.trim()).toBe(`2025-12-04-raspios-bookworm-arm64-lite.img.xz (bookworm/arm64 2025-12-04), sha256 ${img.downloadSha256}, downloaded and verified: ${file}`);
+    expect(readFileSync(file)).toEqual(img.xz);
+    const again = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
+    expect(again.stdout).toContain("already in the cache");
+    expect(server.imageRequests()).toHaveLength(1);
+    for (const [bad, why] of [[["--arch", "x86"], "--arch x86: use arm64 or armhf"], [["--date", "2025"], "YYYY-MM-DD"]] as const) {
+      const e = await pibake(["images", "fetch", ...bad], { env });
+      expect(e.exitCode).toBe(2);
+      expect(e.stderr).toContain(why);
+    }
+  });
+
   it("lists cached images with the newest per release/arch, prunes the rest, and prune --all empties the cache", async () => {
     const xdg = path.join(cache.dir, "xdg");
     const dir = path.join(xdg, "pibake", "images");
@@ -453,10 +473,10 @@ describe("pibake images", () => {
     expect(all.stdout.match(/^removed /gm)).toHaveLength(2);
     expect((await pibake(["images", "list"], { env })).stdout.trim()).toBe(`no official images cached in ${dir}`);
 
-    for (const bad of [["images"], ["images", "show"], ["images", "list", "--all"]]) {
+    for (const bad of [["images"], ["images", "show"], ["images", "list", "--all"], ["images", "list", "--release", "trixie"], ["images", "fetch", "--all"]]) {
       const r = await pibake(bad, { env });
       expect(r.exitCode, bad.join(" ")).toBe(2);
-      expect(r.stderr).toMatch(/^pibake: (images needs an action: "list" or "prune"|--all goes with prune)/);
+      expect(r.stderr).toMatch(/^pibake: (images needs an action: "list", "prune" or "fetch"|--all goes with prune|--release goes with fetch)/);
     }
   });
 });
