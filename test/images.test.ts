@@ -7,7 +7,7 @@ import { proxyFor } from "../src/images/http.js";
 import { listUrlOf, resolveOfficialImage, type ResolveImageOptions } from "../src/images/index.js";
 import { chooseImage, parseOsList } from "../src/images/os-list.js";
 import { formatImageProgress, plainProgressPrinter, type ImageProgress } from "../src/images/progress.js";
-import { pibake, tempDir } from "./helpers/cli.js";
+import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { makeSmallImage, startImageServer, startProxy, type ImageServer, type SmallImage } from "./helpers/image-server.js";
 
 /**
@@ -482,6 +482,28 @@ describe("a server that closes the connection", () => {
     } finally {
       await proxy.close();
     }
+  }, 300_000);
+
+  // The report's route: `pibake build CONFIG` reaches its download step only where a build can run (root, qemu-user).
+  const canBuild = process.getuid?.() === 0 && (existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64") || process.arch === "arm64");
+  it.skipIf(!canBuild)("pibake build, its image served as Python's http.server serves it, with wrong bytes: the download step fails naming both digests, nothing kept but the log", async () => {
+    serveBig();
+    server.framing = "http1.0";
+    server.corrupt = true;
+    const img = big;
+    const cfg = writeJson(path.join(cache.dir, "broker.json"), validConfig());
+    const out = path.join(cache.dir, "out");
+    const xdg = path.join(cache.dir, "xdg");
+    const r = await pibake(["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out, "--state", path.join(cache.dir, "state"), "--log-format", "plain"], {
+      env: { ...secretEnv, XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" },
+      timeout: 300_000,
+    });
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(1);
+    expect(r.stdout).toContain("[2/7] download base");
+    expect(r.stderr).toMatch(/^pibake: step "download base" failed: could not get the official Raspberry Pi OS Lite image:$/m);
+    expect(r.stderr).toMatch(new RegExp(`^the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`, "m"));
+    expect(readdirSync(path.join(xdg, "pibake", "images", "partial"))).toEqual([]);
+    expect(readdirSync(out)).toEqual([expect.stringMatching(/^test-broker-home\.freemyip\.com-\d{4}-\d\d-\d\d\.failed\.log$/)]);
   }, 300_000);
 
   for (const framing of ["http1.0", "close"] as const) {
