@@ -137,6 +137,23 @@ export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps
     const log = new BuildLog(b.logPath);
     log.line(b.firstLine);
     const steps = new Steps(b.steps, b.out, log);
+    // Should a crash leave the body hanging, its clean-up runs without it: the log is kept before the work directory goes.
+    let bodyEnded = false;
+    let kept: string | undefined;
+    const keepLog = () => {
+      kept ??= b.failedLog();
+      try {
+        copyFileSync(b.logPath, kept);
+      } catch {
+        kept = undefined;
+      }
+    };
+    scope.defer(() => {
+      if (bodyEnded || !scope.signal.aborted || scope.signal.reason instanceof InterruptedError) return;
+      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}, which did not stop: ${String((scope.signal.reason as Error)?.message ?? scope.signal.reason)}`);
+      keepLog();
+    }, "keep the log");
+    scope.describe(() => `${steps.current ? `in step "${steps.current.title}"` : "in the build"}${kept ? ` (the full log: ${kept})` : ""}`);
     try {
       return await body(scope, steps, log);
     } catch (caught) {
@@ -145,16 +162,10 @@ export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps
       const err = scope.signal.aborted && !(caught instanceof InterruptedError) ? scope.signal.reason : caught;
       log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}: ${err instanceof Error ? err.message : String(err)}`);
       // The work directory goes with the clean-up; the log stays in --out for a look, unless the user stopped the build.
-      let kept: string | undefined;
-      if (!(scope.signal.reason instanceof InterruptedError)) {
-        kept = b.failedLog();
-        try {
-          copyFileSync(b.logPath, kept);
-        } catch {
-          kept = undefined;
-        }
-      }
+      if (!(scope.signal.reason instanceof InterruptedError)) keepLog();
       throw steps.failure(err, kept);
+    } finally {
+      bodyEnded = true;
     }
   });
 }

@@ -13,6 +13,8 @@ import { InterruptedError } from "./errors.js";
  */
 export interface CleanupScope {
   defer(action: () => unknown | Promise<unknown>, label?: string): void;
+  /** What the work is doing, for the last resort to say when the work never ended by itself: asked after its clean-up ran. */
+  describe(where: () => string): void;
   readonly signal: AbortSignal;
   throwIfInterrupted(): void;
 }
@@ -23,6 +25,7 @@ interface OpenScope {
   release(): Promise<void>;
   /** Settles when the body has ended and the actions have run. */
   ended: Promise<void>;
+  where?: () => string;
 }
 
 const openScopes = new Set<OpenScope>();
@@ -63,6 +66,7 @@ export async function withCleanup<T>(body: (scope: CleanupScope) => Promise<T>):
   openScopes.add(open);
   const scope: CleanupScope = {
     defer: (action, label) => actions.push({ action, label }),
+    describe: (where) => (open.where = where),
     signal: controller.signal,
     throwIfInterrupted: () => {
       if (controller.signal.aborted) throw controller.signal.reason;
@@ -97,15 +101,19 @@ async function runActions(actions: { action: () => unknown; label: string | unde
  * reason, as Ctrl-C stops them, so that its body fails the way it reports
  * failures (the build names its step and keeps its log); a body that has not
  * ended after `graceMs` (a crashed library may leave a promise that never
- * settles) has its clean-up run regardless. Resolves when every clean-up has run.
+ * settles) has its clean-up run regardless. Resolves, when every clean-up has
+ * run, with what those abandoned bodies were doing.
  */
-export async function unwindAll(reason: unknown, graceMs: number): Promise<void> {
+export async function unwindAll(reason: unknown, graceMs: number): Promise<string[]> {
   const scopes = [...openScopes];
   for (const s of scopes) if (!s.controller.signal.aborted) s.controller.abort(reason);
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)));
-  await Promise.race([Promise.all(scopes.map((s) => s.ended)), late]);
+  const ended = new Set<OpenScope>();
+  await Promise.race([Promise.all(scopes.map((s) => s.ended.then(() => ended.add(s)))), late]);
   clearTimeout(timer);
+  const abandoned = scopes.filter((s) => !ended.has(s));
   // The innermost first, as a body's own unwinding would.
-  for (const s of scopes.reverse()) await s.release();
+  for (const s of [...scopes].reverse()) await s.release();
+  return abandoned.flatMap((s) => (s.where ? [s.where()] : []));
 }

@@ -55,12 +55,12 @@ export async function runCommand(run: () => Promise<void>, opts: RunOptions): Pr
     if (crashed) return;
     crashed = true;
     process.exitCode = 1;
-    await unwindAll(err, opts.graceMs ?? 20_000);
+    const where = await unwindAll(err, opts.graceMs ?? 20_000);
     // The command's own report, once its work has unwound, says where it failed; a moment for it to arrive.
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([done, new Promise<void>((resolve) => (timer = setTimeout(resolve, 2_000)))]);
     clearTimeout(timer);
-    if (!reported) report(err, opts.debug());
+    if (!reported) report(err, opts.debug(), where.join(", "));
     // Whatever the crash left behind (sockets, timers) must not keep the process alive.
     process.exit(1);
   };
@@ -77,7 +77,8 @@ export async function runCommand(run: () => Promise<void>, opts: RunOptions): Pr
   }
 }
 
-function report(err: unknown, debug: boolean): number {
+/** `where`: what the work was doing, when it never reported by itself. */
+function report(err: unknown, debug: boolean, where = ""): number {
   if (err instanceof PibakeError) {
     process.stderr.write(`pibake: ${redact(err.message)}\n`);
     // An unexpected error wrapped in a message for users (a build's step) shows its own stack.
@@ -91,7 +92,7 @@ function report(err: unknown, debug: boolean): number {
     return 2;
   }
   const e = err as Error;
-  process.stderr.write(`pibake: unexpected error: ${redact(e?.message ?? String(err))}\n`);
+  process.stderr.write(`pibake: unexpected error${where ? ` ${where}` : ""}: ${redact(e?.message ?? String(err))}\n`);
   if (debug && e?.stack) process.stderr.write(redact(e.stack) + "\n");
   else process.stderr.write("(run again with --debug for details)\n");
   return 1;

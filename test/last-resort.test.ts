@@ -41,13 +41,15 @@ describe("an exception that escapes everything", () => {
     expect(existsSync(path.join(tmp.dir, "cleaned-up"))).toBe(true);
   });
 
-  it("a step that never ends: its clean-up runs regardless after the grace, one line, exit 1", async () => {
+  it("a step that never ends: its clean-up runs regardless after the grace, one line naming the step and the kept log, exit 1", async () => {
     const t0 = Date.now();
     const r = await crash("stuck");
     expect(r.exitCode, r.stderr).toBe(1);
     expect(existsSync(path.join(tmp.dir, "cleaned-up"))).toBe(true);
     expect(existsSync(path.join(tmp.dir, "work"))).toBe(false);
-    expect(r.failures).toEqual(["pibake: unexpected error: The expression evaluated to a falsy value: assert(!this.paused)"]);
+    const log = path.join(tmp.dir, "build.failed.log");
+    expect(r.failures).toEqual([`pibake: unexpected error in step "download base" (the full log: ${log}): The expression evaluated to a falsy value: assert(!this.paused)`]);
+    expect(readFileSync(log, "utf8")).toMatch(/FAILED in step download base, which did not stop: The expression evaluated to a falsy value/);
     expect(r.stderr).toContain("(run again with --debug for details)");
     // The grace (1 s here) and the wait for the command's own report (2 s), not the handle that would keep it alive.
     expect(Date.now() - t0).toBeLessThan(20_000);
