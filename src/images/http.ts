@@ -8,10 +8,10 @@
  * Why not undici (fetch): its HTTP/1 parser pauses while the reader is
  * behind, and when the server then closes the connection (HTTP/1.0, or
  * `Connection: close`, as Python's http.server does) it asserts from the
- * socket's "end" handler, an exception no caller can catch (nodejs/undici
- * #5360). The fix is in undici 8, which needs Node 22.19; pibake supports
- * Node 20. Node's client reads a body as a stream whose backpressure pauses
- * the socket, and ends it or fails it however the connection ends.
+ * socket's "end" handler, an exception no caller can catch. The fix is in
+ * undici 8, which needs Node 22.19; pibake supports Node 20. Node's client
+ * reads a body as a stream whose backpressure pauses the socket, and ends it
+ * or fails it however the connection ends.
  */
 import http from "node:http";
 import https from "node:https";
