@@ -16,7 +16,7 @@ import { resolveVersions } from "./registry/resolve.js";
 import { protectedPaths, refuseProtectedOutput } from "./protected-paths.js";
 import { render, type Rendered } from "./render/index.js";
 import { createOutput, formatBytes, formatDuration, type Output } from "./ui/output.js";
-import { buildSteps, Steps } from "./ui/steps.js";
+import { buildSteps, Steps, type StepSpec } from "./ui/steps.js";
 import { COMPRESSIONS, deliver, isoDate, pidAlive, removeStaleTemps, type DeliverCompression, type Delivered } from "./image/deliver.js";
 import { BuildLog } from "./host/log.js";
 import { mountsBelow } from "./host/mounts.js";
@@ -109,6 +109,67 @@ export function buildFacts(model: Model, secrets: Secrets, rendered: Rendered, s
   };
 }
 
+export interface BuildScope {
+  /** Removed with the clean-up, after every mount in it is released. */
+  workDir: string;
+  logPath: string;
+  /** The log's first line: what was run. */
+  firstLine: string;
+  steps: readonly StepSpec[];
+  out: Output;
+  /** Where the log is kept when the build fails (not when it is interrupted). */
+  failedLog: () => string;
+}
+
+/**
+ * One build's clean-up scope, whatever ends it: its work directory, its log
+ * and its steps; a failure (an exception that escaped to the CLI's last
+ * resort too) is logged, names its step and keeps the log in --out.
+ */
+export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps: Steps, log: BuildLog) => Promise<T>): Promise<T> {
+  return withCleanup(async (scope) => {
+    mkdirSync(b.workDir, { recursive: true, mode: 0o700 });
+    // Registered first, so it runs last: after every mount and loop device is released.
+    scope.defer(() => {
+      if (mountsBelow(b.workDir).length > 0) throw new Error(`${b.workDir} still has mounts; not removed`);
+      rmSync(b.workDir, { recursive: true, force: true });
+    }, `remove ${b.workDir}`);
+    const log = new BuildLog(b.logPath);
+    log.line(b.firstLine);
+    const steps = new Steps(b.steps, b.out, log);
+    // Should a crash leave the body hanging, its clean-up runs without it: the log is kept before the work directory goes.
+    let bodyEnded = false;
+    let kept: string | undefined;
+    const keepLog = () => {
+      kept ??= b.failedLog();
+      try {
+        copyFileSync(b.logPath, kept);
+      } catch {
+        kept = undefined;
+      }
+    };
+    scope.defer(() => {
+      if (bodyEnded || !scope.signal.aborted || scope.signal.reason instanceof InterruptedError) return;
+      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}, which did not stop: ${String((scope.signal.reason as Error)?.message ?? scope.signal.reason)}`);
+      keepLog();
+    }, "keep the log");
+    scope.describe(() => `${steps.current ? `in step "${steps.current.title}"` : "in the build"}${kept ? ` (the full log: ${kept})` : ""}`);
+    try {
+      return await body(scope, steps, log);
+    } catch (caught) {
+      // Once interrupted, whatever broke next (a killed child's pipe) is the interruption's doing.
+      // An engine that says more about the interruption (how to continue) is heard out.
+      const err = scope.signal.aborted && !(caught instanceof InterruptedError) ? scope.signal.reason : caught;
+      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}: ${err instanceof Error ? err.message : String(err)}`);
+      // The work directory goes with the clean-up; the log stays in --out for a look, unless the user stopped the build.
+      if (!(scope.signal.reason instanceof InterruptedError)) keepLog();
+      throw steps.failure(err, kept);
+    } finally {
+      bodyEnded = true;
+    }
+  });
+}
+
 export async function runBuild(configPath: string, settings: BuildSettings): Promise<Delivered> {
   const engine = checkUsage(settings);
   const { request } = settings;
@@ -137,36 +198,17 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
   const buildStart = Date.now();
   out.info(`pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`);
 
-  return withCleanup(async (scope) => {
-    mkdirSync(workDir, { recursive: true, mode: 0o700 });
-    // Registered first, so it runs last: after every mount and loop device is released.
-    scope.defer(() => {
-      if (mountsBelow(workDir).length > 0) throw new Error(`${workDir} still has mounts; not removed`);
-      rmSync(workDir, { recursive: true, force: true });
-    }, `remove ${workDir}`);
-    const log = new BuildLog(logPath);
-    log.line(`pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${outDir} --compress ${compress}`);
-    const steps = new Steps(buildSteps(engine.steps(request)), out, log);
-    try {
-      return await stepsOfTheBuild(scope, steps, log);
-    } catch (caught) {
-      // Once interrupted, whatever broke next (a killed child's pipe) is the interruption's doing.
-      // An engine that says more about the interruption (how to continue) is heard out.
-      const err = scope.signal.aborted && !(caught instanceof InterruptedError) ? scope.signal.reason : caught;
-      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}: ${err instanceof Error ? err.message : String(err)}`);
-      // The work directory goes with the clean-up; the log stays in --out for a look.
-      let kept: string | undefined;
-      if (!scope.signal.aborted) {
-        kept = path.join(outDir, `${deliveryBaseName(model, new Date())}.failed.log`);
-        try {
-          copyFileSync(logPath, kept);
-        } catch {
-          kept = undefined;
-        }
-      }
-      throw steps.failure(err, kept);
-    }
-  });
+  return inBuildScope(
+    {
+      workDir,
+      logPath,
+      firstLine: `pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${outDir} --compress ${compress}`,
+      steps: buildSteps(engine.steps(request)),
+      out,
+      failedLog: () => path.join(outDir, `${deliveryBaseName(model, new Date())}.failed.log`),
+    },
+    stepsOfTheBuild,
+  );
 
   async function stepsOfTheBuild(scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
     steps.begin("render");

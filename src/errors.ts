@@ -6,8 +6,9 @@ export class PibakeError extends Error {
   constructor(
     message: string,
     readonly exitCode = 1,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
     this.name = "PibakeError";
   }
 }

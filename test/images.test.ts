@@ -3,10 +3,11 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { imageCacheLocation, readCache } from "../src/images/cache.js";
+import { proxyFor } from "../src/images/http.js";
 import { listUrlOf, resolveOfficialImage, type ResolveImageOptions } from "../src/images/index.js";
 import { chooseImage, parseOsList } from "../src/images/os-list.js";
 import { formatImageProgress, plainProgressPrinter, type ImageProgress } from "../src/images/progress.js";
-import { pibake, tempDir } from "./helpers/cli.js";
+import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { makeSmallImage, startImageServer, startProxy, type ImageServer, type SmallImage } from "./helpers/image-server.js";
 
 /**
@@ -23,11 +24,15 @@ const BOOKWORM_ARM64 = "raspios_oldstable_lite_arm64/images/raspios_oldstable_li
 
 let work: { dir: string; cleanup: () => void };
 const images: Record<string, SmallImage> = {};
+/** Some MiB of xz: enough that the body outruns pibake's writes and hashing, as the real image does. */
+let big: SmallImage;
 
 beforeAll(async () => {
   work = tempDir("pibake-images-");
   for (const p of [TRIXIE_ARM64, TRIXIE_ARM64_OLDER, TRIXIE_ARMHF, BOOKWORM_ARM64]) images[p] = await makeSmallImage(work.dir, path.basename(p));
-}, 60_000);
+  mkdirSync(path.join(work.dir, "big"));
+  big = await makeSmallImage(path.join(work.dir, "big"), path.basename(TRIXIE_ARM64), 6 << 20);
+}, 120_000);
 afterAll(() => work?.cleanup());
 
 function entry(server: ImageServer, p: string, name: string, description: string, extra: Record<string, unknown> = {}) {
@@ -382,6 +387,161 @@ describe("resolveOfficialImage", () => {
   });
 });
 
+/**
+ * Servers that end the connection themselves, as Python's http.server does,
+ * with `pibake images fetch` run as a process: an exception that escapes
+ * (undici's HTTP/1 parser asserted from a socket's "end" handler when it had
+ * been paused by a slow reader) fails the run instead of passing unseen.
+ */
+describe("a server that closes the connection", () => {
+  const FILE = path.basename(TRIXIE_ARM64);
+  let run = 0;
+
+  /** `pibake images fetch` for trixie/arm64 into a cache of its own (or the one given). */
+  async function fetchCli(env: Record<string, string> = {}, xdg = path.join(cache.dir, `run-${++run}`)) {
+    const r = await pibake(["images", "fetch", "--os-list", `${server.base}/os_list.json`], { env: { XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0", ...env }, timeout: 90_000 });
+    const partial = path.join(xdg, "pibake", "images", "partial");
+    return { ...r, xdg, partial, leftInPartial: existsSync(partial) ? readdirSync(partial).sort() : [] };
+  }
+
+  function serveBig() {
+    server.files.set(TRIXIE_ARM64, big.xz);
+    server.list = officialList(server, (lite) =>
+      Object.assign(lite[0]!, { image_download_size: big.xz.length, image_download_sha256: big.downloadSha256, extract_size: big.extractSize, extract_sha256: big.extractSha256 }),
+    );
+  }
+
+  function expectFetched(r: Awaited<ReturnType<typeof fetchCli>>, img: SmallImage) {
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toContain(`sha256 ${img.downloadSha256}, downloaded and verified`);
+    expect(r.leftInPartial).toEqual([]);
+  }
+
+  it("Content-Length, the whole body and the FIN at once, the reader behind (HTTP/1.0, as Python's server): every run completes", async () => {
+    serveBig();
+    server.framing = "http1.0";
+    // Whether the FIN finds the reader paused is a race: several runs make a miss unlikely.
+    for (let i = 0; i < 5; i++) expectFetched(await fetchCli(), big);
+    expect(big.xz.length).toBeGreaterThan(5 << 20);
+  }, 300_000);
+
+  it("HTTP/1.1 with Connection: close, with and without Content-Length: the list and the image complete", async () => {
+    serveBig();
+    server.framing = "close";
+    expectFetched(await fetchCli(), big);
+    server.contentLength = false;
+    expectFetched(await fetchCli(), big);
+    server.framing = "http1.0";
+    expectFetched(await fetchCli(), big);
+  }, 300_000);
+
+  for (const contentLength of [true, false]) {
+    it(`a FIN in the middle of the body (${contentLength ? "with" : "without"} Content-Length): a resumable .part, the URL, the bytes and how to go on, exit 1; the next run continues it`, async () => {
+      const img = images[TRIXIE_ARM64]!;
+      server.framing = "http1.0";
+      server.contentLength = contentLength;
+      server.cutAfter = 200_000;
+      const cut = await fetchCli();
+      expect(cut.exitCode, cut.stderr).toBe(1);
+      const url = `${server.base}/images/${TRIXIE_ARM64}`;
+      const part = path.join(cut.partial, `${FILE}.part`);
+      // With Content-Length, Node drops what it had received but not yet handed over when the connection ends early: the .part holds what was written, the next run asks for the rest.
+      const kept = statSync(part).size;
+      expect(kept).toBeGreaterThan(0);
+      expect(kept).toBeLessThanOrEqual(200_000);
+      if (!contentLength) expect(kept).toBe(200_000);
+      // Status lines go to stderr too; the failure is the line pibake prints last.
+      expect(cut.stderr.trim().split("\n").at(-1)).toBe(
+        contentLength
+          ? `pibake: downloading ${url} broke off after ${kept} bytes (the connection closed before the end of the body); run again to continue from ${part}`
+          : `pibake: the download of ${url} ended after ${kept} of ${img.xz.length} bytes; run again to continue from ${part}`,
+      );
+      // The .part and its record stay for the next run; the lock does not.
+      expect(cut.leftInPartial).toEqual([`${FILE}.part`, `${FILE}.part.json`]);
+
+      const again = await fetchCli({}, cut.xdg);
+      expectFetched(again, img);
+      expect(server.imageRequests().at(-1)).toEqual({ method: "GET", path: `/images/${TRIXIE_ARM64}`, range: `bytes=${kept}-` });
+    }, 120_000);
+  }
+
+  it("the same through the proxy that HTTP_PROXY names (a CONNECT tunnel): whole bodies complete, a cut one is kept and continued", async () => {
+    const proxy = await startProxy();
+    try {
+      serveBig();
+      server.framing = "http1.0";
+      for (let i = 0; i < 3; i++) expectFetched(await fetchCli({ HTTP_PROXY: proxy.url }), big);
+      server.cutAfter = 1_000_000;
+      const cut = await fetchCli({ HTTP_PROXY: proxy.url });
+      expect(cut.exitCode, cut.stderr).toBe(1);
+      expect(cut.stderr).toMatch(/^pibake: downloading .* broke off after \d+ bytes \(the connection closed before the end of the body\); run again to continue from .*\.part$/m);
+      expect(cut.leftInPartial).toEqual([`${FILE}.part`, `${FILE}.part.json`]);
+      expectFetched(await fetchCli({ HTTP_PROXY: proxy.url }, cut.xdg), big);
+      expect(proxy.connects.length).toBeGreaterThanOrEqual(10);
+      expect(proxy.connects.every((c) => c === `127.0.0.1:${server.port}`)).toBe(true);
+    } finally {
+      await proxy.close();
+    }
+  }, 300_000);
+
+  // The report's route: `pibake build CONFIG` reaches its download step only where a build can run (root, qemu-user).
+  const canBuild = process.getuid?.() === 0 && (existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64") || process.arch === "arm64");
+  it.skipIf(!canBuild)("pibake build, its image served as Python's http.server serves it, with wrong bytes: the download step fails naming both digests, nothing kept but the log", async () => {
+    serveBig();
+    server.framing = "http1.0";
+    server.corrupt = true;
+    const img = big;
+    const cfg = writeJson(path.join(cache.dir, "broker.json"), validConfig());
+    const out = path.join(cache.dir, "out");
+    const xdg = path.join(cache.dir, "xdg");
+    const r = await pibake(["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out, "--state", path.join(cache.dir, "state"), "--log-format", "plain"], {
+      env: { ...secretEnv, XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" },
+      timeout: 300_000,
+    });
+    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(1);
+    expect(r.stdout).toContain("[2/7] download base");
+    expect(r.stderr).toMatch(/^pibake: step "download base" failed: could not get the official Raspberry Pi OS Lite image:$/m);
+    expect(r.stderr).toMatch(new RegExp(`^the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`, "m"));
+    expect(readdirSync(path.join(xdg, "pibake", "images", "partial"))).toEqual([]);
+    expect(readdirSync(out)).toEqual([expect.stringMatching(/^test-broker-home\.freemyip\.com-\d{4}-\d\d-\d\d\.failed\.log$/)]);
+  }, 300_000);
+
+  for (const framing of ["http1.0", "close"] as const) {
+    it(`wrong bytes with the connection closed after them (${framing}): refused naming both digests, removed, the lock released`, async () => {
+      server.framing = framing;
+      server.corrupt = true;
+      const img = images[TRIXIE_ARM64]!;
+      const r = await fetchCli();
+      expect(r.exitCode, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^pibake: the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`, "m"));
+      expect(r.stderr).not.toContain(`is ${img.downloadSha256}`);
+      expect(r.leftInPartial).toEqual([]);
+    }, 120_000);
+  }
+});
+
+describe("proxies from the environment", () => {
+  it("NO_PROXY as curl reads it: *, hosts and their domains, ports, IPv6; the lower-case names win", () => {
+    const env = { HTTPS_PROXY: "http://upper:3128", https_proxy: "http://proxy:3128", no_proxy: "example.org, .local:8080 *.lan [::1] 10.0.0.1" };
+    const table: [string, string | undefined][] = [
+      ["https://downloads.raspberrypi.com/os_list.json", "http://proxy:3128"],
+      ["https://example.org/x", undefined],
+      ["https://mirror.example.org/x", undefined],
+      ["https://notexample.org/x", "http://proxy:3128"],
+      ["https://pi.local:8080/x", undefined],
+      ["https://pi.local/x", "http://proxy:3128"],
+      ["https://box.lan/x", undefined],
+      ["https://[::1]:8443/x", undefined],
+      ["https://10.0.0.1/x", undefined],
+      ["https://10.0.0.10/x", "http://proxy:3128"],
+      ["http://example.com/x", undefined],
+    ];
+    expect(table.map(([u]) => [u, proxyFor(new URL(u), env)])).toEqual(table);
+    expect(proxyFor(new URL("http://example.com/x"), { HTTP_PROXY: "http://p:1" })).toBe("http://p:1");
+    expect(proxyFor(new URL("https://example.com/x"), { HTTP_PROXY: "http://p:1", NO_PROXY: "*" })).toBeUndefined();
+  });
+});
+
 describe("where the cache is", () => {
   it("XDG_CACHE_HOME, else ~/.cache; under sudo the invoking user's home, and their files", () => {
     expect(imageCacheLocation({ XDG_CACHE_HOME: "/x/cache", HOME: "/home/me" }, 1000)).toEqual({ dir: "/x/cache/pibake/images" });
@@ -423,6 +583,26 @@ describe("progress lines", () => {
 });
 
 describe("pibake images", () => {
+  it("fetch downloads and verifies the official image into the cache, without root; a second fetch takes it from there", async () => {
+    const xdg = path.join(cache.dir, "xdg");
+    // The tests run offline (vitest.config.ts); the list here is local.
+    const env = { XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" };
+    const img = images[BOOKWORM_ARM64]!;
+    const r = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
+    expect(r.exitCode, r.stderr).toBe(0);
+    const file = path.join(xdg, "pibake", "images", img.downloadSha256, "2025-12-04-raspios-bookworm-arm64-lite.img.xz");
+    expect(r.stdout.trim()).toBe(`2025-12-04-raspios-bookworm-arm64-lite.img.xz (bookworm/arm64 2025-12-04), sha256 ${img.downloadSha256}, downloaded and verified: ${file}`);
+    expect(readFileSync(file)).toEqual(img.xz);
+    const again = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
+    expect(again.stdout).toContain("already in the cache");
+    expect(server.imageRequests()).toHaveLength(1);
+    for (const [bad, why] of [[["--arch", "x86"], "--arch x86: use arm64 or armhf"], [["--date", "2025"], "YYYY-MM-DD"]] as const) {
+      const e = await pibake(["images", "fetch", ...bad], { env });
+      expect(e.exitCode).toBe(2);
+      expect(e.stderr).toContain(why);
+    }
+  });
+
   it("lists cached images with the newest per release/arch, prunes the rest, and prune --all empties the cache", async () => {
     const xdg = path.join(cache.dir, "xdg");
     const dir = path.join(xdg, "pibake", "images");
@@ -453,10 +633,10 @@ describe("pibake images", () => {
     expect(all.stdout.match(/^removed /gm)).toHaveLength(2);
     expect((await pibake(["images", "list"], { env })).stdout.trim()).toBe(`no official images cached in ${dir}`);
 
-    for (const bad of [["images"], ["images", "show"], ["images", "list", "--all"]]) {
+    for (const bad of [["images"], ["images", "show"], ["images", "list", "--all"], ["images", "list", "--release", "trixie"], ["images", "fetch", "--all"]]) {
       const r = await pibake(bad, { env });
       expect(r.exitCode, bad.join(" ")).toBe(2);
-      expect(r.stderr).toMatch(/^pibake: (images needs an action: "list" or "prune"|--all goes with prune)/);
+      expect(r.stderr).toMatch(/^pibake: (images needs an action: "list", "prune" or "fetch"|--all goes with prune|--release goes with fetch)/);
     }
   });
 });

@@ -17,6 +17,7 @@ export const ACTIONS: Record<string, Action[]> = {
   images: [
     { name: "list", description: "Show the cached official images and interrupted downloads" },
     { name: "prune", description: "Remove all but the newest image of each release/arch (--all: every one)" },
+    { name: "fetch", description: "Download and verify an official image into the cache ahead of a build (--release, --arch, --date)" },
   ],
 };
 
@@ -66,10 +67,15 @@ export function registerCommands(cli: CAC): void {
     .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
 
   cli
-    .command("images [action]", "Official Raspberry Pi OS images kept for builds: `images list` shows them, `images prune` removes all but the newest of each release/arch")
+    .command("images [action]", "Official Raspberry Pi OS images kept for builds: `images list` shows them, `images prune` removes all but the newest of each release/arch, `images fetch` downloads and verifies one ahead of a build")
     .option("--all", "With prune: remove every cached image and interrupted download")
+    .option("--release <release>", "With fetch: trixie or bookworm (default trixie)")
+    .option("--arch <arch>", "With fetch: arm64 or armhf (default arm64)")
+    .option("--date <date>", "With fetch: the release date to pin, YYYY-MM-DD (default: the newest)")
+    .option("--os-list <url>", "With fetch: where the official images are listed (default PIBAKE_OS_LIST_URL, else Raspberry Pi's)")
     .example("pibake images list")
     .example("pibake images prune --all")
+    .example("pibake images fetch --release bookworm --arch arm64")
     .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(checkAction("images", action, ACTIONS.images!), opts));
 
   cli

@@ -73,7 +73,7 @@ export async function downloadToPart(req: DownloadRequest): Promise<Downloaded> 
     let start: number;
     let rangeAnswer: Downloaded["rangeAnswer"];
     if (existing > 0 && res.status === 416) {
-      await res.body?.cancel().catch(() => {});
+      res.cancel();
       const { total } = parseContentRange(res.headers.get("content-range"));
       if (total === existing) {
         // The previous run had received everything and stopped before the check.
@@ -87,7 +87,7 @@ export async function downloadToPart(req: DownloadRequest): Promise<Downloaded> 
     } else if (existing > 0 && res.status === 206) {
       const { start: from } = parseContentRange(res.headers.get("content-range"));
       if (from !== existing) {
-        await res.body?.cancel().catch(() => {});
+        res.cancel();
         req.onStatus?.(`the server sent a range starting at ${from ?? "an unknown offset"}, not ${existing}: starting again`);
         await fsp.rm(partFile, { force: true });
         existing = 0;
@@ -103,7 +103,7 @@ export async function downloadToPart(req: DownloadRequest): Promise<Downloaded> 
       }
       start = 0;
     } else {
-      await res.body?.cancel().catch(() => {});
+      res.cancel();
       throw new PibakeError(`cannot download ${url}: HTTP ${res.status} ${res.statusText}`.trim());
     }
     const length = Number(res.headers.get("content-length"));
@@ -114,17 +114,14 @@ export async function downloadToPart(req: DownloadRequest): Promise<Downloaded> 
     try {
       if (start === 0) await fh.truncate(0);
       meter.update(done, true);
-      if (res.body) {
-        for await (const chunk of res.body) {
-          const buf = chunk as Uint8Array;
-          if (req.expectedSize !== undefined && done + buf.length > req.expectedSize) {
-            throw new PibakeError(`the server sent more than the ${req.expectedSize} bytes the OS list gives for ${req.fileName}`);
-          }
-          await fh.write(buf, 0, buf.length, done);
-          hash.update(buf);
-          done += buf.length;
-          meter.update(done);
+      for await (const buf of res.body) {
+        if (req.expectedSize !== undefined && done + buf.length > req.expectedSize) {
+          throw new PibakeError(`the server sent more than the ${req.expectedSize} bytes the OS list gives for ${req.fileName}`);
         }
+        await fh.write(buf, 0, buf.length, done);
+        hash.update(buf);
+        done += buf.length;
+        meter.update(done);
       }
     } catch (err) {
       await fh.close();

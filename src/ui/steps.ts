@@ -128,6 +128,6 @@ export class Steps implements StepReporter {
     const message = err instanceof Error ? err.message : String(err);
     const prefix = step ? `step "${step.title}" failed: ${step.failure}` : "the build failed";
     if (err instanceof PibakeError) return new PibakeError(`${prefix}:\n${message}${where}`, err.exitCode);
-    return new PibakeError(`${prefix}: unexpected error: ${message}${where}`);
+    return new PibakeError(`${prefix}: unexpected error: ${message}${where}`, 1, { cause: err });
   }
 }

@@ -18,11 +18,11 @@ export interface SmallImage {
   extractSize: number;
 }
 
-export async function makeSmallImage(dir: string, fileName: string): Promise<SmallImage> {
+export async function makeSmallImage(dir: string, fileName: string, randomSize = 512 << 10): Promise<SmallImage> {
   const img = path.join(dir, fileName.replace(/\.xz$/, ""));
-  const size = 4 << 20;
+  const size = Math.max(4 << 20, (3 << 20) + randomSize);
   const raw = Buffer.alloc(size);
-  randomBytes(512 << 10).copy(raw, 2 << 20);
+  randomBytes(randomSize).copy(raw, 2 << 20);
   writeFileSync(img, raw);
   await execa("sfdisk", ["--quiet", img], { input: "label: dos\nstart=2048, size=2048, type=c\nstart=4096, type=83\n" });
   await execa("xz", ["-T1", "-6", "--keep", "--force", img]);
@@ -57,6 +57,15 @@ export interface ImageServer {
   ignoreRange: boolean;
   /** A pause after each 64 KiB piece of an image, so that a client can be stopped half-way. */
   pieceDelayMs: number;
+  /**
+   * How the list and the images are framed: "node" as Node's server does
+   * (HTTP/1.1, kept alive); "http1.0" as Python's http.server does (HTTP/1.0,
+   * the connection closed after the body); "close" HTTP/1.1 with
+   * `Connection: close`. The last two write the whole answer and the FIN at once.
+   */
+  framing: "node" | "http1.0" | "close";
+  /** With "http1.0" and "close": send Content-Length (else the body ends where the connection does). */
+  contentLength: boolean;
   close(): Promise<void>;
 }
 
@@ -67,13 +76,32 @@ export interface ImageServer {
  */
 export async function startImageServer(): Promise<ImageServer> {
   const sockets = new Set<net.Socket>();
-  const state: Omit<ImageServer, "port" | "base" | "close" | "imageRequests"> = { requests: [], list: { os_list: [] }, files: new Map(), corrupt: false, ignoreRange: false, pieceDelayMs: 0 };
+  const state: Omit<ImageServer, "port" | "base" | "close" | "imageRequests"> = {
+    requests: [],
+    list: { os_list: [] },
+    files: new Map(),
+    corrupt: false,
+    ignoreRange: false,
+    pieceDelayMs: 0,
+    framing: "node",
+    contentLength: true,
+  };
+  /** The whole answer written to the socket by hand, then the FIN, none of it waiting for the client. */
+  const sendRaw = (req: http.IncomingMessage, status: number, headers: Record<string, string>, body: Buffer) => {
+    const lines = [`HTTP/${state.framing === "http1.0" ? "1.0" : "1.1"} ${status} ${http.STATUS_CODES[status]}`];
+    for (const [k, v] of Object.entries(headers)) if (k !== "content-length" || state.contentLength) lines.push(`${k}: ${v}`);
+    if (state.framing === "close") lines.push("connection: close");
+    req.socket.write(`${lines.join("\r\n")}\r\n\r\n`);
+    req.socket.end(body);
+  };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? "/", "http://x");
     state.requests.push({ method: req.method ?? "", path: url.pathname, ...(req.headers.range ? { range: req.headers.range } : {}) });
     if (url.pathname === "/os_list.json") {
+      const text = Buffer.from(JSON.stringify(state.list));
+      if (state.framing !== "node") return sendRaw(req, 200, { "content-type": "application/json", "content-length": String(text.length) }, text);
       res.setHeader("content-type", "application/json");
-      res.end(JSON.stringify(state.list));
+      res.end(text);
       return;
     }
     if (url.pathname.startsWith("/redirect/")) {
@@ -111,6 +139,11 @@ export async function startImageServer(): Promise<ImageServer> {
     res.setHeader("content-length", String(body.length - start));
     const rest = body.subarray(start);
     const cut = state.cutAfter;
+    if (state.framing !== "node") {
+      state.cutAfter = undefined;
+      const headers = Object.fromEntries(Object.entries(res.getHeaders()).map(([k, v]) => [k, String(v)]));
+      return sendRaw(req, res.statusCode, headers, cut !== undefined && cut < rest.length ? rest.subarray(0, cut) : rest);
+    }
     if (cut !== undefined && cut < rest.length) {
       state.cutAfter = undefined;
       res.write(rest.subarray(0, cut), () => setTimeout(() => res.socket?.destroy(), 50));
