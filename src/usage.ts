@@ -60,7 +60,8 @@ export function unknownCommand(name: string, cli: CAC): PibakeError {
 export function checkAction(command: string, action: string | undefined, actions: readonly Action[]): string {
   const names = actions.map((a) => a.name);
   if (action !== undefined && names.includes(action)) return action;
-  const needs = `${command} needs an action: ${names.map((n) => `"${n}"`).join(" or ")}`;
+  const quoted = names.map((n) => `"${n}"`);
+  const needs = `${command} needs an action: ${quoted.length > 1 ? `${quoted.slice(0, -1).join(", ")} or ${quoted.at(-1)}` : quoted[0]}`;
   if (action === undefined || action === "") throw new PibakeError(needs, 2);
   const hint = didYouMean(String(action), names);
   throw new PibakeError(`${needs}, not "${action}"${hint ? `: ${hint}` : ""} (see pibake ${command} --help)`, 2);

@@ -57,7 +57,7 @@ describe("did you mean", () => {
     expect(oneLine(r.stderr)).toBe(`pibake: ca needs an action: "export" or "show", not "exprot": did you mean "export"? (see pibake ca --help)`);
     const images = await pibake(["images", "lst"]);
     expect(images.exitCode).toBe(2);
-    expect(images.stderr).toBe(`pibake: images needs an action: "list" or "prune", not "lst": did you mean "list"? (see pibake images --help)`);
+    expect(images.stderr).toBe(`pibake: images needs an action: "list", "prune" or "fetch", not "lst": did you mean "list"? (see pibake images --help)`);
   });
 
   it("suggests only what is close, and only one", () => {
@@ -82,7 +82,7 @@ describe("usage errors exit 2 with one line", () => {
     [["validate", "missing.json"], /^pibake: config file .*missing\.json does not exist$/],
     [["flash", "missing.img", "copy.img"], /^pibake: image missing\.img does not exist$/],
     [["flash", "missing.img"], /^pibake: image missing\.img does not exist$/],
-    [["images"], /^pibake: images needs an action: "list" or "prune"$/],
+    [["images"], /^pibake: images needs an action: "list", "prune" or "fetch"$/],
     [["ca"], /^pibake: ca needs ACTION/],
   ])("pibake %j", async (args, message) => {
     writeFileSync(cfg, "{}");
