@@ -7,12 +7,16 @@
  * root (as an older pibake did) does to them is said with the fix.
  */
 import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot, secretEnv, validConfig, writeJson } from "./helpers/cli.js";
+import { startRenderedBroker } from "./helpers/mosquitto.js";
+import { freePort } from "./helpers/net.js";
+import { removeAllFixtures, renderFixture } from "./helpers/render-fixture.js";
+import { startServer } from "./helpers/server.js";
 
 function has(program: string): boolean {
   try {
@@ -24,6 +28,7 @@ function has(program: string): boolean {
 }
 
 const canRun = process.getuid?.() === 0 && ["useradd", "userdel", "runuser", "getent"].every(has);
+const CHECK_TIMEOUT_MS = 40_000;
 
 describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
   const user = `pbk${Date.now().toString(36).slice(-6)}${process.pid.toString(36)}`;
@@ -52,6 +57,7 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
   }, 120_000);
 
   afterAll(() => {
+    removeAllFixtures();
     if (work) rmSync(work, { recursive: true, force: true });
     try {
       execFileSync("userdel", ["--remove", user], { stdio: "ignore" });
@@ -61,15 +67,16 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
   });
 
   /** The config and its directory, as the user keeps them. */
-  function project(name: string): { dir: string; config: string } {
+  function project(name: string, patch: (c: Record<string, any>) => void = () => {}): { dir: string; config: string; data: Record<string, any> } {
     const dir = path.join(work, name);
     mkdirSync(dir);
     const config = validConfig();
     config.nodeRed = { enabled: false };
+    patch(config);
     const file = writeJson(path.join(dir, "broker.json"), config);
     chownSync(dir, uid, gid);
     chownSync(file, uid, gid);
-    return { dir, config: file };
+    return { dir, config: file, data: config };
   }
 
   /** As root under `sudo -E`: the user's environment, with what sudo sets. */
@@ -85,11 +92,11 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
   }
 
   /** As the user, with runuser (no sudo variables). */
-  function asUser(args: string[], cwd: string) {
+  function asUser(args: string[], cwd: string, timeout = 60_000) {
     return execa("runuser", ["-u", user, "--", process.execPath, bin, ...args], {
       reject: false,
       cwd,
-      timeout: 60_000,
+      timeout,
       stdin: "ignore",
       env: { ...secretEnv, HOME: home, USER: user, LOGNAME: user, CI: "true", SUDO_USER: "", SUDO_UID: "", SUDO_GID: "" },
       extendEnv: true,
@@ -134,6 +141,78 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     expect(again.exitCode, output(again)).toBe(0);
     expect(output(again)).toMatch(/CA: +reused in /);
     expect(notTheirs(dir)).toEqual([]);
+  });
+
+  it("pibake check as the user passes against a real mosquitto serving what the render under sudo made", async () => {
+    // The static address is the loopback, so that --lan reaches the test's broker.
+    const { dir, config, data } = project("check", (c) => (c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] }));
+    const rendered = await underSudo(["render", config, "--out", "out"], dir);
+    expect(rendered.exitCode, output(rendered)).toBe(0);
+    // The broker's files, rendered from a copy of the user's state directory (its CA and server certificate).
+    const stateCopy = path.join(work, "check-state");
+    cpSync(path.join(dir, ".pibake/test-broker"), stateCopy, { recursive: true });
+    const fx = await renderFixture({ config: data, env: secretEnv, stateDir: stateCopy });
+    const broker = await startRenderedBroker(fx);
+    try {
+      const r = await asUser(["check", config, "127.0.0.1", "--lan", "--port-tls", String(broker.tlsPort), "--port-lan", String(broker.lanPort), "--timeout", "3"], dir, CHECK_TIMEOUT_MS);
+      expect(r.exitCode, output(r)).toBe(0);
+      expect(output(r)).toMatch(new RegExp(`^ok +tls chain +verified against ${path.join(dir, ".pibake/test-broker/ca.crt")}`, "m"));
+      expect(output(r)).toMatch(/^ok +mqtts round trip/m);
+      expect(output(r)).toMatch(/^all passed/m);
+    } finally {
+      await broker.broker.stop();
+    }
+    expect(notTheirs(dir)).toEqual([]);
+  });
+
+  it("pibake check --ssh under sudo logs in with the user's own key (~/.ssh of SUDO_USER), not root's", async () => {
+    const sshdDir = mkdtempSync(path.join(os.tmpdir(), "pibake-sudo-sshd-"));
+    try {
+      chmodSync(sshdDir, 0o755);
+      const keygen = (file: string, comment: string) => execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file], { timeout: 20_000 });
+      await keygen(path.join(sshdDir, "hostkey"), "host");
+      // The user's key, where ssh looks by default; root has no such key.
+      const sshDir = path.join(home, ".ssh");
+      mkdirSync(sshDir, { mode: 0o700 });
+      await keygen(path.join(sshDir, "id_ed25519"), "the user's laptop key");
+      execFileSync("chown", ["-R", `${user}:`, sshDir]);
+      const userKey = readFileSync(path.join(sshDir, "id_ed25519.pub"), "utf8").trim();
+      const { dir, config } = project("check-ssh", (c) => {
+        c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
+        c.user.sshKeys = [userKey];
+      });
+      const rendered = await underSudo(["render", config, "--out", "out"], dir);
+      expect(rendered.exitCode, output(rendered)).toBe(0);
+      const sshPort = await freePort();
+      writeFileSync(path.join(sshdDir, "authorized_keys"), `${userKey}\n`, { mode: 0o644 });
+      writeFileSync(
+        path.join(sshdDir, "sshd_config"),
+        [`Port ${sshPort}`, "ListenAddress 127.0.0.1", `HostKey ${sshdDir}/hostkey`, "PidFile none", "UsePAM no", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no", `AuthorizedKeysFile ${sshdDir}/authorized_keys`, ""].join("\n"),
+      );
+      // The Pi's first user (admin) exists only for this sshd: passwd and shadow with it are bind-mounted in a mount namespace of its own.
+      writeFileSync(path.join(sshdDir, "passwd"), readFileSync("/etc/passwd", "utf8") + `admin:x:4242:4242::${sshdDir}:/bin/sh\n`);
+      writeFileSync(path.join(sshdDir, "shadow"), readFileSync("/etc/shadow", "utf8") + "admin:*:19000:0:99999:7:::\n", { mode: 0o600 });
+      const script = `mount --bind ${sshdDir}/passwd /etc/passwd && mount --bind ${sshdDir}/shadow /etc/shadow && mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec /usr/sbin/sshd -D -e -f ${sshdDir}/sshd_config`;
+      const sshd = await startServer("unshare", ["-m", "sh", "-c", script], {
+        ready: /Server listening on 127\.0\.0\.1 port/,
+        ms: 10_000,
+        stopWith: "SIGTERM",
+        failure: (log) => `sshd did not start within 10 s (CI installs openssh-server):\n${log}`,
+      });
+      try {
+        const args = ["check", config, "127.0.0.1", "--lan", "--port-tls", String(await freePort()), "--port-lan", String(await freePort()), "--ssh", "--port-ssh", String(sshPort), "--timeout", "5", "--json"];
+        const r = await underSudo(args, dir);
+        const report = JSON.parse(String(r.stdout)) as { checks: { name: string; status: string; detail: string }[] };
+        const login = report.checks.find((c) => c.name === "ssh key login");
+        expect(login?.status, `${output(r)}\n${sshd.log()}`).toBe("ok");
+        expect(login?.detail).toMatch(/accepts the key SHA256:\S+ \(the user's laptop key\) of user\.sshKeys/);
+      } finally {
+        await sshd.stop();
+      }
+      expect(notTheirs(dir)).toEqual([]);
+    } finally {
+      rmSync(sshdDir, { recursive: true, force: true });
+    }
   });
 
   it("a state directory root made (an older pibake under sudo) is named with its owner and the chown that fixes it", async () => {
