@@ -54,10 +54,12 @@ export function sudoInvoker(
   return { name, uid: sudoUid, gid: sudoGid, home: lookupHome(name) };
 }
 
-let cached: { invoker: Invoker | undefined } | undefined;
-/** This process's invoker, looked up once. */
+let cached: { key: string; invoker: Invoker | undefined } | undefined;
+/** This process's invoker, looked up once for the same sudo variables. */
 export function invoker(): Invoker | undefined {
-  cached ??= { invoker: sudoInvoker() };
+  const env = process.env;
+  const key = `${env.SUDO_USER}:${env.SUDO_UID}:${env.SUDO_GID}`;
+  if (cached?.key !== key) cached = { key, invoker: sudoInvoker(env) };
   return cached.invoker;
 }
 
