@@ -222,7 +222,7 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     expect(byRoot.exitCode, output(byRoot)).toBe(0);
     const pibakeDir = path.join(dir, ".pibake");
     expect(lstatSync(pibakeDir).uid).toBe(0);
-    const fix = `${pibakeDir} belongs to root, mode 0700 (made by pibake under sudo); make it yours: sudo chown -R ${user}: ${pibakeDir}`;
+    const fix = `${pibakeDir} belongs to root, mode 0700 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${pibakeDir}`;
     for (const args of [["ca", "show", config], ["ca", "export", config], ["check", config, "127.0.0.1"], ["render", config, "--out", "again"], ["push", config, "127.0.0.1", "--dry-run", "--ssh-key", "/dev/null"]]) {
       const r = await asUser(args, dir);
       expect(r.exitCode, `${args[0]}: ${output(r)}`).toBe(1);
@@ -240,7 +240,7 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     chmodSync(path.join(pibakeDir, "test-broker/ca.crt"), 0o600);
     const file = await asUser(["ca", "show", config], dir);
     expect(file.exitCode, output(file)).toBe(1);
-    expect(output(file)).toContain(`${path.join(pibakeDir, "test-broker/ca.crt")} belongs to root, mode 0600 (made by pibake under sudo); make it yours: sudo chown -R ${user}: ${path.join(pibakeDir, "test-broker")}`);
+    expect(output(file)).toContain(`${path.join(pibakeDir, "test-broker/ca.crt")} belongs to root, mode 0600 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${path.join(pibakeDir, "test-broker")}`);
   });
 
   it("a secret in an environment variable that sudo dropped says so, and what to do", async () => {

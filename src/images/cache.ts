@@ -18,9 +18,9 @@ import os from "node:os";
 import path from "node:path";
 import { writeFileAtomic } from "../host/files.js";
 import { homeOf, sudoInvoker } from "../host/sudo.js";
+import { newestFirst } from "./os-list.js";
 
 export { homeOf } from "../host/sudo.js";
-import { newestFirst } from "./os-list.js";
 
 export const SIDECAR = "image.json";
 export const PARTIAL_DIR = "partial";

@@ -24,8 +24,12 @@ export class StateDir {
     this.refuseLockedOut(this.dir, constants.R_OK | constants.W_OK | constants.X_OK);
     try {
       const made = mkdirOwned(this.dir, 0o700);
-      // Tighten a directory that was there already; one of another user's is left to the check above.
-      if (made || statSync(this.dir).uid === process.getuid?.()) chmodSync(this.dir, 0o700);
+      try {
+        chmodSync(this.dir, 0o700);
+      } catch (err) {
+        // One that was there already and is another user's: the check above found it usable.
+        if (made) throw err;
+      }
     } catch (err) {
       throw new PibakeError(`cannot create the state directory ${this.dir}: ${(err as Error).message}`);
     }
@@ -66,9 +70,8 @@ export class StateDir {
     const ours = fix === this.dir || (fix === path.dirname(this.dir) && path.basename(fix) === ".pibake");
     throw new PibakeError(
       ours
-        ? `the state directory ${this.dir} is there, but ${me} cannot ${mode & constants.W_OK ? "use" : "read"} it: ${blocking} belongs to ${owner}${modeText} (made by pibake under sudo); make it yours: sudo chown -R ${me}: ${fix}`
+        ? `the state directory ${this.dir} is there, but ${me} cannot ${mode & constants.W_OK ? "use" : "read"} it: ${blocking} belongs to ${owner}${modeText}${owner === "root" ? " (pibake run as root made it)" : ""}; make it yours: sudo chown -R ${me}: ${fix}`
         : `the state directory ${this.dir} cannot be reached by ${me}: ${blocking} belongs to ${owner}${modeText}; run pibake as a user who can read it, or pass --state DIR`,
-      2,
     );
   }
 
