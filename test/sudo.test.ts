@@ -165,7 +165,7 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     expect(notTheirs(dir)).toEqual([]);
   });
 
-  it("pibake check --ssh under sudo logs in with the user's own key (~/.ssh of SUDO_USER), not root's", async () => {
+  it("pibake check --ssh and push under sudo log in with the user's own key (~/.ssh of SUDO_USER), not root's", async () => {
     const sshdDir = mkdtempSync(path.join(os.tmpdir(), "pibake-sudo-sshd-"));
     try {
       chmodSync(sshdDir, 0o755);
@@ -173,14 +173,21 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
       await keygen(path.join(sshdDir, "hostkey"), "host");
       // The user's key, where ssh looks by default; root has no such key.
       const sshDir = path.join(home, ".ssh");
+      const { dir, config } = project("check-ssh", (c) => {
+        c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
+        c.user.sshKeys = [];
+      });
+      // Before the key is made, push under sudo names where it looked: the user's home, not root's.
+      const noKey = await underSudo(["push", config, "127.0.0.1", "--dry-run"], dir);
+      expect(noKey.exitCode, output(noKey)).toBe(2);
+      expect(output(noKey)).toContain(`no SSH key at ${path.join(sshDir, "id_ed25519")}`);
       mkdirSync(sshDir, { mode: 0o700 });
       await keygen(path.join(sshDir, "id_ed25519"), "the user's laptop key");
       execFileSync("chown", ["-R", `${user}:`, sshDir]);
       const userKey = readFileSync(path.join(sshDir, "id_ed25519.pub"), "utf8").trim();
-      const { dir, config } = project("check-ssh", (c) => {
-        c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
-        c.user.sshKeys = [userKey];
-      });
+      const data = JSON.parse(readFileSync(config, "utf8"));
+      data.user.sshKeys = [userKey];
+      writeJson(config, data);
       const rendered = await underSudo(["render", config, "--out", "out"], dir);
       expect(rendered.exitCode, output(rendered)).toBe(0);
       const sshPort = await freePort();
@@ -206,6 +213,14 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
         const login = report.checks.find((c) => c.name === "ssh key login");
         expect(login?.status, `${output(r)}\n${sshd.log()}`).toBe("ok");
         expect(login?.detail).toMatch(/accepts the key SHA256:\S+ \(the user's laptop key\) of user\.sshKeys/);
+        // push under sudo logs in with the same key (the test's sshd has no sudo for admin, so it stops there),
+        // and the host key it remembers in the state directory is the user's file.
+        const pushed = await underSudo(["push", config, "127.0.0.1", "--port", String(sshPort), "--dry-run"], dir);
+        expect(pushed.exitCode, `${output(pushed)}\n${sshd.log()}`).toBe(1);
+        // Past the login: the Pi's sudo is the first thing that fails.
+        expect(output(pushed)).toContain("sudo on 127.0.0.1 refused the password of user.password for admin");
+        expect(sshd.log()).toMatch(/Accepted publickey for admin from 127\.0\.0\.1 port \d+ ssh2: ED25519 SHA256:\S+$/m);
+        expect(lstatSync(path.join(dir, ".pibake/test-broker/known_hosts")).uid).toBe(uid);
       } finally {
         await sshd.stop();
       }
