@@ -2,12 +2,14 @@
  * The README's journey as a person who is not root: `sudo -E pibake …` first,
  * then pibake as themselves. A test user is made (useradd, a unique name,
  * removed afterwards); "under sudo" is this root process with SUDO_USER,
- * SUDO_UID and SUDO_GID set as sudo sets them, and "as themselves" is runuser.
+ * SUDO_UID and SUDO_GID set as sudo sets them (and once the real sudo, the
+ * user allowed it by a sudoers.d file of the test's), and "as themselves" is
+ * runuser.
  * Everything pibake made must be theirs, and what a state directory made by
  * root (as an older pibake did) does to them is said with the fix.
  */
 import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
@@ -256,6 +258,36 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     const file = await asUser(["ca", "show", config], dir);
     expect(file.exitCode, output(file)).toBe(1);
     expect(output(file)).toContain(`${path.join(pibakeDir, "test-broker/ca.crt")} belongs to root, mode 0600 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${path.join(pibakeDir, "test-broker")}`);
+  });
+
+  it.skipIf(!has("sudo") || !existsSync("/etc/sudoers.d"))("with the real sudo: the user's sudo -E render leaves everything theirs, and their plain sudo names what it dropped", async () => {
+    // The user may become root without a password, for this test only.
+    const sudoers = path.join("/etc/sudoers.d", `pibake-test-${user}`);
+    writeFileSync(sudoers, `${user} ALL=(root) NOPASSWD: ALL\n`, { mode: 0o440 });
+    try {
+      const { dir, config } = project("real-sudo");
+      const viaSudo = (sudoArgs: string[], args: string[]) =>
+        execa("runuser", ["-u", user, "--", "sudo", "-n", ...sudoArgs, process.execPath, bin, ...args], {
+          reject: false,
+          cwd: dir,
+          timeout: 60_000,
+          stdin: "ignore",
+          env: { ...secretEnv, HOME: home, USER: user, LOGNAME: user, CI: "true" },
+          extendEnv: true,
+        });
+      const rendered = await viaSudo(["-E"], ["render", config, "--out", "deploy/render"]);
+      expect(rendered.exitCode, output(rendered)).toBe(0);
+      expect(output(rendered)).toMatch(/CA: +created in /);
+      expect(notTheirs(dir)).toEqual([]);
+      const shown = await asUser(["ca", "show", config], dir);
+      expect(shown.exitCode, output(shown)).toBe(0);
+      // Without -E, sudo's env_reset drops the secrets.
+      const dropped = await viaSudo([], ["validate", config]);
+      expect(dropped.exitCode, output(dropped)).toBe(2);
+      expect(output(dropped)).toContain("environment variable T_USER_PW is not set: sudo does not pass the environment on; run it as sudo -E");
+    } finally {
+      rmSync(sudoers, { force: true });
+    }
   });
 
   it("a secret in an environment variable that sudo dropped says so, and what to do", async () => {
