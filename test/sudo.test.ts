@@ -48,11 +48,12 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     home = entry[5]!;
     work = mkdtempSync(path.join(os.tmpdir(), "pibake-sudo-"));
     chownSync(work, uid, gid);
-    // The repository may lie where the user cannot read it (/work, /root): then they run a copy.
-    const version = await execa("runuser", ["-u", user, "--", process.execPath, bin, "--version"], { reject: false, cwd: "/" });
-    if (version.exitCode !== 0) {
+    // The repository may lie where the user cannot read all of it (/work, /root): then they run a copy.
+    const parts = ["package.json", "bin", "dist", "overlays", "stages", "schema", "node_modules"];
+    const unreadable = await execa("runuser", ["-u", user, "--", "find", ...parts.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"], { reject: false, cwd: "/" });
+    if (unreadable.exitCode !== 0 || unreadable.stdout.trim() !== "") {
       const copy = path.join(work, "pibake");
-      for (const part of ["package.json", "bin", "dist", "overlays", "stages", "schema", "node_modules"]) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });
+      for (const part of parts) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });
       execFileSync("chmod", ["-R", "a+rX", copy]);
       bin = path.join(copy, "bin/pibake.js");
     }
