@@ -21,6 +21,7 @@ import { COMPRESSIONS, deliver, isoDate, pidAlive, removeStaleTemps, type Delive
 import { BuildLog } from "./host/log.js";
 import { mountsBelow } from "./host/mounts.js";
 import { releaseBelow } from "./host/release.js";
+import { giveTo, mkdirOwned } from "./host/sudo.js";
 import { chooseEngine, foreignOptions } from "./engines/index.js";
 import { problemsError } from "./engines/problems.js";
 import type { BuildRequest, Engine } from "./engines/types.js";
@@ -144,6 +145,7 @@ export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps
       kept ??= b.failedLog();
       try {
         copyFileSync(b.logPath, kept);
+        giveTo(kept);
       } catch {
         kept = undefined;
       }
@@ -186,7 +188,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
   const problems = await engine.preflight(request, model);
   if (problems.length > 0) throw problemsError(problems, `pibake build ${engine.describe(request)} cannot run here yet`);
   try {
-    mkdirSync(outDir, { recursive: true });
+    mkdirOwned(outDir);
   } catch (err) {
     throw new PibakeError(`cannot create the output directory ${outDir}: ${(err as Error).message}`);
   }

@@ -1,6 +1,6 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa } from "execa";
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import path from "node:path";
 import { createBmap } from "../src/image/bmap.js";
 import { probeImage } from "../src/image/compression.js";
@@ -150,6 +150,26 @@ describe("deliver", () => {
     const log = readFileSync(delivered.log, "utf8");
     expect(log).toContain("a line of the build");
     expect(log).toContain("password=***");
+  });
+
+  it.skipIf(process.getuid?.() !== 0)("under sudo, --out, the directories made for it and every delivered file are the invoking user's", async () => {
+    const sudo = { SUDO_USER: "pibake-nobody", SUDO_UID: "4321", SUDO_GID: "4322" };
+    const before = Object.fromEntries(Object.keys(sudo).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, sudo);
+    try {
+      const outDir = path.join(work, "sudo-made/deploy/out");
+      await deliver({ result: { imagePath: engineImage("sudo"), manifest: { engine: "test" }, timings: {} }, ...buildSide(), outDir, compress: "none", logPath: logFile("sudo") });
+      const owners = [path.join(work, "sudo-made"), path.join(work, "sudo-made/deploy"), outDir, ...readdirSync(outDir).map((f) => path.join(outDir, f))].map((p) => `${path.relative(work, p)} ${statSync(p).uid}:${statSync(p).gid}`);
+      expect(owners.filter((o) => !o.endsWith(" 4321:4322"))).toEqual([]);
+      expect(owners).toHaveLength(9);
+      // What was there already stays whose it was.
+      expect(statSync(work).uid).toBe(0);
+    } finally {
+      for (const [k, v] of Object.entries(before)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
   });
 
   it("writes a manifest with the engine's facts, the certificate and digests, and no secret", async () => {

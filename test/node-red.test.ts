@@ -222,20 +222,20 @@ describe("Node-RED version choice", () => {
     // A render before any resolve takes the fallback and records nothing.
     expect(recordedNodeRedVersions(state, trixie).nodeRed.source).toBe("fallback");
     expect(existsSync(state.file("node-red-versions.json"))).toBe(false);
-    const { versions: first, asked: askedFirst } = await resolveNodeRedVersions(state, trixie, lookup, false);
+    const { versions: first, asked: askedFirst } = await resolveNodeRedVersions(state, trixie, { lookup, offline: false });
     expect(askedFirst).toBe(true);
     expect(first.nodeRed).toEqual({ package: "node-red", version: "4.1.13", source: "registry" });
     expect(first.dashboard).toEqual({ package: "@flowfuse/node-red-dashboard", version: "1.30.0", source: "registry" });
-    expect(await resolveNodeRedVersions(state, trixie, lookup, false)).toEqual({ versions: first, asked: false });
+    expect(await resolveNodeRedVersions(state, trixie, { lookup, offline: false })).toEqual({ versions: first, asked: false });
     // What the render then installs, with no network.
     expect(recordedNodeRedVersions(state, trixie)).toEqual(first);
     expect(asked).toBe(2);
     const failing = () => {
       throw new Error("no network");
     };
-    const { versions: classic } = await resolveNodeRedVersions(state, { release: "bookworm", dashboard: "node-red-dashboard" }, failing, false);
+    const { versions: classic } = await resolveNodeRedVersions(state, { release: "bookworm", dashboard: "node-red-dashboard" }, { lookup: failing, offline: false });
     expect(classic).toMatchObject({ node: OS_NODE.bookworm, nodeRed: { version: PINNED["node-red"], source: "fallback" }, dashboard: { version: "3.6.6", source: "fallback" } });
-    const { versions: pinned } = await resolveNodeRedVersions(state, { release: "bookworm", pinned: "4.0.9" }, failing, true);
+    const { versions: pinned } = await resolveNodeRedVersions(state, { release: "bookworm", pinned: "4.0.9" }, { lookup: failing, offline: true });
     expect(pinned.nodeRed).toEqual({ package: "node-red", version: "4.0.9", source: "config" });
     expect(pinned.dashboard).toBeUndefined();
   });

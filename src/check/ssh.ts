@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { run, type RunResult } from "../host/process.js";
+import { asInvoker, giveTo } from "../host/sudo.js";
 import { stagesDir } from "../paths.js";
 import { shellQuote } from "../render/templates.js";
 import { judgeFacts, parseFacts } from "./facts.js";
@@ -44,10 +45,13 @@ export function keyFingerprint(line: string): string | undefined {
  * The system's ssh client, once, bounded, never asking anything (BatchMode).
  * The host key is not verified against the user's known_hosts, nor added to
  * it: a check must not change them (the certificate origin line tells
- * whether this is the right machine).
+ * whether this is the right machine). Under sudo it runs as the user who ran
+ * sudo, with their keys and agent.
  */
 async function ssh(target: SshTarget, extra: string[], ms: number, remote = "true"): Promise<RunResult> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), "pibake-check-ssh-"));
+  const user = asInvoker();
+  giveTo(scratch);
   try {
     const args = [
       ...(remote === "true" ? ["-v"] : []),
@@ -63,7 +67,7 @@ async function ssh(target: SshTarget, extra: string[], ms: number, remote = "tru
       target.address,
       remote,
     ];
-    return await run("ssh", args, { what: `ssh to ${target.host}`, okCodes: "any", timeout: ms + 1000 });
+    return await run("ssh", args, { what: `ssh to ${target.host}`, okCodes: "any", timeout: ms + 1000, ...(user ? { as: user, env: user.env } : {}) });
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }

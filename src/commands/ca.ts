@@ -2,6 +2,7 @@ import { closeSync, openSync, readSync, statSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../errors.js";
 import { writeFileAtomicSync } from "../host/files.js";
+import { giveTo } from "../host/sudo.js";
 import { summarize } from "../secrets/pki.js";
 import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
@@ -60,6 +61,7 @@ export function caCommand(action: string, configPath: string | undefined, opts: 
       refuseProtectedOutput(opts.out, "--out", protect);
       refuseNonCertificate(opts.out, opts.force === true);
       writeFileAtomicSync(opts.out, caPem, 0o644);
+      giveTo(opts.out);
       out.info(`wrote ${opts.out}`);
     } else process.stdout.write(caPem);
   } else if (action === "show") {

@@ -2,6 +2,7 @@ import os from "node:os";
 import path from "node:path";
 import { existsSync } from "node:fs";
 import { PibakeError } from "../errors.js";
+import { invoker } from "../host/sudo.js";
 import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
 import { createPrompter, isYes } from "../flash/prompt.js";
@@ -19,12 +20,20 @@ export interface PushOptions {
   dryRun?: boolean;
 }
 
+/** Whose ~/.ssh holds the default key: under sudo the invoking user's (ssh runs as them), not root's. */
+function sshHome(): string {
+  const user = invoker();
+  if (!user) return os.homedir();
+  if (!user.home) throw new PibakeError(`under sudo, pibake push uses the SSH key of ${user.name}, whose home the user database does not name: name the key with --ssh-key FILE`, 2);
+  return user.home;
+}
+
 /** pibake push CONFIG HOST: bring a running Pi to what the config says, without a new image. */
 export async function pushCommand(configPath: string, host: string, opts: PushOptions): Promise<void> {
   const out = createOutput();
   const port = portOption(opts.port, "--port") ?? 22;
   if (!/^[A-Za-z0-9][A-Za-z0-9.:_-]*$/.test(host)) throw new PibakeError(`HOST ${JSON.stringify(host)} is not a host name or address`, 2);
-  const key = path.resolve(last(opts.sshKey) ?? path.join(os.homedir(), ".ssh", "id_ed25519"));
+  const key = path.resolve(last(opts.sshKey) ?? path.join(sshHome(), ".ssh", "id_ed25519"));
   if (!existsSync(key)) throw new PibakeError(`no SSH key at ${key}: name the private key of one of user.sshKeys with --ssh-key FILE`, 2);
   const interactive = process.stdin.isTTY === true && process.stderr.isTTY === true;
   if (!opts.yes && !opts.dryRun && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);

@@ -186,7 +186,11 @@ class SecretResolver {
     } else if ("env" in ref) {
       origin = `env ${ref.env}`;
       value = this.env[ref.env];
-      if (value === undefined) this.issues.push({ path: where, message: `environment variable ${ref.env} is not set` });
+      if (value === undefined) {
+        // Under sudo the variable is most often set, but in the shell sudo left behind.
+        const sudo = this.env.SUDO_USER ? `: sudo does not pass the environment on; run it as sudo -E (or sudo --preserve-env=${ref.env}), or refer to a file instead ({ "file": "path" })` : "";
+        this.issues.push({ path: where, message: `environment variable ${ref.env} is not set${sudo}` });
+      }
       else if (value === "") this.issues.push({ path: where, message: `environment variable ${ref.env} is empty` });
     } else {
       const file = path.resolve(this.baseDir, ref.file);

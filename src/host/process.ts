@@ -71,6 +71,8 @@ export interface RunOptions {
   /** Lines kept for the error message. */
   tailLines?: number;
   timeout?: number | undefined;
+  /** Run as this user and group instead of this process's (the user behind sudo: src/host/sudo.ts). */
+  as?: { uid: number; gid: number } | undefined;
   /**
    * How an interruption stops it. Default: SIGTERM, SIGKILL after KILL_AFTER_MS.
    * A program with clean-up of its own (pi-gen) is sent `signal` to its whole
@@ -102,6 +104,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
     ...(opts.input !== undefined ? { input: opts.input } : { stdin: "ignore" as const }),
     ...(opts.timeout ? { timeout: opts.timeout } : {}),
+    ...(opts.as ? { uid: opts.as.uid, gid: opts.as.gid } : {}),
     ...(group ? { detached: true } : opts.signal ? { cancelSignal: opts.signal, forceKillAfterDelay: KILL_AFTER_MS } : {}),
   });
 

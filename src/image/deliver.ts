@@ -20,6 +20,7 @@ import { PIBAKE_VERSION } from "../version.js";
 import { formatBytes } from "../ui/output.js";
 import { readBmap, serializeBmap, type Bmap } from "./bmap.js";
 import { writeFileAtomic } from "../host/files.js";
+import { giveTo, mkdirOwned } from "../host/sudo.js";
 import { scanImage } from "./sparse.js";
 import { startCompressor } from "./compressor.js";
 import { tempName } from "./temp-files.js";
@@ -100,7 +101,7 @@ async function moveInto(src: string, dest: string, signal?: AbortSignal): Promis
 
 export async function deliver(input: DeliverInput): Promise<Delivered> {
   const outDir = path.resolve(input.outDir);
-  await fsp.mkdir(outDir, { recursive: true });
+  mkdirOwned(outDir);
   const { baseName } = input;
   const names = {
     image: imageFileName(baseName, input.compress),
@@ -225,6 +226,8 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
 
     // Into place: the sidecars, then the image, so that an image in --out always has its own.
     for (const n of [...input.extraFiles.map((f) => f.name), names.log, names.bmap, sha256Name, names.manifest, names.image]) {
+      // Under sudo the delivered files are the invoking user's, as --out is.
+      giveTo(tmp(n));
       await fsp.rename(tmp(n), final(n));
       temps.delete(tmp(n));
     }

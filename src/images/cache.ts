@@ -13,12 +13,14 @@
  * .img.xz as a stream anyway. The price is that checking the image's own
  * digest (extract_sha256) decompresses it once, when it is downloaded.
  */
-import { execFileSync } from "node:child_process";
 import { promises as fsp, readdirSync, readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { writeFileAtomic } from "../host/files.js";
+import { homeOf, sudoInvoker } from "../host/sudo.js";
 import { newestFirst } from "./os-list.js";
+
+export { homeOf } from "../host/sudo.js";
 
 export const SIDECAR = "image.json";
 export const PARTIAL_DIR = "partial";
@@ -63,17 +65,6 @@ export interface CacheLocation {
   owner?: CacheOwner;
 }
 
-/** A user's home directory from the system's user database (getent covers LDAP and the like). */
-export function homeOf(user: string): string | undefined {
-  try {
-    const line = execFileSync("getent", ["passwd", user], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
-    const home = line.split(":")[5];
-    return home && path.isAbsolute(home) ? home : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * `$XDG_CACHE_HOME/pibake/images`, else `~/.cache/pibake/images`. Under sudo
  * (root, with SUDO_USER another user), `~` is that user's home and the files
@@ -86,18 +77,12 @@ export function imageCacheLocation(
   uid: number = process.getuid?.() ?? -1,
   lookupHome: (user: string) => string | undefined = homeOf,
 ): CacheLocation {
-  const sudoUser = env.SUDO_USER;
-  const sudoUid = Number(env.SUDO_UID);
-  const sudoGid = Number(env.SUDO_GID);
-  const underSudo = uid === 0 && !!sudoUser && sudoUser !== "root" && Number.isSafeInteger(sudoUid) && sudoUid > 0 && Number.isSafeInteger(sudoGid);
-  const owner = { uid: sudoUid, gid: sudoGid };
+  const sudo = sudoInvoker(env, uid, lookupHome);
+  const owner = sudo ? { uid: sudo.uid, gid: sudo.gid } : undefined;
   if (env.XDG_CACHE_HOME && path.isAbsolute(env.XDG_CACHE_HOME)) {
-    return { dir: path.join(env.XDG_CACHE_HOME, "pibake", "images"), ...(underSudo ? { owner } : {}) };
+    return { dir: path.join(env.XDG_CACHE_HOME, "pibake", "images"), ...(owner ? { owner } : {}) };
   }
-  if (underSudo) {
-    const home = lookupHome(sudoUser);
-    if (home) return { dir: path.join(home, ".cache", "pibake", "images"), owner };
-  }
+  if (owner && sudo?.home) return { dir: path.join(sudo.home, ".cache", "pibake", "images"), owner };
   const home = env.HOME && path.isAbsolute(env.HOME) ? env.HOME : os.homedir();
   return { dir: path.join(home, ".cache", "pibake", "images") };
 }

@@ -121,13 +121,20 @@ export function parseNpmView(json: string): VersionInfo[] {
 /** Asks the registry through the user's own npm, so that its registry and proxy settings apply. */
 export type RegistryLookup = (pkg: string, signal?: AbortSignal) => VersionInfo[] | Promise<VersionInfo[]>;
 
-/** The registry's versions of a package, through npm (its proxy and registry settings): at most 60 seconds. */
+/**
+ * How long a render waits for the registry, all look-ups together. npm's own
+ * defaults (two retries with back-off, a 5-minute fetch timeout) kept a render
+ * silent for about 2 minutes when the registry did not answer.
+ */
+export const REGISTRY_WAIT_MS = 10_000;
+
+/** The registry's versions of a package, through npm (its proxy and registry settings, npm_config_registry too): one try, bounded. */
 export const npmView: RegistryLookup = async (pkg, signal) => {
   // Loaded here: a render that repeats the recorded versions runs no program.
   const { run } = await import("../host/process.js");
-  const r = await run("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json"], {
+  const r = await run("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json", "--fetch-retries=0", `--fetch-timeout=${REGISTRY_WAIT_MS}`], {
     what: `asking the npm registry for ${pkg}`,
-    timeout: 60_000,
+    timeout: REGISTRY_WAIT_MS,
     env: { npm_config_update_notifier: "false" },
     signal,
   });
@@ -171,7 +178,9 @@ function recordedFor(state: VersionRecordStore, req: VersionRequest): NodeRedVer
     recorded.release === req.release &&
     recorded.node === OS_NODE[req.release] &&
     recorded.dashboard?.package === req.dashboard &&
-    (req.pinned === undefined ? recorded.nodeRed.source !== "config" : recorded.nodeRed.version === req.pinned)
+    (req.pinned === undefined ? recorded.nodeRed.source !== "config" : recorded.nodeRed.version === req.pinned) &&
+    // Older pibake recorded the fallback too: asked again, as if nothing were recorded.
+    ![recorded.nodeRed, recorded.dashboard].some((c) => c?.source === "fallback")
   ) {
     return recorded;
   }
@@ -191,40 +200,78 @@ function fallbackVersions(req: VersionRequest): NodeRedVersions {
 
 /**
  * What a render installs, with no network: the versions recorded by the
- * last resolve for the same request, else the fallback (not recorded, so
+ * last resolve for the same request, else the fallback (never recorded, so
  * that the next resolve still asks the registry).
  */
 export function recordedNodeRedVersions(state: VersionRecordStore, req: VersionRequest): NodeRedVersions {
   return recordedFor(state, req) ?? fallbackVersions(req);
 }
 
+export interface ResolveOptions {
+  lookup?: RegistryLookup;
+  /** Default: PIBAKE_OFFLINE=1. */
+  offline?: boolean;
+  /** Ctrl-C: stops the look-up and the render. */
+  signal?: AbortSignal;
+  /** Said before a look-up, since it may take up to `waitMs`. */
+  onAsking?: (pkg: string, waitMs: number) => void;
+  /** Default REGISTRY_WAIT_MS, for every look-up together. */
+  waitMs?: number;
+}
+
+export interface Resolved {
+  versions: NodeRedVersions;
+  asked: boolean;
+  /** Why the registry gave no answer, when the fallback stands in for it. */
+  failure?: string;
+}
+
+/** The gist of a failed look-up: npm's error code, else its first line. */
+function whyFailed(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  const code = /\b(E[A-Z0-9_]{3,})\b/.exec(text)?.[1];
+  return code ?? text.split("\n").find((l) => l.trim())?.trim().slice(0, 200) ?? "no answer";
+}
+
 /**
  * The versions to install, chosen before a render: those recorded in the
  * state directory when they were chosen for the same release and dashboard
  * (and, if the config pins one, the same Node-RED), else chosen now from
- * the registry, else the pinned fallback. The result is recorded, so that
- * renders repeat.
+ * the registry, else the pinned fallback. A choice the registry made is
+ * recorded, so that renders repeat; the fallback is not, so that the next
+ * render with a registry that answers asks again. The registry gets
+ * `waitMs` in all, and once it failed it is not asked for the dashboard.
  */
-export async function resolveNodeRedVersions(
-  state: VersionRecordStore,
-  req: VersionRequest,
-  lookup: RegistryLookup = npmView,
-  offline = process.env.PIBAKE_OFFLINE === "1",
-  signal?: AbortSignal,
-): Promise<{ versions: NodeRedVersions; asked: boolean }> {
+export async function resolveNodeRedVersions(state: VersionRecordStore, req: VersionRequest, opts: ResolveOptions = {}): Promise<Resolved> {
   const recorded = recordedFor(state, req);
   if (recorded) return { versions: recorded, asked: false };
+  const { lookup = npmView, offline = process.env.PIBAKE_OFFLINE === "1", signal, onAsking, waitMs = REGISTRY_WAIT_MS } = opts;
   const node = OS_NODE[req.release];
   const fallback = fallbackVersions(req);
+  const deadline = AbortSignal.timeout(waitMs);
+  const bounded = signal ? AbortSignal.any([signal, deadline]) : deadline;
+  let failure: string | undefined;
   const pick = async (pkg: string, stand: PackageChoice, nodeRedVersion?: string): Promise<PackageChoice> => {
-    if (!offline) {
-      try {
-        const chosen = chooseVersion(await lookup(pkg, signal), node, nodeRedVersion);
-        if (chosen) return { package: pkg, version: chosen, source: "registry" };
-      } catch {
-        signal?.throwIfAborted();
-        // No npm, no network, or an answer that is not JSON: the pinned release stands in.
-      }
+    if (offline || failure !== undefined) return stand;
+    onAsking?.(pkg, waitMs);
+    try {
+      // Raced against the deadline too: a look-up that ignores its signal still ends the wait.
+      const infos = await new Promise<VersionInfo[]>((resolve, reject) => {
+        const stop = () => reject(bounded.reason);
+        if (bounded.aborted) return stop();
+        bounded.addEventListener("abort", stop, { once: true });
+        Promise.resolve()
+          .then(() => lookup(pkg, bounded))
+          .then(resolve, reject)
+          .finally(() => bounded.removeEventListener("abort", stop));
+      });
+      const chosen = chooseVersion(infos, node, nodeRedVersion);
+      if (chosen) return { package: pkg, version: chosen, source: "registry" };
+      failure = `no release of ${pkg} in its answer runs on Node.js ${node}`;
+    } catch (err) {
+      signal?.throwIfAborted();
+      // No npm, no network, or an answer that is not JSON: the pinned release stands in.
+      failure = deadline.aborted ? `no answer within ${(waitMs / 1000).toFixed(0)} s` : whyFailed(err);
     }
     return stand;
   };
@@ -235,6 +282,6 @@ export async function resolveNodeRedVersions(
     nodeRed,
     ...(req.dashboard ? { dashboard: await pick(req.dashboard, fallback.dashboard!, nodeRed.version) } : {}),
   };
-  state.writeJson(STATE_FILE, versions);
-  return { versions, asked: !offline };
+  if (![versions.nodeRed, versions.dashboard].some((c) => c?.source === "fallback")) state.writeJson(STATE_FILE, versions);
+  return { versions, asked: !offline, ...(failure !== undefined ? { failure } : {}) };
 }

@@ -2,13 +2,15 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, stat
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { PibakeError } from "../errors.js";
+import { giveTree, mkdirOwned } from "../host/sudo.js";
 import type { Rendered } from "./index.js";
 
 /**
  * Write a render to DIR: stage/, overlay.tar, pi-gen.config, ca.crt, manifest.json.
  * Everything goes to a temporary sibling first and is renamed into place, so
  * that a failure or Ctrl-C never leaves a half-written DIR. DIR holds secrets
- * (the server key, the ddclient token), so it is 0700.
+ * (the server key, the ddclient token), so it is 0700. Under sudo it, and the
+ * parents made for it, are the invoking user's.
  */
 export function writeRendered(outDir: string, rendered: Rendered, opts: { force?: boolean } = {}): void {
   const target = path.resolve(outDir);
@@ -18,7 +20,7 @@ export function writeRendered(outDir: string, rendered: Rendered, opts: { force?
       throw new PibakeError(`${target} is not empty: choose another --out, or pass --force to replace it`);
     }
   }
-  mkdirSync(path.dirname(target), { recursive: true });
+  mkdirOwned(path.dirname(target));
   const tmp = `${target}.tmp-${randomBytes(4).toString("hex")}`;
   try {
     mkdirSync(tmp, { mode: 0o700 });
@@ -33,6 +35,7 @@ export function writeRendered(outDir: string, rendered: Rendered, opts: { force?
     put("pi-gen.config", rendered.piGenConfig, 0o600);
     put("ca.crt", rendered.caCertPem, 0o644);
     put("manifest.json", JSON.stringify(rendered.manifest, null, 2) + "\n", 0o644);
+    giveTree(tmp);
     if (existsSync(target)) {
       const old = `${target}.old-${randomBytes(4).toString("hex")}`;
       renameSync(target, old);
