@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { isNetworkCidr } from "./rules.js";
 import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
+import { sshKeyProblem } from "./ssh-key.js";
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:
@@ -110,7 +111,9 @@ const user = z.strictObject({
     })
     .refine((n) => !isSystemAccount(n), { error: "is a system account or group of Raspberry Pi OS, which cannot be the login user: choose a personal name such as \"admin\"" }),
   password: secretRef,
-  sshKeys: z.array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"" })).default([]),
+  sshKeys: z
+    .array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"", abort: true }).superRefine(problemOf(sshKeyProblem)))
+    .default([]),
   passwordSsh: z.boolean({ error: "is not true or false" }).default(false),
 });
 
