@@ -20,6 +20,10 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is the Pi's own address (network.address): give the router's address` });
   }
   if (prefix <= 30) {
+    // A /31 or /32 has no network or broadcast address (RFC 3021): both of a /31's are hosts.
+    const gatewayHost = ipToInt(c.network.gateway) % 2 ** (32 - prefix);
+    if (gatewayHost === 0) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the network address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
+    if (gatewayHost === hostMask(prefix)) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the broadcast address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
     const host = ipToInt(ip) % 2 ** (32 - prefix);
     if (host === 0) issues.push({ path: "network.address", message: `"${c.network.address}" is the network address of ${subnet}, not a host address` });
     if (host === hostMask(prefix)) issues.push({ path: "network.address", message: `"${c.network.address}" is the broadcast address of ${subnet}, not a host address` });
