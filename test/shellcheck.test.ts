@@ -191,7 +191,7 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       expect(fx.rendered.piGenConfig).not.toContain(fx.clear.userPassword);
     }
     expect(r.nasty.model.user.sshKeys[0]).toContain("$(touch");
-    expect(r.nasty.model.image.keyboard.layout).toContain("(UK, extended)");
+    expect(r.nasty.model.image.keyboard.layout).toContain("(UK, extended, Windows)");
     expect(existsSync(CANARY)).toBe(false);
   });
 
