@@ -87,7 +87,7 @@ const image = z.strictObject({
   keyboard: z
     .strictObject({
       keymap: z.string().regex(/^[a-z]{2,8}$/, { error: 'is not an XKB layout code such as "gb" or "de"', abort: true }).superRefine(problemOf(keymapProblem)),
-      layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"' }),
+      layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"', abort: true }),
     })
     .superRefine((k, ctx) => {
       const message = keyboardLayoutProblem(k.keymap, k.layout);
