@@ -22,6 +22,9 @@ const refused: [string, Mutate, string, RegExp][] = [
   ["a time zone on Mars", (c) => (c.image.timezone = "Mars/Olympus"), "image.timezone", /^"Mars\/Olympus" is not a time zone of the tz database: give an Area\/City name such as "Europe\/Berlin"/],
   ["a misspelt time zone", (c) => (c.image.timezone = "Europe/Berln"), "image.timezone", /^"Europe\/Berln" is not a time zone of the tz database \(did you mean "Europe\/Berlin"\?\)$/],
   ["an old time zone name that trixie's tzdata dropped", (c) => (c.image.timezone = "US/Eastern"), "image.timezone", /^"US\/Eastern" is an old name .* use "America\/New_York"$/],
+  ["an old time zone name, fine for bookworm, with trixie", (c) => ((c.image.release = "trixie"), (c.image.timezone = "Europe/Kiev")), "image.timezone", /^"Europe\/Kiev" is an old name that trixie's tzdata no longer has .*: use "Europe\/Kyiv"$/],
+  ["a locale of trixie's glibc with bookworm", (c) => ((c.image.release = "bookworm"), (c.image.locale = "tok")), "image.locale", /^"tok" is a locale of trixie's glibc, not bookworm's$/],
+  ["a keymap of bookworm's xkb-data with trixie", (c) => ((c.image.release = "trixie"), (c.image.keyboard = { keymap: "mao", layout: "Maori" })), "image.keyboard.keymap", /^"mao" is an XKB layout of bookworm's xkb-data, not trixie's/],
   ["a locale glibc does not have", (c) => (c.image.locale = "xx_YY.UTF-8"), "image.locale", /^"xx_YY\.UTF-8" is not a locale of glibc's supported list .*: give one such as "en_GB\.UTF-8"/],
   ["a locale with its codeset in lower case", (c) => (c.image.locale = "de_DE.utf8"), "image.locale", /\(did you mean "de_DE\.UTF-8"\?\)$/],
   ["a keymap XKB does not have", (c) => (c.image.keyboard.keymap = "zz"), "image.keyboard.keymap", /^"zz" is not an XKB layout code of xkb-data: give one such as "gb", "us" or "de"/],
@@ -72,10 +75,18 @@ describe("pibake validate refuses what would break the build or the Pi", () => {
 describe("the lists", () => {
   it.each(["Etc/UTC", "UTC", "Europe/Berlin", "Europe/Kyiv", "America/Argentina/Buenos_Aires", "Etc/GMT-2"])("takes the time zone %s, which the Pi's tzdata has", (tz) => {
     expect(timezoneProblem(tz)).toBeUndefined();
+    expect(timezoneProblem(tz, "trixie")).toBeUndefined();
+    expect(timezoneProblem(tz, "bookworm")).toBeUndefined();
+  });
+
+  it("takes the old time zone names for bookworm, whose tzdata still has them", () => {
+    expect(timezoneProblem("US/Eastern", "bookworm")).toBeUndefined();
+    expect(timezoneProblem("US/Eastern", "trixie")).toMatch(/use "America\/New_York"/);
   });
 
   it.each(["en_GB.UTF-8", "de_DE.UTF-8", "ca_ES@valencia", "sr_RS@latin", "de_DE", "eo"])("takes the locale %s, which glibc supports", (locale) => {
     expect(localeProblem(locale)).toBeUndefined();
+    expect(localeProblem(locale, "trixie")).toBeUndefined();
   });
 
   it.each([
@@ -85,8 +96,10 @@ describe("the lists", () => {
     ["de", "German - German (no dead keys)"],
     ["fr", "French"],
   ])("takes the keymap %s with the layout %s", (keymap, layout) => {
-    expect(keymapProblem(keymap)).toBeUndefined();
-    expect(keyboardLayoutProblem(keymap, layout)).toBeUndefined();
+    for (const release of [undefined, "trixie", "bookworm"] as const) {
+      expect(keymapProblem(keymap, release)).toBeUndefined();
+      expect(keyboardLayoutProblem(keymap, layout, release)).toBeUndefined();
+    }
   });
 
   it("suggests a name only when it is near enough to be what was meant", () => {

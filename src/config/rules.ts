@@ -2,6 +2,7 @@ import type { ConfigIssue } from "../errors.js";
 import type { ParsedConfig } from "./schema.js";
 import { nodeRedIssues } from "./node-red.js";
 import { mqttListenerPorts } from "./ports.js";
+import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
 
 /** The Pi's SSH server (Raspberry Pi OS's default, which pibake keeps). */
 export const SSH_PORT = 22;
@@ -71,7 +72,20 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
     }
   }
   issues.push(...nodeRedIssues(c));
+  issues.push(...releaseListIssues(c));
   return issues;
+}
+
+/** The schema checked these against every release's lists; here against the image's release's. */
+function releaseListIssues(c: ParsedConfig): ConfigIssue[] {
+  const { release, timezone, locale, keyboard } = c.image;
+  const problems: [string, string, string | undefined][] = [
+    ["image.timezone", timezone, timezoneProblem(timezone, release)],
+    ["image.locale", locale, localeProblem(locale, release)],
+    ["image.keyboard.keymap", keyboard.keymap, keymapProblem(keyboard.keymap, release)],
+    ["image.keyboard.layout", keyboard.layout, keymapProblem(keyboard.keymap, release) ? undefined : keyboardLayoutProblem(keyboard.keymap, keyboard.layout, release)],
+  ];
+  return problems.flatMap(([path, value, message]) => (message ? [{ path, message: `${JSON.stringify(value)} ${message}` }] : []));
 }
 
 export function ipToInt(ip: string): number {
