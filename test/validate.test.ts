@@ -5,12 +5,13 @@
  * Pi now exit 2, naming the field, the value and what is wanted.
  */
 import { execa } from "execa";
-import { chmodSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config/load.js";
 import { keyboardLayoutProblem, keymapProblem, localeProblem, nearest, timezoneProblem } from "../src/config/lists.js";
-import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { configJsonSchema } from "../src/config/schema.js";
+import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 
 type Mutate = (c: Record<string, any>) => void;
 
@@ -73,6 +74,15 @@ describe("pibake validate refuses what would break the build or the Pi", () => {
 });
 
 describe("the lists", () => {
+  it("has each list for every release the config may name", () => {
+    const releases = (configJsonSchema() as { properties: { image: { properties: { release: { enum: string[] } } } } }).properties.image.properties.release.enum;
+    expect(releases.length).toBeGreaterThan(0);
+    for (const release of releases) {
+      for (const file of ["timezones.txt", "timezones-legacy.txt", "locales-SUPPORTED", "xkb-base.lst"]) expect(existsSync(path.join(repoRoot, "data", release, file)), `data/${release}/${file}`).toBe(true);
+      expect(timezoneProblem("Etc/UTC", release as "trixie")).toBeUndefined();
+    }
+  });
+
   it.each(["Etc/UTC", "UTC", "Europe/Berlin", "Europe/Kyiv", "America/Argentina/Buenos_Aires", "Etc/GMT-2"])("takes the time zone %s, which the Pi's tzdata has", (tz) => {
     expect(timezoneProblem(tz)).toBeUndefined();
     expect(timezoneProblem(tz, "trixie")).toBeUndefined();
