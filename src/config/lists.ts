@@ -130,7 +130,7 @@ export function keyboardLayoutProblem(code: string, name: string, release?: Rele
   if (!layout) return undefined;
   const names = layouts.flatMap((l) => [l.name, ...l.variants.map((v) => `${l.name} - ${v}`)]);
   if (names.includes(name)) return undefined;
-  const other = [...listsOf(release ?? "trixie").layouts.values()].find((l) => l.name === name);
+  const other = (release ? [release] : RELEASES).flatMap((r) => [...listsOf(r).layouts.values()]).find((l) => l.name === name);
   if (other) return `is the name of XKB layout "${other.code}", not of "${code}" (image.keyboard.keymap): use "${layout.name}" or set keymap to "${other.code}"`;
   const variant = layout.variants.length > 0 ? ` or one of its variants, e.g. "${layout.name} - ${layout.variants[0]}"` : "";
   return `is not the name of XKB layout "${code}"${release ? ` in ${release}'s xkb-data` : ""} (image.keyboard.keymap): use "${layout.name}"${variant}`;

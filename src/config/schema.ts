@@ -44,6 +44,8 @@ const SYSTEM_ACCOUNTS = new Set(
     "mosquitto ntp chrony crontab ssl-cert"
   ).split(" "),
 );
+const isSystemAccount = (name: string) => SYSTEM_ACCOUNTS.has(name) || name.startsWith("systemd-") || name.startsWith("_");
+
 /** A check against a real list or decoder (lists.ts, ssh-key.ts): its message, or none when the value is fine. */
 const problemOf =
   (problem: (v: string) => string | undefined) =>
@@ -51,8 +53,6 @@ const problemOf =
     const message = problem(v);
     if (message) ctx.addIssue({ code: "custom", message });
   };
-
-const isSystemAccount = (name: string) => SYSTEM_ACCOUNTS.has(name) || name.startsWith("systemd-") || name.startsWith("_");
 
 const secretRef = z.union(
   [
