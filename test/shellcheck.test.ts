@@ -30,7 +30,7 @@ function nastyConfig(): { config: TestConfig; env: Record<string, string> } {
   ];
   config.user.passwordSsh = true;
   config.network.wifi = { ssid: `SSID ${NASTY}`.slice(0, 32), passphrase: { env: "PIBAKE_TEST_WIFI_PASSPHRASE" }, country: "GB" };
-  config.image.keyboard = { keymap: "gb", layout: "English (UK, extended) - with_underscores" };
+  config.image.keyboard = { keymap: "gb", layout: "English (UK) - English (UK, extended, Windows)" };
   config.mqtt.users.push({ name: `o'brien"$x\`y\`\\z`, password: { env: "PIBAKE_TEST_MQTT_NASTY" } });
   // The other branch of the stage's chroot script: no firewall, both units turned off.
   config.firewall = { enabled: false };
@@ -192,7 +192,7 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       expect(fx.rendered.piGenConfig).not.toContain(fx.clear.userPassword);
     }
     expect(r.nasty.model.user.sshKeys[0]).toContain("$(touch");
-    expect(r.nasty.model.image.keyboard.layout).toContain("(UK, extended)");
+    expect(r.nasty.model.image.keyboard.layout).toContain("(UK, extended, Windows)");
     expect(existsSync(CANARY)).toBe(false);
   });
 

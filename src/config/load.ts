@@ -7,6 +7,7 @@ import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./sche
 import { Secret, type Ddns, type Model } from "./model.js";
 import { crossFieldIssues, subnetOf } from "./rules.js";
 import { nodeRedModel } from "./node-red.js";
+import { packageRoot } from "../paths.js";
 
 export interface LoadedConfig {
   model: Model;
@@ -28,6 +29,7 @@ export function loadConfig(configPath: string, env: NodeJS.ProcessEnv = process.
   const resolver = new SecretResolver(path.dirname(absPath), env, issues, warnings);
   const model = toModel(parsed.data, absPath, resolver);
   if (issues.length > 0) throw new ConfigError(issues);
+  warnings.push(...exampleKeyWarnings(parsed.data.user.sshKeys));
   return { model, warnings };
 }
 
@@ -166,6 +168,24 @@ function knownKeys(segs: readonly PropertyKey[]): string | undefined {
   return def.shape ? Object.keys(def.shape).filter((k) => k !== "$schema").join(", ") : undefined;
 }
 
+/** The shipped example's config, whose keys were copied into many a config before their owner's own. */
+const EXAMPLE_CONFIG = path.join(packageRoot, "examples", "broker.json");
+
+/** Keys of examples/broker.json left in the config: whoever holds their private half could log in, and their owner cannot. */
+function exampleKeyWarnings(keys: readonly string[]): string[] {
+  let example: string[];
+  try {
+    example = ((JSON.parse(readFileSync(EXAMPLE_CONFIG, "utf8")) as { user?: { sshKeys?: string[] } }).user?.sshKeys ?? []).map((k) => k.split(" ")[1]!);
+  } catch {
+    return [];
+  }
+  return keys.flatMap((k, i) =>
+    example.includes(k.split(" ")[1]!)
+      ? [`user.sshKeys[${i}] is the example key of examples/broker.json, not yours: put your own public key there (the line of ~/.ssh/id_ed25519.pub, say), or you cannot log in with a key`]
+      : [],
+  );
+}
+
 /** Turns secret references into Secrets, recording what is wrong under the field's path. */
 class SecretResolver {
   constructor(
@@ -197,7 +217,12 @@ class SecretResolver {
       origin = `file ${ref.file}`;
       sourceFile = file;
       try {
-        if (!statSync(file).isFile()) throw Object.assign(new Error("not a regular file"), { code: "EISDIR" });
+        const stat = statSync(file);
+        if (!stat.isFile()) throw Object.assign(new Error("not a regular file"), { code: "EISDIR" });
+        const readers = [stat.mode & 0o040 ? "its group" : "", stat.mode & 0o004 ? "every user" : ""].filter(Boolean).join(" and ");
+        if (readers) {
+          this.warnings.push(`${where} comes from file ${ref.file}, which ${readers} can read (mode ${(stat.mode & 0o777).toString(8)}): chmod 600 ${file}`);
+        }
         // Editors add a final newline; it is not part of the secret.
         value = readFileSync(file, "utf8").replace(/\r?\n$/, "");
         if (value === "") this.issues.push({ path: where, message: `file ${ref.file} is empty` });

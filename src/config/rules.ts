@@ -2,6 +2,7 @@ import type { ConfigIssue } from "../errors.js";
 import type { ParsedConfig } from "./schema.js";
 import { nodeRedIssues } from "./node-red.js";
 import { mqttListenerPorts } from "./ports.js";
+import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
 
 /** The Pi's SSH server (Raspberry Pi OS's default, which pibake keeps). */
 export const SSH_PORT = 22;
@@ -20,6 +21,10 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is the Pi's own address (network.address): give the router's address` });
   }
   if (prefix <= 30) {
+    // A /31 or /32 has no network or broadcast address (RFC 3021): both of a /31's are hosts.
+    const gatewayHost = ipToInt(c.network.gateway) % 2 ** (32 - prefix);
+    if (gatewayHost === 0) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the network address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
+    if (gatewayHost === hostMask(prefix)) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the broadcast address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
     const host = ipToInt(ip) % 2 ** (32 - prefix);
     if (host === 0) issues.push({ path: "network.address", message: `"${c.network.address}" is the network address of ${subnet}, not a host address` });
     if (host === hostMask(prefix)) issues.push({ path: "network.address", message: `"${c.network.address}" is the broadcast address of ${subnet}, not a host address` });
@@ -67,7 +72,20 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
     }
   }
   issues.push(...nodeRedIssues(c));
+  issues.push(...releaseListIssues(c));
   return issues;
+}
+
+/** The schema checked these against every release's lists; here against the image's release's. */
+function releaseListIssues(c: ParsedConfig): ConfigIssue[] {
+  const { release, timezone, locale, keyboard } = c.image;
+  const problems: [string, string, string | undefined][] = [
+    ["image.timezone", timezone, timezoneProblem(timezone, release)],
+    ["image.locale", locale, localeProblem(locale, release)],
+    ["image.keyboard.keymap", keyboard.keymap, keymapProblem(keyboard.keymap, release)],
+    ["image.keyboard.layout", keyboard.layout, keymapProblem(keyboard.keymap, release) ? undefined : keyboardLayoutProblem(keyboard.keymap, keyboard.layout, release)],
+  ];
+  return problems.flatMap(([path, value, message]) => (message ? [{ path, message: `${JSON.stringify(value)} ${message}` }] : []));
 }
 
 export function ipToInt(ip: string): number {

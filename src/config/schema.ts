@@ -1,5 +1,7 @@
 import { z } from "zod";
 import { isNetworkCidr } from "./rules.js";
+import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
+import { sshKeyProblem } from "./ssh-key.js";
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:
@@ -44,6 +46,14 @@ const SYSTEM_ACCOUNTS = new Set(
 );
 const isSystemAccount = (name: string) => SYSTEM_ACCOUNTS.has(name) || name.startsWith("systemd-") || name.startsWith("_");
 
+/** A check against a real list or decoder (lists.ts, ssh-key.ts): its message, or none when the value is fine. */
+const problemOf =
+  (problem: (v: string) => string | undefined) =>
+  (v: string, ctx: z.RefinementCtx): void => {
+    const message = problem(v);
+    if (message) ctx.addIssue({ code: "custom", message });
+  };
+
 const secretRef = z.union(
   [
     z.string().min(1, { error: "is empty" }),
@@ -64,12 +74,24 @@ const image = z.strictObject({
   release: z.enum(["trixie", "bookworm"], { error: 'is not a supported release: "trixie" or "bookworm"' }).default("trixie"),
   arch: z.enum(["arm64", "armhf"], { error: 'is not a supported architecture: "arm64" or "armhf"' }).default("arm64"),
   hostname: z.string().regex(HOSTNAME_RE, { error: "is not a host name: letters, digits and '-', at most 63, not starting or ending with '-'" }).default("broker"),
-  timezone: z.string().regex(/^[A-Za-z0-9_+-]+(\/[A-Za-z0-9_+-]+)*$/, { error: 'is not a time zone name such as "Europe/Berlin"' }).default("Etc/UTC"),
-  locale: z.string().regex(/^[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$/, { error: 'is not a locale such as "en_GB.UTF-8"' }).default("en_GB.UTF-8"),
+  timezone: z
+    .string()
+    .regex(/^[A-Za-z0-9_+-]+(\/[A-Za-z0-9_+-]+)*$/, { error: 'is not a time zone name such as "Europe/Berlin"', abort: true })
+    .superRefine(problemOf(timezoneProblem))
+    .default("Etc/UTC"),
+  locale: z
+    .string()
+    .regex(/^[a-z]{2,3}(_[A-Z]{2})?(\.[A-Za-z0-9-]+)?(@[a-z]+)?$/, { error: 'is not a locale such as "en_GB.UTF-8"', abort: true })
+    .superRefine(problemOf(localeProblem))
+    .default("en_GB.UTF-8"),
   keyboard: z
     .strictObject({
-      keymap: z.string().regex(/^[a-z]{2,8}$/, { error: 'is not an XKB layout code such as "gb" or "de"' }),
-      layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"' }),
+      keymap: z.string().regex(/^[a-z]{2,8}$/, { error: 'is not an XKB layout code such as "gb" or "de"', abort: true }).superRefine(problemOf(keymapProblem)),
+      layout: z.string().regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"', abort: true }),
+    })
+    .superRefine((k, ctx) => {
+      const message = keyboardLayoutProblem(k.keymap, k.layout);
+      if (message) ctx.addIssue({ code: "custom", message, path: ["layout"] });
     })
     .default({ keymap: "gb", layout: "English (UK)" }),
   /** Builds from the official image: the Raspberry Pi OS Lite release to start from (its release date); the newest when absent. */
@@ -89,7 +111,9 @@ const user = z.strictObject({
     })
     .refine((n) => !isSystemAccount(n), { error: "is a system account or group of Raspberry Pi OS, which cannot be the login user: choose a personal name such as \"admin\"" }),
   password: secretRef,
-  sshKeys: z.array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"" })).default([]),
+  sshKeys: z
+    .array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"", abort: true }).superRefine(problemOf(sshKeyProblem)))
+    .default([]),
   passwordSsh: z.boolean({ error: "is not true or false" }).default(false),
 });
 

@@ -57,7 +57,8 @@ export function validConfig(): Record<string, any> {
     user: {
       name: "admin",
       password: { env: "T_USER_PW" },
-      sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F test@host"],
+      // Not examples/broker.json's key, which validate warns about.
+      sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIANloiQLObRHwt1kO2rR01jUxi854YLC1GmV7S9zBJdo test@host"],
       passwordSsh: false,
     },
     network: { interface: "eth0", address: "192.168.1.10/24", gateway: "192.168.1.1", dns: ["192.168.1.1", "9.9.9.9"] },
