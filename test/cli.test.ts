@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { createCli } from "../src/cli.js";
 import { closest, editDistance } from "../src/usage.js";
 import { bin, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { minimalMbr } from "./helpers/mbr.js";
 
 const tmp = tempDir("pibake-cli-test-");
 afterAll(tmp.cleanup);
@@ -99,13 +100,7 @@ describe("a file or directory named that is not there is a usage error", () => {
     await fsp.mkdir(state, { recursive: true });
     await fsp.writeFile(path.join(state, "ca.crt"), "-----BEGIN CERTIFICATE-----\n");
     const image = path.join(tmp.dir, "tiny.img");
-    const head = Buffer.alloc(4096);
-    head[446 + 4] = 0x83;
-    head.writeUInt32LE(1, 446 + 8);
-    head.writeUInt32LE(7, 446 + 12);
-    head[510] = 0x55;
-    head[511] = 0xaa;
-    await fsp.writeFile(image, head);
+    await fsp.writeFile(image, minimalMbr(0x83, 1, 7, 4096));
     const cases: [string[], string][] = [
       [["build", cfg, "--base", "missing.img", "--out", "out"], "--base missing.img: no such file; give a Raspberry Pi OS image"],
       [["build", cfg, "--pi-gen", "no-pi-gen", "--out", "out"], "--pi-gen no-pi-gen: not a pi-gen checkout (no build.sh)"],
@@ -162,13 +157,7 @@ describe("TERM=dumb gets no control codes", () => {
 
   it.skipIf(!hasScript)("pibake flash's progress on TERM=dumb", async () => {
     const image = path.join(tmp.dir, "zero.img");
-    const head = Buffer.alloc(512);
-    head[446 + 4] = 0x0c;
-    head.writeUInt32LE(2048, 446 + 8);
-    head.writeUInt32LE(8192, 446 + 12);
-    head[510] = 0x55;
-    head[511] = 0xaa;
-    await fsp.writeFile(image, head);
+    await fsp.writeFile(image, minimalMbr());
     await fsp.truncate(image, 128 << 20);
     const text = await onTerminal(`"${process.execPath}" "${bin}" flash zero.img copy.img --no-bmap --no-verify`, "dumb", tmp.dir);
     expect(text).toContain("Done: copy.img holds the image.");

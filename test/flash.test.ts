@@ -16,6 +16,7 @@ import { runFlash, type FlashArgs, type FlashIO } from "../src/flash/flash.js";
 import { chooseIndex, createPrompter } from "../src/flash/prompt.js";
 import { closeTarget, openTarget, syncTarget, verifyTarget, VerifyError, writeImage } from "../src/flash/writer.js";
 import { createOutput } from "../src/ui/output.js";
+import { minimalMbr } from "./helpers/mbr.js";
 
 const MiB = 1 << 20;
 const T: Options = { timeout: 60_000, reject: false, stdin: "ignore" };
@@ -32,16 +33,6 @@ let imageData: Buffer;
 const loops: string[] = [];
 const mounts: string[] = [];
 
-/** A first sector with one FAT partition: the least that flash takes for a disk image. */
-function minimalMbr(): Buffer {
-  const s = Buffer.alloc(512);
-  s[446 + 4] = 0x0c;
-  s.writeUInt32LE(2048, 446 + 8);
-  s.writeUInt32LE(8192, 446 + 12);
-  s[510] = 0x55;
-  s[511] = 0xaa;
-  return s;
-}
 
 /**
  * A sparse image with random data in a few places and a partition table:
