@@ -522,7 +522,7 @@ async function kernelDir(d: Deadline): Promise<string> {
  * Node-RED installed at build time (nodeRed.install "build"): the editor on the
  * forwarded port asks for a login and the token endpoint takes the configured
  * password. npm installs Node-RED under qemu-user during the build, which takes
- * many minutes, so this runs only with PIBAKE_BOOT_NODE_RED=1 (see README).
+ * many minutes, so this runs only with PIBAKE_BOOT_NODE_RED=1 (see docs/development.md).
  */
 describe.skipIf(!isRoot || !hasQemu || process.env.PIBAKE_BOOT_NODE_RED !== "1")("Node-RED in the booted image", () => {
   const tmp = tempDir("pibake-boot-nr-");

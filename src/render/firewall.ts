@@ -1,7 +1,7 @@
 import type { Model } from "../config/model.js";
 import { SSH_PORT } from "../config/rules.js";
 
-/** One port the firewall opens, and why: the ruleset and the README say the reason. */
+/** One port the firewall opens, and why: the ruleset and docs/security.md say the reason. */
 export interface OpenPort {
   port: number;
   protocol: "tcp" | "udp";
