@@ -55,9 +55,9 @@ describe("init's files", () => {
   });
 });
 
-/** A pseudo-terminal of its own: a tmux server on a socket of this test's, killed afterwards. */
-const SOCKET = `pibake-init-test-${process.pid}`;
-const tmux = (...args: string[]) => execa("tmux", ["-L", SOCKET, ...args], { reject: false });
+/** A pseudo-terminal of its own: a tmux server on a socket of this test's (in a directory removed after it), killed afterwards. */
+const socketDir = tempDir("pibake-init-tmux-");
+const tmux = (...args: string[]) => execa("tmux", ["-S", path.join(socketDir.dir, "socket"), ...args], { reject: false });
 const sessions: string[] = [];
 
 async function startSession(name: string, home: string, args: string[]): Promise<void> {
@@ -97,6 +97,7 @@ const asked = (q: string) => new RegExp(`\\? ${q.replace(/[.*+?^${}()|[\]\\]/g, 
 afterAll(async () => {
   for (const s of sessions) await tmux("kill-session", "-t", s);
   await tmux("kill-server");
+  socketDir.cleanup();
 });
 
 describe("pibake init on a terminal", () => {

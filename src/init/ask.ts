@@ -32,8 +32,10 @@ export interface Proposals {
   keymap: string;
 }
 
-/** inquirer's validate: true, or the problem to show under the answer. */
+/** inquirer's validate: true, or the problem to show under the answer (trimmed, as it is kept). */
 const by = (c: check.Check) => (v: string) => c(v.trim()) ?? true;
+/** The same for a password or passphrase, kept as typed: a space may be part of it. */
+const exactly = (c: check.Check) => (v: string) => c(v) ?? true;
 
 /** A public key in ~/.ssh, as the list shows it. */
 export interface OfferedKey {
@@ -64,7 +66,7 @@ export function sshKeysIn(home: string): OfferedKey[] {
 /** A password typed twice, or generated when the first answer is empty. */
 async function newPassword(message: string, c: check.Check = check.checkPassword): Promise<SecretAnswer> {
   for (;;) {
-    const first = await password({ message: `${message} (Enter: a strong random one)`, mask: "*", validate: (v) => v === "" || by(c)(v) });
+    const first = await password({ message: `${message} (Enter: a strong random one)`, mask: "*", validate: (v) => v === "" || exactly(c)(v) });
     if (first === "") return { value: strongPassword(), generated: true };
     const again = await password({ message: "The same again", mask: "*" });
     if (again === first) return { value: first, generated: false };
@@ -123,7 +125,7 @@ async function ask(p: Proposals, home: string, dir: string): Promise<Answers> {
     const ssid = await input({ message: "Wi-Fi network name (SSID)", default: p.wifiSsid, required: true, validate: (v) => check.checkSsid(v) ?? true });
     const passphrase: SecretAnswer = p.wifiPassphraseFile
       ? { file: p.wifiPassphraseFile }
-      : { value: await password({ message: "Wi-Fi passphrase", mask: "*", validate: by(check.checkPassphrase) }), generated: false };
+      : { value: await password({ message: "Wi-Fi passphrase", mask: "*", validate: exactly(check.checkPassphrase) }), generated: false };
     const country = (await input({ message: "Wi-Fi country (two letters, e.g. DE, GB, US)", default: p.country, validate: (v) => by(check.checkCountry)(v.toUpperCase()) })).trim().toUpperCase();
     wifi = { ssid, passphrase, country };
     iface = await select({
