@@ -30,7 +30,7 @@ const heavy = (modules: string[]) =>
   modules.filter((m) => /^node_modules\/(?!cac\/)/.test(m) || /^dist\/(config|render|secrets|registry|engines|image|flash)\//.test(m) || /^dist\/commands\/(?!index\.js)/.test(m));
 
 describe("start-up", () => {
-  for (const args of [["--version"], ["--help"], ["build", "--help"], []]) {
+  for (const args of [["--version"], ["--help"], ["build", "--help"], ["init", "--help"], []]) {
     it(`pibake ${args.join(" ") || "(no command)"} loads cac and no command's code`, async () => {
       const r = await loaded(args);
       expect(r.exitCode).toBe(0);
@@ -44,7 +44,7 @@ describe("start-up", () => {
     expect(r.stdout).toMatch(/--base <image>/);
     expect(r.stdout).toMatch(/--base-stages <dir>/);
     const all = await loaded(["--help"]);
-    for (const c of ["render <config>", "validate <config>", "schema", "ca <action> [config]", "flash <image> [device]", "images [action]", "check <config> [host]", "push <config> <host>", "build <config>"]) expect(all.stdout).toContain(c);
+    for (const c of ["init [file]", "render <config>", "validate <config>", "schema", "ca <action> [config]", "flash <image> [device]", "images [action]", "check <config> [host]", "push <config> <host>", "build <config>"]) expect(all.stdout).toContain(c);
   });
 
   it("pibake validate loads the config's code, not the renderer, the engines or flash", async () => {

@@ -4,6 +4,7 @@ import type { CaOptions } from "./ca.js";
 import type { CheckOptions } from "./check.js";
 import type { FlashOptions } from "./flash.js";
 import type { ImagesOptions } from "./images.js";
+import type { InitOptions } from "./init.js";
 import type { PushOptions } from "./push.js";
 import type { RenderOptions } from "./render.js";
 import { checkAction, type Action } from "../usage.js";
@@ -28,6 +29,27 @@ export const ACTIONS: Record<string, Action[]> = {
  * runs: `pibake --version` and `pibake --help` load none of it.
  */
 export function registerCommands(cli: CAC): void {
+  cli
+    .command(
+      "init [file]",
+      "Make a config (default: broker.json here) and its secrets by answering a few questions on a terminal (the network proposed from this machine's, SSH keys from ~/.ssh, passwords generated when you press Enter), or from flags without a terminal (on one, the flags given are the proposals); the secrets go to secrets/ beside it (files 0600), nothing existing is replaced, and nothing is written until the end",
+    )
+    .option("--domain <name>", "The public freemyip name, e.g. home.freemyip.com (needed without a terminal)")
+    .option("--ddns-token-file <file>", "The file with the freemyip token, referenced from the config (needed without a terminal)")
+    .option("--address <cidr>", "The Pi's static address with prefix length, e.g. 192.168.1.10/24 (needed without a terminal)")
+    .option("--gateway <ip>", "The router's address (needed without a terminal)")
+    .option("--user <name>", "The Pi's user (default: yours, else admin)")
+    .option("--mqtt-user <name>", "An MQTT user, with a generated password (repeat for several; default: home)")
+    .option("--ssh-key <file>", "The public key (.pub) to log in with; without one SSH takes the password")
+    .option("--wifi-ssid <ssid>", "Join this Wi-Fi network, with the static address on wlan0")
+    .option("--wifi-passphrase-file <file>", "With --wifi-ssid: the file with the Wi-Fi passphrase, referenced from the config")
+    .option("--wifi-country <code>", "With --wifi-ssid: the country, e.g. DE (default: from LANG)")
+    .option("--no-node-red", "Leave Node-RED out (by default it is on)")
+    .option("--timezone <zone>", "The Pi's time zone (default: this machine's)")
+    .example("pibake init                  # asks, writes broker.json and secrets/ here")
+    .example("pibake init home/broker.json --domain home.freemyip.com --ddns-token-file token.txt --address 192.168.1.10/24 --gateway 192.168.1.1 --ssh-key ~/.ssh/id_ed25519.pub </dev/null")
+    .action(async (file: string | undefined, opts: InitOptions) => (await import("./init.js")).initCommand(file, opts));
+
   cli
     .command("render <config>", "Render the pi-gen stage, overlay, pi-gen config and CA certificate into a directory")
     .option("--out <dir>", "Output directory (must be empty or absent unless --force)")

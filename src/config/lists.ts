@@ -167,3 +167,8 @@ function editDistance(a: string, b: string): number {
   }
   return prev[b.length]!;
 }
+
+/** The name of an XKB layout ("German" for "de"), for image.keyboard.layout; undefined when the release lacks the code. */
+export function keymapName(code: string, release: Release): string | undefined {
+  return listsOf(release).layouts.get(code)?.name;
+}

@@ -21,7 +21,12 @@ const SECRET_KEYS = new Set(["password", "token", "passphrase"]);
 /** Read, validate and resolve a config file. Every problem is reported at once (ConfigError, exit 2). */
 export function loadConfig(configPath: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
   const absPath = path.resolve(configPath);
-  const raw = readJson(absPath);
+  return checkConfig(readJson(absPath), absPath, env);
+}
+
+/** A config not yet written (pibake init's): checked as if it were read from `configPath`. */
+export function checkConfig(raw: unknown, configPath: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const absPath = path.resolve(configPath);
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => formatIssue(i, raw)));
   const issues = crossFieldIssues(parsed.data);
@@ -264,11 +269,11 @@ function ddclientSafe(v: string): string | undefined {
 }
 
 /** ddclient puts the freemyip token into the update URL as it is: only URL-safe characters keep the request intact. */
-function freemyipToken(v: string): string | undefined {
+export function freemyipToken(v: string): string | undefined {
   return ddclientSafe(v) ?? (/^[A-Za-z0-9._~-]+$/.test(v) ? undefined : "contains characters other than letters, digits, '.', '_', '~' and '-', which ddclient would put into freemyip's update URL as they are: copy the token exactly as freemyip shows it");
 }
 
-function wpaPassphrase(v: string): string | undefined {
+export function wpaPassphrase(v: string): string | undefined {
   if (!/^[\x20-\x7e]*$/.test(v)) return "contains characters other than printable ASCII, which WPA passphrases cannot";
   if (v.length < 8 || v.length > 63) return "is not 8 to 63 characters long, as WPA requires";
   return undefined;
