@@ -1,7 +1,7 @@
 import { existsSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { probeImage } from "../../image/compression.js";
-import { detectCompression } from "../../image/compression.js";
+import { detectCompression, type Compression } from "../../image/compression.js";
 import { formatBytes } from "../../ui/output.js";
 import { binfmtRequirement } from "../binfmt.js";
 import { problemOf, programRequirements, requirement } from "../problems.js";
@@ -56,13 +56,18 @@ export const baseImageEngine: Engine = {
     const requirements: Requirement[] = [];
     // A --base that names nothing is a usage error (exit 2), like a missing config.
     const missing = !official && !existsSync(request.base!);
+    // The official images are .img.xz.
+    let compression: Compression = official ? "xz" : "none";
     if (!official) {
-      const what = `--base ${request.base}: no such file; give a Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD`;
-      requirements.push(requirement(`the base image ${request.base}`, "found", missing ? { what, usage: true } : undefined));
+      const need = `the base image ${request.base}`;
+      let unreadable: string | undefined;
+      if (!missing) compression = await detectCompression(request.base!).catch((err: Error) => ((unreadable = err.message), "none" as const));
+      if (missing) {
+        const what = `--base ${request.base}: no such file; give a Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD`;
+        requirements.push({ need, problem: { what, usage: true } });
+      } else requirements.push(requirement(need, "found", unreadable));
     }
     requirements.push(requirement("root", "running as root", await problemOf(() => checkRoot(request.base)), { root: true }));
-    // The official images are .img.xz.
-    const compression = official ? "xz" : missing ? "none" : await detectCompression(request.base!);
     requirements.push(...programRequirements(basePrograms(compression, request.shrink === true), "pibake build --base"));
     requirements.push(binfmtRequirement(model.image.arch));
     if (model.image.baseStages.length > 0) {
