@@ -38,7 +38,7 @@ export type PlannedBase =
   | { kind: "pi-gen" };
 
 export interface BuildPlan {
-  config: { file: string; name: string; domain: string; release: string; arch: string };
+  config: { file: string; name: string; domain: string; release: string; arch: string; warnings: string[] };
   engine: { id: string; description: string };
   base: PlannedBase;
   steps: string[];
@@ -84,7 +84,7 @@ export async function planBuild(configPath: string, settings: BuildSettings, env
 
   const names = deliveredNames(deliveryBaseName(model, new Date()), compress);
   return {
-    config: { file: path.resolve(configPath), name: model.image.name, domain: model.tls.domain, release: model.image.release, arch: model.image.arch },
+    config: { file: path.resolve(configPath), name: model.image.name, domain: model.tls.domain, release: model.image.release, arch: model.image.arch, warnings: loaded.warnings },
     engine: { id: engine.id, description: engine.describe(request) },
     base,
     steps: buildSteps(engine.steps(request)).map((s) => s.title),
@@ -194,11 +194,9 @@ export function runCommandOf(argv: readonly string[]): string {
 export async function dryRun(configPath: string, settings: BuildSettings, json: boolean): Promise<BuildPlan> {
   const out = createOutput({ plain: true });
   const plan = await planBuild(configPath, settings);
+  for (const w of plan.config.warnings) out.warn(w);
   if (json) process.stdout.write(redact(JSON.stringify(plan, null, 2)) + "\n");
   else for (const line of formatPlan(plan, runCommandOf(process.argv.slice(2)))) out.info(line);
-  if (!plan.canRun) {
-    const engine = checkUsage(settings);
-    throw new PibakeError(formatProblems(plan.problems, cannotRunHeading(engine, settings.request)), 2);
-  }
+  if (!plan.canRun) throw new PibakeError(formatProblems(plan.problems, cannotRunHeading(plan.engine.description)), 2);
   return plan;
 }

@@ -126,8 +126,8 @@ export async function buildRequirements(engine: Engine, request: BuildRequest, m
 }
 
 /** The heading over the problems that stop a build. */
-export function cannotRunHeading(engine: Engine, request: BuildRequest): string {
-  return `pibake build ${engine.describe(request)} cannot run here yet`;
+export function cannotRunHeading(engineDescription: string): string {
+  return `pibake build ${engineDescription} cannot run here yet`;
 }
 
 export interface BuildScope {
@@ -206,7 +206,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
 
   // Before any work: everything that would stop the build on this machine, at once.
   const problems = problemsOf(await buildRequirements(engine, request, model, compress));
-  if (problems.length > 0) throw problemsError(problems, cannotRunHeading(engine, request));
+  if (problems.length > 0) throw problemsError(problems, cannotRunHeading(engine.describe(request)));
   try {
     mkdirOwned(outDir);
   } catch (err) {
