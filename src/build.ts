@@ -23,8 +23,8 @@ import { mountsBelow } from "./host/mounts.js";
 import { releaseBelow } from "./host/release.js";
 import { giveTo, mkdirOwned } from "./host/sudo.js";
 import { chooseEngine, foreignOptions } from "./engines/index.js";
-import { problemsError } from "./engines/problems.js";
-import type { BuildRequest, Engine } from "./engines/types.js";
+import { problemsError, problemsOf, programRequirements } from "./engines/problems.js";
+import type { BuildRequest, Engine, Requirement } from "./engines/types.js";
 
 export interface BuildSettings {
   /** Where the image and its files go (default ./deploy). */
@@ -110,6 +110,26 @@ export function buildFacts(model: Model, secrets: Secrets, rendered: Rendered, s
   };
 }
 
+/** The CA certificate delivered beside the image, for the clients. */
+export const CA_FILE = "ca.crt";
+
+/**
+ * Everything the build needs of this machine and its inputs: the engine's,
+ * and the compressor delivery runs. The build stops on the unmet ones;
+ * build --dry-run lists them all.
+ */
+export async function buildRequirements(engine: Engine, request: BuildRequest, model: Model, compress: DeliverCompression): Promise<Requirement[]> {
+  const requirements = await engine.requirements(request, model);
+  const programs = new Set(requirements.flatMap((r) => (r.program ? [r.program.name] : [])));
+  const compressor = compress === "none" || programs.has(compress) ? [] : programRequirements([compress], `--compress ${compress}`);
+  return [...requirements, ...compressor];
+}
+
+/** The heading over the problems that stop a build. */
+export function cannotRunHeading(engineDescription: string): string {
+  return `pibake build ${engineDescription} cannot run here yet`;
+}
+
 export interface BuildScope {
   /** Removed with the clean-up, after every mount in it is released. */
   workDir: string;
@@ -185,8 +205,8 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
   refuseProtectedOutput(outDir, "--out", protectedPaths(model, state.dir, engine.inputs(request)));
 
   // Before any work: everything that would stop the build on this machine, at once.
-  const problems = await engine.preflight(request, model);
-  if (problems.length > 0) throw problemsError(problems, `pibake build ${engine.describe(request)} cannot run here yet`);
+  const problems = problemsOf(await buildRequirements(engine, request, model, compress));
+  if (problems.length > 0) throw problemsError(problems, cannotRunHeading(engine.describe(request)));
   try {
     mkdirOwned(outDir);
   } catch (err) {
@@ -235,7 +255,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
       compress,
       logPath,
       facts: buildFacts(model, secrets, rendered, state),
-      extraFiles: [{ name: "ca.crt", content: secrets.pki.caCertPem }],
+      extraFiles: [{ name: CA_FILE, content: secrets.pki.caCertPem }],
       signal: scope.signal,
       timings: { ...steps.timings },
       onStatus: (phase, message) => steps.status(`${phase}: ${message}`),

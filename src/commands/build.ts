@@ -1,6 +1,8 @@
-/** pibake build CONFIG: the command line's options as one build (src/build.ts). */
+/** pibake build CONFIG: the command line's options as one build (src/build.ts), or its plan (--dry-run, src/build-plan.ts). */
 import type { Delivered } from "../image/deliver.js";
+import type { BuildPlan } from "../build-plan.js";
 import { runBuild, type BuildSettings } from "../build.js";
+import { PibakeError } from "../errors.js";
 
 export interface BuildOptions {
   out?: string;
@@ -18,6 +20,8 @@ export interface BuildOptions {
   runner?: string;
   baseStages?: string | string[];
   clean?: boolean;
+  dryRun?: boolean;
+  json?: boolean;
 }
 
 /** The engines' options as given: a repeated option is a list, a flag given once a value. */
@@ -36,6 +40,8 @@ export function buildSettings(opts: BuildOptions): BuildSettings {
   };
 }
 
-export function buildCommand(configPath: string, opts: BuildOptions): Promise<Delivered> {
+export async function buildCommand(configPath: string, opts: BuildOptions): Promise<Delivered | BuildPlan> {
+  if (opts.json && !opts.dryRun) throw new PibakeError("--json goes with --dry-run: pibake build CONFIG --dry-run --json", 2);
+  if (opts.dryRun) return (await import("../build-plan.js")).dryRun(configPath, buildSettings(opts), opts.json === true);
   return runBuild(configPath, buildSettings(opts));
 }

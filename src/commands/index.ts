@@ -150,11 +150,14 @@ export function registerCommands(cli: CAC): void {
     .option("--runner <runner>", "pi-gen: native or docker")
     .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
     .option("--clean", "pi-gen: start from a clean pi-gen work directory")
+    .option("--dry-run", "Only print the plan: engine, base image (cached or to download), steps, output files, and each host requirement found or missing with the apt-get line that installs it. No root needed; nothing is written. Exit 2 when the build could not run")
+    .option("--json", "With --dry-run: print the plan as JSON")
     .example("sudo -E pibake build broker.json                 # from the newest official Raspberry Pi OS Lite")
     .example("sudo -E pibake build broker.json --base raspios@2025-12-04")
     .example("sudo -E pibake build broker.json --base 2025-11-24-raspios-trixie-arm64-lite.img.xz")
     .example("sudo -E pibake build broker.json --base deploy/broker-home.example.com-2026-01-10.img --compress none   # seconds: only the overlay changes")
     .example("pibake build broker.json --engine pi-gen --runner docker")
+    .example("pibake build broker.json --dry-run                # what a build would do and need, without root")
     .action(async (configPath: string, opts: BuildOptions) => {
       await (await import("./build.js")).buildCommand(configPath, opts);
     });

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
+import type { Requirement } from "./types.js";
 
 /**
  * Whether this host can run the image's ARM programs (apt's maintainer
@@ -78,4 +79,15 @@ export function binfmtProblem(imageArch: string, dir = "/proc/sys/fs/binfmt_misc
     return `${intro}; binfmt_misc's ${entry.name} names ${entry.interpreter}, which does not exist. Fix:\n  sudo apt-get install --reinstall qemu-user-static   # or qemu-user-binfmt on Debian 13`;
   }
   return undefined;
+}
+
+/** binfmtProblem as a requirement: what is needed on this host, and whether it is there. */
+export function binfmtRequirement(imageArch: string, dir = "/proc/sys/fs/binfmt_misc", hostArch: string = process.arch): Requirement {
+  const host = hostArch === "x64" ? "x86_64" : hostArch;
+  const want = ELF_MAGIC[imageArch];
+  const native = runsNatively(imageArch, hostArch);
+  const need = native || !want ? `${imageArch} programs` : `${want.name} in binfmt_misc`;
+  const problem = binfmtProblem(imageArch, dir, hostArch);
+  if (problem) return { need, problem: { what: problem } };
+  return { need, met: native ? `run natively on this ${host} host` : `registered: the image's ${imageArch} programs run on this ${host} host` };
 }

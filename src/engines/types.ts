@@ -33,8 +33,12 @@ export interface Engine {
   usageProblems(request: BuildRequest): string[];
   /** Files the build reads and must never overwrite (the base image). */
   inputs(request: BuildRequest): { path: string; what: string }[];
-  /** Everything that would stop the build on this machine, all at once, before any work. */
-  preflight(request: BuildRequest, model: Model): Promise<Problem[]>;
+  /**
+   * Everything the build needs of this machine and of its inputs, each with
+   * whether it is there: the build stops on the unmet ones (all at once,
+   * before any work), and `build --dry-run` lists them all.
+   */
+  requirements(request: BuildRequest, model: Model): Promise<Requirement[]>;
   /** Things worth saying before a long build (free space), which do not stop it. */
   warnings?(request: BuildRequest, outDir: string): Promise<string[]>;
   build(input: EngineInput, reporter: StepReporter): Promise<EngineResult>;
@@ -69,6 +73,22 @@ export interface Problem {
   fix?: string;
   /** The config or the options are wrong (exit 2), not the machine (exit 1). */
   usage?: boolean;
+}
+
+/**
+ * One thing a build needs, and whether it is there. `met` says how it is met
+ * ("/usr/sbin/losetup"); when it is not, `problem` says why the build cannot
+ * run, with its fix.
+ */
+export interface Requirement {
+  /** "root", "qemu-aarch64 in binfmt_misc", "losetup", "--base x.img". */
+  need: string;
+  met?: string;
+  problem?: Problem;
+  /** A program, with the Debian package that has it and what needs it ("pibake build --base"). */
+  program?: { name: string; package: string; neededBy: string };
+  /** Being root: a dry run by another user only notes it, since the build itself is run with sudo -E. */
+  root?: boolean;
 }
 
 export interface EngineInput {

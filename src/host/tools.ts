@@ -46,10 +46,22 @@ export function findProgram(name: string): string | undefined {
   return undefined;
 }
 
+export function debianPackage(program: string): string {
+  return DEBIAN_PACKAGE[program] ?? program;
+}
+
+/** The apt-get line that installs these programs, each package once. */
+export function aptGetInstall(programs: readonly string[]): string {
+  return `sudo apt-get install ${[...new Set(programs.map(debianPackage))].join(" ")}`;
+}
+
+/** The missing programs as one message with the apt-get line that installs them. */
+export function missingProgramsMessage(missing: readonly string[], why: string): string {
+  return `${why} needs ${missing.join(", ")}, which ${missing.length === 1 ? "is" : "are"} not installed: ${aptGetInstall(missing)}`;
+}
+
 /** Every missing program, as one message with the apt-get line that installs them. */
 export function requirePrograms(names: string[], why: string): void {
   const missing = names.filter((n) => !findProgram(n));
-  if (missing.length === 0) return;
-  const pkgs = [...new Set(missing.map((m) => DEBIAN_PACKAGE[m] ?? m))];
-  throw new PibakeError(`${why} needs ${missing.join(", ")}, which ${missing.length === 1 ? "is" : "are"} not installed: sudo apt-get install ${pkgs.join(" ")}`);
+  if (missing.length > 0) throw new PibakeError(missingProgramsMessage(missing, why));
 }

@@ -77,6 +77,12 @@ export function imageFileName(baseName: string, compress: DeliverCompression): s
   return `${baseName}.img${SUFFIX[compress]}`;
 }
 
+/** The names of the files delivered for an image (beside the extra files such as ca.crt), in the order a user reads them. */
+export function deliveredNames(baseName: string, compress: DeliverCompression): { image: string; sha256: string; bmap: string; manifest: string; log: string } {
+  const image = imageFileName(baseName, compress);
+  return { image, sha256: `${image}.sha256`, bmap: `${baseName}.img.bmap`, manifest: `${baseName}.manifest.json`, log: `${baseName}.log` };
+}
+
 /** sha256sum's line: two spaces between digest and name (text mode). */
 export function sha256Line(digest: string, fileName: string): string {
   return `${digest}  ${fileName}\n`;
@@ -103,13 +109,8 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
   const outDir = path.resolve(input.outDir);
   mkdirOwned(outDir);
   const { baseName } = input;
-  const names = {
-    image: imageFileName(baseName, input.compress),
-    bmap: `${baseName}.img.bmap`,
-    manifest: `${baseName}.manifest.json`,
-    log: `${baseName}.log`,
-  };
-  const sha256Name = `${names.image}.sha256`;
+  const names = deliveredNames(baseName, input.compress);
+  const sha256Name = names.sha256;
   const final = (n: string) => path.join(outDir, n);
   const tmp = (n: string) => tempName(outDir, n);
   const status = input.onStatus ?? (() => {});

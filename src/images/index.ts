@@ -24,7 +24,7 @@ import {
 } from "./cache.js";
 import { downloadToPart } from "./download.js";
 import { createHttpClient, DEFAULT_TIMEOUTS, getText, type HttpClient, type HttpTimeouts } from "./http.js";
-import { chooseImage, DEFAULT_OS_LIST_URL, describeWanted, matchesWanted, parseOsList, type ImageWanted, type OsImageEntry } from "./os-list.js";
+import { chooseImage, DEFAULT_OS_LIST_URL, describeWanted, matchesWanted, parseOsList, type ImageWanted, type OsImageEntry, type ParsedOsList } from "./os-list.js";
 import type { ImageProgress } from "./progress.js";
 import { extractedDigest, sha256File } from "./verify.js";
 
@@ -90,31 +90,13 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
   const client = createHttpClient(env, opts.timeouts ?? DEFAULT_TIMEOUTS);
   try {
     let chosen: OsImageEntry | undefined;
-    let listProblem: string | undefined;
-    if (env.PIBAKE_OFFLINE === "1") listProblem = "PIBAKE_OFFLINE=1";
-    else {
-      let text: string | undefined;
-      try {
-        status(`reading the OS list ${listUrl}`);
-        text = await getText(client, listUrl, opts.signal);
-      } catch (err) {
-        if (opts.signal?.aborted) throw err;
-        listProblem = (err as Error).message;
-      }
-      if (text !== undefined) {
-        let parsed;
-        try {
-          parsed = parseOsList(text, listUrl);
-        } catch (err) {
-          listProblem = (err as Error).message;
-        }
-        if (parsed) {
-          chosen = chooseImage(parsed, wanted, listUrl);
-          await ensureDir(loc, loc.dir);
-          await writeFileAtomic(path.join(loc.dir, SAVED_LIST), text).catch(() => {});
-          await giveTo(loc, path.join(loc.dir, SAVED_LIST));
-        }
-      }
+    const list = await readList(client, listUrl, env, opts.signal, status);
+    const listProblem = list.problem;
+    if (list.parsed) {
+      chosen = chooseImage(list.parsed, wanted, listUrl);
+      await ensureDir(loc, loc.dir);
+      await writeFileAtomic(path.join(loc.dir, SAVED_LIST), list.text).catch(() => {});
+      await giveTo(loc, path.join(loc.dir, SAVED_LIST));
     }
 
     if (chosen) {
@@ -139,6 +121,82 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
         (knownUrl ? `Download ${knownUrl} by hand` : `Download Raspberry Pi OS Lite (${describeWanted(wanted)}) by hand from https://www.raspberrypi.com/software/operating-systems/`) +
         ` and pass it with --base FILE, or run again when the list can be reached.`,
     );
+  } finally {
+    await client.close().catch(() => {});
+  }
+}
+
+/** The OS list, read and parsed; or why it was not (PIBAKE_OFFLINE=1, the network, not Imager's format). */
+async function readList(
+  client: HttpClient,
+  listUrl: string,
+  env: NodeJS.ProcessEnv,
+  signal: AbortSignal | undefined,
+  status: (message: string) => void,
+  totalMs?: number,
+): Promise<{ text: string; parsed: ParsedOsList; problem?: undefined } | { text?: undefined; parsed?: undefined; problem: string }> {
+  if (env.PIBAKE_OFFLINE === "1") return { problem: "PIBAKE_OFFLINE=1" };
+  let text: string;
+  try {
+    status(`reading the OS list ${listUrl}`);
+    text = await getText(client, listUrl, signal, totalMs);
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    return { problem: (err as Error).message };
+  }
+  try {
+    return { text, parsed: parseOsList(text, listUrl) };
+  } catch (err) {
+    return { problem: (err as Error).message };
+  }
+}
+
+/** What a build would do for its official image, found without downloading, hashing or writing anything. */
+export interface OfficialImagePlan {
+  listUrl: string;
+  cacheDir: string;
+  /** The list's entry the build would take, when the list was read. */
+  entry?: OsImageEntry;
+  /** The cached image the build would use: the list's entry, a pinned release, or with no list the newest that fits. */
+  cached?: CachedImageRecord;
+  /** Why the list was not asked or not read; the build then uses the cache, or cannot start. */
+  listProblem?: string;
+  /** The list has no image for the config: the build cannot start. */
+  unavailable?: string;
+}
+
+/** How long a dry run waits for the OS list, in all: a plan should not hang on a dead network. */
+export const PLAN_LIST_TIMEOUTS: HttpTimeouts = { connectMs: 10_000, headersMs: 10_000, idleMs: 10_000 };
+const PLAN_LIST_TOTAL_MS = 15_000;
+
+/**
+ * resolveOfficialImage's choice, without its work: the cache is read (its
+ * records and sizes, no digests) and, unless a pinned release is cached,
+ * the list is asked once with a bounded wait and not saved.
+ */
+export async function planOfficialImage(opts: Omit<ResolveImageOptions, "onProgress">): Promise<OfficialImagePlan> {
+  const env = opts.env ?? process.env;
+  if (opts.date !== undefined && !DATE.test(opts.date)) throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
+  const wanted: ImageWanted = { release: opts.release, arch: opts.arch, ...(opts.date ? { date: opts.date } : {}) };
+  const dir = opts.cacheDir ? path.resolve(opts.cacheDir) : imageCacheLocation(env).dir;
+  const listUrl = listUrlOf(opts, env);
+  const cache = readCache(dir).images;
+  const plan: OfficialImagePlan = { listUrl, cacheDir: dir };
+  const fitting = cache.find((c) => matchesWanted(c, wanted));
+  if (wanted.date && fitting) return { ...plan, cached: recordOf(fitting) };
+
+  const client = createHttpClient(env, opts.timeouts ?? PLAN_LIST_TIMEOUTS);
+  try {
+    const list = await readList(client, listUrl, env, opts.signal, opts.onStatus ?? (() => {}), PLAN_LIST_TOTAL_MS);
+    if (!list.parsed) return { ...plan, listProblem: list.problem, ...(fitting ? { cached: recordOf(fitting) } : {}) };
+    let entry: OsImageEntry;
+    try {
+      entry = chooseImage(list.parsed, wanted, listUrl);
+    } catch (err) {
+      return { ...plan, unavailable: (err as Error).message };
+    }
+    const cached = cache.find((c) => sameImage(c, entry));
+    return { ...plan, entry, ...(cached ? { cached: recordOf(cached) } : {}) };
   } finally {
     await client.close().catch(() => {});
   }

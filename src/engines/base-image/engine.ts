@@ -1,11 +1,12 @@
 import { existsSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { probeImage } from "../../image/compression.js";
-import { detectCompression } from "../../image/compression.js";
+import { detectCompression, type Compression } from "../../image/compression.js";
 import { formatBytes } from "../../ui/output.js";
-import { problemOf } from "../problems.js";
-import type { BuildRequest, Engine, Problem } from "../types.js";
-import { checkBinfmt, checkPrograms, checkRoot } from "./preflight.js";
+import { binfmtRequirement } from "../binfmt.js";
+import { problemOf, programRequirements, requirement } from "../problems.js";
+import type { BuildRequest, Engine, Requirement } from "../types.js";
+import { basePrograms, checkRoot } from "./preflight.js";
 import { parseGrow } from "./resize.js";
 
 /**
@@ -50,23 +51,30 @@ export const baseImageEngine: Engine = {
 
   inputs: (request) => (officialBase(request) ? [] : [{ path: request.base!, what: "the base image (--base)" }]),
 
-  async preflight(request, model) {
+  async requirements(request, model) {
     const official = officialBase(request);
+    const requirements: Requirement[] = [];
     // A --base that names nothing is a usage error (exit 2), like a missing config.
     const missing = !official && !existsSync(request.base!);
-    const problems = await Promise.all([
-      problemOf(() => checkRoot(request.base)),
-      // The official images are .img.xz.
-      problemOf(async () => checkPrograms(official ? "xz" : missing ? "none" : await detectCompression(request.base!), request.shrink === true)),
-      problemOf(() => checkBinfmt(model.image.arch)),
-    ]);
-    if (missing) {
-      problems.unshift({ what: `--base ${request.base}: no such file; give a Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD`, usage: true });
+    // The official images are .img.xz.
+    let compression: Compression = official ? "xz" : "none";
+    if (!official) {
+      const need = `the base image ${request.base}`;
+      let unreadable: string | undefined;
+      if (!missing) compression = await detectCompression(request.base!).catch((err: Error) => ((unreadable = err.message), "none" as const));
+      if (missing) {
+        const what = `--base ${request.base}: no such file; give a Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst or .zip), or raspios@YYYY-MM-DD`;
+        requirements.push({ need, problem: { what, usage: true } });
+      } else requirements.push(requirement(need, "found", unreadable));
     }
+    requirements.push(requirement("root", "running as root", await problemOf(() => checkRoot(request.base)), { root: true }));
+    requirements.push(...programRequirements(basePrograms(compression, request.shrink === true), "pibake build --base"));
+    requirements.push(binfmtRequirement(model.image.arch));
     if (model.image.baseStages.length > 0) {
-      problems.push({ what: "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image", usage: true });
+      const what = "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image";
+      requirements.push({ need: "no image.baseStages", problem: { what, usage: true } });
     }
-    return problems.filter((p): p is Problem => p !== undefined);
+    return requirements;
   },
 
   /** The working image lives in --out (holes are free, data is not): say so before a long build runs out of space. */

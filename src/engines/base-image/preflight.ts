@@ -1,7 +1,5 @@
 import { PibakeError } from "../../errors.js";
 import type { Compression } from "../../image/compression.js";
-import { requirePrograms } from "../../host/tools.js";
-import { binfmtProblem } from "../binfmt.js";
 
 export { binfmtProblem, parseBinfmtEntry, runsNatively } from "../binfmt.js";
 
@@ -11,9 +9,10 @@ export const BASE_PROGRAMS = ["losetup", "mount", "umount", "chroot", "cp", "tar
 // gzip and zip are read in-process (zlib, yauzl).
 const DECOMPRESSOR: Partial<Record<Compression, string>> = { xz: "xz", zstd: "zstd" };
 
-export function checkPrograms(baseCompression: Compression, shrink: boolean): void {
+/** Every program a build from a base compressed so runs. */
+export function basePrograms(baseCompression: Compression, shrink: boolean): string[] {
   const extra = [DECOMPRESSOR[baseCompression], shrink ? "resize2fs" : undefined].filter((x): x is string => !!x);
-  requirePrograms([...BASE_PROGRAMS, ...extra], "pibake build --base");
+  return [...new Set([...BASE_PROGRAMS, ...extra])];
 }
 
 /**
@@ -28,11 +27,6 @@ export function checkRoot(base: string | undefined, uid = process.getuid?.()): v
     `${asked} needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. ` +
       `Run it with sudo -E (-E keeps the environment variables the config's secrets come from)`,
   );
-}
-
-export function checkBinfmt(imageArch: string): void {
-  const problem = binfmtProblem(imageArch);
-  if (problem) throw new PibakeError(problem);
 }
 
 /** Feature bits that e2fsprogs names only in versions newer than some build hosts have: e2fsck prints FEATURE_<C|I|R><bit> for those it does not know. */

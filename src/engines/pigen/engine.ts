@@ -1,10 +1,12 @@
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Model } from "../../config/model.js";
-import { binfmtProblem } from "../binfmt.js";
-import type { BuildRequest, Engine, Problem } from "../types.js";
+import { formatBytes } from "../../ui/output.js";
+import { binfmtRequirement } from "../binfmt.js";
+import { requirement } from "../problems.js";
+import type { BuildRequest, Engine, Requirement } from "../types.js";
 import { cacheDir } from "./checkout.js";
-import { diskProblem, dockerAnswers, isDebianFamily, rootProblem } from "./preflight.js";
+import { diskProblem, dockerAnswers, freeBytes, isDebianFamily, PI_GEN_MIN_FREE_BYTES, rootProblem } from "./preflight.js";
 
 const RUNNERS = ["native", "docker"] as const;
 export type Runner = (typeof RUNNERS)[number];
@@ -34,27 +36,26 @@ export const piGenEngine: Engine = {
 
   inputs: () => [],
 
-  async preflight(request, model) {
-    const problems: Problem[] = [];
-    if (request.piGen !== undefined && !existsSync(path.join(request.piGen, "build.sh"))) {
-      problems.push({ what: `--pi-gen ${request.piGen}: not a pi-gen checkout (no build.sh); give the directory of a pi-gen clone, or drop --pi-gen to let pibake fetch pi-gen`, usage: true });
+  async requirements(request, model) {
+    const requirements: Requirement[] = [];
+    if (request.piGen !== undefined) {
+      const what = `--pi-gen ${request.piGen}: not a pi-gen checkout (no build.sh); give the directory of a pi-gen clone, or drop --pi-gen to let pibake fetch pi-gen`;
+      requirements.push(requirement(`the pi-gen checkout ${request.piGen}`, "found", existsSync(path.join(request.piGen, "build.sh")) ? undefined : { what, usage: true }));
     }
     userBaseStages(request, model).forEach(({ dir, field }) => {
-      if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-        problems.push({ what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true });
-      }
+      const isDir = existsSync(dir) && statSync(dir).isDirectory();
+      requirements.push(requirement(`${field} ${dir}`, "found", isDir ? undefined : { what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true }));
     });
-    const binfmt = binfmtProblem(model.image.arch);
-    if (binfmt) problems.push({ what: binfmt });
+    requirements.push(binfmtRequirement(model.image.arch));
     if ((await chooseRunner(request)) === "native") {
-      const root = rootProblem();
-      if (root) problems.push(root);
-      const disk = diskProblem(cacheDir());
-      if (disk) problems.push(disk);
-    } else if (!(await dockerAnswers())) {
-      problems.push({ what: "no Docker engine answers (docker info failed)", fix: "start Docker, or use --runner native as root on a Debian-family host" });
+      requirements.push(requirement("root (the native runner)", "running as root", rootProblem(), { root: true }));
+      const dir = cacheDir();
+      requirements.push(requirement(`about ${formatBytes(PI_GEN_MIN_FREE_BYTES)} free for pi-gen's work in ${dir}`, `${formatBytes(freeBytes(dir))} free`, diskProblem(dir)));
+    } else {
+      const fix = "start Docker, or use --runner native as root on a Debian-family host";
+      requirements.push(requirement("a Docker engine (the docker runner)", "docker info answers", (await dockerAnswers()) ? undefined : { what: "no Docker engine answers (docker info failed)", fix }));
     }
-    return problems;
+    return requirements;
   },
 
   async build(input, reporter) {

@@ -1,5 +1,6 @@
-import { existsSync, readFileSync, statfsSync, mkdirSync } from "node:fs";
+import { existsSync, readFileSync, statfsSync } from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
 import { formatProblems as formatProblemList } from "../problems.js";
@@ -17,11 +18,17 @@ export const PIGEN_HEADING = "pi-gen cannot build here yet";
 export const PI_GEN_MIN_FREE_BYTES = 12 * 1024 ** 3;
 
 export function diskProblem(dir: string, needed = PI_GEN_MIN_FREE_BYTES): PreflightProblem | undefined {
-  mkdirSync(dir, { recursive: true });
-  const st = statfsSync(dir);
-  const free = st.bavail * st.bsize;
+  const free = freeBytes(dir);
   if (free >= needed) return undefined;
   return { what: `${dir} has ${formatBytes(free)} free; a pi-gen build needs about ${formatBytes(needed)}`, fix: "free some space, or set XDG_CACHE_HOME to a disk with more room" };
+}
+
+/** Free space where dir is or will be: measured at its nearest existing parent, so that asking creates nothing (build --dry-run). */
+export function freeBytes(dir: string): number {
+  let at = path.resolve(dir);
+  while (!existsSync(at) && path.dirname(at) !== at) at = path.dirname(at);
+  const st = statfsSync(at);
+  return st.bavail * st.bsize;
 }
 
 export async function missingDependencies(dependsFile: string): Promise<PreflightProblem | undefined> {
