@@ -119,7 +119,7 @@ export async function initCommand(file: string | undefined, opts: InitOptions, s
   const { model } = loadAndWarn(configPath, out);
   const shown = file ?? "broker.json";
   out.info(`${shown} is valid: image ${model.image.name} (${model.image.release}, ${model.image.arch}), domain ${model.tls.domain}`);
-  out.info(`\nNext: build the image (as root, for the loop devices and the chroot):\n  sudo -E pibake build ${shown}\nor first see what goes on the Pi, without building:\n  pibake render ${shown} --out render/`);
+  out.info(`\nNext: see what the build would do and whether this machine has what it needs (no root, nothing written):\n  pibake build ${shown} --dry-run\nthen build the image (as root, for the loop devices and the chroot):\n  sudo -E pibake build ${shown}`);
 }
 
 /** This machine's user name when it would do on the Pi (not root, not a system account); else admin. */
