@@ -133,6 +133,8 @@ actions_ok=0
 run_actions || actions_ok=1
 if [ "$actions_ok" -eq 0 ] && healthy "$tls_port"; then
   put "$work/in/push.json" "$state/push.json"
+  # The status report on the boot partition may have been written while mosquitto restarted: write it again now.
+  systemctl start pibake-status.service 2>/dev/null || true
   say "mosquitto is active and listens on port $tls_port"
   exit 0
 fi
