@@ -18,7 +18,7 @@
  * Nothing else may change the tree while pibake works on it (the chroot's
  * processes run in between these calls, never during one).
  */
-import { chmodSync, closeSync, constants, fchmodSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statfsSync, symlinkSync, writeSync, type Dirent, type Stats } from "node:fs";
+import { closeSync, constants, fchmodSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statfsSync, symlinkSync, writeSync, type Dirent, type Stats } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../errors.js";
 
@@ -52,49 +52,51 @@ export class ImageRoot {
     return lstatOrUndefined(this.path(p)) !== undefined;
   }
 
-  isFile(p: string): boolean {
-    return lstatOrUndefined(this.path(p))?.isFile() === true;
-  }
-
   isDirectory(p: string): boolean {
     return lstatOrUndefined(this.path(p))?.isDirectory() === true;
   }
 
   /** A file's bytes, read through the image's links; undefined when there is none. */
   read(p: string): Buffer | undefined {
-    const host = this.path(p);
-    let fd: number;
-    try {
-      fd = openSync(host, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      if (isMissing(err)) return undefined;
-      throw err;
-    }
-    try {
-      return readFileSync(fd);
-    } finally {
-      closeSync(fd);
-    }
+    return this.withFile(p, (fd) => readFileSync(fd));
   }
 
   readText(p: string): string | undefined {
     return this.read(p)?.toString("utf8");
   }
 
-  /** The first `n` bytes of a file. */
+  /** The first `n` bytes of a file (an ELF header, say: not the whole program). */
   head(p: string, n: number): Buffer | undefined {
-    return this.read(p)?.subarray(0, n);
+    return this.withFile(p, (fd) => {
+      const buf = Buffer.alloc(n);
+      return buf.subarray(0, readSync(fd, buf, 0, n, 0));
+    });
   }
 
   /** A directory's entries (none when it is absent). */
   list(p: string): string[] {
-    const st = lstatOrUndefined(this.path(p));
-    return st?.isDirectory() ? readdirSync(this.path(p)) : [];
+    return this.listEntries(p).map((e) => e.name);
   }
 
   listEntries(p: string): Dirent[] {
-    const st = lstatOrUndefined(this.path(p));
-    return st?.isDirectory() ? readdirSync(this.path(p), { withFileTypes: true }) : [];
+    const host = this.path(p);
+    return lstatOrUndefined(host)?.isDirectory() ? readdirSync(host, { withFileTypes: true }) : [];
+  }
+
+  /** `use` with the file open for reading (the last component never followed on the host); undefined when there is none. */
+  private withFile<T>(p: string, use: (fd: number) => T): T | undefined {
+    let fd: number;
+    try {
+      fd = openSync(this.path(p), constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+    try {
+      return use(fd);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /**
@@ -149,10 +151,6 @@ export class ImageRoot {
     const dest = this.linkPath(to);
     this.makeParents(dest);
     renameSync(this.linkPath(from), dest);
-  }
-
-  chmod(p: string, mode: number): void {
-    chmodSync(this.path(p), mode);
   }
 
   /** Free bytes for root in the file system that holds the image's root. */
