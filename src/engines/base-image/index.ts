@@ -25,7 +25,7 @@ import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
 import { ImageRoot } from "../../host/image-root.js";
 import { killChrootProcesses } from "../../host/release.js";
-import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackages, writeMarker } from "./marker.js";
+import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackageFiles, stagePackages, writeMarker } from "./marker.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
 import { alignUp, AUTO_FREE_NODE_RED_BUILD, AUTO_FREE_WITHOUT_PACKAGES, checkFileSystem, growImage, MiB, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
@@ -477,7 +477,7 @@ function toolLines(b: BaseBuild): (line: string) => void {
 
 /** Whether every package file of the stage is NN-packages-nr (installed without recommends), so that apt's estimate asks the same. */
 function stageInstallsWithoutRecommends(rendered: EngineInput["rendered"]): boolean {
-  return rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path)).every((f) => f.path.endsWith("-nr"));
+  return stagePackageFiles(rendered).every((f) => f.path.endsWith("-nr"));
 }
 
 /** Whether the rendered stage file lists any package (an empty list is a step that does nothing). */

@@ -41,21 +41,30 @@ export function writeMarker(root: ImageRoot, marker: ImageMarker): void {
   root.write(MARKER_PATH, JSON.stringify(marker, null, 2) + "\n", 0o644);
 }
 
-/** Every package the rendered stage installs (NN-packages and NN-packages-nr of every sub-stage). */
-export function stagePackages(rendered: Rendered): string[] {
-  const files = rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path) && !rendered.stage.some((s) => s.path === `${f.path.split("/")[0]}/SKIP`));
-  return [...new Set(files.flatMap((f) => packageList(f.content.toString("utf8"))))].sort();
+/** The stage's package files that run: NN-packages and NN-packages-nr of every sub-stage without a SKIP. */
+export function stagePackageFiles(rendered: Rendered): Rendered["stage"] {
+  return rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path) && !rendered.stage.some((s) => s.path === `${f.path.split("/")[0]}/SKIP`));
 }
 
-/** Names of the packages dpkg has fully installed, from /var/lib/dpkg/status (read on the host: no qemu needed). */
-export function parseDpkgStatus(text: string): Set<string> {
-  const installed = new Set<string>();
+/** Every package the rendered stage installs. */
+export function stagePackages(rendered: Rendered): string[] {
+  return [...new Set(stagePackageFiles(rendered).flatMap((f) => packageList(f.content.toString("utf8"))))].sort();
+}
+
+/** The packages dpkg has fully installed, each with its Installed-Size (KiB), from /var/lib/dpkg/status (read on the host: no qemu needed). */
+export function parseDpkgSizes(text: string): Map<string, number> {
+  const installed = new Map<string, number>();
   for (const para of text.split(/\n\s*\n/)) {
     const name = /^Package:\s*(\S+)/m.exec(para)?.[1];
     const status = /^Status:\s*(.+)$/m.exec(para)?.[1]?.trim();
-    if (name && status === "install ok installed") installed.add(name);
+    if (name && status === "install ok installed") installed.set(name, Number(/^Installed-Size:\s*(\d+)/m.exec(para)?.[1] ?? 0));
   }
   return installed;
+}
+
+/** Names of the packages dpkg has fully installed. */
+export function parseDpkgStatus(text: string): Set<string> {
+  return new Set(parseDpkgSizes(text).keys());
 }
 
 export function installedPackages(root: ImageRoot): Set<string> {
@@ -64,12 +73,7 @@ export function installedPackages(root: ImageRoot): Set<string> {
 
 /** Installed-Size (KiB) of each package dpkg has fully installed. */
 export function installedSizes(root: ImageRoot): Map<string, number> {
-  const sizes = new Map<string, number>();
-  for (const para of (root.readText("/var/lib/dpkg/status") ?? "").split(/\n\s*\n/)) {
-    const name = /^Package:\s*(\S+)/m.exec(para)?.[1];
-    if (name && /^Status:\s*install ok installed\s*$/m.test(para)) sizes.set(name, Number(/^Installed-Size:\s*(\d+)/m.exec(para)?.[1] ?? 0));
-  }
-  return sizes;
+  return parseDpkgSizes(root.readText("/var/lib/dpkg/status") ?? "");
 }
 
 /** What a build added to the base: the packages dpkg has now and did not before, and their installed size. */
