@@ -68,7 +68,7 @@ export function invoker(): Invoker | undefined {
  * that refuses (vfat, NFS with root squashed) leaves it root's: the user is
  * then told how to fix it when they cannot read it.
  */
-export function giveTo(file: string, owner: Invoker | undefined = invoker()): void {
+export function giveTo(file: string, owner: Pick<Invoker, "uid" | "gid"> | undefined = invoker()): void {
   if (!owner) return;
   try {
     lchownSync(file, owner.uid, owner.gid);

@@ -17,7 +17,7 @@ import { promises as fsp, readdirSync, readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { writeFileAtomic } from "../host/files.js";
-import { homeOf, sudoInvoker } from "../host/sudo.js";
+import { giveTo, homeOf, sudoInvoker } from "../host/sudo.js";
 import { newestFirst } from "./os-list.js";
 
 export { homeOf } from "../host/sudo.js";
@@ -93,12 +93,8 @@ export async function ensureDir(loc: CacheLocation, dir: string): Promise<void> 
   if (loc.owner) {
     // Hand over every directory from the cache's parent down, so the user can prune what root made.
     const base = path.dirname(path.dirname(loc.dir));
-    for (let d = dir; d.startsWith(base) && d !== base; d = path.dirname(d)) await giveTo(loc, d);
+    for (let d = dir; d.startsWith(base) && d !== base; d = path.dirname(d)) giveTo(d, loc.owner);
   }
-}
-
-export async function giveTo(loc: CacheLocation, file: string): Promise<void> {
-  if (loc.owner) await fsp.chown(file, loc.owner.uid, loc.owner.gid).catch(() => {});
 }
 
 function isRecord(v: unknown): v is CachedImageRecord {
@@ -188,7 +184,7 @@ export function newestPerLine(images: CachedImage[]): Set<CachedImage> {
 export async function writeRecord(loc: CacheLocation, dir: string, record: CachedImageRecord): Promise<void> {
   const file = path.join(dir, SIDECAR);
   await writeFileAtomic(file, JSON.stringify(record, null, 2) + "\n", 0o644);
-  await giveTo(loc, file);
+  giveTo(file, loc.owner);
 }
 
 export interface Pruned {

@@ -9,10 +9,10 @@ import { promises as fsp, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
 import type { Arch, Release } from "../config/model.js";
 import { PibakeError } from "../errors.js";
+import { giveTo } from "../host/sudo.js";
 import { writeFileAtomic } from "../host/files.js";
 import {
   ensureDir,
-  giveTo,
   imageCacheLocation,
   PARTIAL_DIR,
   readCache,
@@ -96,7 +96,7 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
       chosen = chooseImage(list.parsed, wanted, listUrl);
       await ensureDir(loc, loc.dir);
       await writeFileAtomic(path.join(loc.dir, SAVED_LIST), list.text).catch(() => {});
-      await giveTo(loc, path.join(loc.dir, SAVED_LIST));
+      giveTo(path.join(loc.dir, SAVED_LIST), loc.owner);
     }
 
     if (chosen) {
@@ -309,7 +309,7 @@ async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { lis
     // A partial file of another image (or of unknown origin) cannot be continued.
     await fsp.rm(partFile, { force: true });
     await writeFileAtomic(partRecordFile, JSON.stringify(want, null, 2) + "\n");
-    await giveTo(loc, partRecordFile);
+    giveTo(partRecordFile, loc.owner);
   }
   const discard = async () => {
     await fsp.rm(partFile, { force: true });
@@ -325,7 +325,7 @@ async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { lis
     status(existing > 0 ? `continuing the download of ${e.url} at ${existing} bytes` : `downloading ${e.url}`);
     got = await downloadToPart({ url: e.url, partFile, fileName: e.fileName, ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}), client, signal: opts.signal, onProgress: opts.onProgress, onStatus: status });
   }
-  await giveTo(loc, partFile);
+  giveTo(partFile, loc.owner);
   if (e.downloadSize !== undefined && got.size < e.downloadSize) {
     throw new PibakeError(`the download of ${e.url} ended after ${got.size} of ${e.downloadSize} bytes; run again to continue from ${partFile}`);
   }
