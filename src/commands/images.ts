@@ -1,6 +1,6 @@
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
-import type { Arch, Release } from "../config/model.js";
+import { ARCHES, RELEASES, type Arch, type Release } from "../config/model.js";
 import { PibakeError } from "../errors.js";
 import { imageCacheLocation, lineOf, newestPerLine, pruneCache, readCache } from "../images/cache.js";
 import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress } from "../images/index.js";
@@ -14,8 +14,6 @@ export interface ImagesOptions {
   osList?: string;
 }
 
-const RELEASES: readonly Release[] = ["trixie", "bookworm"];
-const ARCHES: readonly Arch[] = ["arm64", "armhf"];
 
 /** pibake images list|prune|fetch: the cache of official Raspberry Pi OS images. */
 export async function imagesCommand(action: string | undefined, opts: ImagesOptions): Promise<void> {

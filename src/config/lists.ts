@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { dataDir } from "../paths.js";
-import type { Release } from "./model.js";
+import { RELEASES, type Release } from "./model.js";
 
 /**
  * The real lists that image.timezone, image.locale and image.keyboard are
@@ -9,8 +9,6 @@ import type { Release } from "./model.js";
  * Debian's packages by scripts/data/update.sh; VERSIONS says which) when first
  * needed, since the build host may have none of them, or another release's.
  */
-
-const RELEASES: readonly Release[] = ["trixie", "bookworm"];
 
 interface XkbLayout {
   code: string;

@@ -32,8 +32,11 @@ export class Secret {
   }
 }
 
-export type Release = "trixie" | "bookworm";
-export type Arch = "arm64" | "armhf";
+/** The releases and architectures pibake builds for: the config's schema, its lists (data/RELEASE/) and `images fetch` take them from here. */
+export const RELEASES = ["trixie", "bookworm"] as const;
+export const ARCHES = ["arm64", "armhf"] as const;
+export type Release = (typeof RELEASES)[number];
+export type Arch = (typeof ARCHES)[number];
 export type Access = "read" | "write" | "readwrite";
 
 export interface TopicRule {

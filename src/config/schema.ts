@@ -2,6 +2,7 @@ import { z } from "zod";
 import { isNetworkCidr } from "./rules.js";
 import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
 import { sshKeyProblem } from "./ssh-key.js";
+import { ARCHES, RELEASES } from "./model.js";
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:
@@ -71,8 +72,8 @@ const image = z.strictObject({
   name: z.string({ error: "is required: a short name for the image, e.g. \"mqtt-broker\"" }).regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, {
     error: "is not an image name: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
   }),
-  release: z.enum(["trixie", "bookworm"], { error: 'is not a supported release: "trixie" or "bookworm"' }).default("trixie"),
-  arch: z.enum(["arm64", "armhf"], { error: 'is not a supported architecture: "arm64" or "armhf"' }).default("arm64"),
+  release: z.enum(RELEASES, { error: 'is not a supported release: "trixie" or "bookworm"' }).default("trixie"),
+  arch: z.enum(ARCHES, { error: 'is not a supported architecture: "arm64" or "armhf"' }).default("arm64"),
   hostname: z.string().regex(HOSTNAME_RE, { error: "is not a host name: letters, digits and '-', at most 63, not starting or ending with '-'" }).default("broker"),
   timezone: z
     .string()
