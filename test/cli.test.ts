@@ -9,7 +9,8 @@ import { existsSync, promises as fsp, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createCli } from "../src/cli.js";
-import { closest, editDistance } from "../src/usage.js";
+import { closest } from "../src/usage.js";
+import { editDistance } from "../src/spelling.js";
 import { bin, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { minimalMbr } from "./helpers/mbr.js";
 

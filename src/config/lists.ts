@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { dataDir } from "../paths.js";
+import { editDistance } from "../spelling.js";
 import { RELEASES, type Release } from "./model.js";
 
 /**
@@ -155,16 +156,6 @@ export function nearest(value: string, list: readonly string[]): string | undefi
   return bestDistance <= Math.min(2, Math.floor(value.length / 4)) ? best : undefined;
 }
 
-/** Levenshtein distance, one row at a time. */
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = row;
-  }
-  return prev[b.length]!;
-}
 
 /** The name of an XKB layout ("German" for "de"), for image.keyboard.layout; undefined when the release lacks the code. */
 export function keymapName(code: string, release: Release): string | undefined {
