@@ -20,15 +20,10 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   if (c.network.gateway === ip) {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is the Pi's own address (network.address): give the router's address` });
   }
-  if (prefix <= 30) {
-    // A /31 or /32 has no network or broadcast address (RFC 3021): both of a /31's are hosts.
-    const gatewayHost = ipToInt(c.network.gateway) % 2 ** (32 - prefix);
-    if (gatewayHost === 0) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the network address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
-    if (gatewayHost === hostMask(prefix)) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the broadcast address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
-    const host = ipToInt(ip) % 2 ** (32 - prefix);
-    if (host === 0) issues.push({ path: "network.address", message: `"${c.network.address}" is the network address of ${subnet}, not a host address` });
-    if (host === hostMask(prefix)) issues.push({ path: "network.address", message: `"${c.network.address}" is the broadcast address of ${subnet}, not a host address` });
-  }
+  const gatewayReserved = reservedAddress(c.network.gateway, prefix);
+  if (gatewayReserved) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the ${gatewayReserved} address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
+  const addressReserved = reservedAddress(ip, prefix);
+  if (addressReserved) issues.push({ path: "network.address", message: `"${c.network.address}" is the ${addressReserved} address of ${subnet}, not a host address` });
   if (prefix < 8) issues.push({ path: "network.address", message: `"${c.network.address}" has a prefix length of ${prefix}; a home network has 8 to 32` });
   if (c.network.interface.startsWith("wlan") && !c.network.wifi) {
     issues.push({ path: "network.wifi", message: `is required when network.interface is "${c.network.interface}": give ssid, passphrase and country` });
@@ -101,6 +96,17 @@ export function subnetOf(ip: string, prefix: number): string {
 export function isNetworkCidr(cidr: string): boolean {
   const [ip, prefix] = cidr.split("/") as [string, string];
   return subnetOf(ip, Number(prefix)) === cidr;
+}
+
+/**
+ * Whether an address is its subnet's network or broadcast address, which no
+ * host or router may have. A /31 or /32 has neither (RFC 3021): both of a
+ * /31's addresses are hosts.
+ */
+export function reservedAddress(ip: string, prefix: number): "network" | "broadcast" | undefined {
+  if (prefix > 30) return undefined;
+  const host = ipToInt(ip) % 2 ** (32 - prefix);
+  return host === 0 ? "network" : host === hostMask(prefix) ? "broadcast" : undefined;
 }
 
 export function intToIp(n: number): string {

@@ -6,7 +6,7 @@
 import type { z } from "zod";
 import { configSchema, IPV4_RE } from "../config/schema.js";
 import { freemyipToken, wpaPassphrase } from "../config/load.js";
-import { ipToInt, subnetOf } from "../config/rules.js";
+import { reservedAddress, subnetOf } from "../config/rules.js";
 import { sshKeyProblem } from "../config/ssh-key.js";
 import { keymapProblem, localeProblem, timezoneProblem } from "../config/lists.js";
 import { RELEASE } from "./plan.js";
@@ -48,12 +48,8 @@ export const checkAddress: Check = (v) => {
   const [ip, prefixText] = v.split("/") as [string, string];
   const prefix = Number(prefixText);
   if (prefix < 8) return `"${v}" has a prefix length of ${prefix}; a home network has 8 to 32`;
-  if (prefix <= 30) {
-    const host = ipToInt(ip) % 2 ** (32 - prefix);
-    if (host === 0) return `"${v}" is the network address of ${subnetOf(ip, prefix)}, not a host address`;
-    if (host === 2 ** (32 - prefix) - 1) return `"${v}" is the broadcast address of ${subnetOf(ip, prefix)}, not a host address`;
-  }
-  return undefined;
+  const reserved = reservedAddress(ip, prefix);
+  return reserved ? `"${v}" is the ${reserved} address of ${subnetOf(ip, prefix)}, not a host address` : undefined;
 };
 /** The router: in the Pi's subnet, and not the Pi itself. */
 export function checkGateway(address: string): Check {
@@ -63,9 +59,7 @@ export function checkGateway(address: string): Check {
     const prefix = Number(prefixText);
     if (v === ip) return `${v} is the Pi's own address: give the router's`;
     if (subnetOf(v, prefix) !== subnetOf(ip, prefix)) return `${v} is outside ${subnetOf(ip, prefix)} (the Pi's address)`;
-    const host = ipToInt(v) % 2 ** (32 - prefix);
-    if (prefix <= 30 && (host === 0 || host === 2 ** (32 - prefix) - 1)) return `${v} is the network or broadcast address of ${subnetOf(ip, prefix)}, not a router's`;
-    return undefined;
+    return reservedAddress(v, prefix) ? `${v} is the network or broadcast address of ${subnetOf(ip, prefix)}, not a router's` : undefined;
   };
 }
 export const checkUserName: Check = field(shape.user.shape.name);
