@@ -6,11 +6,11 @@
  * vitest's config sets, is cleared for it); nothing reaches the Internet. As root and as nobody (setpriv), since a dry run needs no root.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
+import { binReadableBy, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { planRequirement, runCommandOf } from "../src/build-plan.js";
 import { problemsOf } from "../src/engines/problems.js";
 import type { Requirement } from "../src/engines/types.js";
@@ -257,15 +257,7 @@ describe.skipIf(!isRoot)("pibake build --dry-run as a user who is not root", () 
   const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
 
   beforeAll(async () => {
-    // The repository may lie where nobody cannot read all of it: then they run a copy.
-    const parts = ["package.json", "bin", "dist", "overlays", "stages", "schema", "data", "node_modules"];
-    const unreadable = await execa(asNobody[0]!, [...asNobody.slice(1), "find", ...parts.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"], { reject: false, cwd: "/" });
-    if (unreadable.exitCode !== 0 || unreadable.stdout.trim() !== "") {
-      const copy = path.join(tmp.dir, "pibake");
-      for (const part of parts) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });
-      await execa("chmod", ["-R", "a+rX", copy]);
-      bin = path.join(copy, "bin/pibake.js");
-    }
+    bin = await binReadableBy(asNobody, tmp.dir);
   }, 120_000);
 
   it("says the build needs root and sudo -E as a note, exits 0, and makes nothing", async () => {

@@ -14,7 +14,7 @@ import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { repoRoot, secretEnv, validConfig, writeJson } from "./helpers/cli.js";
+import { binReadableBy, repoRoot, secretEnv, validConfig, writeJson } from "./helpers/cli.js";
 import { startRenderedBroker } from "./helpers/mosquitto.js";
 import { freePort } from "./helpers/net.js";
 import { removeAllFixtures, renderFixture } from "./helpers/render-fixture.js";
@@ -48,15 +48,7 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     home = entry[5]!;
     work = mkdtempSync(path.join(os.tmpdir(), "pibake-sudo-"));
     chownSync(work, uid, gid);
-    // The repository may lie where the user cannot read all of it (/work, /root): then they run a copy.
-    const parts = ["package.json", "bin", "dist", "overlays", "stages", "schema", "node_modules"];
-    const unreadable = await execa("runuser", ["-u", user, "--", "find", ...parts.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"], { reject: false, cwd: "/" });
-    if (unreadable.exitCode !== 0 || unreadable.stdout.trim() !== "") {
-      const copy = path.join(work, "pibake");
-      for (const part of parts) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });
-      execFileSync("chmod", ["-R", "a+rX", copy]);
-      bin = path.join(copy, "bin/pibake.js");
-    }
+    bin = await binReadableBy(["runuser", "-u", user, "--"], work);
   }, 120_000);
 
   afterAll(() => {

@@ -1,5 +1,5 @@
 import { execa } from "execa";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -83,3 +83,20 @@ export const secretEnv = {
   T_MQTT_PHONE_PW: "Phone-Secret-22cd",
   T_DDNS_TOKEN: "DdnsToken5e6f7a8b",
 };
+
+/** What running pibake needs of the repository. */
+const RUNTIME_PARTS = ["package.json", "bin", "dist", "overlays", "stages", "schema", "data", "node_modules"];
+
+/**
+ * The pibake.js another user can run: this repository's, or, where that user
+ * cannot read all of it (/work, /root), a readable copy made in `into`.
+ * `asUser` is the command prefix that runs a program as them (runuser, setpriv).
+ */
+export async function binReadableBy(asUser: readonly string[], into: string): Promise<string> {
+  const unreadable = await execa(asUser[0]!, [...asUser.slice(1), "find", ...RUNTIME_PARTS.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"], { reject: false, cwd: "/" });
+  if (unreadable.exitCode === 0 && unreadable.stdout.trim() === "") return bin;
+  const copy = path.join(into, "pibake");
+  for (const part of RUNTIME_PARTS) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });
+  await execa("chmod", ["-R", "a+rX", copy]);
+  return path.join(copy, "bin/pibake.js");
+}
