@@ -13,7 +13,7 @@ import type { Model } from "../src/config/model.js";
 import { topicCovers } from "../src/config/node-red.js";
 import { ConfigError } from "../src/errors.js";
 import { packageRoot } from "../src/paths.js";
-import { chooseVersion, npmView, OS_NODE, parseNpmView, PINNED, recordedNodeRedVersions, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
+import { chooseVersion, npmView, NPM_RELEASE, OS_NODE, parseNpmView, PINNED, recordedNodeRedVersions, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { nodeRedIds } from "../src/render/node-red.js";
 import { prepareSecrets, StateDir, type Secrets } from "../src/secrets/index.js";
@@ -277,7 +277,7 @@ describe("Node-RED rendered files", () => {
   });
 
   it("puts the units, the first-boot script and ~/.node-red on the Pi with the right owners and modes", () => {
-    const nr = p.rendered.overlay.filter((f) => /nodered\.service|pibake-firstboot|pibake\/firstboot|\.node-red/.test(f.path)).map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
+    const nr = p.rendered.overlay.filter((f) => /nodered\.service|pibake-firstboot|pibake\/firstboot|\.node-red|install-npm/.test(f.path)).map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
     expect(nr).toEqual([
       ["etc/systemd/system/nodered.service", "644", "root:root"],
       ["etc/systemd/system/pibake-firstboot.service", "644", "root:root"],
@@ -286,6 +286,7 @@ describe("Node-RED rendered files", () => {
       ["home/pi/.node-red/package.json", "644", "pi:pi"],
       ["home/pi/.node-red/settings.js", "600", "pi:pi"],
       ["usr/local/lib/pibake/firstboot.sh", "755", "root:root"],
+      ["usr/local/lib/pibake/install-npm.sh", "755", "root:root"],
     ]);
     // 00-broker's chroot script sets owners by name inside the image.
     const chroot = p.rendered.stage.find((f) => f.path === "00-broker/02-run-chroot.sh")!.content.toString();
@@ -294,8 +295,8 @@ describe("Node-RED rendered files", () => {
     expect(sub.mode).toBe(0o755);
     expect(sub.content.toString()).toContain("systemctl enable pibake-firstboot.service");
     expect(sub.content.toString()).not.toContain("--install-only");
-    expect(p.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim().split("\n")).toEqual(["nodejs", "npm"]);
-    expect(p.rendered.manifest).toMatchObject({ nodeRed: { release: "trixie", node: OS_NODE.trixie, nodeRed: { package: "node-red", version: PINNED["node-red"] }, install: "firstboot" } });
+    expect(p.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim().split("\n")).toEqual(["nodejs"]);
+    expect(p.rendered.manifest).toMatchObject({ nodeRed: { release: "trixie", node: OS_NODE.trixie, nodeRed: { package: "node-red", version: PINNED["node-red"] }, install: "firstboot", npm: NPM_RELEASE.version } });
   });
 
   it("adds Node-RED's MQTT user to the broker's password and ACL files, with a kept password", () => {
@@ -366,13 +367,67 @@ describe("Node-RED rendered files", () => {
       const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service", "pibake-status.timer"].map((u) => path.join(root, "etc/systemd/system", u));
       const verify = await run("systemd-analyze", [`--root=${root}`, "verify", ...units]).catch((e: { stdout: string; stderr: string }) => e);
       expect(verify.stderr).toBe("");
-      const scripts = ["firstboot.sh", "status.sh"].map((n) => path.join(root, "usr/local/lib/pibake", n));
+      const scripts = ["firstboot.sh", "install-npm.sh", "status.sh"].map((n) => path.join(root, "usr/local/lib/pibake", n));
       const sc = await run("shellcheck", ["--severity=style", ...scripts]).catch((e: { stdout: string }) => e);
       expect(sc.stdout).toBe("");
       const stageScript = path.join(root, "01-run-chroot.sh");
       writeFileSync(stageScript, r.stage.find((f) => f.path === "01-node-red/01-run-chroot.sh")!.content);
       const sc2 = await run("shellcheck", ["--severity=style", stageScript]).catch((e: { stdout: string }) => e);
       expect(sc2.stdout).toBe("");
+    }
+  });
+});
+
+describe("install-npm.sh: npm's own release on the Pi, instead of Debian's npm", () => {
+  let script = "";
+  beforeAll(async () => {
+    const p = await prepare(writeConfig());
+    const f = p.rendered.overlay.find((o) => o.path === "usr/local/lib/pibake/install-npm.sh")!;
+    script = path.join(work, "install-npm.sh");
+    writeFileSync(script, f.content, { mode: 0o755 });
+  });
+  const installNpm = (prefix: string, env: Record<string, string> = {}) =>
+    new Promise<{ code: number | null; out: string }>((resolve) => {
+      execFile("bash", [script, prefix], { env: { ...process.env, ...env }, timeout: 120_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr }),
+      );
+    });
+
+  it("installs the pinned npm from the real registry, which then runs, and does nothing the second time", { timeout: 300_000 }, async () => {
+    const prefix = mkdtempSync(path.join(work, "prefix-"));
+    const first = await installNpm(prefix);
+    expect(first.code, first.out).toBe(0);
+    expect(first.out).toContain(`npm ${NPM_RELEASE.version} installed in ${prefix}`);
+    const npm = path.join(prefix, "bin/npm");
+    expect(execFileSync(npm, ["--version"], { encoding: "utf8" }).trim()).toBe(NPM_RELEASE.version);
+    // Its built-in config sends global installs to the prefix, as firstboot.sh's Node-RED install.
+    expect(execFileSync(npm, ["config", "get", "prefix"], { encoding: "utf8", env: { ...process.env, npm_config_prefix: "" }, cwd: prefix }).trim()).toBe(prefix);
+    const again = await installNpm(prefix);
+    expect(again.code, again.out).toBe(0);
+    expect(again.out.trim()).toBe(`npm ${NPM_RELEASE.version} is installed`);
+  });
+
+  it("refuses bytes that are not the pinned release and changes nothing", { timeout: 60_000 }, async () => {
+    const key = path.join(work, "mirror.key");
+    const cert = path.join(work, "mirror.crt");
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", key, "-out", cert], { stdio: "ignore" });
+    // A mirror that answers with other bytes: the pinned integrity, not the server, decides.
+    const server = (await import("node:https")).createServer(
+      { key: readFileSync(key), cert: readFileSync(cert) },
+      (_req, res) => res.end(randomBytes(4096)),
+    );
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const prefix = mkdtempSync(path.join(work, "prefix-"));
+      const port = (server.address() as net.AddressInfo).port;
+      const r = await installNpm(prefix, { PIBAKE_NPM_TARBALL: `https://127.0.0.1:${port}/npm.tgz`, NODE_EXTRA_CA_CERTS: cert });
+      expect(r.code).toBe(1);
+      expect(r.out).toContain("its bytes are not the pinned ones");
+      expect(r.out).toContain(NPM_RELEASE.integrity);
+      expect(existsSync(path.join(prefix, "lib/node_modules/npm"))).toBe(false);
+      expect(existsSync(path.join(prefix, "bin/npm"))).toBe(false);
+    } finally {
+      server.close();
     }
   });
 });

@@ -26,6 +26,18 @@ export const PINNED: Record<string, string> = {
   "node-red-dashboard": "3.6.6",
 };
 
+/**
+ * The npm the Pi installs Node-RED with: npm's own release (one tarball with
+ * its dependencies bundled), pinned with its integrity, instead of Debian's npm
+ * package and its ~380 node-* packages. 10.9 is the newest line whose engines
+ * take both releases' Node (npm 11 needs Node 20.17).
+ */
+export const NPM_RELEASE = {
+  version: "10.9.9",
+  tarball: "https://registry.npmjs.org/npm/-/npm-10.9.9.tgz",
+  integrity: "sha512-1g+6jLQvaIuB4zwvHL7yrXuXcWZwDsCtBX8bbWDqbvJSSr9nPiDDWTHNgwXR27iIcTTW7v3A57hDW9RYv2W4Yg==",
+} as const;
+
 export interface VersionInfo {
   version: string;
   engines?: { node?: string };

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Model } from "../config/model.js";
-import type { NodeRedVersions } from "../registry/node-red.js";
+import { NPM_RELEASE, type NodeRedVersions } from "../registry/node-red.js";
 import { encryptCredentials } from "../secrets/node-red.js";
 import type { Secrets } from "../secrets/index.js";
 import type { OverlaySpec } from "./overlay.js";
@@ -13,6 +13,8 @@ import type { View } from "./view.js";
  */
 export interface NodeRedView {
   version: string;
+  /** The npm that install-npm.sh puts in /usr/local. */
+  npm: typeof NPM_RELEASE;
   /** npm installs Node-RED in the image's chroot; the first-boot unit then only enables the service. */
   installAtBuild: boolean;
   port: number;
@@ -76,6 +78,7 @@ export function nodeRedView(model: Model, secrets: Secrets): NodeRedView | false
   const d = s.versions.dashboard;
   return {
     version: s.versions.nodeRed.version,
+    npm: NPM_RELEASE,
     installAtBuild: nr.install === "build",
     port: nr.port,
     user: model.user.name,
@@ -111,6 +114,7 @@ export const NODE_RED_OVERLAY: OverlaySpec[] = [
   { path: "etc/systemd/system/pibake-firstboot.service", mode: 0o644, when: on },
   { path: "etc/systemd/system/nodered.service", mode: 0o644, when: on },
   { path: "usr/local/lib/pibake/firstboot.sh", mode: 0o755, when: on },
+  { path: "usr/local/lib/pibake/install-npm.sh", mode: 0o755, when: on },
   // settings.js holds the password hash and credentialSecret.
   userFile("settings.js", 0o600),
   userFile("flows.json", 0o644),
@@ -120,10 +124,10 @@ export const NODE_RED_OVERLAY: OverlaySpec[] = [
 ];
 
 /** What the build manifest records about Node-RED. */
-export function nodeRedManifest(model: Model, secrets: Secrets): { nodeRed: (NodeRedVersions & { install: string; port: number }) | false } {
+export function nodeRedManifest(model: Model, secrets: Secrets): { nodeRed: (NodeRedVersions & { install: string; port: number; npm: string }) | false } {
   const nr = model.nodeRed;
   const v = secrets.nodeRed?.versions;
-  return { nodeRed: nr && v ? { ...v, install: nr.install, port: nr.port } : false };
+  return { nodeRed: nr && v ? { ...v, install: nr.install, port: nr.port, npm: NPM_RELEASE.version } : false };
 }
 
 const SOURCE_TEXT: Record<string, string> = {

@@ -35,7 +35,7 @@ export const AUTO_FREE_WITHOUT_PACKAGES = 128 * MiB;
 
 /**
  * Node-RED installed at build time (nodeRed.install "build") needs room beyond
- * the stage's packages: Node.js and npm's Debian packages, Node-RED, the
+ * the stage's packages: Node.js's Debian packages, npm, Node-RED, the
  * dashboard and npm's cache. Without it the first user's npm install hits the
  * blocks ext4 reserves for root and fails with "No space left on device".
  */
