@@ -4,7 +4,9 @@
  * the time of a first `pibake build --base` (packages installed under
  * qemu-user on non-ARM hosts), of a regeneration for a new domain from the
  * image that build produced, their ratio, and the produced image's size
- * against the base's. Both builds run the CLI as a user would.
+ * against the base's; then a first build with Node-RED on, as
+ * examples/broker.json has it: packages and installed size added, beside the
+ * base's and the build without Node-RED. The builds run the CLI as a user would.
  */
 import { execa } from "execa";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -26,7 +28,18 @@ async function zstdSize(file: string): Promise<number> {
 interface Built {
   ms: number;
   image: string;
-  manifest: { image: { rawSize: number; mappedBytes: number; sha256: string }; timings: Record<string, number>; engine: Record<string, unknown> };
+  manifest: {
+    image: { rawSize: number; mappedBytes: number; sha256: string };
+    timings: Record<string, number>;
+    engine: Record<string, unknown> & { packagesAdded: { count: number; installedBytes: number; base?: { count: number; installedBytes: number } }; rootGrownBy: number };
+  };
+}
+
+/** What a first build added to the base, beside the base's own figures. */
+function added(b: Built): string {
+  const a = b.manifest.engine.packagesAdded;
+  const base = a.base ? `; the base: ${a.base.count} packages, ${formatBytes(a.base.installedBytes)}` : "";
+  return `${a.count} packages, ${formatBytes(a.installedBytes)} installed added${base}; root grown by ${formatBytes(b.manifest.engine.rootGrownBy)}`;
 }
 
 async function build(configFile: string, base: string, out: string, state: string): Promise<Built> {
@@ -62,7 +75,8 @@ export async function benchBaseImage(): Promise<string[]> {
 
     lines.push(`base: ${path.basename(base)} (Raspberry Pi OS Lite stand-in, trixie arm64), ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated` + (fixtureMs > 60_000 ? ` (built in ${s(fixtureMs)}, now cached)` : ""));
     const first = await build(c1, base, path.join(dir, "out1"), state);
-    lines.push(`first --base build: ${s(first.ms)} (${steps(first.manifest.timings)}; packages ${(first.manifest.engine.packagesInstalled as string[]).join(", ")})`);
+    lines.push(`first --base build, Node-RED off: ${s(first.ms)} (${steps(first.manifest.timings)}; packages ${(first.manifest.engine.packagesInstalled as string[]).join(", ")})`);
+    lines.push(`  added: ${added(first)}`);
     const regen = await build(c2, first.image, path.join(dir, "out2"), state);
     lines.push(`regeneration for a new domain, from the first build's image: ${s(regen.ms)} (${steps(regen.manifest.timings)})`);
     lines.push(`ratio: the regeneration takes ${((regen.ms * 100) / first.ms).toFixed(1)}% of the first build (${(first.ms / regen.ms).toFixed(1)}× faster)`);
@@ -74,6 +88,11 @@ export async function benchBaseImage(): Promise<string[]> {
         `base ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated`,
     );
     lines.push(`compressed (zstd -3): produced ${formatBytes(zImage)}, base ${formatBytes(zBase)} (+${formatBytes(zImage - zBase)}: mosquitto, ddclient and their dependencies)`);
+    const c3 = path.join(dir, "node-red.json");
+    writeFileSync(c3, JSON.stringify(benchConfig("home.freemyip.com", true), null, 2));
+    const withNodeRed = await build(c3, base, path.join(dir, "out3"), path.join(dir, "state-node-red"));
+    lines.push(`first --base build, Node-RED on (as examples/broker.json): ${s(withNodeRed.ms)} (${steps(withNodeRed.manifest.timings)}), ${((withNodeRed.ms * 100) / first.ms).toFixed(0)}% of the build without it`);
+    lines.push(`  added: ${added(withNodeRed)}`);
     lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -10,7 +10,11 @@ export const SECRETS = {
   PIBAKE_BENCH_DDNS: "benchDdnsToken12345",
 };
 
-export function benchConfig(domain: string): Record<string, unknown> {
+/**
+ * The bench's config, like examples/broker.json; `nodeRed` as the example has it (on, installed on
+ * first boot, the editor password generated) or off.
+ */
+export function benchConfig(domain: string, nodeRed = false): Record<string, unknown> {
   return {
     image: { name: "bench-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
     user: { name: "admin", password: { env: "PIBAKE_BENCH_USER_PW" }, sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F bench@host"] },
@@ -18,7 +22,7 @@ export function benchConfig(domain: string): Record<string, unknown> {
     mqtt: { users: [{ name: "home", password: { env: "PIBAKE_BENCH_MQTT_PW" } }] },
     tls: { domain },
     ddns: { provider: "freemyip", token: { env: "PIBAKE_BENCH_DDNS" } },
-    nodeRed: { enabled: false },
+    nodeRed: nodeRed ? { install: "firstboot", admin: { user: "admin" }, dashboard: "flowfuse", exampleTopic: "home/#" } : { enabled: false },
   };
 }
 

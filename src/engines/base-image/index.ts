@@ -25,7 +25,7 @@ import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
 import { ImageRoot } from "../../host/image-root.js";
 import { killChrootProcesses } from "../../host/release.js";
-import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackageFiles, stagePackages, writeMarker } from "./marker.js";
+import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, stagePackageFiles, stagePackages, writeMarker, type PackagesAdded } from "./marker.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
 import { alignUp, AUTO_FREE_NODE_RED_BUILD, AUTO_FREE_WITHOUT_PACKAGES, checkFileSystem, growImage, MiB, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
@@ -83,7 +83,7 @@ interface BaseBuild {
   /** What the root file system was to have free for the build. */
   roomNeeded?: number;
   /** The packages the stage added to the base (dependencies included), and their installed size. */
-  added?: { names: string[]; installedBytes: number };
+  added?: PackagesAdded;
   shrunk?: { from: number; to: number };
   /** The official image the base is, when the build fetched it. */
   official?: CachedImageRecord;
@@ -442,7 +442,7 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       baseBuiltByPibake: facts.marker ? facts.marker.pibake : false,
       regeneration: b.regeneration,
       packagesInstalled: b.regeneration ? [] : b.missing,
-      packagesAdded: { count: b.added?.names.length ?? 0, installedBytes: b.added?.installedBytes ?? 0, names: b.added?.names ?? [] },
+      packagesAdded: { count: b.added?.names.length ?? 0, installedBytes: b.added?.installedBytes ?? 0, names: b.added?.names ?? [], base: b.added?.base },
       packages: b.wanted,
       rootGrownBy: b.growBy,
       ...(b.aptSizes ? { aptEstimate: { ...b.aptSizes, roomNeeded: b.roomNeeded, margin: ROOM_MARGIN } } : {}),
@@ -458,7 +458,9 @@ async function result(b: BaseBuild): Promise<EngineResult> {
         : {}),
     },
     timings: {},
-    summary: [`packages    ${b.added?.names.length ?? 0} added to the base (${formatBytes(b.added?.installedBytes ?? 0)} installed), root partition grown by ${formatBytes(b.growBy)}`],
+    summary: [
+      `packages    ${b.added?.names.length ?? 0} added to the base (${formatBytes(b.added?.installedBytes ?? 0)} installed; the base has ${b.added?.base.count ?? "?"}, ${formatBytes(b.added?.base.installedBytes ?? 0)}), root partition grown by ${formatBytes(b.growBy)}`,
+    ],
   };
 }
 

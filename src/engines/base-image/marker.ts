@@ -76,10 +76,18 @@ export function installedSizes(root: ImageRoot): Map<string, number> {
   return parseDpkgSizes(root.readText("/var/lib/dpkg/status") ?? "");
 }
 
+export interface PackagesAdded {
+  names: string[];
+  installedBytes: number;
+  /** The base's own packages, the figure the added ones stand beside. */
+  base: { count: number; installedBytes: number };
+}
+
 /** What a build added to the base: the packages dpkg has now and did not before, and their installed size. */
-export function packagesAdded(before: Set<string>, after: Map<string, number>): { names: string[]; installedBytes: number } {
+export function packagesAdded(before: Set<string>, after: Map<string, number>): PackagesAdded {
+  const bytes = (names: Iterable<string>) => [...names].reduce((sum, n) => sum + (after.get(n) ?? 0) * 1024, 0);
   const names = [...after.keys()].filter((n) => !before.has(n)).sort();
-  return { names, installedBytes: names.reduce((sum, n) => sum + after.get(n)! * 1024, 0) };
+  return { names, installedBytes: bytes(names), base: { count: before.size, installedBytes: bytes(before) } };
 }
 
 /** A package name may carry an architecture (`foo:arm64`) or a version (`foo=1.2`); dpkg's status has the bare name. */
