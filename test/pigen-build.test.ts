@@ -60,7 +60,7 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     c.tls.domain = domain;
     // QEMU's user-mode network, so that the booted image's static address works.
     c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
-    // Node-RED's packages (nodejs, npm) under qemu-user take long; its stage has tests of its own.
+    // Node-RED's stage is built and booted by base-image.test.ts and boot.test.ts (examples/broker.json); pi-gen's own run is long enough without it.
     c.nodeRed = { enabled: false };
     c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
     return writeJson(path.join(tmp.dir, `${name}-${domain}.json`), c);

@@ -17,9 +17,10 @@ import { prepareSecrets, StateDir, type Secrets } from "../../src/secrets/index.
 
 /**
  * The rendered stage and the first-boot script on a real Debian arm64 root
- * filesystem (trixie, systemd, the stage's packages with the OS's nodejs and
- * npm), through qemu-user: the stage gives ~/.node-red to the first user and
- * enables pibake-firstboot.service; the script then installs Node-RED and the
+ * filesystem (trixie, systemd, the stage's packages with the OS's nodejs),
+ * through qemu-user: the stage gives ~/.node-red to the first user and
+ * enables pibake-firstboot.service; the script then installs npm's own
+ * release, Node-RED and the
  * dashboard from the npm registry, enables nodered.service and writes its
  * marker; run again, it does nothing. npm under qemu-user takes minutes, so
  * this is `npm run test:slow` (PIBAKE_SLOW_TESTS=1), not the CI suite.
