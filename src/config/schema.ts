@@ -78,7 +78,7 @@ export type SecretRef = z.infer<typeof secretRef>;
 /** A secret field: what it is for, then how a secret may be given, the same words for each. */
 const secret = (whatFor: string, examples: SecretRef[]) =>
   secretRef.meta({
-    description: `${whatFor}. A secret of at least 8 characters: {"env": "NAME"} reads an environment variable, {"file": "path"} a file, and a plain string works but keeps the config from being shared.`,
+    description: `${whatFor}. A secret, at least 8 characters: {"env": "NAME"} for an environment variable, {"file": "path"} for a file, or the string itself.`,
     examples,
   });
 
