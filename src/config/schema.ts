@@ -10,6 +10,10 @@ import { withDefaultsInDescriptions, type SchemaNode } from "./reference.js";
  * the formatter prints `path: <value> <message>`, e.g.
  * `network.address: "192.168.1.300/24" is not an IPv4 address with a prefix length`.
  * Rules that involve several fields live in validate.ts.
+ *
+ * Each field's .meta() says what it means, once: its description (plain sentences, no
+ * markdown: editors show it on hover) and examples of values it takes. The JSON Schema
+ * and the field reference in docs/ are made from it (reference.ts, npm run schema).
  */
 
 const IPV4_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
@@ -250,7 +254,6 @@ const mqttUser = z.strictObject({
     .meta({ description: "The topics this user may read or write. Without it, the user may use every topic." }),
 });
 
-/** MQTT over WebSockets, for browsers: a TLS listener, and on request a plain one for the home network. */
 const websockets = z.strictObject({
   tlsPort: port(8884).meta({ description: "The port of MQTT over WebSockets with TLS, with the same certificate, users and topics as the TLS listener." }),
   lan: z.boolean({ error: "is not true or false" }).default(false).meta({ description: "Whether a plain WebSockets listener on lanPort serves the home network too." }),
@@ -317,7 +320,13 @@ const tls = z.strictObject({
     }),
 });
 
-const interval = z.number({ error: "is not a number of seconds" }).int({ error: "is not a whole number of seconds" }).min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" }).max(86400, { error: "is longer than a day" }).default(300).meta({ description: "Seconds between checks of the Internet address, 60 to 86400." });
+const interval = z
+  .number({ error: "is not a number of seconds" })
+  .int({ error: "is not a whole number of seconds" })
+  .min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" })
+  .max(86400, { error: "is longer than a day" })
+  .default(300)
+  .meta({ description: "Seconds between checks of the Internet address, 60 to 86400." });
 /**
  * What ddclient's config carries in single quotes (ddclientQuote in src/render/templates.ts): printable
  * ASCII but ' and \ (no escape is relied on) and '#' (ddclient cuts comments before it reads quotes).
@@ -379,7 +388,7 @@ const ddns = z.discriminatedUnion(
   { error: 'is not a DDNS provider: "freemyip" or "dyndns2"' },
 );
 
-/** Node-RED on the broker (src/config/node-red.ts has its cross-field rules). On unless `enabled` is false. */
+/** src/config/node-red.ts has Node-RED's cross-field rules. */
 const nodeRed = z
   .strictObject({
     enabled: z.boolean({ error: "is not true or false" }).default(true).meta({ description: "Whether the image has Node-RED; false leaves it out." }),
@@ -436,7 +445,6 @@ const nodeRed = z
   .prefault({})
   .meta({ description: "Node-RED on the broker, with its editor behind a login, a dashboard and an example flow connected to the local Mosquitto. On unless enabled is false." });
 
-/** Debian's unattended-upgrades: security updates installed every day, unless `enabled` is false. */
 const updates = z
   .strictObject({
     enabled: z
@@ -458,10 +466,7 @@ const updates = z
   .prefault({})
   .meta({ description: "Security and other updates, installed by Debian's unattended-upgrades every day unless enabled is false." });
 
-/**
- * The firewall on the Pi (src/render/firewall.ts). `lan`: the IPv4 networks that may reach the LAN-only
- * ports (plain MQTT, SSH, Node-RED); default: the Pi's own subnet (network.address).
- */
+/** Rendered by src/render/firewall.ts, which lists every open port with its reason. */
 const firewall = z
   .strictObject({
     enabled: z.boolean({ error: "is not true or false" }).default(true).meta({ description: "Whether the Pi has its firewall and fail2ban; false turns both off." }),
