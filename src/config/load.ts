@@ -3,7 +3,7 @@ import { parse as parseJsonc, ParseErrorCode, type ParseError } from "jsonc-pars
 import path from "node:path";
 import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";
-import { configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
+import { AUTOSAVE_INTERVAL_S, configSchema, IPV4_RE, type ParsedConfig, type SecretRef } from "./schema.js";
 import { Secret, type Ddns, type Model } from "./model.js";
 import { crossFieldIssues, subnetOf } from "./rules.js";
 import { nodeRedModel } from "./node-red.js";
@@ -278,16 +278,6 @@ export function wpaPassphrase(v: string): string | undefined {
   if (v.length < 8 || v.length > 63) return "is not 8 to 63 characters long, as WPA requires";
   return undefined;
 }
-
-/**
- * Mosquitto's own default is 1800 s. Each save rewrites the whole file (a new
- * file, then a rename), changed or not, so a shorter interval costs SD-card
- * writes: 288 saves a day of a home broker's 50 KB file are some 15 MB a day,
- * 5 GB a year, well below the terabytes even a small card takes before it wears
- * out. What a power cut loses is what changed since the last save (retained
- * messages, sessions, queued QoS 1 and 2 messages): at most 5 minutes, not 30.
- */
-export const AUTOSAVE_INTERVAL_S = 300;
 
 function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {
   const [ip, prefix] = c.network.address.split("/") as [string, string];
