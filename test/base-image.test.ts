@@ -394,6 +394,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     // The boot partition, read with mtools: the Wi-Fi country for the kernel, no first-boot user rename.
     expect(bootFile(image, "cmdline.txt")).toMatch(/ cfg80211\.ieee80211_regdom=DE\n?$/);
     expect(bootFile(image, "userconf.txt")).toBeUndefined();
+    // cloud-init's user-data is pibake's valid one, not the base's comments-only example (test/cloud-init-seed.test.ts).
+    expect(bootFile(image, "user-data")).toBe(readFileSync(path.join(repoRoot, "stages/stage-pibake/02-first-boot/files/user-data"), "utf8").replace(/\n$/, ""));
     for (const f of readdirSync(path.join(mnt, "var/lib/systemd/rfkill"))) expect(readFileSync(path.join(mnt, "var/lib/systemd/rfkill", f), "utf8").trim()).toBe("0");
     expect(readFileSync(path.join(mnt, "var/lib/NetworkManager/NetworkManager.state"), "utf8")).toBe("[main]\nWirelessEnabled=true\n");
     // The first user logs in with a shell (the base made it with /usr/sbin/nologin).

@@ -40,6 +40,8 @@ describe("render", () => {
         "stage/01-node-red/00-packages-nr",
         "stage/01-node-red/01-run-chroot.sh",
         "stage/02-first-boot/00-run-chroot.sh",
+        "stage/02-first-boot/01-run.sh",
+        "stage/02-first-boot/files/user-data",
       ].sort(),
     );
     // Secrets-bearing files are private; scripts are executable, as pi-gen requires.

@@ -275,7 +275,7 @@ describe("the scripts pibake runs on the Pi and on the build host", () => {
 describe("the test fixtures' own scripts", () => {
   // The fixture builders and the pi-gen scaffolding run as root on test machines: they get the same scrutiny as the stage.
   const scripts = [
-    ...["lib.sh", "arm64-rootfs.sh", "base-image.sh", "qemu-kernel.sh", "node-red.sh"].map((f) => `scripts/fixtures/${f}`),
+    ...["lib.sh", "arm64-rootfs.sh", "cloud-init-rootfs.sh", "base-image.sh", "qemu-kernel.sh", "node-red.sh"].map((f) => `scripts/fixtures/${f}`),
     ...["losetup", "mount", "umount", "qemu-arm", "scaffold.sh"].map((f) => `test/fixtures/pi-gen/bin/${f}`),
     "test/fixtures/pi-gen/debian-base/prerun.sh",
     "test/fixtures/pi-gen/debian-base/00-system/01-run.sh",
