@@ -96,7 +96,7 @@ async function examplePackages(release: string, nodeRed: boolean): Promise<strin
   for (const f of readdirSync(path.join(repoRoot, "examples")).filter((f) => f.endsWith(".txt"))) cpSync(path.join(repoRoot, "examples", f), path.join(dir, f));
   const env = { PIBAKE_USER_PASSWORD: "User-Secret-9f3c", PIBAKE_MQTT_SENSORS_PASSWORD: "Sensors-Secret-71ab", FREEMYIP_TOKEN: "DdnsToken5e6f7a8b", PIBAKE_NODE_RED_PASSWORD: "NodeRed-Secret-11aa" };
   const { model } = loadConfig(path.join(dir, "broker.json"), env);
-  return stagePackages(await render(model, prepareSecrets(model, new StateDir(path.join(dir, "state")))));
+  return stagePackages(await render(model, await prepareSecrets(model, new StateDir(path.join(dir, "state")))));
 }
 
 describe("the packages the stage adds (apt's simulation against Debian's arm64 archive)", () => {

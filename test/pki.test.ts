@@ -230,7 +230,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
     for (const [what, spoil, status] of cases) {
       const state = new StateDir(copyState());
       await spoil(state);
-      const pki = ensurePki(state, fx.model.image.name, names);
+      const pki = await ensurePki(state, fx.model.image.name, names);
       expect(pki.serverCertStatus, what).toBe(status);
       // The new certificate is the CA's, for the stored (or a new) key.
       const cert = new X509Certificate(pki.serverCertPem);
@@ -239,7 +239,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
       const r = await openssl(["verify", "-CAfile", caFile, put(work, `reissued-${what.replace(/ /g, "-")}.crt`, pki.serverCertPem)]);
       expect(r.code, r.out).toBe(0);
       // And the next render keeps it.
-      expect(ensurePki(state, fx.model.image.name, names).serverCertStatus, what).toBe("reused");
+      expect((await ensurePki(state, fx.model.image.name, names)).serverCertStatus, what).toBe("reused");
     }
   });
 
@@ -249,12 +249,12 @@ describe("the CA and server certificate, as openssl reads them", () => {
     const before = state.read("server.crt")!;
     const { notAfter } = await validity(serverFile);
 
-    const early = ensurePki(state, fx.model.image.name, names, new Date(notAfter.getTime() - 40 * DAY_MS));
+    const early = await ensurePki(state, fx.model.image.name, names, new Date(notAfter.getTime() - 40 * DAY_MS));
     expect(early.serverCertStatus).toBe("reused");
     expect(early.serverCertPem).toBe(before);
 
     const later = new Date(notAfter.getTime() - 10 * DAY_MS);
-    const renewed = ensurePki(state, fx.model.image.name, names, later);
+    const renewed = await ensurePki(state, fx.model.image.name, names, later);
     expect(renewed.serverCertStatus).toBe("renewed (within 30 days of expiry)");
     expect(renewed.serverCertPem).not.toBe(before);
     expect(state.read("server.crt")).toBe(renewed.serverCertPem);

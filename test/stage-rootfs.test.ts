@@ -48,7 +48,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
     const cfg = writeJson(path.join(tmp.dir, "broker.json"), c);
     const { model } = loadConfig(cfg, { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" });
-    const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
+    const secrets = await prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
     writeRendered(out, await render(model, secrets));
 
     const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages-nr"), "utf8"));

@@ -70,7 +70,7 @@ export async function runPush(s: PushSettings): Promise<PushResult> {
   const started = Date.now();
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with (a new CA would make every client distrust the broker)`, 2);
   await resolveVersions(model, state, { onStatus: (m) => out.info(`Node-RED: ${m}`) });
-  const secrets = prepareSecrets(model, state);
+  const secrets = await prepareSecrets(model, state);
   const rendered = await render(model, secrets);
   const cert = summarize(secrets.pki.serverCertPem);
   const target: SshTarget = { host: s.host, port: s.port, user: model.user.name, key: s.key, knownHosts: s.knownHosts, connectTimeoutSeconds: LIMITS.connectSeconds };

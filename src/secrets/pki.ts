@@ -1,5 +1,6 @@
-import { constants, createPrivateKey, generateKeyPairSync, privateEncrypt, randomBytes, X509Certificate } from "node:crypto";
+import { constants, createPrivateKey, generateKeyPair, privateEncrypt, randomBytes, X509Certificate } from "node:crypto";
 import { createRequire } from "node:module";
+import { promisify } from "node:util";
 import type forge from "node-forge";
 import type { StateDir } from "./state.js";
 import { PibakeError } from "../errors.js";
@@ -60,12 +61,16 @@ interface RsaKey {
   pem: string;
 }
 
+const generateKeyPairInPool = promisify(generateKeyPair);
+
 /**
  * Node's native RSA key generation: node-forge's pure-JS prime search takes
- * seconds, which a render must not spend.
+ * seconds, which a render must not spend. It runs in Node's thread pool, so
+ * that a first render's two keys (the search for a 3072-bit key alone can take
+ * half a second) are made side by side, and beside the password hashes.
  */
-function newRsaKey(bits: number): RsaKey {
-  const { privateKey } = generateKeyPairSync("rsa", {
+async function newRsaKey(bits: number): Promise<RsaKey> {
+  const { privateKey } = await generateKeyPairInPool("rsa", {
     modulusLength: bits,
     publicKeyEncoding: { type: "spki", format: "pem" },
     privateKeyEncoding: { type: "pkcs1", format: "pem" },
@@ -118,8 +123,7 @@ interface Ca {
   keyPem: string;
 }
 
-function makeCa(name: string, now: Date): Ca {
-  const { key, pem } = newRsaKey(3072);
+function makeCa(name: string, { key, pem }: RsaKey, now: Date): Ca {
   const cert = forgeLib().pki.createCertificate();
   cert.publicKey = publicOf(key);
   cert.serialNumber = randomSerial();
@@ -217,7 +221,7 @@ function reasonToReissue(certPem: string | undefined, keyPem: string | undefined
  * A rebuild for the same names keeps key and certificate byte for byte; new
  * names get a new certificate from the same CA.
  */
-export function ensurePki(state: StateDir, caName: string, names: CertificateNames, now = new Date()): Pki {
+export async function ensurePki(state: StateDir, caName: string, names: CertificateNames, now = new Date()): Promise<Pki> {
   let caCreated = false;
   let caCertPem = state.read("ca.crt");
   let caKeyPem = state.read("ca.key");
@@ -230,8 +234,13 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
     throw new PibakeError(
       `the state directory ${state.dir} holds only half of the CA (${caCertPem ? "ca.crt without ca.key" : "ca.key without ca.crt"}): restore the missing file from a backup, or remove both to make a new CA that every client must trust again`,
     );
-  } else {
-    made = makeCa(caName, now);
+  }
+  let serverKeyPem = state.read("server.key");
+  // The keys a first render needs, started at once: the server's is needed whenever its key file is missing.
+  const newCaKey = caCertPem ? undefined : newRsaKey(3072);
+  const newServerKey = serverKeyPem ? undefined : newRsaKey(2048);
+  if (!caCertPem || !caKeyPem) {
+    made = makeCa(caName, await (newCaKey ?? newRsaKey(3072)), now);
     caKeyPem = made.keyPem;
     caCertPem = forgeLib().pki.certificateToPem(made.cert);
     state.write("ca.key", caKeyPem);
@@ -239,7 +248,6 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
     caCreated = true;
   }
 
-  let serverKeyPem = state.read("server.key");
   let serverCertPem = state.read("server.crt");
   const reason = reasonToReissue(serverCertPem, serverKeyPem, new X509Certificate(caCertPem), names, now);
   if (reason) {
@@ -254,7 +262,7 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
       }
     }
     if (!serverKey) {
-      const fresh = newRsaKey(2048);
+      const fresh = await (newServerKey ?? newRsaKey(2048));
       serverKey = fresh.key;
       serverKeyPem = fresh.pem;
       state.write("server.key", serverKeyPem);

@@ -76,7 +76,7 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     };
     writeFileSync(path.join(dir, "broker.json"), JSON.stringify(config));
     const { model } = loadConfig(path.join(dir, "broker.json"), { T_USER_PW: "user-password-1", T_SENSORS_PW: "sensors-password-1", T_NR_PW: "editor-password-1" });
-    secrets = prepareSecrets(model, new StateDir(path.join(dir, "state")));
+    secrets = await prepareSecrets(model, new StateDir(path.join(dir, "state")));
     writeRendered(out, await render(model, secrets));
 
     // The fixture has the stage's packages already, so that its package steps find nothing to fetch.
