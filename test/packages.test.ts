@@ -5,7 +5,7 @@ import path from "node:path";
 import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
-import { stagePackages } from "../src/engines/base-image/marker.js";
+import { stagePackages } from "../src/render/stage.js";
 import { parseAptSizes } from "../src/engines/base-image/room.js";
 import { repoRoot, tempDir } from "./helpers/cli.js";
 

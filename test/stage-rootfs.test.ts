@@ -9,7 +9,8 @@ import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
 import { writeRendered } from "../src/render/write.js";
-import { packageList, runStage } from "../src/engines/stage-runner.js";
+import { packageList } from "../src/render/stage.js";
+import { runStage } from "../src/engines/stage-runner.js";
 import { unmountTree } from "../src/host/mounts.js";
 
 /**
