@@ -20,7 +20,8 @@ import { detectCompression } from "./image/compression.js";
 import { deliveredNames } from "./image/deliver.js";
 import { planOfficialImage, type OfficialImagePlan } from "./images/index.js";
 import { buildSteps } from "./ui/steps.js";
-import { createOutput, formatBytes, redact } from "./ui/output.js";
+import { redact } from "./host/redact.js";
+import { createOutput, formatBytes } from "./ui/output.js";
 
 /** A requirement as the plan shows it: met, missing (the build cannot run), or a note (root: the build is run with sudo -E). */
 export interface PlannedRequirement {

@@ -235,7 +235,7 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
   async function stepsOfTheBuild(scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
     steps.begin("render");
     await resolveVersions(model, state, { signal: scope.signal, onStatus: (m) => steps.status(`Node-RED: ${m}`) });
-    const secrets = prepareSecrets(model, state);
+    const secrets = await prepareSecrets(model, state);
     const rendered = await render(model, secrets);
     steps.status(`certificate for ${model.tls.domain}: ${secrets.pki.serverCertStatus}; CA ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);
     scope.throwIfInterrupted();

@@ -2,7 +2,8 @@ import { cac, type CAC } from "cac";
 import { unwindAll } from "./cleanup.js";
 import { ConfigError, PibakeError } from "./errors.js";
 import { PIBAKE_VERSION } from "./version.js";
-import { guardOutputStreams, redact } from "./ui/output.js";
+import { redact } from "./host/redact.js";
+import { guardOutputStreams } from "./ui/output.js";
 import { ACTIONS, registerCommands } from "./commands/index.js";
 import { checkGlobalOptions, helpSections, unknownCommand, usageError } from "./usage.js";
 

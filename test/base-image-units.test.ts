@@ -19,7 +19,8 @@ import {
   localeGenLine,
   parseOsRelease,
 } from "../src/engines/base-image/system.js";
-import { missingPackages, parseDpkgStatus, stagePackages } from "../src/engines/base-image/marker.js";
+import { missingPackages, parseDpkgStatus } from "../src/engines/base-image/marker.js";
+import { stagePackages } from "../src/render/stage.js";
 import { diffTrees, FatPartition, snapshotTree } from "../src/engines/base-image/fat.js";
 import { binfmtProblem, checkRoot, ext4FeaturesProblem, runsNatively, unsupportedExt4Features } from "../src/engines/base-image/preflight.js";
 import { BuildLog } from "../src/host/log.js";
@@ -27,7 +28,7 @@ import { ImageRoot } from "../src/host/image-root.js";
 import { checkUsage } from "../src/build.js";
 import { systemSettings } from "../src/render/system.js";
 import { buildSettings } from "../src/commands/build.js";
-import { registerSecret } from "../src/ui/output.js";
+import { registerSecret } from "../src/host/redact.js";
 
 /** The base-image engine's pieces that need no root and no image: sizes, file edits, package lists, FAT sync, checks. */
 const tmp = tempDir("pibake-base-units-");

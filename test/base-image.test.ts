@@ -273,7 +273,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
 
     // What the build rendered, again (renders repeat byte for byte with the same state directory).
     const { model } = loadConfig(cfg, env);
-    rendered = await render(model, prepareSecrets(model, new StateDir(state)));
+    rendered = await render(model, await prepareSecrets(model, new StateDir(state)));
     mounted = await mountRoot(image, mnt);
   }, FIXTURE_TIMEOUT_MS + 1_800_000);
 

@@ -1,6 +1,6 @@
 import { execa } from "execa";
 import { createHash, randomBytes } from "node:crypto";
-import { promises as fsp } from "node:fs";
+import { existsSync, promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -44,6 +44,35 @@ async function drain(r: ImageReader): Promise<{ sum: string; n: number }> {
   }
   await r.close();
   return { sum: h.digest("hex"), n };
+}
+
+/** The processes this one started whose command line names file, from /proc. */
+async function childrenReading(file: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fsp.readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const parent = /^PPid:\s+(\d+)$/m.exec(await fsp.readFile(`/proc/${entry}/status`, "utf8"))?.[1];
+      if (Number(parent) === process.pid && (await fsp.readFile(`/proc/${entry}/cmdline`, "utf8")).split("\0").includes(file)) pids.push(Number(entry));
+    } catch {
+      // It ended while the list was read.
+    }
+  }
+  return pids;
+}
+
+/** This process's file descriptors open on file, from /proc/self/fd. */
+async function descriptorsOn(file: string): Promise<string[]> {
+  const target = await fsp.realpath(file);
+  const fds: string[] = [];
+  for (const fd of await fsp.readdir("/proc/self/fd")) {
+    try {
+      if ((await fsp.readlink(`/proc/self/fd/${fd}`)) === target) fds.push(fd);
+    } catch {
+      // The descriptor of the readdir itself, closed by now.
+    }
+  }
+  return fds;
 }
 
 describe("detectCompression", () => {
@@ -116,7 +145,12 @@ describe("openImageReader", () => {
     await execa("sh", ["-c", `xz -c -0 "${raw}" > "${xz}"`]);
     const r = await openImageReader(xz);
     for await (const _ of r.stream) break;
+    const running = await childrenReading(xz);
+    expect(running, "the xz process decompressing the file, while it reads").toHaveLength(1);
     await r.close();
+    // Exited and reaped: a process that was only killed, or left a zombie, would still have its /proc entry.
+    expect(existsSync(`/proc/${running[0]}`), `/proc/${running[0]} after close()`).toBe(false);
+    expect(await childrenReading(xz)).toEqual([]);
     await r.close();
   });
 
@@ -162,7 +196,9 @@ describe("openImageReader", () => {
     await execa("sh", ["-c", `cd "${dir}" && zip -q -j "${z}" "${raw}"`]);
     const r = await openImageReader(z);
     for await (const _ of r.stream) break;
+    expect(await descriptorsOn(z), "the zip open while its member is read").not.toEqual([]);
     await r.close();
+    expect(await descriptorsOn(z)).toEqual([]);
     await r.close();
   });
 

@@ -3,7 +3,8 @@ import { describe, expect, it } from "vitest";
 import { checkTarget, systemUse, type SystemInfo, type Target } from "../src/flash/checks.js";
 import { describeContents, flashCandidates, formatDeviceTable, majMinOf, mountsOf, parseLsblk, type BlockDevice } from "../src/flash/devices.js";
 import { formatProgress } from "../src/flash/progress.js";
-import { isYes, parseChoice } from "../src/flash/prompt.js";
+import { parseChoice } from "../src/flash/prompt.js";
+import { isYes } from "../src/ui/prompt.js";
 import { partitionTableProblem, sidecarOf } from "../src/flash/source.js";
 
 const GiB = 1024 ** 3;

@@ -58,7 +58,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base from an image whose 
     const image = path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!);
     expect(Object.fromEntries(await countInImage(image, [tree.marker]))).toEqual({ [tree.marker]: 0 });
     const { model } = loadConfig(configPath, env);
-    const rendered = await render(model, prepareSecrets(model, new StateDir(state())));
+    const rendered = await render(model, await prepareSecrets(model, new StateDir(state())));
     const mnt = path.join(tmp.dir, `check-${style}`);
     const m = await mountRoot(image, mnt);
     try {

@@ -9,8 +9,11 @@ import { fileURLToPath } from "node:url";
  * the commands and the bench. Imports between the folders of src/ (and its
  * top-level files) must form no cycle, type-only imports included; what
  * the base-image engine shares with others is in host/ or image/, so that the
- * pi-gen engine, the commands, the bench, flash, host/ and image/ never import
- * engines/base-image/ (engines/index.ts loads it for a build that uses it).
+ * pi-gen engine, the commands, the bench, flash, host/, image/, push/ and
+ * check/ never import engines/base-image/ (engines/index.ts loads it for a
+ * build that uses it). push/ and check/ work on a running Pi, beside the
+ * build: no engine, image or flash code. What host/ and config/ share with the
+ * output (the secret registry) is in host/, so neither imports ui/.
  */
 
 const src = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "src");
@@ -122,14 +125,28 @@ describe("layers of src/", () => {
 
   it("keeps the base-image engine's modules to itself", () => {
     const outside = edges
-      .filter((e) => rel(e.to).startsWith("engines/base-image/") && /^(engines\/pigen|commands|bench|flash|host|image)\//.test(rel(e.from)))
+      .filter((e) => rel(e.to).startsWith("engines/base-image/") && /^(engines\/pigen|commands|bench|flash|host|image|push|check)\//.test(rel(e.from)))
       .map((e) => `${rel(e.from)} → ${rel(e.to)}`);
     expect(outside).toEqual([]);
   });
 
   it("keeps host/ beneath everything that uses it", () => {
     const up = edges
-      .filter((e) => rel(e.from).startsWith("host/") && /^(engines|commands|bench|flash|image|render|secrets|config|registry)\//.test(rel(e.to)))
+      .filter((e) => rel(e.from).startsWith("host/") && /^(engines|commands|bench|flash|image|render|secrets|config|registry|push|check|ui)\//.test(rel(e.to)))
+      .map((e) => `${rel(e.from)} → ${rel(e.to)}`);
+    expect(up).toEqual([]);
+  });
+
+  it("keeps push/ and check/ beside the build: no engine, image or flash code", () => {
+    const into = edges
+      .filter((e) => /^(push|check)\//.test(rel(e.from)) && /^(engines|image|flash|commands|bench)\/|^build(-plan)?\.ts$/.test(rel(e.to)))
+      .map((e) => `${rel(e.from)} → ${rel(e.to)}`);
+    expect(into).toEqual([]);
+  });
+
+  it("keeps config/ beneath what uses it, and free of ui/", () => {
+    const up = edges
+      .filter((e) => rel(e.from).startsWith("config/") && /^(ui|secrets|render|engines|image|flash|push|check|commands|bench|registry)\//.test(rel(e.to)))
       .map((e) => `${rel(e.from)} → ${rel(e.to)}`);
     expect(up).toEqual([]);
   });

@@ -70,7 +70,7 @@ interface Prepared {
 async function prepare(configFile: string, stateDir = path.join(path.dirname(configFile), "state")): Promise<Prepared> {
   const { model } = loadConfig(configFile, ENV);
   const state = new StateDir(stateDir);
-  const secrets = prepareSecrets(model, state);
+  const secrets = await prepareSecrets(model, state);
   return { model, secrets, rendered: await render(model, secrets), state };
 }
 

@@ -5,7 +5,7 @@ import path from "node:path";
 import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
-import { stagePackages } from "../src/engines/base-image/marker.js";
+import { stagePackages } from "../src/render/stage.js";
 import { parseAptSizes } from "../src/engines/base-image/room.js";
 import { repoRoot, tempDir } from "./helpers/cli.js";
 
@@ -100,7 +100,7 @@ async function examplePackages(release: string, nodeRed: boolean): Promise<strin
   for (const f of readdirSync(path.join(repoRoot, "examples")).filter((f) => f.endsWith(".txt"))) cpSync(path.join(repoRoot, "examples", f), path.join(dir, f));
   const env = { PIBAKE_USER_PASSWORD: "User-Secret-9f3c", PIBAKE_MQTT_SENSORS_PASSWORD: "Sensors-Secret-71ab", FREEMYIP_TOKEN: "DdnsToken5e6f7a8b", PIBAKE_NODE_RED_PASSWORD: "NodeRed-Secret-11aa" };
   const { model } = loadConfig(path.join(dir, "broker.json"), env);
-  return stagePackages(await render(model, prepareSecrets(model, new StateDir(path.join(dir, "state")))));
+  return stagePackages(await render(model, await prepareSecrets(model, new StateDir(path.join(dir, "state")))));
 }
 
 describe("the packages the stage adds (apt's simulation against Debian's arm64 archive)", () => {

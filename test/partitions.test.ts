@@ -73,29 +73,32 @@ describe("checkRaspiLayout", () => {
     expect(root.type).toBe(0x83);
   });
 
-  it("names a root partition of the wrong type, with its type byte", async () => {
-    const [t, size] = await table(raspiTable("7"));
-    expect(() => checkRaspiLayout(t, size, "base.img")).toThrow("base.img: partition 2 is not ext4 (found type 0x07, NTFS/exFAT): pibake needs a Raspberry Pi OS image");
-  });
-
-  it("names a boot partition that is not FAT", async () => {
-    const [t, size] = await table("label: dos\n\nstart=8192, size=16384, type=83\nstart=24576, type=83\n");
-    expect(() => checkRaspiLayout(t, size, "base.img")).toThrow("base.img: partition 1 is not FAT (found type 0x83, Linux): pibake needs a Raspberry Pi OS image");
-  });
-
-  it("refuses more partitions than Raspberry Pi OS has, listing them", async () => {
-    const [t, size] = await table("label: dos\n\nstart=8192, size=16384, type=c\nstart=24576, size=16384, type=83\nstart=40960, type=82\n");
-    expect(() => checkRaspiLayout(t, size, "base.img")).toThrow(/has 3 partitions \(1: 0x0c FAT, 2: 0x83 Linux, 3: 0x82 Linux swap\).*exactly 2/);
-  });
-
-  it("refuses a single partition", async () => {
-    const [t, size] = await table("label: dos\n\nstart=8192, type=c\n");
-    expect(() => checkRaspiLayout(t, size, "base.img")).toThrow(/there is no partition 2/);
-  });
-
-  it("says a truncated image is truncated", async () => {
-    const [t] = await table(raspiTable());
-    expect(() => checkRaspiLayout(t, 32 * MiB, "base.img")).toThrow(/partition 2 ends at byte 67108864 but the image has only 33554432 bytes: the image is truncated \(download it again and check its sha256\)/);
+  it.each<{ name: string; sfdisk: string; size?: number; error: string | RegExp }>([
+    {
+      name: "names a root partition of the wrong type, with its type byte",
+      sfdisk: raspiTable("7"),
+      error: "base.img: partition 2 is not ext4 (found type 0x07, NTFS/exFAT): pibake needs a Raspberry Pi OS image",
+    },
+    {
+      name: "names a boot partition that is not FAT",
+      sfdisk: "label: dos\n\nstart=8192, size=16384, type=83\nstart=24576, type=83\n",
+      error: "base.img: partition 1 is not FAT (found type 0x83, Linux): pibake needs a Raspberry Pi OS image",
+    },
+    {
+      name: "refuses more partitions than Raspberry Pi OS has, listing them",
+      sfdisk: "label: dos\n\nstart=8192, size=16384, type=c\nstart=24576, size=16384, type=83\nstart=40960, type=82\n",
+      error: /has 3 partitions \(1: 0x0c FAT, 2: 0x83 Linux, 3: 0x82 Linux swap\).*exactly 2/,
+    },
+    { name: "refuses a single partition", sfdisk: "label: dos\n\nstart=8192, type=c\n", error: /there is no partition 2/ },
+    {
+      name: "says a truncated image is truncated",
+      sfdisk: raspiTable(),
+      size: 32 * MiB,
+      error: /partition 2 ends at byte 67108864 but the image has only 33554432 bytes: the image is truncated \(download it again and check its sha256\)/,
+    },
+  ])("$name", async ({ sfdisk, size, error }) => {
+    const [t, diskSize] = await table(sfdisk);
+    expect(() => checkRaspiLayout(t, size ?? diskSize, "base.img")).toThrow(error);
   });
 });
 

@@ -83,7 +83,7 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     await build(NEW_DOMAIN, []);
     console.log(`pi-gen: first build ${(runs[0]!.ms / 1000).toFixed(0)} s (${/full build: /.test(runs[0]!.output) ? "full" : "regeneration"}), regeneration for a new domain ${(runs[1]!.ms / 1000).toFixed(0)} s`);
     const { model } = loadConfig(path.join(tmp.dir, `pigen-test-${NEW_DOMAIN}.json`), { ...secretEnv });
-    rendered = await render(model, prepareSecrets(model, new StateDir(state())));
+    rendered = await render(model, await prepareSecrets(model, new StateDir(state())));
   }, 10_800_000);
 
   afterAll(async () => {

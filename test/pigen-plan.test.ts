@@ -34,7 +34,7 @@ describe("the config pibake hands to build.sh", () => {
     c.image.keyboard = { keymap: "gb", layout: "English (UK)" };
     const cfg = writeJson(path.join(tmp.dir, "c.json"), c);
     const { model } = loadConfig(cfg, { ...secretEnv });
-    const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
+    const secrets = await prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
     const rendered = await render(model, secrets);
     const file = path.join(tmp.dir, "pibake.config");
     writeFileSync(

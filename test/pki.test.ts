@@ -3,14 +3,16 @@
  * lifetime, algorithms; reuse and renewal across builds; and the CA key
  * staying in the state directory.
  */
+import { createRequire } from "node:module";
+import type forgeNamespace from "node-forge";
 import { cpSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
-import { createPrivateKey, generateKeyPairSync, X509Certificate } from "node:crypto";
+import { createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { writeRendered } from "../src/render/write.js";
 import { StateDir } from "../src/secrets/state.js";
-import { ensurePki, SERVER_VALIDITY_DAYS } from "../src/secrets/pki.js";
+import { ensurePki, SERVER_VALIDITY_DAYS, signCertificate } from "../src/secrets/pki.js";
 import { baseConfig, removeAllFixtures, renderFixture, tempDir, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
 
 const DAY_MS = 86_400_000;
@@ -58,6 +60,31 @@ function filesUnder(dir: string): string[] {
     return e.isDirectory() ? filesUnder(p) : [p];
   });
 }
+
+describe("signing", () => {
+  it("gives the signature node-forge's own RSA gives, byte for byte, with Node's", () => {
+    const forge = createRequire(import.meta.url)("node-forge") as typeof forgeNamespace;
+    const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048, privateKeyEncoding: { type: "pkcs1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
+    const key = forge.pki.privateKeyFromPem(privateKey);
+    const unsigned = () => {
+      const cert = forge.pki.createCertificate();
+      cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+      cert.serialNumber = "0a1b2c";
+      cert.validity.notBefore = new Date("2026-01-01T00:00:00Z");
+      cert.validity.notAfter = new Date("2027-01-01T00:00:00Z");
+      cert.setSubject([{ shortName: "CN", value: "signing test" }]);
+      cert.setIssuer([{ shortName: "CN", value: "signing test" }]);
+      cert.setExtensions([{ name: "basicConstraints", cA: true, critical: true }]);
+      return cert;
+    };
+    const byForge = unsigned();
+    byForge.sign(key, forge.md.sha256.create());
+    const byNode = unsigned();
+    signCertificate(byNode, privateKey);
+    expect(forge.pki.certificateToPem(byNode)).toBe(forge.pki.certificateToPem(byForge));
+    expect(new X509Certificate(forge.pki.certificateToPem(byNode)).verify(createPublicKey(privateKey))).toBe(true);
+  });
+});
 
 describe("the CA and server certificate, as openssl reads them", () => {
   let fx: Fixture;
@@ -203,7 +230,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
     for (const [what, spoil, status] of cases) {
       const state = new StateDir(copyState());
       await spoil(state);
-      const pki = ensurePki(state, fx.model.image.name, names);
+      const pki = await ensurePki(state, fx.model.image.name, names);
       expect(pki.serverCertStatus, what).toBe(status);
       // The new certificate is the CA's, for the stored (or a new) key.
       const cert = new X509Certificate(pki.serverCertPem);
@@ -212,7 +239,7 @@ describe("the CA and server certificate, as openssl reads them", () => {
       const r = await openssl(["verify", "-CAfile", caFile, put(work, `reissued-${what.replace(/ /g, "-")}.crt`, pki.serverCertPem)]);
       expect(r.code, r.out).toBe(0);
       // And the next render keeps it.
-      expect(ensurePki(state, fx.model.image.name, names).serverCertStatus, what).toBe("reused");
+      expect((await ensurePki(state, fx.model.image.name, names)).serverCertStatus, what).toBe("reused");
     }
   });
 
@@ -222,12 +249,12 @@ describe("the CA and server certificate, as openssl reads them", () => {
     const before = state.read("server.crt")!;
     const { notAfter } = await validity(serverFile);
 
-    const early = ensurePki(state, fx.model.image.name, names, new Date(notAfter.getTime() - 40 * DAY_MS));
+    const early = await ensurePki(state, fx.model.image.name, names, new Date(notAfter.getTime() - 40 * DAY_MS));
     expect(early.serverCertStatus).toBe("reused");
     expect(early.serverCertPem).toBe(before);
 
     const later = new Date(notAfter.getTime() - 10 * DAY_MS);
-    const renewed = ensurePki(state, fx.model.image.name, names, later);
+    const renewed = await ensurePki(state, fx.model.image.name, names, later);
     expect(renewed.serverCertStatus).toBe("renewed (within 30 days of expiry)");
     expect(renewed.serverCertPem).not.toBe(before);
     expect(state.read("server.crt")).toBe(renewed.serverCertPem);

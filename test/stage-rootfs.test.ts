@@ -9,7 +9,8 @@ import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";
 import { writeRendered } from "../src/render/write.js";
-import { packageList, runStage } from "../src/engines/stage-runner.js";
+import { packageList } from "../src/render/stage.js";
+import { runStage } from "../src/engines/stage-runner.js";
 import { unmountTree } from "../src/host/mounts.js";
 
 /**
@@ -48,7 +49,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
     const cfg = writeJson(path.join(tmp.dir, "broker.json"), c);
     const { model } = loadConfig(cfg, { ...secretEnv, T_WIFI_PW: "Wifi-Passphrase-Secret-3e1" });
-    const secrets = prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
+    const secrets = await prepareSecrets(model, new StateDir(path.join(tmp.dir, "state")));
     writeRendered(out, await render(model, secrets));
 
     const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages-nr"), "utf8"));

@@ -17,7 +17,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, wri
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { packageList } from "../src/engines/stage-runner.js";
+import { packageList } from "../src/render/stage.js";
 import { unmountTree } from "../src/host/mounts.js";
 import { FIXTURE_TIMEOUT_MS, repoRoot } from "./helpers/cli.js";
 import { baseConfig, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";

@@ -26,7 +26,7 @@ export async function benchRender(runs = 10): Promise<string[]> {
     const once = async (i: number) => {
       const t = performance.now();
       const { model } = loadConfig(cfg, env);
-      const secrets = prepareSecrets(model, new StateDir(path.join(dir, "state")));
+      const secrets = await prepareSecrets(model, new StateDir(path.join(dir, "state")));
       writeRendered(path.join(dir, `out${i}`), await render(model, secrets));
       return performance.now() - t;
     };

@@ -3,7 +3,9 @@
  * runs, round-robin) of a bare `node -e 0`, `pibake --version`, `pibake --help`,
  * a warm `pibake render` of examples/broker.json (state directory kept from an
  * earlier render) and a first render (new state directory: new CA and keys),
- * each against `node -e 0` measured in the same run.
+ * each against `node -e 0` measured in the same run. With
+ * PIBAKE_BENCH_BASELINE set to another checkout's bin/pibake.js (built), its
+ * two renders are measured in the same rounds: before and after a change, in one run.
  */
 import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -51,7 +53,11 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
     const env = { ...process.env, ...ENV };
     const bin = path.join(packageRoot, "bin/pibake.js");
     const warmState = path.join(dir, "state-warm");
-    const render = (state: string, out: string) => [bin, "render", config, "--state", state, "--out", path.join(dir, out)];
+
+    const baseline = process.env.PIBAKE_BENCH_BASELINE;
+    const baselineWarmState = path.join(dir, "state-baseline-warm");
+    const renderWith = (pibake: string, state: string, out: string) => [pibake, "render", config, "--state", state, "--out", path.join(dir, out)];
+    const render = (state: string, out: string) => renderWith(bin, state, out);
 
     const cases: Case[] = [
       { name: "node -e 0", args: () => ["-e", "0"] },
@@ -59,24 +65,35 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
       { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
       { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 } },
       { name: "pibake render (first, new CA)", args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`), goal: { overMs: 1000 } },
+      ...(baseline
+        ? [
+            { name: "baseline render (warm)", args: (i: number) => renderWith(baseline, baselineWarmState, `baseline-warm-${i}`) },
+            { name: "baseline render (first, new CA)", args: (i: number) => renderWith(baseline, path.join(dir, `baseline-state-${i}`), `baseline-first-${i}`) },
+          ]
+        : []),
     ];
     // One render beforehand makes the warm state (CA, keys, hashes) and fills the file cache for every case.
     timeRun(render(warmState, "warm-setup"), env);
     timeRun([bin, "--version"], env);
+    if (baseline) timeRun(renderWith(baseline, baselineWarmState, "baseline-warm-setup"), env);
 
     const times = new Map<string, number[]>(cases.map((c) => [c.name, []]));
     for (let i = 0; i < runs; i++) for (const c of cases) times.get(c.name)!.push(timeRun(c.args(i), env));
 
     const base = median(times.get(cases[0]!.name)!);
     const width = Math.max(...cases.map((c) => c.name.length));
-    const lines = [`median wall time of ${runs} runs (whole process, round-robin); examples/broker.json, secrets from the environment, PIBAKE_OFFLINE=1:`];
+    const lines = [
+      `median wall time of ${runs} runs (whole process, round-robin), min–max; examples/broker.json, secrets from the environment, PIBAKE_OFFLINE=1${baseline ? `; baseline ${baseline}` : ""}:`,
+    ];
     for (const c of cases) {
-      const ms = median(times.get(c.name)!);
+      const all = times.get(c.name)!;
+      const ms = median(all);
+      const spread = `${Math.min(...all).toFixed(0)}–${Math.max(...all).toFixed(0)}`;
       let verdict = "";
       if (c.goal?.ratio !== undefined) verdict = `goal ≤ ${c.goal.ratio}×: ${ms / base <= c.goal.ratio ? "met" : "NOT met"}`;
       if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
       const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
-      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${against.padEnd(20)}  ${verdict}`.trimEnd());
+      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${verdict}`.trimEnd());
     }
     lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
     return lines;

@@ -5,7 +5,7 @@ import { PibakeError } from "../errors.js";
 import { invoker } from "../host/sudo.js";
 import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
-import { createPrompter, isYes } from "../flash/prompt.js";
+import { createPrompter, isYes } from "../ui/prompt.js";
 import { runPush } from "../push/index.js";
 import { loadAndWarn } from "./config.js";
 import { configArgument, last, portOption } from "./options.js";

@@ -25,7 +25,7 @@ export async function renderCommand(configPath: string, opts: RenderOptions): Pr
   refuseProtectedOutput(opts.out, "--out", protectedPaths(model, state.dir));
   state.ensure();
   await resolveVersions(model, state, { onStatus: (m) => out.info(`Node-RED:    ${m}`) });
-  const secrets = prepareSecrets(model, state);
+  const secrets = await prepareSecrets(model, state);
   const rendered = await render(model, secrets);
   writeRendered(opts.out, rendered, { force: opts.force === true });
   const cert = summarize(secrets.pki.serverCertPem);

@@ -1,5 +1,5 @@
 import { inspect } from "node:util";
-import { registerSecret } from "../ui/output.js";
+import { registerSecret } from "../host/redact.js";
 
 /**
  * A secret value resolved from the config. It never shows itself: printing,

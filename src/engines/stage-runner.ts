@@ -4,6 +4,7 @@ import { withCleanup } from "../cleanup.js";
 import { ImageRoot } from "../host/image-root.js";
 import { run } from "../host/process.js";
 import { stagesDir } from "../paths.js";
+import { packageList } from "../render/stage.js";
 import { shellQuote } from "../render/templates.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
@@ -29,15 +30,6 @@ export interface StageRunOptions {
   onStep?: (event: "Begin" | "End", what: string) => void;
   onLine?: (line: string) => void;
   signal?: AbortSignal;
-}
-
-/** Remove comments and blank lines as pi-gen's remove-comments.sed does. */
-export function packageList(text: string): string[] {
-  return text
-    .split("\n")
-    .map((l) => l.replace(/#.*$/, "").trim())
-    .filter(Boolean)
-    .flatMap((l) => l.split(/\s+/));
 }
 
 /** The steps of a sub-stage in pi-gen's order, as data (tested without running anything). */

@@ -26,7 +26,8 @@ import {
   type Mounted,
 } from "./devices.js";
 import { createProgress, formatElapsed, formatRate } from "./progress.js";
-import { chooseIndex, createPrompter, isYes, type Prompter } from "./prompt.js";
+import { createPrompter, isYes, type Prompter } from "../ui/prompt.js";
+import { chooseIndex } from "./prompt.js";
 import { run } from "../host/process.js";
 import {
   closeTarget,

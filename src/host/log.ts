@@ -1,6 +1,6 @@
 import { appendFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { redact } from "../ui/output.js";
+import { redact } from "./redact.js";
 
 /**
  * The build's full log (delivered beside the image). Every line goes through

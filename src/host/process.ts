@@ -1,6 +1,6 @@
 import { execa } from "execa";
 import { PibakeError } from "../errors.js";
-import { redact } from "../ui/output.js";
+import { redact } from "./redact.js";
 import type { BuildLog } from "./log.js";
 import { DEBIAN_PACKAGE, toolPath } from "./tools.js";
 

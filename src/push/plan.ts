@@ -112,7 +112,7 @@ export interface PlanInput {
   pi: PiState;
   release: string;
   arch: string;
-  /** Every package the rendered stage installs (src/engines/base-image/marker.ts stagePackages). */
+  /** Every package the rendered stage installs (stagePackages in src/render/stage.ts). */
   packages: string[];
   allowNetworkChange: boolean;
 }

@@ -46,6 +46,25 @@ export function renderStage(view: View, overlay: OverlayFile[], overlayTar: Buff
   return files.sort((a, b) => (a.path < b.path ? -1 : 1));
 }
 
+/** Remove comments and blank lines as pi-gen's remove-comments.sed does. */
+export function packageList(text: string): string[] {
+  return text
+    .split("\n")
+    .map((l) => l.replace(/#.*$/, "").trim())
+    .filter(Boolean)
+    .flatMap((l) => l.split(/\s+/));
+}
+
+/** The stage's package files that run: NN-packages and NN-packages-nr of every sub-stage without a SKIP. */
+export function stagePackageFiles({ stage }: { stage: StageFile[] }): StageFile[] {
+  return stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path) && !stage.some((s) => s.path === `${f.path.split("/")[0]}/SKIP`));
+}
+
+/** Every package the rendered stage installs: what a build from a base image installs, and what push compares with the Pi. */
+export function stagePackages(rendered: { stage: StageFile[] }): string[] {
+  return [...new Set(stagePackageFiles(rendered).flatMap((f) => packageList(f.content.toString("utf8"))))].sort();
+}
+
 export function renderPiGenConfig(view: View): string {
   return renderTemplateFile(path.join(stagesDir, "pi-gen.config.hbs"), view);
 }

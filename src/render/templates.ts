@@ -1,18 +1,45 @@
-import Handlebars from "handlebars";
+import type HandlebarsNamespace from "handlebars";
+import { hash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { packageRoot } from "../paths.js";
+
+type Handlebars = typeof HandlebarsNamespace;
+type Template = HandlebarsTemplateDelegate;
+const require = createRequire(import.meta.url);
 
 /**
  * Handlebars in strict mode: a variable the view does not have is an error,
  * not an empty string in a config file. No HTML escaping: these are config files.
+ * The build's precompiler (precompile.ts) and the compiler at run time take the same options.
  */
-const hbs = Handlebars.create();
+export const COMPILE_OPTIONS = { strict: true, noEscape: true } as const;
+
+/**
+ * Every template under overlays/ and stages/, compiled by `npm run build`
+ * (precompile.ts): a render then loads Handlebars' small runtime, not its
+ * compiler, and compiles nothing. Parsing and compiling the templates was
+ * the largest part of a render's start-up.
+ */
+export const PRECOMPILED_FILE = path.join(packageRoot, "dist", "render", "templates.precompiled.cjs");
+
+/** A template compiled ahead, by its path below the package root, with the SHA-256 of the source it was compiled from. */
+export type PrecompiledTemplates = Record<string, { sha256: string; spec: TemplateSpecification }>;
+
+/** The key of a template file in PrecompiledTemplates. */
+export function templateKey(file: string): string {
+  return path.relative(packageRoot, file).split(path.sep).join("/");
+}
+
+export function sourceDigest(source: string): string {
+  return hash("sha256", source);
+}
 
 /** Single-quote for POSIX shells: the value cannot end the quote or expand anything. */
 export function shellQuote(value: unknown): string {
   return `'${String(value).replace(/'/g, `'\\''`)}'`;
 }
-
-hbs.registerHelper("shq", (value: unknown) => new Handlebars.SafeString(shellQuote(value)));
 
 /**
  * A value for /etc/ddclient.conf (read by root's ddclient): a whole number as is, a string in single
@@ -36,20 +63,58 @@ export function ddclientQuote(value: unknown, opts: { password?: boolean } = {})
   return `'${value}'`;
 }
 
-hbs.registerHelper("ddclientQuote", (value: unknown, options: Handlebars.HelperOptions) =>
-  new Handlebars.SafeString(ddclientQuote(value, { password: options.hash?.password === true })),
-);
-/** Equality for a template's #if: what differs between releases. */
-hbs.registerHelper("eq", (a: unknown, b: unknown) => a === b);
-/** A JSON value (string with quotes and escapes, number, object), for JSON and JavaScript files. */
-hbs.registerHelper("json", (value: unknown) => new Handlebars.SafeString(JSON.stringify(value)));
+/** The few helpers the templates use, on an environment of their own. */
+function withHelpers(hbs: Handlebars): Handlebars {
+  hbs.registerHelper("shq", (value: unknown) => new hbs.SafeString(shellQuote(value)));
+  hbs.registerHelper("ddclientQuote", (value: unknown, options: HandlebarsNamespace.HelperOptions) =>
+    new hbs.SafeString(ddclientQuote(value, { password: options.hash?.password === true })),
+  );
+  /** Equality for a template's #if: what differs between releases. */
+  hbs.registerHelper("eq", (a: unknown, b: unknown) => a === b);
+  /** A JSON value (string with quotes and escapes, number, object), for JSON and JavaScript files. */
+  hbs.registerHelper("json", (value: unknown) => new hbs.SafeString(JSON.stringify(value)));
+  return hbs;
+}
 
-const cache = new Map<string, HandlebarsTemplateDelegate>();
+let runtime: Handlebars | undefined;
+let compiler: Handlebars | undefined;
+let precompiled: PrecompiledTemplates | null | undefined;
+
+/** The build's precompiled templates; null in a checkout whose dist/ lacks them. */
+function precompiledTemplates(): PrecompiledTemplates | null {
+  if (precompiled === undefined) {
+    try {
+      precompiled = require(PRECOMPILED_FILE) as PrecompiledTemplates;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND") throw err;
+      precompiled = null;
+    }
+  }
+  return precompiled;
+}
+
+/**
+ * A template file as a function of its view: the build's precompiled one
+ * while the file is still what it was compiled from, else compiled now
+ * (a template edited since the build, or one outside the package).
+ */
+export function loadTemplate(file: string, ahead: PrecompiledTemplates | null = precompiledTemplates()): Template {
+  const source = readFileSync(file, "utf8");
+  const entry = ahead?.[templateKey(file)];
+  if (entry && entry.sha256 === sourceDigest(source)) {
+    runtime ??= withHelpers((require("handlebars/runtime") as Handlebars).create());
+    return runtime.template(entry.spec);
+  }
+  compiler ??= withHelpers((require("handlebars") as Handlebars).create());
+  return compiler.compile(source, COMPILE_OPTIONS);
+}
+
+const cache = new Map<string, Template>();
 
 export function renderTemplateFile(file: string, view: object): string {
   let template = cache.get(file);
   if (!template) {
-    template = hbs.compile(readFileSync(file, "utf8"), { strict: true, noEscape: true });
+    template = loadTemplate(file);
     cache.set(file, template);
   }
   try {

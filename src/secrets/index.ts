@@ -29,13 +29,18 @@ export interface Secrets {
  * network, and the model is left as it is. Node-RED's versions are those the
  * resolve step (src/registry/resolve.ts) recorded before.
  */
-export function prepareSecrets(model: Model, state: StateDir): Secrets {
+export async function prepareSecrets(model: Model, state: StateDir): Promise<Secrets> {
   state.ensure();
-  const pki = ensurePki(state, model.image.name, {
-    commonName: model.tls.domain,
-    dnsNames: model.tls.dnsNames,
-    ipAddresses: model.tls.ipAddresses,
-  });
+  // A first render's keys are made in Node's thread pool (ensurePki) while this thread makes the password hashes.
+  const [pki, hashed] = await Promise.all([
+    ensurePki(state, model.image.name, { commonName: model.tls.domain, dnsNames: model.tls.dnsNames, ipAddresses: model.tls.ipAddresses }),
+    (async () => hashPasswords(model, state))(),
+  ]);
+  return { pki, ...hashed };
+}
+
+/** Everything of Secrets but the certificates: the hashes (made once, then reused from the state directory) and the generated values. */
+function hashPasswords(model: Model, state: StateDir): Omit<Secrets, "pki"> {
   const cache = new HashCache(state);
   const nodeRed = prepareNodeRed(model, state, cache);
   const nodeRedUser = nodeRedMqttUser(model, state);
@@ -51,7 +56,6 @@ export function prepareSecrets(model: Model, state: StateDir): Secrets {
     state.write("pi-gen-first-user-placeholder", placeholder);
   }
   return {
-    pki,
     mqttUsers,
     mqttHashes,
     userPasswordHash,

@@ -1,5 +1,6 @@
-import { createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
+import { constants, createPrivateKey, generateKeyPair, privateEncrypt, randomBytes, X509Certificate } from "node:crypto";
 import { createRequire } from "node:module";
+import { promisify } from "node:util";
 import type forge from "node-forge";
 import type { StateDir } from "./state.js";
 import { PibakeError } from "../errors.js";
@@ -54,21 +55,58 @@ export interface CertSummary {
   ipAddresses: string[];
 }
 
+/** An RSA key as node-forge's object (for its public half in a certificate) and as PEM (for Node's signing). */
+interface RsaKey {
+  key: forge.pki.rsa.PrivateKey;
+  pem: string;
+}
+
+const generateKeyPairInPool = promisify(generateKeyPair);
+
 /**
  * Node's native RSA key generation: node-forge's pure-JS prime search takes
- * seconds, which a render must not spend.
+ * seconds, which a render must not spend. It runs in Node's thread pool, so
+ * that a first render's two keys (the search for a 3072-bit key alone can take
+ * half a second) are made side by side, and beside the password hashes.
  */
-function newRsaKey(bits: number): forge.pki.rsa.PrivateKey {
-  const { privateKey } = generateKeyPairSync("rsa", {
+async function newRsaKey(bits: number): Promise<RsaKey> {
+  const { privateKey } = await generateKeyPairInPool("rsa", {
     modulusLength: bits,
     publicKeyEncoding: { type: "spki", format: "pem" },
     privateKeyEncoding: { type: "pkcs1", format: "pem" },
   });
-  return forgeLib().pki.privateKeyFromPem(privateKey);
+  return rsaKeyFromPem(privateKey);
+}
+
+/** The stored PEM is node-forge's, as it always was. */
+function rsaKeyFromPem(pem: string): RsaKey {
+  const key = forgeLib().pki.privateKeyFromPem(pem);
+  return { key, pem: forgeLib().pki.privateKeyToPem(key) };
 }
 
 function publicOf(key: forge.pki.rsa.PrivateKey): forge.pki.rsa.PublicKey {
   return forgeLib().pki.setRsaPublicKey(key.n, key.e);
+}
+
+/** DER of a DigestInfo's SHA-256 AlgorithmIdentifier and the digest's OCTET STRING header (RFC 8017, 9.2, note 1). */
+const SHA256_DIGEST_INFO_PREFIX = Buffer.from("3031300d060960864801650304020105000420", "hex");
+
+/**
+ * Sign a certificate with sha256WithRSAEncryption, node-forge laying out the
+ * certificate and Node's OpenSSL doing the RSA: forge's JavaScript RSA took a
+ * tenth of a second and more for each signature with the 3072-bit CA key.
+ * PKCS #1 v1.5 is deterministic: the signature is the one forge would make.
+ */
+export function signCertificate(cert: forge.pki.Certificate, keyPem: string): void {
+  const signer = {
+    sign: (md: forge.md.MessageDigest) =>
+      privateEncrypt(
+        { key: keyPem, padding: constants.RSA_PKCS1_PADDING },
+        Buffer.concat([SHA256_DIGEST_INFO_PREFIX, Buffer.from(md.digest().getBytes(), "binary")]),
+      ).toString("binary"),
+  };
+  // node-forge asks of the key only that it signs the digest it is given.
+  cert.sign(signer as unknown as forge.pki.rsa.PrivateKey, forgeLib().md.sha256.create());
 }
 
 /** A positive 128-bit serial, as RFC 5280 asks (positive, unpredictable). */
@@ -79,8 +117,13 @@ function randomSerial(): string {
   return bytes.toString("hex");
 }
 
-function makeCa(name: string, now: Date): { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } {
-  const key = newRsaKey(3072);
+/** A CA that can sign: its certificate as node-forge's object, its key as PEM. */
+interface Ca {
+  cert: forge.pki.Certificate;
+  keyPem: string;
+}
+
+function makeCa(name: string, { key, pem }: RsaKey, now: Date): Ca {
   const cert = forgeLib().pki.createCertificate();
   cert.publicKey = publicOf(key);
   cert.serialNumber = randomSerial();
@@ -97,12 +140,12 @@ function makeCa(name: string, now: Date): { cert: forge.pki.Certificate; key: fo
     { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
     { name: "subjectKeyIdentifier" },
   ]);
-  cert.sign(key, forgeLib().md.sha256.create());
-  return { cert, key };
+  signCertificate(cert, pem);
+  return { cert, keyPem: pem };
 }
 
 function issueServerCert(
-  ca: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey },
+  ca: Ca,
   serverKey: forge.pki.rsa.PrivateKey,
   names: CertificateNames,
   now: Date,
@@ -126,7 +169,7 @@ function issueServerCert(
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
   ]);
-  cert.sign(ca.key, forgeLib().md.sha256.create());
+  signCertificate(cert, ca.keyPem);
   return cert;
 }
 
@@ -178,12 +221,12 @@ function reasonToReissue(certPem: string | undefined, keyPem: string | undefined
  * A rebuild for the same names keeps key and certificate byte for byte; new
  * names get a new certificate from the same CA.
  */
-export function ensurePki(state: StateDir, caName: string, names: CertificateNames, now = new Date()): Pki {
+export async function ensurePki(state: StateDir, caName: string, names: CertificateNames, now = new Date()): Promise<Pki> {
   let caCreated = false;
   let caCertPem = state.read("ca.crt");
   let caKeyPem = state.read("ca.key");
-  // The CA as node-forge objects, for signing: made here, or read only when a certificate must be issued.
-  let made: { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } | undefined;
+  // The CA for signing: made here, or read only when a certificate must be issued.
+  let made: Ca | undefined;
   if (caCertPem && caKeyPem) {
     // Both must at least read; reading the key with Node's parser costs next to nothing.
     createPrivateKey(caKeyPem);
@@ -191,20 +234,24 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
     throw new PibakeError(
       `the state directory ${state.dir} holds only half of the CA (${caCertPem ? "ca.crt without ca.key" : "ca.key without ca.crt"}): restore the missing file from a backup, or remove both to make a new CA that every client must trust again`,
     );
-  } else {
-    made = makeCa(caName, now);
-    caKeyPem = forgeLib().pki.privateKeyToPem(made.key);
+  }
+  let serverKeyPem = state.read("server.key");
+  // The keys a first render needs, started at once: the server's is needed whenever its key file is missing.
+  const newCaKey = caCertPem ? undefined : newRsaKey(3072);
+  const newServerKey = serverKeyPem ? undefined : newRsaKey(2048);
+  if (!caCertPem || !caKeyPem) {
+    made = makeCa(caName, await (newCaKey ?? newRsaKey(3072)), now);
+    caKeyPem = made.keyPem;
     caCertPem = forgeLib().pki.certificateToPem(made.cert);
     state.write("ca.key", caKeyPem);
     state.write("ca.crt", caCertPem);
     caCreated = true;
   }
 
-  let serverKeyPem = state.read("server.key");
   let serverCertPem = state.read("server.crt");
   const reason = reasonToReissue(serverCertPem, serverKeyPem, new X509Certificate(caCertPem), names, now);
   if (reason) {
-    const ca = made ?? { cert: forgeLib().pki.certificateFromPem(caCertPem), key: forgeLib().pki.privateKeyFromPem(caKeyPem) };
+    const ca = made ?? { cert: forgeLib().pki.certificateFromPem(caCertPem), keyPem: caKeyPem };
     // A key that does not match (or is missing) is replaced; otherwise the key is kept.
     let serverKey: forge.pki.rsa.PrivateKey | undefined;
     if (serverKeyPem && !reason.includes("key does not match")) {
@@ -215,8 +262,9 @@ export function ensurePki(state: StateDir, caName: string, names: CertificateNam
       }
     }
     if (!serverKey) {
-      serverKey = newRsaKey(2048);
-      serverKeyPem = forgeLib().pki.privateKeyToPem(serverKey);
+      const fresh = await (newServerKey ?? newRsaKey(2048));
+      serverKey = fresh.key;
+      serverKeyPem = fresh.pem;
       state.write("server.key", serverKeyPem);
     }
     serverCertPem = forgeLib().pki.certificateToPem(issueServerCert(ca, serverKey, names, now));

@@ -1,21 +1,8 @@
 /**
  * Everything pibake prints goes through here, so that one place decides how it
- * looks and one place makes sure no secret value is ever printed: every secret
- * resolved from a config is registered, and any output that contains one has
- * it replaced by "***" (defence in depth: messages never include secrets on purpose).
+ * looks; every line is redacted (host/redact.ts), so that no secret value is ever printed.
  */
-const secrets = new Set<string>();
-
-export function registerSecret(value: string): void {
-  // Shorter values would redact ordinary words; validation requires at least 8 characters of every secret.
-  if (value.length >= 8) secrets.add(value);
-}
-
-export function redact(text: string): string {
-  let out = text;
-  for (const s of secrets) if (out.includes(s)) out = out.split(s).join("***");
-  return out;
-}
+import { redact } from "../host/redact.js";
 
 /**
  * Whether status lines may replace each other with control codes: only on a

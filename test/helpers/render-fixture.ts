@@ -143,13 +143,13 @@ let seedState: string | undefined;
  * server key and cached hashes (some are slow on purpose). A render with other
  * names or passwords still issues its own certificate and hashes from there.
  */
-function seededStateDir(dir: string): string {
+async function seededStateDir(dir: string): Promise<string> {
   if (!seedState || !existsSync(path.join(seedState, "ca.key"))) {
     const seedDir = tempDir("pibake-seed-");
     const configPath = path.join(seedDir, "broker.json");
     writeFileSync(configPath, JSON.stringify(baseConfig()));
     seedState = path.join(seedDir, "state");
-    prepareSecrets(loadConfig(configPath, DEFAULT_SECRET_ENV).model, new StateDir(seedState));
+    await prepareSecrets(loadConfig(configPath, DEFAULT_SECRET_ENV).model, new StateDir(seedState));
   }
   cpSync(seedState, dir, { recursive: true });
   return dir;
@@ -167,8 +167,8 @@ export async function renderFixture(opts: FixtureOptions = {}): Promise<Fixture>
   const configPath = path.join(dir, "broker.json");
   writeFileSync(configPath, JSON.stringify(config, null, 2));
   const { model } = loadConfig(configPath, env);
-  const state = new StateDir(opts.stateDir ?? (opts.freshCa ? path.join(dir, "state") : seededStateDir(path.join(dir, "state"))));
-  const secrets = prepareSecrets(model, state);
+  const state = new StateDir(opts.stateDir ?? (opts.freshCa ? path.join(dir, "state") : await seededStateDir(path.join(dir, "state"))));
+  const secrets = await prepareSecrets(model, state);
   const rendered = await render(model, secrets);
 
   const clear: Clear = {

@@ -9,7 +9,8 @@ import { loadConfig } from "../../src/config/load.js";
 import { ImageRoot } from "../../src/host/image-root.js";
 import { mountChrootFilesystems, provideResolvConf, runInChroot } from "../../src/engines/chroot.js";
 import { unmountTree } from "../../src/host/mounts.js";
-import { packageList, runStage } from "../../src/engines/stage-runner.js";
+import { packageList } from "../../src/render/stage.js";
+import { runStage } from "../../src/engines/stage-runner.js";
 import { packageRoot } from "../../src/paths.js";
 import { render } from "../../src/render/index.js";
 import { writeRendered } from "../../src/render/write.js";
@@ -77,7 +78,7 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     };
     writeFileSync(path.join(dir, "broker.json"), JSON.stringify(config));
     const { model } = loadConfig(path.join(dir, "broker.json"), { T_USER_PW: "user-password-1", T_SENSORS_PW: "sensors-password-1", T_NR_PW: "editor-password-1" });
-    secrets = prepareSecrets(model, new StateDir(path.join(dir, "state")));
+    secrets = await prepareSecrets(model, new StateDir(path.join(dir, "state")));
     writeRendered(out, await render(model, secrets));
 
     // The fixture has the stage's packages already, so that its package steps find nothing to fetch.

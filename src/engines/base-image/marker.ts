@@ -1,6 +1,4 @@
 import type { ImageRoot } from "../../host/image-root.js";
-import { packageList } from "../stage-runner.js";
-import type { Rendered } from "../../render/index.js";
 
 /**
  * What pibake leaves in every image it builds from a base, so that a later
@@ -39,16 +37,6 @@ export function readMarker(root: ImageRoot): ImageMarker | undefined {
 
 export function writeMarker(root: ImageRoot, marker: ImageMarker): void {
   root.write(MARKER_PATH, JSON.stringify(marker, null, 2) + "\n", 0o644);
-}
-
-/** The stage's package files that run: NN-packages and NN-packages-nr of every sub-stage without a SKIP. */
-export function stagePackageFiles(rendered: Rendered): Rendered["stage"] {
-  return rendered.stage.filter((f) => /^[^/]+\/\d\d-packages(-nr)?$/.test(f.path) && !rendered.stage.some((s) => s.path === `${f.path.split("/")[0]}/SKIP`));
-}
-
-/** Every package the rendered stage installs. */
-export function stagePackages(rendered: Rendered): string[] {
-  return [...new Set(stagePackageFiles(rendered).flatMap((f) => packageList(f.content.toString("utf8"))))].sort();
 }
 
 /** The packages dpkg has fully installed, each with its Installed-Size (KiB), from /var/lib/dpkg/status (read on the host: no qemu needed). */
