@@ -173,6 +173,10 @@ const mqtt = z.strictObject({
   users: z.array(mqttUser).min(1, { error: "is empty: the broker allows no anonymous access, so give at least one user" }),
 });
 
+/** ACME directories of Let's Encrypt: production, and staging (untrusted certificates, higher rate limits) for trying it. */
+export const LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory";
+export const LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
 const tls = z.strictObject({
   domain: z.string({ error: 'is required: the public DNS name clients use, e.g. "home.freemyip.com"' }).regex(DNS_NAME_RE, { error: "is not a valid DNS name" }).refine((s) => s.includes("."), {
     error: "is not a fully qualified DNS name (it needs a dot)",
@@ -185,6 +189,14 @@ const tls = z.strictObject({
         .refine((s) => NUMERIC_NAME_RE.test(s) || DNS_NAME_RE.test(s), { error: "is neither a DNS name nor an IPv4 address" }),
     )
     .default([]),
+  mode: z.enum(["own-ca", "acme"], { error: 'is not a TLS mode: "own-ca" or "acme"' }).default("own-ca").meta({ description: 'Who signs the TLS listeners\' certificate: "own-ca" (pibake\'s CA, clients install ca.crt) or "acme" (a publicly trusted certificate for tls.domain, obtained and renewed on the Pi through a DNS-01 challenge at freemyip)' }),
+  acme: z
+    .strictObject({
+      email: z.string({ error: 'is required: the address the CA writes to about the account, e.g. "you@example.org"' }).regex(/^[^\s@'"\\]+@[^\s@'"\\]+\.[^\s@'"\\]+$/, { error: "is not an e-mail address" }).meta({ description: "The ACME account's contact address (expiry notices, policy changes)" }),
+      server: z.string().regex(/^https:\/\/[!#-&(-[\]-~]+$/, { error: "is not an https URL of an ACME directory (printable ASCII, no quotes, backslash or white space)" }).default(LETS_ENCRYPT).meta({ description: `The ACME directory URL; default Let's Encrypt's production (${LETS_ENCRYPT}); try its staging (${LETS_ENCRYPT_STAGING}) first` }),
+    })
+    .optional()
+    .meta({ description: 'With tls.mode "acme": the ACME account and CA' }),
 });
 
 const interval = z.number({ error: "is not a number of seconds" }).int({ error: "is not a whole number of seconds" }).min(60, { error: "is too short: at least 60 seconds, so that the provider does not block the Pi" }).max(86400, { error: "is longer than a day" }).default(300);
