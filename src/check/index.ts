@@ -99,7 +99,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
   const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand }, budget)
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined }, budget)
     : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
