@@ -274,7 +274,7 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     const timer = fx.overlayText("etc/systemd/system/pibake-acme.timer");
     expect(timer).toMatch(/^OnUnitActiveSec=1h$/m);
     expect(timer).toMatch(/^RandomizedDelaySec=10min$/m);
-    expect(fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf")).toContain("ExecStartPre=/usr/local/lib/pibake/acme-certificate.sh --prepare");
+    expect(fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf")).toContain("ExecStartPre=-/usr/local/lib/pibake/acme-certificate.sh --prepare");
   });
 
   it("before the first public certificate, mosquitto serves the own CA's: a ca.crt client connects, a client trusting only pebble's root does not", async () => {
@@ -338,6 +338,7 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     expect(c["tls chain"]).toMatchObject({ status: "ok" });
     expect(c["tls chain"]!.detail).toMatch(new RegExp(`^verified against the system's public roots and ${pebbleRoot.replaceAll(".", "\\.")}: issued by Pebble Intermediate CA`));
     expect(c["certificate expiry"]!.detail).toMatch(/\((89|90) days left\), issued by Pebble Intermediate CA/);
+    expect(c["tls version"]).toMatchObject({ status: "ok" });
     expect(c["mqtts round trip"]).toMatchObject({ status: "ok" });
     // Without the test root, the public roots alone do not know pebble.
     expect((await check([]))["tls chain"]).toMatchObject({ status: "failed" });

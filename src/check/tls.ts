@@ -92,6 +92,19 @@ function issuerName(peer: PeerCertificate): string {
   return [part("CN"), part("O")].filter(Boolean).join(", ") || "an unnamed issuer";
 }
 
+/** TLS 1.2 or newer chosen, and a TLS 1.1 handshake refused, whatever the newest the server speaks. */
+async function versionResult(target: TlsTarget, protocol: string | null, budget: Budget): Promise<CheckResult> {
+  if (protocol !== "TLSv1.2" && protocol !== "TLSv1.3") return failed("tls version", `the server chose ${protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+  try {
+    // SECLEVEL=0 lets this client offer TLS 1.1 at all; OpenSSL 3 refuses to by default.
+    const old = await handshake(target, budget.ms, { minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
+    return failed("tls version", `${protocol} is used, but the server also accepted ${old.protocol}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+  } catch (err) {
+    if (classify(err) === "timed out") return warning("tls version", `${protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`);
+    return ok("tls version", `${protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`);
+  }
+}
+
 export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOutcome> {
   if (target.acme) return checkPublicTls(target, target.acme, budget);
   const where = `${target.host}:${target.port}`;
@@ -119,18 +132,7 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
     results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `build a new image (${target.buildCommand}): its certificate names tls.domain`));
   } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
 
-  if (hs.protocol === "TLSv1.2" || hs.protocol === "TLSv1.3") {
-    // The server must also refuse an older handshake, whatever the newest it speaks.
-    try {
-      // SECLEVEL=0 lets this client offer TLS 1.1 at all; OpenSSL 3 refuses to by default.
-      const old = await handshake(target, budget.ms, { minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
-      results.push(failed("tls version", `${hs.protocol} is used, but the server also accepted ${old.protocol}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
-    } catch (err) {
-      const kind = classify(err);
-      if (kind === "timed out") results.push(warning("tls version", `${hs.protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`));
-      else results.push(ok("tls version", `${hs.protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`));
-    }
-  } else results.push(failed("tls version", `the server chose ${hs.protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
+  results.push(await versionResult(target, hs.protocol, budget));
 
   const notAfter = new Date(hs.peer.valid_to);
   const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
@@ -197,7 +199,7 @@ async function checkPublicTls(target: TlsTarget, acme: NonNullable<TlsTarget["ac
     trusted = false;
     results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `the Pi obtains one for tls.domain: ${journal}`));
   } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
-  if (hs.protocol !== "TLSv1.2" && hs.protocol !== "TLSv1.3") results.push(failed("tls version", `the server chose ${hs.protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
+  results.push(await versionResult(target, hs.protocol, budget));
 
   const notAfter = new Date(hs.peer.valid_to);
   const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
