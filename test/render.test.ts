@@ -140,7 +140,7 @@ describe('tls.mode "acme" in the render', () => {
     expect(conf.match(/^keyfile .*$/gm)).toEqual(["keyfile /etc/mosquitto/certs/public.key", "keyfile /etc/mosquitto/certs/public.key"]);
     // Without persistence the drop-in is there for the certificate alone.
     const dropIn = fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf");
-    expect(dropIn).toContain("ExecStartPre=/usr/local/lib/pibake/acme-certificate.sh --prepare");
+    expect(dropIn).toContain("ExecStartPre=-/usr/local/lib/pibake/acme-certificate.sh --prepare");
     expect(dropIn).not.toContain("mosquitto-db-check");
     expect(fx.overlayText("usr/local/lib/pibake/acme-certificate.sh")).toContain("readonly SERVER='https://acme-v02.api.letsencrypt.org/directory'");
     expect(fx.overlayText("usr/local/lib/pibake/freemyip-txt.sh")).toContain("readonly CHALLENGE_NAME='_acme-challenge.pibake-test.freemyip.com'");
