@@ -441,6 +441,18 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     expect(await fingerprint(await served())).toBe(firstFingerprint);
     expect((await publish(pebbleRoot, "still served")).exitCode).toBe(0);
     expect(status()).toMatchObject({ result: "failed", failures: "3" });
+
+    // The status report on the boot partition: its ACME lines, run with the Pi's paths.
+    const lines = fx.overlayText("usr/local/lib/pibake/status.sh").split("\n");
+    const helpers = lines.slice(0, lines.findIndex((l) => l.startsWith("report() {")));
+    const from = lines.findIndex((l) => l.startsWith("\tlocal acme="));
+    const to = lines.findIndex((l, i) => i > from && l === "\tfi");
+    const report = await run(onPi(["bash", "-c", [...helpers, "acme_lines() {", ...lines.slice(from, to + 1), "}", "acme_lines"].join("\n")]));
+    expect(report.exitCode, report.output).toBe(0);
+    // (The timer's state is systemctl's answer, which this machine without systemd cannot give.)
+    expect(report.output).toMatch(/^public certificate \(ACME, https:\/\/pebble\.test:14000\/dir\): /);
+    expect(report.output).toMatch(/^ {2}last run: failed at \S+: the CA at https:\/\/pebble\.test:14000\/dir could not be reached \(.*\)$/m);
+    expect(report.output).toMatch(/^ {2}failures in a row: 3, next attempt \d{4}-\d\d-\d\dT\d\d:\d\dZ$/m);
   });
 
   it("a restart of mosquitto (--prepare again) keeps serving the public certificate", async () => {
