@@ -192,7 +192,7 @@ const tls = z.strictObject({
   mode: z.enum(["own-ca", "acme"], { error: 'is not a TLS mode: "own-ca" or "acme"' }).default("own-ca").meta({ description: 'Who signs the TLS listeners\' certificate: "own-ca" (pibake\'s CA, clients install ca.crt) or "acme" (a publicly trusted certificate for tls.domain, obtained and renewed on the Pi through a DNS-01 challenge at freemyip)' }),
   acme: z
     .strictObject({
-      email: z.string({ error: 'is required: the address the CA writes to about the account, e.g. "you@example.org"' }).regex(/^[^\s@'"\\]+@[^\s@'"\\]+\.[^\s@'"\\]+$/, { error: "is not an e-mail address" }).meta({ description: "The ACME account's contact address (expiry notices, policy changes)" }),
+      email: z.string({ error: 'is required: the address the CA writes to about the account, e.g. "you@example.org"' }).regex(/^[!#-&(-?A-[\]-~]+@[!#-&(-?A-[\]-~]+\.[!#-&(-?A-[\]-~]+$/, { error: "is not an e-mail address (printable ASCII without quotes, a backslash or white space)" }).meta({ description: "The ACME account's contact address (expiry notices, policy changes)" }),
       server: z.string().regex(/^https:\/\/[!#-&(-[\]-~]+$/, { error: "is not an https URL of an ACME directory (printable ASCII, no quotes, backslash or white space)" }).default(LETS_ENCRYPT).meta({ description: `The ACME directory URL; default Let's Encrypt's production (${LETS_ENCRYPT}); try its staging (${LETS_ENCRYPT_STAGING}) first` }),
     })
     .optional()
