@@ -453,6 +453,12 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     expect(report.output).toMatch(/^public certificate \(ACME, https:\/\/pebble\.test:14000\/dir\): /);
     expect(report.output).toMatch(/^ {2}last run: failed at \S+: the CA at https:\/\/pebble\.test:14000\/dir could not be reached \(.*\)$/m);
     expect(report.output).toMatch(/^ {2}failures in a row: 3, next attempt \d{4}-\d\d-\d\dT\d\d:\d\dZ$/m);
+
+    // After many failures the wait stays at a day.
+    const file = path.join(root, "var/lib/pibake/acme.status");
+    writeFileSync(file, readFileSync(file, "utf8").replace(/^failures=.*$/m, "failures=63"));
+    const later = await renew(["--force"]);
+    expect(later.output).toMatch(/attempt 64 failed, the next in 1440 minutes/);
   });
 
   it("a restart of mosquitto (--prepare again) keeps serving the public certificate", async () => {
