@@ -112,6 +112,27 @@ describe("pibake check --ssh: the Pi's facts judged", () => {
     }
   });
 
+  it('tls.mode "acme": the renewal timer and its last result, in words; nothing of it in own-ca mode', () => {
+    const acme = (...lines: string[]) => answer((l) => [...l.slice(0, -2), ...lines, ...l.slice(-2)]);
+    const of = (text: string) => judgeFacts(parseFacts(text), { where: "pi", ddnsHostname: "home.freemyip.com", acme: true }).find((c) => c.name === "public certificate");
+    const status = (s: string) => `acme-status\t${b64(s)}`;
+    const good = status(`result=ok\nchecked=${NOW - 1800}\nfailures=0\nnext_attempt=0\nissuer=CN = R11, O = Let's Encrypt\nnot_after=${NOW + 80 * 86_400}\nmessage=certificate for home.freemyip.com installed\n`);
+    expect(of(acme("acme-timer\tactive", good))).toEqual({
+      name: "public certificate",
+      status: "ok",
+      detail: `last run ${new Date((NOW - 1800) * 1000).toISOString().replace(".000", "")}, 30 min ago: certificate for home.freemyip.com installed; issued by CN = R11, O = Let's Encrypt, valid until ${new Date((NOW + 80 * 86_400) * 1000).toISOString().replace(".000", "")} (80 days left)`,
+    });
+    const bad = status(`result=failed\nchecked=${NOW - 60}\nfailures=2\nnext_attempt=${NOW + 6600}\nmessage=freemyip did not set the TXT record (freemyip-txt: cannot reach freemyip's update API: curl: (6) Could not resolve host: freemyip.com)\n`);
+    const failing = of(acme("acme-timer\tactive", bad))!;
+    expect(failing.status).toBe("warning");
+    expect(failing.detail).toMatch(/^the last 2 attempt\(s\) failed, the last .*: freemyip did not set the TXT record \(.*Could not resolve host: freemyip\.com\); the next attempt after \S+; the broker keeps its current certificate$/);
+    expect(failing.fix).toBe("on the Pi: journalctl -u pibake-acme");
+    expect(of(acme("acme-timer\tactive"))).toMatchObject({ status: "warning", detail: expect.stringContaining("no renewal has run yet") });
+    expect(of(acme("acme-timer\tinactive", good))).toMatchObject({ status: "failed", detail: "pibake-acme.timer is inactive: nothing renews the certificate" });
+    expect(of(answer())).toMatchObject({ status: "failed" });
+    expect(judge(answer()).find((c) => c.name === "public certificate")).toBeUndefined();
+  });
+
   it("says nothing of ddclient without ddns, and refuses an answer cut short", () => {
     expect(verdict(answer(), "ddclient", false)).toBeUndefined();
     expect(() => parseFacts(answer((l) => l.slice(0, 4)))).toThrow(/cut short/);

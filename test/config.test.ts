@@ -108,6 +108,20 @@ const broken: [string, Mutate, string, RegExp][] = [
   ["reboot time with seconds", (c) => (c.updates = { reboot: { time: "04:00:00" } }), "updates.reboot.time", /is not a time of day as HH:MM/],
   ["reboot without a time", (c) => (c.updates = { reboot: {} }), "updates.reboot.time", /is required: the time of day to reboot at/],
   ["reboot with updates off", (c) => (c.updates = { enabled: false, reboot: { time: "04:00" } }), "updates.reboot", /is set while updates.enabled is false/],
+  ["unknown TLS mode", (c) => (c.tls.mode = "letsencrypt"), "tls.mode", /"letsencrypt" is not a TLS mode: "own-ca" or "acme"/],
+  ["acme without its settings", (c) => (c.tls.mode = "acme"), "tls.acme.email", /is required when tls.mode is "acme"/],
+  ["acme without an address", (c) => ((c.tls.mode = "acme"), (c.tls.acme = {})), "tls.acme.email", /is required: the address the CA writes to/],
+  ["acme address without a domain", (c) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@localhost" })), "tls.acme.email", /"me@localhost" is not an e-mail address/],
+  ["acme server over http", (c) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@example.org", server: "http://ca.example/dir" })), "tls.acme.server", /is not an https URL of an ACME directory/],
+  ["acme settings with the own CA", (c) => (c.tls.acme = { email: "me@example.org" }), "tls.acme", /is set while tls.mode is "own-ca"/],
+  ["acme without ddns", (c) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@example.org" }), delete c.ddns), "tls.mode", /"acme" needs ddns.provider "freemyip" \(there is no ddns section\): the certificate is obtained through a DNS-01 challenge/],
+  [
+    "acme with dyndns2",
+    (c) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@example.org" }), (c.tls.domain = "home.example.org"), (c.ddns = { provider: "dyndns2", server: "members.dyndns.org", login: "me", password: c.ddns.token })),
+    "tls.mode",
+    /"acme" needs ddns.provider "freemyip" \(ddns.provider is "dyndns2", which has no way to set a TXT record\)/,
+  ],
+  ["acme for another freemyip name", (c) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@example.org" }), (c.ddns.hostname = "other.freemyip.com")), "tls.mode", /"acme" needs ddns.hostname to be tls.domain \("home.freemyip.com"\)/],
 ];
 
 /** A list inside a list… `depth` times: JSON.stringify and recursive reporters overflow on it. */
@@ -257,6 +271,16 @@ describe("good configs", () => {
     expect(model.mqtt.autosaveInterval).toBe(300);
     expect(model.mqtt.websockets).toBeUndefined();
     expect(model.updates).toEqual({});
+  });
+
+  it("models tls.mode: no ACME by default; with acme, Let's Encrypt's production CA unless another is named", () => {
+    expect(loadConfig(writeJson(path.join(tmp.dir, "own-ca.json"), validConfig()), { ...secretEnv }).model.tls.acme).toBeUndefined();
+    const c = validConfig();
+    c.tls.mode = "acme";
+    c.tls.acme = { email: "me@example.org" };
+    expect(loadConfig(writeJson(path.join(tmp.dir, "acme.json"), c), { ...secretEnv }).model.tls.acme).toEqual({ email: "me@example.org", server: "https://acme-v02.api.letsencrypt.org/directory" });
+    c.tls.acme.server = "https://acme-staging-v02.api.letsencrypt.org/directory";
+    expect(loadConfig(writeJson(path.join(tmp.dir, "staging.json"), c), { ...secretEnv }).model.tls.acme?.server).toBe("https://acme-staging-v02.api.letsencrypt.org/directory");
   });
 
   it("models WebSockets (lanPort only when lan is true) and updates (absent when off)", () => {

@@ -75,6 +75,19 @@ function piGenVar(name: string, expected: (v: string) => string = (v) => v): Rea
   };
 }
 
+/** A constant of a rendered bash script (readonly NAME=…), as bash reads it. */
+function scriptConstant(file: string, name: string): Reader {
+  return {
+    consumer: BASH,
+    async check(fx, v) {
+      const line = fx.overlayText(file).split("\n").find((l) => l.startsWith(`readonly ${name}=`));
+      if (!line) return `${file} has no readonly ${name}=`;
+      const r = await execa("bash", ["-c", `set -eu; ${line}; printf '%s' "\${${name}}"`], { timeout: 10_000, reject: false });
+      return r.exitCode === 0 ? same(`bash's ${name} in ${file}`, r.stdout, v) : `bash could not read ${name} in ${file}: ${r.stderr}`;
+    },
+  };
+}
+
 /**
  * The networks of the firewall's LAN set, as nft reads them: the rendered
  * ruleset loaded with `nft -f` into a network namespace of its own (unshare,
@@ -336,6 +349,12 @@ const FIELDS: Record<string, Field> = {
     readers: [mosquittoLogin(() => "sensors", () => secretEnv.T_MQTT_SENSORS_PW, (v) => v)],
   },
   "tls.domain": { base: "home.freemyip.com", at: 2, set: (c, v) => (c.tls.domain = v), readers: [certificateName((v) => v.toLowerCase()), ddclientValue("host", (v) => v.toLowerCase())] },
+  "tls.acme.email": { base: "me@example.org", set: (c, v) => ((c.tls.mode = "acme"), (c.tls.acme = { email: v })), readers: [scriptConstant("usr/local/lib/pibake/acme-certificate.sh", "EMAIL")] },
+  "tls.acme.server": {
+    base: "https://acme-staging-v02.api.letsencrypt.org/directory",
+    set: (c, v) => ((c.tls.mode = "acme"), (c.tls.acme = { email: "me@example.org", server: v })),
+    readers: [scriptConstant("usr/local/lib/pibake/acme-certificate.sh", "SERVER")],
+  },
   "tls.extraNames[]": { base: "broker.lan", set: (c, v) => (c.tls.extraNames = [v]), readers: [certificateName((v) => v.toLowerCase())] },
   "ddns.token": { base: "DdnsToken5e6f7a8b", set: secret((c, ref) => (c.ddns.token = ref)), readers: [ddclientCredentials("token")] },
   "ddns.password": { base: "Ddns-Hostile-Secret-3", set: secret((c, ref) => (dyndns2(c).password = ref)), readers: [ddclientCredentials("password")] },

@@ -107,6 +107,9 @@ describe("what a push restarts", () => {
     [["etc/nftables.conf", "etc/fail2ban/jail.d/pibake.local"], ["try-reload-or-restart nftables", "try-reload-or-restart fail2ban"]],
     [["etc/NetworkManager/system-connections/pibake-lan.nmconnection"], ["nmcli-reload"]],
     [["etc/cloud/cloud.cfg.d/99_zz-pibake.cfg"], []],
+    // The renewal's script is read at its next run; its unit files need the timer restarted.
+    [["usr/local/lib/pibake/acme-certificate.sh"], []],
+    [["etc/systemd/system/pibake-acme.timer"], ["daemon-reload", "try-restart pibake-acme.timer"]],
   ];
   it.each(cases)("%j → %j", (paths, actions) => {
     expect(actionsFor(paths)).toEqual(actions);

@@ -4,6 +4,7 @@ import path from "node:path";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { configJsonSchema } from "../src/config/schema.js";
 import { OVERLAY, templateFor } from "../src/render/overlay.js";
+import { baseConfig, removeAllFixtures, renderFixture } from "./helpers/render-fixture.js";
 
 function listFiles(dir: string, rel = ""): string[] {
   return readdirSync(path.join(dir, rel), { withFileTypes: true }).flatMap((e) => {
@@ -119,5 +120,44 @@ describe("the tree shows what lands on the Pi", () => {
     expect(JSON.parse(r.stdout)).toEqual(shipped);
     const example = JSON.parse(readFileSync(path.join(repoRoot, "examples/broker.json"), "utf8"));
     expect(path.resolve(repoRoot, "examples", example.$schema)).toBe(path.join(repoRoot, "schema/pibake.schema.json"));
+  });
+});
+
+describe('tls.mode "acme" in the render', () => {
+  afterAll(() => removeAllFixtures());
+
+  it("adds the renewal (script, hook, service, timer enabled), lego and curl; the listeners serve public.*, made before mosquitto starts", async () => {
+    const config = baseConfig();
+    config.tls.mode = "acme";
+    config.tls.acme = { email: "me@example.org" };
+    config.mqtt.persistence = false;
+    config.mqtt.websockets = { tlsPort: 8884 };
+    const fx = await renderFixture({ config });
+    const paths = fx.rendered.overlay.map((f) => f.path);
+    expect(paths).toEqual(expect.arrayContaining(["usr/local/lib/pibake/acme-certificate.sh", "usr/local/lib/pibake/freemyip-txt.sh", "etc/systemd/system/pibake-acme.service", "etc/systemd/system/pibake-acme.timer"]));
+    // Not in the overlay: a push or a new render never replaces the public certificate.
+    expect(paths.filter((p) => p.includes("public."))).toEqual([]);
+    const conf = fx.overlayText("etc/mosquitto/conf.d/pibake.conf");
+    expect(conf.match(/^certfile .*$/gm)).toEqual(["certfile /etc/mosquitto/certs/public.crt", "certfile /etc/mosquitto/certs/public.crt"]);
+    expect(conf.match(/^keyfile .*$/gm)).toEqual(["keyfile /etc/mosquitto/certs/public.key", "keyfile /etc/mosquitto/certs/public.key"]);
+    // Without persistence the drop-in is there for the certificate alone.
+    const dropIn = fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf");
+    expect(dropIn).toContain("ExecStartPre=-/usr/local/lib/pibake/acme-certificate.sh --prepare");
+    expect(dropIn).not.toContain("mosquitto-db-check");
+    expect(fx.overlayText("usr/local/lib/pibake/acme-certificate.sh")).toContain("readonly SERVER='https://acme-v02.api.letsencrypt.org/directory'");
+    expect(fx.overlayText("usr/local/lib/pibake/freemyip-txt.sh")).toContain("readonly CHALLENGE_NAME='_acme-challenge.pibake-test.freemyip.com'");
+    // The token stays in ddclient's file: no rendered ACME file carries it.
+    for (const p of paths.filter((x) => /acme|freemyip/.test(x))) expect(fx.overlayText(p)).not.toContain(fx.clear.ddns!);
+    expect(fx.stageText("00-broker/00-packages-nr").split("\n")).toEqual(expect.arrayContaining(["lego", "curl"]));
+    expect(fx.stageText("00-broker/02-run-chroot.sh")).toContain("systemctl enable pibake-acme.timer");
+    expect(fx.overlayText("usr/local/lib/pibake/status.sh")).toContain("public certificate (ACME, https://acme-v02.api.letsencrypt.org/directory)");
+  });
+
+  it("own-ca (the default) has none of it and serves server.*", async () => {
+    const fx = await renderFixture();
+    expect(fx.rendered.overlay.map((f) => f.path).filter((p) => /acme|freemyip-txt/.test(p))).toEqual([]);
+    expect(fx.overlayText("etc/mosquitto/conf.d/pibake.conf")).toContain("certfile /etc/mosquitto/certs/server.crt");
+    expect(fx.stageText("00-broker/00-packages-nr").split("\n")).not.toContain("lego");
+    expect(fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf")).not.toContain("acme");
   });
 });

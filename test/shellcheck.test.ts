@@ -34,6 +34,9 @@ function nastyConfig(): { config: TestConfig; env: Record<string, string> } {
   config.mqtt.users.push({ name: `o'brien"$x\`y\`\\z`, password: { env: "PIBAKE_TEST_MQTT_NASTY" } });
   // The other branch of the stage's chroot script: no firewall, both units turned off.
   config.firewall = { enabled: false };
+  // The public certificate's scripts, with shell syntax in the account's address.
+  config.tls.mode = "acme";
+  config.tls.acme = { email: "o.brien+$(touch${IFS}x)`id`;|&<>*?~!#@example.org" };
   const env = {
     ...DEFAULT_SECRET_ENV,
     PIBAKE_TEST_USER_PASSWORD: NASTY,
@@ -280,6 +283,7 @@ describe("the test fixtures' own scripts", () => {
     "test/fixtures/pi-gen/debian-base/prerun.sh",
     "test/fixtures/pi-gen/debian-base/00-system/01-run.sh",
     "test/fixtures/pi-gen/debian-base/00-system/02-run.sh",
+    "test/helpers/pi-sandbox.sh",
   ];
   it.each(scripts)("%s passes shellcheck", async (rel) => {
     const r = await execa("shellcheck", ["-x", path.basename(rel)], { cwd: path.join(repoRoot, path.dirname(rel)), reject: false, timeout: 30_000 });

@@ -26,6 +26,8 @@ export interface PiFacts {
   disks: { mount: string; size: number; available: number }[];
   memory: { total: number; available: number } | undefined;
   status: { writtenAt: number; text: string } | undefined;
+  /** tls.mode "acme": pibake-acme.timer's state and /var/lib/pibake/acme.status (key=value lines). */
+  acme: { timer: string; status: Record<string, string> | undefined } | undefined;
   /** /var/lib/pibake/push.json: what the last push put there. */
   pushed: { at: string; digest: string } | undefined;
   now: number;
@@ -33,7 +35,7 @@ export interface PiFacts {
 }
 
 export function parseFacts(output: string): PiFacts {
-  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, pushed: undefined, now: NaN, errors: [] };
+  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, acme: undefined, pushed: undefined, now: NaN, errors: [] };
   const failedUnits: string[] = [];
   const { records, ended } = answerRecords(output);
   for (const [kind, f] of records) {
@@ -69,6 +71,14 @@ export function parseFacts(output: string): PiFacts {
       case "status":
         facts.status = { writtenAt: Number(f[0]), text: Buffer.from(f[1] ?? "", "base64").toString("utf8") };
         break;
+      case "acme-timer":
+        facts.acme = { timer: f[0] ?? "", status: facts.acme?.status };
+        break;
+      case "acme-status": {
+        const lines = Buffer.from(f[0] ?? "", "base64").toString("utf8").split("\n").filter((l) => l.includes("="));
+        facts.acme = { timer: facts.acme?.timer ?? "", status: Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)])) };
+        break;
+      }
       case "push-record":
         try {
           const r = JSON.parse(Buffer.from(f[0] ?? "", "base64").toString("utf8")) as { pushedAt?: unknown; config?: { digest?: unknown } };
@@ -111,7 +121,7 @@ function isoOf(epochSeconds: number): string {
 }
 
 /** What each fact means for the broker: a line each, with what to do. */
-export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostname; undefined without ddns. */ ddnsHostname: string | undefined; configDigest?: string; pushCommand?: string }): CheckResult[] {
+export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostname; undefined without ddns. */ ddnsHostname: string | undefined; configDigest?: string; pushCommand?: string; /** tls.mode is "acme". */ acme?: boolean }): CheckResult[] {
   const out: CheckResult[] = [];
   const onPi = (cmd: string) => `on the Pi: ${cmd}`;
 
@@ -147,6 +157,8 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostn
       else out.push(failed("ddclient", `${domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`, onPi("journalctl -u ddclient; check ddns.token and ddns.provider")));
     }
   }
+
+  if (opts.acme) out.push(judgeAcme(facts, onPi));
 
   for (const d of facts.disks) {
     const share = d.size ? d.available / d.size : 0;
@@ -188,4 +200,20 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostn
     else out.push(warning("pi config", `the Pi runs another config than this one (${runs.how}: ${runs.digest.slice(0, 19)}…, this one ${opts.configDigest.slice(0, 19)}…)`, opts.pushCommand ? `bring it to this config: ${opts.pushCommand}` : undefined));
   }
   return out;
+}
+
+/** The public certificate's renewal: the timer runs, and what its last run said. */
+function judgeAcme(facts: PiFacts, onPi: (cmd: string) => string): CheckResult {
+  const name = "public certificate";
+  const journal = onPi("journalctl -u pibake-acme");
+  if (!facts.acme || facts.acme.timer !== "active") return failed(name, `pibake-acme.timer is ${facts.acme?.timer || "not there"}: nothing renews the certificate`, onPi("systemctl enable --now pibake-acme.timer"));
+  const s = facts.acme.status;
+  if (!s) return warning(name, "no renewal has run yet: the own CA's certificate is served until the first one", journal);
+  const at = Number(s.checked) ? `${isoOf(Number(s.checked))}, ${duration(facts.now - Number(s.checked))} ago` : "at an unknown time";
+  if (s.result === "ok") {
+    const until = Number(s.not_after) ? `, valid until ${isoOf(Number(s.not_after))} (${Math.floor((Number(s.not_after) - facts.now) / 86_400)} days left)` : "";
+    return ok(name, `last run ${at}: ${s.message ?? "ok"}; issued by ${s.issuer ?? "?"}${until}`);
+  }
+  const next = Number(s.next_attempt) ? `; the next attempt after ${isoOf(Number(s.next_attempt))}` : "";
+  return warning(name, `the last ${s.failures ?? "?"} attempt(s) failed, the last ${at}: ${s.message ?? "no reason recorded"}${next}; the broker keeps its current certificate`, journal);
 }

@@ -9,7 +9,7 @@ import { describe } from "./net.js";
 import { checkNodeRed } from "./node-red.js";
 import { checkSsh } from "./ssh.js";
 import { Budget, failed, type CheckResult } from "./result.js";
-import { checkTls, type TlsTarget } from "./tls.js";
+import { checkTls, publicTrust, type TlsTarget } from "./tls.js";
 
 export type { CheckResult, CheckStatus } from "./result.js";
 
@@ -27,6 +27,8 @@ export interface CheckPlan {
   ssh: { port: number; identity: string | undefined } | undefined;
   timeoutMs: number;
   dnsServer: string | undefined;
+  /** --ca-file: one more root to trust in tls.mode "acme" (a test CA, a staging root). */
+  extraCa?: { pem: string; file: string };
   /** "pibake build CONFIG" and "pibake push CONFIG HOST", as the user would type them, for fixes. */
   buildCommand: string;
   pushCommand: string;
@@ -70,8 +72,10 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
     stateDir: state.dir,
     buildCommand: plan.buildCommand,
     lan: plan.lan,
+    ...(model.tls.acme ? { acme: { server: model.tls.acme.server, ...(plan.extraCa ? { extraCaPem: plan.extraCa.pem, extraCaFile: plan.extraCa.file } : {}) } } : {}),
   };
-  const tlsTransport = { ca: caPem, servername: model.tls.domain, rejectUnauthorized: true };
+  // With ACME, MQTT clients trust the public roots; the own CA's too, for the minutes before the public certificate arrives (the TLS lines tell which one is served).
+  const tlsTransport = { ca: model.tls.acme ? [...publicTrust(plan.extraCa?.pem), caPem] : caPem, servername: model.tls.domain, rejectUnauthorized: true };
   const mqttTarget = (label: string, port: number, transport: MqttTarget["transport"]): MqttTarget => ({
     label,
     host: plan.host,
@@ -86,7 +90,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const tlsFamily = (async () => {
     const t = await checkTls(tlsTarget, budget);
     if (!t.reachable) return t.results;
-    if (!t.trusted) return [...t.results, failed("mqtts", "not tried: clients that trust only this CA and verify the name refuse this server", "fix the TLS lines above first")];
+    if (!t.trusted) return [...t.results, failed("mqtts", `not tried: clients that trust only ${model.tls.acme ? "the public roots" : "this CA"} and verify the name refuse this server`, "fix the TLS lines above first")];
     return [...t.results, ...(await checkMqtt(mqttTarget("mqtts", plan.ports.tls, { protocol: "mqtts", ...tlsTransport }), budget))];
   })();
   const wsPort = plan.ports.ws;
@@ -95,7 +99,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
   const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand }, budget)
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined }, budget)
     : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);

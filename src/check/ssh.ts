@@ -25,6 +25,8 @@ export interface SshTarget {
   /** configDigest of the config checked, and the command that pushes it, to tell whether the Pi runs it. */
   configDigest: string;
   pushCommand: string;
+  /** tls.mode is "acme": the renewal's timer and last result are judged too. */
+  acme?: boolean;
 }
 
 export const FACTS_SCRIPT = path.join(stagesDir, "check/facts.sh");
@@ -129,7 +131,7 @@ async function checkFacts(target: SshTarget, where: string, budget: Budget): Pro
   const down = unreachable(r, ms);
   if (down) return [failed("pi facts", `${where}: ${down}`)];
   try {
-    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand });
+    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand, acme: target.acme === true });
   } catch (err) {
     return [warning("pi facts", `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`)];
   }

@@ -1,10 +1,12 @@
-import { connect as tlsConnect, checkServerIdentity, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
+import { connect as tlsConnect, checkServerIdentity, rootCertificates, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
 import { failed, ok, warning, type Budget, type CheckResult } from "./result.js";
 import { classify, describe, reachFix, within } from "./net.js";
 
 const DAY_MS = 86_400_000;
 /** pibake renews the server certificate when a build finds it this close to expiry. */
 const WARN_DAYS = 30;
+/** With ACME the Pi renews 30 days before Let's Encrypt's expiry; fewer than this left means renewals have been failing. */
+const ACME_WARN_DAYS = 20;
 
 export interface TlsTarget {
   /** What the user asked to check (a name or an address), for messages. */
@@ -17,6 +19,11 @@ export interface TlsTarget {
   /** The only CA trusted: the state directory's. */
   caPem: string;
   caFile: string;
+  /**
+   * tls.mode "acme": the chain must verify against the system's public roots (and the --ca-file
+   * root, for a test CA); the own CA's certificate is only what the Pi serves until then.
+   */
+  acme?: { server: string; extraCaPem?: string; extraCaFile?: string };
   /** The server certificate the state directory issued last, if it has one. */
   issuedFingerprint256: string | undefined;
   stateDir: string;
@@ -73,7 +80,33 @@ function chainProblem(code: string, target: TlsTarget): { detail: string; fix: s
   };
 }
 
+/** What a client with nothing installed trusts: Node's copy of the public roots, plus a root the user names. */
+export function publicTrust(extraCaPem: string | undefined): string[] {
+  return [...rootCertificates, ...(extraCaPem ? [extraCaPem] : [])];
+}
+
+/** "CN, O" of a certificate's issuer, as a line can say it. */
+function issuerName(peer: PeerCertificate): string {
+  const i = peer.issuer as unknown as Record<string, string | string[] | undefined> | undefined;
+  const part = (k: string) => (Array.isArray(i?.[k]) ? (i[k] as string[]).join(" ") : (i?.[k] as string | undefined));
+  return [part("CN"), part("O")].filter(Boolean).join(", ") || "an unnamed issuer";
+}
+
+/** TLS 1.2 or newer chosen, and a TLS 1.1 handshake refused, whatever the newest the server speaks. */
+async function versionResult(target: TlsTarget, protocol: string | null, budget: Budget): Promise<CheckResult> {
+  if (protocol !== "TLSv1.2" && protocol !== "TLSv1.3") return failed("tls version", `the server chose ${protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+  try {
+    // SECLEVEL=0 lets this client offer TLS 1.1 at all; OpenSSL 3 refuses to by default.
+    const old = await handshake(target, budget.ms, { minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
+    return failed("tls version", `${protocol} is used, but the server also accepted ${old.protocol}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+  } catch (err) {
+    if (classify(err) === "timed out") return warning("tls version", `${protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`);
+    return ok("tls version", `${protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`);
+  }
+}
+
 export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOutcome> {
+  if (target.acme) return checkPublicTls(target, target.acme, budget);
   const where = `${target.host}:${target.port}`;
   let hs: Awaited<ReturnType<typeof handshake>>;
   try {
@@ -99,18 +132,7 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
     results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `build a new image (${target.buildCommand}): its certificate names tls.domain`));
   } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
 
-  if (hs.protocol === "TLSv1.2" || hs.protocol === "TLSv1.3") {
-    // The server must also refuse an older handshake, whatever the newest it speaks.
-    try {
-      // SECLEVEL=0 lets this client offer TLS 1.1 at all; OpenSSL 3 refuses to by default.
-      const old = await handshake(target, budget.ms, { minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
-      results.push(failed("tls version", `${hs.protocol} is used, but the server also accepted ${old.protocol}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
-    } catch (err) {
-      const kind = classify(err);
-      if (kind === "timed out") results.push(warning("tls version", `${hs.protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`));
-      else results.push(ok("tls version", `${hs.protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`));
-    }
-  } else results.push(failed("tls version", `the server chose ${hs.protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`));
+  results.push(await versionResult(target, hs.protocol, budget));
 
   const notAfter = new Date(hs.peer.valid_to);
   const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
@@ -139,4 +161,52 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
       ),
     );
   return { results, reachable: true, trusted: chainOk && days >= 0 };
+}
+
+/**
+ * tls.mode "acme": the chain against the public roots, its issuer and days left. Until the first
+ * public certificate arrives the Pi serves the own CA's: a warning, since ca.crt clients connect.
+ */
+async function checkPublicTls(target: TlsTarget, acme: NonNullable<TlsTarget["acme"]>, budget: Budget): Promise<TlsOutcome> {
+  const where = `${target.host}:${target.port}`;
+  const roots = `the system's public roots${acme.extraCaFile ? ` and ${acme.extraCaFile}` : ""}`;
+  let hs: Awaited<ReturnType<typeof handshake>>;
+  try {
+    hs = await handshake(target, budget.ms, { ca: publicTrust(acme.extraCaPem) });
+  } catch (err) {
+    const detail = `${where}: ${describe(err)}; the TLS and MQTT checks on this port were not tried`;
+    return { results: [failed("tls connect", detail, reachFix(err, target.host, target.port, target.lan))], reachable: classify(err) === "TLS failure", trusted: false };
+  }
+  const results: CheckResult[] = [ok("tls connect", `${where} answers with ${hs.protocol ?? "TLS"}`)];
+  const issuer = issuerName(hs.peer);
+  const journal = "on the Pi: journalctl -u pibake-acme (or pibake check --ssh), and /boot/firmware/pibake-status.txt";
+  let trusted = hs.authorized;
+  if (hs.authorized) results.push(ok("tls chain", `verified against ${roots}: issued by ${issuer} (ACME, ${acme.server})`));
+  else {
+    let ownCa = false;
+    try {
+      ownCa = (await handshake(target, budget.ms, { ca: target.caPem })).authorized;
+    } catch {
+      // Unreachable the second time: judged by the first handshake alone.
+    }
+    if (ownCa) {
+      results.push(warning("tls chain", `the own CA's certificate is served (${target.caFile} verifies it): the public certificate from ${acme.server} has not arrived yet`, `it comes within minutes of the first boot; if not, see why ${journal}`));
+      trusted = true;
+    } else results.push(failed("tls chain", `the server certificate (issued by ${issuer}) does not verify against ${roots} (${hs.authorizationError ?? "unknown error"})`, `check the host; ${journal}`));
+  }
+  const identityError = checkServerIdentity(target.servername, hs.peer);
+  if (identityError) {
+    trusted = false;
+    results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `the Pi obtains one for tls.domain: ${journal}`));
+  } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
+  results.push(await versionResult(target, hs.protocol, budget));
+
+  const notAfter = new Date(hs.peer.valid_to);
+  const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
+  const until = notAfter.toISOString().slice(0, 10);
+  // The Pi renews when a third of the lifetime is left (30 of Let's Encrypt's 90 days): 20 days left means it has failed for 10.
+  if (days < 0) results.push(failed("certificate expiry", `the certificate from ${issuer} expired on ${until}`, `the Pi could not renew it: ${journal}`));
+  else if (days < ACME_WARN_DAYS) results.push(warning("certificate expiry", `the certificate from ${issuer} expires on ${until} (${days} days left): the Pi should have renewed it by now`, `see why ${journal}`));
+  else results.push(ok("certificate expiry", `valid until ${until} (${days} days left), issued by ${issuer}`));
+  return { results, reachable: true, trusted: trusted && days >= 0 };
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { isIP } from "node:net";
 import { PibakeError } from "../errors.js";
@@ -21,6 +22,7 @@ export interface CheckOptions {
   ssh?: boolean;
   sshKey?: string;
   portSsh?: string | number;
+  caFile?: string;
 }
 
 function timeoutOption(given: string | number | undefined): number {
@@ -42,6 +44,18 @@ function dnsServerOption(given: string | undefined): string | undefined {
   return value;
 }
 
+/** --ca-file: a PEM certificate, read whole (a user's error is named, exit 2). */
+function readCaFile(file: string): { pem: string; file: string } {
+  let pem: string;
+  try {
+    pem = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new PibakeError(`--ca-file ${file}: ${(err as Error).message}`, 2);
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw new PibakeError(`--ca-file ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`, 2);
+  return { pem, file };
+}
+
 const LABEL: Record<CheckResult["status"], string> = { ok: "ok     ", warning: "warning", failed: "failed " };
 
 /** pibake check CONFIG [HOST]: one line per check; exit 1 when one failed (warnings allowed). */
@@ -60,6 +74,10 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const state = StateDir.locate(model.configDir, model.image.name, stateOption);
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
 
+  const caFile = last(opts.caFile);
+  if (caFile !== undefined && !model.tls.acme) throw new PibakeError('--ca-file goes with tls.mode "acme": in "own-ca" mode the state directory\'s CA is the one trusted', 2);
+  const extraCa = caFile === undefined ? undefined : readCaFile(caFile);
+
   // HOST wins; without it, --lan checks the static address and otherwise the domain.
   const host = hostArg ?? (opts.lan ? model.network.address : model.tls.domain);
   const configArg = configArgument(model);
@@ -77,6 +95,7 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
     ssh: opts.ssh ? { port: sshPort ?? 22, identity: sshKey === undefined ? undefined : path.resolve(sshKey) } : undefined,
     timeoutMs,
     dnsServer,
+    ...(extraCa ? { extraCa } : {}),
     buildCommand: `pibake build ${configArg}`,
     pushCommand: `pibake push ${configArg} ${host}`,
   });

@@ -110,6 +110,7 @@ export function registerCommands(cli: CAC): void {
     .option("--port-ws <port>", "Check MQTT over WebSockets with TLS on this port (default: the config's WebSockets port, if any)")
     .option("--port-node-red <port>", "Node-RED's editor port (default: nodeRed.port)")
     .option("--dns-server <ip[:port]>", "Ask this DNS server for the domain (and HOST) instead of the system's")
+    .option("--ca-file <file>", 'With tls.mode "acme": also trust this root certificate (PEM), e.g. a test CA or Let\'s Encrypt\'s staging root')
     .option("--ssh", "Also check that the first user logs in with an SSH key of the config (the system's ssh client) and that passwords are refused")
     .option("--ssh-key <file>", "With --ssh: the private key to log in with (default: ssh's own: agent, ~/.ssh)")
     .option("--port-ssh <port>", "With --ssh: the SSH port (default 22)")

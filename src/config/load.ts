@@ -334,7 +334,7 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
     user,
     network,
     mqtt,
-    tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses },
+    tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses, ...(c.tls.mode === "acme" && c.tls.acme ? { acme: { email: c.tls.acme.email, server: c.tls.acme.server } } : {}) },
     ...(ddns ? { ddns } : {}),
     ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
     ...(c.updates.enabled ? { updates: c.updates.reboot ? { rebootTime: c.updates.reboot.time } : {} } : {}),

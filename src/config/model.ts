@@ -98,6 +98,8 @@ export interface Model {
     dnsNames: string[];
     /** Every IP address it carries: the static address and extra IPs. */
     ipAddresses: string[];
+    /** tls.mode "acme": the Pi obtains a public certificate for domain alone; absent: the own CA's only. */
+    acme?: { email: string; server: string };
   };
   ddns?: Ddns;
   /** Absent when nodeRed.enabled is false. */

@@ -66,8 +66,33 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
       });
     }
   }
+  issues.push(...acmeIssues(c));
   issues.push(...nodeRedIssues(c));
   issues.push(...releaseListIssues(c));
+  return issues;
+}
+
+/**
+ * tls.mode "acme" answers the CA's DNS-01 challenge with freemyip's update API (its `txt=` sets
+ * the TXT record, with the token ddclient already has); dyndns2 has no way to set a TXT record.
+ * The token belongs to one freemyip name, so that name must be tls.domain.
+ */
+function acmeIssues(c: ParsedConfig): ConfigIssue[] {
+  if (c.tls.mode !== "acme") {
+    return c.tls.acme ? [{ path: "tls.acme", message: 'is set while tls.mode is "own-ca": set tls.mode to "acme" to use it, or remove it' }] : [];
+  }
+  const issues: ConfigIssue[] = [];
+  if (!c.tls.acme) issues.push({ path: "tls.acme.email", message: 'is required when tls.mode is "acme": the ACME account\'s contact address, e.g. { "email": "you@example.org" }' });
+  const why = "the certificate is obtained through a DNS-01 challenge, whose TXT record pibake sets with freemyip's update API and the ddns token";
+  if (c.ddns?.provider !== "freemyip") {
+    const has = c.ddns ? `ddns.provider is "${c.ddns.provider}", which has no way to set a TXT record` : "there is no ddns section";
+    issues.push({ path: "tls.mode", message: `"acme" needs ddns.provider "freemyip" (${has}): ${why}; keep "own-ca" with other providers` });
+  } else {
+    const host = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
+    if (host !== c.tls.domain.toLowerCase()) {
+      issues.push({ path: "tls.mode", message: `"acme" needs ddns.hostname to be tls.domain ("${c.tls.domain}"): ${why}, and freemyip's token belongs to "${host}" only` });
+    }
+  }
   return issues;
 }
 

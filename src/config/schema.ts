@@ -298,6 +298,10 @@ const mqtt = z.strictObject({
     .meta({ description: "The MQTT users, at least one: the broker allows no anonymous access." }),
 });
 
+/** ACME directories of Let's Encrypt: production, and staging (untrusted certificates, higher rate limits) for trying it. */
+export const LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory";
+export const LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
 const tls = z.strictObject({
   domain: z
     .string({ error: 'is required: the public DNS name clients use, e.g. "home.freemyip.com"' })
@@ -315,9 +319,31 @@ const tls = z.strictObject({
     )
     .default([])
     .meta({
-      description: "More DNS names or IPv4 addresses for the server certificate, besides domain, the host name with .local and the Pi's address.",
+      description:
+        "More DNS names or IPv4 addresses for the server certificate, besides domain, the host name with .local and the Pi's address. With tls.mode acme they stay in the own CA's certificate, which the broker no longer serves once the public one has arrived.",
       examples: [["broker.lan", "192.168.1.11"]],
     }),
+  mode: z
+    .enum(["own-ca", "acme"], { error: 'is not a TLS mode: "own-ca" or "acme"' })
+    .default("own-ca")
+    .meta({
+      description:
+        "Who signs the TLS listeners' certificate: own-ca (pibake's CA: clients install ca.crt) or acme (a publicly trusted certificate for tls.domain, obtained and renewed on the Pi through a DNS-01 challenge at freemyip).",
+    }),
+  acme: z
+    .strictObject({
+      email: z
+        .string({ error: 'is required: the address the CA writes to about the account, e.g. "you@example.org"' })
+        .regex(/^[!#-&(-?A-[\]-~]+@[!#-&(-?A-[\]-~]+\.[!#-&(-?A-[\]-~]+$/, { error: "is not an e-mail address (printable ASCII without quotes, a backslash or white space)" })
+        .meta({ description: "The ACME account's contact address, for expiry notices and policy changes.", examples: ["you@example.org"] }),
+      server: z
+        .string()
+        .regex(/^https:\/\/[!#-&(-[\]-~]+$/, { error: "is not an https URL of an ACME directory (printable ASCII, no quotes, backslash or white space)" })
+        .default(LETS_ENCRYPT)
+        .meta({ description: `The ACME directory's URL: Let's Encrypt's production by default; try its staging directory (${LETS_ENCRYPT_STAGING}) first.`, examples: [LETS_ENCRYPT_STAGING] }),
+    })
+    .optional()
+    .meta({ description: "With tls.mode acme: the ACME account and the CA that issues the certificate." }),
 });
 
 const interval = z

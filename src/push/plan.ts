@@ -189,6 +189,7 @@ const SERVICES: { match: (p: string) => boolean; action: string }[] = [
   { match: (p) => p.startsWith("etc/systemd/journald.conf.d/"), action: "try-restart systemd-journald" },
   { match: (p) => p.startsWith("etc/ssh/sshd_config.d/"), action: "try-reload-or-restart ssh" },
   { match: (p) => p.startsWith("etc/systemd/system/pibake-status."), action: "try-restart pibake-status.timer" },
+  { match: (p) => p.startsWith("etc/systemd/system/pibake-acme."), action: "try-restart pibake-acme.timer" },
   { match: isNetworkProfile, action: "nmcli-reload" },
 ];
 

@@ -36,7 +36,8 @@ export const OVERLAY: OverlaySpec[] = [
   { path: "etc/mosquitto/mosquitto.conf", mode: 0o644 },
   { path: "etc/mosquitto/conf.d/pibake.conf", mode: 0o644 },
   // A persistence file mosquitto cannot load is moved aside before the broker starts.
-  { path: "etc/systemd/system/mosquitto.service.d/50-pibake.conf", mode: 0o644, when: (v) => v.mqtt.persistence },
+  // With ACME: the served pair is made before mosquitto starts (the own CA's until the public one arrives).
+  { path: "etc/systemd/system/mosquitto.service.d/50-pibake.conf", mode: 0o644, when: (v) => v.mqtt.persistence || v.tls.acme !== false },
   { path: "usr/local/lib/pibake/mosquitto-db-check.sh", mode: 0o755, when: (v) => v.mqtt.persistence },
   // The journal kept on the card, capped.
   { path: "etc/systemd/journald.conf.d/50-pibake.conf", mode: 0o644 },
@@ -47,6 +48,11 @@ export const OVERLAY: OverlaySpec[] = [
   { path: "etc/mosquitto/certs/server.key", mode: 0o600, ...MOSQUITTO },
   { path: "etc/mosquitto/certs/server.crt", mode: 0o644 },
   { path: "etc/mosquitto/certs/ca.crt", mode: 0o644 },
+  // tls.mode "acme": the public certificate, obtained and renewed on the Pi (lego, DNS-01 at freemyip).
+  { path: "usr/local/lib/pibake/acme-certificate.sh", mode: 0o755, when: (v) => v.tls.acme !== false },
+  { path: "usr/local/lib/pibake/freemyip-txt.sh", mode: 0o755, when: (v) => v.tls.acme !== false },
+  { path: "etc/systemd/system/pibake-acme.service", mode: 0o644, when: (v) => v.tls.acme !== false },
+  { path: "etc/systemd/system/pibake-acme.timer", mode: 0o644, when: (v) => v.tls.acme !== false },
   { path: "etc/ddclient.conf", mode: 0o600, when: (v) => v.ddns !== false },
   { path: "etc/default/ddclient", mode: 0o644, when: (v) => v.ddns !== false },
   // NetworkManager ignores keyfiles readable by others.

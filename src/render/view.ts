@@ -36,7 +36,17 @@ export interface View {
     aclFile: boolean;
     users: { name: string; hash: string; topics: TopicRule[] }[];
   };
-  tls: { domain: string; serverCertPem: string; serverKeyPem: string; caCertPem: string };
+  tls: {
+    domain: string;
+    serverCertPem: string;
+    serverKeyPem: string;
+    caCertPem: string;
+    /** What the TLS listeners serve: the own CA's pair, or with ACME the pair the renewal installs (the own CA's until the first public one). */
+    certFile: string;
+    keyFile: string;
+    /** challengeName: the one name whose TXT record the DNS-01 hook may set. */
+    acme: false | { email: string; server: string; challengeName: string };
+  };
   ddns:
     | false
     | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
@@ -69,6 +79,10 @@ export function keyfileSsid(ssid: string): string {
   const plain = !/[\\\u0000-\u001f\u007f]/.test(ssid) && ssid === ssid.trim() && !/^[\d;\s]*$/.test(ssid);
   return plain ? ssid : [...Buffer.from(ssid, "utf8")].map((b) => `${b};`).join("");
 }
+
+/** The pair the TLS listeners serve. With ACME it is not an overlay file, so a push or a new render leaves the public certificate alone. */
+const OWN_CA_SERVED = { certFile: "/etc/mosquitto/certs/server.crt", keyFile: "/etc/mosquitto/certs/server.key" };
+const ACME_SERVED = { certFile: "/etc/mosquitto/certs/public.crt", keyFile: "/etc/mosquitto/certs/public.key" };
 
 export const DEFAULT_STAGE_LIST = "stage0 stage1 stage2 stage-pibake";
 
@@ -106,7 +120,14 @@ export function buildView(model: Model, secrets: Secrets): View {
         topics: u.topics ?? [{ access: "readwrite", topic: "#" }],
       })),
     },
-    tls: { domain: model.tls.domain, serverCertPem: secrets.pki.serverCertPem, serverKeyPem: secrets.pki.serverKeyPem, caCertPem: secrets.pki.caCertPem },
+    tls: {
+      domain: model.tls.domain,
+      serverCertPem: secrets.pki.serverCertPem,
+      serverKeyPem: secrets.pki.serverKeyPem,
+      caCertPem: secrets.pki.caCertPem,
+      ...(model.tls.acme ? ACME_SERVED : OWN_CA_SERVED),
+      acme: model.tls.acme ? { ...model.tls.acme, challengeName: `_acme-challenge.${model.tls.domain}` } : false,
+    },
     ddns: ddns
       ? {
           freemyip: ddns.provider === "freemyip",

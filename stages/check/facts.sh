@@ -33,6 +33,14 @@ elif [ -n "$domain" ]; then
 	printf 'ddclient-cache\tnone\n'
 fi
 
+# tls.mode "acme": the renewal's timer and its last result (world-readable, no secret in it).
+if [ -r /var/lib/pibake/acme.status ] || [ -e /etc/systemd/system/pibake-acme.timer ]; then
+	printf 'acme-timer\t%s\n' "$(bounded systemctl is-active pibake-acme.timer 2>/dev/null)"
+	if [ -r /var/lib/pibake/acme.status ]; then
+		printf 'acme-status\t%s\n' "$(head -c 4096 /var/lib/pibake/acme.status | base64 -w0)"
+	fi
+fi
+
 for mount in / /boot/firmware; do
 	if [ -d "$mount" ]; then
 		df -P -B1 "$mount" 2>/dev/null | awk -v m="$mount" 'NR == 2 { print "disk\t" m "\t" $2 "\t" $4 }'
