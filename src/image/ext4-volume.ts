@@ -4,15 +4,18 @@
  * library balena's tools use): no root, no loop device, no mount, no
  * external program, on any OS Node runs on.
  *
- * Paths are the image's own: the library resolves every link from the file
- * system's root, so no link can lead outside the image. A file that is
- * replaced or removed is first overwritten with zeros in place, so that its
- * old bytes (a server key, a password hash, a token) do not survive in the
- * freed blocks.
+ * The image file is never written: what libext2fs writes is kept in memory
+ * (`changes()`), laid over what it reads, and written out with the rest of
+ * the image in one pass (patched-copy.ts). Paths are the image's own: the
+ * library resolves every link from the file system's root, so no link can
+ * lead outside the image. A file that is replaced or removed is first
+ * overwritten with zeros in place, so that its old bytes (a server key, a
+ * password hash, a token) do not survive in the freed blocks.
  */
 import { createRequire } from "node:module";
 import { promises as fsp } from "node:fs";
 import { PibakeError } from "../errors.js";
+import type { ImagePatch } from "./patched-copy.js";
 
 export type Ext4EntryType = "file" | "dir" | "link" | "other";
 
@@ -27,7 +30,6 @@ export interface Ext4Stat {
 
 /** The part of ext2fs's promise API that pibake uses (the package ships no types). */
 interface Ext2Fs {
-  readFile(p: string): Promise<Buffer>;
   readdir(p: string): Promise<string[]>;
   readlink(p: string): Promise<string>;
   lstat(p: string): Promise<{ mode: number; uid: number; gid: number; size: number; isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }>;
@@ -38,6 +40,8 @@ interface Ext2Fs {
   lchown(p: string, uid: number, gid: number): Promise<void>;
 }
 interface Ext2FileHandle {
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
   write(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
   chown(uid: number, gid: number): Promise<void>;
   chmod(mode: number): Promise<void>;
@@ -73,6 +77,7 @@ function ext2fs(): Ext2FsModule {
 export class Ext4Volume {
   private constructor(
     private readonly file: fsp.FileHandle,
+    private readonly disk: MemoryOverlayDisk,
     private readonly mounted: { promises: Ext2Fs },
     /** For messages: the image and the partition. */
     readonly label: string,
@@ -82,25 +87,19 @@ export class Ext4Volume {
     return this.mounted.promises;
   }
 
-  /** The file system at byte `offset` of `image`; `writable` opens the image for writing. Close it with `close()`. */
-  static async open(image: string, offset: number, opts: { writable: boolean; label: string }): Promise<Ext4Volume> {
-    const file = await fsp.open(image, opts.writable ? "r+" : "r");
-    const disk = {
-      read: (buf: Buffer, off: number, len: number, pos: number) => file.read(buf, off, len, pos),
-      write: (buf: Buffer, off: number, len: number, pos: number) => file.write(buf, off, len, pos),
-      // The image stays as it is where blocks are freed: the blocks pibake frees are zeroed before (scrub).
-      discard: async () => undefined,
-      flush: () => file.datasync(),
-    };
+  /** The file system at byte `offset` of `image`, opened for reading; changes stay in memory. Close it with `close()`. */
+  static async open(image: string, offset: number, opts: { label: string }): Promise<Ext4Volume> {
+    const file = await fsp.open(image, "r");
+    const disk = new MemoryOverlayDisk(file);
     try {
-      return new Ext4Volume(file, await ext2fs().mount(disk, offset), opts.label);
+      return new Ext4Volume(file, disk, await ext2fs().mount(disk, offset), opts.label);
     } catch (err) {
       await file.close();
       throw new PibakeError(`${opts.label}: cannot read its ext4 root file system in-process (${(err as Error).message})`);
     }
   }
 
-  /** Write everything back and close the image. */
+  /** Unmount (libext2fs writes its bitmaps and counts then) and close the image; `changes()` stays. */
   async close(): Promise<void> {
     try {
       await ext2fs().umount(this.mounted.promises);
@@ -109,22 +108,41 @@ export class Ext4Volume {
     }
   }
 
+  /** What libext2fs wrote, in order, at byte positions of the image file: the edits, once closed. */
+  changes(): readonly ImagePatch[] {
+    return this.disk.writes;
+  }
+
   async lstat(p: string): Promise<Ext4Stat | undefined> {
     const st = await this.fs.lstat(p).catch(missing);
     if (!st) return undefined;
     return { type: TYPE_OF[st.mode & S_IFMT] ?? "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: st.size };
   }
 
+  /** A regular file's bytes (ext2fs's own readFile decodes them as text). */
   async read(p: string): Promise<Buffer | undefined> {
-    return this.fs.readFile(p).catch(missing);
+    const fh = await this.fs.open(p, "r").catch(missing);
+    if (!fh) return undefined;
+    try {
+      const buf = Buffer.alloc((await fh.stat()).size);
+      for (let got = 0; got < buf.length; ) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+        if (bytesRead <= 0) return buf.subarray(0, got);
+        got += bytesRead;
+      }
+      return buf;
+    } finally {
+      await fh.close();
+    }
   }
 
   async readText(p: string): Promise<string | undefined> {
     return (await this.read(p))?.toString("utf8");
   }
 
+  /** A link's target; undefined when `p` is absent or not a link. */
   async readlink(p: string): Promise<string | undefined> {
-    return this.fs.readlink(p).catch(missing);
+    return this.fs.readlink(p).catch((err: unknown) => ((err as { code?: string }).code === "EINVAL" ? undefined : missing(err)));
   }
 
   async list(p: string): Promise<string[]> {
@@ -200,6 +218,38 @@ export class Ext4Volume {
       else if (!st.isDirectory() && !st.isSymbolicLink()) throw new PibakeError(`${this.label}: ${cur} is not a directory, but pibake writes below it`, 2);
     }
   }
+}
+
+/**
+ * The image file as libext2fs's disk, never written: libext2fs writes even
+ * to read (access times, the superblock's mount time), and the fast path
+ * writes its copy of the image in one pass afterwards. Writes are kept in
+ * memory and laid over what is read.
+ */
+class MemoryOverlayDisk {
+  readonly writes: ImagePatch[] = [];
+  constructor(private readonly file: fsp.FileHandle) {}
+
+  async read(buf: Buffer, off: number, len: number, pos: number) {
+    const r = await this.file.read(buf, off, len, pos);
+    // Past the end of the file (a hole at its end) reads as zeros.
+    if (r.bytesRead < len) buf.fill(0, off + r.bytesRead, off + len);
+    for (const w of this.writes) {
+      const from = Math.max(pos, w.pos);
+      const to = Math.min(pos + len, w.pos + w.bytes.length);
+      if (from < to) w.bytes.copy(buf, off + from - pos, from - w.pos, to - w.pos);
+    }
+    return { bytesRead: len, buffer: buf };
+  }
+
+  async write(buf: Buffer, off: number, len: number, pos: number) {
+    this.writes.push({ pos, bytes: Buffer.from(buf.subarray(off, off + len)) });
+    return { bytesWritten: len, buffer: buf };
+  }
+
+  // Freed blocks stay as they are: the blocks pibake frees are zeroed before (scrub).
+  async discard(): Promise<void> {}
+  async flush(): Promise<void> {}
 }
 
 async function writeAll(fh: Ext2FileHandle, content: Buffer): Promise<void> {

@@ -24,7 +24,7 @@ const GROW = "640M";
 
 export interface PibakeImage {
   image: string;
-  /** The state directory that made it: copy it before a build changes it. */
+  /** The state directory that made it (regenerate copies it). */
   state: string;
   /** The config it was built from (brokerImageConfig with `key`). */
   config: Record<string, any>;
@@ -78,16 +78,6 @@ async function buildInto(dir: string, base: string): Promise<void> {
   renameSync(work, dir);
 }
 
-/** A private copy of the state directory that made the image, for a build that changes it. */
-export function copyState(img: PibakeImage, to: string): string {
-  cpSync(img.state, to, { recursive: true, preserveTimestamps: true });
-  return to;
-}
-
-export function sizeOf(file: string): number {
-  return statSync(file).size;
-}
-
 /** A directory whose only program is the node running the tests: PATH for a run that must start no other program. */
 export function nodeOnlyPath(dir: string): string {
   const bin = path.join(dir, "node-only-bin");
@@ -114,13 +104,15 @@ export interface Regenerated {
  * `dir` with its own copy of the state directory. `asUser` is a command
  * prefix (setpriv …) that runs it as another user, with PATH holding only
  * node; `newServerKey` takes the server key out of the state first, so the
- * image gets a new one. For the boot test: `(await regenerate(...)).image`
+ * image gets a new one; `fromState` starts from another state directory
+ * (another regeneration's, for the same certificate and hashes). For the boot test: `(await regenerate(...)).image`
  * is a fast-path image of the broker config with the cached image's SSH key.
  */
-export async function regenerate(img: PibakeImage, opts: { dir: string; domain: string; env?: Record<string, string>; asUser?: string[]; bin?: string; newServerKey?: boolean; extraArgs?: string[]; config?: Record<string, any> }): Promise<Regenerated> {
+export async function regenerate(img: PibakeImage, opts: { dir: string; domain: string; env?: Record<string, string>; asUser?: string[]; bin?: string; newServerKey?: boolean; extraArgs?: string[]; config?: Record<string, any>; fromState?: string }): Promise<Regenerated> {
   const { dir } = opts;
   mkdirSync(dir, { recursive: true });
-  const state = copyState(img, path.join(dir, "state"));
+  const state = path.join(dir, "state");
+  cpSync(opts.fromState ?? img.state, state, { recursive: true, preserveTimestamps: true });
   if (opts.newServerKey) for (const f of ["server.key", "server.crt"]) rmSync(path.join(state, f), { force: true });
   const config = opts.config ?? { ...img.config, tls: { ...img.config.tls, domain: opts.domain } };
   const cfg = writeJson(path.join(dir, "broker.json"), config);
@@ -130,7 +122,8 @@ export async function regenerate(img: PibakeImage, opts: { dir: string; domain: 
   let r;
   if (opts.asUser) {
     await execa("chown", ["-R", opts.asUser.find((a) => a.startsWith("--reuid="))!.slice(8), dir]);
-    chmodSync(dir, 0o755);
+    // The user must reach `dir`: its parent is often a private temporary directory.
+    chmodSync(path.dirname(dir), 0o755);
     const bin = opts.bin ?? path.join(repoRoot, "bin/pibake.js");
     r = await execa(opts.asUser[0]!, [...opts.asUser.slice(1), "node", bin, ...args], { reject: false, all: true, extendEnv: false, env: { ...runEnv, PATH: nodeOnlyPath(dir), HOME: dir }, cwd: dir, timeout: 600_000, stdin: "ignore" });
   } else {

@@ -10,7 +10,9 @@ import { mkdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../../../errors.js";
 import { Ext4Volume } from "../../../image/ext4-volume.js";
-import { copySparse, type SparseCopyMethod } from "../../../image/sparse-copy.js";
+import { writePatchedImage, type ImagePatch, type PatchedCopy } from "../../../image/patched-copy.js";
+import { serializeBmap } from "../../../image/bmap.js";
+import { writeFileSync } from "node:fs";
 import { detectCompression } from "../../../image/compression.js";
 import { BuildLog } from "../../../host/log.js";
 import { formatBytes, formatDuration } from "../../../ui/output.js";
@@ -35,7 +37,8 @@ interface FastBuild {
   readonly image: string;
   layout?: Layout;
   before?: ImageMarker;
-  copied?: SparseCopyMethod;
+  patches: ImagePatch[];
+  copied?: PatchedCopy;
   written: string[];
   removed: string[];
 }
@@ -45,7 +48,7 @@ export async function isFastCandidate(base: string): Promise<boolean> {
   try {
     if ((await detectCompression(base)) !== "none") return false;
     const layout = await readLayout(base, path.basename(base));
-    const vol = await Ext4Volume.open(base, layout.root.offset, { writable: false, label: base });
+    const vol = await Ext4Volume.open(base, layout.root.offset, { label: base });
     try {
       return parseMarker(await vol.readText(`/${MARKER_PATH}`)) !== undefined;
     } finally {
@@ -61,15 +64,16 @@ export async function regenerateFast(input: EngineInput, reporter: StepReporter)
   const base = path.resolve(input.request.base!);
   const workDir = path.join(input.workDir, "base");
   mkdirSync(workDir, { recursive: true, mode: 0o700 });
-  const b: FastBuild = { input, reporter, log: new BuildLog(input.logPath), base, label: path.basename(base), image: path.join(workDir, "image.img"), written: [], removed: [] };
+  const b: FastBuild = { input, reporter, log: new BuildLog(input.logPath), base, label: path.basename(base), image: path.join(workDir, "image.img"), patches: [], written: [], removed: [] };
   const reasons = await decide(b);
   if (reasons.length > 0) return { kind: "full", reasons };
   reporter.begin("prepare base");
-  await copyImage(b);
+  reporter.info(`fast path: ${b.label} was built by pibake ${b.before!.pibake}, and only files change: they are written in-process, nothing runs in the image`);
   reporter.skip("packages", "already installed: the base is an image pibake made");
   reporter.begin("overlay");
-  await writeFiles(b);
+  await editFiles(b);
   reporter.begin("finalize");
+  await writeImage(b);
   return { kind: "built", result: result(b) };
 }
 
@@ -80,7 +84,7 @@ async function decide(b: FastBuild): Promise<string[]> {
   let vol: Ext4Volume;
   try {
     b.layout = await readLayout(b.base, b.label);
-    vol = await Ext4Volume.open(b.base, b.layout.root.offset, { writable: false, label: b.label });
+    vol = await Ext4Volume.open(b.base, b.layout.root.offset, { label: b.label });
   } catch (err) {
     // The full path's own checks name what is wrong with such a base.
     return [`its root file system cannot be read in-process (${(err as Error).message})`];
@@ -98,17 +102,10 @@ async function decide(b: FastBuild): Promise<string[]> {
   }
 }
 
-async function copyImage(b: FastBuild): Promise<void> {
-  const started = Date.now();
-  b.reporter.status(`copying ${b.label} (${formatBytes(statSync(b.base).size)}; a reflink where the file system has them, else only its data)`);
-  b.copied = await copySparse(b.base, b.image, b.input.scope.signal);
-  b.log.line(`base copied (${b.copied}) in ${formatDuration(Date.now() - started)}`);
-}
-
-/** Every file the render changes, written into the copy; replaced and removed files zeroed first. */
-async function writeFiles(b: FastBuild): Promise<void> {
+/** Every file the render changes, written into the base's root file system as seen in memory (the base is never written); replaced and removed files zeroed first. */
+async function editFiles(b: FastBuild): Promise<void> {
   const { input, reporter, log } = b;
-  const vol = await Ext4Volume.open(b.image, b.layout!.root.offset, { writable: true, label: b.label });
+  const vol = await Ext4Volume.open(b.base, b.layout!.root.offset, { label: b.label });
   try {
     const after = markerOf(input.config.model, input.rendered, new Date());
     const edits = await planEdits(vol, { rendered: input.rendered, before: b.before!, after, passwordHash: input.secrets.userPasswordHash, today: Math.floor(Date.now() / 86_400_000) });
@@ -122,14 +119,27 @@ async function writeFiles(b: FastBuild): Promise<void> {
   } finally {
     await vol.close();
   }
+  b.patches = [...vol.changes()];
   log.line(`written: ${b.written.join(", ")}`);
   if (b.removed.length) log.line(`removed (zeroed first): ${b.removed.join(", ")}`);
+}
+
+/** The new image: the base with the edits, written in one pass that also gives its sha256 and bmap. */
+async function writeImage(b: FastBuild): Promise<void> {
+  const started = Date.now();
+  const bytes = b.patches.reduce((n, p) => n + p.bytes.length, 0);
+  b.reporter.status(`writing the image: ${b.label} (${formatBytes(statSync(b.base).size)}) with ${formatBytes(bytes)} changed, its sha256 and block map in the same pass`);
+  b.copied = await writePatchedImage(b.base, b.image, b.patches, b.input.scope.signal);
+  writeFileSync(`${b.image}.bmap`, serializeBmap(b.copied.bmap));
+  b.log.line(`image written (${b.copied.method === "reflink" ? "a reflink of the base" : "sparse: the base's data blocks only"}, ${b.patches.length} changes of ${bytes} bytes) in ${formatDuration(Date.now() - started)}`);
 }
 
 function result(b: FastBuild): EngineResult {
   const wanted = markerOf(b.input.config.model, b.input.rendered, new Date()).packages;
   return {
     imagePath: b.image,
+    bmapPath: `${b.image}.bmap`,
+    rawSha256: b.copied!.sha256,
     manifest: {
       engine: "base",
       baseImage: b.label,
@@ -138,7 +148,7 @@ function result(b: FastBuild): EngineResult {
       baseBuiltByPibake: b.before!.pibake,
       baseBuiltAt: b.before!.builtAt,
       regeneration: true,
-      fastPath: { copy: b.copied, filesWritten: b.written.length, filesRemoved: b.removed },
+      fastPath: { copy: b.copied!.method, bytesChanged: b.patches.reduce((n, p) => n + p.bytes.length, 0), filesWritten: b.written.length, filesRemoved: b.removed },
       packagesInstalled: [],
       packagesAdded: { count: 0, installedBytes: 0, names: [] },
       packages: wanted,
