@@ -58,28 +58,49 @@ async function reflink(src: string, dest: string): Promise<boolean> {
   }
 }
 
-/** Read `input` once: patches laid over, every byte hashed, the bmap built, and the data blocks written to `output` when given. */
+/**
+ * Read `input` once: patches laid over, every byte hashed, the bmap built,
+ * and the data blocks written to `output` when given. The next chunk is read
+ * and the previous one written while this one is hashed (the thread pool
+ * does the I/O), so the pass costs about its slowest part, not their sum.
+ */
 async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined, patches: readonly ImagePatch[], signal?: AbortSignal): Promise<{ sha256: string; bmap: Bmap }> {
   const size = (await input.stat()).size;
   const hash = createHash("sha256");
   const bmap = new BmapBuilder(size, DEFAULT_BLOCK_SIZE);
-  const buf = Buffer.allocUnsafe(CHUNK);
+  let reading = size > 0 ? readChunk(input, 0, Math.min(CHUNK, size)) : undefined;
+  let writing: Promise<void> = Promise.resolve();
   for (let pos = 0; pos < size; ) {
     signal?.throwIfAborted();
     const want = Math.min(CHUNK, size - pos);
-    let got = 0;
-    while (got < want) {
-      const { bytesRead } = await input.read(buf, got, want - got, pos + got);
-      if (bytesRead === 0) throw new Error("the image shrank while it was read");
-      got += bytesRead;
-    }
+    const buf = await reading!;
+    const next = pos + want;
+    reading = next < size ? readChunk(input, next, Math.min(CHUNK, size - next)) : undefined;
+    // Awaited in the next round; a failure meanwhile must not count as unhandled.
+    reading?.catch(() => undefined);
     applyPatches(buf, want, pos, patches);
-    hash.update(buf.subarray(0, want));
+    hash.update(buf);
     bmap.feed(buf, want, pos);
-    if (output) await writeDataRuns(output, buf, want, pos);
-    pos += want;
+    await writing;
+    if (output) {
+      writing = writeDataRuns(output, buf, want, pos);
+      writing.catch(() => undefined);
+    }
+    pos = next;
   }
+  await writing;
   return { sha256: hash.digest("hex"), bmap: bmap.finish() };
+}
+
+/** `length` bytes at `pos`, in a buffer of their own (the previous one may still be being written). */
+async function readChunk(input: fsp.FileHandle, pos: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  for (let got = 0; got < length; ) {
+    const { bytesRead } = await input.read(buf, got, length - got, pos + got);
+    if (bytesRead === 0) throw new Error("the image shrank while it was read");
+    got += bytesRead;
+  }
+  return buf;
 }
 
 /** The patches that fall in `buf[0, n)`, which stands at `pos`, applied in order (a later one wins). */
