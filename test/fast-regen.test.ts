@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execa } from "execa";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { binReadableBy, secretEnv, tempDir } from "./helpers/cli.js";
+import { binReadableBy, repoRoot, secretEnv, tempDir } from "./helpers/cli.js";
 import { countInImage, mountRoot, readAt } from "./helpers/image.js";
 import { fileTree, treeDifferences } from "./helpers/file-tree.js";
-import { pibakeImage, regenerate, type PibakeImage, type Regenerated } from "./helpers/pibake-image.js";
+import { env, pibakeImage, regenerate, type PibakeImage, type Regenerated } from "./helpers/pibake-image.js";
 import { parseMbr } from "../src/image/partitions.js";
 
 /**
@@ -104,6 +104,32 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base: fast regeneration o
     expect(diffs).toEqual([]);
     expect(await markerWithoutTime(fast.image!)).toEqual(await markerWithoutTime(full.image!));
   }, 1_800_000);
+
+  it("stopped by Ctrl-C while it writes the image, leaves nothing of it in --out", async () => {
+    const dir = path.join(tmp.dir, "interrupted");
+    mkdirSync(dir, { recursive: true });
+    const cfg = path.join(dir, "broker.json");
+    writeFileSync(cfg, JSON.stringify(fast.config));
+    const out = path.join(dir, "out");
+    const child = execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), "build", cfg, "--base", img.image, "--out", out, "--state", fast.state, "--compress", "none", "--log-format", "plain"], {
+      reject: false,
+      all: true,
+      env: { ...env, ...NEW_SECRETS, CI: "true" },
+      stdin: "ignore",
+      timeout: 600_000,
+    });
+    let sent = false;
+    child.all?.on("data", (d: Buffer) => {
+      if (!sent && /writing the image/.test(d.toString())) {
+        sent = true;
+        child.kill("SIGINT");
+      }
+    });
+    const r = await child;
+    expect(sent, r.all).toBe(true);
+    expect(r.exitCode, r.all).toBe(130);
+    expect(readdirSync(out).filter((f) => !f.endsWith(".failed.log"))).toEqual([]);
+  });
 
   it("refuses as a user, exit 2, naming sudo -E and the change, when the render needs more than files", async () => {
     const config = { ...img.config, nodeRed: { enabled: true, install: "firstboot" } };

@@ -68,14 +68,18 @@ async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined
   const size = (await input.stat()).size;
   const hash = createHash("sha256");
   const bmap = new BmapBuilder(size, DEFAULT_BLOCK_SIZE);
-  let reading = size > 0 ? readChunk(input, 0, Math.min(CHUNK, size)) : undefined;
+  // Three buffers in turn: one read ahead, one hashed, one written behind.
+  const ring = [0, 1, 2].map(() => Buffer.allocUnsafe(CHUNK));
+  let turn = 0;
+  let reading = size > 0 ? readChunk(input, ring[0]!, 0, Math.min(CHUNK, size)) : undefined;
   let writing: Promise<void> = Promise.resolve();
   for (let pos = 0; pos < size; ) {
     signal?.throwIfAborted();
     const want = Math.min(CHUNK, size - pos);
     const buf = await reading!;
     const next = pos + want;
-    reading = next < size ? readChunk(input, next, Math.min(CHUNK, size - next)) : undefined;
+    turn = (turn + 1) % ring.length;
+    reading = next < size ? readChunk(input, ring[turn]!, next, Math.min(CHUNK, size - next)) : undefined;
     // Awaited in the next round; a failure meanwhile must not count as unhandled.
     reading?.catch(() => undefined);
     applyPatches(buf, want, pos, patches);
@@ -92,9 +96,9 @@ async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined
   return { sha256: hash.digest("hex"), bmap: bmap.finish() };
 }
 
-/** `length` bytes at `pos`, in a buffer of their own (the previous one may still be being written). */
-async function readChunk(input: fsp.FileHandle, pos: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
+/** `length` bytes at `pos` into `into` (not the buffer being hashed, nor the one being written). */
+async function readChunk(input: fsp.FileHandle, into: Buffer, pos: number, length: number): Promise<Buffer> {
+  const buf = into.subarray(0, length);
   for (let got = 0; got < length; ) {
     const { bytesRead } = await input.read(buf, got, length - got, pos + got);
     if (bytesRead === 0) throw new Error("the image shrank while it was read");

@@ -1,18 +1,18 @@
 /**
  * The fast path of `pibake build --base IMAGE`: when IMAGE is one pibake
- * built and the new render changes only files (decide.ts), the image is
- * copied sparsely and the files are written into the copy in-process
- * (ext4 through libext2fs in WebAssembly), with no root, loop device, mount,
- * chroot or external program. The boot partition is not written: what
- * pibake puts there (cmdline.txt's Wi-Fi country) is the same by decision.
+ * built and the new render changes only files (decide.ts), the files are
+ * written into its root file system in-process (ext4 through libext2fs in
+ * WebAssembly, the changes held in memory), then the new image is written in
+ * one pass over the base, with no root, loop device, mount, chroot or
+ * external program. The boot partition is not written: what pibake puts
+ * there (cmdline.txt's Wi-Fi country) is the same by decision.
  */
-import { mkdirSync, statSync } from "node:fs";
+import { mkdirSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../../../errors.js";
 import { Ext4Volume } from "../../../image/ext4-volume.js";
 import { writePatchedImage, type ImagePatch, type PatchedCopy } from "../../../image/patched-copy.js";
 import { serializeBmap } from "../../../image/bmap.js";
-import { writeFileSync } from "node:fs";
 import { detectCompression } from "../../../image/compression.js";
 import { BuildLog } from "../../../host/log.js";
 import { formatBytes, formatDuration } from "../../../ui/output.js";
@@ -161,6 +161,6 @@ function result(b: FastBuild): EngineResult {
       marker: MARKER_PATH,
     },
     timings: {},
-    summary: ["fast path   the files written in-process into a copy of the base; no root, mount or chroot"],
+    summary: ["fast path   the files written in-process, the image in one pass over the base; no root, mount or chroot"],
   };
 }
