@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execa } from "execa";
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { linkSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { tempDir } from "./helpers/cli.js";
 import { Ext4Volume } from "../src/image/ext4-volume.js";
@@ -30,6 +30,9 @@ beforeAll(async () => {
   writeFileSync(path.join(tree, "etc/mosquitto/certs/server.key"), `${OLD_SECRET}\n`.repeat(300));
   writeFileSync(path.join(tree, "etc/hostname"), "old\n");
   symlinkSync("/usr/share/zoneinfo/Europe/London", path.join(tree, "etc/localtime"));
+  // Two names of one file: replacing one must leave the other's bytes.
+  writeFileSync(path.join(tree, "etc/shared"), "SHARED-BYTES\n");
+  linkSync(path.join(tree, "etc/shared"), path.join(tree, "etc/shared-too"));
   const fsImage = path.join(tmp.dir, "fs.img");
   await execa("mkfs.ext4", ["-q", "-F", "-d", tree, "-O", "^64bit,^huge_file", fsImage, "16M"]);
   // An image file with the file system 1 MiB in, as a partition would be.
@@ -50,6 +53,7 @@ describe("ext4 in-process (libext2fs in WebAssembly)", () => {
       await vol.writeFile("/etc/new/dir/file", Buffer.from("x"), { mode: 0o644, uid: 0, gid: 0 });
       await vol.symlink("/etc/localtime", "/usr/share/zoneinfo/Europe/Berlin");
       await vol.remove("/etc/hostname");
+      await vol.writeFile("/etc/shared", Buffer.from("NEW\n"), { mode: 0o644, uid: 0, gid: 0 });
     } finally {
       await vol.close();
     }
@@ -62,6 +66,8 @@ describe("ext4 in-process (libext2fs in WebAssembly)", () => {
     expect(await debugfs(out, "stat /etc/new/dir")).toMatch(/Type: directory\s+Mode:\s+0755/);
     expect(await debugfs(out, "stat /etc/localtime")).toMatch(/Fast link dest: "\/usr\/share\/zoneinfo\/Europe\/Berlin"/);
     expect(await debugfs(out, "ls /etc")).not.toMatch(/hostname/);
+    expect(await debugfs(out, "cat /etc/shared")).toBe("NEW");
+    expect(await debugfs(out, "cat /etc/shared-too")).toBe("SHARED-BYTES");
     const fsck = await execa("e2fsck", ["-fn", `${out}?offset=${OFFSET}`], { reject: false, all: true });
     expect(fsck.exitCode, fsck.all).toBe(0);
 

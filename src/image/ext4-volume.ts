@@ -26,13 +26,15 @@ export interface Ext4Stat {
   uid: number;
   gid: number;
   size: number;
+  /** Hard links to the inode. */
+  links: number;
 }
 
 /** The part of ext2fs's promise API that pibake uses (the package ships no types). */
 interface Ext2Fs {
   readdir(p: string): Promise<string[]>;
   readlink(p: string): Promise<string>;
-  lstat(p: string): Promise<{ mode: number; uid: number; gid: number; size: number; isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }>;
+  lstat(p: string): Promise<{ mode: number; uid: number; gid: number; size: number; nlink: number; isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }>;
   open(p: string, flags: string | number, mode?: number): Promise<Ext2FileHandle>;
   mkdir(p: string, mode: number): Promise<void>;
   unlink(p: string): Promise<void>;
@@ -116,7 +118,7 @@ export class Ext4Volume {
   async lstat(p: string): Promise<Ext4Stat | undefined> {
     const st = await this.fs.lstat(p).catch(missing);
     if (!st) return undefined;
-    return { type: TYPE_OF[st.mode & S_IFMT] ?? "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: st.size };
+    return { type: TYPE_OF[st.mode & S_IFMT] ?? "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, size: st.size, links: st.nlink };
   }
 
   /** A regular file's bytes (ext2fs's own readFile decodes them as text). */
@@ -189,7 +191,8 @@ export class Ext4Volume {
     const st = await this.lstat(p);
     if (!st) return;
     if (st.type === "dir") throw new PibakeError(`${this.label}: ${p} is a directory where pibake writes or removes a file`, 2);
-    if (st.type === "file") await this.scrub(p, st.size);
+    // A file with other hard links keeps its bytes there: only the name goes, as with tar.
+    if (st.type === "file" && st.links === 1) await this.scrub(p, st.size);
     await this.fs.unlink(p);
   }
 
