@@ -4,6 +4,7 @@ import { benchRender } from "./render.js";
 import { benchStartup } from "./startup.js";
 import { benchBaseImage } from "./base-image.js";
 import { benchPiGen } from "./pigen.js";
+import { benchFastRegen } from "./fast-regen.js";
 
 /**
  * `npm run bench`: each section measures one part on this machine and returns
@@ -15,6 +16,7 @@ const sections: [string, () => Promise<string[]>][] = [
   ["render", () => benchRender()],
   ["flash", () => benchFlash()],
   ["base-image", () => benchBaseImage()],
+  ["fast-regen", () => benchFastRegen()],
   ["pi-gen", () => benchPiGen()],
 ];
 

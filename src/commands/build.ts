@@ -13,6 +13,7 @@ export interface BuildOptions {
   osList?: string;
   grow?: string;
   shrink?: boolean;
+  full?: boolean;
   verbose?: boolean;
   logFormat?: string;
   piGen?: string;
@@ -26,8 +27,8 @@ export interface BuildOptions {
 
 /** The engines' options as given: a repeated option is a list, a flag given once a value. */
 export function buildSettings(opts: BuildOptions): BuildSettings {
-  const { out, state, compress, verbose, logFormat, engine: engineId, base, osList, grow, shrink, piGen, updatePiGen, runner, baseStages, clean } = opts;
-  const engine = { engine: engineId, base, osList, grow, shrink, piGen, updatePiGen, runner, clean };
+  const { out, state, compress, verbose, logFormat, engine: engineId, base, osList, grow, shrink, full, piGen, updatePiGen, runner, baseStages, clean } = opts;
+  const engine = { engine: engineId, base, osList, grow, shrink, full, piGen, updatePiGen, runner, clean };
   const request = Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)) as BuildSettings["request"];
   if (baseStages !== undefined) request.baseStages = (Array.isArray(baseStages) ? baseStages : [baseStages]).map(String);
   return {

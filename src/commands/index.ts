@@ -144,6 +144,7 @@ export function registerCommands(cli: CAC): void {
     .option("--os-list <url>", "Where the official images are listed (Raspberry Pi Imager's OS list; default PIBAKE_OS_LIST_URL, else Raspberry Pi's)")
     .option("--grow <size>", "Builds from an image: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
     .option("--shrink", "Builds from an image: shrink the image to its used size plus a margin (the first boot expands it again)")
+    .option("--full", "Builds from an image pibake built: the full way (root, loop devices, a chroot) even when only files change")
     .option("--verbose", "Show the output of apt-get and the stage's scripts")
     .option("--log-format <format>", "auto (a live status line on a terminal) or plain (one line per event)", { default: "auto" })
     .option("--pi-gen <dir>", "pi-gen: use this pi-gen checkout (implies --engine pi-gen)")

@@ -60,6 +60,8 @@ export interface BuildRequest {
   osList?: string;
   grow?: string;
   shrink?: boolean;
+  /** --full: a build from an image pibake built takes the full path even when the fast one applies. */
+  full?: boolean;
   piGen?: string;
   updatePiGen?: boolean;
   runner?: string;

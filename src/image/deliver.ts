@@ -144,7 +144,14 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
     let rawSha256: string;
     let sha256: string;
     let bmap: Bmap;
-    if (input.compress === "none") {
+    const known = input.result.bmapPath && input.result.rawSha256 ? { sha256: input.result.rawSha256 } : undefined;
+    if (input.compress === "none" && known) {
+      // The engine wrote the image and computed both in the same pass.
+      status("bmap", `block map and sha256 of ${formatBytes(rawSize)}: computed as the image was written`);
+      bmap = await readBmap(input.result.bmapPath!);
+      rawSha256 = sha256 = known.sha256;
+      await moveInto(rawImage, imageTmp, signal);
+    } else if (input.compress === "none") {
       status("bmap", `block map and sha256 of ${formatBytes(rawSize)}`);
       const scan = await timed("bmap", () => scanImage(rawImage, signal ? { signal } : {}));
       ({ bmap } = scan);

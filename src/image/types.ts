@@ -8,6 +8,8 @@ export interface EngineResult {
   imagePath: string;
   /** A bmap the engine already has (pi-gen may make one); delivery makes one otherwise. */
   bmapPath?: string;
+  /** The raw image's sha256, when the engine computed it while writing the image (with bmapPath: delivery then reads the image only to compress it). */
+  rawSha256?: string;
   /** Facts for the manifest, e.g. { engine: "pi-gen", piGenBranch, piGenCommit } or { engine: "base", baseImage, baseDigest }. */
   manifest: Record<string, unknown>;
   /** Named durations in milliseconds for the summary and the next build's estimate. */

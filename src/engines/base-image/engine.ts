@@ -5,7 +5,8 @@ import { detectCompression, type Compression } from "../../image/compression.js"
 import { formatBytes } from "../../ui/output.js";
 import { binfmtRequirement } from "../binfmt.js";
 import { problemOf, programRequirements, requirement } from "../problems.js";
-import type { BuildRequest, Engine, Requirement } from "../types.js";
+import type { BuildRequest, Engine, Problem, Requirement } from "../types.js";
+import type { Model } from "../../config/model.js";
 import { basePrograms, checkRoot } from "./preflight.js";
 import { parseGrow } from "./resize.js";
 
@@ -27,6 +28,7 @@ export const baseImageEngine: Engine = {
     { key: "osList", flag: "--os-list" },
     { key: "grow", flag: "--grow" },
     { key: "shrink", flag: "--shrink" },
+    { key: "full", flag: "--full" },
   ],
 
   optionsApplyTo: "builds from an image only, not to pi-gen builds",
@@ -67,9 +69,10 @@ export const baseImageEngine: Engine = {
         requirements.push({ need, problem: { what, usage: true } });
       } else requirements.push(requirement(need, "found", unreadable));
     }
-    requirements.push(requirement("root", "running as root", await problemOf(() => checkRoot(request.base)), { root: true }));
-    requirements.push(...programRequirements(basePrograms(compression, request.shrink === true), "pibake build --base"));
-    requirements.push(binfmtRequirement(model.image.arch));
+    if (!official && !missing && compression === "none" && request.full !== true && (await isFastCandidate(request.base!))) {
+      // Whether the render changes only files is known after it: the full path's needs are checked then (fullPathRequirements).
+      requirements.push(requirement("an image pibake built, for a fast regeneration", "its build.json found: root is needed only if the new config changes more than files", undefined));
+    } else requirements.push(...fullPathRequirements(request, model, compression, await problemOf(() => checkRoot(request.base))));
     if (model.image.baseStages.length > 0) {
       const what = "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image";
       requirements.push({ need: "no image.baseStages", problem: { what, usage: true } });
@@ -99,6 +102,20 @@ export const baseImageEngine: Engine = {
     return (await import("./index.js")).buildFromBase(input, reporter);
   },
 };
+
+/** What the full path (loop devices, mounts, the chroot) needs of this machine. */
+export function fullPathRequirements(request: BuildRequest, model: Model, compression: Compression, rootProblem: Problem | undefined): Requirement[] {
+  return [
+    requirement("root", "running as root", rootProblem, { root: true }),
+    ...programRequirements(basePrograms(compression, request.shrink === true), "pibake build --base"),
+    binfmtRequirement(model.image.arch),
+  ];
+}
+
+/** The fast path needs WebAssembly only; loaded when a base is looked at. */
+async function isFastCandidate(base: string): Promise<boolean> {
+  return (await import("./fast/index.js")).isFastCandidate(base);
+}
 
 /**
  * The official image is the base when no file is named: `--base raspios`,

@@ -9,12 +9,12 @@
  * other hosts). Everything held is released by clean-up scopes, on success,
  * failure and Ctrl-C alike.
  */
-import { mkdirSync, readdirSync, statSync, truncateSync, writeFileSync, promises as fsp } from "node:fs";
+import { mkdirSync, readdirSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Model } from "../../config/model.js";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
 import { PibakeError } from "../../errors.js";
-import { checkFileSystems, checkRaspiLayout, parseMbr, SECTOR_SIZE, type MbrPartition } from "../../image/partitions.js";
+import type { MbrPartition } from "../../image/partitions.js";
 import { writeRendered } from "../../render/write.js";
 import { formatBytes, formatDuration } from "../../ui/output.js";
 import { unmountTree } from "../../host/mounts.js";
@@ -25,7 +25,7 @@ import { BuildLog } from "../../host/log.js";
 import { attachLoop } from "../../host/loop.js";
 import { ImageRoot } from "../../host/image-root.js";
 import { killChrootProcesses } from "../../host/release.js";
-import { installedSizes, MARKER_PATH, missingPackages, packagesAdded, writeMarker, type PackagesAdded } from "./marker.js";
+import { installedSizes, MARKER_PATH, markerOf, missingPackages, packagesAdded, writeMarker, type PackagesAdded } from "./marker.js";
 import { stagePackageFiles, stagePackages } from "../../render/stage.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
@@ -37,10 +37,13 @@ import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs,
 import { findProgram } from "../../host/tools.js";
 import { runCommand } from "../../host/process.js";
 import { bindMount, discardFreeBlocks, growExt4, mountExt4, mountOverlay, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
-import { PIBAKE_VERSION } from "../../version.js";
 import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage } from "../../images/index.js";
 import type { CachedImageRecord } from "../../images/cache.js";
-import { officialBase } from "./engine.js";
+import { fullPathRequirements, officialBase } from "./engine.js";
+import { regenerateFast } from "./fast/index.js";
+import { detectCompression } from "../../image/compression.js";
+import { problemsError, problemsOf } from "../problems.js";
+import { readLayout, type Layout } from "./layout.js";
 
 export { parseGrow } from "./resize.js";
 
@@ -110,6 +113,11 @@ async function downloadOfficial(input: EngineInput, reporter: StepReporter): Pro
 }
 
 export async function buildFromBase(input: EngineInput, reporter: StepReporter): Promise<EngineResult> {
+  if (!officialBase(input.request)) {
+    const fast = await regenerateFast(input, reporter);
+    if (fast.kind === "built") return fast.result;
+    await takeFullPath(input, reporter, fast.reasons);
+  }
   const official = officialBase(input.request) ? await downloadOfficial(input, reporter) : undefined;
   const base = official ? official.path : path.resolve(input.request.base!);
   const workDir = path.join(input.workDir, "base");
@@ -143,6 +151,22 @@ export async function buildFromBase(input: EngineInput, reporter: StepReporter):
   await applyStage(b);
   await checkAndShrink(b);
   return result(b);
+}
+
+/**
+ * The fast path was not taken: as root, say why and build the full way (its
+ * needs of this machine, deferred for an image pibake built, are checked
+ * now); as a user, refuse with the reason and how to run it as root.
+ */
+async function takeFullPath(input: EngineInput, reporter: StepReporter, reasons: string[]): Promise<void> {
+  const why = reasons.join("; ");
+  if (process.getuid?.() !== 0) {
+    throw new PibakeError(`${input.request.base} needs the full build (loop devices, mounts, a chroot), which needs root: ${why}. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)`, 2);
+  }
+  const compression = await detectCompression(input.request.base!);
+  const problems = problemsOf(fullPathRequirements(input.request, input.config.model, compression, undefined));
+  if (problems.length > 0) throw problemsError(problems, `the full build from ${input.request.base} cannot run here (${why})`);
+  reporter.info(`full build, not the fast path: ${why}`);
 }
 
 /** The working copy of the base (decompressed, sparse) and its partition layout. */
@@ -298,7 +322,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
 
     const before = snapshotState(b.tree);
     for (const [name, bytes] of b.aptLists ?? []) b.tree.write(`/var/lib/apt/lists/${name}`, bytes, 0o644);
-    const systemDigest = await applySystem(b);
+    await applySystem(b);
 
     // Files of the previous overlay that this one no longer has.
     const overlayPaths = input.rendered.overlay.map((f) => f.path);
@@ -314,18 +338,7 @@ async function applyStage(b: BaseBuild): Promise<void> {
     reporter.begin("finalize");
     b.added = packagesAdded(facts.installed, installedSizes(b.tree));
     log.line(`packages added to the base: ${b.added.names.length} (${formatBytes(b.added.installedBytes)} installed)${b.added.names.length ? `: ${b.added.names.join(", ")}` : ""}`);
-    writeMarker(b.tree, {
-      pibake: PIBAKE_VERSION,
-      builtAt: new Date().toISOString(),
-      engine: "base",
-      image: model.image.name,
-      release: model.image.release,
-      arch: model.image.arch,
-      domain: model.tls.domain,
-      packages: b.wanted,
-      overlay: overlayPaths,
-      systemDigest,
-    });
+    writeMarker(b.tree, markerOf(model, input.rendered, new Date()));
     finalizeRootfs(b.tree, before, log);
     b.bootChanges = await fat.writeBack(b.bootDir, bootBefore);
     log.line(`boot partition: ${b.bootChanges.changed.length} file(s) written, ${b.bootChanges.removed.length} removed`);
@@ -336,8 +349,8 @@ async function applyStage(b: BaseBuild): Promise<void> {
   });
 }
 
-/** Hostname, first user, SSH, locale and the rest that pi-gen's config sets; the chroot part only when they changed. Returns their digest. */
-async function applySystem(b: BaseBuild): Promise<string> {
+/** Hostname, first user, SSH, locale and the rest that pi-gen's config sets; the chroot part only when they changed. */
+async function applySystem(b: BaseBuild): Promise<void> {
   b.reporter.status("hostname, first user, SSH, locale, time zone, keyboard, Wi-Fi country");
   const plan = applySystemSettings(b.tree, b.bootDir, b.input.rendered.system, b.input.secrets.userPasswordHash);
   b.systemNotes = plan.notes;
@@ -350,7 +363,6 @@ async function applySystem(b: BaseBuild): Promise<string> {
     writeFileSync(path.join(systemStage, "00-system", "00-run-chroot.sh"), plan.script, { mode: 0o700 });
     await runStage({ stageDir: systemStage, rootfs: b.mnt, signal: b.signal, onLine: toolLines(b) });
   }
-  return plan.digest;
 }
 
 /** The rendered stage, as pi-gen runs it: the packages step, then the overlay and the scripts. */
@@ -487,27 +499,6 @@ function stageInstallsWithoutRecommends(rendered: EngineInput["rendered"]): bool
 function stagePackageFile(rendered: EngineInput["rendered"], rel: string): boolean {
   const f = rendered.stage.find((s) => s.path === rel);
   return !!f && f.content.toString("utf8").replace(/#.*$/gm, "").trim() !== "";
-}
-
-/** Sector 0 and the file systems' first bytes: the Raspberry Pi OS checks, with messages that name the image. */
-type Layout = ReturnType<typeof checkRaspiLayout> & ReturnType<typeof checkFileSystems>;
-
-async function readLayout(image: string, label: string): Promise<Layout> {
-  const fh = await fsp.open(image, "r");
-  try {
-    const { size } = await fh.stat();
-    const read = async (pos: number, n: number) => {
-      const b = Buffer.alloc(n);
-      const { bytesRead } = await fh.read(b, 0, n, pos);
-      return b.subarray(0, bytesRead);
-    };
-    const table = parseMbr(await read(0, SECTOR_SIZE), label);
-    const layout = checkRaspiLayout(table, size, label);
-    const fs = checkFileSystems(layout, await read(layout.boot.offset, SECTOR_SIZE), await read(layout.root.offset, 2048), label);
-    return { ...layout, ...fs };
-  } finally {
-    await fh.close();
-  }
 }
 
 async function mountRoot(dev: string, mnt: string, scope: CleanupScope, log: BuildLog, opts: { readOnly?: boolean } = {}): Promise<void> {

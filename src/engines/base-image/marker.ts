@@ -1,4 +1,10 @@
 import type { ImageRoot } from "../../host/image-root.js";
+import { stagePackages } from "../../render/stage.js";
+import type { Rendered } from "../../render/index.js";
+import { systemDigest, type SystemSettings } from "../../render/system.js";
+import type { Model } from "../../config/model.js";
+import { PIBAKE_VERSION } from "../../version.js";
+import { inImageWork, type InImageWork } from "./in-image.js";
 
 /**
  * What pibake leaves in every image it builds from a base, so that a later
@@ -22,10 +28,18 @@ export interface ImageMarker {
   systemFiles?: string[];
   /** What the system settings' chroot script applied (SystemPlan.digest). */
   systemDigest?: string;
+  /** The system settings that digest is of (no secret in them): the fast path compares them field by field. */
+  system?: SystemSettings;
+  /** What the stage ran inside the image (in-image.ts): a later build whose render runs the same can write its files without running anything. */
+  inImage?: InImageWork;
 }
 
 export function readMarker(root: ImageRoot): ImageMarker | undefined {
-  const text = root.readText(MARKER_PATH);
+  return parseMarker(root.readText(MARKER_PATH));
+}
+
+/** The marker's record from its text; undefined when there is none or it is not one. */
+export function parseMarker(text: string | undefined): ImageMarker | undefined {
   if (text === undefined) return undefined;
   try {
     const m = JSON.parse(text) as ImageMarker;
@@ -36,7 +50,29 @@ export function readMarker(root: ImageRoot): ImageMarker | undefined {
 }
 
 export function writeMarker(root: ImageRoot, marker: ImageMarker): void {
-  root.write(MARKER_PATH, JSON.stringify(marker, null, 2) + "\n", 0o644);
+  root.write(MARKER_PATH, markerText(marker), 0o644);
+}
+
+export function markerText(marker: ImageMarker): string {
+  return JSON.stringify(marker, null, 2) + "\n";
+}
+
+/** The record of a build from this render, the same whichever path wrote the image. */
+export function markerOf(model: Model, rendered: Rendered, builtAt: Date): ImageMarker {
+  return {
+    pibake: PIBAKE_VERSION,
+    builtAt: builtAt.toISOString(),
+    engine: "base",
+    image: model.image.name,
+    release: model.image.release,
+    arch: model.image.arch,
+    domain: model.tls.domain,
+    packages: stagePackages(rendered),
+    overlay: rendered.overlay.map((f) => f.path),
+    systemDigest: systemDigest(rendered.system),
+    system: rendered.system,
+    inImage: inImageWork(rendered),
+  };
 }
 
 /** The packages dpkg has fully installed, each with its Installed-Size (KiB), from /var/lib/dpkg/status (read on the host: no qemu needed). */

@@ -109,7 +109,7 @@ export function bootTraces(root: ImageRoot): string[] {
 }
 
 /** An image that has been booted carries one machine's identity and has spent its first boot: refused. */
-export function checkNeverBooted(facts: BaseFacts, label: string): void {
+export function checkNeverBooted(facts: Pick<BaseFacts, "bootTraces" | "release" | "arch">, label: string): void {
   if (facts.bootTraces.length === 0) return;
   throw new PibakeError(
     `${label} has been booted before: it holds ${facts.bootTraces.join(", ")}. ` +
