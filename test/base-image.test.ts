@@ -1,7 +1,7 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execa, type ResultPromise } from "execa";
 import { X509Certificate } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statfsSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { startImageServer, type ImageServer } from "./helpers/image-server.js";
 import { FIXTURE_TIMEOUT_MS, pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
@@ -52,6 +52,41 @@ async function compressedBase(base: string): Promise<string> {
 }
 
 
+
+/** What the root file system of a tight base has free, as df shows it: under 100 MiB. */
+const TIGHT_FREE = 80 * 2 ** 20;
+
+/** Free bytes of the image's root file system, as df shows them (blocks reserved for root left out), with `fill` bytes of a file taken first. */
+async function rootFreeBytes(image: string, opts: { readWrite?: boolean; fill?: (free: number) => number } = {}): Promise<number> {
+  const dir = `${image}.root-${process.pid}`;
+  const m = await mountRoot(image, dir, { readWrite: opts.readWrite });
+  try {
+    const avail = () => {
+      const st = statfsSync(dir);
+      return Number(st.bavail) * Number(st.bsize);
+    };
+    if (opts.fill) await execa("fallocate", ["-l", String(opts.fill(avail())), path.join(dir, "var/filler.bin")]);
+    return avail();
+  } finally {
+    await m.release();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The stand-in with under 100 MiB free on its root file system, as a base a user filled would be: a
+ * file (fallocate: its blocks taken, nothing written) leaves TIGHT_FREE. resize2fs cannot do it: the
+ * stand-in is at its estimated minimum already. Cached beside the stand-in.
+ */
+async function tightBase(base: string): Promise<string> {
+  const tight = path.join(CACHE, path.basename(base).replace(/\.img$/, `-free${TIGHT_FREE / 2 ** 20}M.img`));
+  if (existsSync(tight)) return tight;
+  const tmp = `${tight}.tmp-${process.pid}`;
+  await execa("cp", ["--sparse=always", base, tmp]);
+  await rootFreeBytes(tmp, { readWrite: true, fill: (free) => free - TIGHT_FREE });
+  renameSync(tmp, tight);
+  return tight;
+}
 
 /** Where the test's download host serves the base, as Raspberry Pi's does (a .zst here: the faithful base is cached as one). */
 const OFFICIAL_PATH = "raspios_lite_arm64/images/raspios_lite_arm64-2026-04-13/2026-04-13-raspios-trixie-arm64-lite.img.zst";
@@ -232,6 +267,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   const out1 = path.join(tmp.dir, "out1");
   let base = "";
   let baseZst = "";
+  let baseFree = 0;
   let cfg = "";
   let image = "";
   let firstMs = 0;
@@ -244,7 +280,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   const imageCache = path.join(tmp.dir, "xdg-cache");
 
   beforeAll(async () => {
-    base = (await execa("bash", [FIXTURE, "trixie"], { timeout: FIXTURE_TIMEOUT_MS })).stdout.trim();
+    // From a base with under 100 MiB free: the room comes from apt's figures.
+    base = await tightBase((await execa("bash", [FIXTURE, "trixie"], { timeout: FIXTURE_TIMEOUT_MS })).stdout.trim());
+    baseFree = await rootFreeBytes(base);
     baseZst = await compressedBase(base);
     sshKeyFile = path.join(tmp.dir, "id_ed25519");
     await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "pibake-boot-test", "-f", sshKeyFile], { timeout: 30_000 });
@@ -312,6 +350,13 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(m.engine.aptEstimate.installBytes).toBeGreaterThan(10_000_000);
     expect(m.engine.packagesAdded.installedBytes / m.engine.aptEstimate.installBytes).toBeGreaterThan(0.9);
     expect(m.engine.packagesAdded.installedBytes / m.engine.aptEstimate.installBytes).toBeLessThan(1.15);
+    // From under 100 MiB free (as df and pibake count it), the growth is what apt's figures and the stated margin need beyond it (in 64 MiB steps).
+    expect(baseFree).toBeLessThan(100 * 2 ** 20);
+    const MiB = 2 ** 20;
+    expect(m.engine.aptEstimate.roomNeeded).toBe(m.engine.aptEstimate.downloadBytes + Math.ceil(m.engine.aptEstimate.installBytes * 1.3) + 768 * MiB);
+    expect(m.engine.rootGrownBy).toBeGreaterThanOrEqual(m.engine.aptEstimate.roomNeeded - baseFree - 64 * MiB);
+    expect(m.engine.rootGrownBy).toBeLessThan(m.engine.aptEstimate.roomNeeded - baseFree + 128 * MiB);
+    console.log(`base-image: from ${(baseFree / MiB).toFixed(0)} MiB free, grown by ${(m.engine.rootGrownBy / MiB).toFixed(0)} MiB for apt's ${(m.engine.aptEstimate.downloadBytes / MiB).toFixed(0)} MiB of downloads and ${(m.engine.aptEstimate.installBytes / MiB).toFixed(0)} MiB installed (${m.engine.packagesAdded.count} packages added, ${(m.engine.packagesAdded.installedBytes / MiB).toFixed(0)} MiB)`);
     expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
     // Which official image, from which list: verified on download, the download's digest recorded.
     expect(m.engine.official).toEqual({
