@@ -10,6 +10,8 @@
  */
 import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
@@ -158,6 +160,41 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
       await broker.broker.stop();
     }
     expect(notTheirs(dir)).toEqual([]);
+  });
+
+  it("render under sudo -E, which keeps the user's HOME, asks the npm registry as the user: their ~/.npm stays theirs", async () => {
+    const { dir, config } = project("npm-home", (c) => {
+      c.nodeRed = { enabled: true };
+    });
+    const asked: string[] = [];
+    const registry = http.createServer((req, res) => {
+      const name = decodeURIComponent((req.url ?? "/").slice(1));
+      asked.push(name);
+      const versions = { "4.1.13": { name, version: "4.1.13", engines: { node: ">=18.5" }, dist: { tarball: "http://127.0.0.1/x.tgz", shasum: "0" } } };
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify({ name, "dist-tags": { latest: "4.1.13" }, versions, time: { "4.1.13": "2025-01-01T00:00:00.000Z" } }));
+    });
+    await new Promise<void>((resolve) => registry.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `http://127.0.0.1:${(registry.address() as net.AddressInfo).port}/`;
+      // Without the npm_config_* that npm/npx running this test set (npm_config_cache among them): npm finds its cache from HOME.
+      const outside = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)));
+      const r = await execa(process.execPath, [bin, "render", config, "--out", "deploy/render"], {
+        reject: false,
+        cwd: dir,
+        timeout: 60_000,
+        stdin: "ignore",
+        env: { ...outside, ...secretEnv, PIBAKE_OFFLINE: "0", npm_config_registry: url, SUDO_USER: user, SUDO_UID: String(uid), SUDO_GID: String(gid), HOME: home, USER: "root", LOGNAME: "root", CI: "true" },
+        extendEnv: false,
+      });
+      expect(r.exitCode, output(r)).toBe(0);
+      expect(asked).toContain("node-red");
+      expect(existsSync(path.join(home, ".npm"))).toBe(true);
+      expect(notTheirs(home)).toEqual([]);
+      expect(notTheirs(dir)).toEqual([]);
+    } finally {
+      await new Promise((resolve) => registry.close(resolve));
+    }
   });
 
   it("pibake check --ssh and push under sudo log in with the user's own key (~/.ssh of SUDO_USER), not root's", async () => {

@@ -140,14 +140,22 @@ export type RegistryLookup = (pkg: string, signal?: AbortSignal) => VersionInfo[
  */
 export const REGISTRY_WAIT_MS = 10_000;
 
-/** The registry's versions of a package, through npm (its proxy and registry settings, npm_config_registry too): one try, bounded. */
+/**
+ * The registry's versions of a package, through npm (its proxy and registry settings, npm_config_registry too): one try, bounded.
+ * Under sudo it runs as the user behind it, with their HOME: `sudo -E` keeps HOME, and npm run
+ * as root there left root-owned files in their ~/.npm, after which their own npm (`npm ci`,
+ * `npm view`) failed on its cache.
+ */
 export const npmView: RegistryLookup = async (pkg, signal) => {
   // Loaded here: a render that repeats the recorded versions runs no program.
   const { run } = await import("../host/process.js");
+  const { asInvoker } = await import("../host/sudo.js");
+  const user = asInvoker();
   const r = await run("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json", "--fetch-retries=0", `--fetch-timeout=${REGISTRY_WAIT_MS}`], {
     what: `asking the npm registry for ${pkg}`,
     timeout: REGISTRY_WAIT_MS,
-    env: { npm_config_update_notifier: "false" },
+    env: { npm_config_update_notifier: "false", ...user?.env },
+    as: user,
     signal,
   });
   return parseNpmView(r.stdout);
