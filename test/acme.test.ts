@@ -36,6 +36,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { baseConfig, DEFAULT_SECRET_ENV, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 import { bin } from "./helpers/cli.js";
 import { sleep } from "./helpers/mosquitto.js";
+import { deleteNamespace } from "./helpers/netns.js";
 
 const HELPERS = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers");
 const SANDBOX = path.join(HELPERS, "pi-sandbox.sh");
@@ -247,15 +248,7 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     standIn?.kill("SIGTERM");
     for (const s of servers) await s.stop();
     // Whatever is left in the namespace goes with it.
-    const pids = await execa("ip", ["netns", "pids", ns], { reject: false });
-    for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
-      try {
-        process.kill(Number(pid), "SIGKILL");
-      } catch {
-        // gone already
-      }
-    }
-    await execa("ip", ["netns", "del", ns], { reject: false });
+    await deleteNamespace(ns);
     fx?.cleanup();
     removeAllFixtures();
   });

@@ -50,22 +50,24 @@ export interface Topology {
 
 const sh = (cmd: string, args: string[], timeoutMs = 10_000) => execa(cmd, args, { timeout: timeoutMs });
 
+/** Kill a network namespace's processes, then delete it: a namespace with processes in it outlives `ip netns del`. */
+export async function deleteNamespace(ns: string): Promise<void> {
+  const pids = await execa("ip", ["netns", "pids", ns], { reject: false });
+  for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  await execa("ip", ["netns", "del", ns], { reject: false });
+}
+
 export async function makeTopology(tag: string): Promise<Topology> {
   const names = { pi: `pb-${tag}-${process.pid}-pi`, lan: `pb-${tag}-${process.pid}-lan`, inet: `pb-${tag}-${process.pid}-inet` };
   const made: string[] = [];
   const destroy = async () => {
-    for (const ns of made.splice(0)) {
-      // Killing the namespace's processes first: a namespace with processes in it outlives `ip netns del`.
-      const pids = await execa("ip", ["netns", "pids", ns], { reject: false });
-      for (const pid of pids.stdout.split(/\s+/).filter(Boolean)) {
-        try {
-          process.kill(Number(pid), "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-      await execa("ip", ["netns", "del", ns], { reject: false });
-    }
+    for (const ns of made.splice(0)) await deleteNamespace(ns);
   };
   try {
     for (const ns of Object.values(names)) {
