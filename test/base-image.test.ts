@@ -268,6 +268,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   let base = "";
   let baseZst = "";
   let baseFree = 0;
+  /** The stand-in itself, whose facts base-image.sh records beside it (the tight base is a copy of it). */
+  let standIn = "";
   let cfg = "";
   let image = "";
   let firstMs = 0;
@@ -281,7 +283,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
 
   beforeAll(async () => {
     // From a base with under 100 MiB free: the room comes from apt's figures.
-    base = await tightBase((await execa("bash", [FIXTURE, "trixie"], { timeout: FIXTURE_TIMEOUT_MS })).stdout.trim());
+    standIn = (await execa("bash", [FIXTURE, "trixie"], { timeout: FIXTURE_TIMEOUT_MS })).stdout.trim();
+    base = await tightBase(standIn);
     baseFree = await rootFreeBytes(base);
     baseZst = await compressedBase(base);
     sshKeyFile = path.join(tmp.dir, "id_ed25519");
@@ -457,7 +460,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     // Per-machine state is left for the first boot, as pi-gen's export does; apt's downloads are gone.
     expect(readdirSync(path.join(mnt, "etc/ssh")).filter((f) => f.startsWith("ssh_host_"))).toEqual([]);
     // machine-id exactly as the base has it ("uninitialized" on trixie): systemd's first-boot logic must still run.
-    expect(readFileSync(path.join(mnt, "etc/machine-id"), "utf8")).toBe(`${JSON.parse(readFileSync(base.replace(/\.img$/, ".json"), "utf8")).machineId}\n`);
+    expect(readFileSync(path.join(mnt, "etc/machine-id"), "utf8")).toBe(`${JSON.parse(readFileSync(standIn.replace(/\.img$/, ".json"), "utf8")).machineId}\n`);
     expect(readFileSync(path.join(mnt, "etc/machine-id"), "utf8")).toBe("uninitialized\n");
     // No backups of the account files, which would keep the base's (or an earlier build's) password hashes.
     expect(["passwd-", "group-", "shadow-", "gshadow-", "subuid-", "subgid-"].filter((f) => existsSync(path.join(mnt, "etc", f)))).toEqual([]);
@@ -621,8 +624,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   }, 1_200_000);
 
   it("after a SIGKILL of the whole process tree, the next build releases what it left and succeeds", async () => {
+    // --full: the root path, with its mounts and loop devices (a regeneration would take the fast path, which has none).
     const outK = path.join(tmp.dir, "outK");
-    const { result, sent, text } = await interruptWhen(["build", cfg, "--base", image, "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none", "--log-format", "plain"], /\[4\/6\] overlay\n/, "SIGKILL");
+    const { result, sent, text } = await interruptWhen(["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none", "--log-format", "plain"], /\[4\/6\] overlay\n/, "SIGKILL");
     expect(sent, text).toBe(true);
     expect(result.signal ?? result.exitCode).toBe("SIGKILL");
     const work = readdirSync(outK).filter((f) => f.startsWith(".pibake-work-"));
@@ -630,7 +634,7 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(leftovers(outK).length, "a SIGKILL leaves its mounts and loop devices").toBeGreaterThan(0);
     expect(readdirSync(outK).filter((f) => f.endsWith(".img"))).toEqual([]);
 
-    const again = await pibake(["build", cfg, "--base", image, "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none"], { env, timeout: 600_000 });
+    const again = await pibake(["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none"], { env, timeout: 600_000 });
     expect(again.exitCode, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/cleaned up after an interrupted build: .*unmounted .*detached \/dev\/loop\d+.*removed .*\.pibake-work-/);
     expect(leftovers(outK)).toEqual([]);
