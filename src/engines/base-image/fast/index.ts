@@ -21,9 +21,12 @@ import { readLayout, type Layout } from "../layout.js";
 import { MARKER_PATH, markerOf, parseMarker, type ImageMarker } from "../marker.js";
 import { checkNeverBooted } from "../system.js";
 import { fullPathReasons } from "./decide.js";
-import { inspectVolume } from "./inspect.js";
+import { inspectVolume, linkedDirectories } from "./inspect.js";
 import { planEdits } from "./plan.js";
 import { applyEdits, readAccounts } from "./apply.js";
+
+/** Files the fast path writes besides the overlay (plan.ts). */
+const SYSTEM_FILES = ["/etc/hostname", "/etc/hosts", "/etc/shadow", "/etc/localtime", "/etc/timezone", "/etc/default/locale", `/${MARKER_PATH}`];
 
 export type FastOutcome = { kind: "built"; result: EngineResult } | { kind: "full"; reasons: string[] };
 
@@ -95,6 +98,9 @@ async function decide(b: FastBuild): Promise<string[]> {
     if (facts.marker) b.before = facts.marker;
     const { grow, shrink } = b.input.request;
     const reasons = fullPathReasons(facts, b.input.rendered, { compression, ...(grow !== undefined ? { grow } : {}), shrink: shrink === true, full: b.input.request.full === true });
+    const written = [...b.input.rendered.overlay.map((f) => `/${f.path}`), ...SYSTEM_FILES, `/home/${b.input.rendered.system.user.name}/.ssh/authorized_keys`];
+    const linked = await linkedDirectories(vol, written);
+    if (linked.length > 0) reasons.push(`directories pibake writes into are links in the image (${linked.join(", ")}): the root path writes through them inside the image, as its own tools do`);
     b.log.line(reasons.length ? `fast path: not taken: ${reasons.join("; ")}` : `fast path: ${b.label} was built by pibake ${facts.marker!.pibake} on ${facts.marker!.builtAt}; only files change`);
     return reasons;
   } finally {

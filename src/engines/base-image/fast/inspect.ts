@@ -33,3 +33,22 @@ async function bootTracesOf(vol: Ext4Volume): Promise<string[]> {
   if ((await vol.lstat("/var/lib/cloud/instance")) || (await vol.list("/var/lib/cloud/instances")).length > 0) traces.push("cloud-init's instance data (/var/lib/cloud/instances)");
   return traces;
 }
+
+/**
+ * The directories on the way to `files` that are links in the image. The root path writes through
+ * them inside the image (as the image's own tools do); libext2fs does not follow links, so such an
+ * image takes the root path.
+ */
+export async function linkedDirectories(vol: Ext4Volume, files: string[]): Promise<string[]> {
+  const dirs = new Set<string>();
+  for (const file of files) {
+    const parts = file.split("/").filter(Boolean).slice(0, -1);
+    for (let i = 1; i <= parts.length; i++) dirs.add(`/${parts.slice(0, i).join("/")}`);
+  }
+  const linked: string[] = [];
+  for (const dir of [...dirs].sort()) {
+    if ([...linked].some((l) => dir.startsWith(`${l}/`))) continue;
+    if ((await vol.lstat(dir))?.type === "link") linked.push(dir);
+  }
+  return linked;
+}
