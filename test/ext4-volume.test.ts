@@ -33,6 +33,8 @@ beforeAll(async () => {
   // Two names of one file: replacing one must leave the other's bytes.
   writeFileSync(path.join(tree, "etc/shared"), "SHARED-BYTES\n");
   linkSync(path.join(tree, "etc/shared"), path.join(tree, "etc/shared-too"));
+  // A directory that is a link, relative and climbing past the root, as a crafted base has them.
+  symlinkSync("../../../etc/mosquitto", path.join(tree, "etc/linked"));
   const fsImage = path.join(tmp.dir, "fs.img");
   await execa("mkfs.ext4", ["-q", "-F", "-d", tree, "-O", "^64bit,^huge_file", fsImage, "16M"]);
   // An image file with the file system 1 MiB in, as a partition would be.
@@ -77,5 +79,23 @@ describe("ext4 in-process (libext2fs in WebAssembly)", () => {
     expect(readFileSync(base).includes(OLD_SECRET)).toBe(true);
     // The bmap's ranges cover the written data: the file system's first block is in it.
     expect(written.bmap.ranges.some((r) => r.first * 4096 <= OFFSET && (r.last + 1) * 4096 > OFFSET)).toBe(true);
+  });
+
+  it("reads through a directory that is a link, and refuses to write or remove behind one before zeroing anything", async () => {
+    const vol = await Ext4Volume.open(base, OFFSET, { label: "base.img" });
+    try {
+      expect(await vol.readText("/etc/linked/certs/server.key")).toContain(OLD_SECRET);
+      expect(await vol.linkedDirectoryOf("/etc/linked/certs/server.key")).toBe("/etc/linked");
+      expect(await vol.linkedDirectoryOf("/etc/linked")).toBeUndefined();
+      expect(await vol.linkedDirectoryOf("/etc/mosquitto/certs/server.key")).toBeUndefined();
+      expect(await vol.linkedDirectoryOf("/etc/absent/dir/file")).toBeUndefined();
+      const refused = /base\.img: \/etc\/linked is a link in the image, on the way to \/etc\/linked\/certs\/(server\.key|new)/;
+      await expect(vol.remove("/etc/linked/certs/server.key")).rejects.toThrow(refused);
+      await expect(vol.writeFile("/etc/linked/certs/server.key", Buffer.from("x"), { mode: 0o600, uid: 0, gid: 0 })).rejects.toThrow(refused);
+      await expect(vol.symlink("/etc/linked/certs/new", "/x")).rejects.toThrow(refused);
+      expect(await vol.readText("/etc/mosquitto/certs/server.key")).toContain(OLD_SECRET);
+    } finally {
+      await vol.close();
+    }
   });
 });

@@ -8,9 +8,12 @@
  * (`changes()`), laid over what it reads, and written out with the rest of
  * the image in one pass (patched-copy.ts). Paths are the image's own: the
  * library resolves every link from the file system's root, so no link can
- * lead outside the image. A file that is replaced or removed is first
- * overwritten with zeros in place, so that its old bytes (a server key, a
- * password hash, a token) do not survive in the freed blocks.
+ * lead outside the image. Reads follow links in directories; writes and
+ * removals refuse them (libext2fs's unlink stops with ENOTDIR behind some,
+ * after zeroing the file): the fast path checks `linkedDirectoryOf` first
+ * and leaves such images to the root path. A file that is replaced or
+ * removed is first overwritten with zeros in place, so that its old bytes (a
+ * server key, a password hash, a token) do not survive in the freed blocks.
  */
 import { createRequire } from "node:module";
 import { promises as fsp } from "node:fs";
@@ -163,11 +166,30 @@ export class Ext4Volume {
   }
 
   /**
+   * The first directory on the way to `p` (not `p` itself) that is a
+   * symbolic link in the image, if any. Past it the path is the link's
+   * target's, so the walk stops there.
+   */
+  async linkedDirectoryOf(p: string): Promise<string | undefined> {
+    const dirs = normal(p).split("/").filter(Boolean).slice(0, -1);
+    let cur = "";
+    for (const part of dirs) {
+      cur = `${cur}/${part}`;
+      const st = await this.lstat(cur);
+      if (st?.type === "link") return cur;
+      // Absent: made by mkdirs; a file: refused there.
+      if (st?.type !== "dir") return undefined;
+    }
+    return undefined;
+  }
+
+  /**
    * A new regular file at `p` with `content`, `mode` and owner, replacing what
    * is there (a link itself, not its target, as tar does). Missing parents are
    * made as tar makes them (0755, root).
    */
   async writeFile(p: string, content: Buffer, attrs: { mode: number; uid: number; gid: number }): Promise<void> {
+    await this.refuseLinkedDirectory(p);
     await this.mkdirs(parentOf(normal(p)));
     await this.remove(p);
     const fh = await this.fs.open(p, "wx", attrs.mode);
@@ -188,6 +210,7 @@ export class Ext4Volume {
 
   /** Remove a file or link (its bytes zeroed first); nothing when absent. A directory is refused: pibake removes files only. */
   async remove(p: string): Promise<void> {
+    await this.refuseLinkedDirectory(p);
     const st = await this.lstat(p);
     if (!st) return;
     if (st.type === "dir") throw new PibakeError(`${this.label}: ${p} is a directory where pibake writes or removes a file`, 2);
@@ -218,8 +241,18 @@ export class Ext4Volume {
       cur = `${cur}/${part}`;
       const st = await this.fs.lstat(cur).catch(missing);
       if (!st) await this.fs.mkdir(cur, 0o755);
-      else if (!st.isDirectory() && !st.isSymbolicLink()) throw new PibakeError(`${this.label}: ${cur} is not a directory, but pibake writes below it`, 2);
+      else if (st.isSymbolicLink()) throw this.linkedError(cur, dir);
+      else if (!st.isDirectory()) throw new PibakeError(`${this.label}: ${cur} is not a directory, but pibake writes below it`, 2);
     }
+  }
+
+  private async refuseLinkedDirectory(p: string): Promise<void> {
+    const linked = await this.linkedDirectoryOf(p);
+    if (linked) throw this.linkedError(linked, p);
+  }
+
+  private linkedError(link: string, p: string): PibakeError {
+    return new PibakeError(`${this.label}: ${link} is a link in the image, on the way to ${p}: only the full build writes through such links (as root: sudo -E pibake build … --full)`, 2);
   }
 }
 
