@@ -22,11 +22,8 @@ import { MARKER_PATH, markerOf, parseMarker, type ImageMarker } from "../marker.
 import { checkNeverBooted } from "../system.js";
 import { fullPathReasons } from "./decide.js";
 import { inspectVolume, linkedDirectories } from "./inspect.js";
-import { planEdits } from "./plan.js";
+import { planEdits, type ImageEdit } from "./plan.js";
 import { applyEdits, readAccounts } from "./apply.js";
-
-/** Files the fast path writes besides the overlay (plan.ts). */
-const SYSTEM_FILES = ["/etc/hostname", "/etc/hosts", "/etc/shadow", "/etc/localtime", "/etc/timezone", "/etc/default/locale", `/${MARKER_PATH}`];
 
 export type FastOutcome = { kind: "built"; result: EngineResult } | { kind: "full"; reasons: string[] };
 
@@ -40,6 +37,8 @@ interface FastBuild {
   readonly image: string;
   layout?: Layout;
   before?: ImageMarker;
+  /** Planned while deciding, from the base as it is: what is checked is what is applied. */
+  edits?: ImageEdit[];
   patches: ImagePatch[];
   copied?: PatchedCopy;
   written: string[];
@@ -98,9 +97,8 @@ async function decide(b: FastBuild): Promise<string[]> {
     if (facts.marker) b.before = facts.marker;
     const { grow, shrink } = b.input.request;
     const reasons = fullPathReasons(facts, b.input.rendered, { compression, ...(grow !== undefined ? { grow } : {}), shrink: shrink === true, full: b.input.request.full === true });
-    const written = [...b.input.rendered.overlay.map((f) => `/${f.path}`), ...SYSTEM_FILES, `/home/${b.input.rendered.system.user.name}/.ssh/authorized_keys`];
-    const linked = await linkedDirectories(vol, written);
-    if (linked.length > 0) reasons.push(`directories pibake writes into are links in the image (${linked.join(", ")}): the root path writes through them inside the image, as its own tools do`);
+    // Planned only when nothing else sends the base to the root path: the plan needs its build.json, and its errors (a time zone the image lacks) are the fast path's.
+    if (reasons.length === 0) reasons.push(...(await plan(b, vol)));
     b.log.line(reasons.length ? `fast path: not taken: ${reasons.join("; ")}` : `fast path: ${b.label} was built by pibake ${facts.marker!.pibake} on ${facts.marker!.builtAt}; only files change`);
     return reasons;
   } finally {
@@ -108,13 +106,28 @@ async function decide(b: FastBuild): Promise<string[]> {
   }
 }
 
-/** Every file the render changes, written into the base's root file system as seen in memory (the base is never written); replaced and removed files zeroed first. */
+/**
+ * Every file the render writes or removes, planned from the base (plan.ts):
+ * none may lie behind a directory that is a link in the image, which the
+ * root path writes through and libext2fs does not. The reasons for the root
+ * path, none when the edits can be applied.
+ */
+async function plan(b: FastBuild, vol: Ext4Volume): Promise<string[]> {
+  const { input } = b;
+  const after = markerOf(input.config.model, input.rendered, new Date());
+  b.edits = await planEdits(vol, { rendered: input.rendered, before: b.before!, after, passwordHash: input.secrets.userPasswordHash, today: Math.floor(Date.now() / 86_400_000) });
+  const linked = await linkedDirectories(vol, b.edits);
+  if (linked.length === 0) return [];
+  const named = linked.map((l) => `${l.dir}, on the way to ${l.file}`).join("; ");
+  return [`directories on the way to files the fast path writes or removes are links in the image (${named}): the root path writes through them inside the image, as the image's own tools do`];
+}
+
+/** The planned edits, written into the base's root file system as seen in memory (the base is never written); replaced and removed files zeroed first. */
 async function editFiles(b: FastBuild): Promise<void> {
   const { input, reporter, log } = b;
+  const edits = b.edits!;
   const vol = await Ext4Volume.open(b.base, b.layout!.root.offset, { label: b.label });
   try {
-    const after = markerOf(input.config.model, input.rendered, new Date());
-    const edits = await planEdits(vol, { rendered: input.rendered, before: b.before!, after, passwordHash: input.secrets.userPasswordHash, today: Math.floor(Date.now() / 86_400_000) });
     reporter.status(`writing ${edits.length} files into the root file system (in-process)`);
     const done = await applyEdits(vol, edits, await readAccounts(vol), input.scope.signal);
     b.written = done.written;

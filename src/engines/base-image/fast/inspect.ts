@@ -2,6 +2,7 @@ import type { Ext4Volume } from "../../../image/ext4-volume.js";
 import { MARKER_PATH, parseDpkgStatus, parseMarker } from "../marker.js";
 import { elfArch, firstUserOf, parseOsRelease, type BaseFacts } from "../system.js";
 import type { FastBaseFacts } from "./decide.js";
+import type { ImageEdit } from "./plan.js";
 
 /** What the fast path decides from, read from the base's root file system (never written). */
 export async function inspectVolume(vol: Ext4Volume): Promise<FastBaseFacts & Pick<BaseFacts, "bootTraces">> {
@@ -35,20 +36,15 @@ async function bootTracesOf(vol: Ext4Volume): Promise<string[]> {
 }
 
 /**
- * The directories on the way to `files` that are links in the image. The root path writes through
- * them inside the image (as the image's own tools do); libext2fs does not follow links, so such an
- * image takes the root path.
+ * The directories that are links in the image on the way to a file the edits
+ * write or remove, each with the first such file. libext2fs does not write
+ * through them reliably; the root path does, inside the image.
  */
-export async function linkedDirectories(vol: Ext4Volume, files: string[]): Promise<string[]> {
-  const dirs = new Set<string>();
-  for (const file of files) {
-    const parts = file.split("/").filter(Boolean).slice(0, -1);
-    for (let i = 1; i <= parts.length; i++) dirs.add(`/${parts.slice(0, i).join("/")}`);
+export async function linkedDirectories(vol: Ext4Volume, edits: readonly ImageEdit[]): Promise<{ dir: string; file: string }[]> {
+  const found = new Map<string, string>();
+  for (const e of edits) {
+    const dir = await vol.linkedDirectoryOf(e.path);
+    if (dir && !found.has(dir)) found.set(dir, e.path);
   }
-  const linked: string[] = [];
-  for (const dir of [...dirs].sort()) {
-    if ([...linked].some((l) => dir.startsWith(`${l}/`))) continue;
-    if ((await vol.lstat(dir))?.type === "link") linked.push(dir);
-  }
-  return linked;
+  return [...found].map(([dir, file]) => ({ dir, file }));
 }
