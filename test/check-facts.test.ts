@@ -9,7 +9,8 @@
 import { execa } from "execa";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { judgeFacts, parseFacts, type PiFacts } from "../src/check/facts.js";
+import { judgeFacts, NODE_RED_INSTALL, parseFacts, type PiFacts } from "../src/check/facts.js";
+import { editorWhileInstalling } from "../src/check/index.js";
 import { FACTS_SCRIPT, factsCommand } from "../src/check/ssh.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -131,6 +132,24 @@ describe("pibake check --ssh: the Pi's facts judged", () => {
     expect(of(acme("acme-timer\tinactive", good))).toMatchObject({ status: "failed", detail: "pibake-acme.timer is inactive: nothing renews the certificate" });
     expect(of(answer())).toMatchObject({ status: "failed" });
     expect(judge(answer()).find((c) => c.name === "public certificate")).toBeUndefined();
+  });
+
+  it("Node-RED's first-boot install: done, under way (a warning, and the silent editor a warning too), failed and waiting, or never run", () => {
+    const firstBoot = (props: string, ...more: string[]) => answer((l) => [...l.slice(0, 4), `unit\tpibake-firstboot\tLoadState=loaded\t${props}\tActiveEnterTimestampMonotonic=6700000000\tNRestarts=0`, ...more, ...l.slice(4)]);
+    const of = (text: string) => judgeFacts(parseFacts(text), { where: "pi", ddnsHostname: undefined, nodeRed: true }).find((c) => c.name === NODE_RED_INSTALL);
+    expect(of(firstBoot("ActiveState=inactive\tSubState=dead", "firstboot-done\t2026-12-05T18:00:00Z"))).toMatchObject({ status: "ok", detail: "installed by the first boot (done 2026-12-05T18:00:00Z)" });
+    const installing = of(firstBoot("ActiveState=active\tSubState=running"));
+    expect(installing).toMatchObject({ status: "warning", detail: "the first boot is installing npm, Node-RED and the dashboard (running for 10 min); the editor answers when it is done" });
+    expect(of(firstBoot("ActiveState=activating\tSubState=auto-restart"))).toMatchObject({ status: "failed", detail: "the first boot's install failed; systemd runs it again later", fix: "on the Pi: journalctl -b -u pibake-firstboot" });
+    expect(of(firstBoot("ActiveState=failed\tSubState=failed"))?.status).toBe("failed");
+    expect(of(answer())).toMatchObject({ status: "failed", detail: expect.stringContaining("pibake-firstboot.service is unknown") });
+    expect(judgeFacts(parseFacts(answer()), { where: "pi", ddnsHostname: undefined }).find((c) => c.name === NODE_RED_INSTALL)).toBeUndefined();
+
+    const silent = { name: "node-red", status: "failed" as const, detail: "the editor at pi:1880 does not answer: connection refused", fix: "on the Pi: systemctl status nodered" };
+    expect(editorWhileInstalling([silent, installing!])[0]).toEqual({ name: "node-red", status: "warning", detail: `${silent.detail}: the first boot is still installing it`, fix: "on the Pi: journalctl -fu pibake-firstboot" });
+    const done = of(firstBoot("ActiveState=inactive\tSubState=dead", "firstboot-done\tx"))!;
+    expect(editorWhileInstalling([silent, done])[0]).toBe(silent);
+    expect(editorWhileInstalling([silent])[0]).toBe(silent);
   });
 
   it("says nothing of ddclient without ddns, and refuses an answer cut short", () => {

@@ -11,6 +11,8 @@ import { failed, ok, warning, type CheckResult } from "./result.js";
 export interface UnitState {
   loadState: string;
   activeState: string;
+  /** "auto-restart" while systemd waits to run a failed unit again. */
+  subState: string;
   /** Monotonic microseconds at which the unit last became active; 0 when never. */
   activeEnterUs: number;
   restarts: number;
@@ -28,6 +30,8 @@ export interface PiFacts {
   status: { writtenAt: number; text: string } | undefined;
   /** tls.mode "acme": pibake-acme.timer's state and /var/lib/pibake/acme.status (key=value lines). */
   acme: { timer: string; status: Record<string, string> | undefined } | undefined;
+  /** /var/lib/pibake/firstboot.done: when the first boot finished installing Node-RED. */
+  firstBootDone: string | undefined;
   /** /var/lib/pibake/push.json: what the last push put there. */
   pushed: { at: string; digest: string } | undefined;
   now: number;
@@ -35,7 +39,7 @@ export interface PiFacts {
 }
 
 export function parseFacts(output: string): PiFacts {
-  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, acme: undefined, pushed: undefined, now: NaN, errors: [] };
+  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, acme: undefined, firstBootDone: undefined, pushed: undefined, now: NaN, errors: [] };
   const failedUnits: string[] = [];
   const { records, ended } = answerRecords(output);
   for (const [kind, f] of records) {
@@ -54,6 +58,7 @@ export function parseFacts(output: string): PiFacts {
         facts.units.set(f[0] ?? "", {
           loadState: props.get("LoadState") ?? "",
           activeState: props.get("ActiveState") ?? "",
+          subState: props.get("SubState") ?? "",
           activeEnterUs: Number(props.get("ActiveEnterTimestampMonotonic") ?? 0) || 0,
           restarts: Number(props.get("NRestarts") ?? 0) || 0,
         });
@@ -79,6 +84,9 @@ export function parseFacts(output: string): PiFacts {
         facts.acme = { timer: facts.acme?.timer ?? "", status: Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)])) };
         break;
       }
+      case "firstboot-done":
+        facts.firstBootDone = f[0] ?? "";
+        break;
       case "push-record":
         try {
           const r = JSON.parse(Buffer.from(f[0] ?? "", "base64").toString("utf8")) as { pushedAt?: unknown; config?: { digest?: unknown } };
@@ -121,7 +129,7 @@ function isoOf(epochSeconds: number): string {
 }
 
 /** What each fact means for the broker: a line each, with what to do. */
-export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostname; undefined without ddns. */ ddnsHostname: string | undefined; configDigest?: string; pushCommand?: string; /** tls.mode is "acme". */ acme?: boolean }): CheckResult[] {
+export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostname; undefined without ddns. */ ddnsHostname: string | undefined; configDigest?: string; pushCommand?: string; /** tls.mode is "acme". */ acme?: boolean; /** Node-RED is on: its first-boot install is judged. */ nodeRed?: boolean }): CheckResult[] {
   const out: CheckResult[] = [];
   const onPi = (cmd: string) => `on the Pi: ${cmd}`;
 
@@ -159,6 +167,7 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostn
   }
 
   if (opts.acme) out.push(judgeAcme(facts, onPi));
+  if (opts.nodeRed) out.push(judgeNodeRedInstall(facts, onPi));
 
   for (const d of facts.disks) {
     const share = d.size ? d.available / d.size : 0;
@@ -200,6 +209,24 @@ export function judgeFacts(facts: PiFacts, opts: { where: string; /** ddns.hostn
     else out.push(warning("pi config", `the Pi runs another config than this one (${runs.how}: ${runs.digest.slice(0, 19)}…, this one ${opts.configDigest.slice(0, 19)}…)`, opts.pushCommand ? `bring it to this config: ${opts.pushCommand}` : undefined));
   }
   return out;
+}
+
+/** The fact that says whether Node-RED's first-boot install is done, under way or stuck. */
+export const NODE_RED_INSTALL = "node-red install";
+
+/** Node-RED's first-boot install (pibake-firstboot.service): done, under way, or failed and waiting to try again. */
+function judgeNodeRedInstall(facts: PiFacts, onPi: (cmd: string) => string): CheckResult {
+  const journal = onPi("journalctl -b -u pibake-firstboot");
+  if (facts.firstBootDone !== undefined) return ok(NODE_RED_INSTALL, `installed by the first boot (done ${facts.firstBootDone || "at an unknown time"})`);
+  const unit = facts.units.get("pibake-firstboot");
+  if (!unit || unit.loadState !== "loaded") return failed(NODE_RED_INSTALL, `pibake-firstboot.service is ${unit?.loadState || "unknown"} and the first boot has not installed Node-RED`, journal);
+  const restarts = unit.restarts ? `, tried ${unit.restarts + 1} times` : "";
+  if (unit.subState === "auto-restart") return failed(NODE_RED_INSTALL, `the first boot's install failed${restarts}; systemd runs it again later`, journal);
+  if (unit.activeState === "active" || unit.activeState === "activating") {
+    const running = unit.activeEnterUs ? ` for ${duration(facts.uptimeSeconds - unit.activeEnterUs / 1e6)}` : "";
+    return warning(NODE_RED_INSTALL, `the first boot is installing npm, Node-RED and the dashboard (running${running}${restarts}); the editor answers when it is done`, onPi("journalctl -fu pibake-firstboot"));
+  }
+  return failed(NODE_RED_INSTALL, `pibake-firstboot.service is ${unit.activeState}${restarts}, and the first boot has not installed Node-RED`, journal);
 }
 
 /** The public certificate's renewal: the timer runs, and what its last run said. */

@@ -8,7 +8,8 @@ import { checkMqtt, type MqttTarget } from "./mqtt.js";
 import { describe } from "./net.js";
 import { checkNodeRed } from "./node-red.js";
 import { checkSsh } from "./ssh.js";
-import { Budget, failed, type CheckResult } from "./result.js";
+import { Budget, failed, warning, type CheckResult } from "./result.js";
+import { NODE_RED_INSTALL } from "./facts.js";
 import { checkTls, publicTrust, type TlsTarget } from "./tls.js";
 
 export type { CheckResult, CheckStatus } from "./result.js";
@@ -99,9 +100,19 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
 
   const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined }, budget)
+    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined, nodeRed: model.nodeRed !== undefined }, budget)
     : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
-  return families.flat();
+  return editorWhileInstalling(families.flat());
+}
+
+/**
+ * An editor that does not answer while the Pi says its first boot is still installing Node-RED is
+ * what a fresh card shows for its first minutes: a warning that says so, not a failure.
+ */
+export function editorWhileInstalling(results: CheckResult[]): CheckResult[] {
+  const install = results.find((r) => r.name === NODE_RED_INSTALL);
+  if (install?.status !== "warning") return results;
+  return results.map((r) => (r.name === "node-red" && r.status === "failed" ? warning("node-red", `${r.detail}: the first boot is still installing it`, install.fix) : r));
 }

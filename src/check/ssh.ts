@@ -27,6 +27,8 @@ export interface SshTarget {
   pushCommand: string;
   /** tls.mode is "acme": the renewal's timer and last result are judged too. */
   acme?: boolean;
+  /** Node-RED is on: its first-boot install is judged too. */
+  nodeRed?: boolean;
 }
 
 export const FACTS_SCRIPT = path.join(stagesDir, "check/facts.sh");
@@ -131,7 +133,7 @@ async function checkFacts(target: SshTarget, where: string, budget: Budget): Pro
   const down = unreachable(r, ms);
   if (down) return [failed("pi facts", `${where}: ${down}`)];
   try {
-    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand, acme: target.acme === true });
+    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand, acme: target.acme === true, nodeRed: target.nodeRed === true });
   } catch (err) {
     return [warning("pi facts", `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`)];
   }

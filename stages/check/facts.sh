@@ -19,10 +19,15 @@ else
 	printf 'error\tsystemctl --failed\t%s\n' "$(tr '\n\t' '  ' <<<"$units" | cut -c1-200)"
 fi
 
-for unit in mosquitto ddclient; do
-	props=$(bounded systemctl show "$unit.service" -p LoadState -p ActiveState -p ActiveEnterTimestampMonotonic -p NRestarts 2>/dev/null | tr '\n' '\t')
+for unit in mosquitto ddclient pibake-firstboot; do
+	props=$(bounded systemctl show "$unit.service" -p LoadState -p ActiveState -p SubState -p ActiveEnterTimestampMonotonic -p NRestarts 2>/dev/null | tr '\n' '\t')
 	printf 'unit\t%s\t%s\n' "$unit" "${props%$'\t'}"
 done
+
+# Node-RED's first-boot install: its marker holds the time it finished (world-readable).
+if [ -r /var/lib/pibake/firstboot.done ]; then
+	printf 'firstboot-done\t%s\n' "$(head -c 64 /var/lib/pibake/firstboot.done | tr -d '\n\t')"
+fi
 
 # ddclient's cache (Debian's default path; world-readable): one line per name it updates.
 cache=/var/cache/ddclient/ddclient.cache
