@@ -2,7 +2,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync 
 import path from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import { inject } from "vitest";
-import { validConfig } from "./cli.js";
+import { repoRoot } from "./cli.js";
 
 /**
  * The broker image that test/base-image.test.ts builds first and
@@ -20,16 +20,27 @@ declare module "vitest" {
   }
 }
 
-/** validConfig as the boot test needs it: QEMU's network, the test's SSH key, a Wi-Fi profile, WebSockets, Node-RED off. */
+/** examples/broker.json as shipped. */
+export function exampleConfig(): Record<string, any> {
+  return JSON.parse(readFileSync(path.join(repoRoot, "examples/broker.json"), "utf8")) as Record<string, any>;
+}
+
+/**
+ * examples/broker.json as shipped, Node-RED on and installed on first boot, as the boot test needs it.
+ * Changed only where a test must: the secrets are the test's (secretEnv), the SSH key is the test's,
+ * the network is QEMU's. Added on top: a Wi-Fi profile and MQTT over WebSockets.
+ */
 export function brokerImageConfig(sshPublicKey: string, domain = BROKER_DOMAIN): Record<string, any> {
-  const c = validConfig();
+  const c = exampleConfig();
+  delete c.$schema;
+  c.user.password = { env: "T_USER_PW" };
+  c.user.sshKeys = [sshPublicKey];
+  c.mqtt.users[0].password = { env: "T_MQTT_SENSORS_PW" };
+  c.mqtt.users[1].password = { env: "T_MQTT_PHONE_PW" };
+  c.ddns.token = { env: "T_DDNS_TOKEN" };
   c.tls.domain = domain;
   // QEMU's user-mode network: the broker answering at all proves the rendered NetworkManager profile was applied.
   c.network = { interface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] };
-  c.user.sshKeys = [sshPublicKey];
-  // Node-RED's stage (nodejs and npm under qemu-user) has its own tests.
-  c.nodeRed = { enabled: false };
-  c.mqtt.users[1].topics.push({ access: "readwrite", topic: "home/commands/+" });
   // A Wi-Fi profile beside the wired one: the radio must be switched on (QEMU has no Wi-Fi device).
   c.network.wifi = { ssid: "HomeNet", passphrase: { env: "T_WIFI_PW" }, country: "DE" };
   // A browser's way in: MQTT over WebSockets with TLS on 8884.

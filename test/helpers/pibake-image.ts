@@ -51,6 +51,8 @@ export async function standInBase(): Promise<string> {
 export async function pibakeImage(): Promise<PibakeImage> {
   const base = await standInBase();
   const key = createHash("sha256").update(path.basename(base)).update(MARKER_FORMAT).update(GROW);
+  // The config without its SSH key (made with the image): what the build installs follows from it.
+  key.update(JSON.stringify(brokerImageConfig("", DOMAIN)));
   treeDigest(path.join(repoRoot, "stages"), key);
   treeDigest(path.join(repoRoot, "overlays"), key);
   const dir = path.join(CACHE, `pibake-built-trixie-${key.digest("hex").slice(0, 16)}`);
