@@ -7,7 +7,7 @@ import path from "node:path";
 import { FIXTURE_TIMEOUT_MS, pibake, repoRoot, secretEnv, tempDir, writeJson } from "./helpers/cli.js";
 import { bootVm, cmdlineForQemu, Deadline, DIAGNOSTICS_SSH_MS, sshRun, waitForBroker, withBootDiagnostics, type Vm } from "./helpers/qemu.js";
 import { bootFile, mountRoot } from "./helpers/image.js";
-import { shellQuote } from "../src/render/templates.js";
+import { shellQuote } from "../src/host/shell.js";
 import { brokerImageConfig, BROKER_DOMAIN, takeOver } from "./helpers/broker-image.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 

@@ -5,7 +5,7 @@ import path from "node:path";
 import { run, type RunResult } from "../host/process.js";
 import { asInvoker, giveTo } from "../host/sudo.js";
 import { stagesDir } from "../paths.js";
-import { shellQuote } from "../render/templates.js";
+import { shellQuote } from "../host/shell.js";
 import { judgeFacts, parseFacts } from "./facts.js";
 import { failed, ok, warning, type Budget, type CheckResult } from "./result.js";
 

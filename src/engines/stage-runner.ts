@@ -5,7 +5,7 @@ import { ImageRoot } from "../host/image-root.js";
 import { run } from "../host/process.js";
 import { stagesDir } from "../paths.js";
 import { packageList } from "../render/stage.js";
-import { shellQuote } from "../render/templates.js";
+import { shellQuote } from "../host/shell.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
 

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import type tar from "tar-stream";
 import { stagesDir } from "../paths.js";
-import { shellQuote } from "../render/templates.js";
+import { shellQuote } from "../host/shell.js";
 import { OVERLAY_MTIME, packTar } from "../render/tar.js";
 import type { OverlayFile } from "../render/overlay.js";
 
