@@ -12,7 +12,7 @@ import { redact } from "../host/redact.js";
 import type { Output } from "../ui/output.js";
 import { PIBAKE_VERSION } from "../version.js";
 import { asInvoker } from "../host/sudo.js";
-import { applyCommand, inspectCommand, packPayload, sshArgs, type SshTarget } from "./commands.js";
+import { applyCommand, inspectCommand, packPayload, pushSsh, type SshTarget } from "./commands.js";
 import { describeChange, parseInspect, planPush, type PushPlan } from "./plan.js";
 
 export interface PushSettings {
@@ -54,7 +54,8 @@ export interface PushResult {
 async function ssh(target: SshTarget, remote: string, input: Buffer, ms: number, what: string) {
   // Under sudo, as the user who ran it: their key, and known_hosts in their state directory stays theirs.
   const user = asInvoker();
-  const r = await execa("ssh", sshArgs(target, remote), { input, reject: false, timeout: ms, maxBuffer: 64 * 1024 * 1024, encoding: "utf8", ...(user ?? {}) });
+  const c = pushSsh(target, remote, what);
+  const r = await execa(c.cmd, c.args, { input, reject: false, timeout: ms, maxBuffer: 64 * 1024 * 1024, encoding: "utf8", ...(user ?? {}) });
   if (r.timedOut) throw new PibakeError(`${what}: no end within ${ms / 1000} s (ssh ${target.user}@${target.host} port ${target.port})`);
   // ssh's own failure (exit 255): cannot connect, host key changed, key refused.
   if (r.exitCode === 255) throw new PibakeError(`${what}: ssh ${target.user}@${target.host} port ${target.port} failed: ${redact(r.stderr.trim()) || "no message"}`);
