@@ -59,7 +59,8 @@ export interface RunOptions {
   what: string;
   log?: BuildLog | undefined;
   signal?: AbortSignal | undefined;
-  input?: string | undefined;
+  /** Standard input: text, or bytes (a tar after a password line); without it, none. */
+  input?: string | Uint8Array | undefined;
   env?: Record<string, string> | undefined;
   /** false: the child gets `env` only, not this process's environment. */
   extendEnv?: boolean;
@@ -85,11 +86,14 @@ export interface RunOptions {
 
 export interface RunResult {
   stdout: string;
+  stderr: string;
   /** stdout and stderr, interleaved. */
   output: string;
   /** undefined when it was killed by a signal. */
   exitCode: number | undefined;
   signal: string | undefined;
+  /** It was stopped because `timeout` passed. */
+  timedOut: boolean;
   tail: readonly string[];
 }
 
@@ -142,7 +146,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
 
   const output = String(r.all ?? "");
   if (output.trim()) opts.log?.line(output.trimEnd());
-  const result: RunResult = { stdout: String(r.stdout ?? ""), output, exitCode: r.exitCode, signal: r.signal, tail: tail.lines };
+  const result: RunResult = { stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? ""), output, exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, tail: tail.lines };
   if (opts.okCodes === "any") return result;
   if (r.isCanceled && opts.signal?.reason instanceof Error) throw opts.signal.reason;
   if (r.exitCode === undefined) {
