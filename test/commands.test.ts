@@ -14,6 +14,7 @@ import {
   zeroFreeBlocks,
 } from "../src/engines/base-image/commands.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
+import { compress, decompress, listXz, listZstd } from "../src/image/commands.js";
 import type { Command } from "../src/host/process.js";
 
 /**
@@ -48,6 +49,22 @@ describe("the base-image engine's commands", () => {
 
   it("refuses a shrink target that is not whole KiB", () => {
     expect(() => shrinkExt4(dev, 1000)).toThrow(/not a whole number of KiB/);
+  });
+});
+
+describe("the compressed images' commands", () => {
+  it.each<[string, Command, string, (number[] | "any")?]>([
+    ["xz to standard output, all cores", decompress("xz", "/i/base.img.xz"), "xz -dc -T0 -- /i/base.img.xz"],
+    ["zstd to standard output", decompress("zstd", "/i/base.img.zst"), "zstd -dc -q -- /i/base.img.zst"],
+    ["a name that looks like an option", decompress("xz", "-base.img.xz"), "xz -dc -T0 -- -base.img.xz"],
+    ["xz from standard input", compress("xz", 4096), "xz -T0 -c -z -"],
+    ["zstd from standard input, told the size", compress("zstd", 4096), "zstd -T0 -q -c --stream-size=4096 -"],
+    ["xz's sizes", listXz("/i/base.img.xz"), "xz --robot --list -- /i/base.img.xz", "any"],
+    ["zstd's sizes", listZstd("/i/base.img.zst"), "zstd -lv -- /i/base.img.zst", "any"],
+  ])("%s", (_name, c, line, okCodes) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.what).not.toBe("");
+    expect(c.okCodes).toEqual(okCodes);
   });
 });
 

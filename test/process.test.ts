@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { run } from "../src/host/process.js";
+import { run, startPiped } from "../src/host/process.js";
 
 /** The one process runner, against real programs (sh, cat). */
 describe("run", () => {
@@ -19,5 +19,30 @@ describe("run", () => {
     const r = await run("sleep", ["10"], { what: "waiting", okCodes: "any", timeout: 200 });
     expect(r.timedOut).toBe(true);
     expect(r.exitCode).toBeUndefined();
+  });
+});
+
+describe("startPiped", () => {
+  it("streams bytes through, and says how the program ended with its standard error", async () => {
+    const p = startPiped({ cmd: "sh", args: ["-c", "cat; echo done >&2; exit 5"], what: "piping" }, { stdin: "pipe" });
+    const chunks: Buffer[] = [];
+    p.stdout.on("data", (c: Buffer) => chunks.push(c));
+    p.stdin!.end(Buffer.from([0, 1, 2, 255]));
+    const r = await p.done;
+    expect(Buffer.concat(chunks)).toEqual(Buffer.from([0, 1, 2, 255]));
+    expect(r).toMatchObject({ exitCode: 5, stderr: "done", canceled: false });
+  });
+
+  it("ends without rejecting when the program is missing, killed or cancelled", async () => {
+    const missing = await startPiped({ cmd: "pibake-no-such-program", args: [], what: "x" }, { stdin: "ignore" }).done;
+    expect(missing.exitCode).toBeUndefined();
+    expect(missing.message).toMatch(/ENOENT/);
+    const sleeper = startPiped({ cmd: "sleep", args: ["10"], what: "x" }, { stdin: "ignore" });
+    sleeper.kill("SIGKILL");
+    expect(await sleeper.done).toMatchObject({ exitCode: undefined, signal: "SIGKILL", canceled: false });
+    const ac = new AbortController();
+    const cancelled = startPiped({ cmd: "sleep", args: ["10"], what: "x" }, { stdin: "ignore", signal: ac.signal });
+    ac.abort(new Error("stop"));
+    expect((await cancelled.done).canceled).toBe(true);
   });
 });

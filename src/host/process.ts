@@ -1,4 +1,5 @@
 import { execa } from "execa";
+import type { Readable, Writable } from "node:stream";
 import { PibakeError } from "../errors.js";
 import { redact } from "./redact.js";
 import type { BuildLog } from "./log.js";
@@ -179,4 +180,45 @@ export interface Command {
 
 export function runCommand(c: Command, opts: Omit<RunOptions, "what" | "okCodes"> = {}): Promise<RunResult> {
   return run(c.cmd, c.args, { ...opts, what: c.what, ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
+}
+
+/** How a piped program ended. */
+export interface PipedResult {
+  /** undefined when it was killed, or did not start. */
+  exitCode: number | undefined;
+  signal: string | undefined;
+  stderr: string;
+  /** Stopped by the `signal` it was started with. */
+  canceled: boolean;
+  /** Why it failed, in a few words ("Command was killed with SIGTERM", "spawn xz ENOENT"); "" when it did not. */
+  message: string;
+}
+
+/**
+ * A program whose standard output, and standard input if asked, are streams of
+ * bytes rather than lines (a decompressor, a compressor); its standard error
+ * is kept for the message. The caller judges the result: `done` never rejects.
+ */
+export interface PipedProcess {
+  stdin: Writable | null;
+  stdout: Readable;
+  done: Promise<PipedResult>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export function startPiped(c: Command, opts: { stdin: "pipe" | "ignore"; signal?: AbortSignal | undefined }): PipedProcess {
+  const child = execa(c.cmd, c.args, {
+    stdin: opts.stdin,
+    stdout: "pipe",
+    stderr: "pipe",
+    buffer: { stdout: false, stderr: true },
+    reject: false,
+    env: { PATH: toolPath() },
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
+  });
+  const done = child.then(
+    (r): PipedResult => ({ exitCode: r.exitCode, signal: r.signal, stderr: String(r.stderr ?? ""), canceled: r.isCanceled, message: (r.failed && r.shortMessage) || "" }),
+    (err: Error): PipedResult => ({ exitCode: undefined, signal: undefined, stderr: "", canceled: false, message: err.message }),
+  );
+  return { stdin: child.stdin, stdout: child.stdout, done, kill: (signal = "SIGTERM") => void child.kill(signal) };
 }
