@@ -13,6 +13,7 @@ import {
   tryImageProgram,
   zeroFreeBlocks,
 } from "../src/engines/base-image/commands.js";
+import { archiveCommit, cloneBranch, currentBranch, extractTar, fetchBranch, headCommit, resetToFetched } from "../src/engines/pigen/commands.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
 import { compress, decompress, listXz, listZstd } from "../src/image/commands.js";
 import type { Command } from "../src/host/process.js";
@@ -64,6 +65,28 @@ describe("the compressed images' commands", () => {
   ])("%s", (_name, c, line, okCodes) => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).not.toBe("");
+    expect(c.okCodes).toEqual(okCodes);
+  });
+});
+
+describe("the pi-gen engine's commands", () => {
+  it.each<[string, Command, string, string, (number[] | "any")?]>([
+    ["the branch", currentBranch("/c/pi-gen"), "git -C /c/pi-gen rev-parse --abbrev-ref HEAD", "git rev-parse --abbrev-ref HEAD", "any"],
+    ["the commit", headCommit("/c/pi-gen"), "git -C /c/pi-gen rev-parse HEAD", "git rev-parse HEAD", "any"],
+    [
+      "a shallow clone of one branch",
+      cloneBranch("https://github.com/RPi-Distro/pi-gen.git", "arm64", "/c/pi-gen.tmp-1"),
+      "git clone --quiet --depth 1 --branch arm64 https://github.com/RPi-Distro/pi-gen.git /c/pi-gen.tmp-1",
+      "cloning pi-gen",
+      "any",
+    ],
+    ["the branch's newest commit", fetchBranch("/c/pi-gen", "arm64"), "git -C /c/pi-gen fetch --quiet --depth 1 origin arm64", "git fetch --quiet --depth 1 origin arm64", "any"],
+    ["moved to it", resetToFetched("/c/pi-gen"), "git -C /c/pi-gen reset --quiet --hard FETCH_HEAD", "git reset --quiet --hard FETCH_HEAD", "any"],
+    ["the tracked files as a tar", archiveCommit("/c/pi-gen", "abc123"), "git -C /c/pi-gen archive --format=tar abc123", "copying pi-gen's files at abc123"],
+    ["unpacked into the tree", extractTar("/w/tree"), "tar -x -C /w/tree", "unpacking pi-gen's files into /w/tree"],
+  ])("%s", (_name, c, line, what, okCodes) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.what).toBe(what);
     expect(c.okCodes).toEqual(okCodes);
   });
 });
