@@ -13,7 +13,20 @@ import {
   tryImageProgram,
   zeroFreeBlocks,
 } from "../src/engines/base-image/commands.js";
-import { archiveCommit, cloneBranch, currentBranch, extractTar, fetchBranch, headCommit, resetToFetched } from "../src/engines/pigen/commands.js";
+import {
+  archiveCommit,
+  cloneBranch,
+  currentBranch,
+  dockerVersion,
+  extractTar,
+  fetchBranch,
+  findContainer,
+  findTool,
+  headCommit,
+  resetToFetched,
+  runPiGen,
+  stopContainer,
+} from "../src/engines/pigen/commands.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
 import { compress, decompress, listXz, listZstd } from "../src/image/commands.js";
 import type { Command } from "../src/host/process.js";
@@ -84,10 +97,28 @@ describe("the pi-gen engine's commands", () => {
     ["moved to it", resetToFetched("/c/pi-gen"), "git -C /c/pi-gen reset --quiet --hard FETCH_HEAD", "git reset --quiet --hard FETCH_HEAD", "any"],
     ["the tracked files as a tar", archiveCommit("/c/pi-gen", "abc123"), "git -C /c/pi-gen archive --format=tar abc123", "copying pi-gen's files at abc123"],
     ["unpacked into the tree", extractTar("/w/tree"), "tar -x -C /w/tree", "unpacking pi-gen's files into /w/tree"],
+    ["a tool of the depends file", findTool("qemu-arm-static"), `bash -c hash "$1" 2>/dev/null pibake-hash qemu-arm-static`, "looking for qemu-arm-static", "any"],
+    ["Docker's version", dockerVersion(), "docker info --format {{.ServerVersion}}", "asking Docker", "any"],
+    ["the container a build left", findContainer("pibake_broker"), "docker ps -a --filter name=^pibake_broker$ -q", "looking for pi-gen's container", "any"],
+    ["stopping it", stopContainer("pibake_broker"), "docker stop -t 10 pibake_broker", "stopping pi-gen's container", "any"],
+    ["pi-gen natively", runPiGen("native", "/w/config"), "./build.sh -c /w/config", "pi-gen", "any"],
+    ["pi-gen in Docker", runPiGen("docker", "/w/config"), "./build-docker.sh -c /w/config", "pi-gen", "any"],
   ])("%s", (_name, c, line, what, okCodes) => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).toBe(what);
     expect(c.okCodes).toEqual(okCodes);
+  });
+});
+
+describe("looking for a tool of pi-gen's depends file", () => {
+  it("finds what is installed, and reads a name as a name, never as shell text", async () => {
+    const ask = async (tool: string) => {
+      const c = findTool(tool);
+      return (await execa(c.cmd, c.args, { reject: false })).exitCode;
+    };
+    expect(await ask("sh")).toBe(0);
+    expect(await ask("pibake-no-such-tool")).not.toBe(0);
+    expect(await ask("sh; exit 0")).not.toBe(0);
   });
 });
 
