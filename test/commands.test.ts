@@ -9,7 +9,6 @@ import {
   readExt4Features,
   repairExt4,
   shrinkExt4,
-  sparseCopy,
   tryImageProgram,
   zeroFreeBlocks,
 } from "../src/engines/base-image/commands.js";
@@ -28,7 +27,7 @@ import {
   stopContainer,
 } from "../src/engines/pigen/commands.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
-import { compress, decompress, listXz, listZstd } from "../src/image/commands.js";
+import { compress, decompress, listXz, listZstd, mapExtents, sparseCopy } from "../src/image/commands.js";
 import type { Command } from "../src/host/process.js";
 
 /**
@@ -49,7 +48,6 @@ describe("the base-image engine's commands", () => {
     ["discard", discardFreeBlocks("/w/root"), "fstrim -v /w/root", [0, 1, 32, 64]],
     ["zero", zeroFreeBlocks(dev), "zerofree /dev/loop7"],
     ["try a program", tryImageProgram("/w/root"), "chroot /w/root /bin/true", "any"],
-    ["copy, a name that looks like an option", sparseCopy("-base.img", "/w/image.img", "copying"), "cp --reflink=auto --sparse=always -- -base.img /w/image.img"],
   ])("%s", (_name, c, line, okCodes) => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).not.toBe("");
@@ -66,7 +64,7 @@ describe("the base-image engine's commands", () => {
   });
 });
 
-describe("the compressed images' commands", () => {
+describe("the image's commands", () => {
   it.each<[string, Command, string, (number[] | "any")?]>([
     ["xz to standard output, all cores", decompress("xz", "/i/base.img.xz"), "xz -dc -T0 -- /i/base.img.xz"],
     ["zstd to standard output", decompress("zstd", "/i/base.img.zst"), "zstd -dc -q -- /i/base.img.zst"],
@@ -75,10 +73,16 @@ describe("the compressed images' commands", () => {
     ["zstd from standard input, told the size", compress("zstd", 4096), "zstd -T0 -q -c --stream-size=4096 -"],
     ["xz's sizes", listXz("/i/base.img.xz"), "xz --robot --list -- /i/base.img.xz", "any"],
     ["zstd's sizes", listZstd("/i/base.img.zst"), "zstd -lv -- /i/base.img.zst", "any"],
+    ["copy, a name that looks like an option", sparseCopy("-base.img", "/w/image.img", "copying"), "cp --reflink=auto --sparse=always -- -base.img /w/image.img"],
+    ["the data's extents", mapExtents("/w/image.img"), "filefrag -s -e /w/image.img", "any"],
   ])("%s", (_name, c, line, okCodes) => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).not.toBe("");
     expect(c.okCodes).toEqual(okCodes);
+  });
+
+  it("maps extents in the C locale, which the parser reads", () => {
+    expect(mapExtents("/w/image.img").env).toEqual({ LC_ALL: "C" });
   });
 });
 

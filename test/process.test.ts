@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { run, startPiped } from "../src/host/process.js";
+import { run, runCommand, startPiped } from "../src/host/process.js";
 
 /** The one process runner, against real programs (sh, cat). */
 describe("run", () => {
@@ -44,5 +44,12 @@ describe("startPiped", () => {
     const cancelled = startPiped({ cmd: "sleep", args: ["10"], what: "x" }, { stdin: "ignore", signal: ac.signal });
     ac.abort(new Error("stop"));
     expect((await cancelled.done).canceled).toBe(true);
+  });
+});
+
+describe("runCommand", () => {
+  it("gives the program the command's environment over the caller's", async () => {
+    const r = await runCommand({ cmd: "sh", args: ["-c", 'echo "$A $B"'], what: "x", env: { A: "command" } }, { env: { A: "caller", B: "caller" } });
+    expect(r.stdout).toBe("command caller");
   });
 });

@@ -176,10 +176,13 @@ export interface Command {
   /** What it does, for the error message. */
   what: string;
   okCodes?: number[] | "any";
+  /** Environment variables its output depends on (LC_ALL=C for a parser), over the caller's. */
+  env?: Record<string, string>;
 }
 
 export function runCommand(c: Command, opts: Omit<RunOptions, "what" | "okCodes"> = {}): Promise<RunResult> {
-  return run(c.cmd, c.args, { ...opts, what: c.what, ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
+  const env = c.env ? { ...opts.env, ...c.env } : opts.env;
+  return run(c.cmd, c.args, { ...opts, what: c.what, ...(env ? { env } : {}), ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
 }
 
 /** How a piped program ended. */

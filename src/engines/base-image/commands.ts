@@ -49,6 +49,3 @@ export const zeroFreeBlocks = (dev: string): Command => ({ cmd: "zerofree", args
 
 /** One of the image's own programs, to learn before the long work whether they run here (natively or through qemu-user). */
 export const tryImageProgram = (rootfs: string): Command => ({ cmd: "chroot", args: [rootfs, "/bin/true"], what: "trying one of the image's programs", okCodes: "any" });
-
-/** A copy that keeps holes, or a reflink where the file system has them. */
-export const sparseCopy = (source: string, dest: string, what: string): Command => ({ cmd: "cp", args: ["--reflink=auto", "--sparse=always", "--", source, dest], what });
