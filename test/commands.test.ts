@@ -28,6 +28,9 @@ import {
 } from "../src/engines/pigen/commands.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
 import { compress, decompress, listXz, listZstd, mapExtents, sparseCopy } from "../src/image/commands.js";
+import { flushBuffers, listBlockDevicesJson, rereadPartitionTable, updatePartitions } from "../src/flash/commands.js";
+import { LSBLK_COLUMNS } from "../src/flash/devices.js";
+import { attachLoopDevice, detachLoopDevice, unmount, unmountLazily } from "../src/host/commands.js";
 import type { Command } from "../src/host/process.js";
 
 /**
@@ -123,6 +126,33 @@ describe("looking for a tool of pi-gen's depends file", () => {
     expect(await ask("sh")).toBe(0);
     expect(await ask("pibake-no-such-tool")).not.toBe(0);
     expect(await ask("sh; exit 0")).not.toBe(0);
+  });
+});
+
+describe("the build machine's commands", () => {
+  it.each<[string, Command, string, (number[] | "any")?]>([
+    ["unmount", unmount("/w/root/boot"), "umount /w/root/boot", "any"],
+    ["unmount lazily", unmountLazily("/w/root/boot"), "umount --lazy /w/root/boot", "any"],
+    ["a partition on a loop device", attachLoopDevice("/w/image.img", 4194304, 536870912, false, "image.img"), "losetup --find --show --offset 4194304 --sizelimit 536870912 /w/image.img"],
+    ["read-only", attachLoopDevice("/w/base.img", 0, 512, true, "base.img"), "losetup --find --show --offset 0 --sizelimit 512 --read-only /w/base.img"],
+    ["detach", detachLoopDevice("/dev/loop7"), "losetup --detach /dev/loop7"],
+  ])("%s", (_name, c, line, okCodes) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.what).not.toBe("");
+    expect(c.okCodes).toEqual(okCodes);
+  });
+});
+
+describe("flash's commands", () => {
+  it.each<[string, Command, string]>([
+    ["block devices as JSON, in bytes", listBlockDevicesJson(LSBLK_COLUMNS), `lsblk --json -b -o ${LSBLK_COLUMNS}`],
+    ["the device's cache dropped", flushBuffers("/dev/sdb"), "blockdev --flushbufs /dev/sdb"],
+    ["the partition table reread", rereadPartitionTable("/dev/sdb"), "blockdev --rereadpt /dev/sdb"],
+    ["or updated partition by partition", updatePartitions("/dev/sdb"), "partx -u /dev/sdb"],
+  ])("%s", (_name, c, line) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.what).not.toBe("");
+    expect(c.okCodes).toBe("any");
   });
 });
 
