@@ -1,3 +1,5 @@
+import { writeFileSync } from "node:fs";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { execa } from "execa";
 import {
@@ -26,12 +28,15 @@ import {
   runPiGen,
   stopContainer,
 } from "../src/engines/pigen/commands.js";
+import { CHROOT_ENV, CHROOT_MOUNTS, chrootShell, hostScript, mountForChroot } from "../src/engines/commands.js";
+import { runInChroot } from "../src/engines/chroot.js";
 import { aptInstallScript, aptUpdateScript } from "../src/engines/stage-runner.js";
 import { compress, decompress, listXz, listZstd, mapExtents, sparseCopy } from "../src/image/commands.js";
 import { flushBuffers, listBlockDevicesJson, rereadPartitionTable, updatePartitions } from "../src/flash/commands.js";
 import { LSBLK_COLUMNS } from "../src/flash/devices.js";
 import { attachLoopDevice, detachLoopDevice, unmount, unmountLazily } from "../src/host/commands.js";
 import type { Command } from "../src/host/process.js";
+import { tempDir } from "./helpers/cli.js";
 
 /**
  * What pibake runs, as data: each builder's program, arguments and accepted
@@ -153,6 +158,54 @@ describe("flash's commands", () => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).not.toBe("");
     expect(c.okCodes).toBe("any");
+  });
+});
+
+describe("the stage runner's commands", () => {
+  it("mounts what pi-gen's on_chroot mounts", () => {
+    expect(CHROOT_MOUNTS.map((m) => [mountForChroot(m, `/w/root/${m}`).cmd, ...mountForChroot(m, `/w/root/${m}`).args].join(" "))).toEqual([
+      "mount -t proc proc /w/root/proc",
+      "mount --bind /dev /w/root/dev",
+      "mount --bind /dev/pts /w/root/dev/pts",
+      "mount --bind /sys /w/root/sys",
+      "mount -t tmpfs tmpfs /w/root/run",
+      "mount -t tmpfs tmpfs /w/root/tmp",
+    ]);
+  });
+
+  it("runs bash -e in the chroot with pi-gen's environment, the caller's over it", () => {
+    const c = chrootShell("/w/root", "installing packages", { LANG: "en_GB.UTF-8", STAGE: "pibake" });
+    expect([c.cmd, ...c.args].join(" ")).toBe("chroot /w/root /bin/bash -e");
+    expect(c.what).toBe("installing packages");
+    expect(c.env).toEqual({ ...CHROOT_ENV, LANG: "en_GB.UTF-8", STAGE: "pibake" });
+    expect(c.env?.DEBIAN_FRONTEND).toBe("noninteractive");
+  });
+
+  it.skipIf(process.getuid?.() !== 0)("gives a script in the chroot that environment and nothing of this process's (the host's / as the root)", async () => {
+    const lines: string[] = [];
+    process.env.PIBAKE_TEST_LEAK = "leaked";
+    try {
+      await runInChroot("/", { script: 'echo "$DEBIAN_FRONTEND $HOME $STAGE ${PIBAKE_TEST_LEAK:-none}"\n', env: { STAGE: "pibake" }, onLine: (l) => lines.push(l) });
+    } finally {
+      delete process.env.PIBAKE_TEST_LEAK;
+    }
+    expect(lines).toEqual(["noninteractive /root pibake none"]);
+  });
+
+  it("runs a host script with on_chroot exported, both paths as arguments", async () => {
+    const c = hostScript("/w/stage/01-run.sh", "/p/stages/host/on-chroot.sh");
+    expect([c.cmd, ...c.args]).toEqual(["bash", "-c", 'source "$1" && export -f on_chroot && exec "$2"', "run.sh", "/p/stages/host/on-chroot.sh", "/w/stage/01-run.sh"]);
+    const { dir, cleanup } = tempDir("pibake-host-script-");
+    try {
+      const lib = path.join(dir, "on chroot's lib.sh");
+      const script = path.join(dir, "01 run.sh");
+      writeFileSync(lib, 'on_chroot() { echo "in the chroot: $*"; }\n');
+      writeFileSync(script, "#!/bin/bash -e\non_chroot hello\n", { mode: 0o755 });
+      const r = await execa(hostScript(script, lib).cmd, hostScript(script, lib).args);
+      expect(r.stdout).toBe("in the chroot: hello");
+    } finally {
+      cleanup();
+    }
   });
 });
 
