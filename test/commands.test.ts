@@ -4,11 +4,16 @@ import { describe, expect, it } from "vitest";
 import { execa } from "execa";
 import {
   bindMount,
+  copyFatIn,
+  copyFatOut,
   discardFreeBlocks,
   growExt4,
+  makeFatDir,
   minimumExt4,
   mountExt4,
   readExt4Features,
+  removeFatFiles,
+  removeFatTree,
   repairExt4,
   shrinkExt4,
   tryImageProgram,
@@ -36,6 +41,7 @@ import { flushBuffers, listBlockDevicesJson, rereadPartitionTable, updatePartiti
 import { LSBLK_COLUMNS } from "../src/flash/devices.js";
 import { attachLoopDevice, detachLoopDevice, unmount, unmountLazily } from "../src/host/commands.js";
 import type { Command } from "../src/host/process.js";
+import { npmViewCommand, REGISTRY_WAIT_MS } from "../src/registry/node-red.js";
 import { tempDir } from "./helpers/cli.js";
 
 /**
@@ -61,6 +67,22 @@ describe("the base-image engine's commands", () => {
     expect(c.what).not.toBe("");
     if (okCodes) expect(c.okCodes).toEqual(okCodes);
     else if (c.cmd !== "e2fsck") expect(c.okCodes).toBeUndefined();
+  });
+
+  it.each<[string, Command, string]>([
+    ["the boot partition's files out", copyFatOut("/w/image.img@@4194304", "/w/boot"), "mcopy -i /w/image.img@@4194304 -s -p -m -n ::/ /w/boot/"],
+    ["files into a directory", copyFatIn("/w/image.img@@4194304", "/w/boot", ["overlays/a.dtbo", "overlays/b.dtbo"], "::/overlays/"), "mcopy -i /w/image.img@@4194304 -o -m /w/boot/overlays/a.dtbo /w/boot/overlays/b.dtbo ::/overlays/"],
+    ["a directory removed", removeFatTree("/w/image.img@@4194304", "old"), "mdeltree -i /w/image.img@@4194304 ::/old"],
+    ["files removed", removeFatFiles("/w/image.img@@4194304", ["a.txt", "overlays/b.dtbo"]), "mdel -i /w/image.img@@4194304 ::/a.txt ::/overlays/b.dtbo"],
+    ["a directory made", makeFatDir("/w/image.img@@4194304", "new"), "mmd -i /w/image.img@@4194304 ::/new"],
+  ])("mtools: %s", (_name, c, line) => {
+    expect([c.cmd, ...c.args].join(" ")).toBe(line);
+    expect(c.env).toEqual({ MTOOLS_SKIP_CHECK: "1", MTOOLSRC: "/dev/null" });
+    expect(c.okCodes).toBeUndefined();
+  });
+
+  it("names the files it writes to the boot partition by their place there", () => {
+    expect(copyFatIn("/w/i@@0", "/w/boot", ["config.txt", "overlays/a.dtbo"], "::/").what).toBe("writing config.txt, overlays/a.dtbo to the boot partition");
   });
 
   it("accepts every e2fsck answer when it only reads the features", () => {
@@ -158,6 +180,17 @@ describe("flash's commands", () => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
     expect(c.what).not.toBe("");
     expect(c.okCodes).toBe("any");
+  });
+});
+
+describe("the registry's command", () => {
+  it("asks npm once, bounded, for every version with its engines, without an update notice", () => {
+    const c = npmViewCommand("@flowfuse/node-red-dashboard");
+    expect([c.cmd, ...c.args].join(" ")).toBe(
+      `npm view @flowfuse/node-red-dashboard@>=0.0.0 version engines node-red.version --json --fetch-retries=0 --fetch-timeout=${REGISTRY_WAIT_MS}`,
+    );
+    expect(c.env).toEqual({ npm_config_update_notifier: "false" });
+    expect(c.okCodes).toBeUndefined();
   });
 });
 
