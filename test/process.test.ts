@@ -27,7 +27,7 @@ describe("startPiped", () => {
     const p = startPiped({ cmd: "sh", args: ["-c", "cat; echo done >&2; exit 5"], what: "piping" }, { stdin: "pipe" });
     const chunks: Buffer[] = [];
     p.stdout.on("data", (c: Buffer) => chunks.push(c));
-    p.stdin!.end(Buffer.from([0, 1, 2, 255]));
+    p.stdin.end(Buffer.from([0, 1, 2, 255]));
     const r = await p.done;
     expect(Buffer.concat(chunks)).toEqual(Buffer.from([0, 1, 2, 255]));
     expect(r).toMatchObject({ exitCode: 5, stderr: "done", canceled: false });

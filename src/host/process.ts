@@ -209,6 +209,8 @@ export interface PipedProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
+export function startPiped(c: Command, opts: { stdin: "pipe"; signal?: AbortSignal | undefined }): PipedProcess & { stdin: Writable };
+export function startPiped(c: Command, opts: { stdin: "ignore"; signal?: AbortSignal | undefined }): PipedProcess;
 export function startPiped(c: Command, opts: { stdin: "pipe" | "ignore"; signal?: AbortSignal | undefined }): PipedProcess {
   const child = execa(c.cmd, c.args, {
     stdin: opts.stdin,

@@ -10,7 +10,7 @@ import { compress } from "./commands.js";
  */
 export function startCompressor(kind: "xz" | "zstd", dest: string, size: number, signal?: AbortSignal) {
   const child = startPiped(compress(kind, size), { stdin: "pipe", signal });
-  const stdin = child.stdin!;
+  const stdin = child.stdin;
   const hash = createHash("sha256");
   const file = createWriteStream(dest, { mode: 0o644 });
   let written = 0;

@@ -85,7 +85,7 @@ async function copyTracked(checkout: PiGenCheckout, treeDir: string): Promise<vo
   const steps = [archiveCommit(checkout.dir, checkout.commit), extractTar(treeDir)];
   const archive = startPiped(steps[0]!, { stdin: "ignore" });
   const extract = startPiped(steps[1]!, { stdin: "pipe" });
-  archive.stdout.pipe(extract.stdin!);
+  archive.stdout.pipe(extract.stdin);
   const ends = await Promise.all([archive.done, extract.done]);
   const failed = steps.flatMap((c, i) => {
     const r = ends[i]!;
