@@ -10,7 +10,7 @@ import { bootFile, mountRoot } from "./helpers/image.js";
 import { NPM_RELEASE } from "../src/registry/node-red.js";
 import { STATE_FILES } from "../src/secrets/node-red.js";
 import { NODE_RED_INSTALL } from "../src/check/facts.js";
-import { shellQuote } from "../src/render/templates.js";
+import { shellQuote } from "../src/host/shell.js";
 import { brokerImageConfig, BROKER_DOMAIN, takeOver } from "./helpers/broker-image.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
 

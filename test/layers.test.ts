@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
  * check/ never import engines/base-image/ (engines/index.ts loads it for a
  * build that uses it). push/ and check/ work on a running Pi, beside the
  * build: no engine, image or flash code. What host/ and config/ share with the
- * output (the secret registry) is in host/, so neither imports ui/.
+ * output (the secret registry) is in host/, so neither imports ui/. Only
+ * host/'s runners start processes (the bench aside).
  */
 
 const src = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "src");
@@ -142,6 +143,15 @@ describe("layers of src/", () => {
       .filter((e) => /^(push|check)\//.test(rel(e.from)) && /^(engines|image|flash|commands|bench)\/|^build(-plan)?\.ts$/.test(rel(e.to)))
       .map((e) => `${rel(e.from)} → ${rel(e.to)}`);
     expect(into).toEqual([]);
+  });
+
+  it("starts every process through host/: only its runners import execa or child_process (the bench aside)", () => {
+    const starters = sourceFiles(src)
+      .filter((f) => !rel(f).startsWith("bench/"))
+      .filter((f) => /\bfrom\s*["'](execa|(node:)?child_process)["']|\bimport\s*\(\s*["'](execa|(node:)?child_process)["']\s*\)/.test(readFileSync(f, "utf8")))
+      .map(rel)
+      .sort();
+    expect(starters).toEqual(["host/process.ts", "host/query.ts"]);
   });
 
   it("keeps config/ beneath what uses it, and free of ui/", () => {

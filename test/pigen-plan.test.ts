@@ -232,6 +232,13 @@ describe("pibake's copy of the pi-gen tree", () => {
     expect(existsSync(path.join(tree, "stage2", "SKIP"))).toBe(false);
     expect((await git("status", "--porcelain")).stdout).toBe("");
   });
+
+  it("says which step of the copy failed, with git's words", async () => {
+    const checkout = { ...(await useCheckout(repo, "arm64")), commit: "0".repeat(40) };
+    await expect(prepareTree(checkout, path.join(tmp.dir, "tree-bad"))).rejects.toThrow(
+      new RegExp(`copying pi-gen's files at 0{40}: \`git -C \\S+ archive --format=tar 0{40}\` failed \\(exit \\d+\\): fatal: `),
+    );
+  });
 });
 
 describe("pibake build with pi-gen, before pi-gen starts", () => {

@@ -13,7 +13,7 @@ import { execa } from "execa";
 import { describe, expect, it } from "vitest";
 import type { OverlayFile } from "../src/render/overlay.js";
 import { actionsFor, describeChange, parseInspect, planPush, type PiState, type PlanInput, type RemoteFile } from "../src/push/plan.js";
-import { INSPECT_SCRIPT, packPayload, sshArgs, sudoCommand } from "../src/push/commands.js";
+import { INSPECT_SCRIPT, packPayload, pushSsh, sudoCommand } from "../src/push/commands.js";
 import { pibake, repoRoot, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -161,7 +161,7 @@ describe("the ssh command line", () => {
     // ssh -G leaves out identity files that do not exist.
     const key = path.join(dir, "id_ed25519");
     writeFileSync(key, "", { mode: 0o600 });
-    const args = sshArgs({ host: "broker.lan", port: 2222, user: "admin", key, knownHosts: "/state/known_hosts", connectTimeoutSeconds: 15 }, "true");
+    const args = pushSsh({ host: "broker.lan", port: 2222, user: "admin", key, knownHosts: "/state/known_hosts", connectTimeoutSeconds: 15 }, "true", "trying").args;
     // ssh -G prints the configuration it would use, without connecting; the remote command is left off.
     const r = await execa("ssh", ["-G", ...args.slice(0, -1)], { timeout: 10_000, env: { HOME: os.tmpdir() } }).finally(cleanup);
     const g = new Map(r.stdout.split("\n").map((l) => [l.split(" ")[0], l.slice(l.indexOf(" ") + 1)] as const));

@@ -2,10 +2,11 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { run, type RunResult } from "../host/process.js";
+import { runCommand, type Command, type RunResult } from "../host/process.js";
 import { asInvoker, giveTo } from "../host/sudo.js";
 import { stagesDir } from "../paths.js";
-import { shellQuote } from "../render/templates.js";
+import { shellQuote } from "../host/shell.js";
+import { sshCommand } from "../host/ssh.js";
 import { judgeFacts, parseFacts } from "./facts.js";
 import { failed, ok, warning, type Budget, type CheckResult } from "./result.js";
 
@@ -46,32 +47,36 @@ export function keyFingerprint(line: string): string | undefined {
 }
 
 /**
- * The system's ssh client, once, bounded, never asking anything (BatchMode).
- * The host key is not verified against the user's known_hosts, nor added to
- * it: a check must not change them (the certificate origin line tells
- * whether this is the right machine). Under sudo it runs as the user who ran
- * sudo, with their keys and agent.
+ * ssh to the Pi, never asking anything. The host key is not verified against
+ * the user's known_hosts, nor added to it: a check must not change them (the
+ * certificate origin line tells whether this is the right machine), so it goes
+ * to `scratch`, a throwaway directory. A login that only tries ("true") is
+ * verbose: ssh's debug lines say which keys were offered and accepted.
  */
-async function ssh(target: SshTarget, extra: string[], ms: number, remote = "true"): Promise<RunResult> {
+export function checkSshCommand(target: SshTarget, options: readonly string[], ms: number, scratch: string, remote = "true"): Command {
+  return sshCommand(
+    {
+      address: target.address,
+      port: target.port,
+      user: target.user,
+      identity: target.identity,
+      connectTimeoutSeconds: Math.max(1, Math.ceil(ms / 1000)),
+      hostKeys: { accept: "any", scratchKnownHosts: path.join(scratch, "known_hosts") },
+      log: remote === "true" ? "verbose" : undefined,
+      options,
+    },
+    remote,
+    `ssh to ${target.host}`,
+  );
+}
+
+/** The system's ssh client, once, bounded. Under sudo it runs as the user who ran sudo, with their keys and agent. */
+async function ssh(target: SshTarget, options: readonly string[], ms: number, remote = "true"): Promise<RunResult> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), "pibake-check-ssh-"));
   const user = asInvoker();
   giveTo(scratch);
   try {
-    const args = [
-      ...(remote === "true" ? ["-v"] : []),
-      "-o", "BatchMode=yes",
-      "-o", `ConnectTimeout=${Math.max(1, Math.ceil(ms / 1000))}`,
-      "-o", `UserKnownHostsFile=${path.join(scratch, "known_hosts")}`,
-      "-o", "GlobalKnownHostsFile=/dev/null",
-      "-o", "StrictHostKeyChecking=no",
-      "-p", String(target.port),
-      "-l", target.user,
-      ...(target.identity ? ["-i", target.identity, "-o", "IdentitiesOnly=yes"] : []),
-      ...extra,
-      target.address,
-      remote,
-    ];
-    return await run("ssh", args, { what: `ssh to ${target.host}`, okCodes: "any", timeout: ms + 1000, ...(user ? { as: user, env: user.env } : {}) });
+    return await runCommand(checkSshCommand(target, options, ms, scratch, remote), { timeout: ms + 1000, ...(user ? { as: user, env: user.env } : {}) });
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -93,7 +98,7 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
   const where = `${target.user}@${target.host}:${target.port}`;
   const known = new Map(target.keys.map((k) => [keyFingerprint(k), k.trim().split(/\s+/).slice(2).join(" ") || "no comment"]));
   const ms = budget.ms;
-  const login = await ssh(target, ["-o", "PreferredAuthentications=publickey"], ms);
+  const login = await ssh(target, ["PreferredAuthentications=publickey"], ms);
   const down = unreachable(login, ms);
   if (down) return [failed("ssh", `${where}: ${down}; the other SSH checks were not tried`, "is the Pi up, and does SSH reach it from here (from outside, only what the router forwards does)?")];
   const results: CheckResult[] = [];
@@ -116,7 +121,7 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
   }
   if (!target.passwordSsh) {
     // Without a key, ssh asks for "none" first and the server lists what it would take.
-    const pw = await ssh(target, ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"], budget.ms);
+    const pw = await ssh(target, ["PubkeyAuthentication=no", "PreferredAuthentications=password,keyboard-interactive"], budget.ms);
     const methods = /Authentications that can continue: (\S+)/.exec(pw.output)?.[1];
     if (!methods) results.push(failed("ssh passwords", `${where}: ${unreachable(pw, ms) ?? "the server named no login methods"}`));
     else if (/password|keyboard-interactive/.test(methods)) results.push(failed("ssh passwords", `${where} offers password logins (${methods}), but user.passwordSsh is false`, `build a new image (${target.buildCommand}): its sshd settings refuse passwords`));
@@ -129,7 +134,7 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
 /** What the Pi says of itself, over the same key login: failed units, mosquitto, ddclient, headroom, pibake-status. */
 async function checkFacts(target: SshTarget, where: string, budget: Budget): Promise<CheckResult[]> {
   const ms = budget.ms;
-  const r = await ssh(target, ["-o", "PreferredAuthentications=publickey"], ms, factsCommand(target.ddnsHostname));
+  const r = await ssh(target, ["PreferredAuthentications=publickey"], ms, factsCommand(target.ddnsHostname));
   const down = unreachable(r, ms);
   if (down) return [failed("pi facts", `${where}: ${down}`)];
   try {

@@ -2,7 +2,8 @@ import { existsSync, readFileSync, readlinkSync } from "node:fs";
 import type { CleanupScope } from "../cleanup.js";
 import type { ImageRoot } from "../host/image-root.js";
 import { unmountTree } from "../host/mounts.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { CHROOT_MOUNTS, chrootShell, mountForChroot } from "./commands.js";
 
 /**
  * The chroot that pi-gen's on_chroot provides: proc, dev, dev/pts, sys, and
@@ -11,17 +12,9 @@ import { run } from "../host/process.js";
  * the image: mount follows links, and the image's /proc may be one.
  */
 export async function mountChrootFilesystems(root: ImageRoot, scope: CleanupScope): Promise<void> {
-  const mounts: [string, string[]][] = [
-    ["proc", ["-t", "proc", "proc"]],
-    ["dev", ["--bind", "/dev"]],
-    ["dev/pts", ["--bind", "/dev/pts"]],
-    ["sys", ["--bind", "/sys"]],
-    ["run", ["-t", "tmpfs", "tmpfs"]],
-    ["tmp", ["-t", "tmpfs", "tmpfs"]],
-  ];
-  for (const [rel, args] of mounts) {
+  for (const rel of CHROOT_MOUNTS) {
     const target = root.mkdir(rel);
-    await run("mount", [...args, target], { what: `mounting ${target} for the chroot` });
+    await runCommand(mountForChroot(rel, target));
     scope.defer(() => unmountTree(target), `unmount ${target}`);
   }
 }
@@ -101,20 +94,9 @@ export interface ChrootRun {
   onLine?: (line: string) => void;
 }
 
-const CHROOT_ENV = {
-  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-  DEBIAN_FRONTEND: "noninteractive",
-  DEBCONF_NONINTERACTIVE_SEEN: "true",
-  LANG: "C.UTF-8",
-  LC_ALL: "C.UTF-8",
-  HOME: "/root",
-};
-
 export async function runInChroot(rootfs: string, chroot: ChrootRun): Promise<void> {
-  await run("chroot", [rootfs, "/bin/bash", "-e"], {
-    what: chroot.what ?? "running a script in the image's chroot",
+  await runCommand(chrootShell(rootfs, chroot.what ?? "running a script in the image's chroot", chroot.env), {
     input: chroot.script,
-    env: { ...CHROOT_ENV, ...chroot.env },
     extendEnv: false,
     signal: chroot.signal,
     onLine: chroot.onLine,

@@ -2,10 +2,11 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync, statSync 
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { ImageRoot } from "../host/image-root.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { hostScript } from "./commands.js";
 import { stagesDir } from "../paths.js";
 import { packageList } from "../render/stage.js";
-import { shellQuote } from "../render/templates.js";
+import { shellQuote } from "../host/shell.js";
 import { PibakeError } from "../errors.js";
 import { holdBuildTimeSettings, mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "./chroot.js";
 
@@ -135,8 +136,7 @@ export async function runStage(opts: StageRunOptions): Promise<void> {
 const ON_CHROOT = path.join(stagesDir, "host/on-chroot.sh");
 
 async function runHostScript(file: string, subStageDir: string, stageDir: string, rootfs: string, opts: StageRunOptions, signal: AbortSignal): Promise<void> {
-  await run("bash", ["-c", 'source "$1" && export -f on_chroot && exec "$2"', "run.sh", ON_CHROOT, file], {
-    what: `running ${file}`,
+  await runCommand(hostScript(file, ON_CHROOT), {
     cwd: subStageDir,
     env: { ...opts.env, ROOTFS_DIR: rootfs, STAGE_DIR: stageDir, SUB_STAGE_DIR: subStageDir },
     signal,

@@ -5,7 +5,8 @@
 import { readFile } from "node:fs/promises";
 import { PibakeError } from "../errors.js";
 import { formatBytes } from "../ui/output.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { listBlockDevicesJson } from "./commands.js";
 
 export const LSBLK_COLUMNS = "NAME,PATH,TYPE,SIZE,RM,HOTPLUG,RO,TRAN,VENDOR,MODEL,SERIAL,MOUNTPOINTS,FSTYPE,LABEL,MAJ:MIN";
 
@@ -74,7 +75,7 @@ export function parseLsblk(json: string): BlockDevice[] {
 }
 
 export async function listBlockDevices(): Promise<BlockDevice[]> {
-  const r = await run("lsblk", ["--json", "-b", "-o", LSBLK_COLUMNS], { what: "listing block devices", okCodes: "any" });
+  const r = await runCommand(listBlockDevicesJson(LSBLK_COLUMNS));
   if (r.exitCode !== 0) {
     throw new PibakeError(`cannot list block devices with lsblk: ${r.output.trim() || `exit ${r.exitCode ?? r.signal}`}`);
   }

@@ -28,7 +28,8 @@ import {
 import { createProgress, formatElapsed, formatRate } from "./progress.js";
 import { createPrompter, isYes, type Prompter } from "../ui/prompt.js";
 import { chooseIndex } from "./prompt.js";
-import { run } from "../host/process.js";
+import { unmount } from "../host/commands.js";
+import { runCommand } from "../host/process.js";
 import {
   closeTarget,
   flushDeviceCache,
@@ -173,7 +174,7 @@ function incomplete(err: unknown, target: string, written: number, total: number
 async function unmountAll(mounts: Mounted[], out: Output): Promise<void> {
   // Deepest mount points first, so that nested mounts come off before their parents.
   for (const m of [...mounts].sort((a, b) => b.mountpoint.length - a.mountpoint.length)) {
-    const r = await run("umount", [m.mountpoint], { what: `unmounting ${m.mountpoint}`, okCodes: "any" });
+    const r = await runCommand(unmount(m.mountpoint));
     if (r.exitCode !== 0) {
       const why = r.output.trim() || `exit ${r.exitCode ?? r.signal}`;
       throw new PibakeError(`cannot unmount ${m.device} from ${m.mountpoint} (${why}): close what uses it and try again; nothing was written`);

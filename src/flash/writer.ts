@@ -11,7 +11,8 @@ import type { Readable } from "node:stream";
 import { PibakeError } from "../errors.js";
 import type { ByteRange } from "../image/bmap.js";
 import { formatBytes } from "../ui/output.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { flushBuffers, rereadPartitionTable, updatePartitions } from "./commands.js";
 
 export const CHUNK_SIZE = 4 << 20;
 /** Writes in flight. libuv has four threads by default and the reader needs one. */
@@ -486,7 +487,7 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
 
 /** Drop cached blocks of a device, so that reads after buffered writes come from the medium. */
 export async function flushDeviceCache(device: string): Promise<void> {
-  await run("blockdev", ["--flushbufs", device], { what: `flushing ${device}'s cache`, okCodes: "any" });
+  await runCommand(flushBuffers(device));
 }
 
 /**
@@ -495,9 +496,9 @@ export async function flushDeviceCache(device: string): Promise<void> {
  * Returns a warning when neither worked.
  */
 export async function rereadPartitions(device: string): Promise<string | undefined> {
-  const r = await run("blockdev", ["--rereadpt", device], { what: `rereading ${device}'s partitions`, okCodes: "any" });
+  const r = await runCommand(rereadPartitionTable(device));
   if (r.exitCode === 0) return undefined;
-  const p = await run("partx", ["-u", device], { what: `updating ${device}'s partitions`, okCodes: "any" });
+  const p = await runCommand(updatePartitions(device));
   if (p.exitCode === 0) return undefined;
   // A loop device without partition scanning, holding an image without a table: nothing to tell the kernel.
   if (/^\/dev\/loop\d+$/.test(device)) return undefined;

@@ -1,7 +1,8 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { CleanupScope } from "../cleanup.js";
-import { run } from "./process.js";
+import { attachLoopDevice, detachLoopDevice } from "./commands.js";
+import { runCommand } from "./process.js";
 import type { BuildLog } from "./log.js";
 
 /**
@@ -17,11 +18,7 @@ export interface LoopOptions {
 
 export async function attachLoop(file: string, offset: number, size: number, scope: CleanupScope, opts: LoopOptions = {}): Promise<string> {
   // Not cancellable: the device must be known to be registered for detaching, whatever happens.
-  const { stdout } = await run(
-    "losetup",
-    ["--find", "--show", "--offset", String(offset), "--sizelimit", String(size), ...(opts.readOnly ? ["--read-only"] : []), file],
-    { what: `attaching ${path.basename(file)} (bytes ${offset}+${size}) to a loop device`, ...(opts.log ? { log: opts.log } : {}) },
-  );
+  const { stdout } = await runCommand(attachLoopDevice(file, offset, size, opts.readOnly === true, path.basename(file)), opts.log ? { log: opts.log } : {});
   const dev = stdout.trim();
   scope.defer(() => detachLoop(dev, opts.log), `detach ${dev}`);
   return dev;
@@ -32,7 +29,7 @@ export async function detachLoop(dev: string, log?: BuildLog): Promise<void> {
   let last = "";
   for (let i = 0; i < 10; i++) {
     try {
-      await run("losetup", ["--detach", dev], { what: `detaching ${dev}`, ...(log ? { log } : {}) });
+      await runCommand(detachLoopDevice(dev), log ? { log } : {});
       return;
     } catch (err) {
       last = (err as Error).message;

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { run } from "./process.js";
+import { unmount, unmountLazily } from "./commands.js";
+import { runCommand } from "./process.js";
 
 /** Mount points at or below `dir`, from /proc/self/mounts. */
 export function mountsBelow(dir: string): string[] {
@@ -15,7 +16,7 @@ export function mountsBelow(dir: string): string[] {
 export async function unmountTree(target: string): Promise<void> {
   const mounts = mountsBelow(target).sort((a, b) => b.length - a.length);
   for (const m of mounts) {
-    const r = await run("umount", [m], { what: `unmounting ${m}`, okCodes: "any" });
-    if (r.exitCode !== 0) await run("umount", ["--lazy", m], { what: `unmounting ${m} lazily`, okCodes: "any" });
+    const r = await runCommand(unmount(m));
+    if (r.exitCode !== 0) await runCommand(unmountLazily(m));
   }
 }

@@ -1,4 +1,5 @@
 import { execa } from "execa";
+import type { Readable, Writable } from "node:stream";
 import { PibakeError } from "../errors.js";
 import { redact } from "./redact.js";
 import type { BuildLog } from "./log.js";
@@ -59,7 +60,8 @@ export interface RunOptions {
   what: string;
   log?: BuildLog | undefined;
   signal?: AbortSignal | undefined;
-  input?: string | undefined;
+  /** Standard input: text, or bytes (a tar after a password line); without it, none. */
+  input?: string | Uint8Array | undefined;
   env?: Record<string, string> | undefined;
   /** false: the child gets `env` only, not this process's environment. */
   extendEnv?: boolean;
@@ -85,11 +87,14 @@ export interface RunOptions {
 
 export interface RunResult {
   stdout: string;
+  stderr: string;
   /** stdout and stderr, interleaved. */
   output: string;
   /** undefined when it was killed by a signal. */
   exitCode: number | undefined;
   signal: string | undefined;
+  /** It was stopped because `timeout` passed. */
+  timedOut: boolean;
   tail: readonly string[];
 }
 
@@ -142,7 +147,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
 
   const output = String(r.all ?? "");
   if (output.trim()) opts.log?.line(output.trimEnd());
-  const result: RunResult = { stdout: String(r.stdout ?? ""), output, exitCode: r.exitCode, signal: r.signal, tail: tail.lines };
+  const result: RunResult = { stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? ""), output, exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, tail: tail.lines };
   if (opts.okCodes === "any") return result;
   if (r.isCanceled && opts.signal?.reason instanceof Error) throw opts.signal.reason;
   if (r.exitCode === undefined) {
@@ -171,8 +176,54 @@ export interface Command {
   /** What it does, for the error message. */
   what: string;
   okCodes?: number[] | "any";
+  /** Environment variables its output depends on (LC_ALL=C for a parser), over the caller's. */
+  env?: Record<string, string>;
 }
 
 export function runCommand(c: Command, opts: Omit<RunOptions, "what" | "okCodes"> = {}): Promise<RunResult> {
-  return run(c.cmd, c.args, { ...opts, what: c.what, ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
+  const env = c.env ? { ...opts.env, ...c.env } : opts.env;
+  return run(c.cmd, c.args, { ...opts, what: c.what, ...(env ? { env } : {}), ...(c.okCodes !== undefined ? { okCodes: c.okCodes } : {}) });
+}
+
+/** How a piped program ended. */
+export interface PipedResult {
+  /** undefined when it was killed, or did not start. */
+  exitCode: number | undefined;
+  signal: string | undefined;
+  stderr: string;
+  /** Stopped by the `signal` it was started with. */
+  canceled: boolean;
+  /** Why it failed, in a few words ("Command was killed with SIGTERM", "spawn xz ENOENT"); "" when it did not. */
+  message: string;
+}
+
+/**
+ * A program whose standard output, and standard input if asked, are streams of
+ * bytes rather than lines (a decompressor, a compressor); its standard error
+ * is kept for the message. The caller judges the result: `done` never rejects.
+ */
+export interface PipedProcess {
+  stdin: Writable | null;
+  stdout: Readable;
+  done: Promise<PipedResult>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export function startPiped(c: Command, opts: { stdin: "pipe"; signal?: AbortSignal | undefined }): PipedProcess & { stdin: Writable };
+export function startPiped(c: Command, opts: { stdin: "ignore"; signal?: AbortSignal | undefined }): PipedProcess;
+export function startPiped(c: Command, opts: { stdin: "pipe" | "ignore"; signal?: AbortSignal | undefined }): PipedProcess {
+  const child = execa(c.cmd, c.args, {
+    stdin: opts.stdin,
+    stdout: "pipe",
+    stderr: "pipe",
+    buffer: { stdout: false, stderr: true },
+    reject: false,
+    env: { PATH: toolPath() },
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
+  });
+  const done = child.then(
+    (r): PipedResult => ({ exitCode: r.exitCode, signal: r.signal, stderr: String(r.stderr ?? ""), canceled: r.isCanceled, message: (r.failed && r.shortMessage) || "" }),
+    (err: Error): PipedResult => ({ exitCode: undefined, signal: undefined, stderr: "", canceled: false, message: err.message }),
+  );
+  return { stdin: child.stdin, stdout: child.stdout, done, kill: (signal = "SIGTERM") => void child.kill(signal) };
 }

@@ -4,9 +4,10 @@
  * `pibake ca export`, `check`, `push` and `render` run afterwards without sudo
  * must read and replace it. And ssh run for them must use their keys.
  */
-import { execFileSync } from "node:child_process";
 import { lchownSync, mkdirSync, readdirSync } from "node:fs";
 import path from "node:path";
+import type { Command } from "./process.js";
+import { askSync } from "./query.js";
 
 /** Who ran sudo, when pibake runs as root under sudo for another user. */
 export interface Invoker {
@@ -17,14 +18,13 @@ export interface Invoker {
   home: string | undefined;
 }
 
-/** One line of the system's user database (getent covers LDAP and the like), by name or uid. */
+/** A user's line of the system's user database, by name or uid: getent covers LDAP and the like; exit 2 is "no such user". */
+export const passwdQuery = (key: string): Command => ({ cmd: "getent", args: ["passwd", key], what: `looking up ${key} in the user database` });
+
+/** One line of the system's user database, split at its colons. */
 function passwdEntry(key: string): string[] | undefined {
-  try {
-    const line = execFileSync("getent", ["passwd", key], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
-    return line ? line.split("\n")[0]!.split(":") : undefined;
-  } catch {
-    return undefined;
-  }
+  const line = askSync(passwdQuery(key))?.trim();
+  return line ? line.split("\n")[0]!.split(":") : undefined;
 }
 
 /** A user's home directory from the system's user database. */

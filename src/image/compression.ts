@@ -2,14 +2,14 @@
  * Compressed images: recognise them by their first bytes, and read them as a
  * stream of raw image bytes (never a temporary copy).
  */
-import { execa } from "execa";
 import { createReadStream, promises as fsp } from "node:fs";
 import path from "node:path";
 import { PassThrough, pipeline, Transform, type Readable } from "node:stream";
 import zlib from "node:zlib";
 import yauzl from "yauzl";
 import { PibakeError } from "../errors.js";
-import { run } from "../host/process.js";
+import { runCommand, startPiped, type Command } from "../host/process.js";
+import { decompress, listXz, listZstd } from "./commands.js";
 
 export type Compression = "none" | "gzip" | "xz" | "zstd" | "zip";
 
@@ -144,9 +144,9 @@ export async function openImageReader(file: string, opts: OpenImageOptions = {})
       };
     }
     case "xz":
-      return { ...info, ...spawnReader("xz", ["-dc", "-T0", "--", file], file) };
+      return { ...info, ...spawnReader(decompress("xz", file), file) };
     case "zstd":
-      return { ...info, ...spawnReader("zstd", ["-dc", "-q", "--", file], file) };
+      return { ...info, ...spawnReader(decompress("zstd", file), file) };
     case "zip":
       return { ...info, ...(await zipReader(file, info.entry!)) };
   }
@@ -157,32 +157,20 @@ export async function openImageReader(file: string, opts: OpenImageOptions = {})
  * exited successfully, so that a corrupt or truncated file is an error and
  * never a short image.
  */
-function spawnReader(cmd: string, args: string[], file: string): { stream: Readable; close(): Promise<void> } {
-  const child = execa(cmd, args, {
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-    buffer: { stdout: false, stderr: true },
-    reject: false,
-  });
+function spawnReader(c: Command, file: string): { stream: Readable; close(): Promise<void> } {
+  const child = startPiped(c, { stdin: "ignore" });
   const out = new PassThrough({ highWaterMark: 1 << 20 });
   let closing = false;
   child.stdout.pipe(out, { end: false });
-  child.then(
-    (result) => {
-      if (closing) return;
-      if (result.exitCode === 0) {
-        out.end();
-        return;
-      }
-      const stderr = String(result.stderr ?? "").trim();
-      const why = result.failed && result.exitCode === undefined ? result.shortMessage : `${cmd} exited with ${result.exitCode}`;
-      out.destroy(new PibakeError(`cannot decompress ${file}: ${stderr || why}`));
-    },
-    (err: Error) => out.destroy(new PibakeError(`cannot decompress ${file}: ${err.message}`)),
-  );
-  // execa reports a missing program as a failed result; make that message useful.
-  child.catch(() => {});
+  void child.done.then((result) => {
+    if (closing) return;
+    if (result.exitCode === 0) {
+      out.end();
+      return;
+    }
+    const why = result.exitCode === undefined ? result.message : `${c.cmd} exited with ${result.exitCode}`;
+    out.destroy(new PibakeError(`cannot decompress ${file}: ${result.stderr.trim() || why}`));
+  });
   return {
     stream: out,
     close: async () => {
@@ -191,19 +179,19 @@ function spawnReader(cmd: string, args: string[], file: string): { stream: Reada
       child.stdout.unpipe(out);
       out.destroy();
       child.kill("SIGTERM");
-      await child.catch(() => {});
+      await child.done;
     },
   };
 }
 
-async function stdoutOf(cmd: string, args: string[]): Promise<string | undefined> {
-  const r = await run(cmd, args, { what: `${cmd} ${args[0] ?? ""}`, okCodes: "any" });
+async function stdoutOf(c: Command): Promise<string | undefined> {
+  const r = await runCommand(c);
   return r.exitCode === 0 ? r.stdout : undefined;
 }
 
 /** `xz --robot --list`: the totals line's fifth field is the uncompressed size. */
 export async function xzSize(file: string): Promise<number | undefined> {
-  const out = await stdoutOf("xz", ["--robot", "--list", "--", file]);
+  const out = await stdoutOf(listXz(file));
   const totals = out?.split("\n").find((l) => l.startsWith("totals\t"));
   const n = Number(totals?.split("\t")[4]);
   return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
@@ -211,7 +199,7 @@ export async function xzSize(file: string): Promise<number | undefined> {
 
 /** zstd records the content size in the frame header when it compressed a file (not a pipe). */
 export async function zstdSize(file: string): Promise<number | undefined> {
-  const out = await stdoutOf("zstd", ["-lv", "--", file]);
+  const out = await stdoutOf(listZstd(file));
   const m = out && /Decompressed Size:.*\((\d+) B\)/.exec(out);
   return m ? Number(m[1]) : undefined;
 }

@@ -1,15 +1,16 @@
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { execa } from "execa";
 import { PibakeError } from "../errors.js";
+import { startPiped } from "../host/process.js";
+import { compress } from "./commands.js";
 
 /**
  * A compressor (xz or zstd, all cores) fed through a pipe; its output goes to
  * `dest` and through a sha256 on the way, so the archive is never read back.
  */
 export function startCompressor(kind: "xz" | "zstd", dest: string, size: number, signal?: AbortSignal) {
-  const args = kind === "xz" ? ["-T0", "-c", "-z", "-"] : ["-T0", "-q", "-c", `--stream-size=${size}`, "-"];
-  const child = execa(kind, args, { stdin: "pipe", stdout: "pipe", stderr: "pipe", buffer: { stdout: false, stderr: true }, reject: false, ...(signal ? { cancelSignal: signal } : {}) });
+  const child = startPiped(compress(kind, size), { stdin: "pipe", signal });
+  const stdin = child.stdin;
   const hash = createHash("sha256");
   const file = createWriteStream(dest, { mode: 0o644 });
   let written = 0;
@@ -23,27 +24,27 @@ export function startCompressor(kind: "xz" | "zstd", dest: string, size: number,
     file.on("error", reject);
   });
   let broken: Error | undefined;
-  child.stdin.on("error", (e: Error) => (broken = e));
+  stdin.on("error", (e: Error) => (broken = e));
   return {
     written: () => written,
     write: (chunk: Buffer) =>
       new Promise<void>((resolve, reject) => {
         if (broken) return reject(broken);
-        child.stdin.write(chunk, (err) => (err ? reject(err) : resolve()));
+        stdin.write(chunk, (err) => (err ? reject(err) : resolve()));
       }),
     /** Close the input, wait for the compressor, and return the archive's sha256. */
     finish: async (): Promise<string> => {
-      child.stdin.end();
-      const r = await child;
+      stdin.end();
+      const r = await child.done;
       await fileDone.catch(() => undefined);
-      if (r.isCanceled) throw signal?.reason ?? new PibakeError(`${kind} was cancelled`);
-      if (r.exitCode !== 0) throw new PibakeError(`${kind} failed (exit ${r.exitCode ?? r.signal}): ${String(r.stderr ?? "").trim() || r.shortMessage}`);
+      if (r.canceled) throw signal?.reason ?? new PibakeError(`${kind} was cancelled`);
+      if (r.exitCode !== 0) throw new PibakeError(`${kind} failed (exit ${r.exitCode ?? r.signal}): ${r.stderr.trim() || r.message}`);
       await fileDone;
       return hash.digest("hex");
     },
     abort: async () => {
       child.kill("SIGKILL");
-      await child.catch(() => undefined);
+      await child.done;
       file.destroy();
     },
   };

@@ -27,7 +27,8 @@ import { tempName } from "./temp-files.js";
 
 export { pidAlive, removeStaleTemps } from "./temp-files.js";
 import type { EngineResult } from "./types.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { sparseCopy } from "./commands.js";
 
 export type DeliverCompression = "xz" | "zstd" | "none";
 export const COMPRESSIONS: readonly DeliverCompression[] = ["xz", "zstd", "none"];
@@ -101,7 +102,7 @@ async function moveInto(src: string, dest: string, signal?: AbortSignal): Promis
     await fsp.rename(src, dest);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
-    await run("cp", ["--reflink=auto", "--sparse=always", "--", src, dest], { what: `copying ${src} to ${dest}`, signal });
+    await runCommand(sparseCopy(src, dest, `copying ${src} to ${dest}`), { signal });
   }
 }
 

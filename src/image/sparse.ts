@@ -2,7 +2,8 @@ import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { PibakeError } from "../errors.js";
 import { BmapBuilder, DEFAULT_BLOCK_SIZE, type Bmap } from "./bmap.js";
-import { run } from "../host/process.js";
+import { runCommand } from "../host/process.js";
+import { mapExtents } from "./commands.js";
 
 // Sparse images.
 //
@@ -46,8 +47,7 @@ export function parseFilefrag(text: string, fileSize: number): DataRange[] | und
 /** Where `file` holds data; the whole file when the file system cannot say (then nothing is skipped, and all is still right). */
 export async function dataRanges(file: string, size: number): Promise<DataRange[]> {
   const whole = size > 0 ? [{ start: 0, end: size }] : [];
-  // -s: write delayed allocations back first, so that every written block is in the map.
-  const r = await run("filefrag", ["-s", "-e", file], { what: "mapping the image's data", env: { LC_ALL: "C" }, okCodes: "any" });
+  const r = await runCommand(mapExtents(file));
   if (r.exitCode !== 0) return whole;
   return parseFilefrag(String(r.stdout), size) ?? whole;
 }

@@ -2,7 +2,9 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import type tar from "tar-stream";
 import { stagesDir } from "../paths.js";
-import { shellQuote } from "../render/templates.js";
+import type { Command } from "../host/process.js";
+import { shellQuote } from "../host/shell.js";
+import { sshCommand } from "../host/ssh.js";
 import { OVERLAY_MTIME, packTar } from "../render/tar.js";
 import type { OverlayFile } from "../render/overlay.js";
 
@@ -25,26 +27,15 @@ export interface SshTarget {
 /**
  * ssh never asks (BatchMode); a host seen for the first time is remembered in
  * pibake's own known_hosts, and a changed host key stops the push.
- * ServerAlive bounds a connection that stops answering mid-way.
+ * ServerAlive bounds a connection that stops answering mid-way; only ssh's
+ * errors are on stderr, which is the remote scripts' own.
  */
-export function sshArgs(t: SshTarget, remoteCommand: string): string[] {
-  return [
-    "-o", "BatchMode=yes",
-    "-o", `ConnectTimeout=${t.connectTimeoutSeconds}`,
-    "-o", "StrictHostKeyChecking=accept-new",
-    "-o", `UserKnownHostsFile=${t.knownHosts}`,
-    "-o", "GlobalKnownHostsFile=/dev/null",
-    "-o", "ServerAliveInterval=10",
-    "-o", "ServerAliveCountMax=3",
-    "-o", "IdentitiesOnly=yes",
-    "-o", "LogLevel=ERROR",
-    "-i", t.key,
-    "-p", String(t.port),
-    "-l", t.user,
-    "--",
-    t.host,
+export function pushSsh(t: SshTarget, remoteCommand: string, what: string): Command {
+  return sshCommand(
+    { address: t.host, port: t.port, user: t.user, identity: t.key, connectTimeoutSeconds: t.connectTimeoutSeconds, hostKeys: { accept: "new", knownHosts: t.knownHosts }, keepAlive: true, log: "errors" },
     remoteCommand,
-  ];
+    what,
+  );
 }
 
 export const INSPECT_SCRIPT = path.join(stagesDir, "push/inspect.sh");

@@ -1,5 +1,4 @@
 import path from "node:path";
-import { execa } from "execa";
 import type { Model } from "../config/model.js";
 import { PibakeError } from "../errors.js";
 import { stagePackages } from "../render/stage.js";
@@ -8,11 +7,12 @@ import { resolveVersions } from "../registry/resolve.js";
 import { configDigests } from "../secrets/digests.js";
 import { prepareSecrets, type StateDir } from "../secrets/index.js";
 import { summarize } from "../secrets/pki.js";
+import { runCommand } from "../host/process.js";
 import { redact } from "../host/redact.js";
 import type { Output } from "../ui/output.js";
 import { PIBAKE_VERSION } from "../version.js";
 import { asInvoker } from "../host/sudo.js";
-import { applyCommand, inspectCommand, packPayload, sshArgs, type SshTarget } from "./commands.js";
+import { applyCommand, inspectCommand, packPayload, pushSsh, type SshTarget } from "./commands.js";
 import { describeChange, parseInspect, planPush, type PushPlan } from "./plan.js";
 
 export interface PushSettings {
@@ -54,7 +54,7 @@ export interface PushResult {
 async function ssh(target: SshTarget, remote: string, input: Buffer, ms: number, what: string) {
   // Under sudo, as the user who ran it: their key, and known_hosts in their state directory stays theirs.
   const user = asInvoker();
-  const r = await execa("ssh", sshArgs(target, remote), { input, reject: false, timeout: ms, maxBuffer: 64 * 1024 * 1024, encoding: "utf8", ...(user ?? {}) });
+  const r = await runCommand(pushSsh(target, remote, what), { input, timeout: ms, ...(user ? { as: user, env: user.env } : {}) });
   if (r.timedOut) throw new PibakeError(`${what}: no end within ${ms / 1000} s (ssh ${target.user}@${target.host} port ${target.port})`);
   // ssh's own failure (exit 255): cannot connect, host key changed, key refused.
   if (r.exitCode === 255) throw new PibakeError(`${what}: ssh ${target.user}@${target.host} port ${target.port} failed: ${redact(r.stderr.trim()) || "no message"}`);

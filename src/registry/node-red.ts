@@ -1,5 +1,6 @@
 import { createRequire } from "node:module";
 import type { Model, Release } from "../config/model.js";
+import type { Command } from "../host/process.js";
 
 /**
  * Which Node-RED (and dashboard) release the image installs. The Pi runs the
@@ -140,6 +141,14 @@ export type RegistryLookup = (pkg: string, signal?: AbortSignal) => VersionInfo[
  */
 export const REGISTRY_WAIT_MS = 10_000;
 
+/** Every published version of `pkg` with its engines and node-red.version, as JSON; one try, within REGISTRY_WAIT_MS; no update notice. */
+export const npmViewCommand = (pkg: string): Command => ({
+  cmd: "npm",
+  args: ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json", "--fetch-retries=0", `--fetch-timeout=${REGISTRY_WAIT_MS}`],
+  what: `asking the npm registry for ${pkg}`,
+  env: { npm_config_update_notifier: "false" },
+});
+
 /**
  * The registry's versions of a package, through npm (its proxy and registry settings, npm_config_registry too): one try, bounded.
  * Under sudo it runs as the user behind it, with their HOME: `sudo -E` keeps HOME, and npm run
@@ -148,16 +157,10 @@ export const REGISTRY_WAIT_MS = 10_000;
  */
 export const npmView: RegistryLookup = async (pkg, signal) => {
   // Loaded here: a render that repeats the recorded versions runs no program.
-  const { run } = await import("../host/process.js");
+  const { runCommand } = await import("../host/process.js");
   const { asInvoker } = await import("../host/sudo.js");
   const user = asInvoker();
-  const r = await run("npm", ["view", `${pkg}@>=0.0.0`, "version", "engines", "node-red.version", "--json", "--fetch-retries=0", `--fetch-timeout=${REGISTRY_WAIT_MS}`], {
-    what: `asking the npm registry for ${pkg}`,
-    timeout: REGISTRY_WAIT_MS,
-    env: { npm_config_update_notifier: "false", ...user?.env },
-    as: user,
-    signal,
-  });
+  const r = await runCommand(npmViewCommand(pkg), { timeout: REGISTRY_WAIT_MS, ...(user ? { env: user.env } : {}), as: user, signal });
   return parseNpmView(r.stdout);
 };
 

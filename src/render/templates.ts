@@ -3,6 +3,7 @@ import { hash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
+import { shellQuote } from "../host/shell.js";
 import { packageRoot } from "../paths.js";
 
 type Handlebars = typeof HandlebarsNamespace;
@@ -34,11 +35,6 @@ export function templateKey(file: string): string {
 
 export function sourceDigest(source: string): string {
   return hash("sha256", source);
-}
-
-/** Single-quote for POSIX shells: the value cannot end the quote or expand anything. */
-export function shellQuote(value: unknown): string {
-  return `'${String(value).replace(/'/g, `'\\''`)}'`;
 }
 
 /**

@@ -1,3 +1,4 @@
+import path from "node:path";
 import type { Command } from "../../host/process.js";
 
 /**
@@ -50,5 +51,24 @@ export const zeroFreeBlocks = (dev: string): Command => ({ cmd: "zerofree", args
 /** One of the image's own programs, to learn before the long work whether they run here (natively or through qemu-user). */
 export const tryImageProgram = (rootfs: string): Command => ({ cmd: "chroot", args: [rootfs, "/bin/true"], what: "trying one of the image's programs", okCodes: "any" });
 
-/** A copy that keeps holes, or a reflink where the file system has them. */
-export const sparseCopy = (source: string, dest: string, what: string): Command => ({ cmd: "cp", args: ["--reflink=auto", "--sparse=always", "--", source, dest], what });
+/**
+ * mtools on the FAT boot partition at its byte offset in the image file
+ * (`image@@offset`): no vfat driver, no loop device, no mount. No mtools
+ * config of the machine's is read, and no geometry check stops it.
+ */
+const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: "1", MTOOLSRC: "/dev/null" };
+const mtools = (cmd: string, drive: string, args: string[], what: string): Command => ({ cmd, args: ["-i", drive, ...args], what, env: MTOOLS_ENV });
+
+/** Every file, recursively (-s), with its times (-m) and attributes (-p), into `dir`; -n: no questions. */
+export const copyFatOut = (drive: string, dir: string): Command =>
+  mtools("mcopy", drive, ["-s", "-p", "-m", "-n", "::/", `${dir}/`], "copying the boot partition's files out of the image (mtools)");
+
+/** Files of `dir` (paths relative to it) into one directory of the partition (`::/` or `::/overlays/`), overwriting (-o), with their times (-m). */
+export const copyFatIn = (drive: string, dir: string, files: string[], target: string): Command =>
+  mtools("mcopy", drive, ["-o", "-m", ...files.map((f) => path.join(dir, f)), target], `writing ${files.join(", ")} to the boot partition`);
+
+export const removeFatTree = (drive: string, dir: string): Command => mtools("mdeltree", drive, [`::/${dir}`], `removing ${dir} from the boot partition`);
+
+export const removeFatFiles = (drive: string, files: string[]): Command => mtools("mdel", drive, files.map((f) => `::/${f}`), "removing files from the boot partition");
+
+export const makeFatDir = (drive: string, dir: string): Command => mtools("mmd", drive, [`::/${dir}`], `creating ${dir} on the boot partition`);

@@ -3,7 +3,8 @@ import { lstatSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../../errors.js";
 import type { BuildLog } from "../../host/log.js";
-import { run } from "../../host/process.js";
+import { runCommand, type Command } from "../../host/process.js";
+import { copyFatIn, copyFatOut, makeFatDir, removeFatFiles, removeFatTree } from "./commands.js";
 
 /**
  * The FAT boot partition, read and written with mtools at its byte offset in
@@ -14,8 +15,6 @@ export interface TreeEntry {
   sha256?: string;
 }
 export type TreeSnapshot = Map<string, TreeEntry>;
-
-const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: "1", MTOOLSRC: "/dev/null" };
 
 export class FatPartition {
   constructor(
@@ -28,13 +27,13 @@ export class FatPartition {
     return `${this.image}@@${this.offset}`;
   }
 
-  private run(cmd: string, args: string[], what: string) {
-    return run(cmd, ["-i", this.drive, ...args], { what, env: MTOOLS_ENV, ...(this.log ? { log: this.log } : {}) });
+  private run(c: Command) {
+    return runCommand(c, this.log ? { log: this.log } : {});
   }
 
   /** Copy every file of the partition into `dir` (which must exist); returns what was there. */
   async extract(dir: string): Promise<TreeSnapshot> {
-    await this.run("mcopy", ["-s", "-p", "-m", "-n", "::/", `${dir}/`], "copying the boot partition's files out of the image (mtools)");
+    await this.run(copyFatOut(this.drive, dir));
     return snapshotTree(dir);
   }
 
@@ -42,11 +41,11 @@ export class FatPartition {
   async writeBack(dir: string, before: TreeSnapshot): Promise<{ changed: string[]; removed: string[] }> {
     const after = snapshotTree(dir);
     const plan = diffTrees(before, after);
-    for (const d of plan.removedDirs) await this.run("mdeltree", [`::/${d}`], `removing ${d} from the boot partition`);
+    for (const d of plan.removedDirs) await this.run(removeFatTree(this.drive, d));
     if (plan.removedFiles.length > 0) {
-      await this.run("mdel", plan.removedFiles.map((f) => `::/${f}`), "removing files from the boot partition");
+      await this.run(removeFatFiles(this.drive, plan.removedFiles));
     }
-    for (const d of plan.newDirs) await this.run("mmd", [`::/${d}`], `creating ${d} on the boot partition`);
+    for (const d of plan.newDirs) await this.run(makeFatDir(this.drive, d));
     const byDir = new Map<string, string[]>();
     for (const f of plan.writeFiles) {
       const parent = path.posix.dirname(f);
@@ -54,7 +53,7 @@ export class FatPartition {
     }
     for (const [parent, files] of byDir) {
       const target = parent === "." ? "::/" : `::/${parent}/`;
-      await this.run("mcopy", ["-o", "-m", ...files.map((f) => path.join(dir, f)), target], `writing ${files.join(", ")} to the boot partition`);
+      await this.run(copyFatIn(this.drive, dir, files, target));
     }
     return { changed: plan.writeFiles, removed: [...plan.removedDirs, ...plan.removedFiles] };
   }

@@ -6,7 +6,7 @@ import { formatBytes } from "../../ui/output.js";
 import { sha256Sparse } from "../../image/sparse.js";
 import type { BuildLog } from "../../host/log.js";
 import { runCommand } from "../../host/process.js";
-import { sparseCopy } from "./commands.js";
+import { sparseCopy } from "../../image/commands.js";
 
 /**
  * The working copy of the base image: decompressed as a stream into a sparse

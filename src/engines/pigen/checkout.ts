@@ -1,10 +1,10 @@
-import { execa } from "execa";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { PibakeError } from "../../errors.js";
 import { PI_GEN_REPO } from "./plan.js";
-import { run } from "../../host/process.js";
+import { runCommand, startPiped, type Command } from "../../host/process.js";
+import { archiveCommit, cloneBranch, currentBranch, extractTar, fetchBranch, headCommit, resetToFetched } from "./commands.js";
 
 /**
  * pibake's cache for pi-gen: `$XDG_CACHE_HOME/pibake`, else `~/.cache/pibake`.
@@ -15,9 +15,10 @@ export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache"), "pibake");
 }
 
-async function git(cwd: string, args: string[]): Promise<string> {
-  const r = await run("git", ["-C", cwd, ...args], { what: `git ${args.join(" ")}`, okCodes: "any" });
-  if (r.exitCode !== 0) throw new PibakeError(`git ${args.join(" ")} in ${cwd} failed: ${r.output.trim()}`);
+/** git's answer in `dir`, or what it said when it failed. */
+async function git(dir: string, c: Command): Promise<string> {
+  const r = await runCommand(c);
+  if (r.exitCode !== 0) throw new PibakeError(`${c.what} in ${dir} failed: ${r.output.trim()}`);
   return r.stdout.trim();
 }
 
@@ -31,13 +32,13 @@ export interface PiGenCheckout {
 export async function useCheckout(dir: string, branch: string): Promise<PiGenCheckout> {
   const abs = path.resolve(dir);
   if (!existsSync(path.join(abs, "build.sh"))) throw new PibakeError(`${abs} is not a pi-gen checkout (no build.sh)`);
-  const current = await git(abs, ["rev-parse", "--abbrev-ref", "HEAD"]).catch(() => "");
+  const current = await git(abs, currentBranch(abs)).catch(() => "");
   if (current !== branch) {
     throw new PibakeError(
       `${abs} is on branch ${current || "(unknown)"}, but this config needs pi-gen's ${branch} branch: run git -C ${abs} checkout ${branch}, or drop --pi-gen to let pibake fetch it`,
     );
   }
-  return { dir: abs, branch, commit: await git(abs, ["rev-parse", "HEAD"]) };
+  return { dir: abs, branch, commit: await git(abs, headCommit(abs)) };
 }
 
 /** Clone the official repository (shallow) into the cache once; `update` fetches the branch's newest commit. */
@@ -48,7 +49,7 @@ export async function cachedCheckout(branch: string, opts: { update: boolean; on
     const tmp = `${dir}.tmp-${process.pid}`;
     rmSync(tmp, { recursive: true, force: true });
     opts.onStatus(`cloning pi-gen (${branch}) into ${dir}`);
-    const r = await run("git", ["clone", "--quiet", "--depth", "1", "--branch", branch, PI_GEN_REPO, tmp], { what: "cloning pi-gen", okCodes: "any" });
+    const r = await runCommand(cloneBranch(PI_GEN_REPO, branch, tmp));
     if (r.exitCode !== 0) {
       rmSync(tmp, { recursive: true, force: true });
       throw new PibakeError(`cannot clone ${PI_GEN_REPO} (${branch}): ${r.output.trim()}\nWithout Internet access, clone it elsewhere and pass --pi-gen DIR`);
@@ -56,10 +57,10 @@ export async function cachedCheckout(branch: string, opts: { update: boolean; on
     renameSync(tmp, dir);
   } else if (opts.update) {
     opts.onStatus(`updating pi-gen (${branch})`);
-    await git(dir, ["fetch", "--quiet", "--depth", "1", "origin", branch]);
-    await git(dir, ["reset", "--quiet", "--hard", "FETCH_HEAD"]);
+    await git(dir, fetchBranch(dir, branch));
+    await git(dir, resetToFetched(dir));
   }
-  return { dir, branch, commit: await git(dir, ["rev-parse", "HEAD"]) };
+  return { dir, branch, commit: await git(dir, headCommit(dir)) };
 }
 
 /**
@@ -74,12 +75,25 @@ export async function prepareTree(checkout: PiGenCheckout, treeDir: string): Pro
   if (have !== checkout.commit) {
     rmSync(treeDir, { recursive: true, force: true });
     mkdirSync(treeDir, { recursive: true });
-    const archive = execa("git", ["-C", checkout.dir, "archive", "--format=tar", checkout.commit]);
-    const extract = execa("tar", ["-x", "-C", treeDir]);
-    archive.stdout?.pipe(extract.stdin!);
-    await Promise.all([archive, extract]);
+    await copyTracked(checkout, treeDir);
     writeFileSync(marker, checkout.commit + "\n");
   }
+}
+
+/** git archive piped into tar: the tracked files at the checkout's commit. */
+async function copyTracked(checkout: PiGenCheckout, treeDir: string): Promise<void> {
+  const steps = [archiveCommit(checkout.dir, checkout.commit), extractTar(treeDir)];
+  const archive = startPiped(steps[0]!, { stdin: "ignore" });
+  const extract = startPiped(steps[1]!, { stdin: "pipe" });
+  archive.stdout.pipe(extract.stdin);
+  const ends = await Promise.all([archive.done, extract.done]);
+  const failed = steps.flatMap((c, i) => {
+    const r = ends[i]!;
+    if (r.exitCode === 0) return [];
+    const how = r.exitCode === undefined ? r.message : `exit ${r.exitCode}`;
+    return [`${c.what}: \`${[c.cmd, ...c.args].join(" ")}\` failed (${how})${r.stderr.trim() ? `: ${r.stderr.trim()}` : ""}`];
+  });
+  if (failed.length) throw new PibakeError(failed.join("\n"));
 }
 
 /** Reset the parts of the tree pibake controls, then place this build's stages and markers. */

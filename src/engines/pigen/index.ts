@@ -1,4 +1,4 @@
-import { run } from "../../host/process.js";
+import { runCommand } from "../../host/process.js";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
@@ -9,6 +9,7 @@ import type { EngineInput, EngineResult, StepReporter } from "../types.js";
 import { BuildLog } from "../../host/log.js";
 import { problemsError } from "../problems.js";
 import { chooseRunner, userBaseStages as chosenBaseStages } from "./engine.js";
+import { findContainer, runPiGen, stopContainer } from "./commands.js";
 import { cacheDir, cachedCheckout, placeStages, prepareTree, useCheckout, type PiGenCheckout } from "./checkout.js";
 import { estimateRemaining, PiGenProgress } from "./log.js";
 import { releaseBelow } from "../../host/release.js";
@@ -134,18 +135,17 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   log.line(`pi-gen ${branch} ${checkout.commit} (${runner}), ${decision.reuse ? "regeneration" : "full build"}`);
 
   const containerName = `pibake_${model.image.name.replace(/[^a-zA-Z0-9_.-]/g, "_")}`;
-  const script = runner === "native" ? "./build.sh" : "./build-docker.sh";
   const env: Record<string, string> = runner === "docker" ? { CONTAINER_NAME: containerName, PRESERVE_CONTAINER: "0", CONTINUE: "0" } : {};
   if (runner === "docker") {
     // A container left by an interrupted build would stop build-docker.sh with "already exists".
-    const existing = await run("docker", ["ps", "-a", "--filter", `name=^${containerName}$`, "-q"], { what: "looking for pi-gen's container", okCodes: "any" });
+    const existing = await runCommand(findContainer(containerName));
     if (existing.stdout.trim()) env.CONTINUE = "1";
   }
 
   // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
   // terminal would: build.sh defers its clean-up trap until its foreground command (an apt-get in the chroot) exits.
   input.scope.defer(async () => {
-    if (runner === "docker" && input.scope.signal.aborted) await run("docker", ["stop", "-t", "10", containerName], { what: "stopping pi-gen's container", okCodes: "any" });
+    if (runner === "docker" && input.scope.signal.aborted) await runCommand(stopContainer(containerName));
   }, "stop pi-gen's container");
   if (runner === "native") {
     // pi-gen unmounts on its own exit trap; a pi-gen killed before that leaves chroot mounts and the export's loop device.
@@ -168,13 +168,11 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   const ticker = setInterval(showStatus, 5000);
   // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
   // terminal would: build.sh defers its clean-up trap until its foreground command (an apt-get in the chroot) exits.
-  const result = await run(script, ["-c", configPath], {
-    what: "pi-gen",
+  const result = await runCommand(runPiGen(runner, configPath), {
     cwd: treeDir,
     env,
     signal: input.scope.signal,
     stop: { signal: "SIGINT", group: true, killAfterMs: PI_GEN_STOP_MS },
-    okCodes: "any",
     onLine: (raw) => {
       const line = redact(raw);
       reporter.detail(line);

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Arch, Release } from "../../config/model.js";
-import { shellQuote } from "../../render/templates.js";
+import { shellQuote } from "../../host/shell.js";
 import { systemDigest, type SystemSettings } from "../../render/system.js";
 
 /**

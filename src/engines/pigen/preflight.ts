@@ -5,7 +5,8 @@ import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
 import { formatProblems as formatProblemList } from "../problems.js";
 import type { Problem } from "../types.js";
-import { run } from "../../host/process.js";
+import { runCommand } from "../../host/process.js";
+import { dockerVersion, findTool } from "./commands.js";
 
 /**
  * What pi-gen will need, checked before a build of up to an hour starts,
@@ -35,7 +36,7 @@ export async function missingDependencies(dependsFile: string): Promise<Prefligh
   if (!existsSync(dependsFile)) return undefined;
   const missing: string[] = [];
   for (const dep of parseDepends(readFileSync(dependsFile, "utf8"))) {
-    const r = await run("bash", ["-c", `hash ${dep.tool} 2>/dev/null`], { what: `looking for ${dep.tool}`, okCodes: "any" });
+    const r = await runCommand(findTool(dep.tool));
     if (r.exitCode !== 0) missing.push(dep.pkg);
   }
   if (missing.length === 0) return undefined;
@@ -47,7 +48,7 @@ export function rootProblem(uid = process.getuid?.() ?? 0): PreflightProblem | u
 }
 
 export async function dockerAnswers(): Promise<boolean> {
-  const r = await run("docker", ["info", "--format", "{{.ServerVersion}}"], { what: "asking Docker", okCodes: "any", timeout: 15_000 });
+  const r = await runCommand(dockerVersion(), { timeout: 15_000 });
   return r.exitCode === 0 && r.stdout.trim() !== "";
 }
 
