@@ -1,41 +1,47 @@
 /**
  * tls.mode "acme" with the Pi's own programs: the rendered acme-certificate.sh runs Debian's arm64
- * lego, which runs freemyip-txt.sh and through it the arm64 curl, in a Debian trixie arm64 root
- * filesystem (scripts/fixtures/arm64-rootfs.sh with the stage's packages for ACME) under
- * qemu-user, and the arm64 mosquitto there serves what it installed. The CA, its DNS server and
- * the freemyip stand-in are test/acme.test.ts's (test/helpers/acme-lab.ts), in a network
- * namespace of this test's own that the chroot's programs run in too
- * (test/helpers/arm64-chroot.sh gives them /proc and /dev there).
+ * lego, which runs freemyip-txt.sh and through it the arm64 curl, in the root filesystem of an
+ * image pibake built (test/helpers/pibake-image.ts's cached one, which test/fast-regen.test.ts
+ * uses too) under qemu-user, and the arm64 mosquitto there serves what it installed. That image is
+ * tls.mode "own-ca": its root partition is mounted read-only under an overlay in this test's
+ * temporary directory (the cached file is never written), and what it lacks of the stage's
+ * packages for ACME (lego) is installed there by the image's apt-get from Debian's mirror, as the
+ * stage would. The CA, its DNS server and the freemyip stand-in are test/acme.test.ts's
+ * (test/helpers/acme-lab.ts), in a network namespace of this test's own that the chroot's
+ * programs run in too (test/helpers/arm64-chroot.sh gives them /proc and /dev there).
  *
  * test/acme.test.ts covers the scripts' behaviour (renewal, back-off, causes) with the host's
  * amd64 builds; this file proves the same first issuance with the builds the image carries.
  */
 import { execa } from "execa";
-import { closeSync, copyFileSync, openSync, readFileSync, readSync, readlinkSync, realpathSync, statSync } from "node:fs";
+import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, readlinkSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { binfmtProblem, parseBinfmtEntry } from "../src/engines/binfmt.js";
 import { stagePackages } from "../src/render/stage.js";
+import { releaseBelow } from "../src/host/release.js";
 import { AcmeLab, acmeConfig, acmeEnv, DOMAIN, fingerprint, LAB_TOOLS, run, Server, waitFor } from "./helpers/acme-lab.js";
-import { FIXTURE_TIMEOUT_MS, repoRoot } from "./helpers/cli.js";
+import { FIXTURE_TIMEOUT_MS } from "./helpers/cli.js";
+import { mountRoot } from "./helpers/image.js";
+import { pibakeImage } from "./helpers/pibake-image.js";
 import { removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 
 const CHROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "arm64-chroot.sh");
 /** The stage's packages that the ACME pieces run (each checked against the rendered stage). */
 const ACME_PACKAGES = ["ca-certificates", "curl", "lego", "mosquitto", "mosquitto-clients", "openssl"];
-const TOOLS = [...LAB_TOOLS, "unshare", "chroot", "debootstrap", "tar"];
+const TOOLS = [...LAB_TOOLS, "unshare", "chroot", "losetup", "mount"];
 /** ELF e_machine of AArch64. */
 const EM_AARCH64 = 183;
 
 async function whyNot(): Promise<string | undefined> {
-  if (process.getuid?.() !== 0) return "needs root (network and mount namespaces, chroot, debootstrap)";
+  if (process.getuid?.() !== 0) return "needs root (network and mount namespaces, loop devices, overlayfs, chroot)";
   const binfmt = binfmtProblem("arm64");
   if (binfmt) return binfmt;
   if (process.arch === "arm64") return "this host is arm64: test/acme.test.ts already runs the arm64 builds";
   const absent: string[] = [];
   for (const t of TOOLS) if ((await execa("sh", ["-c", `command -v ${t}`], { reject: false })).exitCode !== 0) absent.push(t);
-  if (absent.length) return `not installed: ${absent.join(", ")} (CI installs pebble, openssl, curl, util-linux, coreutils, debootstrap, qemu-user-static, binfmt-support, iproute2)`;
+  if (absent.length) return `not installed: ${absent.join(", ")} (CI installs pebble, openssl, curl, util-linux, coreutils, qemu-user-static, binfmt-support, iproute2)`;
   return undefined;
 }
 const skip = await whyNot();
@@ -56,6 +62,11 @@ function elfMachine(file: string): number | undefined {
 describe.skipIf(skip !== undefined)(`tls.mode "acme" with the image's arm64 lego, curl, openssl and mosquitto under qemu-user${skip ? ` (skipped: ${skip})` : ""}`, () => {
   const work = tempDir("pibake-acme64-");
   const rootfs = path.join(work, "rootfs");
+  /** The image's root partition, read-only; the overlay's upper and work directories. */
+  const lower = path.join(work, "lower");
+  const upper = path.join(work, "upper");
+  const overlayWork = path.join(work, "overlay-work");
+  let image: Awaited<ReturnType<typeof mountRoot>> | undefined;
   let lab: AcmeLab;
   let fx: Fixture;
   let broker: Server;
@@ -63,8 +74,9 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme" with the image's arm64 lego
   /** pebble's root, where the chroot's clients find it. */
   const PEBBLE_ROOT = "/root/pebble-root.crt";
 
-  /** A command in the arm64 root filesystem, in the lab's namespace. */
-  const onPi = (cmd: string[]) => lab.inNs(["unshare", "--mount", "--", "bash", CHROOT, rootfs, ...cmd]);
+  /** A command in the arm64 root filesystem: in this host's network namespace, then in the lab's. */
+  const inChroot = (cmd: string[]) => ["unshare", "--mount", "--", "bash", CHROOT, rootfs, ...cmd];
+  const onPi = (cmd: string[]) => lab.inNs(inChroot(cmd));
   const renew = (args: string[] = []) => run(onPi(["/usr/local/lib/pibake/acme-certificate.sh", ...args]), acmeEnv(), 110_000);
   const lego = (f: string) => path.join(rootfs, "var/lib/pibake/acme/lego/certificates", f);
   const served = () => lab.served();
@@ -76,10 +88,38 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme" with the image's arm64 lego
     for (const p of ACME_PACKAGES) expect(stage, `the stage installs ${p}`).toContain(p);
 
     const t0 = Date.now();
-    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", ...ACME_PACKAGES], { timeout: FIXTURE_TIMEOUT_MS });
-    await execa("mkdir", [rootfs]);
-    await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
-    console.log(`acme-arm64: root filesystem ready in ${Date.now() - t0} ms (${fixture.stdout.trim()})`);
+    const built = await pibakeImage();
+    image = await mountRoot(built.image, lower);
+    for (const d of [upper, overlayWork, rootfs]) mkdirSync(d);
+    await execa("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${overlayWork}`, rootfs]);
+    console.log(`acme-arm64: the built image's root filesystem under an overlay in ${Date.now() - t0} ms (${built.image})`);
+
+    // What the image lacks of the stage's packages for "acme", installed as the stage would, with
+    // this host's name servers (outside the lab's namespace, which has no way out).
+    const dpkg = await run(inChroot(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\\n"]));
+    expect(dpkg.exitCode, dpkg.output).toBe(0);
+    const installed = new Set(dpkg.output.split("\n").filter((l) => / ii ?$/.test(l)).map((l) => l.split(" ")[0]));
+    const missing = ACME_PACKAGES.filter((p) => !installed.has(p));
+    expect(missing, "the own-ca image lacks the ACME client").toContain("lego");
+    writeFileSync(path.join(rootfs, "etc/resolv.conf"), readFileSync("/etc/resolv.conf"));
+    const apt = (args: string[]) => run(inChroot(["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y", ...args]), {}, 900_000);
+    const installArgs = ["install", "--no-install-recommends", ...missing];
+    // The image's package lists are its build's: fresh on a new CI machine. Only when the mirror
+    // has moved on since (a cached image's 404s) are they updated, which takes a minute here.
+    let install = await apt(installArgs);
+    let how = "from the image's package lists";
+    if (install.exitCode !== 0) {
+      const update = await apt(["update"]);
+      expect(update.exitCode, update.output).toBe(0);
+      const first = install.ms;
+      install = await apt(installArgs);
+      how = `after a failed try (${first} ms) and apt-get update (${update.ms} ms)`;
+    }
+    expect(install.exitCode, install.output).toBe(0);
+    console.log(`acme-arm64: apt-get install --no-install-recommends ${missing.join(" ")} under qemu-user in ${install.ms} ms, ${how}`);
+    // The own CA's certificate and key are not in an "acme" image.
+    const certs = path.join(rootfs, "etc/mosquitto/certs");
+    for (const f of readdirSync(certs)) if (f !== "README") rmSync(path.join(certs, f));
     // The ids of the image's mosquitto user, not this host's.
     mosquitto = { uid: idIn("etc/passwd", "mosquitto"), gid: idIn("etc/group", "mosquitto") };
 
@@ -94,10 +134,13 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme" with the image's arm64 lego
     broker = new Server("mosquitto", onPi(["/usr/sbin/mosquitto", "-c", "/etc/mosquitto/mosquitto.conf"]));
     lab.servers.push(broker);
     await waitFor("mosquitto", () => broker.output.includes(" running"), 60_000, () => broker.output);
-  }, FIXTURE_TIMEOUT_MS + 300_000);
+  }, FIXTURE_TIMEOUT_MS + 2_100_000);
 
   afterAll(async () => {
     await lab?.stop();
+    // Whatever still runs in the chroot, the overlay and the image's root, then its loop device.
+    await releaseBelow(work);
+    await image?.release();
     fx?.cleanup();
     removeAllFixtures();
   });
