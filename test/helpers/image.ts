@@ -24,7 +24,12 @@ export async function mountRoot(image: string, dir: string, opts: { readWrite?: 
   const root = parseMbr(readAt(image, 0, 512)).partitions[1]!;
   mkdirSync(dir, { recursive: true });
   const dev = (await execa("losetup", ["--find", "--show", ...(opts.readWrite ? [] : ["--read-only"]), "--offset", String(root.offset), "--sizelimit", String(root.size), image])).stdout.trim();
-  await execa("mount", ["-t", "ext4", ...(opts.readWrite ? [] : ["-o", "ro"]), dev, dir]);
+  try {
+    await execa("mount", ["-t", "ext4", ...(opts.readWrite ? [] : ["-o", "ro"]), dev, dir]);
+  } catch (e) {
+    await execa("losetup", ["--detach", dev], { reject: false });
+    throw e;
+  }
   return {
     dev,
     release: async () => {
