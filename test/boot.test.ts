@@ -10,6 +10,7 @@ import { bootFile, mountRoot } from "./helpers/image.js";
 import { NPM_RELEASE } from "../src/registry/node-red.js";
 import { STATE_FILES } from "../src/secrets/node-red.js";
 import { NODE_RED_INSTALL } from "../src/check/facts.js";
+import { unexpectedChecks } from "./helpers/check-report.js";
 import { shellQuote } from "../src/host/shell.js";
 import { brokerImageConfig, BROKER_DOMAIN, takeOver } from "./helpers/broker-image.js";
 import { roundTrip, tryConnect } from "./helpers/mqtt.js";
@@ -587,16 +588,6 @@ describe.skipIf(!isRoot || !hasQemu)("the built image boots under QEMU and answe
     expect(vm!.console()).toMatch(/reboot: Power down|System halted|Power down/);
   }, BUDGET.powerdown + MARGIN);
 });
-
-/**
- * What pibake check may say of the booted Pi beyond "ok": ddclient has no Internet to update the
- * name with here, and while the first boot is still installing Node-RED (under TCG, 20 to 25 minutes)
- * both the install and the silent editor are warnings that say so. Anything else is unexpected.
- */
-function unexpectedChecks(report: { checks: { name: string; status: string; detail: string }[] }) {
-  const installing = report.checks.some((c) => c.name === NODE_RED_INSTALL && c.status === "warning");
-  return report.checks.filter((c) => c.status !== "ok" && c.name !== "ddclient" && !(installing && c.status === "warning" && (c.name === NODE_RED_INSTALL || c.name === "node-red")));
-}
 
 /** A command run as root through sudo, which asks for the first user's password (Raspberry Pi OS from 2026-04-13 has no passwordless sudo). */
 function sudo(command: string): string {
