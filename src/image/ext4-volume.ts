@@ -191,7 +191,7 @@ export class Ext4Volume {
   async writeFile(p: string, content: Buffer, attrs: { mode: number; uid: number; gid: number }): Promise<void> {
     await this.refuseLinkedDirectory(p);
     await this.mkdirs(parentOf(normal(p)));
-    await this.remove(p);
+    await this.removeEntry(p);
     const fh = await this.fs.open(p, "wx", attrs.mode);
     try {
       await writeAll(fh, content);
@@ -211,6 +211,11 @@ export class Ext4Volume {
   /** Remove a file or link (its bytes zeroed first); nothing when absent. A directory is refused: pibake removes files only. */
   async remove(p: string): Promise<void> {
     await this.refuseLinkedDirectory(p);
+    await this.removeEntry(p);
+  }
+
+  /** remove(), once the way to `p` is known to hold no link. */
+  private async removeEntry(p: string): Promise<void> {
     const st = await this.lstat(p);
     if (!st) return;
     if (st.type === "dir") throw new PibakeError(`${this.label}: ${p} is a directory where pibake writes or removes a file`, 2);
