@@ -252,6 +252,43 @@ export interface CreateBmapOptions {
   signal?: AbortSignal;
 }
 
+/** Bytes [start, end) of a chunk: whole blocks that are not all zeros (the last block may be short). */
+export interface DataRun {
+  start: number;
+  end: number;
+}
+
+const ZERO_BLOCKS = Buffer.alloc(1 << 20);
+
+/**
+ * The runs of blocks in `buf[0, len)` that hold data, in order; none for a
+ * chunk of zeros (tested first as a whole: the common case in free space).
+ */
+export function dataRuns(buf: Buffer, len: number, blockSize: number): DataRun[] {
+  if (isZero(buf, 0, len)) return [];
+  const runs: DataRun[] = [];
+  let start = -1;
+  for (let off = 0; off < len; off += blockSize) {
+    const end = Math.min(off + blockSize, len);
+    if (!isZero(buf, off, end)) {
+      if (start < 0) start = off;
+    } else if (start >= 0) {
+      runs.push({ start, end: off });
+      start = -1;
+    }
+  }
+  if (start >= 0) runs.push({ start, end: len });
+  return runs;
+}
+
+function isZero(buf: Buffer, from: number, to: number): boolean {
+  for (let at = from; at < to; at += ZERO_BLOCKS.length) {
+    const n = Math.min(ZERO_BLOCKS.length, to - at);
+    if (buf.compare(ZERO_BLOCKS, 0, n, at, at + n) !== 0) return false;
+  }
+  return true;
+}
+
 /**
  * Builds a bmap from an image's bytes read in order: every block that is not
  * all zeros is mapped, with a sha256 per contiguous range. Fed by createBmap
@@ -260,7 +297,6 @@ export interface CreateBmapOptions {
 export class BmapBuilder {
   private readonly ranges: BmapRange[] = [];
   private current: { first: number; hash: ReturnType<typeof createHash> } | undefined;
-  private zeros = Buffer.alloc(0);
 
   constructor(
     readonly imageSize: number,
@@ -275,24 +311,21 @@ export class BmapBuilder {
 
   /** `len` bytes of `buf`, which stand at byte `pos` of the image (a block boundary). */
   feed(buf: Buffer, len: number, pos: number): void {
-    if (this.zeros.length < len) this.zeros = Buffer.alloc(len);
-    // The common case in free space: a whole chunk of zeros with no range open.
-    if (this.current === undefined && buf.compare(this.zeros, 0, len, 0, len) === 0) return;
+    this.feedRuns(buf, len, pos, dataRuns(buf, len, this.blockSize));
+  }
+
+  /** As feed, with the chunk's data runs already found (dataRuns, same block size). */
+  feedRuns(buf: Buffer, len: number, pos: number, runs: readonly DataRun[]): void {
     const firstBlock = pos / this.blockSize;
-    // Contiguous data blocks within the chunk go to the hash in one call.
-    let runStart = -1;
-    for (let b = 0, off = 0; off < len; b++, off += this.blockSize) {
-      const e = Math.min(off + this.blockSize, len);
-      if (buf.compare(this.zeros, 0, e - off, off, e) !== 0) {
-        if (!this.current) this.current = { first: firstBlock + b, hash: createHash("sha256") };
-        if (runStart < 0) runStart = off;
-      } else {
-        if (runStart >= 0) this.current!.hash.update(buf.subarray(runStart, off));
-        runStart = -1;
-        this.close(firstBlock + b - 1);
-      }
+    let at = 0;
+    for (const run of runs) {
+      // Zero blocks before this run end the open range.
+      if (run.start > at) this.close(firstBlock + at / this.blockSize - 1);
+      if (!this.current) this.current = { first: firstBlock + run.start / this.blockSize, hash: createHash("sha256") };
+      this.current.hash.update(buf.subarray(run.start, run.end));
+      at = run.end;
     }
-    if (runStart >= 0) this.current!.hash.update(buf.subarray(runStart, len));
+    if (at < len) this.close(firstBlock + at / this.blockSize - 1);
   }
 
   /** Zeros that are not read (a hole) start at byte `pos` (a block boundary): they end any open range. */

@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
-import { BmapBuilder, DEFAULT_BLOCK_SIZE, type Bmap } from "./bmap.js";
+import { BmapBuilder, DEFAULT_BLOCK_SIZE, dataRuns, type Bmap, type DataRun } from "./bmap.js";
+import { WorkerSha256 } from "./worker-sha256.js";
 
 /**
  * A copy of an image with some bytes changed (the fast path's edits, held in
@@ -23,7 +23,6 @@ export interface PatchedCopy {
 }
 
 const CHUNK = 8 << 20;
-const ZEROS = Buffer.alloc(CHUNK);
 
 export async function writePatchedImage(src: string, dest: string, patches: readonly ImagePatch[], signal?: AbortSignal): Promise<PatchedCopy> {
   if (await reflink(src, dest)) {
@@ -62,41 +61,56 @@ async function reflink(src: string, dest: string): Promise<boolean> {
  * Read `input` once: patches laid over, every byte hashed, the bmap built,
  * and the data blocks written to `output` when given. The next chunk is read
  * and the previous one written while this one is hashed (the thread pool
- * does the I/O), so the pass costs about its slowest part, not their sum.
+ * does the I/O), and the image's sha256 is computed on a thread of its own,
+ * so the pass costs about its slowest part, not their sum.
  */
 async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined, patches: readonly ImagePatch[], signal?: AbortSignal): Promise<{ sha256: string; bmap: Bmap }> {
   const size = (await input.stat()).size;
-  const hash = createHash("sha256");
+  const hash = new WorkerSha256(CHUNK, 6);
+  try {
+    const bmap = await patchHashAndWrite(input, output, patches, size, hash, signal);
+    return { sha256: await hash.digest(), bmap };
+  } finally {
+    await hash.close();
+  }
+}
+
+async function patchHashAndWrite(input: fsp.FileHandle, output: fsp.FileHandle | undefined, patches: readonly ImagePatch[], size: number, hash: WorkerSha256, signal?: AbortSignal): Promise<Bmap> {
   const bmap = new BmapBuilder(size, DEFAULT_BLOCK_SIZE);
-  // Three buffers in turn: one read ahead, one hashed, one written behind.
-  const ring = [0, 1, 2].map(() => Buffer.allocUnsafe(CHUNK));
-  let turn = 0;
-  let reading = size > 0 ? readChunk(input, ring[0]!, 0, Math.min(CHUNK, size)) : undefined;
+  // The hash's buffers in turn: one read ahead, one patched and mapped, one written behind, the rest with the hashing thread.
+  const readAt = async (pos: number) => readChunk(input, await hash.take(), pos, Math.min(CHUNK, size - pos));
+  let reading = size > 0 ? readAt(0) : undefined;
   let writing: Promise<void> = Promise.resolve();
   for (let pos = 0; pos < size; ) {
     signal?.throwIfAborted();
-    const want = Math.min(CHUNK, size - pos);
     const buf = await reading!;
+    const want = buf.length;
     const next = pos + want;
-    turn = (turn + 1) % ring.length;
-    reading = next < size ? readChunk(input, ring[turn]!, next, Math.min(CHUNK, size - next)) : undefined;
+    reading = next < size ? readAt(next) : undefined;
     // Awaited in the next round; a failure meanwhile must not count as unhandled.
     reading?.catch(() => undefined);
     applyPatches(buf, want, pos, patches);
-    hash.update(buf);
-    bmap.feed(buf, want, pos);
+    const runs = dataRuns(buf, want, DEFAULT_BLOCK_SIZE);
+    bmap.feedRuns(buf, want, pos, runs);
+    // In the image's order: the previous chunk goes to the hash once written.
     await writing;
-    if (output) {
-      writing = writeDataRuns(output, buf, want, pos);
+    if (runs.length === 0) {
+      hash.zeros(want);
+      hash.giveBack(buf);
+    } else if (output) {
+      const at = pos;
+      writing = writeRuns(output, buf, runs, at).then(() => hash.hand(buf));
       writing.catch(() => undefined);
+    } else {
+      hash.hand(buf);
     }
     pos = next;
   }
   await writing;
-  return { sha256: hash.digest("hex"), bmap: bmap.finish() };
+  return bmap.finish();
 }
 
-/** `length` bytes at `pos` into `into` (not the buffer being hashed, nor the one being written). */
+/** `length` bytes at `pos` into `into` (a buffer of the hash's, not the one being mapped, written or hashed). */
 async function readChunk(input: fsp.FileHandle, into: Buffer, pos: number, length: number): Promise<Buffer> {
   const buf = into.subarray(0, length);
   for (let got = 0; got < length; ) {
@@ -116,19 +130,9 @@ function applyPatches(buf: Buffer, n: number, pos: number, patches: readonly Ima
   }
 }
 
-/** Write the runs of 4 KiB blocks of `buf[0, n)` that hold data, at `pos`; zero blocks are skipped (holes). */
-async function writeDataRuns(out: fsp.FileHandle, buf: Buffer, n: number, pos: number): Promise<void> {
-  if (buf.compare(ZEROS, 0, n, 0, n) === 0) return;
-  const block = DEFAULT_BLOCK_SIZE;
-  let start = -1;
-  for (let off = 0; off <= n; off += block) {
-    const end = Math.min(off + block, n);
-    const zero = off >= n || buf.compare(ZEROS, 0, end - off, off, end) === 0;
-    if (!zero && start < 0) start = off;
-    if (start >= 0 && (zero || end === n)) {
-      const stop = zero ? off : end;
-      for (let done = start; done < stop; ) done += (await out.write(buf, done, stop - done, pos + done)).bytesWritten;
-      start = -1;
-    }
+/** Write the chunk's data runs (whole 4 KiB blocks that are not all zeros) at `pos`: the zero blocks stay holes. */
+async function writeRuns(out: fsp.FileHandle, buf: Buffer, runs: readonly DataRun[], pos: number): Promise<void> {
+  for (const { start, end } of runs) {
+    for (let done = start; done < end; ) done += (await out.write(buf, done, end - done, pos + done)).bytesWritten;
   }
 }

@@ -1,9 +1,9 @@
-import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { PibakeError } from "../errors.js";
 import { BmapBuilder, DEFAULT_BLOCK_SIZE, type Bmap } from "./bmap.js";
 import { runCommand } from "../host/process.js";
 import { mapExtents } from "./commands.js";
+import { WorkerSha256 } from "./worker-sha256.js";
 
 // Sparse images.
 //
@@ -78,10 +78,11 @@ export interface ScanOptions {
 export async function scanImage(file: string, opts: ScanOptions = {}): Promise<ScanResult> {
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
   const fh = await fsp.open(file, "r");
+  // The whole image's sha256 on a thread of its own, beside the reads and the bmap's range hashes.
+  const fileHash = new WorkerSha256(SCAN_CHUNK);
   try {
     const size = (await fh.stat()).size;
     const ranges = await dataRanges(file, size);
-    const fileHash = createHash("sha256");
     const builder = new BmapBuilder(size, blockSize);
     let pos = 0;
     const zerosTo = async (end: number) => {
@@ -92,7 +93,7 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
         opts.signal?.throwIfAborted();
         const n = Math.min(SCAN_CHUNK, end - pos);
         const z = ZEROS.subarray(0, n);
-        fileHash.update(z);
+        fileHash.zeros(n);
         if (opts.sink) await opts.sink(z);
         pos += n;
         opts.onProgress?.(pos, size);
@@ -110,7 +111,7 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
           if (bytesRead === 0) throw new PibakeError(`${file} shrank while it was being read`);
           got += bytesRead;
         }
-        fileHash.update(buf);
+        await fileHash.update(buf);
         builder.feed(buf, want, pos);
         if (opts.sink) await opts.sink(buf);
         pos += want;
@@ -127,8 +128,9 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
     }
     await zerosTo(size);
     const bmap = builder.finish();
-    return { bmap, sha256: fileHash.digest("hex") };
+    return { bmap, sha256: await fileHash.digest() };
   } finally {
+    await fileHash.close();
     await fh.close();
   }
 }
