@@ -8,7 +8,7 @@ import { existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { loadConfig } from "./config/load.js";
 import { PibakeError } from "./errors.js";
-import { StateDir } from "./secrets/index.js";
+import { stateDirOf } from "./pipeline.js";
 import { protectedPaths, refuseProtectedOutput } from "./protected-paths.js";
 import { buildRequirements, cannotRunHeading, CA_FILE, checkUsage, deliveryBaseName, parseCompression, type BuildSettings } from "./build.js";
 import { officialBase } from "./engines/base-image/engine.js";
@@ -73,7 +73,7 @@ export async function planBuild(configPath: string, settings: BuildSettings, env
   const loaded = loadConfig(configPath, env);
   const { model } = loaded;
   const outDir = path.resolve(settings.out ?? "deploy");
-  const state = StateDir.locate(model.configDir, model.image.name, settings.state);
+  const state = stateDirOf(model, settings.state);
   refuseProtectedOutput(outDir, "--out", protectedPaths(model, state.dir, engine.inputs(request)));
 
   const requirements = await buildRequirements(engine, request, model, compress);

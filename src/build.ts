@@ -7,15 +7,14 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from "node:f
 import path from "node:path";
 import { withCleanup, type CleanupScope } from "./cleanup.js";
 import { InterruptedError, PibakeError } from "./errors.js";
-import { loadConfig } from "./config/load.js";
 import type { Model } from "./config/model.js";
-import { prepareSecrets, StateDir, type Secrets } from "./secrets/index.js";
+import type { StateDir, Secrets } from "./secrets/index.js";
 import { configDigests } from "./secrets/digests.js";
 import { summarize } from "./secrets/pki.js";
-import { resolveVersions } from "./registry/resolve.js";
 import { protectedPaths, refuseProtectedOutput } from "./protected-paths.js";
-import { render, type Rendered } from "./render/index.js";
-import { createOutput, formatBytes, formatDuration, type Output } from "./ui/output.js";
+import type { Rendered } from "./render/index.js";
+import type { Output } from "./ui/output.js";
+import { openConfig, prepareAndRender, type OpenedConfig, type Prepared } from "./pipeline.js";
 import { buildSteps, Steps, type StepSpec } from "./ui/steps.js";
 import { COMPRESSIONS, deliver, isoDate, pidAlive, removeStaleTemps, type DeliverCompression, type Delivered } from "./image/deliver.js";
 import { BuildLog } from "./host/log.js";
@@ -24,12 +23,12 @@ import { releaseBelow } from "./host/release.js";
 import { giveTo, mkdirOwned } from "./host/sudo.js";
 import { chooseEngine, foreignOptions } from "./engines/index.js";
 import { problemsError, problemsOf, programRequirements } from "./engines/problems.js";
-import type { BuildRequest, Engine, Requirement } from "./engines/types.js";
+import type { BuildRequest, Engine, EngineResult, Requirement } from "./engines/types.js";
 
 export interface BuildSettings {
   /** Where the image and its files go (default ./deploy). */
   out?: string;
-  state?: string;
+  state?: string | string[];
   compress?: string;
   verbose?: boolean;
   logFormat?: string;
@@ -192,20 +191,73 @@ export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps
   });
 }
 
-export async function runBuild(configPath: string, settings: BuildSettings): Promise<Delivered> {
+/** What a finished build hands back; commands/build.ts prints its summary. */
+export interface BuildOutcome {
+  delivered: Delivered;
+  model: Model;
+  took: number;
+  /** A build from an image pibake made: the packages were already there. */
+  regeneration: boolean;
+  /** The engine's own lines for the summary. */
+  engineSummary: string[];
+  compress: DeliverCompression;
+  certificateUntil: Date;
+}
+
+/** One build, from its checked start to delivery: what its steps share. */
+interface OpenedBuild extends OpenedConfig {
+  configPath: string;
+  settings: BuildSettings;
+  engine: Engine;
+  request: BuildRequest;
+  out: Output;
+  compress: DeliverCompression;
+  outDir: string;
+  workDir: string;
+  logPath: string;
+  started: number;
+}
+
+export async function runBuild(configPath: string, settings: BuildSettings, out: Output): Promise<BuildOutcome> {
+  const b = await openBuild(configPath, settings, out);
+  const { model, request, engine } = b;
+  out.info(`pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`);
+  return inBuildScope(
+    {
+      workDir: b.workDir,
+      logPath: b.logPath,
+      firstLine: `pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${b.outDir} --compress ${b.compress}`,
+      steps: buildSteps(engine.steps(request)),
+      out,
+      failedLog: () => path.join(b.outDir, `${deliveryBaseName(model, new Date())}.failed.log`),
+    },
+    async (scope, steps, log) => {
+      const prepared = await renderStep(b, scope, steps);
+      const result = await engine.build({ request, config: b.loaded, state: b.state, secrets: prepared.secrets, rendered: prepared.rendered, scope, workDir: b.workDir, logPath: b.logPath, verbose: settings.verbose === true }, steps);
+      scope.throwIfInterrupted();
+      const delivered = await deliverStep(b, result, prepared, scope, steps, log);
+      return {
+        delivered,
+        model,
+        took: Date.now() - b.started,
+        regeneration: result.manifest.regeneration === true && result.manifest.engine === "base",
+        engineSummary: result.summary ?? [],
+        compress: b.compress,
+        certificateUntil: summarize(prepared.secrets.pki.serverCertPem).notAfter,
+      };
+    },
+  );
+}
+
+/** Before any work: the usage, the config, the output directory, and everything that would stop the build on this machine, at once. */
+async function openBuild(configPath: string, settings: BuildSettings, out: Output): Promise<OpenedBuild> {
   const engine = checkUsage(settings);
   const { request } = settings;
-  const out = createOutput({ verbose: settings.verbose === true, plain: settings.logFormat === "plain" });
   const compress = parseCompression(settings.compress);
-  const loaded = loadConfig(configPath);
-  for (const w of loaded.warnings) out.warn(w);
-  const { model } = loaded;
+  const opened = openConfig(configPath, out, settings.state);
   const outDir = path.resolve(settings.out ?? "deploy");
-  const state = StateDir.locate(model.configDir, model.image.name, settings.state);
-  refuseProtectedOutput(outDir, "--out", protectedPaths(model, state.dir, engine.inputs(request)));
-
-  // Before any work: everything that would stop the build on this machine, at once.
-  const problems = problemsOf(await buildRequirements(engine, request, model, compress));
+  refuseProtectedOutput(outDir, "--out", protectedPaths(opened.model, opened.state.dir, engine.inputs(request)));
+  const problems = problemsOf(await buildRequirements(engine, request, opened.model, compress));
   if (problems.length > 0) throw problemsError(problems, cannotRunHeading(engine.describe(request)));
   try {
     mkdirOwned(outDir);
@@ -214,68 +266,36 @@ export async function runBuild(configPath: string, settings: BuildSettings): Pro
   }
   await recoverStale(outDir, out);
   for (const w of (await engine.warnings?.(request, outDir)) ?? []) out.warn(w);
-
   const workDir = path.join(outDir, `.pibake-work-${process.pid}`);
-  const logPath = path.join(workDir, "build.log");
-  const buildStart = Date.now();
-  out.info(`pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`);
+  return { ...opened, configPath, settings, engine, request, out, compress, outDir, workDir, logPath: path.join(workDir, "build.log"), started: Date.now() };
+}
 
-  return inBuildScope(
-    {
-      workDir,
-      logPath,
-      firstLine: `pibake build ${path.resolve(configPath)}${request.base !== undefined ? ` --base ${path.resolve(request.base)}` : ""} --out ${outDir} --compress ${compress}`,
-      steps: buildSteps(engine.steps(request)),
-      out,
-      failedLog: () => path.join(outDir, `${deliveryBaseName(model, new Date())}.failed.log`),
-    },
-    stepsOfTheBuild,
-  );
+async function renderStep(b: OpenedBuild, scope: CleanupScope, steps: Steps): Promise<Prepared> {
+  steps.begin("render");
+  const prepared = await prepareAndRender(b.model, b.state, { signal: scope.signal, onVersions: (m) => steps.status(`Node-RED: ${m}`) });
+  const { pki } = prepared.secrets;
+  steps.status(`certificate for ${b.model.tls.domain}: ${pki.serverCertStatus}; CA ${pki.caCreated ? "created" : "reused"} in ${b.state.dir}`);
+  scope.throwIfInterrupted();
+  return prepared;
+}
 
-  async function stepsOfTheBuild(scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
-    steps.begin("render");
-    await resolveVersions(model, state, { signal: scope.signal, onStatus: (m) => steps.status(`Node-RED: ${m}`) });
-    const secrets = await prepareSecrets(model, state);
-    const rendered = await render(model, secrets);
-    steps.status(`certificate for ${model.tls.domain}: ${secrets.pki.serverCertStatus}; CA ${secrets.pki.caCreated ? "created" : "reused"} in ${state.dir}`);
-    scope.throwIfInterrupted();
-
-    const result = await engine.build(
-      { request, config: loaded, state, secrets, rendered, scope, workDir, logPath, verbose: settings.verbose === true },
-      steps,
-    );
-    scope.throwIfInterrupted();
-
-    steps.begin("deliver");
-    const baseName = deliveryBaseName(model, new Date());
-    const delivered = await deliver({
-      result,
-      outDir,
-      baseName,
-      compress,
-      logPath,
-      facts: buildFacts(model, secrets, rendered, state),
-      extraFiles: [{ name: CA_FILE, content: secrets.pki.caCertPem }],
-      signal: scope.signal,
-      timings: { ...steps.timings },
-      onStatus: (phase, message) => steps.status(`${phase}: ${message}`),
-    });
-    steps.end();
-    log.line(`delivered ${delivered.image}`);
-    rmSync(path.join(outDir, `${baseName}.failed.log`), { force: true });
-
-    const cert = summarize(secrets.pki.serverCertPem);
-    out.info("");
-    out.info(`built ${delivered.image} in ${formatDuration(Date.now() - buildStart)}${result.manifest.regeneration && result.manifest.engine === "base" ? " (regeneration: the packages were already in the base)" : ""}`);
-    for (const line of result.summary ?? []) out.info(`  ${line}`);
-    out.info(`  image       ${formatBytes(delivered.size)}${compress === "none" ? "" : ` (${formatBytes(delivered.rawSize)} raw)`}, sha256 ${delivered.sha256.slice(0, 16)}…`);
-    out.info(`  checksum    ${path.basename(delivered.sha256File)}   (check: sha256sum -c ${path.basename(delivered.sha256File)})`);
-    out.info(`  block map   ${path.basename(delivered.bmap)}   (bmaptool copy and pibake flash use it)`);
-    out.info(`  manifest    ${path.basename(delivered.manifest)}`);
-    out.info(`  log         ${path.basename(delivered.log)}`);
-    out.info(`  CA          ca.crt   install it on clients; it stays the same from build to build`);
-    out.info(`  certificate ${model.tls.domain}, valid until ${cert.notAfter.toISOString().slice(0, 10)}`);
-    out.info(`flash it: pibake flash ${path.relative(process.cwd(), delivered.image) || delivered.image}`);
-    return delivered;
-  }
+async function deliverStep(b: OpenedBuild, result: EngineResult, prepared: Prepared, scope: CleanupScope, steps: Steps, log: BuildLog): Promise<Delivered> {
+  steps.begin("deliver");
+  const baseName = deliveryBaseName(b.model, new Date());
+  const delivered = await deliver({
+    result,
+    outDir: b.outDir,
+    baseName,
+    compress: b.compress,
+    logPath: b.logPath,
+    facts: buildFacts(b.model, prepared.secrets, prepared.rendered, b.state),
+    extraFiles: [{ name: CA_FILE, content: prepared.secrets.pki.caCertPem }],
+    signal: scope.signal,
+    timings: { ...steps.timings },
+    onStatus: (phase, message) => steps.status(`${phase}: ${message}`),
+  });
+  steps.end();
+  log.line(`delivered ${delivered.image}`);
+  rmSync(path.join(b.outDir, `${baseName}.failed.log`), { force: true });
+  return delivered;
 }

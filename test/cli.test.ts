@@ -94,6 +94,20 @@ describe("usage errors exit 2 with one line", () => {
   });
 });
 
+describe("an option given twice", () => {
+  it("--state: the last one counts, for render and ca alike", async () => {
+    const cfg = path.join(tmp.dir, "twice.json");
+    writeJson(cfg, validConfig());
+    const [first, second] = [path.join(tmp.dir, "state-first"), path.join(tmp.dir, "state-second")];
+    const r = await pibake(["render", cfg, "--out", path.join(tmp.dir, "twice-out"), "--state", first, "--state", second], { env: { ...secretEnv, PIBAKE_OFFLINE: "1" } });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(existsSync(path.join(second, "ca.crt"))).toBe(true);
+    expect(existsSync(first)).toBe(false);
+    const shown = await pibake(["ca", "show", "--state", first, "--state", second]);
+    expect(shown.exitCode, shown.stderr).toBe(0);
+  });
+});
+
 describe("a file or directory named that is not there is a usage error", () => {
   it("build --base, build --pi-gen, flash --bmap, ca export --out", async () => {
     const cfg = writeJson(path.join(tmp.dir, "valid.json"), validConfig());

@@ -7,10 +7,12 @@ import { summarize } from "../secrets/pki.js";
 import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
 import { protectedPaths, protectedStateDir, refuseProtectedOutput, type ProtectedPath } from "../protected-paths.js";
-import { describeDate, loadAndWarn } from "./config.js";
+import { describeDate } from "./config.js";
+import { last } from "./options.js";
+import { openConfig } from "../pipeline.js";
 
 export interface CaOptions {
-  state?: string;
+  state?: string | string[];
   out?: string;
   force?: boolean;
 }
@@ -47,11 +49,11 @@ export function caCommand(action: string, configPath: string | undefined, opts: 
   let state: StateDir;
   let protect: ProtectedPath[];
   if (configPath) {
-    const { model } = loadAndWarn(configPath, out);
-    state = StateDir.locate(model.configDir, model.image.name, opts.state);
-    protect = protectedPaths(model, state.dir);
-  } else if (opts.state) {
-    state = new StateDir(path.resolve(opts.state));
+    const opened = openConfig(configPath, out, opts.state);
+    state = opened.state;
+    protect = protectedPaths(opened.model, state.dir);
+  } else if (last(opts.state) !== undefined) {
+    state = new StateDir(path.resolve(last(opts.state)!));
     protect = [protectedStateDir(state.dir)];
   } else throw new PibakeError(`ca ${action} needs a config file or --state DIR`, 2);
   const caPem = state.read("ca.crt");

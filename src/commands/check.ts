@@ -2,11 +2,10 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { isIP } from "node:net";
 import { PibakeError } from "../errors.js";
-import { StateDir } from "../secrets/state.js";
 import { redact } from "../host/redact.js";
 import { createOutput } from "../ui/output.js";
 import { runChecks, websocketsPort, type CheckResult } from "../check/index.js";
-import { loadAndWarn } from "./config.js";
+import { openConfig } from "../pipeline.js";
 import { configArgument, last, portOption } from "./options.js";
 
 export interface CheckOptions {
@@ -70,8 +69,7 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   if ((sshPort !== undefined || sshKey !== undefined) && !opts.ssh) throw new PibakeError("--port-ssh and --ssh-key go with --ssh", 2);
   if (ports.lan !== undefined && !opts.lan) throw new PibakeError("--port-lan goes with --lan: the LAN listener is checked only from the home network", 2);
 
-  const { model } = loadAndWarn(configPath, out);
-  const state = StateDir.locate(model.configDir, model.image.name, stateOption);
+  const { model, state } = openConfig(configPath, out, stateOption);
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
 
   const caFile = last(opts.caFile);

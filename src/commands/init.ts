@@ -24,7 +24,7 @@ import {
   type SecretAnswer,
 } from "../init/plan.js";
 import { existsError, firstExisting, writeAll } from "../init/write.js";
-import { loadAndWarn } from "./config.js";
+import { loadAndWarn } from "../pipeline.js";
 import { last } from "./options.js";
 
 export interface InitOptions {

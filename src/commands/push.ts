@@ -3,11 +3,10 @@ import path from "node:path";
 import { existsSync } from "node:fs";
 import { PibakeError } from "../errors.js";
 import { invoker } from "../host/sudo.js";
-import { StateDir } from "../secrets/state.js";
 import { createOutput } from "../ui/output.js";
 import { createPrompter, isYes } from "../ui/prompt.js";
 import { runPush } from "../push/index.js";
-import { loadAndWarn } from "./config.js";
+import { openConfig } from "../pipeline.js";
 import { configArgument, last, portOption } from "./options.js";
 
 export interface PushOptions {
@@ -38,8 +37,7 @@ export async function pushCommand(configPath: string, host: string, opts: PushOp
   const interactive = process.stdin.isTTY === true && process.stderr.isTTY === true;
   if (!opts.yes && !opts.dryRun && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
 
-  const { model } = loadAndWarn(configPath, out);
-  const state = StateDir.locate(model.configDir, model.image.name, last(opts.state));
+  const { model, state } = openConfig(configPath, out, opts.state);
   const knownHosts = path.resolve(last(opts.knownHosts) ?? state.file("known_hosts"));
   await runPush({
     model,

@@ -1,18 +1,16 @@
 import path from "node:path";
 import { PibakeError } from "../errors.js";
 import { summarize } from "../secrets/pki.js";
-import { prepareSecrets, StateDir } from "../secrets/index.js";
-import { render } from "../render/index.js";
-import { resolveVersions } from "../registry/resolve.js";
+import { openConfig, prepareAndRender } from "../pipeline.js";
 import { writeRendered } from "../render/write.js";
 import { nodeRedSummary } from "../render/node-red.js";
 import { createOutput } from "../ui/output.js";
 import { protectedPaths, refuseProtectedOutput } from "../protected-paths.js";
-import { describeDate, loadAndWarn } from "./config.js";
+import { describeDate } from "./config.js";
 
 export interface RenderOptions {
   out?: string;
-  state?: string;
+  state?: string | string[];
   force?: boolean;
 }
 
@@ -20,13 +18,10 @@ export interface RenderOptions {
 export async function renderCommand(configPath: string, opts: RenderOptions): Promise<void> {
   const out = createOutput();
   if (!opts.out) throw new PibakeError("render needs --out DIR: where to write the stage and overlay", 2);
-  const { model } = loadAndWarn(configPath, out);
-  const state = StateDir.locate(model.configDir, model.image.name, opts.state);
+  const { model, state } = openConfig(configPath, out, opts.state);
   refuseProtectedOutput(opts.out, "--out", protectedPaths(model, state.dir));
   state.ensure();
-  await resolveVersions(model, state, { onStatus: (m) => out.info(`Node-RED:    ${m}`) });
-  const secrets = await prepareSecrets(model, state);
-  const rendered = await render(model, secrets);
+  const { secrets, rendered } = await prepareAndRender(model, state, { onVersions: (m) => out.info(`Node-RED:    ${m}`) });
   writeRendered(opts.out, rendered, { force: opts.force === true });
   const cert = summarize(secrets.pki.serverCertPem);
   out.info(`rendered ${path.resolve(opts.out)}`);

@@ -1,7 +1,7 @@
 import path from "node:path";
 import { createOutput } from "../ui/output.js";
 import { secretsOf } from "../protected-paths.js";
-import { loadAndWarn } from "./config.js";
+import { loadAndWarn } from "../pipeline.js";
 
 /** pibake validate CONFIG: every problem at once, or what the config describes and where each secret comes from. */
 export function validateCommand(configPath: string): void {
