@@ -7,7 +7,8 @@ import { systemSettings } from "../src/render/system.js";
 import { Tail } from "../src/host/process.js";
 import { baseDigest, decideReuse, parseDepends, piGenBranch, piGenConfigFile, stageList } from "../src/engines/pigen/plan.js";
 import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pigen/log.js";
-import { diskProblem, formatProblems, missingDependencies, rootProblem } from "../src/engines/pigen/preflight.js";
+import { diskProblem, missingDependencies, PIGEN_HEADING, rootProblem } from "../src/engines/pigen/preflight.js";
+import { formatProblems } from "../src/engines/problems.js";
 import { placeStages, prepareTree, useCheckout } from "../src/engines/pigen/checkout.js";
 import { timingsSummary } from "../src/engines/pigen/index.js";
 import { loadConfig } from "../src/config/load.js";
@@ -172,7 +173,7 @@ describe("pre-flight checks", () => {
 
   it("lists problems with their fixes, indenting messages that carry their own", () => {
     // The binfmt_misc check itself is shared with the base-image engine and tested there.
-    const text = formatProblems([{ what: "binfmt_misc is not mounted. Fix:\n  sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" }, rootProblem(1000)!]);
+    const text = formatProblems([{ what: "binfmt_misc is not mounted. Fix:\n  sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" }, rootProblem(1000)!], PIGEN_HEADING);
     expect(text).toBe(
       "pi-gen cannot build here yet:\n" +
         "  - binfmt_misc is not mounted. Fix:\n      sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc\n" +
@@ -192,7 +193,7 @@ describe("pre-flight checks", () => {
     expect(parseDepends(readFileSync(depends, "utf8"))[1]).toEqual({ tool: "no-such-tool-pibake", pkg: "pkg-one" });
     const p = await missingDependencies(depends);
     expect(p?.fix).toBe("sudo apt-get install -y pkg-one qemu-user-binfmt zzz-not-here");
-    expect(formatProblems([p!, rootProblem(1000)!])).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo -E \(-E keeps the environment variables the config's secrets come from\), or use --runner docker/);
+    expect(formatProblems([p!, rootProblem(1000)!], PIGEN_HEADING)).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo -E \(-E keeps the environment variables the config's secrets come from\), or use --runner docker/);
   });
 });
 

@@ -3,9 +3,9 @@ import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, describe, expect, it } from "vitest";
-import { checkSshCommand, factsCommand, type SshTarget as CheckTarget } from "../src/check/ssh.js";
+import { checkSshCommand, factsCommand, type SshCheckTarget as CheckTarget } from "../src/check/ssh.js";
 import { sshCommand, type SshLogin } from "../src/host/ssh.js";
-import { pushSsh, type SshTarget as PushTarget } from "../src/push/commands.js";
+import { pushSsh, type PushTarget } from "../src/push/commands.js";
 import { tempDir } from "./helpers/cli.js";
 
 /**

@@ -10,7 +10,7 @@ import { sshCommand } from "../host/ssh.js";
 import { judgeFacts, parseFacts } from "./facts.js";
 import { failed, ok, warning, type Budget, type CheckResult } from "./result.js";
 
-export interface SshTarget {
+export interface SshCheckTarget {
   host: string;
   address: string;
   port: number;
@@ -53,7 +53,7 @@ export function keyFingerprint(line: string): string | undefined {
  * to `scratch`, a throwaway directory. A login that only tries ("true") is
  * verbose: ssh's debug lines say which keys were offered and accepted.
  */
-export function checkSshCommand(target: SshTarget, options: readonly string[], ms: number, scratch: string, remote = "true"): Command {
+export function checkSshCommand(target: SshCheckTarget, options: readonly string[], ms: number, scratch: string, remote = "true"): Command {
   return sshCommand(
     {
       address: target.address,
@@ -71,7 +71,7 @@ export function checkSshCommand(target: SshTarget, options: readonly string[], m
 }
 
 /** The system's ssh client, once, bounded. Under sudo it runs as the user who ran sudo, with their keys and agent. */
-async function ssh(target: SshTarget, options: readonly string[], ms: number, remote = "true"): Promise<RunResult> {
+async function ssh(target: SshCheckTarget, options: readonly string[], ms: number, remote = "true"): Promise<RunResult> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), "pibake-check-ssh-"));
   const user = asInvoker();
   giveTo(scratch);
@@ -94,7 +94,7 @@ function unreachable(r: RunResult, ms: number): string | undefined {
 }
 
 /** The first user logs in with an SSH key of the config, and passwords are refused unless user.passwordSsh. */
-export async function checkSsh(target: SshTarget, budget: Budget): Promise<CheckResult[]> {
+export async function checkSsh(target: SshCheckTarget, budget: Budget): Promise<CheckResult[]> {
   const where = `${target.user}@${target.host}:${target.port}`;
   const known = new Map(target.keys.map((k) => [keyFingerprint(k), k.trim().split(/\s+/).slice(2).join(" ") || "no comment"]));
   const ms = budget.ms;
@@ -132,7 +132,7 @@ export async function checkSsh(target: SshTarget, budget: Budget): Promise<Check
 }
 
 /** What the Pi says of itself, over the same key login: failed units, mosquitto, ddclient, headroom, pibake-status. */
-async function checkFacts(target: SshTarget, where: string, budget: Budget): Promise<CheckResult[]> {
+async function checkFacts(target: SshCheckTarget, where: string, budget: Budget): Promise<CheckResult[]> {
   const ms = budget.ms;
   const r = await ssh(target, ["PreferredAuthentications=publickey"], ms, factsCommand(target.ddnsHostname));
   const down = unreachable(r, ms);

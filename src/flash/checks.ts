@@ -25,12 +25,12 @@ export interface SystemInfo {
   inputs?: { what: string; majMin: string }[];
 }
 
-export interface CheckOptions {
+export interface TargetCheckOptions {
   force: boolean;
   unmount: boolean;
 }
 
-export interface CheckResult {
+export interface TargetVerdict {
   refusals: string[];
   /** Mounts to undo before writing (only with --unmount). */
   unmount: Mounted[];
@@ -62,7 +62,7 @@ export function isNamingMistake(target: Target): boolean {
   return target.kind !== "file" || target.sameAsInput !== undefined;
 }
 
-export function checkTarget(target: Target, imageSize: number | undefined, opts: CheckOptions, system: SystemInfo): CheckResult {
+export function checkTarget(target: Target, imageSize: number | undefined, opts: TargetCheckOptions, system: SystemInfo): TargetVerdict {
   const none: Mounted[] = [];
   switch (target.kind) {
     case "missing": {
@@ -90,7 +90,7 @@ export function checkTarget(target: Target, imageSize: number | undefined, opts:
   }
 }
 
-function checkBlock(target: Extract<Target, { kind: "block" }>, imageSize: number | undefined, opts: CheckOptions, system: SystemInfo): CheckResult {
+function checkBlock(target: Extract<Target, { kind: "block" }>, imageSize: number | undefined, opts: TargetCheckOptions, system: SystemInfo): TargetVerdict {
   const { node, top } = target;
   const none: Mounted[] = [];
   if (node !== top) {

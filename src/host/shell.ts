@@ -8,3 +8,11 @@
 export function shellQuote(value: unknown): string {
   return `'${String(value).replace(/'/g, `'\\''`)}'`;
 }
+
+/** The lines of a file in the shell's comment style (fstab, pi-gen's lists): `#` to the end of a line removed, trimmed, empty lines left out. */
+export function uncommentedLines(text: string): string[] {
+  return text
+    .split("\n")
+    .map((l) => l.replace(/#.*$/, "").trim())
+    .filter(Boolean);
+}

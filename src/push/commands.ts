@@ -14,7 +14,7 @@ import type { OverlayFile } from "../render/overlay.js";
  * root through sudo.
  */
 
-export interface SshTarget {
+export interface PushTarget {
   host: string;
   port: number;
   user: string;
@@ -30,7 +30,7 @@ export interface SshTarget {
  * ServerAlive bounds a connection that stops answering mid-way; only ssh's
  * errors are on stderr, which is the remote scripts' own.
  */
-export function pushSsh(t: SshTarget, remoteCommand: string, what: string): Command {
+export function pushSsh(t: PushTarget, remoteCommand: string, what: string): Command {
   return sshCommand(
     { address: t.host, port: t.port, user: t.user, identity: t.key, connectTimeoutSeconds: t.connectTimeoutSeconds, hostKeys: { accept: "new", knownHosts: t.knownHosts }, keepAlive: true, log: "errors" },
     remoteCommand,

@@ -11,7 +11,7 @@ import { redact } from "../host/redact.js";
 import type { Output } from "../ui/output.js";
 import { PIBAKE_VERSION } from "../version.js";
 import { asInvoker } from "../host/sudo.js";
-import { applyCommand, inspectCommand, packPayload, pushSsh, type SshTarget } from "./commands.js";
+import { applyCommand, inspectCommand, packPayload, pushSsh, type PushTarget } from "./commands.js";
 import { describeChange, parseInspect, planPush, type PushPlan } from "./plan.js";
 
 export interface PushSettings {
@@ -50,7 +50,7 @@ export interface PushResult {
   ms: number;
 }
 
-async function ssh(target: SshTarget, remote: string, input: Buffer, ms: number, what: string) {
+async function ssh(target: PushTarget, remote: string, input: Buffer, ms: number, what: string) {
   // Under sudo, as the user who ran it: their key, and known_hosts in their state directory stays theirs.
   const user = asInvoker();
   const r = await runCommand(pushSsh(target, remote, what), { input, timeout: ms, ...(user ? { as: user, env: user.env } : {}) });
@@ -71,7 +71,7 @@ export async function runPush(s: PushSettings): Promise<PushResult> {
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with (a new CA would make every client distrust the broker)`, 2);
   const { secrets, rendered } = await prepareAndRender(model, state, { onVersions: (m) => out.info(`Node-RED: ${m}`) });
   const cert = summarize(secrets.pki.serverCertPem);
-  const target: SshTarget = { host: s.host, port: s.port, user: model.user.name, key: s.key, knownHosts: s.knownHosts, connectTimeoutSeconds: LIMITS.connectSeconds };
+  const target: PushTarget = { host: s.host, port: s.port, user: model.user.name, key: s.key, knownHosts: s.knownHosts, connectTimeoutSeconds: LIMITS.connectSeconds };
   const password = Buffer.from(`${model.user.password.reveal()}\n`);
 
   out.info(`asking ${model.user.name}@${s.host} (port ${s.port}) what it runs`);

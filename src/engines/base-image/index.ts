@@ -11,6 +11,7 @@
  */
 import { mkdirSync, readdirSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { uncommentedLines } from "../../host/shell.js";
 import type { Model } from "../../config/model.js";
 import { withCleanup, type CleanupScope } from "../../cleanup.js";
 import { PibakeError } from "../../errors.js";
@@ -498,7 +499,7 @@ function stageInstallsWithoutRecommends(rendered: EngineInput["rendered"]): bool
 /** Whether the rendered stage file lists any package (an empty list is a step that does nothing). */
 function stagePackageFile(rendered: EngineInput["rendered"], rel: string): boolean {
   const f = rendered.stage.find((s) => s.path === rel);
-  return !!f && f.content.toString("utf8").replace(/#.*$/gm, "").trim() !== "";
+  return !!f && uncommentedLines(f.content.toString("utf8")).length > 0;
 }
 
 async function mountRoot(dev: string, mnt: string, scope: CleanupScope, log: BuildLog, opts: { readOnly?: boolean } = {}): Promise<void> {

@@ -9,6 +9,7 @@
  * script for its chroot, run as a pi-gen NN-run-chroot.sh.
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { uncommentedLines } from "../../host/shell.js";
 import path from "node:path";
 import type { ImageRoot } from "../../host/image-root.js";
 import { PibakeError } from "../../errors.js";
@@ -55,8 +56,8 @@ export function parseOsRelease(text: string): Record<string, string> {
 
 /** The boot partition's mount point, from the image's fstab: /boot/firmware on bookworm and trixie. */
 export function bootMountFromFstab(fstab: string): string {
-  for (const line of fstab.split("\n")) {
-    const f = line.replace(/#.*/, "").trim().split(/\s+/);
+  for (const line of uncommentedLines(fstab)) {
+    const f = line.split(/\s+/);
     if (f.length < 3 || !/^vfat$|^msdos$|^fat$/.test(f[2]!)) continue;
     // Only a place under /boot: the mount point is made inside the image, and "/boot/../etc" is not the boot partition's.
     const mount = path.posix.normalize(f[1]!);

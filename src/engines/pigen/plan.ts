@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Arch, Release } from "../../config/model.js";
-import { shellQuote } from "../../host/shell.js";
+import { shellQuote, uncommentedLines } from "../../host/shell.js";
 import { systemDigest, type SystemSettings } from "../../render/system.js";
 
 /**
@@ -85,14 +85,10 @@ export function decideReuse(f: ReuseFacts): ReuseDecision {
 
 /** pi-gen's `depends` file: `tool[:package]` per line, comments removed. */
 export function parseDepends(text: string): { tool: string; pkg: string }[] {
-  return text
-    .split("\n")
-    .map((l) => l.replace(/#.*$/, "").trim())
-    .filter(Boolean)
-    .map((dep) => {
-      const [tool, pkg] = dep.split(":") as [string, string | undefined];
-      return { tool, pkg: pkg ?? tool };
-    });
+  return uncommentedLines(text).map((dep) => {
+    const [tool, pkg] = dep.split(":") as [string, string | undefined];
+    return { tool, pkg: pkg ?? tool };
+  });
 }
 
 export function aptInstallLine(packages: string[]): string {

@@ -3,7 +3,6 @@ import os from "node:os";
 import path from "node:path";
 import { formatBytes } from "../../ui/output.js";
 import { aptInstallLine, parseDepends } from "./plan.js";
-import { formatProblems as formatProblemList } from "../problems.js";
 import type { Problem } from "../types.js";
 import { runCommand } from "../../host/process.js";
 import { dockerVersion, findTool } from "./commands.js";
@@ -54,8 +53,4 @@ export async function dockerAnswers(): Promise<boolean> {
 
 export function isDebianFamily(osRelease = existsSync("/etc/os-release") ? readFileSync("/etc/os-release", "utf8") : ""): boolean {
   return /^(ID|ID_LIKE)=.*\b(debian|ubuntu|raspbian)\b/m.test(osRelease) && os.platform() === "linux";
-}
-
-export function formatProblems(problems: PreflightProblem[]): string {
-  return formatProblemList(problems, PIGEN_HEADING);
 }
