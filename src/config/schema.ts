@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "./zod.js";
 import { isNetworkCidr } from "./rules.js";
 import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
 import { sshKeyProblem } from "./ssh-key.js";
