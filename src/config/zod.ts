@@ -6,5 +6,5 @@
  * start-up. Without that step this file still works, as the plain re-export it is.
  * A zod function schema.ts starts to use is added here.
  */
-export { array, boolean, discriminatedUnion, enum, literal, number, strictObject, string, toJSONSchema, union } from "zod";
+export { array, boolean, config, discriminatedUnion, enum, literal, number, strictObject, string, toJSONSchema, union } from "zod";
 export type { core, infer, input, output, RefinementCtx, ZodType } from "zod";
