@@ -5,10 +5,12 @@
  * earlier render) and a first render (new state directory: new CA and keys),
  * each against `node -e 0` measured in the same run. With
  * PIBAKE_BENCH_BASELINE set to another checkout's bin/pibake.js (built), its
- * two renders are measured in the same rounds: before and after a change, in one run.
+ * two renders are measured in the same rounds and shown beside pibake's: before
+ * and after a change, in one run. On Linux each case's CPU time (user + sys, from
+ * /proc: 10 ms steps) is shown too: on a busy machine it moves less than wall time.
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { packageRoot } from "../paths.js";
@@ -28,6 +30,19 @@ interface Case {
   args: (run: number) => string[];
   /** The goal, as the most time above or the largest ratio to `node -e 0`. */
   goal?: { overMs?: number; ratio?: number };
+  /** The baseline checkout's case that this one is shown beside. */
+  baseline?: string;
+}
+
+/** CPU time (user + sys, ms) of this process's finished children, from /proc (Linux; undefined elsewhere). */
+function childrenCpuMs(): number | undefined {
+  try {
+    const fields = readFileSync("/proc/self/stat", "utf8").replace(/^.*\) /s, "").split(" ");
+    // After "pid (comm) ": state is field 3, cutime 16 and cstime 17, in clock ticks (USER_HZ, 100 on Linux).
+    return (Number(fields[13]) + Number(fields[14])) * 10;
+  } catch {
+    return undefined;
+  }
 }
 
 function median(xs: number[]): number {
@@ -35,12 +50,14 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-function timeRun(args: string[], env: NodeJS.ProcessEnv): number {
+function timeRun(args: string[], env: NodeJS.ProcessEnv): { wall: number; cpu?: number } {
+  const cpu0 = childrenCpuMs();
   const t = performance.now();
   const r = spawnSync(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"], encoding: "utf8", timeout: 120_000 });
-  const ms = performance.now() - t;
+  const wall = performance.now() - t;
+  const cpu1 = childrenCpuMs();
   if (r.status !== 0) throw new Error(`node ${args.join(" ")} exited with ${r.status ?? r.signal}:\n${String(r.stderr).split("\n").slice(-10).join("\n")}`);
-  return ms;
+  return cpu0 !== undefined && cpu1 !== undefined ? { wall, cpu: cpu1 - cpu0 } : { wall };
 }
 
 export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTUP_RUNS ?? 5)): Promise<string[]> {
@@ -63,8 +80,8 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
       { name: "node -e 0", args: () => ["-e", "0"] },
       { name: "pibake --version", args: () => [bin, "--version"], goal: { ratio: 1.5 } },
       { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
-      { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 } },
-      { name: "pibake render (first, new CA)", args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`), goal: { overMs: 1000 } },
+      { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 }, baseline: "baseline render (warm)" },
+      { name: "pibake render (first, new CA)", args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`), goal: { overMs: 1000 }, baseline: "baseline render (first, new CA)" },
       ...(baseline
         ? [
             { name: "baseline render (warm)", args: (i: number) => renderWith(baseline, baselineWarmState, `baseline-warm-${i}`) },
@@ -78,9 +95,18 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
     if (baseline) timeRun(renderWith(baseline, baselineWarmState, "baseline-warm-setup"), env);
 
     const times = new Map<string, number[]>(cases.map((c) => [c.name, []]));
-    for (let i = 0; i < runs; i++) for (const c of cases) times.get(c.name)!.push(timeRun(c.args(i), env));
+    const cpuTimes = new Map<string, number[]>(cases.map((c) => [c.name, []]));
+    for (let i = 0; i < runs; i++) {
+      for (const c of cases) {
+        const t = timeRun(c.args(i), env);
+        times.get(c.name)!.push(t.wall);
+        if (t.cpu !== undefined) cpuTimes.get(c.name)!.push(t.cpu);
+      }
+    }
 
     const base = median(times.get(cases[0]!.name)!);
+    const cpuOf = (name: string) => (cpuTimes.get(name)!.length === runs ? median(cpuTimes.get(name)!) : undefined);
+    const baseCpu = cpuOf(cases[0]!.name);
     const width = Math.max(...cases.map((c) => c.name.length));
     const lines = [
       `median wall time of ${runs} runs (whole process, round-robin), min–max; examples/broker.json, secrets from the environment, PIBAKE_OFFLINE=1${baseline ? `; baseline ${baseline}` : ""}:`,
@@ -93,7 +119,10 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
       if (c.goal?.ratio !== undefined) verdict = `goal ≤ ${c.goal.ratio}×: ${ms / base <= c.goal.ratio ? "met" : "NOT met"}`;
       if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
       const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
-      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${verdict}`.trimEnd());
+      const cpu = cpuOf(c.name);
+      const cpuText = cpu === undefined || baseCpu === undefined ? "" : `cpu ${cpu.toFixed(0).padStart(4)} ms${c === cases[0] ? "" : ` (+${(cpu - baseCpu).toFixed(0)})`}`;
+      const beside = c.baseline && times.has(c.baseline) ? `baseline ${median(times.get(c.baseline)!).toFixed(0)} ms, +${(median(times.get(c.baseline)!) - base).toFixed(0)}` : "";
+      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${cpuText.padEnd(19)}  ${verdict}${beside ? `; ${beside}` : ""}`.trimEnd());
     }
     lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
     return lines;

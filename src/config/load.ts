@@ -1,5 +1,6 @@
 import { readFileSync, statSync } from "node:fs";
-import { parse as parseJsonc, ParseErrorCode, type ParseError } from "jsonc-parser";
+import { ParseErrorCode, type ParseError } from "jsonc-parser";
+import { parse as parseJsonc } from "./jsonc.js";
 import path from "node:path";
 import type { z } from "zod";
 import { ConfigError, PibakeError, type ConfigIssue } from "../errors.js";

@@ -1,9 +1,13 @@
-import { z } from "zod";
+import * as z from "./zod.js";
 import { isNetworkCidr } from "./rules.js";
 import { keyboardLayoutProblem, keymapProblem, localeProblem, timezoneProblem } from "./lists.js";
 import { sshKeyProblem } from "./ssh-key.js";
 import { ARCHES, RELEASES } from "./model.js";
 import { withDefaultsInDescriptions, type SchemaNode } from "./reference.js";
+
+// A config is parsed once per process: zod's compiling each object's parser to JavaScript first
+// (new Function, for speed on repeated parses) costs more than it saves. Same results, same messages.
+z.config({ jitless: true });
 
 /**
  * The config file's shape. Messages are phrased to follow the offending value:

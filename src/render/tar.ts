@@ -1,4 +1,5 @@
-import tar from "tar-stream";
+import type tar from "tar-stream";
+import { pack as tarPack } from "./tar-stream.js";
 import type { OverlayFile } from "./overlay.js";
 
 /** A fixed time for every entry, so that the same inputs give the same bytes. */
@@ -15,7 +16,7 @@ export function packOverlay(files: OverlayFile[]): Promise<Buffer> {
 
 /** A tar in memory: `add` writes its entries, the archive's bytes come back once it is finished. */
 export async function packTar(add: (pack: tar.Pack) => void): Promise<Buffer> {
-  const pack = tar.pack();
+  const pack = tarPack();
   const chunks: Buffer[] = [];
   pack.on("data", (c: unknown) => chunks.push(c as Buffer));
   const done = new Promise<void>((resolve, reject) => {

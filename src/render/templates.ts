@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { shellQuote } from "../host/shell.js";
+import handlebarsRuntime from "./handlebars-runtime.js";
 import { packageRoot } from "../paths.js";
 
 type Handlebars = typeof HandlebarsNamespace;
@@ -98,7 +99,7 @@ export function loadTemplate(file: string, ahead: PrecompiledTemplates | null = 
   const source = readFileSync(file, "utf8");
   const entry = ahead?.[templateKey(file)];
   if (entry && entry.sha256 === sourceDigest(source)) {
-    runtime ??= withHelpers((require("handlebars/runtime") as Handlebars).create());
+    runtime ??= withHelpers(handlebarsRuntime.create());
     return runtime.template(entry.spec);
   }
   compiler ??= withHelpers((require("handlebars") as Handlebars).create());

@@ -1,4 +1,4 @@
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHmac, hash, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
 import type { StateDir } from "./state.js";
 
 /**
@@ -26,11 +26,8 @@ const CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 export function sha512Crypt(password: string, salt = randomCryptSalt(16), rounds = 5000): string {
   const pw = Buffer.from(password, "utf8");
   const s = Buffer.from(salt.slice(0, 16), "utf8");
-  const sha = (...parts: Buffer[]) => {
-    const h = createHash("sha512");
-    for (const p of parts) h.update(p);
-    return h.digest();
-  };
+  // One-shot hash of the parts joined: half the time of a Hash object per round (a first render makes this hash).
+  const sha = (...parts: Buffer[]) => hash("sha512", Buffer.concat(parts), "buffer");
   const repeatTo = (digest: Buffer, len: number) => {
     const out = Buffer.alloc(len);
     for (let i = 0; i < len; i += 64) digest.copy(out, i, 0, Math.min(64, len - i));

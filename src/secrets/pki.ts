@@ -239,6 +239,8 @@ export async function ensurePki(state: StateDir, caName: string, names: Certific
   // The keys a first render needs, started at once: the server's is needed whenever its key file is missing.
   const newCaKey = caCertPem ? undefined : newRsaKey(3072);
   const newServerKey = serverKeyPem ? undefined : newRsaKey(2048);
+  // node-forge lays out the certificates once the keys come: loaded now, while the thread pool makes them, not after.
+  if (newCaKey || newServerKey) forgeLib();
   if (!caCertPem || !caKeyPem) {
     made = makeCa(caName, await (newCaKey ?? newRsaKey(3072)), now);
     caKeyPem = made.keyPem;
