@@ -225,16 +225,71 @@ export async function writeImage(o: WriteOptions): Promise<WriteResult> {
   const chunkSize = o.chunkSize ?? CHUNK_SIZE;
   const depth = o.depth ?? WRITE_DEPTH;
   const pool = new BufferPool(depth + 2, chunkSize);
+  const segments: Segment[] = [];
+  const hashChunk = segmentHasher(o, segments);
+  const writes: Writes = { inflight: new Set(), failure: undefined, written: 0 };
+  const emit: Emit = async (buf, len, offset, range) => {
+    if (writes.failure) throw writes.failure;
+    o.signal?.throwIfAborted();
+    hashChunk(buf, len, offset, range);
+    await startWrite(o, writes, depth, pool, buf, len, offset);
+  };
+
+  let imageSize: number;
+  try {
+    imageSize =
+      o.source.kind === "file"
+        ? await produceFromFile(o.source.path, o, chunkSize, pool, emit)
+        : await produceFromStream(o.source.stream, o, chunkSize, pool, emit);
+  } finally {
+    // Never leave a write running against a handle that is about to close.
+    await Promise.allSettled([...writes.inflight]);
+  }
+  if (writes.failure) throw writes.failure;
+  if (o.imageSize !== undefined && imageSize !== o.imageSize) {
+    throw new PibakeError(`the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`);
+  }
+  if (o.target.kind === "file") await o.target.fh.truncate(imageSize);
+  return { written: writes.written, imageSize, segments, direct: o.target.direct };
+}
+
+/** The writes under way, at most `depth` at once: the first failure is kept and stops the rest. */
+interface Writes {
+  readonly inflight: Set<Promise<void>>;
+  failure: unknown;
+  /** Bytes written, counted as each write completes. */
+  written: number;
+}
+
+/** A chunk's write, started once fewer than `depth` are under way; its buffer goes back to the pool when it ends. */
+async function startWrite(o: WriteOptions, writes: Writes, depth: number, pool: BufferPool, buf: Buffer, len: number, offset: number): Promise<void> {
+  const { inflight } = writes;
+  while (inflight.size >= depth) await Promise.race(inflight);
+  if (writes.failure) throw writes.failure;
+  const p: Promise<void> = writeAt(o.target, buf, len, offset)
+    .then(
+      () => {
+        writes.written += len;
+        o.onProgress?.(writes.written);
+      },
+      (err: unknown) => {
+        writes.failure ??= err;
+      },
+    )
+    .finally(() => {
+      inflight.delete(p);
+      pool.release(buf);
+    });
+  inflight.add(p);
+}
+
+/** Hash each chunk, in order, into its segment; a bmap range's digest must be the bmap's own. */
+function segmentHasher(o: WriteOptions, segments: Segment[]): (buf: Buffer, len: number, offset: number, range?: ByteRange) => void {
   const checksumType = o.checksumType ?? "sha256";
   const blockSize = o.blockSize ?? 4096;
-  const segments: Segment[] = [];
-  const inflight = new Set<Promise<void>>();
-  let failure: unknown;
-  let written = 0;
-
   // Whole-image segments follow the chunks; bmap segments are the bmap's ranges.
   let seg: { s: Segment; hash?: Hash; expect?: string } | undefined;
-  const hashChunk = (buf: Buffer, len: number, offset: number, range?: ByteRange) => {
+  return (buf, len, offset, range) => {
     if (!seg || offset >= seg.s.end) {
       const start = range ? range.start : offset;
       const end = range ? range.end : offset + len;
@@ -253,46 +308,6 @@ export async function writeImage(o: WriteOptions): Promise<WriteResult> {
       }
     }
   };
-
-  const emit = async (buf: Buffer, len: number, offset: number, range?: ByteRange) => {
-    if (failure) throw failure;
-    o.signal?.throwIfAborted();
-    hashChunk(buf, len, offset, range);
-    while (inflight.size >= depth) await Promise.race(inflight);
-    if (failure) throw failure;
-    const p: Promise<void> = writeAt(o.target, buf, len, offset)
-      .then(
-        () => {
-          written += len;
-          o.onProgress?.(written);
-        },
-        (err: unknown) => {
-          failure ??= err;
-        },
-      )
-      .finally(() => {
-        inflight.delete(p);
-        pool.release(buf);
-      });
-    inflight.add(p);
-  };
-
-  let imageSize: number;
-  try {
-    imageSize =
-      o.source.kind === "file"
-        ? await produceFromFile(o.source.path, o, chunkSize, pool, emit)
-        : await produceFromStream(o.source.stream, o, chunkSize, pool, emit);
-  } finally {
-    // Never leave a write running against a handle that is about to close.
-    await Promise.allSettled([...inflight]);
-  }
-  if (failure) throw failure;
-  if (o.imageSize !== undefined && imageSize !== o.imageSize) {
-    throw new PibakeError(`the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`);
-  }
-  if (o.target.kind === "file") await o.target.fh.truncate(imageSize);
-  return { written, imageSize, segments, direct: o.target.direct };
 }
 
 type Emit = (buf: Buffer, len: number, offset: number, range?: ByteRange) => Promise<void>;
