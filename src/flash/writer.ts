@@ -422,55 +422,13 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
   const pool = new BufferPool(depth + 1, chunkSize);
   let verified = 0;
 
-  type Piece = { si: number; offset: number; len: number; last: boolean };
-  function* pieces(): Generator<Piece> {
-    for (let si = 0; si < segments.length; si++) {
-      const s = segments[si]!;
-      if (s.digest === undefined) throw new Error(`segment ${s.label} has no digest to verify against`);
-      for (let off = s.start; off < s.end; off += chunkSize) {
-        const len = Math.min(chunkSize, s.end - off);
-        yield { si, offset: off, len, last: off + len >= s.end };
-      }
-    }
-  }
-
-  const readPiece = async (p: Piece): Promise<{ p: Piece; buf: Buffer; got: number }> => {
-    const buf = await pool.acquire();
-    // O_DIRECT reads whole aligned blocks; the tail of an odd-sized image is read padded and cut.
-    const want = t.direct && t.fhDirect ? Math.ceil(p.len / ALIGN) * ALIGN : p.len;
-    let got = 0;
-    try {
-      while (got < p.len) {
-        const fh = t.direct && t.fhDirect ? t.fh : await bufferedHandle(t);
-        let n: number;
-        try {
-          n = (await fh.read(buf, got, want - got, p.offset + got)).bytesRead;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === "EINVAL" && t.direct && t.fhDirect) {
-            // Fall back to cached reads, dropping what the cache holds so that they see the medium.
-            t.direct = false;
-            if (t.kind === "block") await flushDeviceCache(t.path);
-            continue;
-          }
-          throw new PibakeError(`reading ${t.path} back failed at byte ${p.offset + got}: ${(err as Error).message}`);
-        }
-        if (n === 0) break;
-        got += n;
-      }
-    } catch (err) {
-      pool.release(buf);
-      throw err;
-    }
-    return { p, buf, got: Math.min(got, p.len) };
-  };
-
-  const gen = pieces();
-  const queue: Promise<{ p: Piece; buf: Buffer; got: number }>[] = [];
+  const gen = verifyPieces(segments, chunkSize);
+  const queue: Promise<ReadBack>[] = [];
   const refill = () => {
     while (queue.length < depth) {
       const next = gen.next();
       if (next.done) return;
-      const q = readPiece(next.value);
+      const q = readBack(t, pool, next.value);
       q.catch(() => {}); // Observed when its turn comes; avoid an unhandled rejection meanwhile.
       queue.push(q);
     }
@@ -498,6 +456,64 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
   } finally {
     await Promise.allSettled(queue);
   }
+}
+
+/** A chunk of segment `si` to read back; the last one of a segment closes its digest. */
+interface VerifyPiece {
+  si: number;
+  offset: number;
+  len: number;
+  last: boolean;
+}
+
+/** What was read back for a piece: `got` short of its length means the target ended early. */
+interface ReadBack {
+  p: VerifyPiece;
+  buf: Buffer;
+  got: number;
+}
+
+/** The segments cut into chunks, in order. */
+function* verifyPieces(segments: Segment[], chunkSize: number): Generator<VerifyPiece> {
+  for (let si = 0; si < segments.length; si++) {
+    const s = segments[si]!;
+    if (s.digest === undefined) throw new Error(`segment ${s.label} has no digest to verify against`);
+    for (let off = s.start; off < s.end; off += chunkSize) {
+      const len = Math.min(chunkSize, s.end - off);
+      yield { si, offset: off, len, last: off + len >= s.end };
+    }
+  }
+}
+
+/** One piece read back into a pooled buffer, from the medium where the target allows. */
+async function readBack(t: TargetHandle, pool: BufferPool, p: VerifyPiece): Promise<ReadBack> {
+  const buf = await pool.acquire();
+  // O_DIRECT reads whole aligned blocks; the tail of an odd-sized image is read padded and cut.
+  const want = t.direct && t.fhDirect ? Math.ceil(p.len / ALIGN) * ALIGN : p.len;
+  let got = 0;
+  try {
+    while (got < p.len) {
+      const fh = t.direct && t.fhDirect ? t.fh : await bufferedHandle(t);
+      let n: number;
+      try {
+        n = (await fh.read(buf, got, want - got, p.offset + got)).bytesRead;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EINVAL" && t.direct && t.fhDirect) {
+          // Fall back to cached reads, dropping what the cache holds so that they see the medium.
+          t.direct = false;
+          if (t.kind === "block") await flushDeviceCache(t.path);
+          continue;
+        }
+        throw new PibakeError(`reading ${t.path} back failed at byte ${p.offset + got}: ${(err as Error).message}`);
+      }
+      if (n === 0) break;
+      got += n;
+    }
+  } catch (err) {
+    pool.release(buf);
+    throw err;
+  }
+  return { p, buf, got: Math.min(got, p.len) };
 }
 
 /** Drop cached blocks of a device, so that reads after buffered writes come from the medium. */
