@@ -152,7 +152,7 @@ export async function deliver(input: DeliverInput): Promise<Delivered> {
     }, "remove temporary files in --out");
     await writeImageOnePass(d);
     await writeBmap(d);
-    await writeChecksums(d);
+    await writeSha256AndExtras(d);
     await writeManifest(d);
     await copyLog(d);
     await moveIntoPlace(d);
@@ -243,7 +243,7 @@ async function writeBmap(d: Delivery): Promise<void> {
 }
 
 /** The image's .sha256 file, and the extra files beside it. */
-async function writeChecksums(d: Delivery): Promise<void> {
+async function writeSha256AndExtras(d: Delivery): Promise<void> {
   const { names } = d;
   d.status("checksum", `${names.image}: sha256 ${d.sha256!.slice(0, 16)}…`);
   d.size = statSync(tempName(d.outDir, names.image)).size;

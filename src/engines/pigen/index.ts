@@ -112,7 +112,7 @@ export async function buildWithPiGen(input: EngineInput, reporter: StepReporter)
   await prepareTree(checkout, p.treeDir);
   decideBaseReuse(p);
   writeTree(p);
-  noteRun(p);
+  planStages(p);
   const env = await containerEnv(p);
   releaseOnStop(p);
   const result = await runAndFollow(p, env);
@@ -203,7 +203,7 @@ function writeTree(p: PiGenBuild): void {
 }
 
 /** The stages this run goes through, the last such run's times for the estimate, and a line in the log. */
-function noteRun(p: PiGenBuild): void {
+function planStages(p: PiGenBuild): void {
   p.previous = readTimings(p.input.state);
   p.stages = [...(p.reuse ? [] : p.baseStages), PIBAKE_STAGE, "export-image"];
   const log = new BuildLog(p.input.logPath);
