@@ -7,7 +7,7 @@ import { checkDns, makeResolver, resolveAll } from "./dns.js";
 import { checkMqtt, type MqttTarget } from "./mqtt.js";
 import { describe } from "./net.js";
 import { checkNodeRed } from "./node-red.js";
-import { checkSsh } from "./ssh.js";
+import { checkSsh, type SshCheckTarget } from "./ssh.js";
 import { Budget, failed, warning, type CheckResult } from "./result.js";
 import { NODE_RED_INSTALL } from "./facts.js";
 import { checkTls, publicTrust, type TlsTarget } from "./tls.js";
@@ -62,19 +62,7 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
     }
   }
 
-  const tlsTarget: TlsTarget = {
-    host: plan.host,
-    address,
-    port: plan.ports.tls,
-    servername: model.tls.domain,
-    caPem,
-    caFile: state.file("ca.crt"),
-    issuedFingerprint256: issued ? summarize(issued).fingerprint256 : undefined,
-    stateDir: state.dir,
-    buildCommand: plan.buildCommand,
-    lan: plan.lan,
-    ...(model.tls.acme ? { acme: { server: model.tls.acme.server, ...(plan.extraCa ? { extraCaPem: plan.extraCa.pem, extraCaFile: plan.extraCa.file } : {}) } } : {}),
-  };
+  const tlsTarget = tlsTargetOf(plan, address, caPem, issued);
   // With ACME, MQTT clients trust the public roots; the own CA's too, for the minutes before the public certificate arrives (the TLS lines tell which one is served).
   const tlsTransport = { ca: model.tls.acme ? [...publicTrust(plan.extraCa?.pem), caPem] : caPem, servername: model.tls.domain, rejectUnauthorized: true };
   const mqttTarget = (label: string, port: number, transport: MqttTarget["transport"]): MqttTarget => ({
@@ -88,23 +76,47 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
     lan: plan.lan,
   });
 
-  const tlsFamily = (async () => {
-    const t = await checkTls(tlsTarget, budget);
-    if (!t.reachable) return t.results;
-    if (!t.trusted) return [...t.results, failed("mqtts", `not tried: clients that trust only ${model.tls.acme ? "the public roots" : "this CA"} and verify the name refuse this server`, "fix the TLS lines above first")];
-    return [...t.results, ...(await checkMqtt(mqttTarget("mqtts", plan.ports.tls, { protocol: "mqtts", ...tlsTransport }), budget))];
-  })();
+  const tlsFamily = checkTlsThenMqtts(plan, tlsTarget, mqttTarget("mqtts", plan.ports.tls, { protocol: "mqtts", ...tlsTransport }), budget);
   const wsPort = plan.ports.ws;
   const wsFamily = wsPort === undefined ? Promise.resolve([]) : checkMqtt(mqttTarget("wss", wsPort, { protocol: "wss", ...tlsTransport, wsOptions: { servername: model.tls.domain } } as MqttTarget["transport"]), budget);
   const lanFamily = plan.lan ? checkMqtt(mqttTarget("lan", plan.ports.lan, { protocol: "mqtt" }), budget) : Promise.resolve([]);
   const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
-
-  const sshFamily = plan.ssh
-    ? checkSsh({ host: plan.host, address, port: plan.ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: plan.ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined, nodeRed: model.nodeRed !== undefined }, budget)
-    : Promise.resolve([]);
+  const sshFamily = plan.ssh ? checkSsh(sshTargetOf(plan, plan.ssh, address), budget) : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
   return editorWhileInstalling(families.flat());
+}
+
+/** The TLS port as a client reaches it, with the CA it trusts and the certificate the last build issued. */
+function tlsTargetOf(plan: CheckPlan, address: string, caPem: string, issued: string | undefined): TlsTarget {
+  const { model, state } = plan;
+  return {
+    host: plan.host,
+    address,
+    port: plan.ports.tls,
+    servername: model.tls.domain,
+    caPem,
+    caFile: state.file("ca.crt"),
+    issuedFingerprint256: issued ? summarize(issued).fingerprint256 : undefined,
+    stateDir: state.dir,
+    buildCommand: plan.buildCommand,
+    lan: plan.lan,
+    ...(model.tls.acme ? { acme: { server: model.tls.acme.server, ...(plan.extraCa ? { extraCaPem: plan.extraCa.pem, extraCaFile: plan.extraCa.file } : {}) } } : {}),
+  };
+}
+
+/** TLS first; MQTT over it only when the server was reached and a client would trust it. */
+async function checkTlsThenMqtts(plan: CheckPlan, tlsTarget: TlsTarget, mqtts: MqttTarget, budget: Budget): Promise<CheckResult[]> {
+  const t = await checkTls(tlsTarget, budget);
+  if (!t.reachable) return t.results;
+  if (!t.trusted) return [...t.results, failed("mqtts", `not tried: clients that trust only ${plan.model.tls.acme ? "the public roots" : "this CA"} and verify the name refuse this server`, "fix the TLS lines above first")];
+  return [...t.results, ...(await checkMqtt(mqtts, budget))];
+}
+
+/** The Pi over SSH (--ssh): the user and keys the config gives, and what its facts are judged against. */
+function sshTargetOf(plan: CheckPlan, ssh: NonNullable<CheckPlan["ssh"]>, address: string): SshCheckTarget {
+  const { model } = plan;
+  return { host: plan.host, address, port: ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined, nodeRed: model.nodeRed !== undefined };
 }
 
 /**

@@ -281,15 +281,37 @@ export function wpaPassphrase(v: string): string | undefined {
 }
 
 function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model {
-  const [ip, prefix] = c.network.address.split("/") as [string, string];
-  const extraDns = c.tls.extraNames.filter((n) => !IPV4_RE.test(n)).map((n) => n.toLowerCase());
-  const extraIps = c.tls.extraNames.filter((n) => IPV4_RE.test(n));
-  const dnsNames = [...new Set([c.tls.domain.toLowerCase(), ...extraDns, `${c.image.hostname.toLowerCase()}.local`])];
-  const ipAddresses = [...new Set([ip, ...extraIps])];
-  const { raspiosDate, ...imageFields } = c.image;
-  const image = { ...imageFields, ...(raspiosDate !== undefined ? { raspiosDate } : {}), baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)) };
+  // Secrets are resolved in the config's order, so that their problems are listed in it.
+  const image = imageModel(c, configPath);
   const user = { name: c.user.name, password: r.resolve(c.user.password, "user.password"), sshKeys: c.user.sshKeys, passwordSsh: c.user.passwordSsh };
-  const network: Model["network"] = {
+  const network = networkModel(c, r);
+  const mqtt = mqttModel(c, r);
+  const ddns = ddnsModel(c, r);
+  return {
+    configPath,
+    configDir: path.dirname(configPath),
+    image,
+    user,
+    network,
+    mqtt,
+    tls: tlsModel(c),
+    ...(ddns ? { ddns } : {}),
+    ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
+    ...(c.updates.enabled ? { updates: c.updates.reboot ? { rebootTime: c.updates.reboot.time } : {} } : {}),
+    ...(c.firewall.enabled ? { firewall: { lan: c.firewall.lan ?? [subnetOf(network.address, network.prefix)] } } : {}),
+  };
+}
+
+/** The image section, with the base stages' directories relative to the config's. */
+function imageModel(c: ParsedConfig, configPath: string): Model["image"] {
+  const { raspiosDate, ...imageFields } = c.image;
+  return { ...imageFields, ...(raspiosDate !== undefined ? { raspiosDate } : {}), baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)) };
+}
+
+/** The address split from its prefix length, and the Wi-Fi passphrase resolved. */
+function networkModel(c: ParsedConfig, r: SecretResolver): Model["network"] {
+  const [ip, prefix] = c.network.address.split("/") as [string, string];
+  return {
     interface: c.network.interface,
     address: ip,
     prefix: Number(prefix),
@@ -299,8 +321,11 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
       ? { wifi: { ssid: c.network.wifi.ssid, country: c.network.wifi.country, passphrase: r.resolve(c.network.wifi.passphrase, "network.wifi.passphrase", wpaPassphrase) } }
       : {}),
   };
+}
+
+function mqttModel(c: ParsedConfig, r: SecretResolver): Model["mqtt"] {
   const ws = c.mqtt.websockets;
-  const mqtt: Model["mqtt"] = {
+  return {
     lanPort: c.mqtt.lanPort,
     tlsPort: c.mqtt.tlsPort,
     persistence: c.mqtt.persistence,
@@ -312,33 +337,31 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
       ...(u.topics ? { topics: u.topics } : {}),
     })),
   };
-  let ddns: Ddns | undefined;
-  if (c.ddns) {
-    const hostname = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
-    ddns =
-      c.ddns.provider === "freemyip"
-        ? { provider: "freemyip", token: r.resolve(c.ddns.token, "ddns.token", freemyipToken), hostname, interval: c.ddns.interval, ipLookup: c.ddns.ipLookup }
-        : {
-            provider: "dyndns2",
-            server: c.ddns.server,
-            login: c.ddns.login,
-            password: r.resolve(c.ddns.password, "ddns.password", ddclientSafe),
-            hostname,
-            interval: c.ddns.interval,
-            ipLookup: c.ddns.ipLookup,
-          };
-  }
-  return {
-    configPath,
-    configDir: path.dirname(configPath),
-    image,
-    user,
-    network,
-    mqtt,
-    tls: { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses, ...(c.tls.mode === "acme" && c.tls.acme ? { acme: { email: c.tls.acme.email, server: c.tls.acme.server } } : {}) },
-    ...(ddns ? { ddns } : {}),
-    ...(c.nodeRed.enabled ? { nodeRed: nodeRedModel(c.nodeRed, (ref, where, check) => r.resolve(ref, where, check)) } : {}),
-    ...(c.updates.enabled ? { updates: c.updates.reboot ? { rebootTime: c.updates.reboot.time } : {} } : {}),
-    ...(c.firewall.enabled ? { firewall: { lan: c.firewall.lan ?? [subnetOf(ip, Number(prefix))] } } : {}),
-  };
+}
+
+/** The names and addresses the server certificate holds: the domain, the extra names, HOSTNAME.local and the Pi's address. */
+function tlsModel(c: ParsedConfig): Model["tls"] {
+  const [ip] = c.network.address.split("/") as [string, string];
+  const extraDns = c.tls.extraNames.filter((n) => !IPV4_RE.test(n)).map((n) => n.toLowerCase());
+  const extraIps = c.tls.extraNames.filter((n) => IPV4_RE.test(n));
+  const dnsNames = [...new Set([c.tls.domain.toLowerCase(), ...extraDns, `${c.image.hostname.toLowerCase()}.local`])];
+  const ipAddresses = [...new Set([ip, ...extraIps])];
+  return { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses, ...(c.tls.mode === "acme" && c.tls.acme ? { acme: { email: c.tls.acme.email, server: c.tls.acme.server } } : {}) };
+}
+
+/** freemyip's or a dyndns2 server's settings, its secret resolved; the name updated is tls.domain unless ddns.hostname says otherwise. */
+function ddnsModel(c: ParsedConfig, r: SecretResolver): Ddns | undefined {
+  if (!c.ddns) return undefined;
+  const hostname = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
+  return c.ddns.provider === "freemyip"
+    ? { provider: "freemyip", token: r.resolve(c.ddns.token, "ddns.token", freemyipToken), hostname, interval: c.ddns.interval, ipLookup: c.ddns.ipLookup }
+    : {
+        provider: "dyndns2",
+        server: c.ddns.server,
+        login: c.ddns.login,
+        password: r.resolve(c.ddns.password, "ddns.password", ddclientSafe),
+        hostname,
+        interval: c.ddns.interval,
+        ipLookup: c.ddns.ipLookup,
+      };
 }

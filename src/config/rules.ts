@@ -9,6 +9,22 @@ export const SSH_PORT = 22;
 
 /** Rules that only make sense across fields; the schema has already checked each field alone. */
 export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
+  return [
+    ...networkIssues(c),
+    ...listenerIssues(c),
+    ...dependentSettingIssues(c),
+    ...sshPortIssues(c),
+    ...mqttUserIssues(c),
+    ...sshLoginIssues(c),
+    ...freemyipNameIssues(c),
+    ...acmeIssues(c),
+    ...nodeRedIssues(c),
+    ...releaseListIssues(c),
+  ];
+}
+
+/** The address, the gateway in its subnet and neither a reserved one, and Wi-Fi for a wlan interface. */
+function networkIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const [ip, prefixText] = c.network.address.split("/") as [string, string];
   const prefix = Number(prefixText);
@@ -28,48 +44,75 @@ export function crossFieldIssues(c: ParsedConfig): ConfigIssue[] {
   if (c.network.interface.startsWith("wlan") && !c.network.wifi) {
     issues.push({ path: "network.wifi", message: `is required when network.interface is "${c.network.interface}": give ssid, passphrase and country` });
   }
+  return issues;
+}
 
+/** A port of its own for each MQTT listener. */
+function listenerIssues(c: ParsedConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
   const listeners = mqttListenerPorts(c);
   listeners.forEach((l, i) => {
     const earlier = listeners.slice(0, i).find((e) => e.port === l.port);
     if (earlier) issues.push({ path: l.path, message: `${l.port} is also ${earlier.path}: each listener needs a port of its own` });
   });
+  return issues;
+}
+
+/** Settings that mean nothing without another: autosave without persistence, a reboot time without updates. */
+function dependentSettingIssues(c: ParsedConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
   if (c.mqtt.autosaveInterval !== undefined && !c.mqtt.persistence) {
     issues.push({ path: "mqtt.autosaveInterval", message: "is set while mqtt.persistence is false: without persistence nothing is saved; remove it or set persistence to true" });
   }
   if (!c.updates.enabled && c.updates.reboot) {
     issues.push({ path: "updates.reboot", message: "is set while updates.enabled is false: only unattended upgrades reboot the Pi; remove it or enable updates" });
   }
+  return issues;
+}
+
+/** No service on the port the Pi's SSH server listens on. */
+function sshPortIssues(c: ParsedConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
   for (const [field, port] of [["mqtt.lanPort", c.mqtt.lanPort], ["mqtt.tlsPort", c.mqtt.tlsPort], ...(c.nodeRed.enabled ? [["nodeRed.port", c.nodeRed.port] as const] : [])] as const) {
     if (port === SSH_PORT) issues.push({ path: field, message: `${port} is SSH's port, which the Pi's SSH server listens on: choose another` });
   }
+  return issues;
+}
+
+/** Each MQTT user's name once. */
+function mqttUserIssues(c: ParsedConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
   const seen = new Map<string, number>();
   c.mqtt.users.forEach((u, i) => {
     const first = seen.get(u.name);
     if (first !== undefined) issues.push({ path: `mqtt.users[${i}].name`, message: `"${u.name}" is already used by mqtt.users[${first}]` });
     else seen.set(u.name, i);
   });
+  return issues;
+}
 
-  if (!c.user.passwordSsh && c.user.sshKeys.length === 0) {
-    issues.push({
+/** Someone can log in over SSH: with a key, or with the password. */
+function sshLoginIssues(c: ParsedConfig): ConfigIssue[] {
+  if (c.user.passwordSsh || c.user.sshKeys.length > 0) return [];
+  return [
+    {
       path: "user.sshKeys",
       message: "is empty while user.passwordSsh is false: nobody could log in over SSH; add a public key or set passwordSsh to true",
-    });
-  }
+    },
+  ];
+}
 
-  if (c.ddns?.provider === "freemyip") {
-    const host = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
-    if (!host.endsWith(".freemyip.com")) {
-      issues.push({
-        path: c.ddns.hostname ? "ddns.hostname" : "tls.domain",
-        message: `"${host}" is not a freemyip.com name, which the "freemyip" provider updates: use a name under freemyip.com or provider "dyndns2"`,
-      });
-    }
-  }
-  issues.push(...acmeIssues(c));
-  issues.push(...nodeRedIssues(c));
-  issues.push(...releaseListIssues(c));
-  return issues;
+/** The "freemyip" provider updates only names under freemyip.com. */
+function freemyipNameIssues(c: ParsedConfig): ConfigIssue[] {
+  if (c.ddns?.provider !== "freemyip") return [];
+  const host = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
+  if (host.endsWith(".freemyip.com")) return [];
+  return [
+    {
+      path: c.ddns.hostname ? "ddns.hostname" : "tls.domain",
+      message: `"${host}" is not a freemyip.com name, which the "freemyip" provider updates: use a name under freemyip.com or provider "dyndns2"`,
+    },
+  ];
 }
 
 /**

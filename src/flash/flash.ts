@@ -10,7 +10,7 @@ import { withCleanup, type CleanupScope } from "../cleanup.js";
 import { byteRanges, findBmapFor, mappedBytes, readBmap, type Bmap } from "../image/bmap.js";
 import { openImageReader, probeImage, type ImageInfo } from "../image/compression.js";
 import { canRedraw, createOutput, formatBytes, type Output } from "../ui/output.js";
-import { checkTarget, isNamingMistake, type SystemInfo, type Target } from "./checks.js";
+import { checkTarget, isNamingMistake, type TargetVerdict, type SystemInfo, type Target } from "./checks.js";
 import { checkFlashSource } from "./source.js";
 import {
   activeSwaps,
@@ -40,6 +40,7 @@ import {
   writeImage,
   type ImageSource,
   type TargetHandle,
+  type WriteResult,
 } from "./writer.js";
 
 export interface FlashArgs {
@@ -183,77 +184,125 @@ async function unmountAll(mounts: Mounted[], out: Output): Promise<void> {
   }
 }
 
+/**
+ * One flash from the command line: the image and its bmap, the target and
+ * what the checks found. The steps run in order, each a function of this
+ * record, and fill in what the next one needs.
+ */
+interface FlashRun {
+  readonly args: FlashArgs;
+  readonly io: FlashIO;
+  readonly scope: CleanupScope;
+  readonly image: string;
+  /** The block devices, listed once, when first needed. */
+  readonly devices: () => Promise<BlockDevice[]>;
+  /** The prompt, opened for the first question and closed before writing. */
+  readonly prompt: { get(): Prompter; close(): void };
+  info?: ImageInfo;
+  bmap?: { path: string; bmap: Bmap } | undefined;
+  imageSize?: number | undefined;
+  target?: Target;
+  check?: TargetVerdict;
+}
+
 export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()): Promise<FlashSummary> {
   // One scope from the start, so that Ctrl-C at a question or during the checks also ends cleanly.
   return withCleanup(async (scope) => {
-    const verify = args.verify !== false;
-    const image = path.resolve(args.image);
-    const ist = await statOrUndefined(image);
-    if (!ist) throw new PibakeError(`image ${args.image} does not exist`, 2);
-    if (!ist.isFile()) throw new PibakeError(`image ${args.image} is not a regular file`, 2);
-    const info = await probeImage(image);
-    await checkFlashSource(image, args.image, info);
-
-    let bmap: { path: string; bmap: Bmap } | undefined;
-    if (typeof args.bmap === "string" && !(await statOrUndefined(path.resolve(args.bmap)))) throw new PibakeError(`bmap ${args.bmap} does not exist`, 2);
-    const bmapPath = typeof args.bmap === "string" ? path.resolve(args.bmap) : args.bmap === false ? undefined : await findBmapFor(image);
-    if (bmapPath) bmap = { path: bmapPath, bmap: await readBmap(bmapPath) };
-    if (bmap && info.size !== undefined && info.size !== bmap.bmap.imageSize) {
-      throw new PibakeError(
-        `${bmap.path} describes an image of ${bmap.bmap.imageSize} bytes but ${args.image} holds ${info.size}: ` +
-          `the bmap belongs to another image; pass --no-bmap, or --bmap with the right file`,
-      );
-    }
-    const imageSize = bmap?.bmap.imageSize ?? info.size;
-
     let cachedDevices: Promise<BlockDevice[]> | undefined;
-    const devices = () => (cachedDevices ??= listBlockDevices());
-    let prompter: Prompter | undefined;
-    const getPrompter = () => {
+    const f: FlashRun = { args, io, scope, image: path.resolve(args.image), devices: () => (cachedDevices ??= listBlockDevices()), prompt: lazyPrompt(io, scope) };
+    await checkImage(f);
+    await findBmap(f);
+    const device = args.device || (await chooseDevice(f));
+    await checkTheTarget(f, device);
+    await confirmWrite(f);
+    f.prompt.close();
+
+    scope.throwIfInterrupted();
+    if (f.check!.unmount.length) await unmountAll(f.check!.unmount, io.out);
+    scope.throwIfInterrupted();
+    const kind = f.target!.kind === "block" ? "block" : "file";
+    return await writeAndVerify({ image: f.image, info: f.info!, imageSize: f.imageSize, bmap: f.bmap, targetPath: f.target!.path, kind, verify: args.verify !== false, io }, scope);
+  });
+}
+
+/** A prompt opened on first use, closed with the scope or before writing, whichever comes first. */
+function lazyPrompt(io: FlashIO, scope: CleanupScope): { get(): Prompter; close(): void } {
+  let prompter: Prompter | undefined;
+  return {
+    get: () => {
       if (!prompter) {
         const p = createPrompter({ input: io.input, output: io.prompt }, scope.signal);
         scope.defer(() => p.close(), "closing the prompt");
         prompter = p;
       }
       return prompter;
-    };
+    },
+    close: () => prompter?.close(),
+  };
+}
 
-    let device = args.device;
-    if (!device) {
-      if (!io.interactive) {
-        throw new PibakeError("no DEVICE given, and no terminal to choose one on: name it, e.g. pibake flash IMAGE /dev/sdX (lsblk lists the disks)", 2);
-      }
-      const candidates = flashCandidates(await devices());
-      if (candidates.length === 0) {
-        throw new PibakeError("no removable disk found: insert the SD card (or its reader) and try again, or name the device");
-      }
-      io.prompt.write(`Removable disks:\n${formatDeviceTable(candidates).map((l) => `  ${l}\n`).join("")}`);
-      device = candidates[await chooseIndex(getPrompter(), io.prompt, candidates.length)]!.path;
-    }
+/** The image is a regular file that can be flashed: what it holds and how large it unpacks. */
+async function checkImage(f: FlashRun): Promise<void> {
+  const ist = await statOrUndefined(f.image);
+  if (!ist) throw new PibakeError(`image ${f.args.image} does not exist`, 2);
+  if (!ist.isFile()) throw new PibakeError(`image ${f.args.image} is not a regular file`, 2);
+  f.info = await probeImage(f.image);
+  await checkFlashSource(f.image, f.args.image, f.info);
+}
 
-    const inputs = [{ path: image, what: "image" }, ...(bmap ? [{ path: bmap.path, what: "bmap" }] : [])];
-    const target = await resolveTarget(device, inputs, devices);
-    const system = await systemInfo();
-    system.inputs = await Promise.all(inputs.map(async (i) => ({ what: i.what, majMin: majMinOf((await fsp.stat(i.path)).dev) })));
-    const check = checkTarget(target, imageSize, { force: args.force === true, unmount: args.unmount === true }, system);
-    if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "), isNamingMistake(target) ? 2 : 1);
+/** The bmap named by --bmap, or the one beside the image unless --no-bmap; it must describe an image of this size. */
+async function findBmap(f: FlashRun): Promise<void> {
+  const { args } = f;
+  const info = f.info!;
+  if (typeof args.bmap === "string" && !(await statOrUndefined(path.resolve(args.bmap)))) throw new PibakeError(`bmap ${args.bmap} does not exist`, 2);
+  const bmapPath = typeof args.bmap === "string" ? path.resolve(args.bmap) : args.bmap === false ? undefined : await findBmapFor(f.image);
+  if (bmapPath) f.bmap = { path: bmapPath, bmap: await readBmap(bmapPath) };
+  if (f.bmap && info.size !== undefined && info.size !== f.bmap.bmap.imageSize) {
+    throw new PibakeError(
+      `${f.bmap.path} describes an image of ${f.bmap.bmap.imageSize} bytes but ${args.image} holds ${info.size}: ` +
+        `the bmap belongs to another image; pass --no-bmap, or --bmap with the right file`,
+    );
+  }
+  f.imageSize = f.bmap?.bmap.imageSize ?? info.size;
+}
 
-    const targetPath = target.path;
-    const kind = target.kind === "block" ? "block" : "file";
-    const destroys = target.kind === "block" || (target.kind === "file" && target.exists);
-    io.out.info([imageLine(image, info, imageSize, bmap), ...describeTarget(target, check.unmount)].join("\n"));
-    if (destroys && !args.yes) {
-      if (!io.interactive) throw new PibakeError(`no terminal to confirm on: pass --yes to write to ${targetPath} without asking`, 2);
-      const answer = await getPrompter().ask(`Write the image to ${targetPath}? [y/N] `);
-      if (!isYes(answer)) throw new PibakeError("cancelled: nothing was written");
-    }
-    prompter?.close();
+/** No DEVICE given: the user picks one of the removable disks, when there is a terminal to ask on. */
+async function chooseDevice(f: FlashRun): Promise<string> {
+  const { io } = f;
+  if (!io.interactive) {
+    throw new PibakeError("no DEVICE given, and no terminal to choose one on: name it, e.g. pibake flash IMAGE /dev/sdX (lsblk lists the disks)", 2);
+  }
+  const candidates = flashCandidates(await f.devices());
+  if (candidates.length === 0) {
+    throw new PibakeError("no removable disk found: insert the SD card (or its reader) and try again, or name the device");
+  }
+  io.prompt.write(`Removable disks:\n${formatDeviceTable(candidates).map((l) => `  ${l}\n`).join("")}`);
+  return candidates[await chooseIndex(f.prompt.get(), io.prompt, candidates.length)]!.path;
+}
 
-    scope.throwIfInterrupted();
-    if (check.unmount.length) await unmountAll(check.unmount, io.out);
-    scope.throwIfInterrupted();
-    return await writeAndVerify({ image, info, imageSize, bmap, targetPath, kind, verify, io }, scope);
-  });
+/** What the device is, and whether it may be written: every refusal at once. */
+async function checkTheTarget(f: FlashRun, device: string): Promise<void> {
+  const inputs = [{ path: f.image, what: "image" }, ...(f.bmap ? [{ path: f.bmap.path, what: "bmap" }] : [])];
+  const target = await resolveTarget(device, inputs, f.devices);
+  const system = await systemInfo();
+  system.inputs = await Promise.all(inputs.map(async (i) => ({ what: i.what, majMin: majMinOf((await fsp.stat(i.path)).dev) })));
+  const check = checkTarget(target, f.imageSize, { force: f.args.force === true, unmount: f.args.unmount === true }, system);
+  if (check.refusals.length > 0) throw new PibakeError(check.refusals.join("\n  "), isNamingMistake(target) ? 2 : 1);
+  f.target = target;
+  f.check = check;
+}
+
+/** Say what is written where; a target that holds something is overwritten only with --yes or a yes. */
+async function confirmWrite(f: FlashRun): Promise<void> {
+  const { io, args } = f;
+  const target = f.target!;
+  const destroys = target.kind === "block" || (target.kind === "file" && target.exists);
+  io.out.info([imageLine(f.image, f.info!, f.imageSize, f.bmap), ...describeTarget(target, f.check!.unmount)].join("\n"));
+  if (destroys && !args.yes) {
+    if (!io.interactive) throw new PibakeError(`no terminal to confirm on: pass --yes to write to ${target.path} without asking`, 2);
+    const answer = await f.prompt.get().ask(`Write the image to ${target.path}? [y/N] `);
+    if (!isYes(answer)) throw new PibakeError("cancelled: nothing was written");
+  }
 }
 
 interface WritePlan {
@@ -267,20 +316,54 @@ interface WritePlan {
   io: FlashIO;
 }
 
-async function writeAndVerify(p: WritePlan, scope: CleanupScope): Promise<FlashSummary> {
-  const { io, targetPath } = p;
-  let handle: TargetHandle | undefined = await openTarget(targetPath, p.kind);
-  scope.defer(() => handle && closeTarget(handle), `closing ${targetPath}`);
-  let source: ImageSource;
-  if (p.info.compression === "none") source = { kind: "file", path: p.image };
-  else {
-    const reader = await openImageReader(p.image);
-    scope.defer(() => reader.close(), "stopping the decompressor");
-    source = { kind: "stream", stream: reader.stream };
-  }
+/** The write under way: the target's handle until it is handed back, and what writing found. */
+interface Writing {
+  readonly plan: WritePlan;
+  readonly scope: CleanupScope;
+  /** Open until handed back; on failure the scope closes it. */
+  handle: TargetHandle | undefined;
+  result?: WriteResult;
+  writeMs: number;
+  verifyMs: number;
+}
 
+async function writeAndVerify(p: WritePlan, scope: CleanupScope): Promise<FlashSummary> {
+  const w: Writing = { plan: p, scope, handle: undefined, writeMs: 0, verifyMs: 0 };
+  w.handle = await openTarget(p.targetPath, p.kind);
+  scope.defer(() => w.handle && closeTarget(w.handle), `closing ${p.targetPath}`);
+  const source = await openSource(w);
+  await writeToTarget(w, source);
+  if (p.verify) await verifyWritten(w);
+  await handBack(w);
+  const result = w.result!;
+  return {
+    target: p.targetPath,
+    kind: p.kind,
+    imageSize: result.imageSize,
+    written: result.written,
+    usedBmap: p.bmap !== undefined,
+    direct: result.direct,
+    verified: p.verify,
+    writeMs: w.writeMs,
+    verifyMs: w.verifyMs,
+  };
+}
+
+/** A raw image is read as a file; a compressed one through its decompressor, stopped with the scope. */
+async function openSource(w: Writing): Promise<ImageSource> {
+  const p = w.plan;
+  if (p.info.compression === "none") return { kind: "file", path: p.image };
+  const reader = await openImageReader(p.image);
+  w.scope.defer(() => reader.close(), "stopping the decompressor");
+  return { kind: "stream", stream: reader.stream };
+}
+
+/** The image (only its mapped ranges with a bmap) onto the target, synced; a failure says how much was written. */
+async function writeToTarget(w: Writing, source: ImageSource): Promise<void> {
+  const { plan: p, scope } = w;
+  const handle = w.handle!;
   const total = p.bmap ? mappedBytes(p.bmap.bmap) : (p.imageSize ?? p.info.sizeHint);
-  const wp = createProgress(io.out, "Writing", total, io.live);
+  const wp = createProgress(p.io.out, "Writing", total, p.io.live);
   let written = 0;
   let result;
   try {
@@ -299,55 +382,52 @@ async function writeAndVerify(p: WritePlan, scope: CleanupScope): Promise<FlashS
     });
     await syncTarget(handle);
   } catch (err) {
-    throw incomplete(scope.signal.aborted ? scope.signal.reason : err, targetPath, written, total);
+    throw incomplete(scope.signal.aborted ? scope.signal.reason : err, p.targetPath, written, total);
   }
-  const writeMs = wp.elapsed();
-  io.out.info(
-    `Wrote ${formatBytes(result.written)} to ${targetPath} in ${formatElapsed(writeMs)} (${formatRate((result.written * 1000) / Math.max(1, writeMs))})` +
+  w.result = result;
+  w.writeMs = wp.elapsed();
+  p.io.out.info(
+    `Wrote ${formatBytes(result.written)} to ${p.targetPath} in ${formatElapsed(w.writeMs)} (${formatRate((result.written * 1000) / Math.max(1, w.writeMs))})` +
       (result.direct ? "" : ", through the page cache"),
   );
+}
 
-  let verifyMs = 0;
-  if (p.verify) {
-    if (!handle.direct && p.kind === "block") await flushDeviceCache(targetPath);
-    const vp = createProgress(io.out, "Verifying", result.written, io.live);
-    try {
-      await verifyTarget(handle, result.segments, {
-        ...(p.bmap?.bmap.checksumType ? { checksumType: p.bmap.bmap.checksumType } : {}),
-        signal: scope.signal,
-        onProgress: (n) => vp.update(n),
-      });
-    } catch (err) {
-      if (scope.signal.aborted) {
-        const reason = scope.signal.reason as PibakeError;
-        throw new PibakeError(`${reason.message} during verification: ${targetPath} was written completely but is not verified`, reason.exitCode);
-      }
-      throw err;
+/** Read back what was written and compare it with what was meant to be; the device's cache is flushed first when the writes went through it. */
+async function verifyWritten(w: Writing): Promise<void> {
+  const { plan: p, scope } = w;
+  const handle = w.handle!;
+  const result = w.result!;
+  if (!handle.direct && p.kind === "block") await flushDeviceCache(p.targetPath);
+  const vp = createProgress(p.io.out, "Verifying", result.written, p.io.live);
+  try {
+    await verifyTarget(handle, result.segments, {
+      ...(p.bmap?.bmap.checksumType ? { checksumType: p.bmap.bmap.checksumType } : {}),
+      signal: scope.signal,
+      onProgress: (n) => vp.update(n),
+    });
+  } catch (err) {
+    if (scope.signal.aborted) {
+      const reason = scope.signal.reason as PibakeError;
+      throw new PibakeError(`${reason.message} during verification: ${p.targetPath} was written completely but is not verified`, reason.exitCode);
     }
-    verifyMs = vp.elapsed();
-    io.out.info(`Verified ${formatBytes(result.written)} in ${formatElapsed(verifyMs)}: ${targetPath} matches the image`);
+    throw err;
   }
+  w.verifyMs = vp.elapsed();
+  p.io.out.info(`Verified ${formatBytes(result.written)} in ${formatElapsed(w.verifyMs)}: ${p.targetPath} matches the image`);
+}
 
+/** The target closed, and for a card its partitions read again so that it can be removed. */
+async function handBack(w: Writing): Promise<void> {
+  const p = w.plan;
   // Our exclusive handle would make the kernel refuse to rescan the partitions.
-  const h = handle;
-  handle = undefined;
+  const h = w.handle!;
+  w.handle = undefined;
   await closeTarget(h);
   if (p.kind === "block") {
-    const warning = await rereadPartitions(targetPath);
-    if (warning) io.out.warn(warning);
-    io.out.info(`Done: ${targetPath} can be removed.`);
+    const warning = await rereadPartitions(p.targetPath);
+    if (warning) p.io.out.warn(warning);
+    p.io.out.info(`Done: ${p.targetPath} can be removed.`);
   } else {
-    io.out.info(`Done: ${targetPath} holds the image.`);
+    p.io.out.info(`Done: ${p.targetPath} holds the image.`);
   }
-  return {
-    target: targetPath,
-    kind: p.kind,
-    imageSize: result.imageSize,
-    written: result.written,
-    usedBmap: p.bmap !== undefined,
-    direct: result.direct,
-    verified: p.verify,
-    writeMs,
-    verifyMs,
-  };
 }

@@ -225,16 +225,71 @@ export async function writeImage(o: WriteOptions): Promise<WriteResult> {
   const chunkSize = o.chunkSize ?? CHUNK_SIZE;
   const depth = o.depth ?? WRITE_DEPTH;
   const pool = new BufferPool(depth + 2, chunkSize);
+  const segments: Segment[] = [];
+  const hashChunk = segmentHasher(o, segments);
+  const writes: Writes = { inflight: new Set(), failure: undefined, written: 0 };
+  const emit: Emit = async (buf, len, offset, range) => {
+    if (writes.failure) throw writes.failure;
+    o.signal?.throwIfAborted();
+    hashChunk(buf, len, offset, range);
+    await startWrite(o, writes, depth, pool, buf, len, offset);
+  };
+
+  let imageSize: number;
+  try {
+    imageSize =
+      o.source.kind === "file"
+        ? await produceFromFile(o.source.path, o, chunkSize, pool, emit)
+        : await produceFromStream(o.source.stream, o, chunkSize, pool, emit);
+  } finally {
+    // Never leave a write running against a handle that is about to close.
+    await Promise.allSettled([...writes.inflight]);
+  }
+  if (writes.failure) throw writes.failure;
+  if (o.imageSize !== undefined && imageSize !== o.imageSize) {
+    throw new PibakeError(`the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`);
+  }
+  if (o.target.kind === "file") await o.target.fh.truncate(imageSize);
+  return { written: writes.written, imageSize, segments, direct: o.target.direct };
+}
+
+/** The writes under way, at most `depth` at once: the first failure is kept and stops the rest. */
+interface Writes {
+  readonly inflight: Set<Promise<void>>;
+  failure: unknown;
+  /** Bytes written, counted as each write completes. */
+  written: number;
+}
+
+/** A chunk's write, started once fewer than `depth` are under way; its buffer goes back to the pool when it ends. */
+async function startWrite(o: WriteOptions, writes: Writes, depth: number, pool: BufferPool, buf: Buffer, len: number, offset: number): Promise<void> {
+  const { inflight } = writes;
+  while (inflight.size >= depth) await Promise.race(inflight);
+  if (writes.failure) throw writes.failure;
+  const p: Promise<void> = writeAt(o.target, buf, len, offset)
+    .then(
+      () => {
+        writes.written += len;
+        o.onProgress?.(writes.written);
+      },
+      (err: unknown) => {
+        writes.failure ??= err;
+      },
+    )
+    .finally(() => {
+      inflight.delete(p);
+      pool.release(buf);
+    });
+  inflight.add(p);
+}
+
+/** Hash each chunk, in order, into its segment; a bmap range's digest must be the bmap's own. */
+function segmentHasher(o: WriteOptions, segments: Segment[]): (buf: Buffer, len: number, offset: number, range?: ByteRange) => void {
   const checksumType = o.checksumType ?? "sha256";
   const blockSize = o.blockSize ?? 4096;
-  const segments: Segment[] = [];
-  const inflight = new Set<Promise<void>>();
-  let failure: unknown;
-  let written = 0;
-
   // Whole-image segments follow the chunks; bmap segments are the bmap's ranges.
   let seg: { s: Segment; hash?: Hash; expect?: string } | undefined;
-  const hashChunk = (buf: Buffer, len: number, offset: number, range?: ByteRange) => {
+  return (buf, len, offset, range) => {
     if (!seg || offset >= seg.s.end) {
       const start = range ? range.start : offset;
       const end = range ? range.end : offset + len;
@@ -253,46 +308,6 @@ export async function writeImage(o: WriteOptions): Promise<WriteResult> {
       }
     }
   };
-
-  const emit = async (buf: Buffer, len: number, offset: number, range?: ByteRange) => {
-    if (failure) throw failure;
-    o.signal?.throwIfAborted();
-    hashChunk(buf, len, offset, range);
-    while (inflight.size >= depth) await Promise.race(inflight);
-    if (failure) throw failure;
-    const p: Promise<void> = writeAt(o.target, buf, len, offset)
-      .then(
-        () => {
-          written += len;
-          o.onProgress?.(written);
-        },
-        (err: unknown) => {
-          failure ??= err;
-        },
-      )
-      .finally(() => {
-        inflight.delete(p);
-        pool.release(buf);
-      });
-    inflight.add(p);
-  };
-
-  let imageSize: number;
-  try {
-    imageSize =
-      o.source.kind === "file"
-        ? await produceFromFile(o.source.path, o, chunkSize, pool, emit)
-        : await produceFromStream(o.source.stream, o, chunkSize, pool, emit);
-  } finally {
-    // Never leave a write running against a handle that is about to close.
-    await Promise.allSettled([...inflight]);
-  }
-  if (failure) throw failure;
-  if (o.imageSize !== undefined && imageSize !== o.imageSize) {
-    throw new PibakeError(`the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`);
-  }
-  if (o.target.kind === "file") await o.target.fh.truncate(imageSize);
-  return { written, imageSize, segments, direct: o.target.direct };
 }
 
 type Emit = (buf: Buffer, len: number, offset: number, range?: ByteRange) => Promise<void>;
@@ -407,55 +422,13 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
   const pool = new BufferPool(depth + 1, chunkSize);
   let verified = 0;
 
-  type Piece = { si: number; offset: number; len: number; last: boolean };
-  function* pieces(): Generator<Piece> {
-    for (let si = 0; si < segments.length; si++) {
-      const s = segments[si]!;
-      if (s.digest === undefined) throw new Error(`segment ${s.label} has no digest to verify against`);
-      for (let off = s.start; off < s.end; off += chunkSize) {
-        const len = Math.min(chunkSize, s.end - off);
-        yield { si, offset: off, len, last: off + len >= s.end };
-      }
-    }
-  }
-
-  const readPiece = async (p: Piece): Promise<{ p: Piece; buf: Buffer; got: number }> => {
-    const buf = await pool.acquire();
-    // O_DIRECT reads whole aligned blocks; the tail of an odd-sized image is read padded and cut.
-    const want = t.direct && t.fhDirect ? Math.ceil(p.len / ALIGN) * ALIGN : p.len;
-    let got = 0;
-    try {
-      while (got < p.len) {
-        const fh = t.direct && t.fhDirect ? t.fh : await bufferedHandle(t);
-        let n: number;
-        try {
-          n = (await fh.read(buf, got, want - got, p.offset + got)).bytesRead;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === "EINVAL" && t.direct && t.fhDirect) {
-            // Fall back to cached reads, dropping what the cache holds so that they see the medium.
-            t.direct = false;
-            if (t.kind === "block") await flushDeviceCache(t.path);
-            continue;
-          }
-          throw new PibakeError(`reading ${t.path} back failed at byte ${p.offset + got}: ${(err as Error).message}`);
-        }
-        if (n === 0) break;
-        got += n;
-      }
-    } catch (err) {
-      pool.release(buf);
-      throw err;
-    }
-    return { p, buf, got: Math.min(got, p.len) };
-  };
-
-  const gen = pieces();
-  const queue: Promise<{ p: Piece; buf: Buffer; got: number }>[] = [];
+  const gen = verifyPieces(segments, chunkSize);
+  const queue: Promise<ReadBack>[] = [];
   const refill = () => {
     while (queue.length < depth) {
       const next = gen.next();
       if (next.done) return;
-      const q = readPiece(next.value);
+      const q = readBack(t, pool, next.value);
       q.catch(() => {}); // Observed when its turn comes; avoid an unhandled rejection meanwhile.
       queue.push(q);
     }
@@ -483,6 +456,64 @@ export async function verifyTarget(t: TargetHandle, segments: Segment[], o: Veri
   } finally {
     await Promise.allSettled(queue);
   }
+}
+
+/** A chunk of segment `si` to read back; the last one of a segment closes its digest. */
+interface VerifyPiece {
+  si: number;
+  offset: number;
+  len: number;
+  last: boolean;
+}
+
+/** What was read back for a piece: `got` short of its length means the target ended early. */
+interface ReadBack {
+  p: VerifyPiece;
+  buf: Buffer;
+  got: number;
+}
+
+/** The segments cut into chunks, in order. */
+function* verifyPieces(segments: Segment[], chunkSize: number): Generator<VerifyPiece> {
+  for (let si = 0; si < segments.length; si++) {
+    const s = segments[si]!;
+    if (s.digest === undefined) throw new Error(`segment ${s.label} has no digest to verify against`);
+    for (let off = s.start; off < s.end; off += chunkSize) {
+      const len = Math.min(chunkSize, s.end - off);
+      yield { si, offset: off, len, last: off + len >= s.end };
+    }
+  }
+}
+
+/** One piece read back into a pooled buffer, from the medium where the target allows. */
+async function readBack(t: TargetHandle, pool: BufferPool, p: VerifyPiece): Promise<ReadBack> {
+  const buf = await pool.acquire();
+  // O_DIRECT reads whole aligned blocks; the tail of an odd-sized image is read padded and cut.
+  const want = t.direct && t.fhDirect ? Math.ceil(p.len / ALIGN) * ALIGN : p.len;
+  let got = 0;
+  try {
+    while (got < p.len) {
+      const fh = t.direct && t.fhDirect ? t.fh : await bufferedHandle(t);
+      let n: number;
+      try {
+        n = (await fh.read(buf, got, want - got, p.offset + got)).bytesRead;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EINVAL" && t.direct && t.fhDirect) {
+          // Fall back to cached reads, dropping what the cache holds so that they see the medium.
+          t.direct = false;
+          if (t.kind === "block") await flushDeviceCache(t.path);
+          continue;
+        }
+        throw new PibakeError(`reading ${t.path} back failed at byte ${p.offset + got}: ${(err as Error).message}`);
+      }
+      if (n === 0) break;
+      got += n;
+    }
+  } catch (err) {
+    pool.release(buf);
+    throw err;
+  }
+  return { p, buf, got: Math.min(got, p.len) };
 }
 
 /** Drop cached blocks of a device, so that reads after buffered writes come from the medium. */

@@ -100,8 +100,30 @@ export interface RunResult {
 
 export async function run(cmd: string, args: readonly string[], opts: RunOptions): Promise<RunResult> {
   opts.log?.command(cmd, args);
+  const child = start(cmd, args, opts);
+  const stopping = opts.stop?.group === true && opts.signal ? stopGroupOnAbort(child, opts.stop, opts.signal) : undefined;
+  const tail = new Tail(opts.tailLines ?? 40);
+  const lines = new LineSplitter((l) => {
+    tail.push(l);
+    opts.onLine?.(l);
+  });
+  child.all?.setEncoding("utf8");
+  child.all?.on("data", (chunk: string) => lines.push(chunk));
+  const r = await child;
+  lines.end();
+  stopping?.release();
+
+  const output = String(r.all ?? "");
+  if (output.trim()) opts.log?.line(output.trimEnd());
+  const result: RunResult = { stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? ""), output, exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, tail: tail.lines };
+  checkExit(cmd, args, opts, r, tail);
+  return result;
+}
+
+/** The child, started with its output interleaved; one stopped as a group runs detached, in a group of its own. */
+function start(cmd: string, args: readonly string[], opts: RunOptions) {
   const group = opts.stop?.group === true;
-  const child = execa(cmd, args, {
+  return execa(cmd, args, {
     reject: false,
     all: true,
     env: { ...opts.env, PATH: opts.env?.PATH ?? toolPath() },
@@ -112,43 +134,36 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
     ...(opts.as ? { uid: opts.as.uid, gid: opts.as.gid } : {}),
     ...(group ? { detached: true } : opts.signal ? { cancelSignal: opts.signal, forceKillAfterDelay: KILL_AFTER_MS } : {}),
   });
+}
 
-  let stopGroup: (() => void) | undefined;
+/** On abort, the stop signal to the child's whole group, then SIGKILL after its delay; release() once the child has exited. */
+function stopGroupOnAbort(child: { pid?: number | undefined }, stop: NonNullable<RunOptions["stop"]>, signal: AbortSignal): { release(): void } {
   let forceKill: NodeJS.Timeout | undefined;
-  if (group && opts.signal) {
-    const stop = opts.stop!;
-    const signalGroup = (sig: NodeJS.Signals) => {
-      try {
-        if (child.pid) process.kill(-child.pid, sig);
-      } catch {
-        // The group is gone already.
-      }
-    };
-    stopGroup = () => {
-      signalGroup(stop.signal);
-      forceKill = setTimeout(() => signalGroup("SIGKILL"), stop.killAfterMs);
-    };
-    opts.signal.addEventListener("abort", stopGroup, { once: true });
-    // An interruption that came while it was being started.
-    if (opts.signal.aborted) stopGroup();
-  }
+  const signalGroup = (sig: NodeJS.Signals) => {
+    try {
+      if (child.pid) process.kill(-child.pid, sig);
+    } catch {
+      // The group is gone already.
+    }
+  };
+  const stopGroup = () => {
+    signalGroup(stop.signal);
+    forceKill = setTimeout(() => signalGroup("SIGKILL"), stop.killAfterMs);
+  };
+  signal.addEventListener("abort", stopGroup, { once: true });
+  // An interruption that came while it was being started.
+  if (signal.aborted) stopGroup();
+  return {
+    release: () => {
+      signal.removeEventListener("abort", stopGroup);
+      clearTimeout(forceKill);
+    },
+  };
+}
 
-  const tail = new Tail(opts.tailLines ?? 40);
-  const lines = new LineSplitter((l) => {
-    tail.push(l);
-    opts.onLine?.(l);
-  });
-  child.all?.setEncoding("utf8");
-  child.all?.on("data", (chunk: string) => lines.push(chunk));
-  const r = await child;
-  lines.end();
-  if (stopGroup) opts.signal?.removeEventListener("abort", stopGroup);
-  clearTimeout(forceKill);
-
-  const output = String(r.all ?? "");
-  if (output.trim()) opts.log?.line(output.trimEnd());
-  const result: RunResult = { stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? ""), output, exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, tail: tail.lines };
-  if (opts.okCodes === "any") return result;
+/** A child that did not run, was stopped, or exited with a code the caller did not accept, as the error that says so; with okCodes "any", nothing. */
+function checkExit(cmd: string, args: readonly string[], opts: RunOptions, r: Awaited<ReturnType<typeof start>>, tail: Tail): void {
+  if (opts.okCodes === "any") return;
   if (r.isCanceled && opts.signal?.reason instanceof Error) throw opts.signal.reason;
   if (r.exitCode === undefined) {
     const notFound = (r as { code?: string }).code === "ENOENT" || /ENOENT/.test(r.message ?? "");
@@ -163,7 +178,6 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
       opts.failure ? opts.failure(exit, text) : `${opts.what}: \`${redact([cmd, ...args].join(" "))}\` failed (${exit})${text ? `:\n${text}` : ""}`,
     );
   }
-  return result;
 }
 
 /**

@@ -101,17 +101,31 @@ function element(xml: string, tag: string): string | undefined {
  */
 export function parseBmap(raw: Buffer | string, where = "bmap"): Bmap {
   const bytes = typeof raw === "string" ? Buffer.from(raw, "utf8") : raw;
-  const xml = stripComments(bytes.toString("utf8"));
+  const { version, major, minor, body } = bmapRoot(stripComments(bytes.toString("utf8")), where);
+  const sizes = bmapSizes(body, where);
+  const kind = checksumKind(body, major, minor, where);
+  checkFileChecksum(bytes, body, kind, where);
+  const ranges = blockMap(body, kind.attr, sizes, where);
+  return { version, ...sizes, ...(kind.checksumType ? { checksumType: kind.checksumType } : {}), ranges };
+}
+
+/** The <bmap> element: its version, which must be one we read, and its body. */
+function bmapRoot(xml: string, where: string): { version: string; major: number; minor: number; body: string } {
   const root = /<bmap\s+version\s*=\s*"([^"]*)"\s*>([\s\S]*)<\/bmap>/.exec(xml);
   if (!root) throw new BmapError(`${where}: not a bmap file (no <bmap version="..."> element)`);
   const version = root[1]!.trim();
-  const body = root[2]!;
   const vm = /^(\d+)\.(\d+)$/.exec(version);
   if (!vm) throw new BmapError(`${where}: bad bmap version "${version}"`);
   const major = Number(vm[1]);
   const minor = Number(vm[2]);
   if (major > 2) throw new BmapError(`${where}: bmap version ${version} is not supported (up to ${BMAP_VERSION})`);
+  return { version, major, minor, body: root[2]! };
+}
 
+type BmapSizes = Pick<Bmap, "imageSize" | "blockSize" | "blocksCount" | "mappedBlocksCount">;
+
+/** The image's size and its blocks, which must agree. */
+function bmapSizes(body: string, where: string): BmapSizes {
   const imageSize = parseCount(element(body, "ImageSize"), "ImageSize", where);
   const blockSize = parseCount(element(body, "BlockSize"), "BlockSize", where);
   const blocksCount = parseCount(element(body, "BlocksCount"), "BlocksCount", where);
@@ -120,40 +134,53 @@ export function parseBmap(raw: Buffer | string, where = "bmap"): Bmap {
   if (blocksCount !== Math.ceil(imageSize / blockSize)) {
     throw new BmapError(`${where}: inconsistent bmap: ${imageSize} bytes is not ${blocksCount} blocks of ${blockSize} bytes`);
   }
+  return { imageSize, blockSize, blocksCount, mappedBlocksCount };
+}
 
+/** How a version names its checksums: the type, the ranges' attribute and the file checksum's element (none before 1.3). */
+interface ChecksumKind {
+  checksumType?: string | undefined;
+  attr?: string;
+  fileChecksumTag?: string;
+}
+
+function checksumKind(body: string, major: number, minor: number, where: string): ChecksumKind {
   // 2.x and the mistaken 1.4 name the checksum type; 1.3 used sha1; older ones had none.
-  let checksumType: string | undefined;
-  let attr: string | undefined;
-  let fileChecksumTag: string | undefined;
+  let kind: ChecksumKind = {};
   if (major >= 2 || (major === 1 && minor === 4)) {
-    checksumType = element(body, "ChecksumType")?.trim().toLowerCase();
+    const checksumType = element(body, "ChecksumType")?.trim().toLowerCase();
     if (!checksumType) throw new BmapError(`${where}: <ChecksumType> is missing`);
-    attr = "chksum";
-    fileChecksumTag = "BmapFileChecksum";
+    kind = { checksumType, attr: "chksum", fileChecksumTag: "BmapFileChecksum" };
   } else if (major === 1 && minor === 3) {
-    checksumType = "sha1";
-    attr = "sha1";
-    fileChecksumTag = "BmapFileSHA1";
+    kind = { checksumType: "sha1", attr: "sha1", fileChecksumTag: "BmapFileSHA1" };
   }
-  if (checksumType && !getHashes().includes(checksumType)) {
-    throw new BmapError(`${where}: unknown checksum type "${checksumType}"`);
+  if (kind.checksumType && !getHashes().includes(kind.checksumType)) {
+    throw new BmapError(`${where}: unknown checksum type "${kind.checksumType}"`);
   }
+  return kind;
+}
 
-  if (checksumType && fileChecksumTag) {
-    const stored = element(body, fileChecksumTag)?.trim();
-    if (!stored) throw new BmapError(`${where}: <${fileChecksumTag}> is missing`);
-    const len = hexLength(checksumType);
-    if (stored.length !== len || !/^[0-9a-f]+$/i.test(stored)) throw new BmapError(`${where}: bad <${fileChecksumTag}> "${stored}"`);
-    // Like bmap-tools: the first occurrence of the stored value is the field itself.
-    const pos = bytes.indexOf(Buffer.from(stored, "latin1"));
-    const zeroed = Buffer.from(bytes);
-    zeroed.fill(0x30, pos, pos + len);
-    const actual = createHash(checksumType).update(zeroed).digest("hex");
-    if (actual !== stored.toLowerCase()) {
-      throw new BmapError(`${where}: the bmap file is corrupt (its checksum is ${actual}, the file says ${stored})`);
-    }
+/** The file's own checksum, when its version has one, computed over the file with that field zeroed. */
+function checkFileChecksum(bytes: Buffer, body: string, kind: ChecksumKind, where: string): void {
+  const { checksumType, fileChecksumTag } = kind;
+  if (!checksumType || !fileChecksumTag) return;
+  const stored = element(body, fileChecksumTag)?.trim();
+  if (!stored) throw new BmapError(`${where}: <${fileChecksumTag}> is missing`);
+  const len = hexLength(checksumType);
+  if (stored.length !== len || !/^[0-9a-f]+$/i.test(stored)) throw new BmapError(`${where}: bad <${fileChecksumTag}> "${stored}"`);
+  // Like bmap-tools: the first occurrence of the stored value is the field itself.
+  const pos = bytes.indexOf(Buffer.from(stored, "latin1"));
+  const zeroed = Buffer.from(bytes);
+  zeroed.fill(0x30, pos, pos + len);
+  const actual = createHash(checksumType).update(zeroed).digest("hex");
+  if (actual !== stored.toLowerCase()) {
+    throw new BmapError(`${where}: the bmap file is corrupt (its checksum is ${actual}, the file says ${stored})`);
   }
+}
 
+/** The <BlockMap>'s ranges: in order, inside the image, with their checksums, and as many blocks as <MappedBlocksCount> says. */
+function blockMap(body: string, attr: string | undefined, sizes: BmapSizes, where: string): BmapRange[] {
+  const { blocksCount, mappedBlocksCount } = sizes;
   const map = /<BlockMap>([\s\S]*)<\/BlockMap>/.exec(body);
   if (!map) throw new BmapError(`${where}: <BlockMap> is missing`);
   const ranges: BmapRange[] = [];
@@ -179,7 +206,7 @@ export function parseBmap(raw: Buffer | string, where = "bmap"): Bmap {
   if (total !== mappedBlocksCount) {
     throw new BmapError(`${where}: <MappedBlocksCount> says ${mappedBlocksCount} but the ranges hold ${total} blocks`);
   }
-  return { version, imageSize, blockSize, blocksCount, mappedBlocksCount, ...(checksumType ? { checksumType } : {}), ranges };
+  return ranges;
 }
 
 export async function readBmap(file: string): Promise<Bmap> {

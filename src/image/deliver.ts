@@ -106,158 +106,223 @@ async function moveInto(src: string, dest: string, signal?: AbortSignal): Promis
   }
 }
 
+/**
+ * One delivery: where its files go, and what each step finds for the next
+ * step and the manifest. The steps run in order, each a function of this
+ * record.
+ */
+interface Delivery {
+  readonly input: DeliverInput;
+  readonly outDir: string;
+  readonly names: ReturnType<typeof deliveredNames>;
+  readonly status: (phase: DeliverPhase, message: string) => void;
+  readonly signal: AbortSignal | undefined;
+  /** The engine's raw image, and its size. */
+  readonly rawImage: string;
+  readonly rawSize: number;
+  readonly timings: Record<string, number>;
+  /** Temporary files in --out not yet renamed into place: a failure removes them. */
+  readonly temps: Set<string>;
+  rawSha256?: string;
+  /** Digest and size of the delivered image file (compressed or not). */
+  sha256?: string;
+  size?: number;
+  bmap?: Bmap;
+  manifestData?: Record<string, unknown>;
+}
+
 export async function deliver(input: DeliverInput): Promise<Delivered> {
   const outDir = path.resolve(input.outDir);
   mkdirOwned(outDir);
-  const { baseName } = input;
-  const names = deliveredNames(baseName, input.compress);
-  const sha256Name = names.sha256;
-  const final = (n: string) => path.join(outDir, n);
-  const tmp = (n: string) => tempName(outDir, n);
-  const status = input.onStatus ?? (() => {});
-  const signal = input.signal;
   const rawImage = input.result.imagePath;
-  const rawSize = statSync(rawImage).size;
-  const timings: Record<string, number> = { ...input.timings, ...input.result.timings };
-
+  const d: Delivery = {
+    input,
+    outDir,
+    names: deliveredNames(input.baseName, input.compress),
+    status: input.onStatus ?? (() => {}),
+    signal: input.signal,
+    rawImage,
+    rawSize: statSync(rawImage).size,
+    timings: { ...input.timings, ...input.result.timings },
+    temps: new Set<string>(),
+  };
   return withCleanup(async (scope) => {
-    const temps = new Set<string>();
     scope.defer(async () => {
-      for (const t of temps) await fsp.rm(t, { force: true });
+      for (const t of d.temps) await fsp.rm(t, { force: true });
     }, "remove temporary files in --out");
-    const track = (n: string) => {
-      const t = tmp(n);
-      temps.add(t);
-      return t;
-    };
-    const timed = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-      const t0 = Date.now();
-      try {
-        return await fn();
-      } finally {
-        timings[name] = Date.now() - t0;
-      }
-    };
-
-    // One pass: bmap, the raw image's sha256 and, when compressing, the compressor's input.
-    const bmapTmp = track(names.bmap);
-    const imageTmp = track(names.image);
-    let rawSha256: string;
-    let sha256: string;
-    let bmap: Bmap;
-    const known = input.result.bmapPath && input.result.rawSha256 ? { sha256: input.result.rawSha256 } : undefined;
-    if (input.compress === "none" && known) {
-      // The engine wrote the image and computed both in the same pass.
-      status("bmap", `block map and sha256 of ${formatBytes(rawSize)}: computed as the image was written`);
-      bmap = await readBmap(input.result.bmapPath!);
-      rawSha256 = sha256 = known.sha256;
-      await moveInto(rawImage, imageTmp, signal);
-    } else if (input.compress === "none") {
-      status("bmap", `block map and sha256 of ${formatBytes(rawSize)}`);
-      const scan = await timed("bmap", () => scanImage(rawImage, signal ? { signal } : {}));
-      ({ bmap } = scan);
-      rawSha256 = sha256 = scan.sha256;
-      await moveInto(rawImage, imageTmp, signal);
-    } else {
-      const kind = input.compress;
-      status("compress", `${kind}, block map and sha256 in one pass over ${formatBytes(rawSize)}`);
-      const started = Date.now();
-      let last = 0;
-      const compressor = startCompressor(kind, imageTmp, rawSize, signal);
-      try {
-        const scan = await timed("compress", () =>
-          scanImage(rawImage, {
-            ...(signal ? { signal } : {}),
-            sink: (c) => compressor.write(c),
-            onProgress: (done, total) => {
-              const now = Date.now();
-              if (now - last < 2000) return;
-              last = now;
-              const secs = Math.round((now - started) / 1000);
-              status("compress", `${kind}: ${Math.floor((done * 100) / total)}% of ${formatBytes(total)} read, ${formatBytes(compressor.written())} written, ${secs}s`);
-            },
-          }),
-        );
-        ({ bmap } = scan);
-        rawSha256 = scan.sha256;
-        sha256 = await timed("checksum", () => compressor.finish());
-      } catch (err) {
-        await compressor.abort();
-        throw signal?.aborted ? signal.reason : err;
-      }
-    }
-    if (input.result.bmapPath) {
-      // The engine's own bmap, when it has one.
-      await fsp.copyFile(input.result.bmapPath, bmapTmp);
-      bmap = await readBmap(bmapTmp);
-    } else {
-      await writeFileAtomic(bmapTmp, serializeBmap(bmap));
-    }
-    const bmapResult = { bmap };
-    const mapped = bmapResult.bmap.mappedBlocksCount * bmapResult.bmap.blockSize;
-    signal?.throwIfAborted();
-
-    status("checksum", `${names.image}: sha256 ${sha256.slice(0, 16)}…`);
-    const size = statSync(imageTmp).size;
-    await fsp.writeFile(track(sha256Name), sha256Line(sha256, names.image), { mode: 0o644 });
-    for (const f of input.extraFiles) await fsp.writeFile(track(f.name), f.content, { mode: 0o644 });
-
-    status("manifest", names.manifest);
-    const bmapSha256 = await sha256Of(tmp(names.bmap));
-    const { render, ...facts } = input.facts;
-    const manifestData: Record<string, unknown> = {
-      pibake: { version: PIBAKE_VERSION },
-      createdAt: new Date().toISOString(),
-      ...facts,
-      image: {
-        file: names.image,
-        compression: input.compress,
-        size,
-        sha256,
-        rawSize,
-        rawSha256,
-        mappedBytes: mapped,
-      },
-      engine: input.result.manifest,
-      ...(render !== undefined ? { render } : {}),
-      timings,
-      files: {
-        [names.image]: `sha256:${sha256}`,
-        [names.bmap]: `sha256:${bmapSha256}`,
-        ...Object.fromEntries(input.extraFiles.map((f) => [f.name, `sha256:${createHash("sha256").update(f.content).digest("hex")}`])),
-      },
-    };
-    await fsp.writeFile(track(names.manifest), JSON.stringify(manifestData, null, 2) + "\n", { mode: 0o644 });
-    // The log last before the renames, so that it holds everything up to here.
-    await fsp.copyFile(input.logPath, track(names.log));
-    await fsp.chmod(tmp(names.log), 0o644);
-    signal?.throwIfAborted();
-
-    // Into place: the sidecars, then the image, so that an image in --out always has its own.
-    for (const n of [...input.extraFiles.map((f) => f.name), names.log, names.bmap, sha256Name, names.manifest, names.image]) {
-      // Under sudo the delivered files are the invoking user's, as --out is.
-      giveTo(tmp(n));
-      await fsp.rename(tmp(n), final(n));
-      temps.delete(tmp(n));
-    }
-    // The same build in another compression would now have a bmap and manifest that are not its own.
-    for (const c of COMPRESSIONS) {
-      if (c === input.compress) continue;
-      const other = imageFileName(baseName, c);
-      await fsp.rm(final(other), { force: true });
-      await fsp.rm(final(`${other}.sha256`), { force: true });
-    }
-    return {
-      baseName,
-      image: final(names.image),
-      sha256File: final(sha256Name),
-      bmap: final(names.bmap),
-      manifest: final(names.manifest),
-      log: final(names.log),
-      sha256,
-      size,
-      rawSize,
-      manifestData,
-    };
+    await writeImageOnePass(d);
+    await writeBmap(d);
+    await writeSha256AndExtras(d);
+    await writeManifest(d);
+    await copyLog(d);
+    await moveIntoPlace(d);
+    await removeOtherCompressions(d);
+    return delivered(d);
   });
+}
+
+/** The temporary name in --out of a delivered file, removed on failure until it is renamed into place. */
+function track(d: Delivery, name: string): string {
+  const t = tempName(d.outDir, name);
+  d.temps.add(t);
+  return t;
+}
+
+/** Run a step and record how long it took under `name`, for the manifest. */
+async function timed<T>(d: Delivery, name: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = Date.now();
+  try {
+    return await fn();
+  } finally {
+    d.timings[name] = Date.now() - t0;
+  }
+}
+
+/** One pass: the image into --out, its bmap, the raw image's sha256 and, when compressing, the compressor's input. */
+async function writeImageOnePass(d: Delivery): Promise<void> {
+  const imageTmp = track(d, d.names.image);
+  const { result } = d.input;
+  if (d.input.compress === "none" && result.bmapPath && result.rawSha256) {
+    // The engine wrote the image and computed both in the same pass.
+    d.status("bmap", `block map and sha256 of ${formatBytes(d.rawSize)}: computed as the image was written`);
+    d.bmap = await readBmap(result.bmapPath);
+    d.rawSha256 = d.sha256 = result.rawSha256;
+    await moveInto(d.rawImage, imageTmp, d.signal);
+  } else if (d.input.compress === "none") {
+    d.status("bmap", `block map and sha256 of ${formatBytes(d.rawSize)}`);
+    const signal = d.signal;
+    const scan = await timed(d, "bmap", () => scanImage(d.rawImage, signal ? { signal } : {}));
+    d.bmap = scan.bmap;
+    d.rawSha256 = d.sha256 = scan.sha256;
+    await moveInto(d.rawImage, imageTmp, d.signal);
+  } else {
+    await compressAndScan(d, d.input.compress, imageTmp);
+  }
+}
+
+/** The image through the compressor, read once for the compressor, the bmap and the raw sha256; the compressor gives the delivered file's sha256. */
+async function compressAndScan(d: Delivery, kind: Exclude<DeliverCompression, "none">, imageTmp: string): Promise<void> {
+  const signal = d.signal;
+  d.status("compress", `${kind}, block map and sha256 in one pass over ${formatBytes(d.rawSize)}`);
+  const started = Date.now();
+  let last = 0;
+  const compressor = startCompressor(kind, imageTmp, d.rawSize, signal);
+  try {
+    const scan = await timed(d, "compress", () =>
+      scanImage(d.rawImage, {
+        ...(signal ? { signal } : {}),
+        sink: (c) => compressor.write(c),
+        onProgress: (done, total) => {
+          const now = Date.now();
+          if (now - last < 2000) return;
+          last = now;
+          const secs = Math.round((now - started) / 1000);
+          d.status("compress", `${kind}: ${Math.floor((done * 100) / total)}% of ${formatBytes(total)} read, ${formatBytes(compressor.written())} written, ${secs}s`);
+        },
+      }),
+    );
+    d.bmap = scan.bmap;
+    d.rawSha256 = scan.sha256;
+    d.sha256 = await timed(d, "checksum", () => compressor.finish());
+  } catch (err) {
+    await compressor.abort();
+    throw signal?.aborted ? signal.reason : err;
+  }
+}
+
+/** The bmap file: the engine's own when it has one, else the one the pass made. */
+async function writeBmap(d: Delivery): Promise<void> {
+  const bmapTmp = track(d, d.names.bmap);
+  if (d.input.result.bmapPath) {
+    await fsp.copyFile(d.input.result.bmapPath, bmapTmp);
+    d.bmap = await readBmap(bmapTmp);
+  } else {
+    await writeFileAtomic(bmapTmp, serializeBmap(d.bmap!));
+  }
+  d.signal?.throwIfAborted();
+}
+
+/** The image's .sha256 file, and the extra files beside it. */
+async function writeSha256AndExtras(d: Delivery): Promise<void> {
+  const { names } = d;
+  d.status("checksum", `${names.image}: sha256 ${d.sha256!.slice(0, 16)}…`);
+  d.size = statSync(tempName(d.outDir, names.image)).size;
+  await fsp.writeFile(track(d, names.sha256), sha256Line(d.sha256!, names.image), { mode: 0o644 });
+  for (const f of d.input.extraFiles) await fsp.writeFile(track(d, f.name), f.content, { mode: 0o644 });
+}
+
+/** What was built, from what, with which files and their digests. */
+async function writeManifest(d: Delivery): Promise<void> {
+  const { names, input } = d;
+  d.status("manifest", names.manifest);
+  const bmapSha256 = await sha256Of(tempName(d.outDir, names.bmap));
+  const { render, ...facts } = input.facts;
+  d.manifestData = {
+    pibake: { version: PIBAKE_VERSION },
+    createdAt: new Date().toISOString(),
+    ...facts,
+    image: {
+      file: names.image,
+      compression: input.compress,
+      size: d.size,
+      sha256: d.sha256,
+      rawSize: d.rawSize,
+      rawSha256: d.rawSha256,
+      mappedBytes: d.bmap!.mappedBlocksCount * d.bmap!.blockSize,
+    },
+    engine: input.result.manifest,
+    ...(render !== undefined ? { render } : {}),
+    timings: d.timings,
+    files: {
+      [names.image]: `sha256:${d.sha256}`,
+      [names.bmap]: `sha256:${bmapSha256}`,
+      ...Object.fromEntries(input.extraFiles.map((f) => [f.name, `sha256:${createHash("sha256").update(f.content).digest("hex")}`])),
+    },
+  };
+  await fsp.writeFile(track(d, names.manifest), JSON.stringify(d.manifestData, null, 2) + "\n", { mode: 0o644 });
+}
+
+/** The log last before the renames, so that it holds everything up to here. */
+async function copyLog(d: Delivery): Promise<void> {
+  await fsp.copyFile(d.input.logPath, track(d, d.names.log));
+  await fsp.chmod(tempName(d.outDir, d.names.log), 0o644);
+  d.signal?.throwIfAborted();
+}
+
+/** Into place: the sidecars, then the image, so that an image in --out always has its own. */
+async function moveIntoPlace(d: Delivery): Promise<void> {
+  const { names } = d;
+  for (const n of [...d.input.extraFiles.map((f) => f.name), names.log, names.bmap, names.sha256, names.manifest, names.image]) {
+    const t = tempName(d.outDir, n);
+    // Under sudo the delivered files are the invoking user's, as --out is.
+    giveTo(t);
+    await fsp.rename(t, path.join(d.outDir, n));
+    d.temps.delete(t);
+  }
+}
+
+/** The same build in another compression would now have a bmap and manifest that are not its own. */
+async function removeOtherCompressions(d: Delivery): Promise<void> {
+  for (const c of COMPRESSIONS) {
+    if (c === d.input.compress) continue;
+    const other = imageFileName(d.input.baseName, c);
+    await fsp.rm(path.join(d.outDir, other), { force: true });
+    await fsp.rm(path.join(d.outDir, `${other}.sha256`), { force: true });
+  }
+}
+
+function delivered(d: Delivery): Delivered {
+  const final = (n: string) => path.join(d.outDir, n);
+  return {
+    baseName: d.input.baseName,
+    image: final(d.names.image),
+    sha256File: final(d.names.sha256),
+    bmap: final(d.names.bmap),
+    manifest: final(d.names.manifest),
+    log: final(d.names.log),
+    sha256: d.sha256!,
+    size: d.size!,
+    rawSize: d.rawSize,
+    manifestData: d.manifestData!,
+  };
 }

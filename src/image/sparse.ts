@@ -1,4 +1,5 @@
 import { promises as fsp } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
 import { PibakeError } from "../errors.js";
 import { BmapBuilder, DEFAULT_BLOCK_SIZE, type Bmap } from "./bmap.js";
 import { runCommand } from "../host/process.js";
@@ -83,55 +84,70 @@ export async function scanImage(file: string, opts: ScanOptions = {}): Promise<S
   try {
     const size = (await fh.stat()).size;
     const ranges = await dataRanges(file, size);
-    const builder = new BmapBuilder(size, blockSize);
-    let pos = 0;
-    const zerosTo = async (end: number) => {
-      if (end <= pos) return;
-      // A hole ends any mapped range (pos is on a block boundary here).
-      builder.gap(pos);
-      while (pos < end) {
-        opts.signal?.throwIfAborted();
-        const n = Math.min(SCAN_CHUNK, end - pos);
-        const z = ZEROS.subarray(0, n);
-        fileHash.zeros(n);
-        if (opts.sink) await opts.sink(z);
-        pos += n;
-        opts.onProgress?.(pos, size);
-      }
-    };
-    const data = async (end: number) => {
-      while (pos < end) {
-        opts.signal?.throwIfAborted();
-        const want = Math.min(SCAN_CHUNK, end - pos);
-        // A fresh buffer per chunk: the sink may still hold the previous one.
-        const buf = Buffer.allocUnsafe(want);
-        let got = 0;
-        while (got < want) {
-          const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
-          if (bytesRead === 0) throw new PibakeError(`${file} shrank while it was being read`);
-          got += bytesRead;
-        }
-        await fileHash.update(buf);
-        builder.feed(buf, want, pos);
-        if (opts.sink) await opts.sink(buf);
-        pos += want;
-        opts.onProgress?.(pos, size);
-      }
-    };
+    const s: Scan = { file, fh, opts, size, fileHash, builder: new BmapBuilder(size, blockSize), pos: 0 };
     for (const r of ranges) {
       // Extents are file-system blocks; the bmap's blocks may be larger: widen to its boundaries.
-      const start = Math.max(pos, Math.floor(r.start / blockSize) * blockSize);
+      const start = Math.max(s.pos, Math.floor(r.start / blockSize) * blockSize);
       const end = Math.min(size, Math.ceil(r.end / blockSize) * blockSize);
       if (end <= start) continue;
-      await zerosTo(start);
-      await data(end);
+      await scanZerosTo(s, start);
+      await scanDataTo(s, end);
     }
-    await zerosTo(size);
-    const bmap = builder.finish();
+    await scanZerosTo(s, size);
+    const bmap = s.builder.finish();
     return { bmap, sha256: await fileHash.digest() };
   } finally {
     await fileHash.close();
     await fh.close();
+  }
+}
+
+/** One pass under way: where it is, and what takes each chunk (the file's hash, the bmap, the sink). */
+interface Scan {
+  readonly file: string;
+  readonly fh: FileHandle;
+  readonly opts: ScanOptions;
+  readonly size: number;
+  readonly fileHash: WorkerSha256;
+  readonly builder: BmapBuilder;
+  /** Bytes scanned so far: the offset of the next chunk. */
+  pos: number;
+}
+
+/** A hole up to `end`: zeros for the hash and the sink, never read. */
+async function scanZerosTo(s: Scan, end: number): Promise<void> {
+  if (end <= s.pos) return;
+  // A hole ends any mapped range (pos is on a block boundary here).
+  s.builder.gap(s.pos);
+  while (s.pos < end) {
+    s.opts.signal?.throwIfAborted();
+    const n = Math.min(SCAN_CHUNK, end - s.pos);
+    const z = ZEROS.subarray(0, n);
+    s.fileHash.zeros(n);
+    if (s.opts.sink) await s.opts.sink(z);
+    s.pos += n;
+    s.opts.onProgress?.(s.pos, s.size);
+  }
+}
+
+/** Data up to `end`, read in chunks, each to the hash, the bmap and the sink. */
+async function scanDataTo(s: Scan, end: number): Promise<void> {
+  while (s.pos < end) {
+    s.opts.signal?.throwIfAborted();
+    const want = Math.min(SCAN_CHUNK, end - s.pos);
+    // A fresh buffer per chunk: the sink may still hold the previous one.
+    const buf = Buffer.allocUnsafe(want);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await s.fh.read(buf, got, want - got, s.pos + got);
+      if (bytesRead === 0) throw new PibakeError(`${s.file} shrank while it was being read`);
+      got += bytesRead;
+    }
+    await s.fileHash.update(buf);
+    s.builder.feed(buf, want, s.pos);
+    if (s.opts.sink) await s.opts.sink(buf);
+    s.pos += want;
+    s.opts.onProgress?.(s.pos, s.size);
   }
 }
 

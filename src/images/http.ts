@@ -94,64 +94,23 @@ export class NetworkError extends Error {
   }
 }
 
+/** The client's connections: direct agents, and one agent per proxy, made when first needed. */
+interface Agents {
+  readonly env: NodeJS.ProcessEnv;
+  readonly direct: Record<"http:" | "https:", http.Agent>;
+  readonly viaProxy: Map<string, HttpsProxyAgent<string>>;
+}
+
 export function createHttpClient(env: NodeJS.ProcessEnv = process.env, timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): HttpClient {
   // One connection per request (no keep-alive): nothing lingers after close(), and a half-read answer never meets the next request.
-  const direct = { "http:": new http.Agent({ keepAlive: false }), "https:": new https.Agent({ keepAlive: false }) };
-  const viaProxy = new Map<string, HttpsProxyAgent<string>>();
-  const agentFor = (url: URL): { agent: http.Agent; proxied: boolean } => {
-    const proxy = proxyFor(url, env);
-    if (!proxy) return { agent: direct[url.protocol as "http:" | "https:"], proxied: false };
-    // Every request through the proxy is a CONNECT tunnel, http as https, as undici's ProxyAgent did before.
-    let agent = viaProxy.get(proxy);
-    if (!agent) viaProxy.set(proxy, (agent = new HttpsProxyAgent(proxy, { keepAlive: false })));
-    return { agent, proxied: true };
-  };
-
-  const once = (url: URL, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<http.IncomingMessage> =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(abortError(signal));
-      const { agent, proxied } = agentFor(url);
-      const req = (url.protocol === "https:" ? https : http).request(url, { method: "GET", agent, headers });
-      const fail = (err: Error) => req.destroy(err);
-      const connectTimer = setTimeout(() => fail(new NetworkError("no connection within the time allowed", "CONNECT_TIMEOUT")), timeouts.connectMs);
-      const headersTimer = setTimeout(() => fail(new NetworkError("no answer within the time allowed", "HEADERS_TIMEOUT")), timeouts.headersMs);
-      const onAbort = () => fail(abortError(signal!));
-      signal?.addEventListener("abort", onAbort, { once: true });
-      const settled = () => {
-        clearTimeout(connectTimer);
-        clearTimeout(headersTimer);
-      };
-      req.once("socket", (socket: Socket) => {
-        // A proxy agent hands over its tunnel once it is open; a direct socket may still be connecting.
-        const secure = url.protocol === "https:" && !proxied;
-        if (!socket.connecting && !secure) clearTimeout(connectTimer);
-        else socket.once(secure ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
-      });
-      req.once("error", (err) => {
-        settled();
-        signal?.removeEventListener("abort", onAbort);
-        reject(err);
-      });
-      req.once("response", (res) => {
-        settled();
-        // From here on the body's reader sees the failures: the signal and silence end it with an error.
-        req.setTimeout(timeouts.idleMs, () => res.destroy(new NetworkError("the transfer stalled", "IDLE_TIMEOUT")));
-        signal?.removeEventListener("abort", onAbort);
-        const onBodyAbort = () => res.destroy(abortError(signal!));
-        signal?.addEventListener("abort", onBodyAbort, { once: true });
-        res.once("close", () => signal?.removeEventListener("abort", onBodyAbort));
-        resolve(res);
-      });
-      req.end();
-    });
-
+  const agents: Agents = { env, direct: { "http:": new http.Agent({ keepAlive: false }), "https:": new https.Agent({ keepAlive: false }) }, viaProxy: new Map() };
   return {
     async get(url, init) {
       const headers = { "user-agent": "pibake", ...init.headers };
       let current = new URL(url);
       for (let hops = 0; ; hops++) {
         if (current.protocol !== "http:" && current.protocol !== "https:") throw new NetworkError(`${current.protocol} URLs are not supported`, "PROTOCOL");
-        const res = await once(current, headers, init.signal);
+        const res = await requestOnce(agents, timeouts, current, headers, init.signal);
         const location = res.headers.location;
         if ([301, 302, 303, 307, 308].includes(res.statusCode ?? 0) && location) {
           res.destroy();
@@ -163,9 +122,59 @@ export function createHttpClient(env: NodeJS.ProcessEnv = process.env, timeouts:
       }
     },
     async close() {
-      for (const agent of [...Object.values(direct), ...viaProxy.values()]) agent.destroy();
+      for (const agent of [...Object.values(agents.direct), ...agents.viaProxy.values()]) agent.destroy();
     },
   };
+}
+
+/** The agent for a URL: direct, or through the proxy the environment names for it. */
+function agentFor(agents: Agents, url: URL): { agent: http.Agent; proxied: boolean } {
+  const proxy = proxyFor(url, agents.env);
+  if (!proxy) return { agent: agents.direct[url.protocol as "http:" | "https:"], proxied: false };
+  // Every request through the proxy is a CONNECT tunnel, http as https, as undici's ProxyAgent did before.
+  let agent = agents.viaProxy.get(proxy);
+  if (!agent) agents.viaProxy.set(proxy, (agent = new HttpsProxyAgent(proxy, { keepAlive: false })));
+  return { agent, proxied: true };
+}
+
+/** One GET, no redirects followed: the response once its headers are in, each wait bounded; the signal ends it at any time. */
+function requestOnce(agents: Agents, timeouts: HttpTimeouts, url: URL, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(abortError(signal));
+    const { agent, proxied } = agentFor(agents, url);
+    const req = (url.protocol === "https:" ? https : http).request(url, { method: "GET", agent, headers });
+    const fail = (err: Error) => req.destroy(err);
+    const connectTimer = setTimeout(() => fail(new NetworkError("no connection within the time allowed", "CONNECT_TIMEOUT")), timeouts.connectMs);
+    const headersTimer = setTimeout(() => fail(new NetworkError("no answer within the time allowed", "HEADERS_TIMEOUT")), timeouts.headersMs);
+    const onAbort = () => fail(abortError(signal!));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const settled = () => {
+      clearTimeout(connectTimer);
+      clearTimeout(headersTimer);
+    };
+    req.once("socket", (socket: Socket) => {
+      // A proxy agent hands over its tunnel once it is open; a direct socket may still be connecting.
+      const secure = url.protocol === "https:" && !proxied;
+      if (!socket.connecting && !secure) clearTimeout(connectTimer);
+      else socket.once(secure ? "secureConnect" : "connect", () => clearTimeout(connectTimer));
+    });
+    req.once("error", (err) => {
+      settled();
+      signal?.removeEventListener("abort", onAbort);
+      reject(err);
+    });
+    req.once("response", (res) => {
+      settled();
+      // From here on the body's reader sees the failures: the signal and silence end it with an error.
+      req.setTimeout(timeouts.idleMs, () => res.destroy(new NetworkError("the transfer stalled", "IDLE_TIMEOUT")));
+      signal?.removeEventListener("abort", onAbort);
+      const onBodyAbort = () => res.destroy(abortError(signal!));
+      signal?.addEventListener("abort", onBodyAbort, { once: true });
+      res.once("close", () => signal?.removeEventListener("abort", onBodyAbort));
+      resolve(res);
+    });
+    req.end();
+  });
 }
 
 function wrap(res: http.IncomingMessage, url: string): HttpResponse {

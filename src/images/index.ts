@@ -300,66 +300,114 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * One download of an official image into the cache, under its lock: the
+ * part file, then its checks, then its own name. The steps run in order,
+ * each a function of this record.
+ */
+interface ImageDownload {
+  readonly e: OsImageEntry;
+  readonly opts: ResolveImageOptions & { listUrl: string };
+  readonly loc: CacheLocation;
+  readonly client: HttpClient;
+  readonly partFile: string;
+  /** What the part file is a download of, beside it. */
+  readonly partRecordFile: string;
+  readonly status: (message: string) => void;
+  /** The downloaded file's digest and size, then the image's inside it. */
+  got?: { sha256: string; size: number };
+  inner?: { sha256: string; size: number };
+}
+
 async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient, partFile: string): Promise<OfficialImage> {
-  const status = opts.onStatus ?? (() => {});
-  const partRecordFile = `${partFile}.json`;
+  const d: ImageDownload = { e, opts, loc, client, partFile, partRecordFile: `${partFile}.json`, status: opts.onStatus ?? (() => {}) };
+  await claimPart(d);
+  await fetchPart(d);
+  await checkDownload(d);
+  await checkExtracted(d);
+  return keepVerified(d);
+}
+
+/** The part file continues only a download of this very image: another one's is removed, and the record says whose it is now. */
+async function claimPart(d: ImageDownload): Promise<void> {
+  const { e } = d;
   const want: PartRecord = { url: e.url, release: e.release, arch: e.arch, releaseDate: e.releaseDate, downloadSha256: e.downloadSha256 ?? null, extractSha256: e.extractSha256 };
-  const had = await readPartRecord(partRecordFile);
+  const had = await readPartRecord(d.partRecordFile);
   if (JSON.stringify(had) !== JSON.stringify(want)) {
     // A partial file of another image (or of unknown origin) cannot be continued.
-    await fsp.rm(partFile, { force: true });
-    await writeFileAtomic(partRecordFile, JSON.stringify(want, null, 2) + "\n");
-    giveTo(partRecordFile, loc.owner);
+    await fsp.rm(d.partFile, { force: true });
+    await writeFileAtomic(d.partRecordFile, JSON.stringify(want, null, 2) + "\n");
+    giveTo(d.partRecordFile, d.loc.owner);
   }
-  const discard = async () => {
-    await fsp.rm(partFile, { force: true });
-    await fsp.rm(partRecordFile, { force: true });
-  };
+}
 
-  let got: { sha256: string; size: number };
+async function discardPart(d: ImageDownload): Promise<void> {
+  await fsp.rm(d.partFile, { force: true });
+  await fsp.rm(d.partRecordFile, { force: true });
+}
+
+/** The whole file in the part file: downloaded or continued, or only hashed when the last run had it all. */
+async function fetchPart(d: ImageDownload): Promise<void> {
+  const { e, opts, partFile, status } = d;
   const existing = await fsp.stat(partFile).then((s) => s.size, () => 0);
   if (e.downloadSize !== undefined && existing === e.downloadSize) {
     status(`${e.fileName} was downloaded before the last run stopped: checking it`);
-    got = await sha256File(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: existing });
+    d.got = await sha256File(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: existing });
   } else {
     status(existing > 0 ? `continuing the download of ${e.url} at ${existing} bytes` : `downloading ${e.url}`);
-    got = await downloadToPart({ url: e.url, partFile, fileName: e.fileName, ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}), client, signal: opts.signal, onProgress: opts.onProgress, onStatus: status });
+    d.got = await downloadToPart({ url: e.url, partFile, fileName: e.fileName, ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}), client: d.client, signal: opts.signal, onProgress: opts.onProgress, onStatus: status });
   }
-  giveTo(partFile, loc.owner);
+  giveTo(partFile, d.loc.owner);
+}
+
+/** The download is as long as the list says (else it is kept, to continue), and its digest the list's (else it is deleted). */
+async function checkDownload(d: ImageDownload): Promise<void> {
+  const { e } = d;
+  const got = d.got!;
   if (e.downloadSize !== undefined && got.size < e.downloadSize) {
-    throw new PibakeError(`the download of ${e.url} ended after ${got.size} of ${e.downloadSize} bytes; run again to continue from ${partFile}`);
+    throw new PibakeError(`the download of ${e.url} ended after ${got.size} of ${e.downloadSize} bytes; run again to continue from ${d.partFile}`);
   }
   if (e.downloadSha256 && got.sha256 !== e.downloadSha256) {
-    await discard();
+    await discardPart(d);
     throw new PibakeError(
-      `the download of ${e.url} is not the file the OS list describes: its SHA-256 is ${got.sha256}, the list (${opts.listUrl}) says ${e.downloadSha256}. ` +
+      `the download of ${e.url} is not the file the OS list describes: its SHA-256 is ${got.sha256}, the list (${d.opts.listUrl}) says ${e.downloadSha256}. ` +
         `The download was deleted; run again to fetch it anew.`,
     );
   }
+}
 
-  status(`checking the image inside ${e.fileName} against the list's extract_sha256`);
+/** The image inside the download, decompressed to a digest: it must be the list's extract_sha256 and size. */
+async function checkExtracted(d: ImageDownload): Promise<void> {
+  const { e, opts } = d;
+  d.status(`checking the image inside ${e.fileName} against the list's extract_sha256`);
   let inner;
   try {
-    inner = await extractedDigest(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: e.extractSize });
+    inner = await extractedDigest(d.partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: e.extractSize });
   } catch (err) {
     if (opts.signal?.aborted) throw err;
-    await discard();
+    await discardPart(d);
     throw new PibakeError(`the download of ${e.url} cannot be decompressed (${(err as Error).message}); it was deleted, run again to fetch it anew`);
   }
   if (inner.sha256 !== e.extractSha256 || (e.extractSize !== undefined && inner.size !== e.extractSize)) {
-    await discard();
+    await discardPart(d);
     throw new PibakeError(
       `the image inside ${e.url} is not the one the OS list describes: its SHA-256 is ${inner.sha256} (${inner.size} bytes), ` +
         `the list (${opts.listUrl}) says ${e.extractSha256}${e.extractSize !== undefined ? ` (${e.extractSize} bytes)` : ""}. The download was deleted; run again to fetch it anew.`,
     );
   }
+  d.inner = inner;
+}
 
-  // Verified: only now does the file take its own name, in a directory named by its digest.
+/** Verified: only now does the file take its own name, in a directory named by its digest, with its record. */
+async function keepVerified(d: ImageDownload): Promise<OfficialImage> {
+  const { e, loc } = d;
+  const got = d.got!;
+  const inner = d.inner!;
   const dir = path.join(loc.dir, got.sha256);
   await ensureDir(loc, dir);
   const file = path.join(dir, e.fileName);
-  await fsp.rename(partFile, file);
-  await fsp.rm(partRecordFile, { force: true });
+  await fsp.rename(d.partFile, file);
+  await fsp.rm(d.partRecordFile, { force: true });
   const record: CachedImageRecord = {
     name: e.name,
     fileName: e.fileName,
@@ -372,9 +420,9 @@ async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { lis
     extractSha256: inner.sha256,
     extractSize: inner.size,
     verifiedAt: new Date().toISOString(),
-    listUrl: opts.listUrl,
+    listUrl: d.opts.listUrl,
   };
   await writeRecord(loc, dir, record);
-  status(`verified ${e.fileName} and kept it in ${dir}`);
+  d.status(`verified ${e.fileName} and kept it in ${dir}`);
   return { path: file, entry: record, fromCache: false };
 }

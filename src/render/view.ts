@@ -87,58 +87,14 @@ const ACME_SERVED = { certFile: "/etc/mosquitto/certs/public.crt", keyFile: "/et
 export const DEFAULT_STAGE_LIST = "stage0 stage1 stage2 stage-pibake";
 
 export function buildView(model: Model, secrets: Secrets): View {
-  const aclFile = secrets.mqttUsers.some((u) => u.topics !== undefined);
-  const wifiIsLan = model.network.interface.startsWith("wlan");
-  const wifi = model.network.wifi;
-  const ddns = model.ddns;
   return {
     system: systemSettings(model),
     image: model.image,
     user: { name: model.user.name, passwordHash: secrets.userPasswordHash, passwordSsh: model.user.passwordSsh },
-    network: {
-      interface: model.network.interface,
-      address: model.network.address,
-      prefix: model.network.prefix,
-      gateway: model.network.gateway,
-      dnsList: model.network.dns.map((d) => `${d};`).join(""),
-      lan: { uuid: stableUuid(model.image.name, "lan", model.network.interface), type: wifiIsLan ? "wifi" : "ethernet", wifi: wifiIsLan },
-      wifi: wifi
-        ? { ssid: wifi.ssid, ssidKeyfile: keyfileSsid(wifi.ssid), psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
-        : false,
-    },
-    mqtt: {
-      lanPort: model.mqtt.lanPort,
-      tlsPort: model.mqtt.tlsPort,
-      persistence: model.mqtt.persistence,
-      autosaveInterval: model.mqtt.autosaveInterval,
-      websockets: model.mqtt.websockets ? { tlsPort: model.mqtt.websockets.tlsPort, lanPort: model.mqtt.websockets.lanPort ?? false } : false,
-      aclFile,
-      users: secrets.mqttUsers.map((u) => ({
-        name: u.name,
-        hash: secrets.mqttHashes.get(u.name)!,
-        // Without rules of its own a user may use every topic, also when others have rules.
-        topics: u.topics ?? [{ access: "readwrite", topic: "#" }],
-      })),
-    },
-    tls: {
-      domain: model.tls.domain,
-      serverCertPem: secrets.pki.serverCertPem,
-      serverKeyPem: secrets.pki.serverKeyPem,
-      caCertPem: secrets.pki.caCertPem,
-      ...(model.tls.acme ? ACME_SERVED : OWN_CA_SERVED),
-      acme: model.tls.acme ? { ...model.tls.acme, challengeName: `_acme-challenge.${model.tls.domain}` } : false,
-    },
-    ddns: ddns
-      ? {
-          freemyip: ddns.provider === "freemyip",
-          hostname: ddns.hostname,
-          interval: ddns.interval,
-          ipLookup: ddns.ipLookup,
-          server: ddns.provider === "dyndns2" ? ddns.server : "freemyip.com",
-          login: ddns.provider === "dyndns2" ? ddns.login : "",
-          secret: ddns.provider === "dyndns2" ? ddns.password.reveal() : ddns.token.reveal(),
-        }
-      : false,
+    network: networkView(model, secrets),
+    mqtt: mqttView(model, secrets),
+    tls: tlsView(model, secrets),
+    ddns: ddnsView(model),
     piGen: {
       firstUserPlaceholder: secrets.piGenFirstUserPlaceholder,
       sshKeys: model.user.sshKeys.join("\n"),
@@ -149,5 +105,66 @@ export function buildView(model: Model, secrets: Secrets): View {
     updates: model.updates ? { reboot: model.updates.rebootTime ? { time: model.updates.rebootTime } : false } : false,
     firewall: firewallView(model),
     status: { version: PIBAKE_VERSION, configDigest: configDigest(model) },
+  };
+}
+
+/** The static address's connection, and a Wi-Fi profile of its own when the static address is on the cable. */
+function networkView(model: Model, secrets: Secrets): View["network"] {
+  const wifiIsLan = model.network.interface.startsWith("wlan");
+  const wifi = model.network.wifi;
+  return {
+    interface: model.network.interface,
+    address: model.network.address,
+    prefix: model.network.prefix,
+    gateway: model.network.gateway,
+    dnsList: model.network.dns.map((d) => `${d};`).join(""),
+    lan: { uuid: stableUuid(model.image.name, "lan", model.network.interface), type: wifiIsLan ? "wifi" : "ethernet", wifi: wifiIsLan },
+    wifi: wifi
+      ? { ssid: wifi.ssid, ssidKeyfile: keyfileSsid(wifi.ssid), psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
+      : false,
+  };
+}
+
+function mqttView(model: Model, secrets: Secrets): View["mqtt"] {
+  return {
+    lanPort: model.mqtt.lanPort,
+    tlsPort: model.mqtt.tlsPort,
+    persistence: model.mqtt.persistence,
+    autosaveInterval: model.mqtt.autosaveInterval,
+    websockets: model.mqtt.websockets ? { tlsPort: model.mqtt.websockets.tlsPort, lanPort: model.mqtt.websockets.lanPort ?? false } : false,
+    aclFile: secrets.mqttUsers.some((u) => u.topics !== undefined),
+    users: secrets.mqttUsers.map((u) => ({
+      name: u.name,
+      hash: secrets.mqttHashes.get(u.name)!,
+      // Without rules of its own a user may use every topic, also when others have rules.
+      topics: u.topics ?? [{ access: "readwrite", topic: "#" }],
+    })),
+  };
+}
+
+/** The own CA's pair, and which pair the listeners serve: the public certificate's with ACME. */
+function tlsView(model: Model, secrets: Secrets): View["tls"] {
+  return {
+    domain: model.tls.domain,
+    serverCertPem: secrets.pki.serverCertPem,
+    serverKeyPem: secrets.pki.serverKeyPem,
+    caCertPem: secrets.pki.caCertPem,
+    ...(model.tls.acme ? ACME_SERVED : OWN_CA_SERVED),
+    acme: model.tls.acme ? { ...model.tls.acme, challengeName: `_acme-challenge.${model.tls.domain}` } : false,
+  };
+}
+
+/** ddclient's settings: freemyip's, or a dyndns2 server's. */
+function ddnsView(model: Model): View["ddns"] {
+  const ddns = model.ddns;
+  if (!ddns) return false;
+  return {
+    freemyip: ddns.provider === "freemyip",
+    hostname: ddns.hostname,
+    interval: ddns.interval,
+    ipLookup: ddns.ipLookup,
+    server: ddns.provider === "dyndns2" ? ddns.server : "freemyip.com",
+    login: ddns.provider === "dyndns2" ? ddns.login : "",
+    secret: ddns.provider === "dyndns2" ? ddns.password.reveal() : ddns.token.reveal(),
   };
 }

@@ -204,53 +204,12 @@ export interface SystemPlan {
  */
 export function applySystemSettings(root: ImageRoot, bootDir: string, system: SystemSettings, passwordHash: string): SystemPlan {
   const notes: string[] = [];
-
-  // Hostname (pi-gen stage1/02-net-tweaks).
-  root.write("/etc/hostname", `${system.hostname}\n`);
-  root.write("/etc/hosts", hostsWithHostname(root.readText("/etc/hosts") ?? "127.0.0.1\tlocalhost\n", system.hostname));
-
-  // Time zone (pi-gen stage0/01-locale and TIMEZONE_DEFAULT).
-  const tz = system.timezone;
-  if (!root.exists(`/usr/share/zoneinfo/${tz}`)) {
-    throw new PibakeError(`time zone "${tz}" is not in the image (no /usr/share/zoneinfo/${tz}): check image.timezone in the config`);
-  }
-  root.symlink("/etc/localtime", `/usr/share/zoneinfo/${tz}`);
-  root.write("/etc/timezone", `${tz}\n`);
-
-  // Keyboard (KEYBOARD_KEYMAP / KEYBOARD_LAYOUT).
-  const kbText = root.readText("/etc/default/keyboard");
-  const keyboardChanged = keyboardLayoutOf(kbText) !== system.keyboard.keymap;
-  root.write("/etc/default/keyboard", keyboardWithLayout(kbText, system.keyboard.keymap));
-
-  // Locale (LOCALE_DEFAULT): enabled in locale.gen, generated in the chroot when new.
-  const locale = system.locale;
-  let localeGen = false;
-  const localeGenText = root.readText("/etc/locale.gen");
-  if (localeGenText !== undefined) {
-    const r = enableLocale(localeGenText, locale);
-    localeGen = r.changed;
-    if (r.changed) root.write("/etc/locale.gen", r.text);
-  } else notes.push(`the image has no /etc/locale.gen (package locales): LANG is set to ${locale} but the locale is not generated`);
-  const defLocale = root.readText("/etc/default/locale") ?? "";
-  if (!new RegExp(`^LANG=${locale.replace(/\./g, "\\.")}$`, "m").test(defLocale)) {
-    root.write("/etc/default/locale", /^LANG=/m.test(defLocale) ? defLocale.replace(/^LANG=.*$/m, `LANG=${locale}`) : `${defLocale}LANG=${locale}\n`);
-  }
-
-  // Wi-Fi country (WPA_COUNTRY): regulatory domain on the kernel command line, Wi-Fi unblocked.
-  // The boot partition's files are pibake's own copy (mtools), and FAT has no links.
-  const country = system.wifiCountry;
-  const cmdlineFile = path.join(bootDir, "cmdline.txt");
-  if (country) {
-    if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), country));
-    else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${country} is not set there`);
-  }
-
-  // No first-boot rename from the boot partition, nor the desktop's wizard (the stage masks Lite's).
-  for (const f of ["userconf.txt", "userconf"]) rmSync(path.join(bootDir, f), { force: true });
-  if (root.exists("/etc/xdg/autostart/piwiz.desktop")) {
-    root.remove("/etc/xdg/autostart/piwiz.desktop");
-    notes.push("removed /etc/xdg/autostart/piwiz.desktop (first-boot user rename)");
-  }
+  setHostname(root, system.hostname);
+  setTimezone(root, system.timezone);
+  const keyboardChanged = setKeyboard(root, system.keyboard.keymap);
+  const localeGen = setLocale(root, system.locale, notes);
+  if (system.wifiCountry) setWifiCountry(bootDir, system.wifiCountry, notes);
+  removeFirstBootRename(root, bootDir, notes);
 
   const unitExists = (u: string) => ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"].some((d) => root.exists(`/${d}/${u}`));
   const user = system.user.name;
@@ -266,4 +225,62 @@ export function applySystemSettings(root: ImageRoot, bootDir: string, system: Sy
     enable: enable.join(" "),
   });
   return { script, digest: systemDigest(system), notes };
+}
+
+/** Hostname (pi-gen stage1/02-net-tweaks). */
+function setHostname(root: ImageRoot, hostname: string): void {
+  root.write("/etc/hostname", `${hostname}\n`);
+  root.write("/etc/hosts", hostsWithHostname(root.readText("/etc/hosts") ?? "127.0.0.1\tlocalhost\n", hostname));
+}
+
+/** Time zone (pi-gen stage0/01-locale and TIMEZONE_DEFAULT): one the image has. */
+function setTimezone(root: ImageRoot, tz: string): void {
+  if (!root.exists(`/usr/share/zoneinfo/${tz}`)) {
+    throw new PibakeError(`time zone "${tz}" is not in the image (no /usr/share/zoneinfo/${tz}): check image.timezone in the config`);
+  }
+  root.symlink("/etc/localtime", `/usr/share/zoneinfo/${tz}`);
+  root.write("/etc/timezone", `${tz}\n`);
+}
+
+/** Keyboard (KEYBOARD_KEYMAP / KEYBOARD_LAYOUT); whether the layout changed, for the chroot script. */
+function setKeyboard(root: ImageRoot, keymap: string): boolean {
+  const kbText = root.readText("/etc/default/keyboard");
+  const keyboardChanged = keyboardLayoutOf(kbText) !== keymap;
+  root.write("/etc/default/keyboard", keyboardWithLayout(kbText, keymap));
+  return keyboardChanged;
+}
+
+/** Locale (LOCALE_DEFAULT): enabled in locale.gen and made LANG; whether the chroot script must generate it, because it is new. */
+function setLocale(root: ImageRoot, locale: string, notes: string[]): boolean {
+  let localeGen = false;
+  const localeGenText = root.readText("/etc/locale.gen");
+  if (localeGenText !== undefined) {
+    const r = enableLocale(localeGenText, locale);
+    localeGen = r.changed;
+    if (r.changed) root.write("/etc/locale.gen", r.text);
+  } else notes.push(`the image has no /etc/locale.gen (package locales): LANG is set to ${locale} but the locale is not generated`);
+  const defLocale = root.readText("/etc/default/locale") ?? "";
+  if (!new RegExp(`^LANG=${locale.replace(/\./g, "\\.")}$`, "m").test(defLocale)) {
+    root.write("/etc/default/locale", /^LANG=/m.test(defLocale) ? defLocale.replace(/^LANG=.*$/m, `LANG=${locale}`) : `${defLocale}LANG=${locale}\n`);
+  }
+  return localeGen;
+}
+
+/**
+ * Wi-Fi country (WPA_COUNTRY): regulatory domain on the kernel command line, Wi-Fi unblocked.
+ * The boot partition's files are pibake's own copy (mtools), and FAT has no links.
+ */
+function setWifiCountry(bootDir: string, country: string, notes: string[]): void {
+  const cmdlineFile = path.join(bootDir, "cmdline.txt");
+  if (existsSync(cmdlineFile)) writeFileSync(cmdlineFile, cmdlineWithRegdom(readFileSync(cmdlineFile, "utf8"), country));
+  else notes.push(`the boot partition has no cmdline.txt: the Wi-Fi country ${country} is not set there`);
+}
+
+/** No first-boot rename from the boot partition, nor the desktop's wizard (the stage masks Lite's). */
+function removeFirstBootRename(root: ImageRoot, bootDir: string, notes: string[]): void {
+  for (const f of ["userconf.txt", "userconf"]) rmSync(path.join(bootDir, f), { force: true });
+  if (root.exists("/etc/xdg/autostart/piwiz.desktop")) {
+    root.remove("/etc/xdg/autostart/piwiz.desktop");
+    notes.push("removed /etc/xdg/autostart/piwiz.desktop (first-boot user rename)");
+  }
 }
