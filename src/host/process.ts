@@ -15,6 +15,16 @@ import { DEBIAN_PACKAGE, toolPath } from "./tools.js";
 /** How long a child has to exit after it was asked to stop, before SIGKILL. */
 export const KILL_AFTER_MS = 5000;
 
+/** Whether a process with this id runs (one of another user's counts: EPERM). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /** Lines from chunks of output: "\n", "\r\n" and a bare "\r" (progress bars) end a line. */
 export class LineSplitter {
   private partial = "";

@@ -13,7 +13,7 @@
  * only when complete, the image last: a failure or Ctrl-C leaves no partial file.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, promises as fsp, statSync } from "node:fs";
+import { promises as fsp, statSync } from "node:fs";
 import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { PIBAKE_VERSION } from "../version.js";
@@ -25,7 +25,7 @@ import { scanImage } from "./sparse.js";
 import { startCompressor } from "./compressor.js";
 import { tempName } from "./temp-files.js";
 
-export { pidAlive, removeStaleTemps } from "./temp-files.js";
+export { removeStaleTemps } from "./temp-files.js";
 import type { EngineResult } from "./types.js";
 import { runCommand } from "../host/process.js";
 import { sparseCopy } from "./commands.js";
@@ -89,12 +89,6 @@ export function sha256Line(digest: string, fileName: string): string {
   return `${digest}  ${fileName}\n`;
 }
 
-export async function sha256Of(file: string, signal?: AbortSignal): Promise<string> {
-  const h = createHash("sha256");
-  const s = createReadStream(file, { highWaterMark: 4 << 20, ...(signal ? { signal } : {}) });
-  for await (const chunk of s) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
 
 /** Move a file into --out: a rename on the same file system, else a sparse copy. */
 async function moveInto(src: string, dest: string, signal?: AbortSignal): Promise<void> {
@@ -255,7 +249,8 @@ async function writeSha256AndExtras(d: Delivery): Promise<void> {
 async function writeManifest(d: Delivery): Promise<void> {
   const { names, input } = d;
   d.status("manifest", names.manifest);
-  const bmapSha256 = await sha256Of(tempName(d.outDir, names.bmap));
+  // The bmap is a few kilobytes: read whole.
+  const bmapSha256 = createHash("sha256").update(await fsp.readFile(tempName(d.outDir, names.bmap))).digest("hex");
   const { render, ...facts } = input.facts;
   d.manifestData = {
     pibake: { version: PIBAKE_VERSION },

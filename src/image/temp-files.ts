@@ -1,5 +1,6 @@
 import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
+import { pidAlive } from "../host/process.js";
 
 /** A temporary name in --out: hidden, with our pid, so that a later run can tell a leftover from a live build. */
 export function tempName(dir: string, finalName: string): string {
@@ -20,11 +21,3 @@ export async function removeStaleTemps(dir: string): Promise<string[]> {
   return removed;
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}

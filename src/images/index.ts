@@ -10,6 +10,7 @@ import path from "node:path";
 import type { Arch, Release } from "../config/model.js";
 import { PibakeError } from "../errors.js";
 import { giveTo } from "../host/sudo.js";
+import { pidAlive } from "../host/process.js";
 import { writeFileAtomic } from "../host/files.js";
 import {
   ensureDir,
@@ -283,7 +284,7 @@ async function lockDownload(lockFile: string, fileName: string): Promise<() => P
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     }
     const pid = Number(await fsp.readFile(lockFile, "utf8").catch(() => ""));
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && pidAlive(pid)) {
       throw new PibakeError(`another pibake (pid ${pid}) is downloading ${fileName}: wait for it to finish, then run again`);
     }
     await fsp.rm(lockFile, { force: true });
@@ -291,14 +292,6 @@ async function lockDownload(lockFile: string, fileName: string): Promise<() => P
   throw new PibakeError(`cannot take the download lock ${lockFile}`);
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * One download of an official image into the cache, under its lock: the
