@@ -19,6 +19,11 @@ for (const name of FILES) {
     logLevel: "warn",
     // jsonc-parser's main is a UMD module that requires its parts by computed names; its ES modules bundle.
     resolve: { mainFields: ["module", "main"] },
-    output: { file, format: "esm", sourcemap: true, banner: `// Made by npm run build (scripts/bundle.mjs) from src/${name.replace(/\.js$/, ".ts")} and its package: do not edit.` },
+    output: {
+      file,
+      format: "esm",
+      sourcemap: true,
+      banner: `// Made by npm run build (scripts/bundle.mjs) from src/${name.replace(/\.js$/, ".ts")} and its package: do not edit.`,
+    },
   });
 }

@@ -60,7 +60,8 @@ export interface BuildPlan {
 export function planRequirement(r: Requirement): PlannedRequirement {
   const pkg = r.program ? { package: r.program.package } : {};
   if (r.met !== undefined) return { need: r.need, state: "ok", detail: r.program ? `${r.met} (Debian package ${r.program.package})` : r.met, ...pkg };
-  if (r.program) return { need: r.need, state: "missing", detail: `not installed (Debian package ${r.program.package})`, fix: aptGetInstall([r.program.name]), ...pkg };
+  if (r.program)
+    return { need: r.need, state: "missing", detail: `not installed (Debian package ${r.program.package})`, fix: aptGetInstall([r.program.name]), ...pkg };
   const what = r.problem?.what ?? `${r.need} is missing`;
   return { need: r.need, state: r.root ? "note" : "missing", detail: what, ...(r.problem?.fix ? { fix: r.problem.fix } : {}) };
 }
@@ -85,7 +86,14 @@ export async function planBuild(configPath: string, settings: BuildSettings, env
 
   const names = deliveredNames(deliveryBaseName(model, new Date()), compress);
   return {
-    config: { file: path.resolve(configPath), name: model.image.name, domain: model.tls.domain, release: model.image.release, arch: model.image.arch, warnings: loaded.warnings },
+    config: {
+      file: path.resolve(configPath),
+      name: model.image.name,
+      domain: model.tls.domain,
+      release: model.image.release,
+      arch: model.image.arch,
+      warnings: loaded.warnings,
+    },
     engine: { id: engine.id, description: engine.describe(request) },
     base,
     steps: buildSteps(engine.steps(request)).map((s) => s.title),
@@ -167,18 +175,27 @@ function describeBase(base: PlannedBase): string[] {
   if (image.entry) {
     const e = image.entry;
     lines.push(`${e.name}: ${e.fileName}, released ${e.releaseDate}${e.downloadSize !== undefined ? `, ${formatBytes(e.downloadSize)} to download` : ""}`);
-    lines.push(image.cached ? `already in the image cache (${image.cacheDir}): no download` : `not in the image cache yet: the build downloads and verifies it into ${image.cacheDir}`);
+    lines.push(
+      image.cached
+        ? `already in the image cache (${image.cacheDir}): no download`
+        : `not in the image cache yet: the build downloads and verifies it into ${image.cacheDir}`,
+    );
     return lines;
   }
   if (!image.listProblem && image.cached) {
     // A pinned release that is cached: the build asks nobody.
     const c = image.cached;
-    return [`${c.name}: ${c.fileName}, released ${c.releaseDate}, ${formatBytes(c.downloadSize)}`, `already in the image cache (${image.cacheDir}): no download, the OS list is not asked`];
+    return [
+      `${c.name}: ${c.fileName}, released ${c.releaseDate}, ${formatBytes(c.downloadSize)}`,
+      `already in the image cache (${image.cacheDir}): no download, the OS list is not asked`,
+    ];
   }
   lines.push(`the OS list ${image.listUrl} could not be asked (${image.listProblem})`);
   if (image.cached) {
     const c = image.cached;
-    lines.push(`the build would use the newest cached image that fits: ${c.fileName}, released ${c.releaseDate}, ${formatBytes(c.downloadSize)} (${image.cacheDir})`);
+    lines.push(
+      `the build would use the newest cached image that fits: ${c.fileName}, released ${c.releaseDate}, ${formatBytes(c.downloadSize)} (${image.cacheDir})`,
+    );
   } else {
     lines.push(`and no image that fits is in the cache (${image.cacheDir})`);
   }
@@ -188,7 +205,10 @@ function describeBase(base: PlannedBase): string[] {
 /** The command that runs the plan: the same arguments, under sudo -E, without --dry-run and --json. */
 export function runCommandOf(argv: readonly string[]): string {
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
-  return `sudo -E pibake ${argv.filter((a) => a !== "--dry-run" && a !== "--json").map(quote).join(" ")}`;
+  return `sudo -E pibake ${argv
+    .filter((a) => a !== "--dry-run" && a !== "--json")
+    .map(quote)
+    .join(" ")}`;
 }
 
 /** Print the plan (text, or JSON with --json); exit 2 with the problems when it cannot run. */

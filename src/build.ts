@@ -172,7 +172,9 @@ export function inBuildScope<T>(b: BuildScope, body: (scope: CleanupScope, steps
     };
     scope.defer(() => {
       if (bodyEnded || !scope.signal.aborted || scope.signal.reason instanceof InterruptedError) return;
-      log.line(`FAILED${steps.current ? ` in step ${steps.current.title}` : ""}, which did not stop: ${String((scope.signal.reason as Error)?.message ?? scope.signal.reason)}`);
+      log.line(
+        `FAILED${steps.current ? ` in step ${steps.current.title}` : ""}, which did not stop: ${String((scope.signal.reason as Error)?.message ?? scope.signal.reason)}`,
+      );
       keepLog();
     }, "keep the log");
     scope.describe(() => `${steps.current ? `in step "${steps.current.title}"` : "in the build"}${kept ? ` (the full log: ${kept})` : ""}`);
@@ -222,7 +224,9 @@ interface OpenedBuild extends OpenedConfig {
 export async function runBuild(configPath: string, settings: BuildSettings, out: Output): Promise<BuildOutcome> {
   const b = await openBuild(configPath, settings, out);
   const { model, request, engine } = b;
-  out.info(`pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`);
+  out.info(
+    `pibake build ${path.basename(configPath)}: ${model.image.name} for ${model.tls.domain} (${model.image.release}, ${model.image.arch}) ${engine.describe(request)}`,
+  );
   return inBuildScope(
     {
       workDir: b.workDir,
@@ -234,7 +238,20 @@ export async function runBuild(configPath: string, settings: BuildSettings, out:
     },
     async (scope, steps, log) => {
       const prepared = await renderStep(b, scope, steps);
-      const result = await engine.build({ request, config: b.loaded, state: b.state, secrets: prepared.secrets, rendered: prepared.rendered, scope, workDir: b.workDir, logPath: b.logPath, verbose: settings.verbose === true }, steps);
+      const result = await engine.build(
+        {
+          request,
+          config: b.loaded,
+          state: b.state,
+          secrets: prepared.secrets,
+          rendered: prepared.rendered,
+          scope,
+          workDir: b.workDir,
+          logPath: b.logPath,
+          verbose: settings.verbose === true,
+        },
+        steps,
+      );
       scope.throwIfInterrupted();
       const delivered = await deliverStep(b, result, prepared, scope, steps, log);
       return {

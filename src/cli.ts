@@ -22,18 +22,21 @@ export async function main(argv: string[]): Promise<void> {
   const cli = createCli();
   let debug = argv.includes("--debug");
   guardOutputStreams();
-  await runCommand(async () => {
-    const parsed = cli.parse(argv, { run: false });
-    debug = Boolean(parsed.options.debug);
-    if (!cli.matchedCommand) {
-      if (parsed.options.help || parsed.options.version) return;
-      if (parsed.args.length > 0) throw unknownCommand(String(parsed.args[0]), cli);
-      checkGlobalOptions(cli, argv.slice(2));
-      cli.outputHelp();
-      return;
-    }
-    await cli.runMatchedCommand();
-  }, { debug: () => debug, usageError: (err) => usageError(err, cli, argv.slice(2)) });
+  await runCommand(
+    async () => {
+      const parsed = cli.parse(argv, { run: false });
+      debug = Boolean(parsed.options.debug);
+      if (!cli.matchedCommand) {
+        if (parsed.options.help || parsed.options.version) return;
+        if (parsed.args.length > 0) throw unknownCommand(String(parsed.args[0]), cli);
+        checkGlobalOptions(cli, argv.slice(2));
+        cli.outputHelp();
+        return;
+      }
+      await cli.runMatchedCommand();
+    },
+    { debug: () => debug, usageError: (err) => usageError(err, cli, argv.slice(2)) },
+  );
 }
 
 export interface RunOptions {

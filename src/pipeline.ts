@@ -49,7 +49,11 @@ export interface Prepared {
 }
 
 /** Node-RED's versions (asked once, recorded in the state directory; `onVersions` hears how), the secrets, then every file the Pi gets. */
-export async function prepareAndRender(model: Model, state: StateDir, opts: { onVersions: (message: string) => void; signal?: AbortSignal }): Promise<Prepared> {
+export async function prepareAndRender(
+  model: Model,
+  state: StateDir,
+  opts: { onVersions: (message: string) => void; signal?: AbortSignal },
+): Promise<Prepared> {
   await resolveVersions(model, state, { onStatus: opts.onVersions, ...(opts.signal ? { signal: opts.signal } : {}) });
   const secrets = await prepareSecrets(model, state);
   return { secrets, rendered: await render(model, secrets) };

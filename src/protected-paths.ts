@@ -37,7 +37,10 @@ export function secretsOf(model: Model): [string, Secret][] {
     ["user.password", model.user.password],
     ["network.wifi.passphrase", model.network.wifi?.passphrase],
     ...model.mqtt.users.map((u, i): [string, Secret] => [`mqtt.users[${i}].password`, u.password]),
-    [model.ddns?.provider === "dyndns2" ? "ddns.password" : "ddns.token", model.ddns ? (model.ddns.provider === "dyndns2" ? model.ddns.password : model.ddns.token) : undefined],
+    [
+      model.ddns?.provider === "dyndns2" ? "ddns.password" : "ddns.token",
+      model.ddns ? (model.ddns.provider === "dyndns2" ? model.ddns.password : model.ddns.token) : undefined,
+    ],
     ["nodeRed.admin.password", model.nodeRed?.admin.password],
   ];
   return list.flatMap(([where, s]): [string, Secret][] => (s ? [[where, s]] : []));

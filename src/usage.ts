@@ -39,7 +39,10 @@ function didYouMean(word: string, candidates: readonly string[]): string {
 }
 
 export function unknownCommand(name: string, cli: CAC): PibakeError {
-  const hint = didYouMean(name, cli.commands.map((c) => c.name));
+  const hint = didYouMean(
+    name,
+    cli.commands.map((c) => c.name),
+  );
   return new PibakeError(`unknown command "${name}"${hint ? `: ${hint}` : ""} (see pibake --help)`, 2);
 }
 
@@ -113,7 +116,11 @@ export function usageError(err: unknown, cli: CAC, argv: readonly string[]): unk
   if ((m = /^Unknown option `-{1,2}(.+)`$/.exec(err.message))) return unknownOption(typedOption(m[1]!, argv), cli);
   if ((m = /^option `(\S+)[^`]*` value is missing$/.exec(err.message))) return new PibakeError(`${m[1]} needs a value${usage}`, 2);
   if (/^missing required args/.test(err.message)) {
-    const missing = cli.matchedCommand?.args.filter((a) => a.required).slice(cli.args.length).map((a) => a.value.toUpperCase()) ?? [];
+    const missing =
+      cli.matchedCommand?.args
+        .filter((a) => a.required)
+        .slice(cli.args.length)
+        .map((a) => a.value.toUpperCase()) ?? [];
     return new PibakeError(`${cli.matchedCommand?.name ?? "the command"} needs ${missing.join(" and ") || "more arguments"}${usage}`, 2);
   }
   if ((m = /^Unused args: (.*)$/.exec(err.message))) return new PibakeError(`too many arguments: ${m[1]!.replaceAll("`", "")}${usage}`, 2);

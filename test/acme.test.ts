@@ -47,7 +47,8 @@ async function whyNot(): Promise<string | undefined> {
   if (process.getuid?.() !== 0) return "needs root (network and mount namespaces)";
   const absent: string[] = [];
   for (const t of TOOLS) if ((await execa("sh", ["-c", `command -v ${t}`], { reject: false })).exitCode !== 0) absent.push(t);
-  if (absent.length) return `not installed: ${absent.join(", ")} (CI installs pebble, lego, mosquitto, mosquitto-clients, openssl, curl, util-linux, iproute2, systemd)`;
+  if (absent.length)
+    return `not installed: ${absent.join(", ")} (CI installs pebble, lego, mosquitto, mosquitto-clients, openssl, curl, util-linux, iproute2, systemd)`;
   return undefined;
 }
 const skip = await whyNot();
@@ -83,22 +84,68 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
   const onPi = (cmd: string[]) => inNs(["unshare", "--mount", "--", "bash", SANDBOX, root, ...cmd]);
   /** What pibake-acme.service runs, with short waits for the TXT record. */
   const renew = (args: string[] = [], propagationS = 20) => run(onPi(["/usr/local/lib/pibake/acme-certificate.sh", ...args]), acmeEnv(propagationS), 90_000);
-  const status = () => Object.fromEntries(readFileSync(path.join(root, "var/lib/pibake/acme.status"), "utf8").trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+  const status = () =>
+    Object.fromEntries(
+      readFileSync(path.join(root, "var/lib/pibake/acme.status"), "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+    );
   const lego = (f: string) => path.join(root, "var/lib/pibake/acme/lego/certificates", f);
   const opensslOut = async (args: string[], input?: string) => (await execa("openssl", args, { input, reject: false })).stdout;
   const served = () => lab.served();
   /** A strict client: mosquitto_pub trusting only `cafile`, checking the name; true when the publish went through. */
   const publish = async (cafile: string, message: string) =>
-    run(onPi(["mosquitto_pub", "-h", DOMAIN, "-p", "8883", "--cafile", cafile, "-u", "hub", "-P", fx.clear.mqtt.hub!, "-t", "home/acme", "-m", message, "-q", "1"]), {}, 20_000);
+    run(
+      onPi([
+        "mosquitto_pub",
+        "-h",
+        DOMAIN,
+        "-p",
+        "8883",
+        "--cafile",
+        cafile,
+        "-u",
+        "hub",
+        "-P",
+        fx.clear.mqtt.hub!,
+        "-t",
+        "home/acme",
+        "-m",
+        message,
+        "-q",
+        "1",
+      ]),
+      {},
+      20_000,
+    );
 
   /** pibake check from inside the namespace (the built CLI), its JSON lines by name. */
   const check = async (extra: string[]) => {
-    const r = await execa("ip", inNs([process.execPath, bin, "check", fx.configPath, "127.0.0.1", "--state", fx.state.dir, "--dns-server", "127.0.0.1:53", "--timeout", "5", "--json", ...extra]).slice(1), {
-      reject: false,
-      env: { ...DEFAULT_SECRET_ENV, CI: "true" },
-      timeout: 60_000,
-      stdin: "ignore",
-    });
+    const r = await execa(
+      "ip",
+      inNs([
+        process.execPath,
+        bin,
+        "check",
+        fx.configPath,
+        "127.0.0.1",
+        "--state",
+        fx.state.dir,
+        "--dns-server",
+        "127.0.0.1:53",
+        "--timeout",
+        "5",
+        "--json",
+        ...extra,
+      ]).slice(1),
+      {
+        reject: false,
+        env: { ...DEFAULT_SECRET_ENV, CI: "true" },
+        timeout: 60_000,
+        stdin: "ignore",
+      },
+    );
     const json = JSON.parse(r.stdout) as { checks: { name: string; status: string; detail: string }[] };
     return Object.fromEntries(json.checks.map((c) => [c.name, c]));
   };
@@ -119,7 +166,12 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     expect(prepared.exitCode, prepared.output).toBe(0);
     broker = new Server("mosquitto", onPi(["mosquitto", "-c", "/etc/mosquitto/mosquitto.conf"]));
     lab.servers.push(broker);
-    await waitFor("mosquitto", () => broker.output.includes(" running"), 15_000, () => broker.output);
+    await waitFor(
+      "mosquitto",
+      () => broker.output.includes(" running"),
+      15_000,
+      () => broker.output,
+    );
   }, 120_000);
 
   afterAll(async () => {
@@ -142,7 +194,9 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     const timer = fx.overlayText("etc/systemd/system/pibake-acme.timer");
     expect(timer).toMatch(/^OnUnitActiveSec=1h$/m);
     expect(timer).toMatch(/^RandomizedDelaySec=10min$/m);
-    expect(fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf")).toContain("ExecStartPre=-/usr/local/lib/pibake/acme-certificate.sh --prepare");
+    expect(fx.overlayText("etc/systemd/system/mosquitto.service.d/50-pibake.conf")).toContain(
+      "ExecStartPre=-/usr/local/lib/pibake/acme-certificate.sh --prepare",
+    );
   });
 
   it("before the first public certificate, mosquitto serves the own CA's: a ca.crt client connects, a client trusting only pebble's root does not", async () => {
@@ -205,7 +259,9 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     // pibake check: the chain against the public roots plus --ca-file, the issuer, the days left.
     const c = await check(["--ca-file", pebbleRoot]);
     expect(c["tls chain"]).toMatchObject({ status: "ok" });
-    expect(c["tls chain"]!.detail).toMatch(new RegExp(`^verified against the system's public roots and ${pebbleRoot.replaceAll(".", "\\.")}: issued by Pebble Intermediate CA`));
+    expect(c["tls chain"]!.detail).toMatch(
+      new RegExp(`^verified against the system's public roots and ${pebbleRoot.replaceAll(".", "\\.")}: issued by Pebble Intermediate CA`),
+    );
     expect(c["certificate expiry"]!.detail).toMatch(/\((89|90) days left\), issued by Pebble Intermediate CA/);
     expect(c["tls version"]).toMatchObject({ status: "ok" });
     expect(c["mqtts round trip"]).toMatchObject({ status: "ok" });
@@ -232,17 +288,50 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
   });
 
   it("a renewal is served at once: a subscriber connected before stays connected and keeps receiving, a new client sees the new certificate", async () => {
-    const sub = spawn("ip", onPi(["mosquitto_sub", "-h", DOMAIN, "-p", "8883", "--cafile", pebbleRoot, "-u", "hub", "-P", fx.clear.mqtt.hub!, "-i", "held-session", "-t", "home/acme", "-q", "1", "-v"]).slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    const sub = spawn(
+      "ip",
+      onPi([
+        "mosquitto_sub",
+        "-h",
+        DOMAIN,
+        "-p",
+        "8883",
+        "--cafile",
+        pebbleRoot,
+        "-u",
+        "hub",
+        "-P",
+        fx.clear.mqtt.hub!,
+        "-i",
+        "held-session",
+        "-t",
+        "home/acme",
+        "-q",
+        "1",
+        "-v",
+      ]).slice(1),
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
     const received: string[] = [];
     readline.createInterface({ input: sub.stdout! }).on("line", (l) => received.push(l));
     try {
-      await waitFor("the subscriber", () => broker.output.includes("New client connected from") && broker.output.includes("as held-session"), 15_000, () => broker.output);
+      await waitFor(
+        "the subscriber",
+        () => broker.output.includes("New client connected from") && broker.output.includes("as held-session"),
+        15_000,
+        () => broker.output,
+      );
       expect((await publish(pebbleRoot, "before renewal")).exitCode).toBe(0);
       await waitFor("the message before the renewal", () => received.includes("home/acme before renewal"), 10_000);
 
       const r = await renew(["--force"]);
       expect(r.exitCode, r.output).toBe(0);
-      await waitFor("mosquitto's reload", () => broker.output.includes("Reloading config"), 10_000, () => broker.output);
+      await waitFor(
+        "mosquitto's reload",
+        () => broker.output.includes("Reloading config"),
+        10_000,
+        () => broker.output,
+      );
       const renewed = await fingerprint(await served());
       expect(renewed).not.toBe(firstFingerprint);
       expect(renewed).toBe(await fingerprint(readFileSync(lego(`${DOMAIN}.crt`), "utf8")));
@@ -269,13 +358,20 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     lab.standIn.stdin!.write("mode ok\n");
     expect(r.exitCode, r.output).toBe(1);
     expect(r.output).not.toContain(token);
-    expect(r.output).toMatch(/^<3>no certificate for pibake-test\.freemyip\.com: freemyip did not set the TXT record \(freemyip-txt: freemyip refused to set the TXT record of _acme-challenge\.pibake-test\.freemyip\.com: ERROR Requested token doesn't exist: …\); attempt 1 failed, the next in 60 minutes/m);
+    expect(r.output).toMatch(
+      /^<3>no certificate for pibake-test\.freemyip\.com: freemyip did not set the TXT record \(freemyip-txt: freemyip refused to set the TXT record of _acme-challenge\.pibake-test\.freemyip\.com: ERROR Requested token doesn't exist: …\); attempt 1 failed, the next in 60 minutes/m,
+    );
     expect(await fingerprint(await served())).toBe(firstFingerprint);
     const s = status();
     expect(s).toMatchObject({ result: "failed", failures: "1" });
     expect(Number(s.next_attempt) - Number(s.checked)).toBe(3600 - 600);
     // Four tries to set the record (freemyip's throttling answers like this too), then lego's four to remove it.
-    expect(requests.slice(before).filter((q) => q.path === "/update").map((q) => q.txt === "null")).toEqual([false, false, false, false, true, true, true, true]);
+    expect(
+      requests
+        .slice(before)
+        .filter((q) => q.path === "/update")
+        .map((q) => q.txt === "null"),
+    ).toEqual([false, false, false, false, true, true, true, true]);
 
     // The timer's next run within the back-off talks to nobody.
     const idle = requests.length;
@@ -295,7 +391,9 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     lab.standIn.stdin!.write("mode ok\n");
     expect(r.exitCode, r.output).toBe(1);
     expect(r.output).toContain("obtaining a certificate");
-    expect(r.output).toMatch(/^<3>no certificate for pibake-test\.freemyip\.com: the TXT record of _acme-challenge\.pibake-test\.freemyip\.com did not appear at freemyip's name servers within 4s .*attempt 2 failed, the next in 120 minutes/m);
+    expect(r.output).toMatch(
+      /^<3>no certificate for pibake-test\.freemyip\.com: the TXT record of _acme-challenge\.pibake-test\.freemyip\.com did not appear at freemyip's name servers within 4s .*attempt 2 failed, the next in 120 minutes/m,
+    );
     expect(await fingerprint(await served())).toBe(firstFingerprint);
     const s = status();
     expect(s).toMatchObject({ result: "failed", failures: "2" });
@@ -306,14 +404,19 @@ describe.skipIf(skip !== undefined)(`tls.mode "acme": a public certificate throu
     await pebble.stop();
     const r = await renew(["--force"]);
     expect(r.exitCode).toBe(1);
-    expect(r.output).toMatch(/^<3>no certificate for pibake-test\.freemyip\.com: the CA at https:\/\/pebble\.test:14000\/dir could not be reached \(.*connection refused\); attempt 3 failed, the next in 240 minutes/m);
+    expect(r.output).toMatch(
+      /^<3>no certificate for pibake-test\.freemyip\.com: the CA at https:\/\/pebble\.test:14000\/dir could not be reached \(.*connection refused\); attempt 3 failed, the next in 240 minutes/m,
+    );
     expect(await fingerprint(await served())).toBe(firstFingerprint);
     expect((await publish(pebbleRoot, "still served")).exitCode).toBe(0);
     expect(status()).toMatchObject({ result: "failed", failures: "3" });
 
     // The status report on the boot partition: its ACME lines, run with the Pi's paths.
     const lines = fx.overlayText("usr/local/lib/pibake/status.sh").split("\n");
-    const helpers = lines.slice(0, lines.findIndex((l) => l.startsWith("report() {")));
+    const helpers = lines.slice(
+      0,
+      lines.findIndex((l) => l.startsWith("report() {")),
+    );
     const from = lines.findIndex((l) => l.startsWith("\tlocal acme="));
     const to = lines.findIndex((l, i) => i > from && l === "\tfi");
     const report = await run(onPi(["bash", "-c", [...helpers, "acme_lines() {", ...lines.slice(from, to + 1), "}", "acme_lines"].join("\n")]));

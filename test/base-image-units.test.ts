@@ -58,13 +58,16 @@ describe("sizes", () => {
 
   it("reads apt's figures in both of its wordings, and adds the margin", () => {
     // apt 3 (trixie) writes a summary; apt 2 (bookworm) sentences, which test/packages.test.ts has the real apt write.
-    const apt3 = "Summary:\n  Upgrading: 0, Installing: 62, Removing: 0, Not Upgrading: 0\n  Download size: 41.2 MB\n  Space needed: 173 MB / 1,203 MB available\n";
+    const apt3 =
+      "Summary:\n  Upgrading: 0, Installing: 62, Removing: 0, Not Upgrading: 0\n  Download size: 41.2 MB\n  Space needed: 173 MB / 1,203 MB available\n";
     expect(parseAptSizes(apt3)).toEqual({ downloadBytes: 41_200_000, installBytes: 173_000_000 });
     const apt2 = "Need to get 0 B/159 MB of archives.\nAfter this operation, 713 MB of additional disk space will be used.\nAbort.\n";
     expect(parseAptSizes(apt2)).toEqual({ downloadBytes: 159_000_000, installBytes: 713_000_000 });
     expect(parseAptSizes("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n")).toEqual({ downloadBytes: 0, installBytes: 0 });
     expect(roomForPackages({ downloadBytes: 0, installBytes: 0 })).toBe(0);
-    expect(roomForPackages({ downloadBytes: 100 * MiB, installBytes: 500 * MiB })).toBe(100 * MiB + Math.ceil(500 * MiB * (1 + ROOM_MARGIN.fraction)) + ROOM_MARGIN.bytes);
+    expect(roomForPackages({ downloadBytes: 100 * MiB, installBytes: 500 * MiB })).toBe(
+      100 * MiB + Math.ceil(500 * MiB * (1 + ROOM_MARGIN.fraction)) + ROOM_MARGIN.bytes,
+    );
   });
 
   it("shrinks to the used size plus a margin, never up", () => {
@@ -110,13 +113,21 @@ describe("what pi-gen's config does, as file edits", () => {
     expect(bootMountFromFstab("PARTUUID=ab-01  /boot  vfat    defaults 0 2\n")).toBe("/boot");
     // A mount point that climbs out of /boot is not taken for the boot partition's.
     expect(bootMountFromFstab("PARTUUID=ab-01  /boot/../etc  vfat    defaults 0 2\n")).toBe("/boot/firmware");
-    expect(parseOsRelease('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n')).toMatchObject({ VERSION_CODENAME: "trixie", PRETTY_NAME: "Debian GNU/Linux 13 (trixie)" });
+    expect(parseOsRelease('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n')).toMatchObject({
+      VERSION_CODENAME: "trixie",
+      PRETTY_NAME: "Debian GNU/Linux 13 (trixie)",
+    });
     expect(elfArch(readFileSync("/bin/true").subarray(0, 64))).toBe(process.arch === "x64" ? "x86_64" : process.arch === "arm64" ? "arm64" : "armhf");
     const aarch64 = Buffer.alloc(64);
     Buffer.from("7f454c460201010000000000000000000200b700", "hex").copy(aarch64);
     expect(elfArch(aarch64)).toBe("arm64");
     expect(elfArch(Buffer.from("#!/bin/sh\n"))).toBe("unknown");
-    expect(firstUserOf("root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")).toEqual({ name: "pi", uid: 1000, gid: 1000, home: "/home/pi" });
+    expect(firstUserOf("root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")).toEqual({
+      name: "pi",
+      uid: 1000,
+      gid: 1000,
+      home: "/home/pi",
+    });
   });
 
   it("renders the chroot part of the system settings from its template: shellcheck-clean, the hash and the keys as given", async () => {
@@ -166,7 +177,17 @@ describe("packages", () => {
     const config = baseConfig();
     config.nodeRed = { enabled: false };
     const fx = await renderFixture({ config });
-    expect(stagePackages(fx.rendered)).toEqual(["ca-certificates", "ddclient", "fail2ban", "mosquitto", "mosquitto-clients", "nftables", "openssl", "python3-systemd", "unattended-upgrades"]);
+    expect(stagePackages(fx.rendered)).toEqual([
+      "ca-certificates",
+      "ddclient",
+      "fail2ban",
+      "mosquitto",
+      "mosquitto-clients",
+      "nftables",
+      "openssl",
+      "python3-systemd",
+      "unattended-upgrades",
+    ]);
   });
 });
 
@@ -181,7 +202,11 @@ describe("the FAT boot partition through mtools", () => {
     const env = { MTOOLS_SKIP_CHECK: "1" };
     const drive = `${img}@@${offset}`;
     await execa("mmd", ["-i", drive, "::/overlays", "::/old"], { env });
-    for (const [name, text] of [["cmdline.txt", "console=tty1 rootwait\n"], ["config.txt", "arm_64bit=1\n"], ["userconf.txt", "pi:$6$x\n"]] as const) {
+    for (const [name, text] of [
+      ["cmdline.txt", "console=tty1 rootwait\n"],
+      ["config.txt", "arm_64bit=1\n"],
+      ["userconf.txt", "pi:$6$x\n"],
+    ] as const) {
       writeFileSync(path.join(tmp.dir, name), text);
       await execa("mcopy", ["-i", drive, path.join(tmp.dir, name), "::/"], { env });
     }
@@ -202,7 +227,12 @@ describe("the FAT boot partition through mtools", () => {
     mkdirSync(path.join(dir, "new/sub"), { recursive: true });
     writeFileSync(path.join(dir, "new/sub/x.bin"), "x");
     const plan = diffTrees(before, snapshotTree(dir));
-    expect(plan).toEqual({ newDirs: ["new", "new/sub"], writeFiles: ["cmdline.txt", "new/sub/x.bin", "ssh"], removedFiles: ["userconf.txt"], removedDirs: ["old"] });
+    expect(plan).toEqual({
+      newDirs: ["new", "new/sub"],
+      writeFiles: ["cmdline.txt", "new/sub/x.bin", "ssh"],
+      removedFiles: ["userconf.txt"],
+      removedDirs: ["old"],
+    });
     await part.writeBack(dir, before);
 
     const again = path.join(tmp.dir, "bootdir2");
@@ -226,7 +256,8 @@ describe("the FAT boot partition through mtools", () => {
 
 describe("root", () => {
   it("names the build as it was asked for, and sudo -E (the secrets are in the environment)", () => {
-    const tail = "needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)";
+    const tail =
+      "needs root: it attaches the image's partitions to loop devices, mounts them and runs the stage in a chroot. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)";
     expect(() => checkRoot(undefined, 1000)).toThrow(`pibake build (from the official Raspberry Pi OS Lite) ${tail}`);
     expect(() => checkRoot("raspios@2025-12-04", 1000)).toThrow(`pibake build --base raspios@2025-12-04 ${tail}`);
     expect(() => checkRoot("base.img.xz", 1000)).toThrow(`pibake build --base base.img.xz ${tail}`);
@@ -267,11 +298,19 @@ describe("qemu-user through binfmt_misc", () => {
 
   it("prints the exact fix for each way it can be missing", () => {
     expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("PF") }), "x64")).toBeUndefined();
-    expect(binfmtProblem("arm64", fake({}, "unmounted"), "x64")).toMatch(/binfmt_misc is not mounted\. Fix:\n  sudo mount -t binfmt_misc binfmt_misc .*\n  sudo apt-get install qemu-user-static binfmt-support/);
-    expect(binfmtProblem("arm64", fake({}), "x64")).toMatch(/no entry for arm64 ELF programs\. Fix:\n  sudo apt-get install qemu-user-static binfmt-support.*\n  sudo update-binfmts --enable qemu-aarch64/);
-    expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("PF", "disabled") }), "x64")).toMatch(/qemu-aarch64 but it is disabled\. Fix:\n  sudo update-binfmts --enable qemu-aarch64/);
+    expect(binfmtProblem("arm64", fake({}, "unmounted"), "x64")).toMatch(
+      /binfmt_misc is not mounted\. Fix:\n  sudo mount -t binfmt_misc binfmt_misc .*\n  sudo apt-get install qemu-user-static binfmt-support/,
+    );
+    expect(binfmtProblem("arm64", fake({}), "x64")).toMatch(
+      /no entry for arm64 ELF programs\. Fix:\n  sudo apt-get install qemu-user-static binfmt-support.*\n  sudo update-binfmts --enable qemu-aarch64/,
+    );
+    expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("PF", "disabled") }), "x64")).toMatch(
+      /qemu-aarch64 but it is disabled\. Fix:\n  sudo update-binfmts --enable qemu-aarch64/,
+    );
     expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("P") }), "x64")).toMatch(/lacks the F \(fix binary\) flag/);
-    expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("PF", "enabled", "/no/such/qemu") }), "x64")).toMatch(/names \/no\/such\/qemu, which does not exist/);
+    expect(binfmtProblem("arm64", fake({ "qemu-aarch64": aarch64("PF", "enabled", "/no/such/qemu") }), "x64")).toMatch(
+      /names \/no\/such\/qemu, which does not exist/,
+    );
     expect(binfmtProblem("arm64", fake({}, "disabled"), "x64")).toMatch(/echo 1 \| sudo tee .*status/);
   });
 
@@ -302,7 +341,9 @@ describe("the build log and the command's usage", () => {
       }
     };
     expect(usage({ base: "x.img", runner: "docker" })).toBe("2: --runner applies to the pi-gen build only (--engine pi-gen), not to builds from an image");
-    expect(usage({ base: "x.img", clean: true, piGen: "/p" })).toBe("2: --pi-gen, --clean apply to the pi-gen build only (--engine pi-gen), not to builds from an image");
+    expect(usage({ base: "x.img", clean: true, piGen: "/p" })).toBe(
+      "2: --pi-gen, --clean apply to the pi-gen build only (--engine pi-gen), not to builds from an image",
+    );
     expect(usage({ engine: "base", runner: "docker" })).toBe("2: --runner applies to the pi-gen build only (--engine pi-gen), not to builds from an image");
     // Without --base the build starts from the official image; a pi-gen option, or --engine pi-gen, asks for pi-gen.
     expect(usage({ shrink: true })).toBe("ok");
@@ -310,7 +351,9 @@ describe("the build log and the command's usage", () => {
     expect(usage({ engine: "pi-gen", base: "raspios" })).toBe("2: --base applies to builds from an image only, not to pi-gen builds");
     expect(usage({ engine: "podman" })).toBe("2: --engine podman: use pi-gen or base");
     expect(usage({ base: "raspios@2025-1-4" })).toBe("2: --base raspios@2025-1-4: give the official release as raspios@YYYY-MM-DD, e.g. raspios@2025-12-04");
-    expect(usage({ base: "x.img", osList: "http://127.0.0.1/list.json" })).toBe("2: --os-list applies to builds from the official image only, not with --base FILE");
+    expect(usage({ base: "x.img", osList: "http://127.0.0.1/list.json" })).toBe(
+      "2: --os-list applies to builds from the official image only, not with --base FILE",
+    );
     expect(usage({ base: "raspios@2025-12-04", osList: "http://127.0.0.1/list.json" })).toBe("ok");
     expect(usage({ compress: "bzip2" })).toBe("2: --compress bzip2: use xz, zstd or none");
     expect(usage({ logFormat: "json" })).toBe("2: --log-format json: use auto or plain");

@@ -51,8 +51,6 @@ async function compressedBase(base: string): Promise<string> {
   return zst;
 }
 
-
-
 /** What the root file system of a tight base has free, as df shows it: under 100 MiB. */
 const TIGHT_FREE = 80 * 2 ** 20;
 
@@ -95,12 +93,31 @@ const OFFICIAL_PATH = "raspios_lite_arm64/images/raspios_lite_arm64-2026-04-13/2
 function osListFor(server: ImageServer, lite: Record<string, unknown>) {
   return {
     os_list: [
-      { name: "Raspberry Pi OS (64-bit)", description: "A port of Debian Trixie with the Raspberry Pi Desktop", icon: "", url: `${server.base}/images/raspios_arm64/images/raspios_arm64-2026-04-13/2026-04-13-raspios-trixie-arm64.img.xz`, extract_size: 1, extract_sha256: "0".repeat(64), image_download_size: 1, release_date: "2026-04-13" },
+      {
+        name: "Raspberry Pi OS (64-bit)",
+        description: "A port of Debian Trixie with the Raspberry Pi Desktop",
+        icon: "",
+        url: `${server.base}/images/raspios_arm64/images/raspios_arm64-2026-04-13/2026-04-13-raspios-trixie-arm64.img.xz`,
+        extract_size: 1,
+        extract_sha256: "0".repeat(64),
+        image_download_size: 1,
+        release_date: "2026-04-13",
+      },
       {
         name: "Raspberry Pi OS (other)",
         description: "Other Raspberry Pi OS based images",
         icon: "",
-        subitems: [{ name: "Raspberry Pi OS Lite (64-bit)", description: "A port of Debian Trixie with no desktop environment", icon: "", release_date: "2026-04-13", devices: ["pi5-64bit", "pi4-64bit"], init_format: "cloudinit-rpi", ...lite }],
+        subitems: [
+          {
+            name: "Raspberry Pi OS Lite (64-bit)",
+            description: "A port of Debian Trixie with no desktop environment",
+            icon: "",
+            release_date: "2026-04-13",
+            devices: ["pi5-64bit", "pi4-64bit"],
+            init_format: "cloudinit-rpi",
+            ...lite,
+          },
+        ],
       },
       { name: "Other general-purpose OS", description: "", icon: "", subitems_url: `${server.base}/os_list_other.json` },
     ],
@@ -109,7 +126,12 @@ function osListFor(server: ImageServer, lite: Record<string, unknown>) {
 
 /** Nothing of a build left under `dir`: no mount, no loop device on a file there. */
 function leftovers(dir: string): string[] {
-  return [...mountsBelow(dir).map((m) => `mount ${m}`), ...listLoops().filter((l) => l.backingFile.startsWith(`${dir}/`)).map((l) => `loop ${l.dev} on ${l.backingFile}`)];
+  return [
+    ...mountsBelow(dir).map((m) => `mount ${m}`),
+    ...listLoops()
+      .filter((l) => l.backingFile.startsWith(`${dir}/`))
+      .map((l) => `loop ${l.dev} on ${l.backingFile}`),
+  ];
 }
 
 /** Run a build and send SIGINT (or SIGKILL to its process group) once its output matches `when`. */
@@ -151,7 +173,8 @@ describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry P
   });
   afterAll(() => tmp.cleanup());
 
-  const build = (base: string, extra: string[] = []) => pibake(["build", cfg, "--base", base, "--out", path.join(tmp.dir, "out"), "--compress", "none", ...extra], { env, timeout: 300_000 });
+  const build = (base: string, extra: string[] = []) =>
+    pibake(["build", cfg, "--base", base, "--out", path.join(tmp.dir, "out"), "--compress", "none", ...extra], { env, timeout: 300_000 });
   const disk = async (name: string, table: string) => {
     const f = path.join(tmp.dir, name);
     await execa("truncate", ["-s", "64M", f]);
@@ -246,7 +269,9 @@ describe.skipIf(!isRoot)("pibake build --base: inputs that are not a Raspberry P
     const newer = await tinyImage("newer-ext4.img", {}, "FEATURE_C31");
     const r = await build(newer);
     expect(r.exitCode, r.stderr).toBe(1);
-    expect(r.stderr).toMatch(/newer-ext4\.img: the root file system uses ext4 features that this machine's e2fsprogs \(\d+\.\d+(\.\d+)?\) cannot check or resize: FEATURE_C31\. Build on a machine with a newer e2fsprogs/);
+    expect(r.stderr).toMatch(
+      /newer-ext4\.img: the root file system uses ext4 features that this machine's e2fsprogs \(\d+\.\d+(\.\d+)?\) cannot check or resize: FEATURE_C31\. Build on a machine with a newer e2fsprogs/,
+    );
     expect(r.stderr).not.toMatch(/packages|overlay/);
     expect(leftovers(tmp.dir)).toEqual([]);
   }, 300_000);
@@ -302,10 +327,13 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
       extract_sha256: (await execa("sha256sum", [base])).stdout.split(" ")[0],
     });
     const t0 = Date.now();
-    const r = await pibake(["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out1, "--state", state, "--compress", "none", "--log-format", "plain"], {
-      env: { ...env, XDG_CACHE_HOME: imageCache, PIBAKE_OFFLINE: "0" },
-      timeout: 1_800_000,
-    });
+    const r = await pibake(
+      ["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out1, "--state", state, "--compress", "none", "--log-format", "plain"],
+      {
+        env: { ...env, XDG_CACHE_HOME: imageCache, PIBAKE_OFFLINE: "0" },
+        timeout: 1_800_000,
+      },
+    );
     firstMs = Date.now() - t0;
     firstOutput = `${r.stdout}\n${r.stderr}`;
     expect(r.exitCode, firstOutput).toBe(0);
@@ -335,8 +363,13 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(files).toEqual(["ca.crt", `${b}.img`, `${b}.img.bmap`, `${b}.img.sha256`, `${b}.log`, `${b}.manifest.json`]);
     expect(b).toMatch(new RegExp(`^mqtt-broker-${DOMAIN.replace(/\./g, "\\.")}-\\d{4}-\\d\\d-\\d\\d$`));
     expect((await execa("sha256sum", ["-c", `${b}.img.sha256`], { cwd: out1 })).stdout).toBe(`${b}.img: OK`);
-    const steps = ["render", "download base", "prepare base", "packages", "overlay", "finalize", "deliver"].map((s, i) => firstOutput.indexOf(`[${i + 1}/7] ${s}`));
-    expect(steps.every((p) => p >= 0), firstOutput).toBe(true);
+    const steps = ["render", "download base", "prepare base", "packages", "overlay", "finalize", "deliver"].map((s, i) =>
+      firstOutput.indexOf(`[${i + 1}/7] ${s}`),
+    );
+    expect(
+      steps.every((p) => p >= 0),
+      firstOutput,
+    ).toBe(true);
     expect([...steps].sort((x, y) => x - y)).toEqual(steps);
     // Progress while decompressing the .zst base.
     expect(firstOutput).toMatch(/decompressing .*\.img\.zst: .* of \d+(\.\d+)? GiB \(\d+%/);
@@ -363,7 +396,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(m.engine.aptEstimate.roomNeeded).toBe(m.engine.aptEstimate.downloadBytes + Math.ceil(m.engine.aptEstimate.installBytes * 1.3) + 768 * MiB);
     expect(m.engine.rootGrownBy).toBeGreaterThanOrEqual(m.engine.aptEstimate.roomNeeded - baseFree - 64 * MiB);
     expect(m.engine.rootGrownBy).toBeLessThan(m.engine.aptEstimate.roomNeeded - baseFree + 128 * MiB);
-    console.log(`base-image: from ${(baseFree / MiB).toFixed(0)} MiB free, grown by ${(m.engine.rootGrownBy / MiB).toFixed(0)} MiB for apt's ${(m.engine.aptEstimate.downloadBytes / MiB).toFixed(0)} MiB of downloads and ${(m.engine.aptEstimate.installBytes / MiB).toFixed(0)} MiB installed (${m.engine.packagesAdded.count} packages added, ${(m.engine.packagesAdded.installedBytes / MiB).toFixed(0)} MiB)`);
+    console.log(
+      `base-image: from ${(baseFree / MiB).toFixed(0)} MiB free, grown by ${(m.engine.rootGrownBy / MiB).toFixed(0)} MiB for apt's ${(m.engine.aptEstimate.downloadBytes / MiB).toFixed(0)} MiB of downloads and ${(m.engine.aptEstimate.installBytes / MiB).toFixed(0)} MiB installed (${m.engine.packagesAdded.count} packages added, ${(m.engine.packagesAdded.installedBytes / MiB).toFixed(0)} MiB)`,
+    );
     expect(m.engine.baseSha256).toBe((await execa("sha256sum", [baseZst])).stdout.split(" ")[0]);
     // Which official image, from which list: verified on download, the download's digest recorded.
     expect(m.engine.official).toEqual({
@@ -427,14 +462,28 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(passwd).toMatch(/^admin:x:1000:1000:[^:]*:\/home\/admin:\/bin\/bash$/m);
     expect(passwd).not.toMatch(/^pi:/m);
     expect(readFileSync(path.join(mnt, "etc/group"), "utf8")).toMatch(/^sudo:x:\d+:.*\badmin\b/m);
-    const hash = readFileSync(path.join(mnt, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!.split(":")[1]!;
+    const hash = readFileSync(path.join(mnt, "etc/shadow"), "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("admin:"))!
+      .split(":")[1]!;
     expect(hash).toMatch(/^\$6\$/);
-    const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", env.T_USER_PW, hash]);
+    const check = await execa("python3", [
+      "-W",
+      "ignore",
+      "-c",
+      "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])",
+      env.T_USER_PW,
+      hash,
+    ]);
     expect(check.stdout).toBe("True");
 
     const keys = path.join(mnt, "home/admin/.ssh/authorized_keys");
     expect(readFileSync(keys, "utf8")).toBe(`${c.user.sshKeys.join("\n")}\n`);
-    expect({ mode: statSync(keys).mode & 0o777, uid: statSync(keys).uid, dir: statSync(path.dirname(keys)).mode & 0o777 }).toEqual({ mode: 0o600, uid: 1000, dir: 0o700 });
+    expect({ mode: statSync(keys).mode & 0o777, uid: statSync(keys).uid, dir: statSync(path.dirname(keys)).mode & 0o777 }).toEqual({
+      mode: 0o600,
+      uid: 1000,
+      dir: 0o700,
+    });
     expect(readFileSync(path.join(mnt, "etc/ssh/sshd_config.d/50-pibake.conf"), "utf8")).toMatch(/^PasswordAuthentication no$/m);
 
     expect(readlinkSync(path.join(mnt, "etc/localtime"))).toBe("/usr/share/zoneinfo/Europe/Berlin");
@@ -447,18 +496,32 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(bootFile(image, "cmdline.txt")).toMatch(/ cfg80211\.ieee80211_regdom=DE\n?$/);
     expect(bootFile(image, "userconf.txt")).toBeUndefined();
     // cloud-init's user-data is pibake's valid one, not the base's comments-only example (test/cloud-init-seed.test.ts).
-    expect(bootFile(image, "user-data")).toBe(readFileSync(path.join(repoRoot, "stages/stage-pibake/02-first-boot/files/user-data"), "utf8").replace(/\n$/, ""));
-    for (const f of readdirSync(path.join(mnt, "var/lib/systemd/rfkill"))) expect(readFileSync(path.join(mnt, "var/lib/systemd/rfkill", f), "utf8").trim()).toBe("0");
+    expect(bootFile(image, "user-data")).toBe(
+      readFileSync(path.join(repoRoot, "stages/stage-pibake/02-first-boot/files/user-data"), "utf8").replace(/\n$/, ""),
+    );
+    for (const f of readdirSync(path.join(mnt, "var/lib/systemd/rfkill")))
+      expect(readFileSync(path.join(mnt, "var/lib/systemd/rfkill", f), "utf8").trim()).toBe("0");
     expect(readFileSync(path.join(mnt, "var/lib/NetworkManager/NetworkManager.state"), "utf8")).toBe("[main]\nWirelessEnabled=true\n");
     // The first user logs in with a shell (the base made it with /usr/sbin/nologin).
     expect(passwd).toMatch(/^admin:[^\n]*:\/bin\/bash$/m);
     // cloud-init reads pibake's drop-in last, so that its settings win over Raspberry Pi's.
-    const dropIns = readdirSync(path.join(mnt, "etc/cloud/cloud.cfg.d")).filter((f) => f.endsWith(".cfg")).sort();
+    const dropIns = readdirSync(path.join(mnt, "etc/cloud/cloud.cfg.d"))
+      .filter((f) => f.endsWith(".cfg"))
+      .sort();
     expect(dropIns.at(-1)).toBe("99_zz-pibake.cfg");
     expect(dropIns).toContain("99_raspberry-pi.cfg");
     // The image's own cloud-init merges its configuration so: no default user, the hostname kept, no network
     // config (with a name that sorted before Raspberry Pi's, users would stay [default] and "pi" come back).
-    const merged = await execa("chroot", [mnt, "python3", "-c", "import json; from cloudinit import util; c = util.read_conf_with_confd('/etc/cloud/cloud.cfg'); print(json.dumps([c.get('users'), c.get('preserve_hostname'), c.get('network')]))"], { timeout: 120_000 });
+    const merged = await execa(
+      "chroot",
+      [
+        mnt,
+        "python3",
+        "-c",
+        "import json; from cloudinit import util; c = util.read_conf_with_confd('/etc/cloud/cloud.cfg'); print(json.dumps([c.get('users'), c.get('preserve_hostname'), c.get('network')]))",
+      ],
+      { timeout: 120_000 },
+    );
     expect(JSON.parse(merged.stdout)).toEqual([[], true, { config: "disabled" }]);
 
     // Per-machine state is left for the first boot, as pi-gen's export does; apt's downloads are gone.
@@ -514,14 +577,31 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
       await waitForPort(tls, 60_000, () => alive);
 
       const ca = readFileSync(path.join(out1, "ca.crt"));
-      const good = await tryConnect(`mqtts://127.0.0.1:${tls}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: env.T_MQTT_PHONE_PW });
+      const good = await tryConnect(`mqtts://127.0.0.1:${tls}`, {
+        ca,
+        servername: DOMAIN,
+        rejectUnauthorized: true,
+        username: "phone",
+        password: env.T_MQTT_PHONE_PW,
+      });
       expect(good.ok, `${good.error}\n${log}`).toBe(true);
       good.client!.end(true);
-      const bad = await tryConnect(`mqtts://127.0.0.1:${tls}`, { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: "wrong-password" });
+      const bad = await tryConnect(`mqtts://127.0.0.1:${tls}`, {
+        ca,
+        servername: DOMAIN,
+        rejectUnauthorized: true,
+        username: "phone",
+        password: "wrong-password",
+      });
       expect(bad.ok).toBe(false);
       expect(bad.error).toMatch(/Not authorized|Bad username or password/i);
       // A client that trusts only the system's CAs refuses the broker.
-      const untrusted = await tryConnect(`mqtts://127.0.0.1:${tls}`, { servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: env.T_MQTT_PHONE_PW });
+      const untrusted = await tryConnect(`mqtts://127.0.0.1:${tls}`, {
+        servername: DOMAIN,
+        rejectUnauthorized: true,
+        username: "phone",
+        password: env.T_MQTT_PHONE_PW,
+      });
       expect(untrusted.ok).toBe(false);
     } finally {
       broker?.kill("SIGTERM");
@@ -536,11 +616,16 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     const out2 = path.join(tmp.dir, "out2");
     const cfg2 = writeJson(path.join(tmp.dir, "broker2.json"), config(NEW_DOMAIN));
     const t0 = Date.now();
-    const r = await pibake(["build", cfg2, "--base", image, "--out", out2, "--state", state, "--compress", "none", "--log-format", "plain"], { env, timeout: 600_000 });
+    const r = await pibake(["build", cfg2, "--base", image, "--out", out2, "--state", state, "--compress", "none", "--log-format", "plain"], {
+      env,
+      timeout: 600_000,
+    });
     const regenMs = Date.now() - t0;
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     expect(r.stdout).toMatch(/\[3\/6\] packages: skipped, already installed/);
-    console.log(`base-image: first build ${(firstMs / 1000).toFixed(1)} s, regeneration ${(regenMs / 1000).toFixed(1)} s (${((regenMs * 100) / firstMs).toFixed(1)}%)`);
+    console.log(
+      `base-image: first build ${(firstMs / 1000).toFixed(1)} s, regeneration ${(regenMs / 1000).toFixed(1)} s (${((regenMs * 100) / firstMs).toFixed(1)}%)`,
+    );
     expect(regenMs).toBeLessThan(firstMs / 4);
 
     const img2 = path.join(out2, readdirSync(out2).find((f) => f.endsWith(".img"))!);
@@ -574,7 +659,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     const outG = path.join(tmp.dir, "outG");
     // 1 GiB: the first build grew the root only by what apt said its packages need, and resize2fs's
     // estimate of the minimum is generous, so a small growth would leave --shrink nothing to take back.
-    const r = await pibake(["build", cfg, "--base", image, "--out", outG, "--state", state, "--compress", "none", "--grow", "1G", "--shrink"], { env, timeout: 600_000 });
+    const r = await pibake(["build", cfg, "--base", image, "--out", outG, "--state", state, "--compress", "none", "--grow", "1G", "--shrink"], {
+      env,
+      timeout: 600_000,
+    });
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     const img = path.join(outG, readdirSync(outG).find((f) => f.endsWith(".img"))!);
     const m = JSON.parse(readFileSync(img.replace(/\.img$/, ".manifest.json"), "utf8"));
@@ -588,7 +676,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     // Shrinking took back part of the growth.
     expect(statSync(img).size).toBeLessThan(statSync(image).size + 1024 * 1024 * 1024);
     // The file system fills its partition exactly, is clean, and still has the broker.
-    const dev = (await execa("losetup", ["--find", "--show", "--read-only", "--offset", String(p2.start * 512), "--sizelimit", String(p2.size * 512), img])).stdout.trim();
+    const dev = (
+      await execa("losetup", ["--find", "--show", "--read-only", "--offset", String(p2.start * 512), "--sizelimit", String(p2.size * 512), img])
+    ).stdout.trim();
     try {
       const info = (await execa("dumpe2fs", ["-h", dev])).stdout;
       expect(Number(/Block count:\s+(\d+)/.exec(info)![1]) * Number(/Block size:\s+(\d+)/.exec(info)![1])).toBe(p2.size * 512);
@@ -615,7 +705,12 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
       { step: "deliver", args: ["--base", image, "--compress", "xz"], when: /compress: xz/ },
     ];
     for (const c of cases) {
-      const { result, sent, text } = await interruptWhen(["build", cfg, "--out", outI, "--state", stateI, "--log-format", "plain", ...c.args], c.when, "SIGINT", c.delayMs ?? 0);
+      const { result, sent, text } = await interruptWhen(
+        ["build", cfg, "--out", outI, "--state", stateI, "--log-format", "plain", ...c.args],
+        c.when,
+        "SIGINT",
+        c.delayMs ?? 0,
+      );
       expect(sent, `never reached ${c.step}:\n${text}`).toBe(true);
       expect(result.exitCode, text).toBe(130);
       expect(text).toContain(`interrupted by SIGINT during step "${c.step}": stopped and cleaned up; no image was written`);
@@ -630,7 +725,11 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
   it("after a SIGKILL of the whole process tree, the next build releases what it left and succeeds", async () => {
     // --full: the root path, with its mounts and loop devices (a regeneration would take the fast path, which has none).
     const outK = path.join(tmp.dir, "outK");
-    const { result, sent, text } = await interruptWhen(["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none", "--log-format", "plain"], /\[4\/6\] overlay\n/, "SIGKILL");
+    const { result, sent, text } = await interruptWhen(
+      ["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none", "--log-format", "plain"],
+      /\[4\/6\] overlay\n/,
+      "SIGKILL",
+    );
     expect(sent, text).toBe(true);
     expect(result.signal ?? result.exitCode).toBe("SIGKILL");
     const work = readdirSync(outK).filter((f) => f.startsWith(".pibake-work-"));
@@ -638,7 +737,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base", () => {
     expect(leftovers(outK).length, "a SIGKILL leaves its mounts and loop devices").toBeGreaterThan(0);
     expect(readdirSync(outK).filter((f) => f.endsWith(".img"))).toEqual([]);
 
-    const again = await pibake(["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none"], { env, timeout: 600_000 });
+    const again = await pibake(["build", cfg, "--base", image, "--full", "--out", outK, "--state", path.join(tmp.dir, "stateK"), "--compress", "none"], {
+      env,
+      timeout: 600_000,
+    });
     expect(again.exitCode, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/cleaned up after an interrupted build: .*unmounted .*detached \/dev\/loop\d+.*removed .*\.pibake-work-/);
     expect(leftovers(outK)).toEqual([]);

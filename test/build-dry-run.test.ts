@@ -108,11 +108,21 @@ const today = () => {
 };
 
 describe("requirements, problems and the plan's lines (pure)", () => {
-  const program = (name: string, pkg: string, met?: string): Requirement => ({ need: name, program: { name, package: pkg, neededBy: "pibake build --base" }, ...(met ? { met } : {}) });
+  const program = (name: string, pkg: string, met?: string): Requirement => ({
+    need: name,
+    program: { name, package: pkg, neededBy: "pibake build --base" },
+    ...(met ? { met } : {}),
+  });
   const root: Requirement = { need: "root", root: true, problem: { what: "needs root", fix: "sudo -E" } };
 
   it("the build's problems: the unmet ones, the missing programs as one line where the first was", () => {
-    const reqs = [root, program("losetup", "mount", "/usr/sbin/losetup"), program("mcopy", "mtools"), { need: "binfmt", problem: { what: "no qemu" } }, program("xz", "xz-utils")];
+    const reqs = [
+      root,
+      program("losetup", "mount", "/usr/sbin/losetup"),
+      program("mcopy", "mtools"),
+      { need: "binfmt", problem: { what: "no qemu" } },
+      program("xz", "xz-utils"),
+    ];
     expect(problemsOf(reqs)).toEqual([
       { what: "needs root", fix: "sudo -E" },
       { what: "pibake build --base needs mcopy, xz, which are not installed: sudo apt-get install mtools xz-utils" },
@@ -122,12 +132,23 @@ describe("requirements, problems and the plan's lines (pure)", () => {
 
   it("a dry run notes root and counts the rest", () => {
     expect(planRequirement(root)).toEqual({ need: "root", state: "note", detail: "needs root", fix: "sudo -E" });
-    expect(planRequirement(program("mcopy", "mtools"))).toEqual({ need: "mcopy", state: "missing", detail: "not installed (Debian package mtools)", fix: "sudo apt-get install mtools", package: "mtools" });
-    expect(planRequirement(program("losetup", "mount", "/usr/sbin/losetup"))).toMatchObject({ state: "ok", detail: "/usr/sbin/losetup (Debian package mount)" });
+    expect(planRequirement(program("mcopy", "mtools"))).toEqual({
+      need: "mcopy",
+      state: "missing",
+      detail: "not installed (Debian package mtools)",
+      fix: "sudo apt-get install mtools",
+      package: "mtools",
+    });
+    expect(planRequirement(program("losetup", "mount", "/usr/sbin/losetup"))).toMatchObject({
+      state: "ok",
+      detail: "/usr/sbin/losetup (Debian package mount)",
+    });
   });
 
   it("the command that runs the plan", () => {
-    expect(runCommandOf(["build", "my broker.json", "--dry-run", "--json", "--base", "raspios@2025-12-04"])).toBe("sudo -E pibake build 'my broker.json' --base raspios@2025-12-04");
+    expect(runCommandOf(["build", "my broker.json", "--dry-run", "--json", "--base", "raspios@2025-12-04"])).toBe(
+      "sudo -E pibake build 'my broker.json' --base raspios@2025-12-04",
+    );
   });
 });
 
@@ -144,10 +165,18 @@ describe("pibake build --dry-run", () => {
     expect(text).toContain(`not in the image cache yet: the build downloads and verifies it into ${path.join(p.cache, "pibake", "images")}`);
     expect(text).toMatch(/^steps +1\. render, 2\. download base, 3\. prepare base, 4\. packages, 5\. overlay, 6\. finalize, 7\. deliver$/m);
     const base = `test-broker-home.freemyip.com-${today()}`;
-    for (const f of [`${base}.img.xz`, `${base}.img.xz.sha256`, `${base}.img.bmap`, `${base}.manifest.json`, `${base}.log`, "ca.crt"]) expect(text).toMatch(new RegExp(`^ +${f.replace(/\./g, "\\.")}$`, "m"));
+    for (const f of [`${base}.img.xz`, `${base}.img.xz.sha256`, `${base}.img.bmap`, `${base}.manifest.json`, `${base}.log`, "ca.crt"])
+      expect(text).toMatch(new RegExp(`^ +${f.replace(/\./g, "\\.")}$`, "m"));
     expect(text).toContain(`${p.out} (made by the build)`);
     expect(text).toMatch(/^ {2}ok +root +running as root$/m);
-    for (const [program, pkg] of [["losetup", "mount"], ["e2fsck", "e2fsprogs"], ["resize2fs", "e2fsprogs"], ["mcopy", "mtools"], ["xz", "xz-utils"], ["chroot", "coreutils"]]) {
+    for (const [program, pkg] of [
+      ["losetup", "mount"],
+      ["e2fsck", "e2fsprogs"],
+      ["resize2fs", "e2fsprogs"],
+      ["mcopy", "mtools"],
+      ["xz", "xz-utils"],
+      ["chroot", "coreutils"],
+    ]) {
       expect(text).toMatch(new RegExp(`^ {2}ok +${program} +/\\S+/${program} \\(Debian package ${pkg}\\)$`, "m"));
     }
     if (process.arch === "x64") expect(text).toMatch(/^ {2}(ok|MISSING) +qemu-aarch64 in binfmt_misc +/m);
@@ -210,7 +239,9 @@ describe("pibake build --dry-run", () => {
     const bin = path.join(tmp.dir, "bin-no-mtools");
     mkdirSync(bin, { recursive: true });
     for (const program of ["losetup", "mount", "umount", "chroot", "cp", "tar", "e2fsck", "resize2fs", "fstrim", "xz"]) {
-      const found = (await execa("sh", ["-c", `command -v ${program}`], { reject: false, env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" } })).stdout.trim();
+      const found = (
+        await execa("sh", ["-c", `command -v ${program}`], { reject: false, env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" } })
+      ).stdout.trim();
       if (found && !existsSync(path.join(bin, program))) symlinkSync(found, path.join(bin, program));
     }
     if (!existsSync(path.join(bin, "node"))) symlinkSync(process.execPath, path.join(bin, "node"));
@@ -242,7 +273,9 @@ describe("pibake build --dry-run", () => {
     const bad = validConfig();
     bad.network.gateway = "10.0.0.1";
     const file = writeJson(path.join(tmp.dir, "bad.json"), bad);
-    const r = await pibake(["build", file, "--dry-run", "--out", p.out, "--state", p.state], { env: { ...secretEnv, PIBAKE_OFFLINE: "1", XDG_CACHE_HOME: p.cache } });
+    const r = await pibake(["build", file, "--dry-run", "--out", p.out, "--state", p.state], {
+      env: { ...secretEnv, PIBAKE_OFFLINE: "1", XDG_CACHE_HOME: p.cache },
+    });
     const validate = await pibake(["validate", file], { env: secretEnv });
     expect(r.exitCode).toBe(2);
     expect(validate.exitCode).toBe(2);
@@ -281,12 +314,16 @@ describe.skipIf(!isRoot)("pibake build --dry-run as a user who is not root", () 
     const p = places("nobody-base");
     const img = path.join(tmp.dir, "private.img");
     writeFileSync(img, Buffer.alloc(4096), { mode: 0o600 });
-    const r = await execa(asNobody[0]!, [...asNobody.slice(1), process.execPath, bin, "build", cfg, "--dry-run", "--base", img, "--out", p.out, "--state", p.state], {
-      reject: false,
-      cwd: p.dir,
-      env: { ...secretEnv, CI: "true", HOME: p.home, XDG_CACHE_HOME: p.cache },
-      stdin: "ignore",
-    });
+    const r = await execa(
+      asNobody[0]!,
+      [...asNobody.slice(1), process.execPath, bin, "build", cfg, "--dry-run", "--base", img, "--out", p.out, "--state", p.state],
+      {
+        reject: false,
+        cwd: p.dir,
+        env: { ...secretEnv, CI: "true", HOME: p.home, XDG_CACHE_HOME: p.cache },
+        stdin: "ignore",
+      },
+    );
     expect(r.exitCode).toBe(2);
     expect(r.stdout).toMatch(/^ {2}MISSING +the base image \S+private\.img +cannot open image .*EACCES/m);
     expect(r.stdout).toMatch(/^ {2}note +root +pibake build --base \S+ needs root/m);

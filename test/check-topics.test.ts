@@ -4,7 +4,8 @@ import type { MqttUser, TopicRule } from "../src/config/model.js";
 import { Secret } from "../src/config/model.js";
 import { filterMatches, planRoundTrip, topicIn } from "../src/check/topics.js";
 
-const user = (name: string, topics?: TopicRule[]): MqttUser => (topics ? { name, password: new Secret("x-password-1", "literal"), topics } : { name, password: new Secret("x-password-1", "literal") });
+const user = (name: string, topics?: TopicRule[]): MqttUser =>
+  topics ? { name, password: new Secret("x-password-1", "literal"), topics } : { name, password: new Secret("x-password-1", "literal") };
 
 describe("round-trip plan", () => {
   it("matches topic filters as MQTT does", () => {

@@ -17,7 +17,17 @@ import { execa } from "execa";
 import { bin, pibake, repoRoot } from "./helpers/cli.js";
 import { Broker, START_TIMEOUT_MS, startRenderedBroker, type RunningBroker } from "./helpers/mosquitto.js";
 import { freePort } from "./helpers/net.js";
-import { baseConfig, DEFAULT_SECRET_ENV, TEST_SSH_KEYS, redactAll, removeAllFixtures, renderFixture, tempDir, unrelatedCaPem, type Fixture } from "./helpers/render-fixture.js";
+import {
+  baseConfig,
+  DEFAULT_SECRET_ENV,
+  TEST_SSH_KEYS,
+  redactAll,
+  removeAllFixtures,
+  renderFixture,
+  tempDir,
+  unrelatedCaPem,
+  type Fixture,
+} from "./helpers/render-fixture.js";
 import { startDnsServer, type DnsServer } from "./helpers/dns-server.js";
 import { startServer } from "./helpers/server.js";
 
@@ -75,10 +85,13 @@ describe("pibake check", () => {
 
   async function check(args: string[], opts: { state?: string; dnsPort?: number; env?: Record<string, string> } = {}) {
     const started = Date.now();
-    const r = await pibake(["check", fx.configPath, "--state", opts.state ?? fx.state.dir, "--dns-server", `127.0.0.1:${opts.dnsPort ?? dns.port}`, "--timeout", "3", ...args], {
-      env: opts.env ?? DEFAULT_SECRET_ENV,
-      timeout: CLI_TIMEOUT_MS,
-    });
+    const r = await pibake(
+      ["check", fx.configPath, "--state", opts.state ?? fx.state.dir, "--dns-server", `127.0.0.1:${opts.dnsPort ?? dns.port}`, "--timeout", "3", ...args],
+      {
+        env: opts.env ?? DEFAULT_SECRET_ENV,
+        timeout: CLI_TIMEOUT_MS,
+      },
+    );
     const output = `${r.stdout}\n${r.stderr}`;
     for (const s of secrets()) expect(output, "a secret was printed").not.toContain(s);
     return { r, ms: Date.now() - started, output: redactAll(output, secrets()) };
@@ -148,7 +161,10 @@ describe("pibake check", () => {
       expect(r.exitCode, output).toBe(0);
       expect(report.ok).toBe(true);
       expect(report.host).toBe(DOMAIN);
-      expect(report.checks.filter((c) => c.status !== "ok"), output).toEqual([]);
+      expect(
+        report.checks.filter((c) => c.status !== "ok"),
+        output,
+      ).toEqual([]);
       expect(report.checks.map((c) => c.name)).toEqual([
         "tls connect",
         "tls chain",
@@ -197,7 +213,14 @@ describe("pibake check", () => {
     const addWebsockets = (root: string) => {
       const conf = path.join(root, "etc/mosquitto/conf.d/pibake.conf");
       const certs = path.join(root, "etc/mosquitto/certs");
-      const listener = [`listener ${wsPort} 127.0.0.1`, "protocol websockets", `certfile ${certs}/server.crt`, `keyfile ${certs}/server.key`, "tls_version tlsv1.2", ""];
+      const listener = [
+        `listener ${wsPort} 127.0.0.1`,
+        "protocol websockets",
+        `certfile ${certs}/server.crt`,
+        `keyfile ${certs}/server.key`,
+        "tls_version tlsv1.2",
+        "",
+      ];
       writeFileSync(conf, readFileSync(conf, "utf8") + "\n" + listener.join("\n"));
     };
     await withBroker(addWebsockets, async ({ tlsPort, broker }) => {
@@ -229,11 +252,29 @@ describe("pibake check", () => {
       await withBroker(
         undefined,
         async ({ lanPort, tlsPort }) => {
-          const r = await pibake(["check", pair.configPath, "--lan", "--state", pair.state.dir, "--port-tls", String(tlsPort), "--port-lan", String(lanPort), "--timeout", "3", "--json"], { env: DEFAULT_SECRET_ENV, timeout: CLI_TIMEOUT_MS });
+          const r = await pibake(
+            [
+              "check",
+              pair.configPath,
+              "--lan",
+              "--state",
+              pair.state.dir,
+              "--port-tls",
+              String(tlsPort),
+              "--port-lan",
+              String(lanPort),
+              "--timeout",
+              "3",
+              "--json",
+            ],
+            { env: DEFAULT_SECRET_ENV, timeout: CLI_TIMEOUT_MS },
+          );
           const report = JSON.parse(String(r.stdout)) as Report;
           expect(r.exitCode, JSON.stringify(report.checks, null, 2)).toBe(0);
           for (const name of ["mqtts round trip", "lan round trip"]) {
-            expect(report.checks.find((c) => c.name === name)?.detail).toMatch(/^sensors → phone: a message on home\/sensors\/pibake-check\/[0-9a-f]{8} arrived/);
+            expect(report.checks.find((c) => c.name === name)?.detail).toMatch(
+              /^sensors → phone: a message on home\/sensors\/pibake-check\/[0-9a-f]{8} arrived/,
+            );
           }
         },
         pair,
@@ -278,23 +319,29 @@ describe("pibake check", () => {
   });
 
   it("warns about a server certificate that expires within 30 days, naming pibake build, and fails an expired one", async () => {
-    await withBroker((root) => writeFileSync(path.join(root, "etc/mosquitto/certs/server.crt"), serverCert(-1, 10)), async ({ tlsPort }) => {
-      const { r, output, line } = await checkJson(["--port-tls", String(tlsPort)]);
-      expect(r.exitCode, output).toBe(0);
-      expect(line("certificate expiry").status).toBe("warning");
-      expect(line("certificate expiry").detail).toMatch(/\((9|10) days left\)/);
-      expect(line("certificate expiry").fix).toContain(`pibake build ${path.relative(process.cwd(), fx.configPath)}`);
-      // Signed by the same CA, but not the certificate the state directory holds now.
-      expect(line("certificate origin").status).toBe("warning");
-      expect(line("mqtts round trip").status).toBe("ok");
-    });
-    await withBroker((root) => writeFileSync(path.join(root, "etc/mosquitto/certs/server.crt"), serverCert(-40, -1)), async ({ tlsPort }) => {
-      const { r, output, line } = await checkJson(["--port-tls", String(tlsPort)]);
-      expect(r.exitCode, output).toBe(1);
-      expect(line("tls chain").detail).toMatch(/expired \(CERT_HAS_EXPIRED\)/);
-      expect(line("certificate expiry").status).toBe("failed");
-      expect(line("certificate expiry").fix).toMatch(/pibake build/);
-    });
+    await withBroker(
+      (root) => writeFileSync(path.join(root, "etc/mosquitto/certs/server.crt"), serverCert(-1, 10)),
+      async ({ tlsPort }) => {
+        const { r, output, line } = await checkJson(["--port-tls", String(tlsPort)]);
+        expect(r.exitCode, output).toBe(0);
+        expect(line("certificate expiry").status).toBe("warning");
+        expect(line("certificate expiry").detail).toMatch(/\((9|10) days left\)/);
+        expect(line("certificate expiry").fix).toContain(`pibake build ${path.relative(process.cwd(), fx.configPath)}`);
+        // Signed by the same CA, but not the certificate the state directory holds now.
+        expect(line("certificate origin").status).toBe("warning");
+        expect(line("mqtts round trip").status).toBe("ok");
+      },
+    );
+    await withBroker(
+      (root) => writeFileSync(path.join(root, "etc/mosquitto/certs/server.crt"), serverCert(-40, -1)),
+      async ({ tlsPort }) => {
+        const { r, output, line } = await checkJson(["--port-tls", String(tlsPort)]);
+        expect(r.exitCode, output).toBe(1);
+        expect(line("tls chain").detail).toMatch(/expired \(CERT_HAS_EXPIRED\)/);
+        expect(line("certificate expiry").status).toBe("failed");
+        expect(line("certificate expiry").fix).toMatch(/pibake build/);
+      },
+    );
   });
 
   it("fails anonymous access when the broker allows it (allow_anonymous true)", async () => {
@@ -392,12 +439,16 @@ describe("pibake check", () => {
       await ip("-n", ns, "neigh", "add", "10.255.255.1", "lladdr", "02:00:00:00:00:01", "dev", "v0", "nud", "permanent");
       const started = Date.now();
       // --timeout 60 asks for more than the run's own bound (25 s) allows.
-      const r = await execa("ip", ["netns", "exec", ns, process.execPath, bin, "check", fx.configPath, "10.255.255.1", "--state", fx.state.dir, "--timeout", "60", "--json"], {
-        reject: false,
-        env: { ...DEFAULT_SECRET_ENV, CI: "true" },
-        timeout: CLI_TIMEOUT_MS,
-        stdin: "ignore",
-      });
+      const r = await execa(
+        "ip",
+        ["netns", "exec", ns, process.execPath, bin, "check", fx.configPath, "10.255.255.1", "--state", fx.state.dir, "--timeout", "60", "--json"],
+        {
+          reject: false,
+          env: { ...DEFAULT_SECRET_ENV, CI: "true" },
+          timeout: CLI_TIMEOUT_MS,
+          stdin: "ignore",
+        },
+      );
       const ms = Date.now() - started;
       const output = redactAll(`${r.stdout}\n${r.stderr}`, secrets());
       expect(r.exitCode, output).toBe(1);
@@ -413,7 +464,12 @@ describe("pibake check", () => {
   }, 60_000);
 
   it("exits 2 for bad usage", async () => {
-    for (const args of [["--port-tls", "abc"], ["--timeout", "0"], ["--dns-server", "nameserver"], ["--port-lan", "1883"]]) {
+    for (const args of [
+      ["--port-tls", "abc"],
+      ["--timeout", "0"],
+      ["--dns-server", "nameserver"],
+      ["--port-lan", "1883"],
+    ]) {
       const { r, output } = await check(args);
       expect(r.exitCode, `${args.join(" ")}: ${output}`).toBe(2);
     }
@@ -424,34 +480,63 @@ describe("pibake check", () => {
     expect(output).toMatch(/no CA in/);
   });
 
-  it("checks that Node-RED's editor asks for a login: the rendered settings.js in a real Node-RED, and one without adminAuth", { timeout: 300_000 }, async () => {
+  it("checks that Node-RED's editor asks for a login: the rendered settings.js in a real Node-RED, and one without adminAuth", {
+    timeout: 300_000,
+  }, async () => {
     const config = baseConfig();
     config.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] };
     const nr = await renderFixture({ config });
     const versions = nr.secrets.nodeRed!.versions;
     // The Node-RED that test/node-red.test.ts runs, from the same cache.
-    const prefix = execFileSync(path.join(repoRoot, "scripts/fixtures/node-red.sh"), [versions.nodeRed.version, `${versions.dashboard!.package}@${versions.dashboard!.version}`], { encoding: "utf8", timeout: 240_000 }).trim();
+    const prefix = execFileSync(
+      path.join(repoRoot, "scripts/fixtures/node-red.sh"),
+      [versions.nodeRed.version, `${versions.dashboard!.package}@${versions.dashboard!.version}`],
+      { encoding: "utf8", timeout: 240_000 },
+    ).trim();
     const run = async (userDir: string) => {
       const port = await freePort();
-      const { stop } = await startServer(process.execPath, [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"], {
-        ready: /Server now running at/,
-        ms: 90_000,
-        stopWith: "SIGINT",
-        failure: (log) => `Node-RED did not start within 90 s:\n${redactAll(log, secrets())}`,
-      });
+      const { stop } = await startServer(
+        process.execPath,
+        [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"],
+        {
+          ready: /Server now running at/,
+          ms: 90_000,
+          stopWith: "SIGINT",
+          failure: (log) => `Node-RED did not start within 90 s:\n${redactAll(log, secrets())}`,
+        },
+      );
       return { port, stop };
     };
     const checkNodeRed = async (port: number) => {
-      const r = await pibake(["check", nr.configPath, "--lan", "--state", nr.state.dir, "--port-tls", String(await freePort()), "--port-lan", String(await freePort()), "--port-node-red", String(port), "--timeout", "5", "--json"], {
-        env: DEFAULT_SECRET_ENV,
-        timeout: CLI_TIMEOUT_MS,
-      });
+      const r = await pibake(
+        [
+          "check",
+          nr.configPath,
+          "--lan",
+          "--state",
+          nr.state.dir,
+          "--port-tls",
+          String(await freePort()),
+          "--port-lan",
+          String(await freePort()),
+          "--port-node-red",
+          String(port),
+          "--timeout",
+          "5",
+          "--json",
+        ],
+        {
+          env: DEFAULT_SECRET_ENV,
+          timeout: CLI_TIMEOUT_MS,
+        },
+      );
       const report = JSON.parse(String(r.stdout)) as Report;
       return report.checks.find((c) => c.name === "node-red")!;
     };
     try {
       const userDir = tempDir("pibake-check-node-red-");
-      for (const f of nr.rendered.overlay.filter((x) => x.path.startsWith("home/admin/.node-red/"))) writeFileSync(path.join(userDir, path.basename(f.path)), f.content, { mode: f.mode });
+      for (const f of nr.rendered.overlay.filter((x) => x.path.startsWith("home/admin/.node-red/")))
+        writeFileSync(path.join(userDir, path.basename(f.path)), f.content, { mode: f.mode });
       const secured = await run(userDir);
       try {
         const line = await checkNodeRed(secured.port);
@@ -500,7 +585,17 @@ describe("pibake check", () => {
     // Like Debian's sshd_config: the drop-ins first (the first value of a setting wins), then what a test needs.
     writeFileSync(
       path.join(work, "sshd_config"),
-      [`Include ${work}/conf.d/*.conf`, `Port ${sshPort}`, "ListenAddress 127.0.0.1", `HostKey ${work}/hostkey`, "PidFile none", "UsePAM no", "StrictModes no", `AuthorizedKeysFile ${work}/authorized_keys`, ""].join("\n"),
+      [
+        `Include ${work}/conf.d/*.conf`,
+        `Port ${sshPort}`,
+        "ListenAddress 127.0.0.1",
+        `HostKey ${work}/hostkey`,
+        "PidFile none",
+        "UsePAM no",
+        "StrictModes no",
+        `AuthorizedKeysFile ${work}/authorized_keys`,
+        "",
+      ].join("\n"),
     );
     // The user exists only for this sshd: passwd and shadow with it are bind-mounted in a mount namespace of its own.
     writeFileSync(path.join(work, "passwd"), readFileSync("/etc/passwd", "utf8") + `admin:x:4242:4242::${work}/home:/bin/sh\n`);
@@ -516,7 +611,10 @@ describe("pibake check", () => {
     };
     const checkSsh = async (key: string, port = sshPort) => {
       const args = ["check", ssh.configPath, "--lan", "--state", ssh.state.dir, "--port-tls", String(await freePort()), "--port-lan", String(await freePort())];
-      const r = await pibake([...args, "--ssh", "--ssh-key", path.join(work, key), "--port-ssh", String(port), "--timeout", "5", "--json"], { env: DEFAULT_SECRET_ENV, timeout: CLI_TIMEOUT_MS });
+      const r = await pibake([...args, "--ssh", "--ssh-key", path.join(work, key), "--port-ssh", String(port), "--timeout", "5", "--json"], {
+        env: DEFAULT_SECRET_ENV,
+        timeout: CLI_TIMEOUT_MS,
+      });
       const report = JSON.parse(String(r.stdout)) as Report;
       return (name: string) => report.checks.find((c) => c.name === name);
     };

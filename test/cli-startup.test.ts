@@ -27,7 +27,10 @@ async function loaded(args: string[], env: Record<string, string> = {}): Promise
 }
 
 const heavy = (modules: string[]) =>
-  modules.filter((m) => /^node_modules\/(?!cac\/)/.test(m) || /^dist\/(config|render|secrets|registry|engines|image|flash)\//.test(m) || /^dist\/commands\/(?!index\.js)/.test(m));
+  modules.filter(
+    (m) =>
+      /^node_modules\/(?!cac\/)/.test(m) || /^dist\/(config|render|secrets|registry|engines|image|flash)\//.test(m) || /^dist\/commands\/(?!index\.js)/.test(m),
+  );
 
 describe("start-up", () => {
   for (const args of [["--version"], ["--help"], ["build", "--help"], ["init", "--help"], []]) {
@@ -44,7 +47,19 @@ describe("start-up", () => {
     expect(r.stdout).toMatch(/--base <image>/);
     expect(r.stdout).toMatch(/--base-stages <dir>/);
     const all = await loaded(["--help"]);
-    for (const c of ["init [file]", "render <config>", "validate <config>", "schema", "ca <action> [config]", "flash <image> [device]", "images [action]", "check <config> [host]", "push <config> <host>", "build <config>"]) expect(all.stdout).toContain(c);
+    for (const c of [
+      "init [file]",
+      "render <config>",
+      "validate <config>",
+      "schema",
+      "ca <action> [config]",
+      "flash <image> [device]",
+      "images [action]",
+      "check <config> [host]",
+      "push <config> <host>",
+      "build <config>",
+    ])
+      expect(all.stdout).toContain(c);
   });
 
   it("pibake validate loads the config's code, not the renderer, the engines or flash", async () => {

@@ -88,7 +88,10 @@ describe("usage errors exit 2 with one line", () => {
     [["ca"], /^pibake: ca needs ACTION/],
   ])("pibake %j", async (args, message) => {
     writeFileSync(cfg, "{}");
-    const r = await pibake(args.map((a) => (a === "CFG" ? cfg : a)), { cwd: tmp.dir });
+    const r = await pibake(
+      args.map((a) => (a === "CFG" ? cfg : a)),
+      { cwd: tmp.dir },
+    );
     expect(r.exitCode, r.stderr).toBe(2);
     expect(oneLine(r.stderr)).toMatch(message);
   });
@@ -99,7 +102,9 @@ describe("an option given twice", () => {
     const cfg = path.join(tmp.dir, "twice.json");
     writeJson(cfg, validConfig());
     const [first, second] = [path.join(tmp.dir, "state-first"), path.join(tmp.dir, "state-second")];
-    const r = await pibake(["render", cfg, "--out", path.join(tmp.dir, "twice-out"), "--state", first, "--state", second], { env: { ...secretEnv, PIBAKE_OFFLINE: "1" } });
+    const r = await pibake(["render", cfg, "--out", path.join(tmp.dir, "twice-out"), "--state", first, "--state", second], {
+      env: { ...secretEnv, PIBAKE_OFFLINE: "1" },
+    });
     expect(r.exitCode, r.stderr).toBe(0);
     expect(existsSync(path.join(second, "ca.crt"))).toBe(true);
     expect(existsSync(first)).toBe(false);
@@ -210,7 +215,10 @@ describe("help", () => {
     const r = await pibake([name, "--help"]);
     const examples = r.stdout.split("Examples:\n")[1]?.trim().split("\n") ?? [];
     for (const example of examples) {
-      const words = example.replace(/\s+#.*$/, "").trim().split(/\s+/);
+      const words = example
+        .replace(/\s+#.*$/, "")
+        .trim()
+        .split(/\s+/);
       // Builds read the config's secrets from the environment, which plain sudo drops; flash needs none.
       if (words[0] === "sudo") expect(words.slice(0, 2), example).toEqual(name === "flash" ? ["sudo", "pibake"] : ["sudo", "-E"]);
       const argv = words[0] !== "sudo" ? words : words[1] === "-E" ? words.slice(2) : words.slice(1);

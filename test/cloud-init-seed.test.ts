@@ -94,16 +94,25 @@ describe.skipIf(!isRoot)("cloud-init's first boot on the seed a trixie image car
   async function firstBoot(root: string): Promise<CloudInitStatus> {
     let log = "";
     for (const stage of STAGES) {
-      const r = await execa("unshare", ["--uts", "--net", "--ipc", "--pid", "--fork", `--mount-proc=${path.join(root, "proc")}`, "chroot", root, "cloud-init", ...stage], {
-        reject: false,
-        all: true,
-        timeout: 120_000,
-        env: CHROOT_ENV,
-        extendEnv: false,
-      });
+      const r = await execa(
+        "unshare",
+        ["--uts", "--net", "--ipc", "--pid", "--fork", `--mount-proc=${path.join(root, "proc")}`, "chroot", root, "cloud-init", ...stage],
+        {
+          reject: false,
+          all: true,
+          timeout: 120_000,
+          env: CHROOT_ENV,
+          extendEnv: false,
+        },
+      );
       log += `$ cloud-init ${stage.join(" ")} (exit ${r.exitCode})\n${r.all}\n`;
     }
-    const status = await execa("chroot", [root, "cloud-init", "status", "--format", "json"], { reject: false, timeout: 60_000, env: CHROOT_ENV, extendEnv: false });
+    const status = await execa("chroot", [root, "cloud-init", "status", "--format", "json"], {
+      reject: false,
+      timeout: 60_000,
+      env: CHROOT_ENV,
+      extendEnv: false,
+    });
     log += `$ cloud-init status --format json (exit ${status.exitCode})\n${status.stdout}${status.stderr}\n`;
     return { ...(JSON.parse(status.stdout) as Omit<CloudInitStatus, "exitCode" | "log">), exitCode: status.exitCode ?? -1, log };
   }

@@ -71,7 +71,11 @@ describe("the base-image engine's commands", () => {
 
   it.each<[string, Command, string]>([
     ["the boot partition's files out", copyFatOut("/w/image.img@@4194304", "/w/boot"), "mcopy -i /w/image.img@@4194304 -s -p -m -n ::/ /w/boot/"],
-    ["files into a directory", copyFatIn("/w/image.img@@4194304", "/w/boot", ["overlays/a.dtbo", "overlays/b.dtbo"], "::/overlays/"), "mcopy -i /w/image.img@@4194304 -o -m /w/boot/overlays/a.dtbo /w/boot/overlays/b.dtbo ::/overlays/"],
+    [
+      "files into a directory",
+      copyFatIn("/w/image.img@@4194304", "/w/boot", ["overlays/a.dtbo", "overlays/b.dtbo"], "::/overlays/"),
+      "mcopy -i /w/image.img@@4194304 -o -m /w/boot/overlays/a.dtbo /w/boot/overlays/b.dtbo ::/overlays/",
+    ],
     ["a directory removed", removeFatTree("/w/image.img@@4194304", "old"), "mdeltree -i /w/image.img@@4194304 ::/old"],
     ["files removed", removeFatFiles("/w/image.img@@4194304", ["a.txt", "overlays/b.dtbo"]), "mdel -i /w/image.img@@4194304 ::/a.txt ::/overlays/b.dtbo"],
     ["a directory made", makeFatDir("/w/image.img@@4194304", "new"), "mmd -i /w/image.img@@4194304 ::/new"],
@@ -103,7 +107,11 @@ describe("the image's commands", () => {
     ["zstd from standard input, told the size", compress("zstd", 4096), "zstd -T0 -q -c --stream-size=4096 -"],
     ["xz's sizes", listXz("/i/base.img.xz"), "xz --robot --list -- /i/base.img.xz", "any"],
     ["zstd's sizes", listZstd("/i/base.img.zst"), "zstd -lv -- /i/base.img.zst", "any"],
-    ["copy, a name that looks like an option", sparseCopy("-base.img", "/w/image.img", "copying"), "cp --reflink=auto --sparse=always -- -base.img /w/image.img"],
+    [
+      "copy, a name that looks like an option",
+      sparseCopy("-base.img", "/w/image.img", "copying"),
+      "cp --reflink=auto --sparse=always -- -base.img /w/image.img",
+    ],
     ["the data's extents", mapExtents("/w/image.img"), "filefrag -s -e /w/image.img", "any"],
   ])("%s", (_name, c, line, okCodes) => {
     expect([c.cmd, ...c.args].join(" ")).toBe(line);
@@ -127,11 +135,23 @@ describe("the pi-gen engine's commands", () => {
       "cloning pi-gen",
       "any",
     ],
-    ["the branch's newest commit", fetchBranch("/c/pi-gen", "arm64"), "git -C /c/pi-gen fetch --quiet --depth 1 origin arm64", "git fetch --quiet --depth 1 origin arm64", "any"],
+    [
+      "the branch's newest commit",
+      fetchBranch("/c/pi-gen", "arm64"),
+      "git -C /c/pi-gen fetch --quiet --depth 1 origin arm64",
+      "git fetch --quiet --depth 1 origin arm64",
+      "any",
+    ],
     ["moved to it", resetToFetched("/c/pi-gen"), "git -C /c/pi-gen reset --quiet --hard FETCH_HEAD", "git reset --quiet --hard FETCH_HEAD", "any"],
     ["the tracked files as a tar", archiveCommit("/c/pi-gen", "abc123"), "git -C /c/pi-gen archive --format=tar abc123", "copying pi-gen's files at abc123"],
     ["unpacked into the tree", extractTar("/w/tree"), "tar -x -C /w/tree", "unpacking pi-gen's files into /w/tree"],
-    ["a tool of the depends file", findTool("qemu-arm-static"), `bash -c hash "$1" 2>/dev/null pibake-hash qemu-arm-static`, "looking for qemu-arm-static", "any"],
+    [
+      "a tool of the depends file",
+      findTool("qemu-arm-static"),
+      `bash -c hash "$1" 2>/dev/null pibake-hash qemu-arm-static`,
+      "looking for qemu-arm-static",
+      "any",
+    ],
     ["Docker's version", dockerVersion(), "docker info --format {{.ServerVersion}}", "asking Docker", "any"],
     ["the container a build left", findContainer("pibake_broker"), "docker ps -a --filter name=^pibake_broker$ -q", "looking for pi-gen's container", "any"],
     ["stopping it", stopContainer("pibake_broker"), "docker stop -t 10 pibake_broker", "stopping pi-gen's container", "any"],
@@ -160,7 +180,11 @@ describe("the build machine's commands", () => {
   it.each<[string, Command, string, (number[] | "any")?]>([
     ["unmount", unmount("/w/root/boot"), "umount /w/root/boot", "any"],
     ["unmount lazily", unmountLazily("/w/root/boot"), "umount --lazy /w/root/boot", "any"],
-    ["a partition on a loop device", attachLoopDevice("/w/image.img", 4194304, 536870912, false, "image.img"), "losetup --find --show --offset 4194304 --sizelimit 536870912 /w/image.img"],
+    [
+      "a partition on a loop device",
+      attachLoopDevice("/w/image.img", 4194304, 536870912, false, "image.img"),
+      "losetup --find --show --offset 4194304 --sizelimit 536870912 /w/image.img",
+    ],
     ["read-only", attachLoopDevice("/w/base.img", 0, 512, true, "base.img"), "losetup --find --show --offset 0 --sizelimit 512 --read-only /w/base.img"],
     ["detach", detachLoopDevice("/dev/loop7"), "losetup --detach /dev/loop7"],
   ])("%s", (_name, c, line, okCodes) => {
@@ -218,7 +242,11 @@ describe("the stage runner's commands", () => {
     const lines: string[] = [];
     process.env.PIBAKE_TEST_LEAK = "leaked";
     try {
-      await runInChroot("/", { script: 'echo "$DEBIAN_FRONTEND $HOME $STAGE ${PIBAKE_TEST_LEAK:-none}"\n', env: { STAGE: "pibake" }, onLine: (l) => lines.push(l) });
+      await runInChroot("/", {
+        script: 'echo "$DEBIAN_FRONTEND $HOME $STAGE ${PIBAKE_TEST_LEAK:-none}"\n',
+        env: { STAGE: "pibake" },
+        onLine: (l) => lines.push(l),
+      });
     } finally {
       delete process.env.PIBAKE_TEST_LEAK;
     }
@@ -227,7 +255,14 @@ describe("the stage runner's commands", () => {
 
   it("runs a host script with on_chroot exported, both paths as arguments", async () => {
     const c = hostScript("/w/stage/01-run.sh", "/p/stages/host/on-chroot.sh");
-    expect([c.cmd, ...c.args]).toEqual(["bash", "-c", 'source "$1" && export -f on_chroot && exec "$2"', "run.sh", "/p/stages/host/on-chroot.sh", "/w/stage/01-run.sh"]);
+    expect([c.cmd, ...c.args]).toEqual([
+      "bash",
+      "-c",
+      'source "$1" && export -f on_chroot && exec "$2"',
+      "run.sh",
+      "/p/stages/host/on-chroot.sh",
+      "/w/stage/01-run.sh",
+    ]);
     const { dir, cleanup } = tempDir("pibake-host-script-");
     try {
       const lib = path.join(dir, "on chroot's lib.sh");

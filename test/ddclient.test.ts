@@ -18,7 +18,16 @@ import { execa } from "execa";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config/load.js";
 import { ConfigError } from "../src/errors.js";
-import { baseConfig, DEFAULT_SECRET_ENV, redactAll, removeAllFixtures, renderFixture, tempDir, type Fixture, type TestConfig } from "./helpers/render-fixture.js";
+import {
+  baseConfig,
+  DEFAULT_SECRET_ENV,
+  redactAll,
+  removeAllFixtures,
+  renderFixture,
+  tempDir,
+  type Fixture,
+  type TestConfig,
+} from "./helpers/render-fixture.js";
 import { dumped, runDdclient, type DdclientRun } from "./helpers/ddclient.js";
 
 afterAll(() => removeAllFixtures());
@@ -35,14 +44,15 @@ function configComplaints(output: string, host: string, server: string): string[
     /^Use of uninitialized value \$_\[\d+\] in sprintf at \S*ddclient line \d+\.$/,
     new RegExp(`^FAILED:\\s+updating ${esc(host)}: Could not connect to ${esc(server)}\\.$`),
   ];
-  return output
-    .split("\n")
-    // The -debug dump of parsed settings (names like min-error-interval) is data, not a complaint.
-    .filter((l) => !/^((opt|globals|config|cache)\{|DEBUG:)/.test(l))
-    .filter((l) => /^(WARNING|FAILED|FATAL|ERROR|CRITICAL)|warning|error|invalid|unrecognized|deprecated|Use of uninitialized|at \S+ line \d+/i.test(l))
-    .filter((l) => !expected.some((re) => re.test(l.trimEnd())));
+  return (
+    output
+      .split("\n")
+      // The -debug dump of parsed settings (names like min-error-interval) is data, not a complaint.
+      .filter((l) => !/^((opt|globals|config|cache)\{|DEBUG:)/.test(l))
+      .filter((l) => /^(WARNING|FAILED|FATAL|ERROR|CRITICAL)|warning|error|invalid|unrecognized|deprecated|Use of uninitialized|at \S+ line \d+/i.test(l))
+      .filter((l) => !expected.some((re) => re.test(l.trimEnd())))
+  );
 }
-
 
 describe("ddclient reads the rendered /etc/ddclient.conf", () => {
   let fx: Fixture | undefined;
@@ -122,8 +132,14 @@ describe("ddclient reads the rendered /etc/ddclient.conf", () => {
     const broken = f.overlayText("etc/ddclient.conf").replace(/^usev4=webv4$/m, "usev4=webv4\nbogus-keyword=1\nusev6=nonsense");
     const run = await runDdclient(broken, token);
     const complaints = configComplaints(run.output, "pibake-test.freemyip.com", "freemyip.com");
-    expect(complaints.some((l) => /unrecognized keyword 'bogus-keyword'/.test(l)), run.output).toBe(true);
-    expect(complaints.some((l) => /usev6/.test(l)), run.output).toBe(true);
+    expect(
+      complaints.some((l) => /unrecognized keyword 'bogus-keyword'/.test(l)),
+      run.output,
+    ).toBe(true);
+    expect(
+      complaints.some((l) => /usev6/.test(l)),
+      run.output,
+    ).toBe(true);
     expect(run.output).not.toContain(token);
   });
 });
@@ -206,7 +222,20 @@ interface FieldCase {
 }
 
 /** Refused in every value: no quoting carries them through ddclient's line handling, or through curl in 3.11+. */
-const NEVER = ["backslash", "single quote", "space", "tab", "newline", "CR", "leading space", "trailing space", "trailing backslash", "non-ASCII", "non-ASCII with byte 0x85", "control character"];
+const NEVER = [
+  "backslash",
+  "single quote",
+  "space",
+  "tab",
+  "newline",
+  "CR",
+  "leading space",
+  "trailing space",
+  "trailing backslash",
+  "non-ASCII",
+  "non-ASCII with byte 0x85",
+  "control character",
+];
 const ALL = CLASSES.map((k) => k.name);
 
 const FIELDS: FieldCase[] = [
@@ -331,7 +360,8 @@ describe("every value pibake writes into ddclient.conf: refused naming the field
         if (!issue) return `${label}: refused without naming ${f.field}: ${redactAll(refusal.message, [secret])}`;
         if (refusal.message.includes(secret) && f.secret) return `${label}: the message shows the secret`;
         // The message says what is allowed, after the value (or "(secret …)").
-        if (!/ddclient|host name|DNS name|http\(s\) URL|line break/.test(issue.message)) return `${label}: the message does not say what is allowed: ${issue.message}`;
+        if (!/ddclient|host name|DNS name|http\(s\) URL|line break/.test(issue.message))
+          return `${label}: the message does not say what is allowed: ${issue.message}`;
         return undefined;
       }
       if (shouldRefuse) return `${label}: accepted, but it should be refused`;
@@ -363,7 +393,10 @@ describe("every value pibake writes into ddclient.conf: refused naming the field
       refusal = err;
     }
     expect(refusal).toBeInstanceOf(ConfigError);
-    expect((refusal as ConfigError).issues).toContainEqual({ path: "ddns.server", message: expect.stringMatching(/^"dyndns" is not a fully qualified host name/) });
+    expect((refusal as ConfigError).issues).toContainEqual({
+      path: "ddns.server",
+      message: expect.stringMatching(/^"dyndns" is not a fully qualified host name/),
+    });
     // Why: what ddclient makes of such a line.
     const fx = await renderFixture({ config: dyndns2Config(), env: { ...DEFAULT_SECRET_ENV, PIBAKE_TEST_DDNS_SECRET: DYN_PASSWORD } });
     try {

@@ -6,12 +6,7 @@ import { createBmap } from "../src/image/bmap.js";
 import { probeImage } from "../src/image/compression.js";
 import { configDigests } from "../src/secrets/digests.js";
 import { buildFacts, deliveryBaseName } from "../src/build.js";
-import {
-  deliver,
-  removeStaleTemps,
-  sha256Line,
-  type DeliverCompression,
-} from "../src/image/deliver.js";
+import { deliver, removeStaleTemps, sha256Line, type DeliverCompression } from "../src/image/deliver.js";
 import { dataRanges, parseFilefrag, scanImage } from "../src/image/sparse.js";
 import { summarize } from "../src/secrets/pki.js";
 import { BuildLog } from "../src/host/log.js";
@@ -158,8 +153,16 @@ describe("deliver", () => {
     Object.assign(process.env, sudo);
     try {
       const outDir = path.join(work, "sudo-made/deploy/out");
-      await deliver({ result: { imagePath: engineImage("sudo"), manifest: { engine: "test" }, timings: {} }, ...buildSide(), outDir, compress: "none", logPath: logFile("sudo") });
-      const owners = [path.join(work, "sudo-made"), path.join(work, "sudo-made/deploy"), outDir, ...readdirSync(outDir).map((f) => path.join(outDir, f))].map((p) => `${path.relative(work, p)} ${statSync(p).uid}:${statSync(p).gid}`);
+      await deliver({
+        result: { imagePath: engineImage("sudo"), manifest: { engine: "test" }, timings: {} },
+        ...buildSide(),
+        outDir,
+        compress: "none",
+        logPath: logFile("sudo"),
+      });
+      const owners = [path.join(work, "sudo-made"), path.join(work, "sudo-made/deploy"), outDir, ...readdirSync(outDir).map((f) => path.join(outDir, f))].map(
+        (p) => `${path.relative(work, p)} ${statSync(p).uid}:${statSync(p).gid}`,
+      );
       expect(owners.filter((o) => !o.endsWith(" 4321:4322"))).toEqual([]);
       expect(owners).toHaveLength(9);
       // What was there already stays whose it was.
@@ -181,7 +184,14 @@ describe("deliver", () => {
       release: "trixie",
       arch: "arm64",
       domain: "pibake-test.freemyip.com",
-      image: { file: `${delivered.baseName}.img`, compression: "none", size: 64 * MiB + 1536, rawSize: 64 * MiB + 1536, sha256: delivered.sha256, rawSha256: delivered.sha256 },
+      image: {
+        file: `${delivered.baseName}.img`,
+        compression: "none",
+        size: 64 * MiB + 1536,
+        rawSize: 64 * MiB + 1536,
+        sha256: delivered.sha256,
+        rawSha256: delivered.sha256,
+      },
       config: { file: "broker.json" },
       certificate: { subject: "CN=pibake-test.freemyip.com", sha256Fingerprint: cert.fingerprint256, notAfter: cert.notAfter.toISOString() },
       ca: { sha256Fingerprint: summarize(fx.secrets.pki.caCertPem).fingerprint256 },
@@ -230,7 +240,13 @@ describe("deliver", () => {
 
   it("replaces the same build delivered in another compression, so that no image is left with a bmap that is not its own", async () => {
     const outDir = path.join(work, "out-replace");
-    const first = await deliver({ result: { imagePath: engineImage("r1"), manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "none", logPath: logFile("r1") });
+    const first = await deliver({
+      result: { imagePath: engineImage("r1"), manifest: {}, timings: {} },
+      ...buildSide(),
+      outDir,
+      compress: "none",
+      logPath: logFile("r1"),
+    });
     await deliver({ result: { imagePath: engineImage("r2"), manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "zstd", logPath: logFile("r2") });
     expect(existsSync(first.image)).toBe(false);
     expect(existsSync(first.sha256File)).toBe(false);
@@ -243,7 +259,14 @@ describe("deliver", () => {
     writeFileSync(path.join(outDir, "keep.txt"), "someone else's file");
     const ac = new AbortController();
     const img = engineImage("abort");
-    const run = deliver({ result: { imagePath: img, manifest: {}, timings: {} }, ...buildSide(), outDir, compress: "xz", logPath: logFile("abort"), signal: ac.signal });
+    const run = deliver({
+      result: { imagePath: img, manifest: {}, timings: {} },
+      ...buildSide(),
+      outDir,
+      compress: "xz",
+      logPath: logFile("abort"),
+      signal: ac.signal,
+    });
     // Abort as soon as the compressor has an output file.
     const deadline = Date.now() + 10_000;
     while (!readdirSync(outDir).some((f) => f.startsWith(".pibake-tmp-")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

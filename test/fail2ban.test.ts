@@ -21,7 +21,19 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { baseConfig, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 import { connect, sleep } from "./helpers/mosquitto.js";
 import { freePort, waitForPort } from "./helpers/net.js";
-import { INTERNET_PEER, LAN_PEER, layOutMosquitto, loadRuleset, makeTopology, NetnsBroker, netnsUnavailable, PI_LAN, PI_WAN, probe, type Topology } from "./helpers/netns.js";
+import {
+  INTERNET_PEER,
+  LAN_PEER,
+  layOutMosquitto,
+  loadRuleset,
+  makeTopology,
+  NetnsBroker,
+  netnsUnavailable,
+  PI_LAN,
+  PI_WAN,
+  probe,
+  type Topology,
+} from "./helpers/netns.js";
 import { FAIL2BAN } from "../src/render/firewall.js";
 
 const JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote";
@@ -74,10 +86,14 @@ function fail2banConfig(fx: Fixture, dir: string): string {
 
 /** `fail2ban-regex -o ip` over a journal file: the address of every failure found, in order. */
 async function failuresInJournal(confDir: string, journal: string, filter: string, journalMatch?: string): Promise<string[]> {
-  const r = await execa("fail2ban-regex", ["-o", "ip", "--config", confDir, ...(journalMatch ? ["-m", journalMatch] : []), `systemd-journal[journalfiles="${journal}"]`, filter], {
-    timeout: 30_000,
-    reject: false,
-  });
+  const r = await execa(
+    "fail2ban-regex",
+    ["-o", "ip", "--config", confDir, ...(journalMatch ? ["-m", journalMatch] : []), `systemd-journal[journalfiles="${journal}"]`, filter],
+    {
+      timeout: 30_000,
+      reject: false,
+    },
+  );
   expect(r.exitCode, r.stderr).toBe(0);
   return r.stdout.split("\n").filter(Boolean);
 }
@@ -92,107 +108,170 @@ function connectPacket(clientId: string, user: string, password: string): Buffer
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
 }
 
-describe.skipIf(missing.length > 0)(`fail2ban reads the journal${missing.length ? ` (skipped: ${missing.join(", ")} missing; CI installs fail2ban and systemd-journal-remote)` : ""}`, () => {
-  afterAll(removeAllFixtures);
+describe.skipIf(missing.length > 0)(
+  `fail2ban reads the journal${missing.length ? ` (skipped: ${missing.join(", ")} missing; CI installs fail2ban and systemd-journal-remote)` : ""}`,
+  () => {
+    afterAll(removeAllFixtures);
 
-  it("finds every failed MQTT login on the TLS listener of a real mosquitto, with the client's address, and nothing else", async () => {
-    const config = baseConfig();
-    config.mqtt.lanPort = await freePort();
-    config.mqtt.tlsPort = await freePort();
-    const fx = await renderFixture({ config });
-    const root = tempDir("pibake-f2b-mosquitto-");
-    const broker = new NetnsBroker(undefined, layOutMosquitto(fx.rendered.overlay, root, { loopback: true }));
-    let held: tls.TLSSocket | undefined;
-    try {
-      await broker.waitForLog(/mosquitto version \S+ running/, 10_000);
-      const ca = fx.overlayText("etc/mosquitto/certs/ca.crt");
-      const tlsOpts = { host: "127.0.0.1", port: fx.model.mqtt.tlsPort, protocol: "mqtts" as const, ca, servername: fx.model.tls.domain, rejectUnauthorized: true };
-      const login = async (localAddress: string, username: string, password: string) => (await connect({ ...tlsOpts, localAddress, username, password, clientId: `c-${localAddress}` } as never)).error?.message ?? "connected";
+    it("finds every failed MQTT login on the TLS listener of a real mosquitto, with the client's address, and nothing else", async () => {
+      const config = baseConfig();
+      config.mqtt.lanPort = await freePort();
+      config.mqtt.tlsPort = await freePort();
+      const fx = await renderFixture({ config });
+      const root = tempDir("pibake-f2b-mosquitto-");
+      const broker = new NetnsBroker(undefined, layOutMosquitto(fx.rendered.overlay, root, { loopback: true }));
+      let held: tls.TLSSocket | undefined;
+      try {
+        await broker.waitForLog(/mosquitto version \S+ running/, 10_000);
+        const ca = fx.overlayText("etc/mosquitto/certs/ca.crt");
+        const tlsOpts = {
+          host: "127.0.0.1",
+          port: fx.model.mqtt.tlsPort,
+          protocol: "mqtts" as const,
+          ca,
+          servername: fx.model.tls.domain,
+          rejectUnauthorized: true,
+        };
+        const login = async (localAddress: string, username: string, password: string) =>
+          (await connect({ ...tlsOpts, localAddress, username, password, clientId: `c-${localAddress}` } as never)).error?.message ?? "connected";
 
-      expect(await login("127.0.0.2", "hub", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
-      expect(await login("127.0.0.3", "nosuchuser", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
-      const ok = await connect({ ...tlsOpts, localAddress: "127.0.0.4", username: "hub", password: fx.clear.mqtt.hub } as never);
-      expect(ok.error).toBeUndefined();
-      ok.client!.end(true);
-      // A failure on the LAN listener is not the Internet's.
-      expect((await connect({ host: "127.0.0.1", port: fx.model.mqtt.lanPort, username: "hub", password: "a-wrong-password" })).error?.message).toMatch(/not authori[sz]ed/i);
-      // Two connections in flight: X is accepted, then Y is accepted and fails, then X fails.
-      // node:tls hands localAddress to the socket it makes, though its type does not list it.
-      held = tls.connect({ host: "127.0.0.1", port: fx.model.mqtt.tlsPort, localAddress: "127.0.0.6", ca, servername: fx.model.tls.domain } as tls.ConnectionOptions);
-      held.on("error", () => undefined);
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error("no TLS handshake within 5 s")), 5000);
-        held!.once("secureConnect", () => (clearTimeout(timer), resolve()));
-      });
-      await broker.waitForLog(/New connection from 127\.0\.0\.6:/, 5000);
-      expect(await login("127.0.0.5", "hub", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
-      held.write(connectPacket("held", "hub", "a-wrong-password"));
-      await broker.waitForLog(/(not authorised\.\n[^]*){5}/, 5000);
-    } finally {
-      held?.destroy();
-      await broker.stop();
-    }
-    const lines = broker.log.split("\n").filter(Boolean);
-    const journal = path.join(tempDir("pibake-journal-"), "mosquitto.journal");
-    await writeJournal(journal, [
-      ...lines.map((message) => ({ unit: "mosquitto.service", ident: "mosquitto", pid: 812, message })),
-      // Another unit's lines that look like mosquitto's: the jail's journal match leaves them out.
-      { unit: "other.service", ident: "mosquitto", pid: 900, message: `New connection from 198.51.100.9:4242 on port ${fx.model.mqtt.tlsPort}.` },
-      { unit: "other.service", ident: "mosquitto", pid: 900, message: "Client forged disconnected, not authorised." },
-    ]);
-    const confDir = fail2banConfig(fx, path.join(tempDir("pibake-f2b-conf-"), "fail2ban"));
-    const found = await failuresInJournal(confDir, journal, "pibake-mosquitto");
-    expect(found, broker.log).toEqual(["127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.6"]);
-  });
-
-  it.skipIf(!isRoot || !existsSync("/usr/sbin/sshd"))("finds a real sshd's failed logins (unknown user, wrong password), logged as sshd or as sshd-session (OpenSSH 9.8 and later), with the jail's filter and journal match", async () => {
-    const fx = await renderFixture({ config: baseConfig() });
-    const dir = tempDir("pibake-sshd-");
-    const port = await freePort();
-    await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(dir, "host_key")], { timeout: 20_000 });
-    writeFileSync(
-      path.join(dir, "sshd_config"),
-      [`ListenAddress 127.0.0.1`, `Port ${port}`, `HostKey ${dir}/host_key`, "PidFile none", "UsePAM no", "PasswordAuthentication yes", "KbdInteractiveAuthentication no", "AuthorizedKeysFile none", "LogLevel INFO", ""].join("\n"),
-    );
-    writeFileSync(path.join(dir, "askpass"), "#!/bin/sh\necho a-wrong-password\n", { mode: 0o755 });
-    // sshd's privilege separation needs its empty directory.
-    mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
-    let log = "";
-    const sshd: ResultPromise = execa("/usr/sbin/sshd", ["-D", "-e", "-f", path.join(dir, "sshd_config")], { reject: false, all: true, buffer: false });
-    sshd.all!.on("data", (d: Buffer) => (log += d.toString()));
-    try {
-      await waitForPort(port, 10_000, () => sshd.exitCode === null);
-      const ssh = (from: string, user: string) =>
-        execa(
-          "ssh",
-          ["-b", from, "-p", String(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=5", `${user}@127.0.0.1`, "true"],
-          { reject: false, timeout: 15_000, stdin: "ignore", env: { SSH_ASKPASS: path.join(dir, "askpass"), SSH_ASKPASS_REQUIRE: "force", DISPLAY: "none" } },
+        expect(await login("127.0.0.2", "hub", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
+        expect(await login("127.0.0.3", "nosuchuser", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
+        const ok = await connect({ ...tlsOpts, localAddress: "127.0.0.4", username: "hub", password: fx.clear.mqtt.hub } as never);
+        expect(ok.error).toBeUndefined();
+        ok.client!.end(true);
+        // A failure on the LAN listener is not the Internet's.
+        expect((await connect({ host: "127.0.0.1", port: fx.model.mqtt.lanPort, username: "hub", password: "a-wrong-password" })).error?.message).toMatch(
+          /not authori[sz]ed/i,
         );
-      expect((await ssh("127.0.0.2", "nosuchuser")).exitCode).toBe(255);
-      expect((await ssh("127.0.0.3", "root")).exitCode).toBe(255);
-      const deadline = Date.now() + 5000;
-      while (!/Failed password for root/.test(log) && Date.now() < deadline) await sleep(50);
-    } finally {
-      sshd.kill("SIGTERM");
-      await Promise.race([sshd, sleep(3000)]);
-      sshd.kill("SIGKILL");
-    }
-    const lines = log.split("\n").filter((l) => l && !l.startsWith("Server listening"));
-    const confDir = fail2banConfig(fx, path.join(tempDir("pibake-f2b-conf-"), "fail2ban"));
-    // The jail's own filter line and journal match, as fail2ban-server would use them.
-    const section = fx.overlayText("etc/fail2ban/jail.d/pibake.local").split(/^(?=\[)/m).find((s) => s.startsWith("[sshd]\n"))!;
-    const filter = /^filter = (.+)$/m.exec(section)?.[1] ?? "sshd";
-    const match = /^journalmatch = (.+)$/m.exec(section)![1]!;
-    expect(match).toContain("_SYSTEMD_UNIT=ssh.service");
-    // OpenSSH before 9.8 (bookworm) logs as sshd, later ones (trixie) as sshd-session.
-    for (const ident of ["sshd", "sshd-session"]) {
-      const journal = path.join(tempDir("pibake-journal-"), "ssh.journal");
-      await writeJournal(journal, lines.map((message) => ({ unit: "ssh.service", ident, pid: 700, message })));
-      const found = await failuresInJournal(confDir, journal, filter, match);
-      expect(found, `${ident}:\n${log}`).toEqual(["127.0.0.2", "127.0.0.2", "127.0.0.3"]);
-    }
-  });
-});
+        // Two connections in flight: X is accepted, then Y is accepted and fails, then X fails.
+        // node:tls hands localAddress to the socket it makes, though its type does not list it.
+        held = tls.connect({
+          host: "127.0.0.1",
+          port: fx.model.mqtt.tlsPort,
+          localAddress: "127.0.0.6",
+          ca,
+          servername: fx.model.tls.domain,
+        } as tls.ConnectionOptions);
+        held.on("error", () => undefined);
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error("no TLS handshake within 5 s")), 5000);
+          held!.once("secureConnect", () => (clearTimeout(timer), resolve()));
+        });
+        await broker.waitForLog(/New connection from 127\.0\.0\.6:/, 5000);
+        expect(await login("127.0.0.5", "hub", "a-wrong-password")).toMatch(/not authori[sz]ed/i);
+        held.write(connectPacket("held", "hub", "a-wrong-password"));
+        await broker.waitForLog(/(not authorised\.\n[^]*){5}/, 5000);
+      } finally {
+        held?.destroy();
+        await broker.stop();
+      }
+      const lines = broker.log.split("\n").filter(Boolean);
+      const journal = path.join(tempDir("pibake-journal-"), "mosquitto.journal");
+      await writeJournal(journal, [
+        ...lines.map((message) => ({ unit: "mosquitto.service", ident: "mosquitto", pid: 812, message })),
+        // Another unit's lines that look like mosquitto's: the jail's journal match leaves them out.
+        { unit: "other.service", ident: "mosquitto", pid: 900, message: `New connection from 198.51.100.9:4242 on port ${fx.model.mqtt.tlsPort}.` },
+        { unit: "other.service", ident: "mosquitto", pid: 900, message: "Client forged disconnected, not authorised." },
+      ]);
+      const confDir = fail2banConfig(fx, path.join(tempDir("pibake-f2b-conf-"), "fail2ban"));
+      const found = await failuresInJournal(confDir, journal, "pibake-mosquitto");
+      expect(found, broker.log).toEqual(["127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.6"]);
+    });
+
+    it.skipIf(!isRoot || !existsSync("/usr/sbin/sshd"))(
+      "finds a real sshd's failed logins (unknown user, wrong password), logged as sshd or as sshd-session (OpenSSH 9.8 and later), with the jail's filter and journal match",
+      async () => {
+        const fx = await renderFixture({ config: baseConfig() });
+        const dir = tempDir("pibake-sshd-");
+        const port = await freePort();
+        await execa("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(dir, "host_key")], { timeout: 20_000 });
+        writeFileSync(
+          path.join(dir, "sshd_config"),
+          [
+            `ListenAddress 127.0.0.1`,
+            `Port ${port}`,
+            `HostKey ${dir}/host_key`,
+            "PidFile none",
+            "UsePAM no",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication no",
+            "AuthorizedKeysFile none",
+            "LogLevel INFO",
+            "",
+          ].join("\n"),
+        );
+        writeFileSync(path.join(dir, "askpass"), "#!/bin/sh\necho a-wrong-password\n", { mode: 0o755 });
+        // sshd's privilege separation needs its empty directory.
+        mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
+        let log = "";
+        const sshd: ResultPromise = execa("/usr/sbin/sshd", ["-D", "-e", "-f", path.join(dir, "sshd_config")], { reject: false, all: true, buffer: false });
+        sshd.all!.on("data", (d: Buffer) => (log += d.toString()));
+        try {
+          await waitForPort(port, 10_000, () => sshd.exitCode === null);
+          const ssh = (from: string, user: string) =>
+            execa(
+              "ssh",
+              [
+                "-b",
+                from,
+                "-p",
+                String(port),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=5",
+                `${user}@127.0.0.1`,
+                "true",
+              ],
+              {
+                reject: false,
+                timeout: 15_000,
+                stdin: "ignore",
+                env: { SSH_ASKPASS: path.join(dir, "askpass"), SSH_ASKPASS_REQUIRE: "force", DISPLAY: "none" },
+              },
+            );
+          expect((await ssh("127.0.0.2", "nosuchuser")).exitCode).toBe(255);
+          expect((await ssh("127.0.0.3", "root")).exitCode).toBe(255);
+          const deadline = Date.now() + 5000;
+          while (!/Failed password for root/.test(log) && Date.now() < deadline) await sleep(50);
+        } finally {
+          sshd.kill("SIGTERM");
+          await Promise.race([sshd, sleep(3000)]);
+          sshd.kill("SIGKILL");
+        }
+        const lines = log.split("\n").filter((l) => l && !l.startsWith("Server listening"));
+        const confDir = fail2banConfig(fx, path.join(tempDir("pibake-f2b-conf-"), "fail2ban"));
+        // The jail's own filter line and journal match, as fail2ban-server would use them.
+        const section = fx
+          .overlayText("etc/fail2ban/jail.d/pibake.local")
+          .split(/^(?=\[)/m)
+          .find((s) => s.startsWith("[sshd]\n"))!;
+        const filter = /^filter = (.+)$/m.exec(section)?.[1] ?? "sshd";
+        const match = /^journalmatch = (.+)$/m.exec(section)![1]!;
+        expect(match).toContain("_SYSTEMD_UNIT=ssh.service");
+        // OpenSSH before 9.8 (bookworm) logs as sshd, later ones (trixie) as sshd-session.
+        for (const ident of ["sshd", "sshd-session"]) {
+          const journal = path.join(tempDir("pibake-journal-"), "ssh.journal");
+          await writeJournal(
+            journal,
+            lines.map((message) => ({ unit: "ssh.service", ident, pid: 700, message })),
+          );
+          const found = await failuresInJournal(confDir, journal, filter, match);
+          expect(found, `${ident}:\n${log}`).toEqual(["127.0.0.2", "127.0.0.2", "127.0.0.3"]);
+        }
+      },
+    );
+  },
+);
 
 describe.skipIf(missing.length > 0 || netns !== undefined)(`a fail2ban ban takes effect beside the firewall${netns ? ` (skipped: ${netns})` : ""}`, () => {
   let fx: Fixture;
@@ -218,12 +297,17 @@ describe.skipIf(missing.length > 0 || netns !== undefined)(`a fail2ban ban takes
     // mosquitto's lines go to a file as journald would pass them on; the test's only stand-in: no journald runs here.
     const log = path.join(dir, "mosquitto.log");
     writeFileSync(log, "");
-    broker = new NetnsBroker(topo.pi, layOutMosquitto(fx.rendered.overlay, dir), (line) => appendFileSync(log, `${syslogTime(new Date())} broker mosquitto[812]: ${line}\n`));
+    broker = new NetnsBroker(topo.pi, layOutMosquitto(fx.rendered.overlay, dir), (line) =>
+      appendFileSync(log, `${syslogTime(new Date())} broker mosquitto[812]: ${line}\n`),
+    );
     await broker.waitForLog(/mosquitto version \S+ running/, 10_000);
 
     confDir = fail2banConfig(fx, path.join(dir, "fail2ban"));
     rmSync(path.join(confDir, "jail.d/defaults-debian.conf"), { force: true });
-    writeFileSync(path.join(confDir, "jail.d/zz-test.local"), `[DEFAULT]\nbackend = polling\n\n[sshd]\nenabled = false\n\n[pibake-mosquitto]\nlogpath = ${log}\n`);
+    writeFileSync(
+      path.join(confDir, "jail.d/zz-test.local"),
+      `[DEFAULT]\nbackend = polling\n\n[sshd]\nenabled = false\n\n[pibake-mosquitto]\nlogpath = ${log}\n`,
+    );
     writeFileSync(
       path.join(confDir, "fail2ban.local"),
       `[Definition]\ndbfile = ${dir}/fail2ban.sqlite3\nsocket = ${dir}/fail2ban.sock\npidfile = ${dir}/fail2ban.pid\nlogtarget = STDERR\n`,

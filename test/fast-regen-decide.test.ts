@@ -69,11 +69,19 @@ describe("fast path: the decision", () => {
   });
 
   it("names each change that needs the image's own programs", async () => {
-    expect(await changed((c) => (c.nodeRed = { enabled: true, install: "firstboot" }))).toEqual([expect.stringMatching(/^packages to install: nodejs$/), expect.stringMatching(/what the stage runs in the image changes \(.*01-node-red/)]);
-    expect(await changed((c) => (c.user.name = "pi2"))).toEqual([expect.stringMatching(/first user is renamed \(admin → pi2\): usermod/), expect.stringMatching(/stage runs in the image changes/)]);
+    expect(await changed((c) => (c.nodeRed = { enabled: true, install: "firstboot" }))).toEqual([
+      expect.stringMatching(/^packages to install: nodejs$/),
+      expect.stringMatching(/what the stage runs in the image changes \(.*01-node-red/),
+    ]);
+    expect(await changed((c) => (c.user.name = "pi2"))).toEqual([
+      expect.stringMatching(/first user is renamed \(admin → pi2\): usermod/),
+      expect.stringMatching(/stage runs in the image changes/),
+    ]);
     expect(await changed((c) => (c.image.keyboard = { keymap: "fr", layout: "French" }))).toEqual([expect.stringMatching(/keyboard changes to fr: debconf/)]);
     expect(await changed((c) => (c.image.locale = "de_DE.UTF-8"))).toEqual([expect.stringMatching(/locale de_DE.UTF-8 is new to the image: locale-gen/)]);
-    expect(await changed((c) => (c.firewall = { enabled: false }))).toEqual([expect.stringMatching(/stage runs in the image changes \(00-broker\/00-packages-nr, 00-broker\/02-run-chroot.sh:/)]);
+    expect(await changed((c) => (c.firewall = { enabled: false }))).toEqual([
+      expect.stringMatching(/stage runs in the image changes \(00-broker\/00-packages-nr, 00-broker\/02-run-chroot.sh:/),
+    ]);
   });
 
   it("names the base, the options and an older record", () => {
@@ -90,7 +98,11 @@ describe("fast path: the decision", () => {
   });
 
   it("leaves the password hash and the owners out of what runs in the image", async () => {
-    const other = await renderFixture({ config: config(), env: { ...(await import("./helpers/render-fixture.js")).DEFAULT_SECRET_ENV, PIBAKE_TEST_USER_PASSWORD: "another-Password-1" }, stateDir: fx.state.dir });
+    const other = await renderFixture({
+      config: config(),
+      env: { ...(await import("./helpers/render-fixture.js")).DEFAULT_SECRET_ENV, PIBAKE_TEST_USER_PASSWORD: "another-Password-1" },
+      stateDir: fx.state.dir,
+    });
     expect(other.secrets.userPasswordHash).not.toBe(fx.secrets.userPasswordHash);
     expect(inImageWork(other.rendered)).toEqual(inImageWork(fx.rendered));
   });
@@ -158,8 +170,18 @@ async function miniImage(dir: string, marker: ImageMarker, home: string, craft: 
     writeFileSync(path.join(tree, p), content);
   };
   const user = fx.model.user.name;
-  const owners = [...new Set(fx.rendered.overlay.flatMap((f) => [f.owner, f.group]).filter((o): o is string => typeof o === "string" && o !== "root" && o !== user))];
-  put("etc/passwd", [`root:x:0:0:root:/root:/bin/bash`, `${user}:x:1000:1000:,,,:${home}:/bin/bash`, ...owners.map((o, i) => `${o}:x:${100 + i}:${100 + i}::/nonexistent:/usr/sbin/nologin`), ""].join("\n"));
+  const owners = [
+    ...new Set(fx.rendered.overlay.flatMap((f) => [f.owner, f.group]).filter((o): o is string => typeof o === "string" && o !== "root" && o !== user)),
+  ];
+  put(
+    "etc/passwd",
+    [
+      `root:x:0:0:root:/root:/bin/bash`,
+      `${user}:x:1000:1000:,,,:${home}:/bin/bash`,
+      ...owners.map((o, i) => `${o}:x:${100 + i}:${100 + i}::/nonexistent:/usr/sbin/nologin`),
+      "",
+    ].join("\n"),
+  );
   put("etc/group", [`root:x:0:`, `${user}:x:1000:`, ...owners.map((o, i) => `${o}:x:${100 + i}:`), ""].join("\n"));
   put("etc/shadow", `root:*:20000:0:99999:7:::\n${user}:!:20000:0:99999:7:::\n`);
   put("etc/os-release", `VERSION_CODENAME=${marker.release}\n`);
@@ -228,13 +250,19 @@ describe("fast path: directories that are links in the base", () => {
     });
     const input = engineInput(dir, image);
     const outcome = await regenerateFast(input, quiet);
-    expect(outcome).toEqual({ kind: "full", reasons: [expect.stringContaining("links in the image (/srv/admin, on the way to /srv/admin/.ssh/authorized_keys)")] });
+    expect(outcome).toEqual({
+      kind: "full",
+      reasons: [expect.stringContaining("links in the image (/srv/admin, on the way to /srv/admin/.ssh/authorized_keys)")],
+    });
     expect(readFileSync(input.logPath, "utf8")).toMatch(/fast path: not taken: .*\/srv\/admin, on the way to \/srv\/admin\/\.ssh\/authorized_keys/);
 
     // As a user: exit 2, the reason and sudo -E.
     const getuid = vi.spyOn(process, "getuid").mockReturnValue(1000);
     try {
-      await expect(buildFromBase(input, quiet)).rejects.toMatchObject({ exitCode: 2, message: expect.stringMatching(/needs root: .*\/srv\/admin, on the way to .*Run it with sudo -E/) });
+      await expect(buildFromBase(input, quiet)).rejects.toMatchObject({
+        exitCode: 2,
+        message: expect.stringMatching(/needs root: .*\/srv\/admin, on the way to .*Run it with sudo -E/),
+      });
     } finally {
       getuid.mockRestore();
     }
@@ -254,7 +282,11 @@ describe("fast path: directories that are links in the base", () => {
     const outcome = await regenerateFast(engineInput(dir, image), quiet);
     expect(outcome).toEqual({
       kind: "full",
-      reasons: [expect.stringContaining("links in the image (/etc/xdg, on the way to /etc/xdg/autostart/piwiz.desktop; /etc/retired, on the way to /etc/retired/old.conf)")],
+      reasons: [
+        expect.stringContaining(
+          "links in the image (/etc/xdg, on the way to /etc/xdg/autostart/piwiz.desktop; /etc/retired, on the way to /etc/retired/old.conf)",
+        ),
+      ],
     });
   });
 });

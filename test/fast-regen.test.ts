@@ -94,12 +94,21 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base: fast regeneration o
 
   it("gives the same root and boot file trees as the full path for the same config", async () => {
     // The same certificate and hashes on both: the full path starts from the state the fast one left.
-    const full = await regenerate(img, { dir: path.join(tmp.dir, "full"), domain: NEW_DOMAIN, env: NEW_SECRETS, extraArgs: ["--full"], config: fast.config, fromState: fast.state });
+    const full = await regenerate(img, {
+      dir: path.join(tmp.dir, "full"),
+      domain: NEW_DOMAIN,
+      env: NEW_SECRETS,
+      extraArgs: ["--full"],
+      config: fast.config,
+      fromState: fast.state,
+    });
     expect(full.exitCode, full.output).toBe(0);
     expect(full.output).toMatch(/full build, not the fast path: --full asks for it/);
     const diffs = [
       ...treeDifferences(await rootTree(fast.image!, path.join(tmp.dir, "m-fast")), await rootTree(full.image!, path.join(tmp.dir, "m-full"))),
-      ...treeDifferences(await bootTree(fast.image!, path.join(tmp.dir, "b-fast")), await bootTree(full.image!, path.join(tmp.dir, "b-full"))).map((d) => `boot: ${d}`),
+      ...treeDifferences(await bootTree(fast.image!, path.join(tmp.dir, "b-fast")), await bootTree(full.image!, path.join(tmp.dir, "b-full"))).map(
+        (d) => `boot: ${d}`,
+      ),
     ].filter((d) => !d.startsWith("var/lib/pibake/build.json: content"));
     expect(diffs).toEqual([]);
     expect(await markerWithoutTime(fast.image!)).toEqual(await markerWithoutTime(full.image!));
@@ -111,13 +120,31 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base: fast regeneration o
     const cfg = path.join(dir, "broker.json");
     writeFileSync(cfg, JSON.stringify(fast.config));
     const out = path.join(dir, "out");
-    const child = execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), "build", cfg, "--base", img.image, "--out", out, "--state", fast.state, "--compress", "none", "--log-format", "plain"], {
-      reject: false,
-      all: true,
-      env: { ...env, ...NEW_SECRETS, CI: "true" },
-      stdin: "ignore",
-      timeout: 600_000,
-    });
+    const child = execa(
+      process.execPath,
+      [
+        path.join(repoRoot, "bin/pibake.js"),
+        "build",
+        cfg,
+        "--base",
+        img.image,
+        "--out",
+        out,
+        "--state",
+        fast.state,
+        "--compress",
+        "none",
+        "--log-format",
+        "plain",
+      ],
+      {
+        reject: false,
+        all: true,
+        env: { ...env, ...NEW_SECRETS, CI: "true" },
+        stdin: "ignore",
+        timeout: 600_000,
+      },
+    );
     let sent = false;
     child.all?.on("data", (d: Buffer) => {
       if (!sent && /writing the image/.test(d.toString())) {

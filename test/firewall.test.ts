@@ -132,7 +132,14 @@ describe.skipIf(unavailable !== undefined)(`firewall in network namespaces${unav
     held.push(session);
     expect(await session.next(10_000)).toBe("connected");
     const attempts = NEW_CONNECTION_LIMIT.burst + 5;
-    const results = await probe(topo!, topo!.inet, { op: "tcp", host: PI_WAN.v4, port: fx.model.mqtt.tlsPort, count: attempts, timeoutMs: DROP_MS, localAddress: flooder });
+    const results = await probe(topo!, topo!.inet, {
+      op: "tcp",
+      host: PI_WAN.v4,
+      port: fx.model.mqtt.tlsPort,
+      count: attempts,
+      timeoutMs: DROP_MS,
+      localAddress: flooder,
+    });
     const connected = results.filter((r) => r === "connected").length;
     // The session's own connection was the first of the burst.
     expect(connected, results.join(" ")).toBeGreaterThanOrEqual(NEW_CONNECTION_LIMIT.burst - 1);
@@ -150,7 +157,14 @@ describe.skipIf(unavailable !== undefined)(`firewall in network namespaces${unav
 
   it("counts new IPv6 connections per /64: another address of the same /64 shares the limit", async () => {
     await topo!.run(topo!.inet, "ip", ["addr", "add", "2001:db8:113::8/64", "dev", "eth0", "nodad"]);
-    const results = await probe(topo!, topo!.inet, { op: "tcp", host: PI_WAN.v6, port: fx.model.mqtt.tlsPort, count: NEW_CONNECTION_LIMIT.burst + 3, timeoutMs: DROP_MS, localAddress: "2001:db8:113::8" });
+    const results = await probe(topo!, topo!.inet, {
+      op: "tcp",
+      host: PI_WAN.v6,
+      port: fx.model.mqtt.tlsPort,
+      count: NEW_CONNECTION_LIMIT.burst + 3,
+      timeoutMs: DROP_MS,
+      localAddress: "2001:db8:113::8",
+    });
     // The IPv6 test above spent one of this /64's budget from 2001:db8:113::7.
     expect(results.filter((r) => r === "connected").length, results.join(" ")).toBeLessThanOrEqual(NEW_CONNECTION_LIMIT.burst);
     expect(results.slice(-3), results.join(" ")).toEqual(["timeout", "timeout", "timeout"]);
@@ -192,7 +206,10 @@ describe("firewall as rendered", () => {
     expect(script).not.toMatch(/systemctl enable .*nftables/);
     expect(script).toMatch(/for unit in nftables\.service fail2ban\.service/);
     // Read back by bash: the loop disables exactly those two units.
-    const r = await execa("bash", ["-c", `systemctl() { echo "systemctl $*"; }; ${script.slice(script.indexOf("for unit in"), script.indexOf("done", script.indexOf("for unit in")) + 4)}`]);
+    const r = await execa("bash", [
+      "-c",
+      `systemctl() { echo "systemctl $*"; }; ${script.slice(script.indexOf("for unit in"), script.indexOf("done", script.indexOf("for unit in")) + 4)}`,
+    ]);
     expect(r.stdout.split("\n").filter((l) => l.includes("disable"))).toEqual(["systemctl disable nftables.service", "systemctl disable fail2ban.service"]);
   });
 
@@ -213,10 +230,17 @@ describe("firewall as rendered", () => {
     const off = firewallPorts((await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false } } })).model);
     expect(off.lan.map((p) => p.port)).toEqual([1883, 22, 5353]);
     // WebSockets: the TLS listener is open to the Internet (no fail2ban: mosquitto logs no address for it), the plain one to the LAN.
-    const ws = firewallPorts((await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false }, mqtt: { ...baseConfig().mqtt, websockets: { lan: true } } } })).model);
-    expect(ws.internet.map((p) => [p.port, p.fail2ban])).toEqual([[8883, true], [8884, false]]);
+    const ws = firewallPorts(
+      (await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false }, mqtt: { ...baseConfig().mqtt, websockets: { lan: true } } } })).model,
+    );
+    expect(ws.internet.map((p) => [p.port, p.fail2ban])).toEqual([
+      [8883, true],
+      [8884, false],
+    ]);
     expect(ws.lan.map((p) => p.port)).toEqual([1883, 1884, 22, 5353]);
-    const rendered = (await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false }, mqtt: { ...baseConfig().mqtt, websockets: {} } } })).overlayText("etc/nftables.conf");
+    const rendered = (
+      await renderFixture({ config: { ...baseConfig(), nodeRed: { enabled: false }, mqtt: { ...baseConfig().mqtt, websockets: {} } } })
+    ).overlayText("etc/nftables.conf");
     expect(rendered).toMatch(/8884/);
   });
 
@@ -238,17 +262,20 @@ describe("firewall as rendered", () => {
     expect(fx.rendered.overlay.find((f) => f.path === "etc/nftables.conf")?.mode).toBe(0o755);
   });
 
-  it.skipIf(process.getuid?.() !== 0)("passes nft -c for hostile but valid configs: overlapping and duplicate networks, /32 hosts, extreme ports, Node-RED off", async () => {
-    const cases: Record<string, any>[] = [
-      { firewall: { lan: ["192.168.0.0/16", "192.168.50.0/24", "192.168.50.0/24", "10.0.0.1/32", "255.255.255.255/32", "0.0.0.0/8"] } },
-      { mqtt: { ...baseConfig().mqtt, lanPort: 1, tlsPort: 65535 }, nodeRed: { port: 65534 } },
-      { nodeRed: { enabled: false } },
-      { network: { ...baseConfig().network, address: "10.1.2.3/8", gateway: "10.0.0.1" } },
-    ];
-    for (const change of cases) {
-      const fx = await renderFixture({ config: { ...baseConfig(), ...change } });
-      const r = await nftCheck(fx.overlayText("etc/nftables.conf"));
-      expect(r.exitCode, `${JSON.stringify(change)}: ${r.stderr}`).toBe(0);
-    }
-  });
+  it.skipIf(process.getuid?.() !== 0)(
+    "passes nft -c for hostile but valid configs: overlapping and duplicate networks, /32 hosts, extreme ports, Node-RED off",
+    async () => {
+      const cases: Record<string, any>[] = [
+        { firewall: { lan: ["192.168.0.0/16", "192.168.50.0/24", "192.168.50.0/24", "10.0.0.1/32", "255.255.255.255/32", "0.0.0.0/8"] } },
+        { mqtt: { ...baseConfig().mqtt, lanPort: 1, tlsPort: 65535 }, nodeRed: { port: 65534 } },
+        { nodeRed: { enabled: false } },
+        { network: { ...baseConfig().network, address: "10.1.2.3/8", gateway: "10.0.0.1" } },
+      ];
+      for (const change of cases) {
+        const fx = await renderFixture({ config: { ...baseConfig(), ...change } });
+        const r = await nftCheck(fx.overlayText("etc/nftables.conf"));
+        expect(r.exitCode, `${JSON.stringify(change)}: ${r.stderr}`).toBe(0);
+      }
+    },
+  );
 });

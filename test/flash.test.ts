@@ -34,7 +34,6 @@ let imageData: Buffer;
 const loops: string[] = [];
 const mounts: string[] = [];
 
-
 /**
  * A sparse image with random data in a few places and a partition table:
  * sfdisk's (when `table` and sfdisk is there), else a minimal one written last.
@@ -171,7 +170,10 @@ describe("writing and verifying", () => {
     let pos = 0;
     for (const r of [...ranges, { start: 64 * MiB, end: 96 * MiB } as ByteRange]) {
       // Unmapped space keeps what the card had: only mapped ranges were written.
-      expect(onCard.subarray(pos, r.start).every((b) => b === 0xa5), `gap before ${r.start}`).toBe(true);
+      expect(
+        onCard.subarray(pos, r.start).every((b) => b === 0xa5),
+        `gap before ${r.start}`,
+      ).toBe(true);
       if (r.start < 64 * MiB) expect(onCard.subarray(r.start, r.end).equals(imageData.subarray(r.start, r.end)), `range at ${r.start}`).toBe(true);
       pos = r.end;
     }
@@ -214,7 +216,15 @@ describe("writing and verifying", () => {
   it.skipIf(!canLoop)("an image whose size is not a multiple of 4 KiB: the tail goes through the cache, with and without bmap", async () => {
     const odd = path.join(dir, "odd.img");
     const size = 8 * MiB + 1536;
-    const data = await makeImage(odd, size, [[0, 64], [8, 1]], false);
+    const data = await makeImage(
+      odd,
+      size,
+      [
+        [0, 64],
+        [8, 1],
+      ],
+      false,
+    );
     await createBmap(odd);
     for (const bmap of [true, false]) {
       const { dev } = await card(`odd-${bmap}`, 16 * MiB, 0);
@@ -273,7 +283,13 @@ describe("writing and verifying", () => {
 
   it.skipIf(!canLoop)("a bmap that belongs to another image is an error, not a silent bad copy", async () => {
     const other = path.join(dir, "other.img");
-    await makeImage(other, 64 * MiB, [[1, 300], [2, 1024], [17, 64], [40, 2048], [63, 1024]]);
+    await makeImage(other, 64 * MiB, [
+      [1, 300],
+      [2, 1024],
+      [17, 64],
+      [40, 2048],
+      [63, 1024],
+    ]);
     const { dev } = await card("card6", 64 * MiB, 0);
     await expect(runFlash({ image: other, device: dev, bmap: `${image}.bmap`, yes: true, force: true }, captureIO())).rejects.toThrow(
       /the image does not match its bmap in bmap range .*: the \.bmap belongs to another image \(pass --no-bmap/,
@@ -348,7 +364,9 @@ describe("refusals: clear message, nothing written", () => {
 
   it("a device that does not exist", async () => {
     const err = await runFlash({ image, device: "/dev/pibake-no-such-card", yes: true }, captureIO()).catch((e: unknown) => e);
-    expect((err as Error).message).toBe(`/dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`);
+    expect((err as Error).message).toBe(
+      `/dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`,
+    );
     // A name that leads nowhere is a usage error; a card that cannot be written (read-only, too small) is not.
     expect(err).toMatchObject({ exitCode: 2 });
   });
@@ -417,9 +435,23 @@ describe("only a disk image is written", () => {
   it("reads a compressed source's start through the decompressor: refused when it is not an image", async () => {
     const notes = path.join(dir, "notes.img");
     await fsp.writeFile(notes, "still not an image\n".repeat(100));
-    await execa("sh", ["-c", `xz -0 -c "${notes}" > "${notes}.xz" && zstd -q -c "${notes}" > "${notes}.zst" && gzip -c "${notes}" > "${notes}.gz" && cd "${dir}" && zip -q notes.zip notes.img`], T);
-    for (const [file, kind] of [[`${notes}.xz`, "xz"], [`${notes}.zst`, "zstd"], [`${notes}.gz`, "gzip"], [path.join(dir, "notes.zip"), "zip, member notes.img"]] as const) {
-      expect((await refusedSource(file)).message, file).toContain(`${file} is not a disk image once decompressed (${kind}): its first sector holds no partition table`);
+    await execa(
+      "sh",
+      [
+        "-c",
+        `xz -0 -c "${notes}" > "${notes}.xz" && zstd -q -c "${notes}" > "${notes}.zst" && gzip -c "${notes}" > "${notes}.gz" && cd "${dir}" && zip -q notes.zip notes.img`,
+      ],
+      T,
+    );
+    for (const [file, kind] of [
+      [`${notes}.xz`, "xz"],
+      [`${notes}.zst`, "zstd"],
+      [`${notes}.gz`, "gzip"],
+      [path.join(dir, "notes.zip"), "zip, member notes.img"],
+    ] as const) {
+      expect((await refusedSource(file)).message, file).toContain(
+        `${file} is not a disk image once decompressed (${kind}): its first sector holds no partition table`,
+      );
     }
   });
 
@@ -502,7 +534,9 @@ describe("the command line", () => {
   it("exit code 2 and a one-line message for a device that does not exist, no stack trace", async () => {
     const r = await execa("node", [bin, "flash", image, "/dev/pibake-no-such-card", "--yes"], T);
     expect(r.exitCode).toBe(2);
-    expect(String(r.stderr)).toBe(`pibake: /dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`);
+    expect(String(r.stderr)).toBe(
+      `pibake: /dev/pibake-no-such-card does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`,
+    );
   });
 
   it("a source that is not a disk image: exit 2, before anything is asked or written", async () => {
@@ -511,7 +545,9 @@ describe("the command line", () => {
     const dest = path.join(dir, "notimg.copy");
     const r = await execa("node", [bin, "flash", notes, dest, "--yes"], T);
     expect(r.exitCode).toBe(2);
-    expect(String(r.stderr)).toBe(`pibake: ${notes} is not a disk image: it is 6 bytes long, shorter than one sector; flash the .img (or .img.xz, .img.zst, .img.gz, .zip) that pibake build made. Nothing was written`);
+    expect(String(r.stderr)).toBe(
+      `pibake: ${notes} is not a disk image: it is 6 bytes long, shorter than one sector; flash the .img (or .img.xz, .img.zst, .img.gz, .zip) that pibake build made. Nothing was written`,
+    );
     expect(String(r.stdout)).toBe("");
     expect(existsSync(dest)).toBe(false);
   });
@@ -546,7 +582,9 @@ describe("the command line", () => {
     child.kill("SIGINT");
     const r = await child;
     expect(r.exitCode).toBe(130);
-    expect(String(r.stderr)).toMatch(/pibake: interrupted by SIGINT: .*big\.copy is incomplete \(.* of 1\.0 GiB written\) and will not boot: flash it again before using it/);
+    expect(String(r.stderr)).toMatch(
+      /pibake: interrupted by SIGINT: .*big\.copy is incomplete \(.* of 1\.0 GiB written\) and will not boot: flash it again before using it/,
+    );
     expect(String(r.stderr)).not.toMatch(/\n\s+at /);
     await fsp.rm(dest, { force: true });
     await fsp.rm(big, { force: true });

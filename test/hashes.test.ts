@@ -128,7 +128,7 @@ describe("HashCache", () => {
 });
 
 describe("wpaPsk is WPA's PBKDF2 PSK", () => {
-  const SSIDS = ["HomeNet", "Home WiFi; 2.4 GHz", "Café ☕ \"quoted\"", "x".repeat(32)];
+  const SSIDS = ["HomeNet", "Home WiFi; 2.4 GHz", 'Café ☕ "quoted"', "x".repeat(32)];
   const PASSPHRASES = ["12345678", `pass 'with' "quotes" $x \`y\` \\z`, "p".repeat(63)];
 
   it("matches wpa_passphrase (package wpasupplicant)", async () => {

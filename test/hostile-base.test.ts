@@ -100,7 +100,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base from an image whose 
 
   it("builds with absolute links: every file lands where the image's links lead, nothing on the host is read or written", async () => {
     const out = path.join(tmp.dir, "out1");
-    const r = await pibake(["build", cfg, "--base", path.join(tmp.dir, "crafted.img"), "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"], { env, timeout: 1_500_000 });
+    const r = await pibake(
+      ["build", cfg, "--base", path.join(tmp.dir, "crafted.img"), "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"],
+      { env, timeout: 1_500_000 },
+    );
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     firstImage = await expectBuiltInside(out, cfg, "absolute");
   }, 1_600_000);
@@ -110,10 +113,15 @@ describe.skipIf(!isRoot || !hasBinfmt)("pibake build --base from an image whose 
     await craft(firstImage, (root) => relink(root, tree.canary, "relative"));
     const cfg2 = config("cabin.freemyip.com");
     const out = path.join(tmp.dir, "out2");
-    const r = await pibake(["build", cfg2, "--base", firstImage, "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"], { env, timeout: 900_000 });
+    const r = await pibake(["build", cfg2, "--base", firstImage, "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"], {
+      env,
+      timeout: 900_000,
+    });
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     // Only files change, but the fast path does not write through links: the root path does, and says why.
-    expect(r.stdout).toMatch(/full build, not the fast path: directories on the way to files the fast path writes or removes are links in the image \(.*\/var\/lib\/pibake, on the way to \/var\/lib\/pibake\/build\.json/);
+    expect(r.stdout).toMatch(
+      /full build, not the fast path: directories on the way to files the fast path writes or removes are links in the image \(.*\/var\/lib\/pibake, on the way to \/var\/lib\/pibake\/build\.json/,
+    );
     await expectBuiltInside(out, cfg2, "relative");
   }, 1_000_000);
 });

@@ -56,7 +56,12 @@ function entry(server: ImageServer, p: string, name: string, description: string
 /** Shaped after os_list_imagingutility_v4.json: desktop at the top, Lite under "Raspberry Pi OS (other)", vendors behind subitems_url. */
 function officialList(server: ImageServer, change: (lite: Record<string, unknown>[]) => void = () => {}) {
   const lite: Record<string, unknown>[] = [
-    entry(server, TRIXIE_ARM64, "Raspberry Pi OS Lite (64-bit)", "A port of Debian Trixie with no desktop environment (Compatible with Raspberry Pi 3/4/400/5)"),
+    entry(
+      server,
+      TRIXIE_ARM64,
+      "Raspberry Pi OS Lite (64-bit)",
+      "A port of Debian Trixie with no desktop environment (Compatible with Raspberry Pi 3/4/400/5)",
+    ),
     entry(server, TRIXIE_ARMHF, "Raspberry Pi OS Lite (32-bit)", "A port of Debian Trixie with no desktop environment"),
     entry(server, BOOKWORM_ARM64, "Raspberry Pi OS (Legacy, 64-bit) Lite", "A port of Debian Bookworm with security updates and no desktop environment"),
     // Not in the real list (it holds current releases only): an older release, for pinning.
@@ -64,7 +69,11 @@ function officialList(server: ImageServer, change: (lite: Record<string, unknown
   ];
   change(lite);
   return {
-    imager: { latest_version: "2.0.3", url: "https://www.raspberrypi.com/software/", devices: [{ name: "Raspberry Pi 5", tags: ["pi5-64bit", "pi5-32bit"], description: "", architecture: "armv8" }] },
+    imager: {
+      latest_version: "2.0.3",
+      url: "https://www.raspberrypi.com/software/",
+      devices: [{ name: "Raspberry Pi 5", tags: ["pi5-64bit", "pi5-32bit"], description: "", architecture: "armv8" }],
+    },
     os_list: [
       {
         name: "Raspberry Pi OS (64-bit)",
@@ -84,13 +93,23 @@ function officialList(server: ImageServer, change: (lite: Record<string, unknown
         subitems: [
           lite[0],
           lite[1],
-          { name: "Raspberry Pi OS Full (64-bit)", description: "desktop and recommended applications", url: `${server.base}/images/raspios_full_arm64/images/raspios_full_arm64-2025-12-04/2025-12-04-raspios-trixie-arm64-full.img.xz`, release_date: "2025-12-04" },
+          {
+            name: "Raspberry Pi OS Full (64-bit)",
+            description: "desktop and recommended applications",
+            url: `${server.base}/images/raspios_full_arm64/images/raspios_full_arm64-2025-12-04/2025-12-04-raspios-trixie-arm64-full.img.xz`,
+            release_date: "2025-12-04",
+          },
           lite[2],
           ...lite.slice(3),
         ],
       },
       { name: "Other general-purpose OS", description: "Other general-purpose operating systems", icon: "", subitems_url: `${server.base}/os_list_other.json` },
-      { name: "Misc utility images", description: "Bootloader EEPROM configuration, etc.", icon: "", subitems: [{ name: "Bootloader (Pi 5 family)", description: "", subitems_url: `${server.base}/eeprom.json` }] },
+      {
+        name: "Misc utility images",
+        description: "Bootloader EEPROM configuration, etc.",
+        icon: "",
+        subitems: [{ name: "Bootloader (Pi 5 family)", description: "", subitems_url: `${server.base}/eeprom.json` }],
+      },
     ],
   };
 }
@@ -164,7 +183,9 @@ describe("the OS list", () => {
     doc.os_list.push({ name: "Someone's OS", url: "https://example.org/os.img.xz", extract_sha256: 42 });
     expect(parseOsList(JSON.stringify(doc), "test").images).toHaveLength(4);
     doc.os_list[1].subitems[1].extract_sha256 = "not-a-digest";
-    expect(() => parseOsList(JSON.stringify(doc), "L")).toThrow(/^the OS list from L is not in Raspberry Pi Imager's format: os_list\[1\]\.subitems\[1\]\.extract_sha256: "not-a-digest" is not a SHA-256 digest/);
+    expect(() => parseOsList(JSON.stringify(doc), "L")).toThrow(
+      /^the OS list from L is not in Raspberry Pi Imager's format: os_list\[1\]\.subitems\[1\]\.extract_sha256: "not-a-digest" is not a SHA-256 digest/,
+    );
     expect(() => parseOsList("{}", "L")).toThrow(/os_list: missing/);
     expect(() => parseOsList("<html>", "L")).toThrow(/is not JSON/);
   });
@@ -175,14 +196,26 @@ describe("resolveOfficialImage", () => {
     const first = await resolveOfficialImage(opts());
     expect(first.fromCache).toBe(false);
     const img = images[TRIXIE_ARM64]!;
-    expect(first.entry).toMatchObject({ name: "Raspberry Pi OS Lite (64-bit)", releaseDate: "2025-12-04", downloadSha256: img.downloadSha256, extractSha256: img.extractSha256, url: `${server.base}/images/${TRIXIE_ARM64}` });
+    expect(first.entry).toMatchObject({
+      name: "Raspberry Pi OS Lite (64-bit)",
+      releaseDate: "2025-12-04",
+      downloadSha256: img.downloadSha256,
+      extractSha256: img.extractSha256,
+      url: `${server.base}/images/${TRIXIE_ARM64}`,
+    });
     expect(first.path).toBe(path.join(cache.dir, img.downloadSha256, "2025-12-04-raspios-trixie-arm64-lite.img.xz"));
     // The real xz and sha256sum agree with what was checked.
     await execa("xz", ["--test", first.path]);
     expect(await xzDigest(first.path)).toBe(img.extractSha256);
     expect((await execa("sha256sum", [first.path])).stdout.split(" ")[0]).toBe(img.downloadSha256);
     const sidecar = JSON.parse(readFileSync(path.join(path.dirname(first.path), "image.json"), "utf8"));
-    expect(sidecar).toMatchObject({ release: "trixie", arch: "arm64", downloadSize: img.xz.length, extractSize: img.extractSize, listUrl: `${server.base}/os_list.json` });
+    expect(sidecar).toMatchObject({
+      release: "trixie",
+      arch: "arm64",
+      downloadSize: img.xz.length,
+      extractSize: img.extractSize,
+      listUrl: `${server.base}/os_list.json`,
+    });
     expect(Date.now() - Date.parse(sidecar.verifiedAt)).toBeLessThan(60_000);
     expect(existsSync(path.join(cache.dir, "partial", "2025-12-04-raspios-trixie-arm64-lite.img.xz.part"))).toBe(false);
     // Progress: the download, then the check of the decompressed image, each ending at its total.
@@ -268,7 +301,9 @@ describe("resolveOfficialImage", () => {
 
   it("a download stopped during its check is checked again without a request; without a size in the list the server's 416 says it is whole", async () => {
     const ctl = new AbortController();
-    await expect(resolveOfficialImage(opts({ signal: ctl.signal, onProgress: (p) => p.phase === "check" && ctl.abort(new Error("stop")) }))).rejects.toThrow("stop");
+    await expect(resolveOfficialImage(opts({ signal: ctl.signal, onProgress: (p) => p.phase === "check" && ctl.abort(new Error("stop")) }))).rejects.toThrow(
+      "stop",
+    );
     expect(completeLooking()).toEqual([]);
     const requests = server.imageRequests().length;
     await resolveOfficialImage(opts());
@@ -278,7 +313,9 @@ describe("resolveOfficialImage", () => {
     // Again, with a list that gives no download size: the server is asked for the rest and has none.
     server.list = officialList(server, (lite) => delete lite[1]!.image_download_size);
     const ctl2 = new AbortController();
-    await expect(resolveOfficialImage(opts({ arch: "armhf", signal: ctl2.signal, onProgress: (p) => p.phase === "check" && ctl2.abort(new Error("stop")) }))).rejects.toThrow("stop");
+    await expect(
+      resolveOfficialImage(opts({ arch: "armhf", signal: ctl2.signal, onProgress: (p) => p.phase === "check" && ctl2.abort(new Error("stop")) })),
+    ).rejects.toThrow("stop");
     expect(completeLooking()).toEqual([path.join(images[TRIXIE_ARM64]!.downloadSha256, "2025-12-04-raspios-trixie-arm64-lite.img.xz")]);
     const r = await resolveOfficialImage(opts({ arch: "armhf" }));
     const whole = images[TRIXIE_ARMHF]!.xz.length;
@@ -300,21 +337,29 @@ describe("resolveOfficialImage", () => {
     const wrong = "ab".repeat(32);
     server.list = officialList(server, (lite) => (lite[0]!.extract_sha256 = wrong));
     const err = await resolveOfficialImage(opts()).catch((e: Error) => e);
-    expect(String(err)).toContain(`its SHA-256 is ${images[TRIXIE_ARM64]!.extractSha256} (${4 << 20} bytes), the list (${server.base}/os_list.json) says ${wrong}`);
+    expect(String(err)).toContain(
+      `its SHA-256 is ${images[TRIXIE_ARM64]!.extractSha256} (${4 << 20} bytes), the list (${server.base}/os_list.json) says ${wrong}`,
+    );
     expect(readdirSync(path.join(cache.dir, "partial"))).toEqual([]);
     expect(completeLooking()).toEqual([]);
   });
 
   it("a pinned date picks its release, and once cached is used without asking the list", async () => {
     const r = await resolveOfficialImage(opts({ date: "2025-11-24" }));
-    expect(r.entry).toMatchObject({ releaseDate: "2025-11-24", fileName: "2025-11-24-raspios-trixie-arm64-lite.img.xz", downloadSha256: images[TRIXIE_ARM64_OLDER]!.downloadSha256 });
+    expect(r.entry).toMatchObject({
+      releaseDate: "2025-11-24",
+      fileName: "2025-11-24-raspios-trixie-arm64-lite.img.xz",
+      downloadSha256: images[TRIXIE_ARM64_OLDER]!.downloadSha256,
+    });
     const before = server.requests.length;
     const again = await resolveOfficialImage(opts({ date: "2025-11-24" }));
     expect(again).toMatchObject({ fromCache: true, path: r.path });
     expect(server.requests.length).toBe(before);
     // The pin is also met by the date in the file name when the list's differs by a day.
     server.list = officialList(server, (lite) => (lite[2]!.release_date = "2025-12-05"));
-    expect((await resolveOfficialImage(opts({ release: "bookworm", date: "2025-12-04" }))).entry.fileName).toBe("2025-12-04-raspios-bookworm-arm64-lite.img.xz");
+    expect((await resolveOfficialImage(opts({ release: "bookworm", date: "2025-12-04" }))).entry.fileName).toBe(
+      "2025-12-04-raspios-bookworm-arm64-lite.img.xz",
+    );
   });
 
   it("refuses a release, arch or date the list does not offer, naming what it offers", async () => {
@@ -329,7 +374,9 @@ describe("resolveOfficialImage", () => {
 
   it("offline with nothing cached: an error naming the list, the image to fetch by hand when known, and --base", async () => {
     const err = await resolveOfficialImage(opts({ env: { PIBAKE_OFFLINE: "1" } })).catch((e: Error) => e);
-    expect(String(err)).toContain(`cannot read the OS list ${server.base}/os_list.json (PIBAKE_OFFLINE=1), and no Raspberry Pi OS Lite image for trixie/arm64 is in the cache (${cache.dir})`);
+    expect(String(err)).toContain(
+      `cannot read the OS list ${server.base}/os_list.json (PIBAKE_OFFLINE=1), and no Raspberry Pi OS Lite image for trixie/arm64 is in the cache (${cache.dir})`,
+    );
     expect(String(err)).toMatch(/by hand from https:\/\/www\.raspberrypi\.com\/software\/operating-systems\/ and pass it with --base FILE/);
     // After a list was read once, its image URL is named.
     mkdirSync(cache.dir, { recursive: true });
@@ -347,7 +394,9 @@ describe("resolveOfficialImage", () => {
     const sleeper = execa("sleep", ["30"]);
     try {
       writeFileSync(lock, String(sleeper.pid));
-      await expect(resolveOfficialImage(opts())).rejects.toThrow(`another pibake (pid ${sleeper.pid}) is downloading 2025-12-04-raspios-trixie-arm64-lite.img.xz`);
+      await expect(resolveOfficialImage(opts())).rejects.toThrow(
+        `another pibake (pid ${sleeper.pid}) is downloading 2025-12-04-raspios-trixie-arm64-lite.img.xz`,
+      );
       expect(server.imageRequests()).toEqual([]);
     } finally {
       sleeper.kill();
@@ -362,11 +411,18 @@ describe("resolveOfficialImage", () => {
   it.skipIf(process.getuid?.() !== 0)("under sudo, what it stores belongs to the user who ran sudo", async () => {
     const xdg = path.join(cache.dir, "xdg");
     mkdirSync(xdg);
-    const r = await resolveOfficialImage(opts({ cacheDir: undefined, env: { XDG_CACHE_HOME: xdg, SUDO_USER: "nobody", SUDO_UID: "65534", SUDO_GID: "65534" } }));
-    expect(r.path.startsWith(path.join(xdg, "pibake", "images") + path.sep)).toBe(true);
-    const owners = [path.join(xdg, "pibake"), path.join(xdg, "pibake", "images"), path.dirname(r.path), r.path, path.join(path.dirname(r.path), "image.json"), path.join(xdg, "pibake", "images", "os_list.json")].map(
-      (f) => `${path.relative(xdg, f)} ${statSync(f).uid}:${statSync(f).gid}`,
+    const r = await resolveOfficialImage(
+      opts({ cacheDir: undefined, env: { XDG_CACHE_HOME: xdg, SUDO_USER: "nobody", SUDO_UID: "65534", SUDO_GID: "65534" } }),
     );
+    expect(r.path.startsWith(path.join(xdg, "pibake", "images") + path.sep)).toBe(true);
+    const owners = [
+      path.join(xdg, "pibake"),
+      path.join(xdg, "pibake", "images"),
+      path.dirname(r.path),
+      r.path,
+      path.join(path.dirname(r.path), "image.json"),
+      path.join(xdg, "pibake", "images", "os_list.json"),
+    ].map((f) => `${path.relative(xdg, f)} ${statSync(f).uid}:${statSync(f).gid}`);
     expect(owners).toEqual(owners.map((o) => o.replace(/ \d+:\d+$/, " 65534:65534")));
   });
 
@@ -399,7 +455,10 @@ describe("a server that closes the connection", () => {
 
   /** `pibake images fetch` for trixie/arm64 into a cache of its own (or the one given). */
   async function fetchCli(env: Record<string, string> = {}, xdg = path.join(cache.dir, `run-${++run}`)) {
-    const r = await pibake(["images", "fetch", "--os-list", `${server.base}/os_list.json`], { env: { XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0", ...env }, timeout: 90_000 });
+    const r = await pibake(["images", "fetch", "--os-list", `${server.base}/os_list.json`], {
+      env: { XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0", ...env },
+      timeout: 90_000,
+    });
     const partial = path.join(xdg, "pibake", "images", "partial");
     return { ...r, xdg, partial, leftInPartial: existsSync(partial) ? readdirSync(partial).sort() : [] };
   }
@@ -407,7 +466,12 @@ describe("a server that closes the connection", () => {
   function serveBig() {
     server.files.set(TRIXIE_ARM64, big.xz);
     server.list = officialList(server, (lite) =>
-      Object.assign(lite[0]!, { image_download_size: big.xz.length, image_download_sha256: big.downloadSha256, extract_size: big.extractSize, extract_sha256: big.extractSha256 }),
+      Object.assign(lite[0]!, {
+        image_download_size: big.xz.length,
+        image_download_sha256: big.downloadSha256,
+        extract_size: big.extractSize,
+        extract_sha256: big.extractSha256,
+      }),
     );
   }
 
@@ -474,7 +538,9 @@ describe("a server that closes the connection", () => {
       server.cutAfter = 1_000_000;
       const cut = await fetchCli({ HTTP_PROXY: proxy.url });
       expect(cut.exitCode, cut.stderr).toBe(1);
-      expect(cut.stderr).toMatch(/^pibake: downloading .* broke off after \d+ bytes \(the connection closed before the end of the body\); run again to continue from .*\.part$/m);
+      expect(cut.stderr).toMatch(
+        /^pibake: downloading .* broke off after \d+ bytes \(the connection closed before the end of the body\); run again to continue from .*\.part$/m,
+      );
       expect(cut.leftInPartial).toEqual([`${FILE}.part`, `${FILE}.part.json`]);
       expectFetched(await fetchCli({ HTTP_PROXY: proxy.url }, cut.xdg), big);
       expect(proxy.connects.length).toBeGreaterThanOrEqual(10);
@@ -486,25 +552,37 @@ describe("a server that closes the connection", () => {
 
   // The report's route: `pibake build CONFIG` reaches its download step only where a build can run (root, qemu-user).
   const canBuild = process.getuid?.() === 0 && (existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64") || process.arch === "arm64");
-  it.skipIf(!canBuild)("pibake build, its image served as Python's http.server serves it, with wrong bytes: the download step fails naming both digests, nothing kept but the log", async () => {
-    serveBig();
-    server.framing = "http1.0";
-    server.corrupt = true;
-    const img = big;
-    const cfg = writeJson(path.join(cache.dir, "broker.json"), validConfig());
-    const out = path.join(cache.dir, "out");
-    const xdg = path.join(cache.dir, "xdg");
-    const r = await pibake(["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out, "--state", path.join(cache.dir, "state"), "--log-format", "plain"], {
-      env: { ...secretEnv, XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" },
-      timeout: 300_000,
-    });
-    expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(1);
-    expect(r.stdout).toContain("[2/7] download base");
-    expect(r.stderr).toMatch(/^pibake: step "download base" failed: could not get the official Raspberry Pi OS Lite image:$/m);
-    expect(r.stderr).toMatch(new RegExp(`^the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`, "m"));
-    expect(readdirSync(path.join(xdg, "pibake", "images", "partial"))).toEqual([]);
-    expect(readdirSync(out)).toEqual([expect.stringMatching(/^test-broker-home\.freemyip\.com-\d{4}-\d\d-\d\d\.failed\.log$/)]);
-  }, 300_000);
+  it.skipIf(!canBuild)(
+    "pibake build, its image served as Python's http.server serves it, with wrong bytes: the download step fails naming both digests, nothing kept but the log",
+    async () => {
+      serveBig();
+      server.framing = "http1.0";
+      server.corrupt = true;
+      const img = big;
+      const cfg = writeJson(path.join(cache.dir, "broker.json"), validConfig());
+      const out = path.join(cache.dir, "out");
+      const xdg = path.join(cache.dir, "xdg");
+      const r = await pibake(
+        ["build", cfg, "--os-list", `${server.base}/os_list.json`, "--out", out, "--state", path.join(cache.dir, "state"), "--log-format", "plain"],
+        {
+          env: { ...secretEnv, XDG_CACHE_HOME: xdg, PIBAKE_OFFLINE: "0" },
+          timeout: 300_000,
+        },
+      );
+      expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(1);
+      expect(r.stdout).toContain("[2/7] download base");
+      expect(r.stderr).toMatch(/^pibake: step "download base" failed: could not get the official Raspberry Pi OS Lite image:$/m);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`,
+          "m",
+        ),
+      );
+      expect(readdirSync(path.join(xdg, "pibake", "images", "partial"))).toEqual([]);
+      expect(readdirSync(out)).toEqual([expect.stringMatching(/^test-broker-home\.freemyip\.com-\d{4}-\d\d-\d\d\.failed\.log$/)]);
+    },
+    300_000,
+  );
 
   for (const framing of ["http1.0", "close"] as const) {
     it(`wrong bytes with the connection closed after them (${framing}): refused naming both digests, removed, the lock released`, async () => {
@@ -513,7 +591,12 @@ describe("a server that closes the connection", () => {
       const img = images[TRIXIE_ARM64]!;
       const r = await fetchCli();
       expect(r.exitCode, r.stderr).toBe(1);
-      expect(r.stderr).toMatch(new RegExp(`^pibake: the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`, "m"));
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^pibake: the download of ${server.base}/images/${TRIXIE_ARM64} is not the file the OS list describes: its SHA-256 is [0-9a-f]{64}, the list \\(.*\\) says ${img.downloadSha256}\\. The download was deleted`,
+          "m",
+        ),
+      );
       expect(r.stderr).not.toContain(`is ${img.downloadSha256}`);
       expect(r.leftInPartial).toEqual([]);
     }, 120_000);
@@ -547,8 +630,14 @@ describe("where the cache is", () => {
     expect(imageCacheLocation({ XDG_CACHE_HOME: "/x/cache", HOME: "/home/me" }, 1000)).toEqual({ dir: "/x/cache/pibake/images" });
     expect(imageCacheLocation({ HOME: "/home/me" }, 1000)).toEqual({ dir: "/home/me/.cache/pibake/images" });
     const sudo = { HOME: "/root", SUDO_USER: "me", SUDO_UID: "1000", SUDO_GID: "1001" };
-    expect(imageCacheLocation(sudo, 0, (u) => (u === "me" ? "/home/me" : undefined))).toEqual({ dir: "/home/me/.cache/pibake/images", owner: { uid: 1000, gid: 1001 } });
-    expect(imageCacheLocation({ ...sudo, XDG_CACHE_HOME: "/home/me/.xdg" }, 0, () => "/home/me")).toEqual({ dir: "/home/me/.xdg/pibake/images", owner: { uid: 1000, gid: 1001 } });
+    expect(imageCacheLocation(sudo, 0, (u) => (u === "me" ? "/home/me" : undefined))).toEqual({
+      dir: "/home/me/.cache/pibake/images",
+      owner: { uid: 1000, gid: 1001 },
+    });
+    expect(imageCacheLocation({ ...sudo, XDG_CACHE_HOME: "/home/me/.xdg" }, 0, () => "/home/me")).toEqual({
+      dir: "/home/me/.xdg/pibake/images",
+      owner: { uid: 1000, gid: 1001 },
+    });
     // sudo to root from root, or a user unknown to the system: root's own cache.
     expect(imageCacheLocation({ ...sudo, SUDO_USER: "root", SUDO_UID: "0" }, 0, () => "/home/me")).toEqual({ dir: "/root/.cache/pibake/images" });
     expect(imageCacheLocation(sudo, 0, () => undefined)).toEqual({ dir: "/root/.cache/pibake/images" });
@@ -568,13 +657,31 @@ describe("where the cache is", () => {
 
 describe("progress lines", () => {
   it("formats a line with size, share, speed and time left, and prints plain lines sparsely", () => {
-    const p: ImageProgress = { phase: "download", fileName: "x.img.xz", done: 100 << 20, total: 400 << 20, bytesPerSecond: 10 << 20, etaSeconds: 30, resumedFrom: 50 << 20 };
+    const p: ImageProgress = {
+      phase: "download",
+      fileName: "x.img.xz",
+      done: 100 << 20,
+      total: 400 << 20,
+      bytesPerSecond: 10 << 20,
+      etaSeconds: 30,
+      resumedFrom: 50 << 20,
+    };
     expect(formatImageProgress(p)).toBe("downloading x.img.xz: 100.0 MiB of 400.0 MiB (25%), 10.0 MiB/s, 30s left, resumed at 50.0 MiB");
     expect(formatImageProgress({ phase: "check", fileName: "x.img.xz", done: 2048 })).toBe("checking x.img.xz: 2.0 KiB");
     const lines: string[] = [];
     let t = 0;
-    const print = plainProgressPrinter((l) => lines.push(l), 10_000, () => t);
-    for (const [at, done] of [[0, 0], [1000, 10], [9000, 20], [10_500, 30], [11_000, 400 << 20]] as const) {
+    const print = plainProgressPrinter(
+      (l) => lines.push(l),
+      10_000,
+      () => t,
+    );
+    for (const [at, done] of [
+      [0, 0],
+      [1000, 10],
+      [9000, 20],
+      [10_500, 30],
+      [11_000, 400 << 20],
+    ] as const) {
       t = at;
       print({ ...p, done, etaSeconds: undefined, bytesPerSecond: undefined, resumedFrom: undefined });
     }
@@ -591,12 +698,17 @@ describe("pibake images", () => {
     const r = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
     expect(r.exitCode, r.stderr).toBe(0);
     const file = path.join(xdg, "pibake", "images", img.downloadSha256, "2025-12-04-raspios-bookworm-arm64-lite.img.xz");
-    expect(r.stdout.trim()).toBe(`2025-12-04-raspios-bookworm-arm64-lite.img.xz (bookworm/arm64 2025-12-04), sha256 ${img.downloadSha256}, downloaded and verified: ${file}`);
+    expect(r.stdout.trim()).toBe(
+      `2025-12-04-raspios-bookworm-arm64-lite.img.xz (bookworm/arm64 2025-12-04), sha256 ${img.downloadSha256}, downloaded and verified: ${file}`,
+    );
     expect(readFileSync(file)).toEqual(img.xz);
     const again = await pibake(["images", "fetch", "--release", "bookworm", "--os-list", `${server.base}/os_list.json`], { env });
     expect(again.stdout).toContain("already in the cache");
     expect(server.imageRequests()).toHaveLength(1);
-    for (const [bad, why] of [[["--arch", "x86"], "--arch x86: use arm64 or armhf"], [["--date", "2025"], "YYYY-MM-DD"]] as const) {
+    for (const [bad, why] of [
+      [["--arch", "x86"], "--arch x86: use arm64 or armhf"],
+      [["--date", "2025"], "YYYY-MM-DD"],
+    ] as const) {
       const e = await pibake(["images", "fetch", ...bad], { env });
       expect(e.exitCode).toBe(2);
       expect(e.stderr).toContain(why);
@@ -613,7 +725,14 @@ describe("pibake images", () => {
     expect(list.exitCode).toBe(0);
     const lines = list.stdout.split("\n");
     expect(lines[0]).toBe(`official images in ${dir}:`);
-    expect(lines.slice(1, 4).map((l) => l.replace(/\s+/g, " ").trim().replace(/ verified \S+$/, ""))).toEqual([
+    expect(
+      lines.slice(1, 4).map((l) =>
+        l
+          .replace(/\s+/g, " ")
+          .trim()
+          .replace(/ verified \S+$/, ""),
+      ),
+    ).toEqual([
       expect.stringMatching(/^bookworm\/arm64 2025-12-04 [\d.]+ KiB 2025-12-04-raspios-bookworm-arm64-lite\.img\.xz \(newest\)$/),
       expect.stringMatching(/^trixie\/arm64 2025-12-04 [\d.]+ KiB 2025-12-04-raspios-trixie-arm64-lite\.img\.xz \(newest\)$/),
       expect.stringMatching(/^trixie\/arm64 2025-11-24 [\d.]+ KiB 2025-11-24-raspios-trixie-arm64-lite\.img\.xz$/),
@@ -626,7 +745,11 @@ describe("pibake images", () => {
     expect(prune.stdout).toMatch(/^removed 2025-11-24-raspios-trixie-arm64-lite\.img\.xz \(trixie\/arm64 2025-11-24\): [\d.]+ KiB$/m);
     expect(prune.stdout).toMatch(/^freed [\d.]+ KiB in /m);
     expect(existsSync(path.join(dir, older.downloadSha256))).toBe(false);
-    expect(readCache(dir).images.map((i) => i.fileName).sort()).toEqual(["2025-12-04-raspios-bookworm-arm64-lite.img.xz", "2025-12-04-raspios-trixie-arm64-lite.img.xz"]);
+    expect(
+      readCache(dir)
+        .images.map((i) => i.fileName)
+        .sort(),
+    ).toEqual(["2025-12-04-raspios-bookworm-arm64-lite.img.xz", "2025-12-04-raspios-trixie-arm64-lite.img.xz"]);
 
     const all = await pibake(["images", "prune", "--all"], { env });
     expect(all.exitCode).toBe(0);

@@ -14,16 +14,26 @@ const ROUTE = [
   "wlp2s0\t00B2A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0",
 ].join("\n");
 
-const iface = (address: string, cidr: string) => [{ address, cidr, family: "IPv4" as const, internal: false, netmask: "", mac: "", }];
+const iface = (address: string, cidr: string) => [{ address, cidr, family: "IPv4" as const, internal: false, netmask: "", mac: "" }];
 
 describe("the network init proposes", () => {
   it("reads the default route's interface and gateway", () => {
     expect(defaultRoute(ROUTE)).toEqual({ iface: "wlp2s0", gateway: "192.168.178.1" });
-    expect(defaultRoute(ROUTE.split("\n").filter((l) => !l.includes("\t00000000\t01")).join("\n"))).toBeUndefined();
+    expect(
+      defaultRoute(
+        ROUTE.split("\n")
+          .filter((l) => !l.includes("\t00000000\t01"))
+          .join("\n"),
+      ),
+    ).toBeUndefined();
   });
 
   it.each([
-    ["host .10 of this machine's subnet, its gateway", iface("192.168.178.23", "192.168.178.23/24"), { address: "192.168.178.10/24", gateway: "192.168.178.1" }],
+    [
+      "host .10 of this machine's subnet, its gateway",
+      iface("192.168.178.23", "192.168.178.23/24"),
+      { address: "192.168.178.10/24", gateway: "192.168.178.1" },
+    ],
     ["the next host when .10 is this machine", iface("192.168.178.10", "192.168.178.10/24"), { address: "192.168.178.11/24", gateway: "192.168.178.1" }],
     ["the subnet's own prefix", iface("192.168.178.200", "192.168.178.200/23"), { address: "192.168.178.10/23", gateway: "192.168.178.1" }],
     ["192.168.1.10/24 when the route's interface has no IPv4 address", [], { address: "192.168.1.10/24", gateway: "192.168.1.1" }],
@@ -148,7 +158,11 @@ describe("pibake init on a terminal", () => {
 
     // Typed secrets never reach the screen; generated ones do, once each, and equal their files.
     for (const typed of ["tok3n-from-freemyip", "typed-sensor-pw", "typed-wifi-pass"]) expect(end).not.toContain(typed);
-    const printed = [...end.matchAll(/^ {2}(user alice|MQTT user phone)\s+(\S+)\s+(secrets\/\S+)$/gm)].map((m) => ({ label: m[1], password: m[2]!, file: m[3]! }));
+    const printed = [...end.matchAll(/^ {2}(user alice|MQTT user phone)\s+(\S+)\s+(secrets\/\S+)$/gm)].map((m) => ({
+      label: m[1],
+      password: m[2]!,
+      file: m[3]!,
+    }));
     expect(printed.map((p) => p.label).sort()).toEqual(["MQTT user phone", "user alice"]);
     for (const p of printed) {
       expect(p.password).toMatch(/^[A-Za-z0-9]{20,}$/);
@@ -161,8 +175,18 @@ describe("pibake init on a terminal", () => {
     const config = JSON.parse(readFileSync(path.join(dir, "broker.json"), "utf8"));
     expect(config.$schema).toBe(path.relative(dir, path.join(path.dirname(bin), "..", "schema", "pibake.schema.json")));
     expect(config.tls.domain).toBe("home.freemyip.com");
-    expect(config.network).toMatchObject({ interface: "wlan0", address: "10.20.30.40/24", gateway: "10.20.30.1", wifi: { ssid: "HomeNet", country: "DE", passphrase: { file: "secrets/wifi-passphrase.txt" } } });
-    expect(config.user).toEqual({ name: "alice", password: { file: "secrets/user-password.txt" }, sshKeys: [readFileSync(path.join(home, ".ssh", "id_ed25519.pub"), "utf8").trim()], passwordSsh: false });
+    expect(config.network).toMatchObject({
+      interface: "wlan0",
+      address: "10.20.30.40/24",
+      gateway: "10.20.30.1",
+      wifi: { ssid: "HomeNet", country: "DE", passphrase: { file: "secrets/wifi-passphrase.txt" } },
+    });
+    expect(config.user).toEqual({
+      name: "alice",
+      password: { file: "secrets/user-password.txt" },
+      sshKeys: [readFileSync(path.join(home, ".ssh", "id_ed25519.pub"), "utf8").trim()],
+      passwordSsh: false,
+    });
     expect(config.mqtt.users.map((u: { name: string; password: unknown }) => [u.name, u.password])).toEqual([
       ["sensors", { file: "secrets/mqtt-sensors.txt" }],
       ["phone", { file: "secrets/mqtt-phone.txt" }],
@@ -219,7 +243,27 @@ describe("pibake init without a terminal", () => {
 
   it("takes flags, generates the passwords, and writes a config that validates", async () => {
     const { dir, token, key } = setUp("flags");
-    const r = await pibake(["init", "broker.json", "--domain", "home.freemyip.com", "--ddns-token-file", token, "--address", "192.168.1.10/24", "--gateway", "192.168.1.1", "--user", "bob", "--mqtt-user", "phone", "--ssh-key", key], { cwd: dir });
+    const r = await pibake(
+      [
+        "init",
+        "broker.json",
+        "--domain",
+        "home.freemyip.com",
+        "--ddns-token-file",
+        token,
+        "--address",
+        "192.168.1.10/24",
+        "--gateway",
+        "192.168.1.1",
+        "--user",
+        "bob",
+        "--mqtt-user",
+        "phone",
+        "--ssh-key",
+        key,
+      ],
+      { cwd: dir },
+    );
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const config = JSON.parse(readFileSync(path.join(dir, "broker.json"), "utf8"));
     expect(config.ddns.token).toEqual({ file: "token.txt" });
@@ -243,7 +287,9 @@ describe("pibake init without a terminal", () => {
 
   it("refuses a flag's wrong value, naming the flag", async () => {
     const { dir, token } = setUp("wrong");
-    const r = await pibake(["init", "--domain", "home.freemyip.com", "--ddns-token-file", token, "--address", "192.168.1.10/24", "--gateway", "10.0.0.1"], { cwd: dir });
+    const r = await pibake(["init", "--domain", "home.freemyip.com", "--ddns-token-file", token, "--address", "192.168.1.10/24", "--gateway", "10.0.0.1"], {
+      cwd: dir,
+    });
     expect(r.exitCode).toBe(2);
     expect(String(r.stderr)).toContain("--gateway: 10.0.0.1 is outside 192.168.1.0/24");
     expect(existsSync(path.join(dir, "broker.json"))).toBe(false);

@@ -30,7 +30,12 @@ describe("the journal on the SD card", () => {
   it("is kept on the card, capped, in a drop-in that journald reads after its own file", async () => {
     const fx = await renderFixture();
     const conf = fx.overlayText(DROP_IN);
-    const settings = Object.fromEntries(conf.split("\n").filter((l) => /^\w+=/.test(l)).map((l) => l.split("=", 2) as [string, string]));
+    const settings = Object.fromEntries(
+      conf
+        .split("\n")
+        .filter((l) => /^\w+=/.test(l))
+        .map((l) => l.split("=", 2) as [string, string]),
+    );
     expect(settings).toEqual({ Storage: "persistent", SystemMaxUse: "200M", SystemMaxFileSize: "20M", SystemKeepFree: "500M" });
     expect(conf).toMatch(/^\[Journal\]$/m);
     // systemd's own view of journald's configuration with the drop-in in place.

@@ -15,7 +15,12 @@ afterEach(() => tmp?.cleanup());
 async function crash(mode: "unwinds" | "stuck", debug = false) {
   tmp = tempDir("pibake-crash-");
   const script = path.join(repoRoot, "test/helpers/crash-in-step.mjs");
-  const r = await execa(process.execPath, [script, tmp.dir, mode, ...(debug ? ["--debug"] : [])], { reject: false, cwd: repoRoot, timeout: 30_000, env: { CI: "true" } });
+  const r = await execa(process.execPath, [script, tmp.dir, mode, ...(debug ? ["--debug"] : [])], {
+    reject: false,
+    cwd: repoRoot,
+    timeout: 30_000,
+    env: { CI: "true" },
+  });
   return { ...r, failures: r.stderr.split("\n").filter((l) => l.startsWith("pibake: ")) };
 }
 
@@ -48,7 +53,9 @@ describe("an exception that escapes everything", () => {
     expect(existsSync(path.join(tmp.dir, "cleaned-up"))).toBe(true);
     expect(existsSync(path.join(tmp.dir, "work"))).toBe(false);
     const log = path.join(tmp.dir, "build.failed.log");
-    expect(r.failures).toEqual([`pibake: unexpected error in step "download base" (the full log: ${log}): The expression evaluated to a falsy value: assert(!this.paused)`]);
+    expect(r.failures).toEqual([
+      `pibake: unexpected error in step "download base" (the full log: ${log}): The expression evaluated to a falsy value: assert(!this.paused)`,
+    ]);
     expect(readFileSync(log, "utf8")).toMatch(/FAILED in step download base, which did not stop: The expression evaluated to a falsy value/);
     expect(r.stderr).toContain("(run again with --debug for details)");
     // The grace (1 s here) and the wait for the command's own report (2 s), not the handle that would keep it alive.

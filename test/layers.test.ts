@@ -172,9 +172,32 @@ describe("the cycle finder", () => {
     return m;
   };
   it.each([
-    { name: "a chain", pairs: [["a", "b"], ["b", "c"]] as [string, string][], want: [] },
-    { name: "two folders importing each other", pairs: [["a", "b"], ["b", "a"]] as [string, string][], want: [["a", "b"]] },
-    { name: "a loop of three", pairs: [["a", "b"], ["b", "c"], ["c", "a"], ["c", "d"]] as [string, string][], want: [["a", "b", "c"]] },
+    {
+      name: "a chain",
+      pairs: [
+        ["a", "b"],
+        ["b", "c"],
+      ] as [string, string][],
+      want: [],
+    },
+    {
+      name: "two folders importing each other",
+      pairs: [
+        ["a", "b"],
+        ["b", "a"],
+      ] as [string, string][],
+      want: [["a", "b"]],
+    },
+    {
+      name: "a loop of three",
+      pairs: [
+        ["a", "b"],
+        ["b", "c"],
+        ["c", "a"],
+        ["c", "d"],
+      ] as [string, string][],
+      want: [["a", "b", "c"]],
+    },
   ])("$name", ({ pairs, want }) => {
     expect(cycles(g(pairs))).toEqual(want);
   });

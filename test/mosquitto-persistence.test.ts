@@ -10,7 +10,18 @@ import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, st
 import path from "node:path";
 import { execa } from "execa";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { Broker, clients, inbox, layOutRenderedBroker, mustConnect, sleep, startLaidOutBroker, subscribe, type LaidOut, type RunningBroker } from "./helpers/mosquitto.js";
+import {
+  Broker,
+  clients,
+  inbox,
+  layOutRenderedBroker,
+  mustConnect,
+  sleep,
+  startLaidOutBroker,
+  subscribe,
+  type LaidOut,
+  type RunningBroker,
+} from "./helpers/mosquitto.js";
 import { baseConfig, removeAllFixtures, renderFixture, tempDir, type Fixture } from "./helpers/render-fixture.js";
 
 const SCRIPT = "usr/local/lib/pibake/mosquitto-db-check.sh";
@@ -125,7 +136,11 @@ describe("the persistence file", () => {
       expect(readFileSync(path.join(dir, aside[0]!))).toEqual(bad);
       expect(existsSync(path.join(dir, "mosquitto.db"))).toBe(false);
       // One line for the journal, naming the file it moved.
-      expect(check.all).toMatch(new RegExp(`^pibake: mosquitto cannot load its persistence file .*moved it to ${path.join(dir, aside[0]!).replace(/[.]/g, "\\.")}; the broker starts without retained messages and stored sessions$`));
+      expect(check.all).toMatch(
+        new RegExp(
+          `^pibake: mosquitto cannot load its persistence file .*moved it to ${path.join(dir, aside[0]!).replace(/[.]/g, "\\.")}; the broker starts without retained messages and stored sessions$`,
+        ),
+      );
 
       const running = await start(laid);
       expect(running.broker.running).toBe(true);

@@ -78,7 +78,9 @@ describe.skipIf(!isRoot)("mosquitto serves MQTT over WebSockets as rendered", ()
 
   it("renders the listeners with the default ports, and the model the firewall reads", () => {
     const conf = withLan.overlayText("etc/mosquitto/conf.d/pibake.conf");
-    expect(conf).toMatch(/^listener 8884\nprotocol websockets\ncertfile \/etc\/mosquitto\/certs\/server\.crt\nkeyfile \/etc\/mosquitto\/certs\/server\.key\ntls_version tlsv1\.2\n/m);
+    expect(conf).toMatch(
+      /^listener 8884\nprotocol websockets\ncertfile \/etc\/mosquitto\/certs\/server\.crt\nkeyfile \/etc\/mosquitto\/certs\/server\.key\ntls_version tlsv1\.2\n/m,
+    );
     expect(conf).toMatch(/^listener 1884\nprotocol websockets\n/m);
     expect(withLan.model.mqtt.websockets).toEqual({ tlsPort: 8884, lanPort: 1884 });
     expect(tlsOnly.model.mqtt.websockets).toEqual({ tlsPort: 8884 });
@@ -99,7 +101,15 @@ describe.skipIf(!isRoot)("mosquitto serves MQTT over WebSockets as rendered", ()
     }
     expect(lanBroker.broker.log).toMatch(/New client connected from \S+ as \S+ \(p2, c1, k\d+, u'hub'\)/);
     // And it is TLS: plain WebSockets on that port get no CONNACK.
-    const plain = await connect({ protocol: "ws", host: lanBroker.host, port: lanBroker.wsTlsPort!, path: "/", username: "hub", password: pw.hub, connectTimeout: 2000 });
+    const plain = await connect({
+      protocol: "ws",
+      host: lanBroker.host,
+      port: lanBroker.wsTlsPort!,
+      path: "/",
+      username: "hub",
+      password: pw.hub,
+      connectTimeout: 2000,
+    });
     expect(plain.client).toBeUndefined();
   });
 
@@ -127,7 +137,9 @@ describe.skipIf(!isRoot)("mosquitto serves MQTT over WebSockets as rendered", ()
     const otherName = await connect(wss(lanBroker, { username: "hub", password: pw.hub, wsOptions: tlsOptions(caPem, "other.example.com") }));
     expect(otherName.error?.code, String(otherName.error)).toBe("ERR_TLS_CERT_ALTNAME_INVALID");
     const otherCa = await connect(wss(lanBroker, { username: "hub", password: pw.hub, wsOptions: tlsOptions(await unrelatedCaPem(), domain) }));
-    expect(otherCa.error?.code, String(otherCa.error)).toMatch(/^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN)$/);
+    expect(otherCa.error?.code, String(otherCa.error)).toMatch(
+      /^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN)$/,
+    );
   });
 
   it("round-trips over plain ws:// on the LAN port when mqtt.websockets.lan is true, with logins still required", async () => {
@@ -147,14 +159,26 @@ describe.skipIf(!isRoot)("mosquitto serves MQTT over WebSockets as rendered", ()
     const script = withLan.overlayText("usr/local/lib/pibake/status.sh");
     // The report's own helpers and its WebSockets lines, run where the broker listens.
     const lines = script.split("\n");
-    const helpers = lines.slice(0, lines.findIndex((l) => l.startsWith("report() {")));
+    const helpers = lines.slice(
+      0,
+      lines.findIndex((l) => l.startsWith("report() {")),
+    );
     expect(helpers.join("\n")).toMatch(/^listening\(\) \{$/m);
     const wsLines = lines.filter((l) => l.includes("WebSockets"));
     expect(wsLines).toHaveLength(2);
     const netns = started.find((e) => e.running === lanBroker)!.netns;
-    const r = await execa(netns.exec[0]!, [...netns.exec.slice(1), "bash", "-c", [...helpers, ...wsLines.map((l) => l.trim())].join("\n")], { reject: false, all: true, timeout: 30_000 });
+    const r = await execa(netns.exec[0]!, [...netns.exec.slice(1), "bash", "-c", [...helpers, ...wsLines.map((l) => l.trim())].join("\n")], {
+      reject: false,
+      all: true,
+      timeout: 30_000,
+    });
     expect(r.all).toBe("  WebSockets TLS port 8884: listening\n  WebSockets LAN port 1884: listening");
-    expect(tlsOnly.overlayText("usr/local/lib/pibake/status.sh").split("\n").filter((l) => l.includes("WebSockets"))).toHaveLength(1);
+    expect(
+      tlsOnly
+        .overlayText("usr/local/lib/pibake/status.sh")
+        .split("\n")
+        .filter((l) => l.includes("WebSockets")),
+    ).toHaveLength(1);
     const shellcheck = await execa("shellcheck", ["-s", "bash", "-"], { input: script, reject: false, all: true, timeout: 30_000 });
     expect(shellcheck.all).toBe("");
   });

@@ -66,7 +66,12 @@ describe("mosquitto runs the rendered configuration", () => {
     // The password file holds $7$ (PBKDF2-SHA512) hashes, one per user, and no clear text.
     const passwd = fx.overlayText("etc/mosquitto/passwd");
     // (pibake may add users of its own, such as Node-RED's.)
-    expect(passwd.trim().split("\n").map((l) => l.replace(/:.*/, ""))).toEqual(expect.arrayContaining(["sensors", "phone", "hub"]));
+    expect(
+      passwd
+        .trim()
+        .split("\n")
+        .map((l) => l.replace(/:.*/, "")),
+    ).toEqual(expect.arrayContaining(["sensors", "phone", "hub"]));
     for (const line of passwd.trim().split("\n")) expect(line).toMatch(/^[^:]+:\$7\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/);
     for (const secret of Object.values(pw)) expect(passwd).not.toContain(secret);
   });
@@ -74,11 +79,12 @@ describe("mosquitto runs the rendered configuration", () => {
   it("accepts every user's password ($7$ hash) over TLS, verifying the chain against ca.crt and the name against the domain", async () => {
     for (const user of ["sensors", "phone", "hub"]) {
       const client = await mustConnect(tlsOpts({ username: user, password: pw[user] }));
-      const socket = (client.stream as unknown as import("node:tls").TLSSocket);
+      const socket = client.stream as unknown as import("node:tls").TLSSocket;
       expect(socket.authorized).toBe(true);
       expect(socket.getProtocol()).toMatch(/^TLSv1\.[23]$/);
     }
-    for (const user of ["sensors", "phone", "hub"]) expect(broker!.log).toMatch(new RegExp(`New client connected from 127\\.0\\.0\\.1:\\d+ as \\S+ \\(p2, c1, k\\d+, u'${user}'\\)`));
+    for (const user of ["sensors", "phone", "hub"])
+      expect(broker!.log).toMatch(new RegExp(`New client connected from 127\\.0\\.0\\.1:\\d+ as \\S+ \\(p2, c1, k\\d+, u'${user}'\\)`));
   });
 
   it("lets a TLS client publish and receive its own message on an allowed topic", async () => {
@@ -131,7 +137,10 @@ describe("mosquitto runs the rendered configuration", () => {
       }),
     );
     expect(await subscribe(sub, "home/commands/v5")).toBe(1);
-    await pub.publishAsync("home/commands/v5", "with properties", { qos: 1, properties: { userProperties: { origin: "pibake-test" }, messageExpiryInterval: 3600 } });
+    await pub.publishAsync("home/commands/v5", "with properties", {
+      qos: 1,
+      properties: { userProperties: { origin: "pibake-test" }, messageExpiryInterval: 3600 },
+    });
     const m = await Promise.race([got, sleep(5000).then(() => undefined)]);
     expect(m, "no message within 5 s").toBeDefined();
     expect(m!.payload).toBe("with properties");

@@ -13,7 +13,18 @@ import type { Model } from "../src/config/model.js";
 import { topicCovers } from "../src/config/node-red.js";
 import { ConfigError } from "../src/errors.js";
 import { packageRoot } from "../src/paths.js";
-import { chooseVersion, npmView, NPM_RELEASE, OS_NODE, parseNpmView, PINNED, recordedNodeRedVersions, resolveNodeRedVersions, satisfies, type VersionInfo } from "../src/registry/node-red.js";
+import {
+  chooseVersion,
+  npmView,
+  NPM_RELEASE,
+  OS_NODE,
+  parseNpmView,
+  PINNED,
+  recordedNodeRedVersions,
+  resolveNodeRedVersions,
+  satisfies,
+  type VersionInfo,
+} from "../src/registry/node-red.js";
 import { render, type Rendered } from "../src/render/index.js";
 import { nodeRedIds } from "../src/render/node-red.js";
 import { prepareSecrets, StateDir, type Secrets } from "../src/secrets/index.js";
@@ -92,7 +103,10 @@ function configIssues(configFile: string): string[] {
 
 describe("nodeRed config", () => {
   it("is on by default, with the defaults the issue names", () => {
-    const { model } = loadConfig(writeConfig((c) => delete c.nodeRed), ENV);
+    const { model } = loadConfig(
+      writeConfig((c) => delete c.nodeRed),
+      ENV,
+    );
     expect(model.nodeRed).toEqual({
       install: "firstboot",
       port: 1880,
@@ -106,7 +120,10 @@ describe("nodeRed config", () => {
   });
 
   it("can be turned off", () => {
-    const { model } = loadConfig(writeConfig((c) => (c.nodeRed = { enabled: false })), ENV);
+    const { model } = loadConfig(
+      writeConfig((c) => (c.nodeRed = { enabled: false })),
+      ENV,
+    );
     expect(model.nodeRed).toBeUndefined();
   });
 
@@ -216,7 +233,12 @@ describe("Node-RED version choice", () => {
     let asked = 0;
     const lookup = (pkg: string) => {
       asked++;
-      return pkg === "node-red" ? [{ version: "4.1.13", engines: { node: ">=18.5" } }, { version: "5.0.7", engines: { node: ">=22.9" } }] : [{ version: "1.30.0", engines: { node: ">=14" } }];
+      return pkg === "node-red"
+        ? [
+            { version: "4.1.13", engines: { node: ">=18.5" } },
+            { version: "5.0.7", engines: { node: ">=22.9" } },
+          ]
+        : [{ version: "1.30.0", engines: { node: ">=14" } }];
     };
     const trixie = { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" } as const;
     // A render before any resolve takes the fallback and records nothing.
@@ -233,8 +255,16 @@ describe("Node-RED version choice", () => {
     const failing = () => {
       throw new Error("no network");
     };
-    const { versions: classic } = await resolveNodeRedVersions(state, { release: "bookworm", dashboard: "node-red-dashboard" }, { lookup: failing, offline: false });
-    expect(classic).toMatchObject({ node: OS_NODE.bookworm, nodeRed: { version: PINNED["node-red"], source: "fallback" }, dashboard: { version: "3.6.6", source: "fallback" } });
+    const { versions: classic } = await resolveNodeRedVersions(
+      state,
+      { release: "bookworm", dashboard: "node-red-dashboard" },
+      { lookup: failing, offline: false },
+    );
+    expect(classic).toMatchObject({
+      node: OS_NODE.bookworm,
+      nodeRed: { version: PINNED["node-red"], source: "fallback" },
+      dashboard: { version: "3.6.6", source: "fallback" },
+    });
     const { versions: pinned } = await resolveNodeRedVersions(state, { release: "bookworm", pinned: "4.0.9" }, { lookup: failing, offline: true });
     expect(pinned.nodeRed).toEqual({ package: "node-red", version: "4.0.9", source: "config" });
     expect(pinned.dashboard).toBeUndefined();
@@ -254,7 +284,10 @@ describe("Node-RED version choice", () => {
     for (const pkg of ["@flowfuse/node-red-dashboard", "node-red-dashboard"]) {
       const d = await npmView(pkg);
       expect(chooseVersion(d, OS_NODE.bookworm, bookworm), pkg).toBeDefined();
-      expect(d.some((i) => i.version === PINNED[pkg]), pkg).toBe(true);
+      expect(
+        d.some((i) => i.version === PINNED[pkg]),
+        pkg,
+      ).toBe(true);
     }
   });
 });
@@ -277,7 +310,9 @@ describe("Node-RED rendered files", () => {
   });
 
   it("puts the units, the first-boot script and ~/.node-red on the Pi with the right owners and modes", () => {
-    const nr = p.rendered.overlay.filter((f) => /nodered\.service|pibake-firstboot|pibake\/firstboot|\.node-red|install-npm/.test(f.path)).map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
+    const nr = p.rendered.overlay
+      .filter((f) => /nodered\.service|pibake-firstboot|pibake\/firstboot|\.node-red|install-npm/.test(f.path))
+      .map((f) => [f.path, f.mode.toString(8), `${f.owner}:${f.group}`]);
     expect(nr).toEqual([
       ["etc/systemd/system/nodered.service", "644", "root:root"],
       ["etc/systemd/system/pibake-firstboot.service", "644", "root:root"],
@@ -295,8 +330,22 @@ describe("Node-RED rendered files", () => {
     expect(sub.mode).toBe(0o755);
     expect(sub.content.toString()).toContain("systemctl enable pibake-firstboot.service");
     expect(sub.content.toString()).not.toContain("--install-only");
-    expect(p.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim().split("\n")).toEqual(["nodejs"]);
-    expect(p.rendered.manifest).toMatchObject({ nodeRed: { release: "trixie", node: OS_NODE.trixie, nodeRed: { package: "node-red", version: PINNED["node-red"] }, install: "firstboot", npm: NPM_RELEASE.version } });
+    expect(
+      p.rendered.stage
+        .find((f) => f.path === "01-node-red/00-packages-nr")!
+        .content.toString()
+        .trim()
+        .split("\n"),
+    ).toEqual(["nodejs"]);
+    expect(p.rendered.manifest).toMatchObject({
+      nodeRed: {
+        release: "trixie",
+        node: OS_NODE.trixie,
+        nodeRed: { package: "node-red", version: PINNED["node-red"] },
+        install: "firstboot",
+        npm: NPM_RELEASE.version,
+      },
+    });
   });
 
   it("adds Node-RED's MQTT user to the broker's password and ACL files, with a kept password", () => {
@@ -323,11 +372,16 @@ describe("Node-RED rendered files", () => {
     const flows = JSON.parse(file(p.rendered, "home/pi/.node-red/flows.json").content) as { type: string; broker?: string; port?: number }[];
     expect(flows.map((n) => n.type).sort()).toEqual(["debug", "mqtt in", "mqtt-broker", "tab", "ui-base", "ui-group", "ui-page", "ui-text", "ui-theme"]);
     expect(flows.find((n) => n.type === "mqtt-broker")).toMatchObject({ broker: "localhost", port: 1883 });
-    expect(JSON.parse(file(p.rendered, "home/pi/.node-red/package.json").content).dependencies).toEqual({ "@flowfuse/node-red-dashboard": PINNED["@flowfuse/node-red-dashboard"] });
+    expect(JSON.parse(file(p.rendered, "home/pi/.node-red/package.json").content).dependencies).toEqual({
+      "@flowfuse/node-red-dashboard": PINNED["@flowfuse/node-red-dashboard"],
+    });
   });
 
   it("renders byte for byte again from the same config and state", async () => {
-    const again = await prepare(writeConfig((c) => (c.nodeRed.protectDashboard = true)), p.state.dir);
+    const again = await prepare(
+      writeConfig((c) => (c.nodeRed.protectDashboard = true)),
+      p.state.dir,
+    );
     expect(again.rendered.overlayTar.equals(p.rendered.overlayTar)).toBe(true);
     expect(again.rendered.stage.map((f) => f.content.toString("base64"))).toEqual(p.rendered.stage.map((f) => f.content.toString("base64")));
   });
@@ -342,10 +396,17 @@ describe("Node-RED rendered files", () => {
 
   it("installs at build time when asked, and renders nothing for Node-RED when it is off", async () => {
     const build = await prepare(writeConfig((c) => (c.nodeRed.install = "build")));
-    expect(build.rendered.stage.find((f) => f.path === "01-node-red/01-run-chroot.sh")!.content.toString()).toContain("/usr/local/lib/pibake/firstboot.sh --install-only");
+    expect(build.rendered.stage.find((f) => f.path === "01-node-red/01-run-chroot.sh")!.content.toString()).toContain(
+      "/usr/local/lib/pibake/firstboot.sh --install-only",
+    );
     const off = await prepare(writeConfig((c) => (c.nodeRed = { enabled: false })));
     expect(off.rendered.overlay.filter((f) => /node-red|nodered|firstboot/.test(f.path))).toEqual([]);
-    expect(off.rendered.stage.find((f) => f.path === "01-node-red/00-packages-nr")!.content.toString().trim()).toBe("");
+    expect(
+      off.rendered.stage
+        .find((f) => f.path === "01-node-red/00-packages-nr")!
+        .content.toString()
+        .trim(),
+    ).toBe("");
     expect(off.rendered.manifest).toEqual({ nodeRed: false });
     expect(file(off.rendered, "etc/mosquitto/passwd").content).not.toContain("nodered");
   });
@@ -364,7 +425,9 @@ describe("Node-RED rendered files", () => {
       writeFileSync(path.join(root, "usr/local/bin/node-red-pi"), "#!/bin/sh\n", { mode: 0o755 });
       mkdirSync(path.join(root, "usr/lib/systemd"), { recursive: true });
       cpSync("/usr/lib/systemd/system", path.join(root, "usr/lib/systemd/system"), { recursive: true, verbatimSymlinks: true });
-      const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service", "pibake-status.timer"].map((u) => path.join(root, "etc/systemd/system", u));
+      const units = ["nodered.service", "pibake-firstboot.service", "pibake-status.service", "pibake-status.timer"].map((u) =>
+        path.join(root, "etc/systemd/system", u),
+      );
       const verify = await run("systemd-analyze", [`--root=${root}`, "verify", ...units]).catch((e: { stdout: string; stderr: string }) => e);
       expect(verify.stderr).toBe("");
       const scripts = ["firstboot.sh", "install-npm.sh", "status.sh"].map((n) => path.join(root, "usr/local/lib/pibake", n));
@@ -401,7 +464,9 @@ describe("install-npm.sh: npm's own release on the Pi, instead of Debian's npm",
     const npm = path.join(prefix, "bin/npm");
     expect(execFileSync(npm, ["--version"], { encoding: "utf8" }).trim()).toBe(NPM_RELEASE.version);
     // Its built-in config sends global installs to the prefix, as firstboot.sh's Node-RED install.
-    expect(execFileSync(npm, ["config", "get", "prefix"], { encoding: "utf8", env: { ...process.env, npm_config_prefix: "" }, cwd: prefix }).trim()).toBe(prefix);
+    expect(execFileSync(npm, ["config", "get", "prefix"], { encoding: "utf8", env: { ...process.env, npm_config_prefix: "" }, cwd: prefix }).trim()).toBe(
+      prefix,
+    );
     const again = await installNpm(prefix);
     expect(again.code, again.out).toBe(0);
     expect(again.out.trim()).toBe(`npm ${NPM_RELEASE.version} is installed`);
@@ -410,12 +475,31 @@ describe("install-npm.sh: npm's own release on the Pi, instead of Debian's npm",
   it("refuses bytes that are not the pinned release and changes nothing", { timeout: 60_000 }, async () => {
     const key = path.join(work, "mirror.key");
     const cert = path.join(work, "mirror.crt");
-    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1", "-keyout", key, "-out", cert], { stdio: "ignore" });
-    // A mirror that answers with other bytes: the pinned integrity, not the server, decides.
-    const server = (await import("node:https")).createServer(
-      { key: readFileSync(key), cert: readFileSync(cert) },
-      (_req, res) => res.end(randomBytes(4096)),
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-days",
+        "1",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+      ],
+      { stdio: "ignore" },
     );
+    // A mirror that answers with other bytes: the pinned integrity, not the server, decides.
+    const server = (await import("node:https")).createServer({ key: readFileSync(key), cert: readFileSync(cert) }, (_req, res) => res.end(randomBytes(4096)));
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     try {
       const prefix = mkdtempSync(path.join(work, "prefix-"));
@@ -506,7 +590,15 @@ interface NodeRed extends Proc {
 
 async function startNodeRed(prefix: string, userDir: string): Promise<NodeRed> {
   const port = await freePort();
-  const proc = startProcess(process.execPath, [path.join(prefix, "node_modules/node-red/red.js"), "--userDir", userDir, "--port", String(port), "-D", "uiHost=127.0.0.1"]);
+  const proc = startProcess(process.execPath, [
+    path.join(prefix, "node_modules/node-red/red.js"),
+    "--userDir",
+    userDir,
+    "--port",
+    String(port),
+    "-D",
+    "uiHost=127.0.0.1",
+  ]);
   await waitFor("Node-RED to start its flows", () => proc.log().includes("Started flows") || proc.child.exitCode !== null, 90_000, proc.log);
   if (proc.child.exitCode !== null) throw new Error(`Node-RED exited:\n${proc.log()}`);
   return { ...proc, port, base: `http://127.0.0.1:${port}` };
@@ -564,12 +656,17 @@ async function publishAndObserve(p: Prepared, nr: NodeRed, prefix: string, acces
   // The mqtt in node's status turns "connected" once the broker accepted Node-RED's login.
   await waitFor(
     "the mqtt in node to connect to Mosquitto",
-    () => comms.messages.some((m) => m.topic === `status/${ids.mqttIn}` && /connected/.test(String(m.data?.text)) && !/disconnected/.test(String(m.data?.text))),
+    () =>
+      comms.messages.some((m) => m.topic === `status/${ids.mqttIn}` && /connected/.test(String(m.data?.text)) && !/disconnected/.test(String(m.data?.text))),
     30_000,
     nr.log,
   );
   const payload = `hello-${randomBytes(4).toString("hex")}`;
-  await run("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(p.model.mqtt.lanPort), "-u", "sensors", "-P", PASSWORDS.sensors, "-t", topic, "-m", payload, "-q", "1"], { timeout: 15_000 });
+  await run(
+    "mosquitto_pub",
+    ["-h", "127.0.0.1", "-p", String(p.model.mqtt.lanPort), "-u", "sensors", "-P", PASSWORDS.sensors, "-t", topic, "-m", payload, "-q", "1"],
+    { timeout: 15_000 },
+  );
   const seen = await waitFor(
     "the message to reach the flow's debug node",
     () => comms.messages.find((m) => m.topic === "debug" && m.data?.id === ids.debug && String(m.data?.msg).includes(payload)),
@@ -581,84 +678,81 @@ async function publishAndObserve(p: Prepared, nr: NodeRed, prefix: string, acces
 }
 
 describe("rendered Node-RED files in a real Node-RED, with a real Mosquitto", () => {
-  it(
-    "FlowFuse dashboard, protected; generated MQTT user: login, flows, credentials, MQTT, dashboard",
-    { timeout: 600_000 },
-    async () => {
-      const [lanPort, tlsPort] = [await freePort(), await freePort()];
-      const p = await prepare(writeConfig((c) => Object.assign(c.mqtt, { lanPort, tlsPort }) && (c.nodeRed.protectDashboard = true)));
-      const v = p.secrets.nodeRed!.versions;
-      const prefix = fixture(v.nodeRed.version, `${v.dashboard!.package}@${v.dashboard!.version}`);
-      const dir = path.join(work, "run-flowfuse");
-      await startMosquitto(p.rendered, path.join(dir, "mosquitto"));
-      writeUserDir(p.rendered, "pi", path.join(dir, "userdir"));
-      const nr = await startNodeRed(prefix, path.join(dir, "userdir"));
+  it("FlowFuse dashboard, protected; generated MQTT user: login, flows, credentials, MQTT, dashboard", { timeout: 600_000 }, async () => {
+    const [lanPort, tlsPort] = [await freePort(), await freePort()];
+    const p = await prepare(writeConfig((c) => Object.assign(c.mqtt, { lanPort, tlsPort }) && (c.nodeRed.protectDashboard = true)));
+    const v = p.secrets.nodeRed!.versions;
+    const prefix = fixture(v.nodeRed.version, `${v.dashboard!.package}@${v.dashboard!.version}`);
+    const dir = path.join(work, "run-flowfuse");
+    await startMosquitto(p.rendered, path.join(dir, "mosquitto"));
+    writeUserDir(p.rendered, "pi", path.join(dir, "userdir"));
+    const nr = await startNodeRed(prefix, path.join(dir, "userdir"));
 
-      // The flows loaded, with every node type known and the credentials decrypted.
-      expect(nr.log()).not.toMatch(/Waiting for missing types|Error loading credentials|credentials could not be decrypted|Error loading flows/);
-      expect(nr.log()).toContain("Node-RED Dashboard 2.0");
+    // The flows loaded, with every node type known and the credentials decrypted.
+    expect(nr.log()).not.toMatch(/Waiting for missing types|Error loading credentials|credentials could not be decrypted|Error loading flows/);
+    expect(nr.log()).toContain("Node-RED Dashboard 2.0");
 
-      // The admin API wants a token; /auth/token gives one for the right password only.
-      expect((await fetch(`${nr.base}/flows`, { signal: AbortSignal.timeout(10_000) })).status).toBe(401);
-      expect((await token(nr.base, "admin", "wrong-password")).status).toBe(403);
-      const ok = await token(nr.base, "admin", PASSWORDS.nodeRed);
-      expect(ok.status).toBe(200);
-      const accessToken = ((await ok.json()) as { access_token: string }).access_token;
-      const auth = { headers: { Authorization: `Bearer ${accessToken}` }, signal: AbortSignal.timeout(10_000) };
-      const flows = (await (await fetch(`${nr.base}/flows`, auth)).json()) as { id: string; type: string }[];
-      const ids = nodeRedIds("nr-test");
-      expect(flows.find((n) => n.id === ids.broker)).toMatchObject({ type: "mqtt-broker", broker: "localhost", port: lanPort });
-      const creds = (await (await fetch(`${nr.base}/credentials/mqtt-broker/${ids.broker}`, auth)).json()) as Record<string, unknown>;
-      expect(creds).toEqual({ user: "nodered", has_password: true });
+    // The admin API wants a token; /auth/token gives one for the right password only.
+    expect((await fetch(`${nr.base}/flows`, { signal: AbortSignal.timeout(10_000) })).status).toBe(401);
+    expect((await token(nr.base, "admin", "wrong-password")).status).toBe(403);
+    const ok = await token(nr.base, "admin", PASSWORDS.nodeRed);
+    expect(ok.status).toBe(200);
+    const accessToken = ((await ok.json()) as { access_token: string }).access_token;
+    const auth = { headers: { Authorization: `Bearer ${accessToken}` }, signal: AbortSignal.timeout(10_000) };
+    const flows = (await (await fetch(`${nr.base}/flows`, auth)).json()) as { id: string; type: string }[];
+    const ids = nodeRedIds("nr-test");
+    expect(flows.find((n) => n.id === ids.broker)).toMatchObject({ type: "mqtt-broker", broker: "localhost", port: lanPort });
+    const creds = (await (await fetch(`${nr.base}/credentials/mqtt-broker/${ids.broker}`, auth)).json()) as Record<string, unknown>;
+    expect(creds).toEqual({ user: "nodered", has_password: true });
 
-      await publishAndObserve(p, nr, prefix, accessToken, "home/example");
+    await publishAndObserve(p, nr, prefix, accessToken, "home/example");
 
-      // The dashboard page asks for the login, and so does its socket.io channel.
-      const dashboard = `${nr.base}/dashboard/`;
-      expect((await fetch(dashboard, { signal: AbortSignal.timeout(10_000) })).status).toBe(401);
-      const basic = { Authorization: `Basic ${Buffer.from(`admin:${PASSWORDS.nodeRed}`).toString("base64")}` };
-      const page = await fetch(dashboard, { headers: basic, signal: AbortSignal.timeout(10_000) });
-      expect(page.status).toBe(200);
-      expect(await page.text()).toMatch(/<html/i);
-      const socketConnect = async (headers: Record<string, string>) => {
-        const io = `${nr.base}/dashboard/socket.io/?EIO=4&transport=polling`;
-        const open = await (await fetch(io, { headers, signal: AbortSignal.timeout(10_000) })).text();
-        const sid = (JSON.parse(open.slice(1)) as { sid: string }).sid;
-        await fetch(`${io}&sid=${sid}`, { method: "POST", body: "40", headers: { ...headers, "Content-Type": "text/plain" }, signal: AbortSignal.timeout(10_000) });
-        return (await fetch(`${io}&sid=${sid}`, { headers, signal: AbortSignal.timeout(10_000) })).text();
-      };
-      expect(await socketConnect({})).toMatch(/^44.*authentication required/);
-      expect(await socketConnect(basic)).toMatch(/^40\{"sid"/);
-      await nr.stop();
-    },
-  );
+    // The dashboard page asks for the login, and so does its socket.io channel.
+    const dashboard = `${nr.base}/dashboard/`;
+    expect((await fetch(dashboard, { signal: AbortSignal.timeout(10_000) })).status).toBe(401);
+    const basic = { Authorization: `Basic ${Buffer.from(`admin:${PASSWORDS.nodeRed}`).toString("base64")}` };
+    const page = await fetch(dashboard, { headers: basic, signal: AbortSignal.timeout(10_000) });
+    expect(page.status).toBe(200);
+    expect(await page.text()).toMatch(/<html/i);
+    const socketConnect = async (headers: Record<string, string>) => {
+      const io = `${nr.base}/dashboard/socket.io/?EIO=4&transport=polling`;
+      const open = await (await fetch(io, { headers, signal: AbortSignal.timeout(10_000) })).text();
+      const sid = (JSON.parse(open.slice(1)) as { sid: string }).sid;
+      await fetch(`${io}&sid=${sid}`, {
+        method: "POST",
+        body: "40",
+        headers: { ...headers, "Content-Type": "text/plain" },
+        signal: AbortSignal.timeout(10_000),
+      });
+      return (await fetch(`${io}&sid=${sid}`, { headers, signal: AbortSignal.timeout(10_000) })).text();
+    };
+    expect(await socketConnect({})).toMatch(/^44.*authentication required/);
+    expect(await socketConnect(basic)).toMatch(/^40\{"sid"/);
+    await nr.stop();
+  });
 
-  it(
-    "classic dashboard, a named MQTT user: flows load, /ui is served, MQTT reaches the flow",
-    { timeout: 600_000 },
-    async () => {
-      const [lanPort, tlsPort] = [await freePort(), await freePort()];
-      const p = await prepare(
-        writeConfig((c) => {
-          Object.assign(c.mqtt, { lanPort, tlsPort });
-          c.mqtt.users.push({ name: "flows", password: { env: "T_FLOWS_PW" }, topics: [{ access: "readwrite", topic: "home/#" }] });
-          Object.assign(c.nodeRed, { dashboard: "classic", mqttUser: "flows", exampleTopic: "home/sensors/+" });
-        }),
-      );
-      expect(file(p.rendered, "etc/mosquitto/passwd").content).not.toContain("nodered");
-      const v = p.secrets.nodeRed!.versions;
-      expect(v.dashboard!.package).toBe("node-red-dashboard");
-      const prefix = fixture(v.nodeRed.version, `${v.dashboard!.package}@${v.dashboard!.version}`);
-      const dir = path.join(work, "run-classic");
-      await startMosquitto(p.rendered, path.join(dir, "mosquitto"));
-      writeUserDir(p.rendered, "pi", path.join(dir, "userdir"));
-      const nr = await startNodeRed(prefix, path.join(dir, "userdir"));
-      expect(nr.log()).not.toMatch(/Waiting for missing types|Error loading credentials|credentials could not be decrypted|Error loading flows/);
-      expect(nr.log()).toMatch(/Dashboard version [\d.]+ started at \/ui/);
-      expect((await fetch(`${nr.base}/ui/`, { signal: AbortSignal.timeout(10_000) })).status).toBe(200);
-      const accessToken = ((await (await token(nr.base, "admin", PASSWORDS.nodeRed)).json()) as { access_token: string }).access_token;
-      await publishAndObserve(p, nr, prefix, accessToken, "home/sensors/kitchen");
-      await nr.stop();
-    },
-  );
+  it("classic dashboard, a named MQTT user: flows load, /ui is served, MQTT reaches the flow", { timeout: 600_000 }, async () => {
+    const [lanPort, tlsPort] = [await freePort(), await freePort()];
+    const p = await prepare(
+      writeConfig((c) => {
+        Object.assign(c.mqtt, { lanPort, tlsPort });
+        c.mqtt.users.push({ name: "flows", password: { env: "T_FLOWS_PW" }, topics: [{ access: "readwrite", topic: "home/#" }] });
+        Object.assign(c.nodeRed, { dashboard: "classic", mqttUser: "flows", exampleTopic: "home/sensors/+" });
+      }),
+    );
+    expect(file(p.rendered, "etc/mosquitto/passwd").content).not.toContain("nodered");
+    const v = p.secrets.nodeRed!.versions;
+    expect(v.dashboard!.package).toBe("node-red-dashboard");
+    const prefix = fixture(v.nodeRed.version, `${v.dashboard!.package}@${v.dashboard!.version}`);
+    const dir = path.join(work, "run-classic");
+    await startMosquitto(p.rendered, path.join(dir, "mosquitto"));
+    writeUserDir(p.rendered, "pi", path.join(dir, "userdir"));
+    const nr = await startNodeRed(prefix, path.join(dir, "userdir"));
+    expect(nr.log()).not.toMatch(/Waiting for missing types|Error loading credentials|credentials could not be decrypted|Error loading flows/);
+    expect(nr.log()).toMatch(/Dashboard version [\d.]+ started at \/ui/);
+    expect((await fetch(`${nr.base}/ui/`, { signal: AbortSignal.timeout(10_000) })).status).toBe(200);
+    const accessToken = ((await (await token(nr.base, "admin", PASSWORDS.nodeRed)).json()) as { access_token: string }).access_token;
+    await publishAndObserve(p, nr, prefix, accessToken, "home/sensors/kitchen");
+    await nr.stop();
+  });
 });

@@ -45,15 +45,36 @@ const roots = new Map<string, AptRoot>();
 /** apt with its own root directory: the release's arm64 lists, and a base system as dpkg's status. */
 function apt(root: AptRoot, args: string[]) {
   const dir = root.dir;
-  return execa("apt-get", ["-o", `Dir=${dir}`, "-o", `Dir::State::status=${dir}/status`, "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64", "-o", "Debug::NoLocking=1", "-o", "Acquire::Retries=3", "-o", "Acquire::GzipIndexes=false", ...args], {
-    env: { LC_ALL: "C" },
-    timeout: 300_000,
-  });
+  return execa(
+    "apt-get",
+    [
+      "-o",
+      `Dir=${dir}`,
+      "-o",
+      `Dir::State::status=${dir}/status`,
+      "-o",
+      "APT::Architecture=arm64",
+      "-o",
+      "APT::Architectures::=arm64",
+      "-o",
+      "Debug::NoLocking=1",
+      "-o",
+      "Acquire::Retries=3",
+      "-o",
+      "Acquire::GzipIndexes=false",
+      ...args,
+    ],
+    {
+      env: { LC_ALL: "C" },
+      timeout: 300_000,
+    },
+  );
 }
 
 async function aptRoot(release: string): Promise<AptRoot> {
   const dir = path.join(tmp.dir, release);
-  for (const d of ["etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"]) mkdirSync(path.join(dir, d), { recursive: true });
+  for (const d of ["etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"])
+    mkdirSync(path.join(dir, d), { recursive: true });
   // Metadata only, for a simulation: nothing is downloaded or installed from it.
   writeFileSync(path.join(dir, "etc/apt/sources.list"), `deb [arch=arm64 trusted=yes] ${MIRROR} ${release} main\n`);
   writeFileSync(path.join(dir, "status"), "");
@@ -98,7 +119,12 @@ async function examplePackages(release: string, nodeRed: boolean): Promise<strin
   writeFileSync(path.join(dir, "broker.json"), JSON.stringify(example));
   writeFileSync(path.join(dir, "secrets/mqtt-phone.txt"), "Phone-Secret-22cd\n", { mode: 0o600 });
   for (const f of readdirSync(path.join(repoRoot, "examples")).filter((f) => f.endsWith(".txt"))) cpSync(path.join(repoRoot, "examples", f), path.join(dir, f));
-  const env = { PIBAKE_USER_PASSWORD: "User-Secret-9f3c", PIBAKE_MQTT_SENSORS_PASSWORD: "Sensors-Secret-71ab", FREEMYIP_TOKEN: "DdnsToken5e6f7a8b", PIBAKE_NODE_RED_PASSWORD: "NodeRed-Secret-11aa" };
+  const env = {
+    PIBAKE_USER_PASSWORD: "User-Secret-9f3c",
+    PIBAKE_MQTT_SENSORS_PASSWORD: "Sensors-Secret-71ab",
+    FREEMYIP_TOKEN: "DdnsToken5e6f7a8b",
+    PIBAKE_NODE_RED_PASSWORD: "NodeRed-Secret-11aa",
+  };
   const { model } = loadConfig(path.join(dir, "broker.json"), env);
   return stagePackages(await render(model, await prepareSecrets(model, new StateDir(path.join(dir, "state")))));
 }
@@ -120,8 +146,13 @@ describe("the packages the stage adds (apt's simulation against Debian's arm64 a
         expect(packages.includes("nodejs")).toBe(nodeRed);
         const lean = await resolve(root, packages, false);
         const withRecommends = await resolve(root, packages, true);
-        figures.push(`${nodeRed ? "with" : "without"} Node-RED: ${lean.names.length} packages, ${Math.round(lean.kib / 1024)} MiB installed (with recommends: ${withRecommends.names.length}, ${Math.round(withRecommends.kib / 1024)} MiB)`);
-        expect(lean.names.filter((n) => DESKTOP.test(n)), "desktop packages").toEqual([]);
+        figures.push(
+          `${nodeRed ? "with" : "without"} Node-RED: ${lean.names.length} packages, ${Math.round(lean.kib / 1024)} MiB installed (with recommends: ${withRecommends.names.length}, ${Math.round(withRecommends.kib / 1024)} MiB)`,
+        );
+        expect(
+          lean.names.filter((n) => DESKTOP.test(n)),
+          "desktop packages",
+        ).toEqual([]);
         expect(lean.names.length).toBeLessThanOrEqual(nodeRed ? LIMITS.nodeRed : LIMITS.broker);
         // Every package the stage names is installed by apt (or already in the base).
         for (const p of packages) expect(lean.names.includes(p) || root.baseInstall.has(p), p).toBe(true);

@@ -32,7 +32,8 @@ async function disk(table: string, sizeMiB = 64): Promise<string> {
   return file;
 }
 
-const raspiTable = (p2type = "83", extra = "") => `label: dos\nlabel-id: 0x1234abcd\nunit: sectors\n\nstart=8192, size=16384, type=c\nstart=24576, type=${p2type}\n${extra}`;
+const raspiTable = (p2type = "83", extra = "") =>
+  `label: dos\nlabel-id: 0x1234abcd\nunit: sectors\n\nstart=8192, size=16384, type=c\nstart=24576, type=${p2type}\n${extra}`;
 
 describe("parseMbr", () => {
   it("reads what sfdisk wrote, as sfdisk reads it back", async () => {
@@ -54,7 +55,9 @@ describe("parseMbr", () => {
 
   it("recognises a GPT disk and says what pibake needs instead", async () => {
     const file = await disk("label: gpt\n\nsize=16M, type=L\n");
-    expect(() => parseMbr(readAt(file, 0, 512), "gpt.img")).toThrow(/gpt\.img: the disk uses a GPT partition table: pibake needs a Raspberry Pi OS image, which has an MBR/);
+    expect(() => parseMbr(readAt(file, 0, 512), "gpt.img")).toThrow(
+      /gpt\.img: the disk uses a GPT partition table: pibake needs a Raspberry Pi OS image, which has an MBR/,
+    );
   });
 
   it("refuses an empty table", async () => {
@@ -156,13 +159,17 @@ describe("file system signatures", () => {
     const file = await disk(raspiTable());
     const t = parseMbr(readAt(file, 0, 512));
     const layout = checkRaspiLayout(t, 64 * MiB, "base.img");
-    expect(() => checkFileSystems(layout, Buffer.alloc(512), Buffer.alloc(2048), "base.img")).toThrow(/partition 1 has a FAT type \(0x0c\) but holds no FAT file system/);
+    expect(() => checkFileSystems(layout, Buffer.alloc(512), Buffer.alloc(2048), "base.img")).toThrow(
+      /partition 1 has a FAT type \(0x0c\) but holds no FAT file system/,
+    );
     const fat = path.join(tmp.dir, "f.img");
     await execa("mkfs.vfat", ["-F", "32", "-C", fat, String(64 * 1024)]);
     expect(() => checkFileSystems(layout, readAt(fat, 0, 512), Buffer.alloc(2048), "base.img")).toThrow(/partition 2 holds no ext4 file system/);
     const e2 = path.join(tmp.dir, "e2.img");
     await execa("truncate", ["-s", "8M", e2]);
     await execa("mkfs.ext2", ["-q", "-F", e2]);
-    expect(() => checkFileSystems(layout, readAt(fat, 0, 512), readAt(e2, 0, 2048), "base.img")).toThrow("base.img: partition 2 is ext2, not ext4: pibake needs a Raspberry Pi OS image, whose root file system is ext4");
+    expect(() => checkFileSystems(layout, readAt(fat, 0, 512), readAt(e2, 0, 2048), "base.img")).toThrow(
+      "base.img: partition 2 is ext2, not ext4: pibake needs a Raspberry Pi OS image, whose root file system is ext4",
+    );
   });
 });

@@ -66,8 +66,22 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     return writeJson(path.join(tmp.dir, `${name}-${domain}.json`), c);
   };
 
-  const buildArgs = (domain: string, out: string, o: { name?: string; baseStage?: string } = {}) =>
-    ["build", config(domain, o.name), "--pi-gen", piGenDir!, "--base-stages", o.baseStage ?? path.join(SCAFFOLDING, "debian-base"), "--out", out, "--state", state(), "--compress", "none", "--log-format", "plain"];
+  const buildArgs = (domain: string, out: string, o: { name?: string; baseStage?: string } = {}) => [
+    "build",
+    config(domain, o.name),
+    "--pi-gen",
+    piGenDir!,
+    "--base-stages",
+    o.baseStage ?? path.join(SCAFFOLDING, "debian-base"),
+    "--out",
+    out,
+    "--state",
+    state(),
+    "--compress",
+    "none",
+    "--log-format",
+    "plain",
+  ];
   const build = async (domain: string, extra: string[]) => {
     const out = path.join(tmp.dir, `deploy-${runs.length + 1}`);
     const t0 = Date.now();
@@ -81,7 +95,9 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
   beforeAll(async () => {
     await build(DOMAIN, process.env.PIBAKE_PIGEN_CLEAN === "1" ? ["--clean"] : []);
     await build(NEW_DOMAIN, []);
-    console.log(`pi-gen: first build ${(runs[0]!.ms / 1000).toFixed(0)} s (${/full build: /.test(runs[0]!.output) ? "full" : "regeneration"}), regeneration for a new domain ${(runs[1]!.ms / 1000).toFixed(0)} s`);
+    console.log(
+      `pi-gen: first build ${(runs[0]!.ms / 1000).toFixed(0)} s (${/full build: /.test(runs[0]!.output) ? "full" : "regeneration"}), regeneration for a new domain ${(runs[1]!.ms / 1000).toFixed(0)} s`,
+    );
     const { model } = loadConfig(path.join(tmp.dir, `pigen-test-${NEW_DOMAIN}.json`), { ...secretEnv });
     rendered = await render(model, await prepareSecrets(model, new StateDir(state())));
   }, 10_800_000);
@@ -112,7 +128,13 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     expect(readdirSync(out).sort()).toEqual(["ca.crt", `${b}.img`, `${b}.img.bmap`, `${b}.img.sha256`, `${b}.log`, `${b}.manifest.json`]);
     expect((await execa("sha256sum", ["-c", `${b}.img.sha256`], { cwd: out })).stdout).toBe(`${b}.img: OK`);
     const m = JSON.parse(readFileSync(path.join(out, `${b}.manifest.json`), "utf8"));
-    expect(m.engine).toMatchObject({ engine: "pi-gen", piGenBranch: "arm64", piGenCommit: (await execa("git", ["-C", piGenDir!, "rev-parse", "HEAD"])).stdout.trim(), runner: "native", regeneration: true });
+    expect(m.engine).toMatchObject({
+      engine: "pi-gen",
+      piGenBranch: "arm64",
+      piGenCommit: (await execa("git", ["-C", piGenDir!, "rev-parse", "HEAD"])).stdout.trim(),
+      runner: "native",
+      regeneration: true,
+    });
     expect(m.domain).toBe(NEW_DOMAIN);
     // The same CA for both domains: clients keep trusting it.
     expect(readFileSync(path.join(out, "ca.crt"), "utf8")).toBe(readFileSync(path.join(runs[0]!.out, "ca.crt"), "utf8"));
@@ -149,36 +171,52 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
       expect(cert.subjectAltName).toContain(`DNS:${NEW_DOMAIN}`);
       expect(cert.subjectAltName).not.toContain(`DNS:${DOMAIN}`);
       // pi-gen's throw-away password did not survive: stage-pibake set the configured one.
-      const shadow = readFileSync(path.join(mnt, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!;
-      const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", secretEnv.T_USER_PW, shadow.split(":")[1]!]);
+      const shadow = readFileSync(path.join(mnt, "etc/shadow"), "utf8")
+        .split("\n")
+        .find((l) => l.startsWith("admin:"))!;
+      const check = await execa("python3", [
+        "-W",
+        "ignore",
+        "-c",
+        "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])",
+        secretEnv.T_USER_PW,
+        shadow.split(":")[1]!,
+      ]);
       expect(check.stdout).toBe("True");
     } finally {
       await m.release();
     }
   });
 
-  it.skipIf(!hasQemu)("boots under QEMU and serves authenticated MQTT over TLS for the new domain", async () => {
-    const kernelDir = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/qemu-kernel.sh")], { timeout: 1_800_000 })).stdout.trim();
-    vm = await bootVm({ image: runs[1]!.image, kernelDir, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtts: 8883 } });
-    const ca = readFileSync(path.join(runs[1]!.out, "ca.crt"));
-    const url = `mqtts://127.0.0.1:${vm.ports.mqtts}`;
-    const opts = { ca, servername: NEW_DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
-    await waitForBroker(vm, url, opts, 420_000);
-    console.log(`pi-gen image: power-on to the broker answering over TLS: ${((Date.now() - vm.startedAt) / 1000).toFixed(0)} s`);
-    const client = await tryConnect(url, opts);
-    expect(client.ok, client.error).toBe(true);
-    expect(await roundTrip(client.client!, "home/commands/light", "on")).toBe("on");
-    client.client!.end(true);
-    const wrong = await tryConnect(url, { ...opts, password: "not-the-password" });
-    expect(wrong.ok).toBe(false);
-  }, 900_000);
+  it.skipIf(!hasQemu)(
+    "boots under QEMU and serves authenticated MQTT over TLS for the new domain",
+    async () => {
+      const kernelDir = (await execa("bash", [path.join(repoRoot, "scripts/fixtures/qemu-kernel.sh")], { timeout: 1_800_000 })).stdout.trim();
+      vm = await bootVm({ image: runs[1]!.image, kernelDir, consoleLog: path.join(tmp.dir, "console.log"), forward: { mqtts: 8883 } });
+      const ca = readFileSync(path.join(runs[1]!.out, "ca.crt"));
+      const url = `mqtts://127.0.0.1:${vm.ports.mqtts}`;
+      const opts = { ca, servername: NEW_DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
+      await waitForBroker(vm, url, opts, 420_000);
+      console.log(`pi-gen image: power-on to the broker answering over TLS: ${((Date.now() - vm.startedAt) / 1000).toFixed(0)} s`);
+      const client = await tryConnect(url, opts);
+      expect(client.ok, client.error).toBe(true);
+      expect(await roundTrip(client.client!, "home/commands/light", "on")).toBe("on");
+      client.client!.end(true);
+      const wrong = await tryConnect(url, { ...opts, password: "not-the-password" });
+      expect(wrong.ok).toBe(false);
+    },
+    900_000,
+  );
 
   it("names the stage and script that failed, with the last lines of pi-gen's log and where the full log is", async () => {
     const broken = path.join(tmp.dir, "broken-base");
     mkdirSync(path.join(broken, "00-broken"), { recursive: true });
     writeFileSync(path.join(broken, "00-broken", "00-run.sh"), "#!/bin/bash -e\necho 'this sub-stage fails on purpose' >&2\nexit 3\n", { mode: 0o755 });
     // An image name, and so a work directory, of its own: the kept base stage of the other builds is not touched.
-    const r = await pibake(buildArgs("broken.freemyip.com", path.join(tmp.dir, "deploy-broken"), { name: "pigen-broken", baseStage: broken }), { env, timeout: 600_000 });
+    const r = await pibake(buildArgs("broken.freemyip.com", path.join(tmp.dir, "deploy-broken"), { name: "pigen-broken", baseStage: broken }), {
+      env,
+      timeout: 600_000,
+    });
     expect(r.exitCode, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/pi-gen failed in stage-base0 › 00-broken › 00-run\.sh \(exit \d+\)/);
     expect(r.stderr).toMatch(/^ {2}\| this sub-stage fails on purpose$/m);
@@ -191,7 +229,12 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
     await vm?.kill();
     const workDir = path.join(env.XDG_CACHE_HOME, "pibake/work/pigen-test");
     const out = path.join(tmp.dir, "deploy-interrupted");
-    const child = execa(process.execPath, [bin, ...buildArgs("third.freemyip.com", out)], { env: { ...env, CI: "true" }, reject: false, all: true, stdin: "ignore" });
+    const child = execa(process.execPath, [bin, ...buildArgs("third.freemyip.com", out)], {
+      env: { ...env, CI: "true" },
+      reject: false,
+      all: true,
+      stdin: "ignore",
+    });
     let output = "";
     child.all?.on("data", (d: Buffer) => (output += d.toString()));
     try {
@@ -202,7 +245,10 @@ describe.skipIf(!piGenDir || !isRoot || !hasBinfmt)("pibake build through the re
         await new Promise((res) => setTimeout(res, 500));
       }
       child.kill("SIGINT");
-      const r = await Promise.race([child, new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`no exit within 3 minutes of SIGINT:\n${output}`)), 180_000))]);
+      const r = await Promise.race([
+        child,
+        new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`no exit within 3 minutes of SIGINT:\n${output}`)), 180_000)),
+      ]);
       expect(r.exitCode, output).toBe(130);
     } finally {
       child.kill("SIGKILL");

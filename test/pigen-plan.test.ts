@@ -40,11 +40,36 @@ describe("the config pibake hands to build.sh", () => {
     const file = path.join(tmp.dir, "pibake.config");
     writeFileSync(
       file,
-      piGenConfigFile(rendered.piGenConfig, { stageList: stageList(["/x/my base"]), gitHash: "abc123", workDir: "/cache/work/my broker", deployDir: "/cache/deploy" }),
+      piGenConfigFile(rendered.piGenConfig, {
+        stageList: stageList(["/x/my base"]),
+        gitHash: "abc123",
+        workDir: "/cache/work/my broker",
+        deployDir: "/cache/deploy",
+      }),
     );
-    const names = ["IMG_NAME", "RELEASE", "FIRST_USER_NAME", "FIRST_USER_PASS", "KEYBOARD_LAYOUT", "STAGE_LIST", "GIT_HASH", "WORK_DIR", "DEPLOY_DIR", "PUBKEY_ONLY_SSH", "DEPLOY_COMPRESSION"];
-    const r = await execa("bash", ["-uc", `source "$1"; for v in ${names.join(" ")}; do printf '%s=%s\\0' "$v" "\${!v}"; done`, "bash", file], { env: {}, extendEnv: false });
-    const values = Object.fromEntries(r.stdout.split("\0").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+    const names = [
+      "IMG_NAME",
+      "RELEASE",
+      "FIRST_USER_NAME",
+      "FIRST_USER_PASS",
+      "KEYBOARD_LAYOUT",
+      "STAGE_LIST",
+      "GIT_HASH",
+      "WORK_DIR",
+      "DEPLOY_DIR",
+      "PUBKEY_ONLY_SSH",
+      "DEPLOY_COMPRESSION",
+    ];
+    const r = await execa("bash", ["-uc", `source "$1"; for v in ${names.join(" ")}; do printf '%s=%s\\0' "$v" "\${!v}"; done`, "bash", file], {
+      env: {},
+      extendEnv: false,
+    });
+    const values = Object.fromEntries(
+      r.stdout
+        .split("\0")
+        .filter(Boolean)
+        .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
+    );
     expect(values).toEqual({
       IMG_NAME: "test-broker",
       RELEASE: "trixie",
@@ -73,7 +98,12 @@ describe("reusing stage0-2", () => {
     return loadConfig(writeJson(path.join(tmp.dir, `${Math.random()}.json`), c), { ...secretEnv }).model;
   };
   const systemOf = (mutate: (c: Record<string, any>) => void) => systemSettings(modelFor(mutate));
-  const base = baseDigest(systemOf(() => {}), "commit1", "", "ph");
+  const base = baseDigest(
+    systemOf(() => {}),
+    "commit1",
+    "",
+    "ph",
+  );
 
   it("does not depend on the domain, certificates, MQTT users, ddclient or the user's password", () => {
     const other = modelFor((c) => {
@@ -87,9 +117,36 @@ describe("reusing stage0-2", () => {
 
   it.each([
     ["the pi-gen commit", (m: any) => baseDigest(systemSettings(m), "commit2", "", "ph")],
-    ["the user's name", (m: any) => baseDigest(systemOf((c) => (c.user.name = "pi")), "commit1", "", "ph")],
-    ["the time zone", () => baseDigest(systemOf((c) => (c.image.timezone = "Europe/London")), "commit1", "", "ph")],
-    ["the SSH keys", () => baseDigest(systemOf((c) => (c.user.passwordSsh = true)), "commit1", "", "ph")],
+    [
+      "the user's name",
+      (m: any) =>
+        baseDigest(
+          systemOf((c) => (c.user.name = "pi")),
+          "commit1",
+          "",
+          "ph",
+        ),
+    ],
+    [
+      "the time zone",
+      () =>
+        baseDigest(
+          systemOf((c) => (c.image.timezone = "Europe/London")),
+          "commit1",
+          "",
+          "ph",
+        ),
+    ],
+    [
+      "the SSH keys",
+      () =>
+        baseDigest(
+          systemOf((c) => (c.user.passwordSsh = true)),
+          "commit1",
+          "",
+          "ph",
+        ),
+    ],
     ["the base stages", (m: any) => baseDigest(systemSettings(m), "commit1", "digest-of-my-stages", "ph")],
   ])("changes with %s", (_what, digestOf) => {
     expect(digestOf(modelFor(() => {}))).not.toBe(base);
@@ -128,7 +185,13 @@ describe("pi-gen's log", () => {
   ];
 
   it("parses Begin/End lines into stage, sub-stage and script", () => {
-    expect(parseLine(lines[5]!)).toEqual({ kind: "begin", path: "/pi-gen/stage0/00-configure-apt/00-run.sh", stage: "stage0", subStage: "00-configure-apt", step: "00-run.sh" });
+    expect(parseLine(lines[5]!)).toEqual({
+      kind: "begin",
+      path: "/pi-gen/stage0/00-configure-apt/00-run.sh",
+      stage: "stage0",
+      subStage: "00-configure-apt",
+      step: "00-run.sh",
+    });
     expect(parseLine(lines[0]!)).toEqual({ kind: "begin", path: "/pi-gen/stage0", stage: "stage0" });
     expect(parseLine(lines[2]!)).toBeUndefined();
     expect(parseLine(lines[13]!)).toEqual({ kind: "failed" });
@@ -151,8 +214,12 @@ describe("pi-gen's log", () => {
 
   it("sums up the last full build and the last regeneration side by side", () => {
     const run = (ms: number) => ({ stages: {}, totalMs: ms, finishedAt: "2026-11-20T10:00:00.000Z" });
-    expect(timingsSummary({ full: run(2_470_000), regeneration: run(362_000) }, "regeneration")).toBe("pi-gen: full build 41m10s (2026-11-20), regeneration 6m02s (this build)");
-    expect(timingsSummary({ full: run(2_470_000) }, "full")).toBe("pi-gen: full build 41m10s (this build), regeneration not yet (the next build with unchanged base inputs)");
+    expect(timingsSummary({ full: run(2_470_000), regeneration: run(362_000) }, "regeneration")).toBe(
+      "pi-gen: full build 41m10s (2026-11-20), regeneration 6m02s (this build)",
+    );
+    expect(timingsSummary({ full: run(2_470_000) }, "full")).toBe(
+      "pi-gen: full build 41m10s (this build), regeneration not yet (the next build with unchanged base inputs)",
+    );
   });
 
   it("estimates what is left from the last build", () => {
@@ -173,7 +240,10 @@ describe("pre-flight checks", () => {
 
   it("lists problems with their fixes, indenting messages that carry their own", () => {
     // The binfmt_misc check itself is shared with the base-image engine and tested there.
-    const text = formatProblems([{ what: "binfmt_misc is not mounted. Fix:\n  sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" }, rootProblem(1000)!], PIGEN_HEADING);
+    const text = formatProblems(
+      [{ what: "binfmt_misc is not mounted. Fix:\n  sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" }, rootProblem(1000)!],
+      PIGEN_HEADING,
+    );
     expect(text).toBe(
       "pi-gen cannot build here yet:\n" +
         "  - binfmt_misc is not mounted. Fix:\n      sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc\n" +
@@ -193,7 +263,9 @@ describe("pre-flight checks", () => {
     expect(parseDepends(readFileSync(depends, "utf8"))[1]).toEqual({ tool: "no-such-tool-pibake", pkg: "pkg-one" });
     const p = await missingDependencies(depends);
     expect(p?.fix).toBe("sudo apt-get install -y pkg-one qemu-user-binfmt zzz-not-here");
-    expect(formatProblems([p!, rootProblem(1000)!], PIGEN_HEADING)).toMatch(/pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo -E \(-E keeps the environment variables the config's secrets come from\), or use --runner docker/);
+    expect(formatProblems([p!, rootProblem(1000)!], PIGEN_HEADING)).toMatch(
+      /pi-gen cannot build here yet:\n  - pi-gen's dependencies[\s\S]*fix: run pibake with sudo -E \(-E keeps the environment variables the config's secrets come from\), or use --runner docker/,
+    );
   });
 });
 
@@ -213,7 +285,9 @@ describe("pibake's copy of the pi-gen tree", () => {
   );
 
   it("refuses a checkout on the wrong branch and says which one is needed", async () => {
-    await expect(useCheckout(repo, "bookworm-arm64")).rejects.toThrow(/is on branch arm64, but this config needs pi-gen's bookworm-arm64 branch: run git -C .* checkout bookworm-arm64/);
+    await expect(useCheckout(repo, "bookworm-arm64")).rejects.toThrow(
+      /is on branch arm64, but this config needs pi-gen's bookworm-arm64 branch: run git -C .* checkout bookworm-arm64/,
+    );
   });
 
   it("copies the tracked files, places stage-pibake and the SKIP markers, and never edits the checkout", async () => {
@@ -256,9 +330,12 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
 
   it("checks what pi-gen needs and prints the fix, without starting it", async () => {
     const cfg = writeJson(path.join(tmp.dir, "c.json"), validConfig());
-    const r = await pibake(["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy"), "--state", path.join(tmp.dir, "state")], {
-      env: { ...secretEnv, XDG_CACHE_HOME: path.join(tmp.dir, "cache") },
-    });
+    const r = await pibake(
+      ["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy"), "--state", path.join(tmp.dir, "state")],
+      {
+        env: { ...secretEnv, XDG_CACHE_HOME: path.join(tmp.dir, "cache") },
+      },
+    );
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/pi-gen cannot build here yet:/);
     expect(r.stderr).toMatch(/fix: sudo apt-get install -y pibake-missing-pkg/);
@@ -270,7 +347,10 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
     const c = validConfig();
     c.image.baseStages = ["no-such-base"];
     const cfg = writeJson(path.join(tmp.dir, "stages.json"), c);
-    const r = await pibake(["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy3"), "--state", path.join(tmp.dir, "state")], { env: { ...secretEnv } });
+    const r = await pibake(
+      ["build", cfg, "--pi-gen", repo, "--runner", "native", "--out", path.join(tmp.dir, "deploy3"), "--state", path.join(tmp.dir, "state")],
+      { env: { ...secretEnv } },
+    );
     expect(r.exitCode).toBe(2);
     expect(r.stderr).toContain(`image.baseStages[0]: ${path.join(tmp.dir, "no-such-base")} is not a directory`);
     expect(r.stderr).not.toMatch(/pi-gen must not run/);
@@ -280,7 +360,9 @@ describe("pibake build with pi-gen, before pi-gen starts", () => {
     const c = validConfig();
     c.image.release = "bookworm";
     const cfg = writeJson(path.join(tmp.dir, "bookworm.json"), c);
-    const r = await pibake(["build", cfg, "--pi-gen", repo, "--out", path.join(tmp.dir, "deploy2"), "--state", path.join(tmp.dir, "state")], { env: { ...secretEnv } });
+    const r = await pibake(["build", cfg, "--pi-gen", repo, "--out", path.join(tmp.dir, "deploy2"), "--state", path.join(tmp.dir, "state")], {
+      env: { ...secretEnv },
+    });
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/needs pi-gen's bookworm-arm64 branch/);
   });
@@ -311,7 +393,13 @@ describe("pibake build --runner docker (stand-ins for docker and build-docker.sh
   const repo = path.join(tmp.dir, "pi-gen");
   const bin = path.join(tmp.dir, "bin");
   const record = path.join(tmp.dir, "record");
-  const env = { ...secretEnv, PATH: `${bin}:${process.env.PATH}`, XDG_CACHE_HOME: path.join(tmp.dir, "cache"), FAKE_RECORD: record, FAKE_CONTAINER: path.join(tmp.dir, "container") };
+  const env = {
+    ...secretEnv,
+    PATH: `${bin}:${process.env.PATH}`,
+    XDG_CACHE_HOME: path.join(tmp.dir, "cache"),
+    FAKE_RECORD: record,
+    FAKE_CONTAINER: path.join(tmp.dir, "container"),
+  };
 
   beforeAll(async () => {
     await fakePiGen(repo, {
@@ -349,7 +437,23 @@ describe("pibake build --runner docker (stand-ins for docker and build-docker.sh
   });
 
   const build = (out: string) =>
-    pibake(["build", writeJson(path.join(tmp.dir, "c.json"), validConfig()), "--pi-gen", repo, "--runner", "docker", "--out", out, "--state", path.join(tmp.dir, "state"), "--compress", "none"], { env });
+    pibake(
+      [
+        "build",
+        writeJson(path.join(tmp.dir, "c.json"), validConfig()),
+        "--pi-gen",
+        repo,
+        "--runner",
+        "docker",
+        "--out",
+        out,
+        "--state",
+        path.join(tmp.dir, "state"),
+        "--compress",
+        "none",
+      ],
+      { env },
+    );
 
   it("runs build-docker.sh with pibake's container name and config, and delivers the image it copied out", async () => {
     const r = await build(path.join(tmp.dir, "out1"));
@@ -358,7 +462,11 @@ describe("pibake build --runner docker (stand-ins for docker and build-docker.sh
     expect(lines.some((l) => l.startsWith("docker info"))).toBe(true);
     expect(lines.at(-1)).toMatch(/^CONTAINER_NAME=pibake_test-broker CONTINUE=0 PRESERVE_CONTAINER=0 args=-c \S+\/pibake\.config$/);
     const manifest = readdirSync(path.join(tmp.dir, "out1")).find((f) => f.endsWith(".manifest.json"))!;
-    expect(JSON.parse(readFileSync(path.join(tmp.dir, "out1", manifest), "utf8")).engine).toMatchObject({ engine: "pi-gen", runner: "docker", regeneration: false });
+    expect(JSON.parse(readFileSync(path.join(tmp.dir, "out1", manifest), "utf8")).engine).toMatchObject({
+      engine: "pi-gen",
+      runner: "docker",
+      regeneration: false,
+    });
   });
 
   it("continues a container an interrupted build left, and is not confused by the last build's image", async () => {

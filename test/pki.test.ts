@@ -64,7 +64,11 @@ function filesUnder(dir: string): string[] {
 describe("signing", () => {
   it("gives the signature node-forge's own RSA gives, byte for byte, with Node's", () => {
     const forge = createRequire(import.meta.url)("node-forge") as typeof forgeNamespace;
-    const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048, privateKeyEncoding: { type: "pkcs1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
+    const { privateKey } = generateKeyPairSync("rsa", {
+      modulusLength: 2048,
+      privateKeyEncoding: { type: "pkcs1", format: "pem" },
+      publicKeyEncoding: { type: "spki", format: "pem" },
+    });
     const key = forge.pki.privateKeyFromPem(privateKey);
     const unsigned = () => {
       const cert = forge.pki.createCertificate();
@@ -131,22 +135,15 @@ describe("the CA and server certificate, as openssl reads them", () => {
     const r = await openssl(["x509", "-in", serverFile, "-noout", "-text"]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/Subject: CN = pibake-test\.freemyip\.com\n/);
-    const san = extension(r.out, "Subject Alternative Name")
-      .split(/,\s*/)
-      .sort();
-    expect(san).toEqual(
-      [
-        "DNS:pibake-test.freemyip.com",
-        "DNS:broker.lan",
-        "DNS:broker.local",
-        "IP Address:192.168.50.10",
-        "IP Address:10.0.0.5",
-      ].sort(),
-    );
+    const san = extension(r.out, "Subject Alternative Name").split(/,\s*/).sort();
+    expect(san).toEqual(["DNS:pibake-test.freemyip.com", "DNS:broker.lan", "DNS:broker.local", "IP Address:192.168.50.10", "IP Address:10.0.0.5"].sort());
     expect(extension(r.out, "Extended Key Usage")).toBe("TLS Web Server Authentication");
     expect(extension(r.out, "Basic Constraints")).toBe("critical; CA:FALSE");
     expect(extension(r.out, "Key Usage")).toBe("critical; Digital Signature, Key Encipherment");
-    expect(r.out.match(/Signature Algorithm: (\S+)/g)).toEqual(["Signature Algorithm: sha256WithRSAEncryption", "Signature Algorithm: sha256WithRSAEncryption"]);
+    expect(r.out.match(/Signature Algorithm: (\S+)/g)).toEqual([
+      "Signature Algorithm: sha256WithRSAEncryption",
+      "Signature Algorithm: sha256WithRSAEncryption",
+    ]);
     expect(r.out).toMatch(/Public-Key: \(2048 bit\)/);
     // Checked by name too, as a client would.
     for (const name of ["pibake-test.freemyip.com", "broker.lan", "broker.local"]) {
@@ -178,7 +175,10 @@ describe("the CA and server certificate, as openssl reads them", () => {
     expect(r.code, r.out).toBe(0);
     expect(extension(r.out, "Basic Constraints")).toMatch(/^critical; CA:TRUE(, pathlen:0)?$/);
     expect(extension(r.out, "Key Usage")).toMatch(/^critical; .*Certificate Sign/);
-    expect(r.out.match(/Signature Algorithm: (\S+)/g)).toEqual(["Signature Algorithm: sha256WithRSAEncryption", "Signature Algorithm: sha256WithRSAEncryption"]);
+    expect(r.out.match(/Signature Algorithm: (\S+)/g)).toEqual([
+      "Signature Algorithm: sha256WithRSAEncryption",
+      "Signature Algorithm: sha256WithRSAEncryption",
+    ]);
     const self = await openssl(["verify", "-CAfile", caFile, caFile]);
     expect(self.code, self.out).toBe(0);
   });
@@ -222,7 +222,15 @@ describe("the CA and server certificate, as openssl reads them", () => {
       ["another CA", async (st) => st.write("server.crt", await unrelatedCaPem()), "re-issued (signed by another CA)"],
       [
         "another key",
-        async (st) => st.write("server.key", generateKeyPairSync("rsa", { modulusLength: 2048, privateKeyEncoding: { type: "pkcs1", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } }).privateKey),
+        async (st) =>
+          st.write(
+            "server.key",
+            generateKeyPairSync("rsa", {
+              modulusLength: 2048,
+              privateKeyEncoding: { type: "pkcs1", format: "pem" },
+              publicKeyEncoding: { type: "spki", format: "pem" },
+            }).privateKey,
+          ),
         "re-issued (the stored key does not match it)",
       ],
       ["key missing", async (st) => rmSync(path.join(st.dir, "server.key")), "re-issued (its key was missing)"],

@@ -11,7 +11,12 @@ describe("run", () => {
 
   it("keeps standard error apart from standard output, and both in the output", async () => {
     const r = await run("sh", ["-c", "echo out; echo err >&2; exit 3"], { what: "talking", okCodes: "any" });
-    expect({ stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, timedOut: r.timedOut }).toEqual({ stdout: "out", stderr: "err", exitCode: 3, timedOut: false });
+    expect({ stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, timedOut: r.timedOut }).toEqual({
+      stdout: "out",
+      stderr: "err",
+      exitCode: 3,
+      timedOut: false,
+    });
     expect(r.output.split("\n").sort()).toEqual(["err", "out"]);
   });
 

@@ -51,18 +51,42 @@ describe("outputs never replace the config, its secret files or the state direct
     ["render --out the config's directory --force", () => ["render", cfg, "--out", home, "--force"], /--out \S+ contains the config/],
     ["render --out . beside the config --force", () => ["render", cfg, "--out", ".", "--force"], /--out \. contains the config/],
     ["render --out the state directory --force", () => ["render", cfg, "--out", stateDir, "--force"], /is the state directory \(it holds the CA key\)/],
-    ["render --out the directory holding the state directory --force", () => ["render", cfg, "--out", path.join(home, ".pibake"), "--force"], /contains the state directory/],
+    [
+      "render --out the directory holding the state directory --force",
+      () => ["render", cfg, "--out", path.join(home, ".pibake"), "--force"],
+      /contains the state directory/,
+    ],
     ["render --out inside the state directory", () => ["render", cfg, "--out", path.join(stateDir, "render")], /lies inside the state directory/],
-    ["render --out the secrets directory --force", () => ["render", cfg, "--out", path.join(home, "secrets"), "--force"], /contains the secret file of mqtt\.users\[1\]\.password/],
-    ["render --out a link to the state directory --force", () => ["render", cfg, "--out", path.join(tmp.dir, "link-to-state"), "--force"], /is the state directory/],
+    [
+      "render --out the secrets directory --force",
+      () => ["render", cfg, "--out", path.join(home, "secrets"), "--force"],
+      /contains the secret file of mqtt\.users\[1\]\.password/,
+    ],
+    [
+      "render --out a link to the state directory --force",
+      () => ["render", cfg, "--out", path.join(tmp.dir, "link-to-state"), "--force"],
+      /is the state directory/,
+    ],
     ["render --out the config file itself", () => ["render", cfg, "--out", cfg, "--force"], /is the config/],
-    ["render --out a given --state directory", () => ["render", cfg, "--state", path.join(tmp.dir, "other-state"), "--out", path.join(tmp.dir, "other-state", "x")], /lies inside the state directory/],
+    [
+      "render --out a given --state directory",
+      () => ["render", cfg, "--state", path.join(tmp.dir, "other-state"), "--out", path.join(tmp.dir, "other-state", "x")],
+      /lies inside the state directory/,
+    ],
     ["ca export --out the config", () => ["ca", "export", cfg, "--out", cfg], /--out \S+ is the config/],
     ["ca export --out the config, even with --force", () => ["ca", "export", cfg, "--out", cfg, "--force"], /is the config/],
     ["ca export --out ca.key", () => ["ca", "export", cfg, "--out", path.join(stateDir, "ca.key"), "--force"], /lies inside the state directory/],
     ["ca export --state --out ca.key", () => ["ca", "export", "--state", stateDir, "--out", path.join(stateDir, "ca.key")], /lies inside the state directory/],
-    ["ca export --out a secret file", () => ["ca", "export", cfg, "--out", path.join(home, "secrets", "phone.txt"), "--force"], /is the secret file of mqtt\.users\[1\]\.password/],
-    ["build --out the state directory", () => ["build", cfg, "--out", stateDir, "--base", path.join(tmp.dir, "no-such.img")], /--out \S+ is the state directory/],
+    [
+      "ca export --out a secret file",
+      () => ["ca", "export", cfg, "--out", path.join(home, "secrets", "phone.txt"), "--force"],
+      /is the secret file of mqtt\.users\[1\]\.password/,
+    ],
+    [
+      "build --out the state directory",
+      () => ["build", cfg, "--out", stateDir, "--base", path.join(tmp.dir, "no-such.img")],
+      /--out \S+ is the state directory/,
+    ],
     ["build --out the config's directory", () => ["build", cfg, "--out", home, "--base", path.join(tmp.dir, "no-such.img")], /contains the config/],
   ];
 

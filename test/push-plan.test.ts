@@ -39,19 +39,52 @@ function input(overlay: OverlayFile[], state: PiState, extra: Partial<PlanInput>
 
 describe("the push plan", () => {
   const cases: { name: string; input: PlanInput; changes: string[]; removed?: string[] }[] = [
-    { name: "the same files: nothing", input: input([conf, passwd], pi([[conf, remote(conf)], [passwd, remote(passwd)]])), changes: [] },
+    {
+      name: "the same files: nothing",
+      input: input(
+        [conf, passwd],
+        pi([
+          [conf, remote(conf)],
+          [passwd, remote(passwd)],
+        ]),
+      ),
+      changes: [],
+    },
     {
       name: "a changed content, by size only",
-      input: input([conf, passwd], pi([[conf, remote(conf)], [passwd, remote(passwd, { sha256: "0".repeat(64), size: 3 })]])),
+      input: input(
+        [conf, passwd],
+        pi([
+          [conf, remote(conf)],
+          [passwd, remote(passwd, { sha256: "0".repeat(64), size: 3 })],
+        ]),
+      ),
       changes: [`~ /etc/mosquitto/passwd: content (3 → ${passwd.content.length} bytes)`],
     },
     { name: "a mode", input: input([passwd], pi([[passwd, remote(passwd, { mode: 0o644 })]])), changes: ["~ /etc/mosquitto/passwd: mode 0644 → 0600"] },
-    { name: "an owner", input: input([passwd], pi([[passwd, remote(passwd, { owner: "root", group: "root" })]])), changes: ["~ /etc/mosquitto/passwd: owner root:root → mosquitto:mosquitto"] },
+    {
+      name: "an owner",
+      input: input([passwd], pi([[passwd, remote(passwd, { owner: "root", group: "root" })]])),
+      changes: ["~ /etc/mosquitto/passwd: owner root:root → mosquitto:mosquitto"],
+    },
     { name: "a new file", input: input([conf, ddclient], pi([[conf, remote(conf)]])), changes: [`+ /etc/ddclient.conf (${ddclient.content.length} bytes)`] },
-    { name: "a directory where a file goes", input: input([conf], pi([[conf, "other"]])), changes: [`+ /etc/mosquitto/conf.d/pibake.conf (${conf.content.length} bytes), replaces what is not a regular file`] },
+    {
+      name: "a directory where a file goes",
+      input: input([conf], pi([[conf, "other"]])),
+      changes: [`+ /etc/mosquitto/conf.d/pibake.conf (${conf.content.length} bytes), replaces what is not a regular file`],
+    },
     {
       name: "a file of the build's overlay that this one lacks",
-      input: input([conf], pi([[conf, remote(conf)], [ddclient, remote(ddclient)]], { build: { overlay: [conf.path, ddclient.path] } })),
+      input: input(
+        [conf],
+        pi(
+          [
+            [conf, remote(conf)],
+            [ddclient, remote(ddclient)],
+          ],
+          { build: { overlay: [conf.path, ddclient.path] } },
+        ),
+      ),
       changes: [`- /etc/ddclient.conf (${ddclient.content.length} bytes)`],
       removed: ["etc/ddclient.conf"],
     },
@@ -79,7 +112,12 @@ describe("the push plan", () => {
 
 describe("what a push refuses", () => {
   const cases: { name: string; input: PlanInput; refused: string[]; reason?: RegExp }[] = [
-    { name: "another release", input: input([conf], pi([[conf, remote(conf)]], { release: "bookworm" })), refused: ["release"], reason: /the Pi runs bookworm, the config says trixie/ },
+    {
+      name: "another release",
+      input: input([conf], pi([[conf, remote(conf)]], { release: "bookworm" })),
+      refused: ["release"],
+      reason: /the Pi runs bookworm, the config says trixie/,
+    },
     { name: "another architecture", input: input([conf], pi([[conf, remote(conf)]], { arch: "armhf" })), refused: ["architecture"] },
     {
       name: "a package the Pi lacks (an architecture or version suffix aside)",
@@ -87,8 +125,17 @@ describe("what a push refuses", () => {
       refused: ["packages"],
       reason: /packages the Pi does not have: fail2ban$/,
     },
-    { name: "a changed network profile", input: input([lan], pi([[lan, remote(lan, { sha256: "1".repeat(64) })]])), refused: ["network"], reason: /--allow-network-change/ },
-    { name: "a changed network profile, allowed", input: input([lan], pi([[lan, remote(lan, { sha256: "1".repeat(64) })]]), { allowNetworkChange: true }), refused: [] },
+    {
+      name: "a changed network profile",
+      input: input([lan], pi([[lan, remote(lan, { sha256: "1".repeat(64) })]])),
+      refused: ["network"],
+      reason: /--allow-network-change/,
+    },
+    {
+      name: "a changed network profile, allowed",
+      input: input([lan], pi([[lan, remote(lan, { sha256: "1".repeat(64) })]]), { allowNetworkChange: true }),
+      refused: [],
+    },
     { name: "an unchanged network profile", input: input([lan], pi([[lan, remote(lan)]])), refused: [] },
   ];
   it.each(cases)("$name", ({ input: i, refused, reason }) => {
@@ -104,7 +151,10 @@ describe("what a push restarts", () => {
     [["etc/ddclient.conf"], ["try-restart ddclient"]],
     [["home/admin/.node-red/settings.js"], ["try-restart nodered"]],
     [["etc/systemd/system/mosquitto.service.d/50-pibake.conf"], ["daemon-reload", "restart mosquitto"]],
-    [["etc/nftables.conf", "etc/fail2ban/jail.d/pibake.local"], ["try-reload-or-restart nftables", "try-reload-or-restart fail2ban"]],
+    [
+      ["etc/nftables.conf", "etc/fail2ban/jail.d/pibake.local"],
+      ["try-reload-or-restart nftables", "try-reload-or-restart fail2ban"],
+    ],
     [["etc/NetworkManager/system-connections/pibake-lan.nmconnection"], ["nmcli-reload"]],
     [["etc/cloud/cloud.cfg.d/99_zz-pibake.cfg"], []],
     // The renewal's script is read at its next run; its unit files need the timer restarted.
@@ -129,7 +179,13 @@ describe("the inspect script, run on this machine", () => {
       const r = await execa("bash", [INSPECT_SCRIPT, rel(a), rel(path.join(dir, "gone")), rel(path.join(dir, "sub"))], { timeout: 30_000 });
       const state = parseInspect(r.stdout);
       const owner = (await execa("stat", ["-c", "%U %G", a])).stdout.split(" ");
-      expect(state.files.get(rel(a))).toEqual({ sha256: createHash("sha256").update("some content\n").digest("hex"), mode: 0o640, owner: owner[0], group: owner[1], size: 13 });
+      expect(state.files.get(rel(a))).toEqual({
+        sha256: createHash("sha256").update("some content\n").digest("hex"),
+        mode: 0o640,
+        owner: owner[0],
+        group: owner[1],
+        size: 13,
+      });
       expect(state.files.has(rel(path.join(dir, "gone")))).toBe(false);
       expect(state.files.get(rel(path.join(dir, "sub")))).toBe("other");
       const osRelease = readFileSync("/etc/os-release", "utf8");
@@ -149,7 +205,9 @@ describe("the inspect script, run on this machine", () => {
 
   it("reads the records of the build and of the last push", () => {
     const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64");
-    const s = parseInspect(`release\ttrixie\narch\tarm64\nbuild-record\t${b64({ overlay: ["etc/a"], domain: "old.example.com" })}\npush-record\t${b64({ overlay: ["etc/b"], tlsPort: 8884 })}\nend\n`);
+    const s = parseInspect(
+      `release\ttrixie\narch\tarm64\nbuild-record\t${b64({ overlay: ["etc/a"], domain: "old.example.com" })}\npush-record\t${b64({ overlay: ["etc/b"], tlsPort: 8884 })}\nend\n`,
+    );
     expect(s.build).toEqual({ overlay: ["etc/a"], domain: "old.example.com" });
     expect(s.push).toEqual({ overlay: ["etc/b"], tlsPort: 8884 });
   });
@@ -161,7 +219,11 @@ describe("the ssh command line", () => {
     // ssh -G leaves out identity files that do not exist.
     const key = path.join(dir, "id_ed25519");
     writeFileSync(key, "", { mode: 0o600 });
-    const args = pushSsh({ host: "broker.lan", port: 2222, user: "admin", key, knownHosts: "/state/known_hosts", connectTimeoutSeconds: 15 }, "true", "trying").args;
+    const args = pushSsh(
+      { host: "broker.lan", port: 2222, user: "admin", key, knownHosts: "/state/known_hosts", connectTimeoutSeconds: 15 },
+      "true",
+      "trying",
+    ).args;
     // ssh -G prints the configuration it would use, without connecting; the remote command is left off.
     const r = await execa("ssh", ["-G", ...args.slice(0, -1)], { timeout: 10_000, env: { HOME: os.tmpdir() } }).finally(cleanup);
     const g = new Map(r.stdout.split("\n").map((l) => [l.split(" ")[0], l.slice(l.indexOf(" ") + 1)] as const));
@@ -196,7 +258,12 @@ describe.skipIf(!isRoot)("the payload, as the apply script unpacks it", () => {
     const { dir, cleanup } = tempDir("pibake-payload-");
     try {
       const secret = file("etc/mosquitto/passwd", "u:$7$hash\n", 0o600, "nobody", "nogroup");
-      const tarBytes = await packPayload({ files: [secret, file("etc/ddclient.conf", "x\n", 0o640)], removed: ["etc/old.conf"], actions: ["daemon-reload", "restart mosquitto"], record: { domain: "new.example.com" } });
+      const tarBytes = await packPayload({
+        files: [secret, file("etc/ddclient.conf", "x\n", 0o640)],
+        removed: ["etc/old.conf"],
+        actions: ["daemon-reload", "restart mosquitto"],
+        record: { domain: "new.example.com" },
+      });
       await execa("tar", ["-x", "-C", dir, "--same-owner", "--same-permissions", "-f", "-"], { input: tarBytes, timeout: 30_000 });
       const p = path.join(dir, "files/etc/mosquitto/passwd");
       expect(readFileSync(p, "utf8")).toBe("u:$7$hash\n");
@@ -217,7 +284,12 @@ describe.skipIf(!isRoot)("the remote command, through the real sudo", () => {
   it("where sudo needs no password, the password line is dropped and the script gets the rest of its input and its arguments unchanged", async () => {
     const nasty = `it's "q" $HOME \`x\` ;|&`;
     const cmd = sudoCommand('printf "%s|" "$@"; printf "\\n"; cat', [nasty, "two words"]);
-    const r = await execa("bash", ["-c", cmd], { input: Buffer.concat([Buffer.from("the-password\n"), Buffer.from([0, 1, 2, 255, 10, 65])]), encoding: "buffer", timeout: 30_000, reject: false });
+    const r = await execa("bash", ["-c", cmd], {
+      input: Buffer.concat([Buffer.from("the-password\n"), Buffer.from([0, 1, 2, 255, 10, 65])]),
+      encoding: "buffer",
+      timeout: 30_000,
+      reject: false,
+    });
     expect(r.exitCode, Buffer.from(r.stderr).toString()).toBe(0);
     const out = Buffer.from(r.stdout);
     expect(out.toString("latin1")).toBe(`${nasty}|two words|\n\x00\x01\x02\xff\nA`);

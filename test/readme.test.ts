@@ -104,9 +104,7 @@ describe("links in README.md and docs/*.md", () => {
 
   it("the slug rule gives GitHub's anchors", () => {
     expect(slug("pibake images list | prune | fetch")).toBe("pibake-images-list--prune--fetch");
-    expect(slug("From scratch with pi-gen: `--engine pi-gen` (20 to 60 minutes)")).toBe(
-      "from-scratch-with-pi-gen---engine-pi-gen-20-to-60-minutes",
-    );
+    expect(slug("From scratch with pi-gen: `--engine pi-gen` (20 to 60 minutes)")).toBe("from-scratch-with-pi-gen---engine-pi-gen-20-to-60-minutes");
     expect(slug("Raspberry Pi OS's first boot")).toBe("raspberry-pi-oss-first-boot");
     expect(slug("pibake flash IMAGE [DEVICE]")).toBe("pibake-flash-image-device");
     expect([...anchors("# A\n\n## A\n\n```sh\n# not a heading\n```\n")]).toEqual(["a", "a-1"]);

@@ -33,10 +33,13 @@ function everyProperty(node: SchemaNode, at = ""): [string, SchemaNode][] {
 
 /** Every schema inside a zod schema, itself first: fields, list items, alternatives, and what optional and default wrap. */
 function zodNodes(schema: z.ZodType): z.ZodType[] {
-  const def = (schema as unknown as { _zod: { def: { shape?: Record<string, z.ZodType>; innerType?: z.ZodType; element?: z.ZodType; options?: z.ZodType[] } } })._zod.def;
+  const def = (schema as unknown as { _zod: { def: { shape?: Record<string, z.ZodType>; innerType?: z.ZodType; element?: z.ZodType; options?: z.ZodType[] } } })
+    ._zod.def;
   return [
     schema,
-    ...[...Object.values(def.shape ?? {}), ...(def.innerType ? [def.innerType] : []), ...(def.element ? [def.element] : []), ...(def.options ?? [])].flatMap(zodNodes),
+    ...[...Object.values(def.shape ?? {}), ...(def.innerType ? [def.innerType] : []), ...(def.element ? [def.element] : []), ...(def.options ?? [])].flatMap(
+      zodNodes,
+    ),
   ];
 }
 
@@ -63,7 +66,9 @@ describe("the JSON Schema describes every field", () => {
 
   it("ends each description of a field that has a default with it in words, since editors show no default on hover", () => {
     const props = (configJsonSchema() as { properties: Record<string, SchemaNode & { properties: Record<string, SchemaNode> }> }).properties;
-    expect(props.image!.properties.release!.description).toBe('The Raspberry Pi OS release to build: trixie (Debian 13) or bookworm (Debian 12). Default: "trixie".');
+    expect(props.image!.properties.release!.description).toBe(
+      'The Raspberry Pi OS release to build: trixie (Debian 13) or bookworm (Debian 12). Default: "trixie".',
+    );
     expect(props.image!.properties.release!.default).toBe("trixie");
     expect(props.network!.properties.dns!.description).toMatch(/ Default: \["9\.9\.9\.9", "1\.1\.1\.1"\]\.$/);
     expect(props.user!.properties.sshKeys!.description).toMatch(/ Default: none\.$/);
@@ -92,7 +97,19 @@ describe("the JSON Schema describes every field", () => {
 
   it("shows examples on the fields a person has to make up", () => {
     const fields = Object.fromEntries(schemaFields(configJsonSchema()).map((f) => [f.path, f.node]));
-    for (const field of ["image.name", "image.timezone", "user.password", "user.sshKeys", "network.address", "network.gateway", "mqtt.users[].topics[].topic", "tls.domain", "ddns.token", "updates.reboot.time", "firewall.lan"]) {
+    for (const field of [
+      "image.name",
+      "image.timezone",
+      "user.password",
+      "user.sshKeys",
+      "network.address",
+      "network.gateway",
+      "mqtt.users[].topics[].topic",
+      "tls.domain",
+      "ddns.token",
+      "updates.reboot.time",
+      "firewall.lan",
+    ]) {
       expect(fields[field]?.examples?.length, field).toBeGreaterThan(0);
     }
   });
@@ -111,7 +128,7 @@ describe("the field reference in docs/ is made from the schema", () => {
       expect(config, field).toContain(/[.[]/.test(field) ? `| \`${field}\` |` : `\n### ${field}\n`);
     }
     expect(config).toContain('| `image.release` | The Raspberry Pi OS release to build: trixie (Debian 13) or bookworm (Debian 12). | `"trixie"` |');
-    expect(config).toContain("| `network.address` | The Pi's static IPv4 address with its prefix length. E.g. `\"192.168.1.10/24\"`. | required |");
+    expect(config).toContain('| `network.address` | The Pi\'s static IPv4 address with its prefix length. E.g. `"192.168.1.10/24"`. | required |');
     expect(config).toContain("| `updates.reboot` | Reboots when an update needs one");
   });
 
@@ -125,7 +142,8 @@ describe("the field reference in docs/ is made from the schema", () => {
       }
     }
     for (const { path: at, node } of schemaFields(describedJsonSchema())) {
-      for (const m of (node.description ?? "").matchAll(new RegExp(`\\b(?:${SECTIONS.join("|")})(?:\\.[A-Za-z]+)+`, "g"))) named.push([`the description of ${at}`, m[0]]);
+      for (const m of (node.description ?? "").matchAll(new RegExp(`\\b(?:${SECTIONS.join("|")})(?:\\.[A-Za-z]+)+`, "g")))
+        named.push([`the description of ${at}`, m[0]]);
     }
     expect(named.length).toBeGreaterThan(50);
     const unknown = named.filter(([, field]) => !fields.has(field.replace(/\[\d+\]/g, "[]"))).map(([where, field]) => `${where}: ${field}`);
@@ -165,18 +183,27 @@ describe("fieldReference", () => {
 
   it("refuses variants that describe a field they share differently", () => {
     const variants: SchemaNode = {
-      properties: { dns: { description: "DNS.", oneOf: [{ properties: { interval: { description: "Seconds." } } }, { properties: { interval: { description: "Minutes." } } }] } },
+      properties: {
+        dns: {
+          description: "DNS.",
+          oneOf: [{ properties: { interval: { description: "Seconds." } } }, { properties: { interval: { description: "Minutes." } } }],
+        },
+      },
     };
     expect(() => fieldReference(variants, "*")).toThrow("dns.interval: the variants describe it differently");
   });
 
   it("rewrites only the marked regions of a document", () => {
     const doc = "# Title\n\nhand-written\n\n<!-- begin fields: box (made) -->\nstale\n<!-- end fields -->\n\nmore prose\n";
-    expect(withFieldReference(doc, schema)).toBe(`# Title\n\nhand-written\n\n<!-- begin fields: box (made) -->\n\n${fieldReference(schema, "box")}\n\n<!-- end fields -->\n\nmore prose\n`);
+    expect(withFieldReference(doc, schema)).toBe(
+      `# Title\n\nhand-written\n\n<!-- begin fields: box (made) -->\n\n${fieldReference(schema, "box")}\n\n<!-- end fields -->\n\nmore prose\n`,
+    );
   });
 
   it("adds the default to a description for editors, but not an empty section's", () => {
-    const editors = withDefaultsInDescriptions(structuredClone({ properties: { a: { description: "A.", default: ["x", "y"] }, b: { description: "B.", default: {} } } }));
+    const editors = withDefaultsInDescriptions(
+      structuredClone({ properties: { a: { description: "A.", default: ["x", "y"] }, b: { description: "B.", default: {} } } }),
+    );
     expect(editors.properties.a.description).toBe('A. Default: ["x", "y"].');
     expect(editors.properties.b.description).toBe("B.");
   });

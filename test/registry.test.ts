@@ -35,7 +35,11 @@ beforeAll(async () => {
     res.end(JSON.stringify({ name, "dist-tags": { latest: "4.1.13" }, versions, time: { "4.1.13": "2025-01-01T00:00:00.000Z" } }));
   });
   const listen = (s: net.Server) => new Promise<number>((resolve) => s.listen(0, "127.0.0.1", () => resolve((s.address() as net.AddressInfo).port)));
-  urls = { silent: `http://127.0.0.1:${await listen(silent)}/`, refused: `http://127.0.0.1:${await freePort()}/`, answering: `http://127.0.0.1:${await listen(answering)}/` };
+  urls = {
+    silent: `http://127.0.0.1:${await listen(silent)}/`,
+    refused: `http://127.0.0.1:${await freePort()}/`,
+    answering: `http://127.0.0.1:${await listen(answering)}/`,
+  };
 });
 
 afterAll(async () => {
@@ -56,12 +60,18 @@ function withRegistry<T>(url: string, fn: () => Promise<T>): Promise<T> {
 
 describe("the npm registry look-up", () => {
   for (const kind of ["silent", "refused"] as const) {
-    it(`ends within ${REGISTRY_WAIT_MS / 1000} s when the registry ${kind === "silent" ? "accepts and never answers" : "refuses"}, and records nothing`, { timeout: 60_000 }, async () => {
+    it(`ends within ${REGISTRY_WAIT_MS / 1000} s when the registry ${kind === "silent" ? "accepts and never answers" : "refuses"}, and records nothing`, {
+      timeout: 60_000,
+    }, async () => {
       const state = new StateDir(path.join(tmp.dir, `state-${kind}`));
       const asking: string[] = [];
       const started = Date.now();
       const r = await withRegistry(urls[kind], () =>
-        resolveNodeRedVersions(state, { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" }, { lookup: npmView, offline: false, onAsking: (pkg) => asking.push(pkg) }),
+        resolveNodeRedVersions(
+          state,
+          { release: "trixie", dashboard: "@flowfuse/node-red-dashboard" },
+          { lookup: npmView, offline: false, onAsking: (pkg) => asking.push(pkg) },
+        ),
       );
       const ms = Date.now() - started;
       // The bound, plus the time to stop npm.
@@ -87,7 +97,9 @@ describe("the npm registry look-up", () => {
     expect(offline.exitCode, offline.stderr).toBe(0);
     expect(offline.stdout).toMatch(/asking the npm registry for node-red \(at most 10 s; PIBAKE_OFFLINE=1 skips it\)/);
     expect(offline.stdout).toMatch(
-      new RegExp(`the npm registry gave no answer \\(no answer within 10 s, [\\d.]+s\\): using node-red ${PINNED["node-red"]} \\(fallback\\), @flowfuse/node-red-dashboard ${PINNED["@flowfuse/node-red-dashboard"]} \\(fallback\\), not recorded, so the next render asks again; set PIBAKE_OFFLINE=1 to not ask`),
+      new RegExp(
+        `the npm registry gave no answer \\(no answer within 10 s, [\\d.]+s\\): using node-red ${PINNED["node-red"]} \\(fallback\\), @flowfuse/node-red-dashboard ${PINNED["@flowfuse/node-red-dashboard"]} \\(fallback\\), not recorded, so the next render asks again; set PIBAKE_OFFLINE=1 to not ask`,
+      ),
     );
     // Before: about 2 minutes. The render's own work (hashes, the CA) comes on top of the bound.
     expect(ms).toBeLessThan(40_000);
@@ -97,7 +109,11 @@ describe("the npm registry look-up", () => {
     expect(online.exitCode, online.stderr).toBe(0);
     expect(asked).toEqual(["node-red", "@flowfuse/node-red-dashboard"]);
     expect(online.stdout).toMatch(/node-red 4\.1\.13 \(registry\), @flowfuse\/node-red-dashboard 4\.1\.13 \(registry\): asked the npm registry/);
-    expect(JSON.parse(readFileSync(path.join(state, "node-red-versions.json"), "utf8")).nodeRed).toEqual({ package: "node-red", version: "4.1.13", source: "registry" });
+    expect(JSON.parse(readFileSync(path.join(state, "node-red-versions.json"), "utf8")).nodeRed).toEqual({
+      package: "node-red",
+      version: "4.1.13",
+      source: "registry",
+    });
 
     // Recorded now: a third render repeats it without asking.
     const again = await pibake(["render", cfg, "--out", path.join(dir, "out3"), "--state", state], { env: { ...env, npm_config_registry: urls.refused } });

@@ -109,7 +109,9 @@ describe("render", () => {
 
 describe("the tree shows what lands on the Pi", () => {
   it("has a template under overlays/ for every overlay entry, and an entry for every template", () => {
-    const templates = listFiles(path.join(repoRoot, "overlays")).filter((f) => f.endsWith(".hbs")).map((f) => path.join(repoRoot, "overlays", f));
+    const templates = listFiles(path.join(repoRoot, "overlays"))
+      .filter((f) => f.endsWith(".hbs"))
+      .map((f) => path.join(repoRoot, "overlays", f));
     expect(new Set(OVERLAY.map(templateFor))).toEqual(new Set(templates));
   });
 
@@ -134,7 +136,14 @@ describe('tls.mode "acme" in the render', () => {
     config.mqtt.websockets = { tlsPort: 8884 };
     const fx = await renderFixture({ config });
     const paths = fx.rendered.overlay.map((f) => f.path);
-    expect(paths).toEqual(expect.arrayContaining(["usr/local/lib/pibake/acme-certificate.sh", "usr/local/lib/pibake/freemyip-txt.sh", "etc/systemd/system/pibake-acme.service", "etc/systemd/system/pibake-acme.timer"]));
+    expect(paths).toEqual(
+      expect.arrayContaining([
+        "usr/local/lib/pibake/acme-certificate.sh",
+        "usr/local/lib/pibake/freemyip-txt.sh",
+        "etc/systemd/system/pibake-acme.service",
+        "etc/systemd/system/pibake-acme.timer",
+      ]),
+    );
     // Not in the overlay: a push or a new render never replaces the public certificate.
     expect(paths.filter((p) => p.includes("public."))).toEqual([]);
     const conf = fx.overlayText("etc/mosquitto/conf.d/pibake.conf");

@@ -209,7 +209,9 @@ describe("the rendered stage scripts and pi-gen.config", () => {
       mkdirSync(bin);
       for (const cmd of ["chown", "usermod", "systemctl"]) {
         const stub = path.join(bin, cmd);
-        writeFileSync(stub, `#!/bin/bash\n{ printf '%s\\0' "${cmd}" "$@"; printf '\\n'; } >> "${log}"\n[ "$1" = list-unit-files ] && exit 1\nexit 0\n`, { mode: 0o755 });
+        writeFileSync(stub, `#!/bin/bash\n{ printf '%s\\0' "${cmd}" "$@"; printf '\\n'; } >> "${log}"\n[ "$1" = list-unit-files ] && exit 1\nexit 0\n`, {
+          mode: 0o755,
+        });
       }
       const script = path.join(dir, "00-broker/02-run-chroot.sh");
       const res = await execa("bash", ["--norc", "--noprofile", "-e", script], {

@@ -75,15 +75,30 @@ const broken: [string, string, (k: string) => string, RegExp][] = [
   ["a character that is not base64", "ed25519", (k) => k.replace(/^(\S+ \S{30})\S/, "$1!"), /base64 part is damaged/],
   ["the padding missing", "ecdsa256", (k) => k.replace(/^(\S+ \S+?)=+ /, "$1 "), /base64 part is damaged/],
   ["another type in front", "ed25519", (k) => k.replace(/^ssh-ed25519 /, "ssh-rsa "), /the line says ssh-rsa but the key inside is ssh-ed25519/],
-  ["an ECDSA key said to be of another curve", "ecdsa256", (k) => k.replace(/^ecdsa-sha2-nistp256 /, "ecdsa-sha2-nistp384 "), /the line says ecdsa-sha2-nistp384 but the key inside is ecdsa-sha2-nistp256/],
+  [
+    "an ECDSA key said to be of another curve",
+    "ecdsa256",
+    (k) => k.replace(/^ecdsa-sha2-nistp256 /, "ecdsa-sha2-nistp384 "),
+    /the line says ecdsa-sha2-nistp384 but the key inside is ecdsa-sha2-nistp256/,
+  ],
   ["an Ed25519 key of 31 bytes", "ed25519", (k) => rebuild(k, ([t, key]) => [t!, key!.subarray(1)]), /Ed25519 key is 31 bytes, not 32/],
   ["an Ed25519 key of 33 bytes", "ed25519", (k) => rebuild(k, ([t, key]) => [t!, Buffer.concat([key!, Buffer.from([1])])]), /Ed25519 key is 33 bytes, not 32/],
   ["the blob cut short", "ed25519", (k) => line("ssh-ed25519", blobOf(k).subarray(0, -3)), /ends in the middle of the key/],
   ["bytes after the key", "ed25519", (k) => line("ssh-ed25519", Buffer.concat([blobOf(k), sshString("x")])), /5 bytes follow the key/],
-  ["an RSA modulus of 512 bits", "rsa", (k) => rebuild(k, ([t, e, n]) => [t!, e!, Buffer.concat([Buffer.from([0]), n!.subarray(1, 65)])]), /RSA modulus has 512 bits; OpenSSH takes 1024 to 16384/],
+  [
+    "an RSA modulus of 512 bits",
+    "rsa",
+    (k) => rebuild(k, ([t, e, n]) => [t!, e!, Buffer.concat([Buffer.from([0]), n!.subarray(1, 65)])]),
+    /RSA modulus has 512 bits; OpenSSH takes 1024 to 16384/,
+  ],
   ["a negative RSA modulus", "rsa", (k) => rebuild(k, ([t, e, n]) => [t!, e!, n!.subarray(1)]), /RSA numbers are negative/],
   ["an ECDSA point one byte short", "ecdsa256", (k) => rebuild(k, ([t, c, p]) => [t!, c!, p!.subarray(0, -1)]), /nistp256 point is 64 bytes, not the 65/],
-  ["an ECDSA point off its curve", "ecdsa384", (k) => rebuild(k, ([t, c, p]) => [t!, c!, Buffer.concat([p!.subarray(0, -1), Buffer.from([p!.at(-1)! ^ 1])])]), /point is not on the nistp384 curve/],
+  [
+    "an ECDSA point off its curve",
+    "ecdsa384",
+    (k) => rebuild(k, ([t, c, p]) => [t!, c!, Buffer.concat([p!.subarray(0, -1), Buffer.from([p!.at(-1)! ^ 1])])]),
+    /point is not on the nistp384 curve/,
+  ],
   ["an ECDSA blob naming another curve", "ecdsa521", (k) => rebuild(k, ([t, , p]) => [t!, Buffer.from("nistp384"), p!]), /curve is nistp384, not nistp521/],
   ["a FIDO key without its application", "sk-ed25519", (k) => line("sk-ssh-ed25519@openssh.com", blobOf(k).subarray(0, -8)), /ends in the middle of the key/],
   ["a FIDO ECDSA point of the wrong size", "sk-ecdsa", (k) => rebuild(k, ([t, c, p, app]) => [t!, c!, p!.subarray(0, 33), app!]), /nistp256 point is 33 bytes/],
@@ -95,12 +110,15 @@ function rebuild(keyLine: string, change: (parts: Buffer[]) => Buffer[]): string
 }
 
 describe("SSH public keys, decoded as OpenSSH does", () => {
-  it.each(["ed25519", "rsa", "ecdsa256", "ecdsa384", "ecdsa521", "sk-ed25519", "sk-ecdsa"])("a good %s key: taken by pibake and by ssh-keygen", async (name) => {
-    const key = made[name]!;
-    expect(sshKeyProblem(key)).toBeUndefined();
-    const r = await sshKeygenAccepts(key);
-    expect(r.ok, r.out).toBe(true);
-  });
+  it.each(["ed25519", "rsa", "ecdsa256", "ecdsa384", "ecdsa521", "sk-ed25519", "sk-ecdsa"])(
+    "a good %s key: taken by pibake and by ssh-keygen",
+    async (name) => {
+      const key = made[name]!;
+      expect(sshKeyProblem(key)).toBeUndefined();
+      const r = await sshKeygenAccepts(key);
+      expect(r.ok, r.out).toBe(true);
+    },
+  );
 
   it.each(broken)("%s: refused by pibake and by ssh-keygen", async (_what, from, damage, says) => {
     const key = damage(made[from]!);

@@ -53,7 +53,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     writeRendered(out, await render(model, secrets));
 
     const packages = packageList(readFileSync(path.join(out, "stage/00-broker/00-packages-nr"), "utf8"));
-    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
+    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], {
+      timeout: FIXTURE_TIMEOUT_MS,
+    });
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
     // What pi-gen's stage1 does before any later stage runs: the first user exists,
@@ -61,7 +63,8 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     await execa("chroot", [rootfs, "useradd", "--create-home", "--shell", "/usr/sbin/nologin", "admin"]);
     officialImageState(rootfs);
     // apt's timers off, as a base image may have them: the stage must turn them on for unattended-upgrades.
-    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) rmSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer), { force: true });
+    for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"])
+      rmSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer), { force: true });
     // A probe run last, inside the chroot, records what a stage sees there.
     mkdirSync(path.join(out, "stage/99-probe"));
     writeFileSync(
@@ -81,7 +84,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
   });
 
   const idOf = (file: string, name: string) => {
-    const line = readFileSync(path.join(rootfs, file), "utf8").split("\n").find((l) => l.startsWith(`${name}:`));
+    const line = readFileSync(path.join(rootfs, file), "utf8")
+      .split("\n")
+      .find((l) => l.startsWith(`${name}:`));
     if (!line) throw new Error(`${name} not in ${file}`);
     return Number(line.split(":")[2]);
   };
@@ -129,11 +134,20 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     for (const timer of ["apt-daily.timer", "apt-daily-upgrade.timer"]) {
       expect(readlinkSync(path.join(rootfs, "etc/systemd/system/timers.target.wants", timer)), timer).toMatch(new RegExp(`/systemd/system/${timer}$`));
     }
-    const shadow = readFileSync(path.join(rootfs, "etc/shadow"), "utf8").split("\n").find((l) => l.startsWith("admin:"))!;
+    const shadow = readFileSync(path.join(rootfs, "etc/shadow"), "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("admin:"))!;
     const hash = shadow.split(":")[1]!;
     expect(hash).toMatch(/^\$6\$/);
     // libc's crypt, on the host, agrees that this hash is of the configured password.
-    const check = await execa("python3", ["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])", secretEnv.T_USER_PW, hash]);
+    const check = await execa("python3", [
+      "-W",
+      "ignore",
+      "-c",
+      "import crypt,sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])",
+      secretEnv.T_USER_PW,
+      hash,
+    ]);
     expect(check.stdout).toBe("True");
     // The firewall and fail2ban (nftables.service is wanted by sysinit.target, fail2ban by multi-user.target).
     for (const unit of ["nftables.service", "fail2ban.service"]) {
@@ -164,7 +178,10 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     for (const unit of ["mosquitto.service", "pibake-status.service", "ddclient.service", "userconfig.service"]) expect(preset).not.toContain(` ${unit}\n`);
     // A unit installed after the build, disabled: the control, which presets do enable.
     writeFileSync(path.join(rootfs, "usr/lib/systemd/system/late-probe.service"), "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
-    const disabledBefore = preset.split("\n").filter((l) => l.startsWith("disable ")).map((l) => l.slice(8));
+    const disabledBefore = preset
+      .split("\n")
+      .filter((l) => l.startsWith("disable "))
+      .map((l) => l.slice(8));
     const r = await execa("systemctl", [`--root=${rootfs}`, "preset-all", "--preset-mode=enable-only"], { reject: false, all: true });
     expect(r.exitCode, r.all).toBe(0);
     const state = async (unit: string) => (await execa("systemctl", [`--root=${rootfs}`, "is-enabled", unit], { reject: false })).stdout.trim();
@@ -205,64 +222,86 @@ describe.skipIf(!isRoot || !hasBinfmt)("stage applied to a Debian arm64 rootfs",
     // The host's systemd-analyze reads the image's unit with the drop-in without a complaint about either
     // (it does complain about newer settings in other units of trixie's systemd).
     const verify = await execa("systemd-analyze", [`--root=${rootfs}`, "verify", "mosquitto.service"], { reject: false, all: true, timeout: 60_000 });
-    expect(verify.all.split("\n").map((l) => l.replaceAll(rootfs, "")).filter((l) => /mosquitto|pibake/.test(l))).toEqual([]);
+    expect(
+      verify.all
+        .split("\n")
+        .map((l) => l.replaceAll(rootfs, ""))
+        .filter((l) => /mosquitto|pibake/.test(l)),
+    ).toEqual([]);
   }, 180_000);
 
-  it.skipIf(!existsSync(JOURNAL_REMOTE))("has the image's fail2ban read the rendered jails, and find the image's mosquitto's failed logins in a journal", async () => {
-    // The image's own fail2ban-client (Debian's configuration of this release with pibake's jail on top).
-    const dump = await execa("chroot", [rootfs, "fail2ban-client", "-d"], { reject: false, all: true, timeout: 120_000 });
-    expect(dump.exitCode, dump.all).toBe(0);
-    for (const jail of ["sshd", "pibake-mosquitto"]) {
-      expect(dump.stdout).toContain(`['add', '${jail}', 'systemd']`);
-      expect(dump.stdout).toContain(`['set', '${jail}', 'addaction', 'nftables-allports']`);
-    }
-    expect(dump.stdout).toContain("['set', 'pibake-mosquitto', 'addjournalmatch', '_SYSTEMD_UNIT=mosquitto.service']");
-    expect(dump.stdout).toMatch(/\['set', 'sshd', 'addjournalmatch', '_SYSTEMD_UNIT=ssh\.service'/);
-
-    // The image's mosquitto logging as the Pi's journal gets it: stderr, no timestamps, connection messages.
-    const stock = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8").replace(/^include_dir .*$/m, "").replace(/^log_dest .*$/m, "").replace(/^pid_file .*$/m, "");
-    const fragment = readFileSync(path.join(rootfs, "etc/mosquitto/conf.d/pibake.conf"), "utf8").replace(/^listener (\d+)$/gm, "listener $1 127.0.0.1");
-    writeFileSync(path.join(rootfs, "etc/mosquitto/pibake-journal.conf"), `${stock}\n${fragment}\nlog_dest stderr\nlog_timestamp false\nconnection_messages true\n`);
-    let log = "";
-    const journalBroker = execa("chroot", [rootfs, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-journal.conf"], { reject: false, all: true });
-    journalBroker.all?.on("data", (d: Buffer) => (log += d.toString()));
-    try {
-      let alive = true;
-      void journalBroker.then(() => (alive = false));
-      await waitForPort(tlsPort, 60_000, () => alive);
-      const ca = readFileSync(path.join(out, "ca.crt"));
-      const opts = { ca, servername: "home.freemyip.com", rejectUnauthorized: true };
-      for (const [from, username, password] of [
-        ["127.0.0.2", "phone", "wrong-password"],
-        ["127.0.0.3", "nosuchuser", "wrong-password"],
-        ["127.0.0.4", "phone", secretEnv.T_MQTT_PHONE_PW],
-      ] as const) {
-        const r = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, { ...opts, username, password, localAddress: from } as never);
-        expect(r.ok, `${from}: ${r.error}`).toBe(username === "phone" && password !== "wrong-password");
-        r.client?.end(true);
+  it.skipIf(!existsSync(JOURNAL_REMOTE))(
+    "has the image's fail2ban read the rendered jails, and find the image's mosquitto's failed logins in a journal",
+    async () => {
+      // The image's own fail2ban-client (Debian's configuration of this release with pibake's jail on top).
+      const dump = await execa("chroot", [rootfs, "fail2ban-client", "-d"], { reject: false, all: true, timeout: 120_000 });
+      expect(dump.exitCode, dump.all).toBe(0);
+      for (const jail of ["sshd", "pibake-mosquitto"]) {
+        expect(dump.stdout).toContain(`['add', '${jail}', 'systemd']`);
+        expect(dump.stdout).toContain(`['set', '${jail}', 'addaction', 'nftables-allports']`);
       }
-      const deadline = Date.now() + 10_000;
-      while (!/New client connected from 127\.0\.0\.4/.test(log) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    } finally {
-      journalBroker.kill("SIGKILL");
-      await journalBroker.catch(() => undefined);
-    }
-    expect(log).toMatch(/^Client \S+ disconnected, not authorised\.$/m);
-    const now = Date.now() * 1000;
-    const entries = log
-      .split("\n")
-      .filter(Boolean)
-      .map((message, i) => `__REALTIME_TIMESTAMP=${now + i}\n__MONOTONIC_TIMESTAMP=${i + 1}\n_BOOT_ID=5a2e1a3c7d6b4f0e9c8b7a6f5e4d3c2b\n_HOSTNAME=broker\n_SYSTEMD_UNIT=mosquitto.service\nSYSLOG_IDENTIFIER=mosquitto\n_COMM=mosquitto\n_PID=812\nMESSAGE=${message}\n`);
-    await execa(JOURNAL_REMOTE, [`--output=${path.join(rootfs, "tmp/mosquitto.journal")}`, "-"], { input: entries.join("\n"), timeout: 20_000 });
-    try {
-      const found = await execa("chroot", [rootfs, "fail2ban-regex", "-o", "ip", 'systemd-journal[journalfiles="/tmp/mosquitto.journal"]', "pibake-mosquitto"], { reject: false, all: true, timeout: 120_000 });
-      expect(found.exitCode, found.all).toBe(0);
-      expect(found.stdout.split("\n").filter(Boolean), log).toEqual(["127.0.0.2", "127.0.0.3"]);
-    } finally {
-      rmSync(path.join(rootfs, "tmp/mosquitto.journal"), { force: true });
-      rmSync(path.join(rootfs, "etc/mosquitto/pibake-journal.conf"), { force: true });
-    }
-  }, 400_000);
+      expect(dump.stdout).toContain("['set', 'pibake-mosquitto', 'addjournalmatch', '_SYSTEMD_UNIT=mosquitto.service']");
+      expect(dump.stdout).toMatch(/\['set', 'sshd', 'addjournalmatch', '_SYSTEMD_UNIT=ssh\.service'/);
+
+      // The image's mosquitto logging as the Pi's journal gets it: stderr, no timestamps, connection messages.
+      const stock = readFileSync(path.join(rootfs, "etc/mosquitto/mosquitto.conf"), "utf8")
+        .replace(/^include_dir .*$/m, "")
+        .replace(/^log_dest .*$/m, "")
+        .replace(/^pid_file .*$/m, "");
+      const fragment = readFileSync(path.join(rootfs, "etc/mosquitto/conf.d/pibake.conf"), "utf8").replace(/^listener (\d+)$/gm, "listener $1 127.0.0.1");
+      writeFileSync(
+        path.join(rootfs, "etc/mosquitto/pibake-journal.conf"),
+        `${stock}\n${fragment}\nlog_dest stderr\nlog_timestamp false\nconnection_messages true\n`,
+      );
+      let log = "";
+      const journalBroker = execa("chroot", [rootfs, "/usr/sbin/mosquitto", "-c", "/etc/mosquitto/pibake-journal.conf"], { reject: false, all: true });
+      journalBroker.all?.on("data", (d: Buffer) => (log += d.toString()));
+      try {
+        let alive = true;
+        void journalBroker.then(() => (alive = false));
+        await waitForPort(tlsPort, 60_000, () => alive);
+        const ca = readFileSync(path.join(out, "ca.crt"));
+        const opts = { ca, servername: "home.freemyip.com", rejectUnauthorized: true };
+        for (const [from, username, password] of [
+          ["127.0.0.2", "phone", "wrong-password"],
+          ["127.0.0.3", "nosuchuser", "wrong-password"],
+          ["127.0.0.4", "phone", secretEnv.T_MQTT_PHONE_PW],
+        ] as const) {
+          const r = await tryConnect(`mqtts://127.0.0.1:${tlsPort}`, { ...opts, username, password, localAddress: from } as never);
+          expect(r.ok, `${from}: ${r.error}`).toBe(username === "phone" && password !== "wrong-password");
+          r.client?.end(true);
+        }
+        const deadline = Date.now() + 10_000;
+        while (!/New client connected from 127\.0\.0\.4/.test(log) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        journalBroker.kill("SIGKILL");
+        await journalBroker.catch(() => undefined);
+      }
+      expect(log).toMatch(/^Client \S+ disconnected, not authorised\.$/m);
+      const now = Date.now() * 1000;
+      const entries = log
+        .split("\n")
+        .filter(Boolean)
+        .map(
+          (message, i) =>
+            `__REALTIME_TIMESTAMP=${now + i}\n__MONOTONIC_TIMESTAMP=${i + 1}\n_BOOT_ID=5a2e1a3c7d6b4f0e9c8b7a6f5e4d3c2b\n_HOSTNAME=broker\n_SYSTEMD_UNIT=mosquitto.service\nSYSLOG_IDENTIFIER=mosquitto\n_COMM=mosquitto\n_PID=812\nMESSAGE=${message}\n`,
+        );
+      await execa(JOURNAL_REMOTE, [`--output=${path.join(rootfs, "tmp/mosquitto.journal")}`, "-"], { input: entries.join("\n"), timeout: 20_000 });
+      try {
+        const found = await execa(
+          "chroot",
+          [rootfs, "fail2ban-regex", "-o", "ip", 'systemd-journal[journalfiles="/tmp/mosquitto.journal"]', "pibake-mosquitto"],
+          { reject: false, all: true, timeout: 120_000 },
+        );
+        expect(found.exitCode, found.all).toBe(0);
+        expect(found.stdout.split("\n").filter(Boolean), log).toEqual(["127.0.0.2", "127.0.0.3"]);
+      } finally {
+        rmSync(path.join(rootfs, "tmp/mosquitto.journal"), { force: true });
+        rmSync(path.join(rootfs, "etc/mosquitto/pibake-journal.conf"), { force: true });
+      }
+    },
+    400_000,
+  );
 
   it("runs the image's arm64 mosquitto with the rendered configuration and serves TLS to this host", async () => {
     // The main config as the image has it (pibake's), with the rendered fragment in place of
@@ -319,7 +358,10 @@ function officialImageState(rootfs: string): void {
     writeFileSync(path.join(rootfs, file), content);
   }
   // userconf-pi's wizard, enabled by rename-user, with its SSH banner; getty@tty1 disabled.
-  writeFileSync(path.join(rootfs, "usr/lib/systemd/system/userconfig.service"), "[Unit]\nDescription=wizard\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
+  writeFileSync(
+    path.join(rootfs, "usr/lib/systemd/system/userconfig.service"),
+    "[Unit]\nDescription=wizard\n[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+  );
   mkdirSync(path.join(rootfs, "etc/systemd/system/multi-user.target.wants"), { recursive: true });
   symlinkSync("/usr/lib/systemd/system/userconfig.service", path.join(rootfs, "etc/systemd/system/multi-user.target.wants/userconfig.service"));
   rmSync(path.join(rootfs, "etc/systemd/system/getty.target.wants/getty@tty1.service"), { force: true });

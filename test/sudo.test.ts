@@ -83,7 +83,17 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
       cwd,
       timeout: 60_000,
       stdin: "ignore",
-      env: { ...env, SUDO_USER: user, SUDO_UID: String(uid), SUDO_GID: String(gid), SUDO_COMMAND: `${bin} ${args.join(" ")}`, HOME: "/root", USER: "root", LOGNAME: "root", CI: "true" },
+      env: {
+        ...env,
+        SUDO_USER: user,
+        SUDO_UID: String(uid),
+        SUDO_GID: String(gid),
+        SUDO_COMMAND: `${bin} ${args.join(" ")}`,
+        HOME: "/root",
+        USER: "root",
+        LOGNAME: "root",
+        CI: "true",
+      },
       extendEnv: true,
     });
   }
@@ -142,7 +152,10 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
 
   it("pibake check as the user passes against a real mosquitto serving what the render under sudo made", async () => {
     // The static address is the loopback, so that --lan reaches the test's broker.
-    const { dir, config, data } = project("check", (c) => (c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] }));
+    const { dir, config, data } = project(
+      "check",
+      (c) => (c.network = { interface: "eth0", address: "127.0.0.1/8", gateway: "127.0.0.2", dns: ["127.0.0.2"] }),
+    );
     const rendered = await underSudo(["render", config, "--out", "out"], dir);
     expect(rendered.exitCode, output(rendered)).toBe(0);
     // The broker's files, rendered from a copy of the user's state directory (its CA and server certificate).
@@ -151,7 +164,11 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     const fx = await renderFixture({ config: data, env: secretEnv, stateDir: stateCopy });
     const broker = await startRenderedBroker(fx);
     try {
-      const r = await asUser(["check", config, "127.0.0.1", "--lan", "--port-tls", String(broker.tlsPort), "--port-lan", String(broker.lanPort), "--timeout", "3"], dir, CHECK_TIMEOUT_MS);
+      const r = await asUser(
+        ["check", config, "127.0.0.1", "--lan", "--port-tls", String(broker.tlsPort), "--port-lan", String(broker.lanPort), "--timeout", "3"],
+        dir,
+        CHECK_TIMEOUT_MS,
+      );
       expect(r.exitCode, output(r)).toBe(0);
       expect(output(r)).toMatch(new RegExp(`^ok +tls chain +verified against ${path.join(dir, ".pibake/test-broker/ca.crt")}`, "m"));
       expect(output(r)).toMatch(/^ok +mqtts round trip/m);
@@ -184,7 +201,19 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
         cwd: dir,
         timeout: 60_000,
         stdin: "ignore",
-        env: { ...outside, ...secretEnv, PIBAKE_OFFLINE: "0", npm_config_registry: url, SUDO_USER: user, SUDO_UID: String(uid), SUDO_GID: String(gid), HOME: home, USER: "root", LOGNAME: "root", CI: "true" },
+        env: {
+          ...outside,
+          ...secretEnv,
+          PIBAKE_OFFLINE: "0",
+          npm_config_registry: url,
+          SUDO_USER: user,
+          SUDO_UID: String(uid),
+          SUDO_GID: String(gid),
+          HOME: home,
+          USER: "root",
+          LOGNAME: "root",
+          CI: "true",
+        },
         extendEnv: false,
       });
       expect(r.exitCode, output(r)).toBe(0);
@@ -226,7 +255,18 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
       writeFileSync(path.join(sshdDir, "authorized_keys"), `${userKey}\n`, { mode: 0o644 });
       writeFileSync(
         path.join(sshdDir, "sshd_config"),
-        [`Port ${sshPort}`, "ListenAddress 127.0.0.1", `HostKey ${sshdDir}/hostkey`, "PidFile none", "UsePAM no", "StrictModes no", "PasswordAuthentication no", "KbdInteractiveAuthentication no", `AuthorizedKeysFile ${sshdDir}/authorized_keys`, ""].join("\n"),
+        [
+          `Port ${sshPort}`,
+          "ListenAddress 127.0.0.1",
+          `HostKey ${sshdDir}/hostkey`,
+          "PidFile none",
+          "UsePAM no",
+          "StrictModes no",
+          "PasswordAuthentication no",
+          "KbdInteractiveAuthentication no",
+          `AuthorizedKeysFile ${sshdDir}/authorized_keys`,
+          "",
+        ].join("\n"),
       );
       // The Pi's first user (admin) exists only for this sshd: passwd and shadow with it are bind-mounted in a mount namespace of its own.
       writeFileSync(path.join(sshdDir, "passwd"), readFileSync("/etc/passwd", "utf8") + `admin:x:4242:4242::${sshdDir}:/bin/sh\n`);
@@ -239,7 +279,22 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
         failure: (log) => `sshd did not start within 10 s (CI installs openssh-server):\n${log}`,
       });
       try {
-        const args = ["check", config, "127.0.0.1", "--lan", "--port-tls", String(await freePort()), "--port-lan", String(await freePort()), "--ssh", "--port-ssh", String(sshPort), "--timeout", "5", "--json"];
+        const args = [
+          "check",
+          config,
+          "127.0.0.1",
+          "--lan",
+          "--port-tls",
+          String(await freePort()),
+          "--port-lan",
+          String(await freePort()),
+          "--ssh",
+          "--port-ssh",
+          String(sshPort),
+          "--timeout",
+          "5",
+          "--json",
+        ];
         const r = await underSudo(args, dir);
         const report = JSON.parse(String(r.stdout)) as { checks: { name: string; status: string; detail: string }[] };
         const login = report.checks.find((c) => c.name === "ssh key login");
@@ -265,12 +320,22 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
   it("a state directory root made (an older pibake under sudo) is named with its owner and the chown that fixes it", async () => {
     const { dir, config } = project("locked");
     // As root without the sudo variables: .pibake/ and the state directory are root's, 0700.
-    const byRoot = await execa(process.execPath, [bin, "render", config, "--out", path.join(work, "locked-out")], { reject: false, cwd: dir, env: { ...secretEnv, CI: "true", SUDO_USER: "", SUDO_UID: "", SUDO_GID: "" } });
+    const byRoot = await execa(process.execPath, [bin, "render", config, "--out", path.join(work, "locked-out")], {
+      reject: false,
+      cwd: dir,
+      env: { ...secretEnv, CI: "true", SUDO_USER: "", SUDO_UID: "", SUDO_GID: "" },
+    });
     expect(byRoot.exitCode, output(byRoot)).toBe(0);
     const pibakeDir = path.join(dir, ".pibake");
     expect(lstatSync(pibakeDir).uid).toBe(0);
     const fix = `${pibakeDir} belongs to root, mode 0700 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${pibakeDir}`;
-    for (const args of [["ca", "show", config], ["ca", "export", config], ["check", config, "127.0.0.1"], ["render", config, "--out", "again"], ["push", config, "127.0.0.1", "--dry-run", "--ssh-key", "/dev/null"]]) {
+    for (const args of [
+      ["ca", "show", config],
+      ["ca", "export", config],
+      ["check", config, "127.0.0.1"],
+      ["render", config, "--out", "again"],
+      ["push", config, "127.0.0.1", "--dry-run", "--ssh-key", "/dev/null"],
+    ]) {
       const r = await asUser(args, dir);
       expect(r.exitCode, `${args[0]}: ${output(r)}`).toBe(1);
       expect(output(r), args[0]).toContain(`the state directory ${path.join(pibakeDir, "test-broker")} is there, but ${user} cannot`);
@@ -287,38 +352,43 @@ describe.skipIf(!canRun)("pibake under sudo, then as the user", () => {
     chmodSync(path.join(pibakeDir, "test-broker/ca.crt"), 0o600);
     const file = await asUser(["ca", "show", config], dir);
     expect(file.exitCode, output(file)).toBe(1);
-    expect(output(file)).toContain(`${path.join(pibakeDir, "test-broker/ca.crt")} belongs to root, mode 0600 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${path.join(pibakeDir, "test-broker")}`);
+    expect(output(file)).toContain(
+      `${path.join(pibakeDir, "test-broker/ca.crt")} belongs to root, mode 0600 (pibake run as root made it); make it yours: sudo chown -R ${user}: ${path.join(pibakeDir, "test-broker")}`,
+    );
   });
 
-  it.skipIf(!has("sudo") || !existsSync("/etc/sudoers.d"))("with the real sudo: the user's sudo -E render leaves everything theirs, and their plain sudo names what it dropped", async () => {
-    // The user may become root without a password, for this test only.
-    const sudoers = path.join("/etc/sudoers.d", `pibake-test-${user}`);
-    writeFileSync(sudoers, `${user} ALL=(root) NOPASSWD: ALL\n`, { mode: 0o440 });
-    try {
-      const { dir, config } = project("real-sudo");
-      const viaSudo = (sudoArgs: string[], args: string[]) =>
-        execa("runuser", ["-u", user, "--", "sudo", "-n", ...sudoArgs, process.execPath, bin, ...args], {
-          reject: false,
-          cwd: dir,
-          timeout: 60_000,
-          stdin: "ignore",
-          env: { ...secretEnv, HOME: home, USER: user, LOGNAME: user, CI: "true" },
-          extendEnv: true,
-        });
-      const rendered = await viaSudo(["-E"], ["render", config, "--out", "deploy/render"]);
-      expect(rendered.exitCode, output(rendered)).toBe(0);
-      expect(output(rendered)).toMatch(/CA: +created in /);
-      expect(notTheirs(dir)).toEqual([]);
-      const shown = await asUser(["ca", "show", config], dir);
-      expect(shown.exitCode, output(shown)).toBe(0);
-      // Without -E, sudo's env_reset drops the secrets.
-      const dropped = await viaSudo([], ["validate", config]);
-      expect(dropped.exitCode, output(dropped)).toBe(2);
-      expect(output(dropped)).toContain("environment variable T_USER_PW is not set: sudo does not pass the environment on; run it as sudo -E");
-    } finally {
-      rmSync(sudoers, { force: true });
-    }
-  });
+  it.skipIf(!has("sudo") || !existsSync("/etc/sudoers.d"))(
+    "with the real sudo: the user's sudo -E render leaves everything theirs, and their plain sudo names what it dropped",
+    async () => {
+      // The user may become root without a password, for this test only.
+      const sudoers = path.join("/etc/sudoers.d", `pibake-test-${user}`);
+      writeFileSync(sudoers, `${user} ALL=(root) NOPASSWD: ALL\n`, { mode: 0o440 });
+      try {
+        const { dir, config } = project("real-sudo");
+        const viaSudo = (sudoArgs: string[], args: string[]) =>
+          execa("runuser", ["-u", user, "--", "sudo", "-n", ...sudoArgs, process.execPath, bin, ...args], {
+            reject: false,
+            cwd: dir,
+            timeout: 60_000,
+            stdin: "ignore",
+            env: { ...secretEnv, HOME: home, USER: user, LOGNAME: user, CI: "true" },
+            extendEnv: true,
+          });
+        const rendered = await viaSudo(["-E"], ["render", config, "--out", "deploy/render"]);
+        expect(rendered.exitCode, output(rendered)).toBe(0);
+        expect(output(rendered)).toMatch(/CA: +created in /);
+        expect(notTheirs(dir)).toEqual([]);
+        const shown = await asUser(["ca", "show", config], dir);
+        expect(shown.exitCode, output(shown)).toBe(0);
+        // Without -E, sudo's env_reset drops the secrets.
+        const dropped = await viaSudo([], ["validate", config]);
+        expect(dropped.exitCode, output(dropped)).toBe(2);
+        expect(output(dropped)).toContain("environment variable T_USER_PW is not set: sudo does not pass the environment on; run it as sudo -E");
+      } finally {
+        rmSync(sudoers, { force: true });
+      }
+    },
+  );
 
   it("a secret in an environment variable that sudo dropped says so, and what to do", async () => {
     const { dir, config } = project("no-env");

@@ -31,7 +31,12 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
   let fx: Fixture;
   let withReboot: Fixture;
   const inChroot = (args: string[], timeout = 300_000) =>
-    execa("chroot", [rootfs, ...args], { reject: false, all: true, timeout, env: { LANG: "C.UTF-8", LC_ALL: "C.UTF-8", PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } });
+    execa("chroot", [rootfs, ...args], {
+      reject: false,
+      all: true,
+      timeout,
+      env: { LANG: "C.UTF-8", LC_ALL: "C.UTF-8", PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+    });
   const install = (f: Fixture) => writeFileSync(path.join(rootfs, APT_CONF), f.overlayFile(APT_CONF), { mode: 0o644 });
   /** apt's merged configuration inside the image: Debian's files and ours. */
   const aptConfig = async () => {
@@ -48,7 +53,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
     // The fixture the stage tests use: the same recipe, so one cached tarball serves both.
     const packages = packageList(fx.stageText("00-broker/00-packages-nr"));
     expect(packages).toContain("unattended-upgrades");
-    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], { timeout: FIXTURE_TIMEOUT_MS });
+    const fixture = await execa("bash", [path.join(repoRoot, "scripts/fixtures/arm64-rootfs.sh"), "trixie", "systemd", ...packages], {
+      timeout: FIXTURE_TIMEOUT_MS,
+    });
     rootfs = path.join(tempDir("pibake-uu-"), "root");
     mkdirSync(rootfs);
     await execa("tar", ["--numeric-owner", "-xpf", fixture.stdout.trim(), "-C", rootfs]);
@@ -92,7 +99,16 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
     // The probe packages' old versions installed, their archives' lists read (local files only).
     const dpkg = await inChroot(["dpkg", "-i", ...PROBES.map((p) => `/root/probe-debs/${p.name}_1.0_all.deb`)]);
     expect(dpkg.exitCode, dpkg.all).toBe(0);
-    const update = await inChroot(["apt-get", "update", "-o", "Dir::Etc::SourceList=/etc/apt/sources.list.d/pibake-probe.list", "-o", "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0"]);
+    const update = await inChroot([
+      "apt-get",
+      "update",
+      "-o",
+      "Dir::Etc::SourceList=/etc/apt/sources.list.d/pibake-probe.list",
+      "-o",
+      "Dir::Etc::SourceParts=-",
+      "-o",
+      "APT::Get::List-Cleanup=0",
+    ]);
     expect(update.exitCode, update.all).toBe(0);
     const r = await inChroot(["unattended-upgrade", "--dry-run", "--debug"]);
     expect(r.exitCode, r.all.slice(-3000)).toBe(0);
@@ -111,7 +127,9 @@ describe.skipIf(!isRoot || !hasBinfmt)("unattended-upgrades reads the rendered a
   it("leaves apt with our periodic settings, the dpkg options that keep pibake's mosquitto.conf, and no automatic reboot", async () => {
     install(fx);
     const conf = await aptConfig();
-    expect(conf).toEqual(expect.arrayContaining(['APT::Periodic::Update-Package-Lists=1', "APT::Periodic::Unattended-Upgrade=1", "Unattended-Upgrade::Automatic-Reboot=false"]));
+    expect(conf).toEqual(
+      expect.arrayContaining(["APT::Periodic::Update-Package-Lists=1", "APT::Periodic::Unattended-Upgrade=1", "Unattended-Upgrade::Automatic-Reboot=false"]),
+    );
     // unattended-upgrades holds back a package whose conffile would prompt, unless dpkg is told to keep ours.
     expect(conf.filter((l) => /^DPkg::Options::=/i.test(l))).toEqual(expect.arrayContaining(["DPkg::Options::=--force-confold"]));
     expect(conf.filter((l) => l.startsWith("Unattended-Upgrade::Automatic-Reboot-Time="))).toEqual([]);
@@ -171,7 +189,10 @@ async function addProbeArchives(rootfs: string): Promise<void> {
       path.join(archive, "Packages"),
       `Package: ${p.name}\nVersion: 1.1\nArchitecture: all\nMaintainer: pibake tests <tests@pibake.invalid>\nFilename: ./${deb}\nSize: ${statSync(path.join(archive, deb)).size}\nSHA256: ${createHash("sha256").update(bytes).digest("hex")}\nDescription: stands for a package from ${p.origin}\n`,
     );
-    writeFileSync(path.join(archive, "Release"), `Origin: ${p.origin}\nLabel: ${p.label}\nSuite: ${p.codename}\nCodename: ${p.codename}\nArchitectures: all arm64\n`);
+    writeFileSync(
+      path.join(archive, "Release"),
+      `Origin: ${p.origin}\nLabel: ${p.label}\nSuite: ${p.codename}\nCodename: ${p.codename}\nArchitectures: all arm64\n`,
+    );
     sources.push(`deb [trusted=yes] file:/srv/pibake-probe/${p.name} ./`);
   }
   writeFileSync(path.join(rootfs, "etc/apt/sources.list.d/pibake-probe.list"), `${sources.join("\n")}\n`);

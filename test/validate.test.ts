@@ -20,21 +20,86 @@ afterAll(tmp.cleanup);
 
 /** [what, how, the field, what the line must say] */
 const refused: [string, Mutate, string, RegExp][] = [
-  ["a time zone on Mars", (c) => (c.image.timezone = "Mars/Olympus"), "image.timezone", /^"Mars\/Olympus" is not a time zone of the tz database: give an Area\/City name such as "Europe\/Berlin"/],
-  ["a misspelt time zone", (c) => (c.image.timezone = "Europe/Berln"), "image.timezone", /^"Europe\/Berln" is not a time zone of the tz database \(did you mean "Europe\/Berlin"\?\)$/],
-  ["an old time zone name that trixie's tzdata dropped", (c) => (c.image.timezone = "US/Eastern"), "image.timezone", /^"US\/Eastern" is an old name .* use "America\/New_York"$/],
-  ["an old time zone name, fine for bookworm, with trixie", (c) => ((c.image.release = "trixie"), (c.image.timezone = "Europe/Kiev")), "image.timezone", /^"Europe\/Kiev" is an old name that trixie's tzdata no longer has .*: use "Europe\/Kyiv"$/],
-  ["a locale of trixie's glibc with bookworm", (c) => ((c.image.release = "bookworm"), (c.image.locale = "tok")), "image.locale", /^"tok" is a locale of trixie's glibc, not bookworm's$/],
-  ["a keymap of bookworm's xkb-data with trixie", (c) => ((c.image.release = "trixie"), (c.image.keyboard = { keymap: "mao", layout: "Maori" })), "image.keyboard.keymap", /^"mao" is an XKB layout of bookworm's xkb-data, not trixie's/],
-  ["a locale glibc does not have", (c) => (c.image.locale = "xx_YY.UTF-8"), "image.locale", /^"xx_YY\.UTF-8" is not a locale of glibc's supported list .*: give one such as "en_GB\.UTF-8"/],
+  [
+    "a time zone on Mars",
+    (c) => (c.image.timezone = "Mars/Olympus"),
+    "image.timezone",
+    /^"Mars\/Olympus" is not a time zone of the tz database: give an Area\/City name such as "Europe\/Berlin"/,
+  ],
+  [
+    "a misspelt time zone",
+    (c) => (c.image.timezone = "Europe/Berln"),
+    "image.timezone",
+    /^"Europe\/Berln" is not a time zone of the tz database \(did you mean "Europe\/Berlin"\?\)$/,
+  ],
+  [
+    "an old time zone name that trixie's tzdata dropped",
+    (c) => (c.image.timezone = "US/Eastern"),
+    "image.timezone",
+    /^"US\/Eastern" is an old name .* use "America\/New_York"$/,
+  ],
+  [
+    "an old time zone name, fine for bookworm, with trixie",
+    (c) => ((c.image.release = "trixie"), (c.image.timezone = "Europe/Kiev")),
+    "image.timezone",
+    /^"Europe\/Kiev" is an old name that trixie's tzdata no longer has .*: use "Europe\/Kyiv"$/,
+  ],
+  [
+    "a locale of trixie's glibc with bookworm",
+    (c) => ((c.image.release = "bookworm"), (c.image.locale = "tok")),
+    "image.locale",
+    /^"tok" is a locale of trixie's glibc, not bookworm's$/,
+  ],
+  [
+    "a keymap of bookworm's xkb-data with trixie",
+    (c) => ((c.image.release = "trixie"), (c.image.keyboard = { keymap: "mao", layout: "Maori" })),
+    "image.keyboard.keymap",
+    /^"mao" is an XKB layout of bookworm's xkb-data, not trixie's/,
+  ],
+  [
+    "a locale glibc does not have",
+    (c) => (c.image.locale = "xx_YY.UTF-8"),
+    "image.locale",
+    /^"xx_YY\.UTF-8" is not a locale of glibc's supported list .*: give one such as "en_GB\.UTF-8"/,
+  ],
   ["a locale with its codeset in lower case", (c) => (c.image.locale = "de_DE.utf8"), "image.locale", /\(did you mean "de_DE\.UTF-8"\?\)$/],
-  ["a keymap XKB does not have", (c) => (c.image.keyboard.keymap = "zz"), "image.keyboard.keymap", /^"zz" is not an XKB layout code of xkb-data: give one such as "gb", "us" or "de"/],
+  [
+    "a keymap XKB does not have",
+    (c) => (c.image.keyboard.keymap = "zz"),
+    "image.keyboard.keymap",
+    /^"zz" is not an XKB layout code of xkb-data: give one such as "gb", "us" or "de"/,
+  ],
   ["a layout's name as its keymap", (c) => (c.image.keyboard.keymap = "german"), "image.keyboard.keymap", /\(did you mean "de", the code of German\?\)$/],
-  ["the layout name of another keymap", (c) => (c.image.keyboard.layout = "English (UK)"), "image.keyboard.layout", /^"English \(UK\)" is the name of XKB layout "gb", not of "de" \(image\.keyboard\.keymap\): use "German"/],
-  ["a layout name XKB does not have", (c) => (c.image.keyboard.layout = "Germish"), "image.keyboard.layout", /^"Germish" is not the name of XKB layout "de" .*: use "German" or one of its variants, e\.g\. "German - German/],
-  ["the broadcast address as the gateway", (c) => (c.network.gateway = "192.168.1.255"), "network.gateway", /^192\.168\.1\.255 is the broadcast address of 192\.168\.1\.0\/24, not a router's/],
-  ["the network address as the gateway", (c) => (c.network.gateway = "192.168.1.0"), "network.gateway", /^192\.168\.1\.0 is the network address of 192\.168\.1\.0\/24, not a router's/],
-  ["the broadcast address of a /20 as the gateway", (c) => ((c.network.address = "10.1.2.3/20"), (c.network.gateway = "10.1.15.255")), "network.gateway", /is the broadcast address of 10\.1\.0\.0\/20/],
+  [
+    "the layout name of another keymap",
+    (c) => (c.image.keyboard.layout = "English (UK)"),
+    "image.keyboard.layout",
+    /^"English \(UK\)" is the name of XKB layout "gb", not of "de" \(image\.keyboard\.keymap\): use "German"/,
+  ],
+  [
+    "a layout name XKB does not have",
+    (c) => (c.image.keyboard.layout = "Germish"),
+    "image.keyboard.layout",
+    /^"Germish" is not the name of XKB layout "de" .*: use "German" or one of its variants, e\.g\. "German - German/,
+  ],
+  [
+    "the broadcast address as the gateway",
+    (c) => (c.network.gateway = "192.168.1.255"),
+    "network.gateway",
+    /^192\.168\.1\.255 is the broadcast address of 192\.168\.1\.0\/24, not a router's/,
+  ],
+  [
+    "the network address as the gateway",
+    (c) => (c.network.gateway = "192.168.1.0"),
+    "network.gateway",
+    /^192\.168\.1\.0 is the network address of 192\.168\.1\.0\/24, not a router's/,
+  ],
+  [
+    "the broadcast address of a /20 as the gateway",
+    (c) => ((c.network.address = "10.1.2.3/20"), (c.network.gateway = "10.1.15.255")),
+    "network.gateway",
+    /is the broadcast address of 10\.1\.0\.0\/20/,
+  ],
   [
     "an SSH key with one character removed, and no password SSH",
     (c) => (c.user.sshKeys = [c.user.sshKeys[0].replace(/^(\S+ \S{30})\S/, "$1")]),
@@ -69,25 +134,31 @@ describe("pibake validate refuses what would break the build or the Pi", () => {
     const r = await pibake(["validate", cfg], { env: secretEnv });
     expect(r.exitCode).toBe(2);
     expect(r.stderr).toMatch(/5 problems/);
-    for (const field of ["image.timezone", "image.locale", "image.keyboard.keymap", "user.sshKeys[0]", "network.address"]) expect(r.stderr).toContain(`  ${field}: `);
+    for (const field of ["image.timezone", "image.locale", "image.keyboard.keymap", "user.sshKeys[0]", "network.address"])
+      expect(r.stderr).toContain(`  ${field}: `);
   });
 });
 
 describe("the lists", () => {
   it("has each list for every release the config may name", () => {
-    const releases = (configJsonSchema() as { properties: { image: { properties: { release: { enum: string[] } } } } }).properties.image.properties.release.enum;
+    const releases = (configJsonSchema() as { properties: { image: { properties: { release: { enum: string[] } } } } }).properties.image.properties.release
+      .enum;
     expect(releases.length).toBeGreaterThan(0);
     for (const release of releases) {
-      for (const file of ["timezones.txt", "timezones-legacy.txt", "locales-SUPPORTED", "xkb-base.lst"]) expect(existsSync(path.join(repoRoot, "data", release, file)), `data/${release}/${file}`).toBe(true);
+      for (const file of ["timezones.txt", "timezones-legacy.txt", "locales-SUPPORTED", "xkb-base.lst"])
+        expect(existsSync(path.join(repoRoot, "data", release, file)), `data/${release}/${file}`).toBe(true);
       expect(timezoneProblem("Etc/UTC", release as "trixie")).toBeUndefined();
     }
   });
 
-  it.each(["Etc/UTC", "UTC", "Europe/Berlin", "Europe/Kyiv", "America/Argentina/Buenos_Aires", "Etc/GMT-2"])("takes the time zone %s, which the Pi's tzdata has", (tz) => {
-    expect(timezoneProblem(tz)).toBeUndefined();
-    expect(timezoneProblem(tz, "trixie")).toBeUndefined();
-    expect(timezoneProblem(tz, "bookworm")).toBeUndefined();
-  });
+  it.each(["Etc/UTC", "UTC", "Europe/Berlin", "Europe/Kyiv", "America/Argentina/Buenos_Aires", "Etc/GMT-2"])(
+    "takes the time zone %s, which the Pi's tzdata has",
+    (tz) => {
+      expect(timezoneProblem(tz)).toBeUndefined();
+      expect(timezoneProblem(tz, "trixie")).toBeUndefined();
+      expect(timezoneProblem(tz, "bookworm")).toBeUndefined();
+    },
+  );
 
   it("takes the old time zone names for bookworm, whose tzdata still has them", () => {
     expect(timezoneProblem("US/Eastern", "bookworm")).toBeUndefined();
@@ -126,7 +197,9 @@ describe("the lists", () => {
     delete c.image.keyboard;
     const { model } = loadConfig(writeJson(path.join(tmp.dir, "defaults.json"), c), { ...secretEnv });
     expect(model.image).toMatchObject({ timezone: "Etc/UTC", locale: "en_GB.UTF-8", keyboard: { keymap: "gb", layout: "English (UK)" } });
-    const example = JSON.parse(readFileSync("examples/broker.json", "utf8")) as { image: { timezone: string; locale: string; keyboard: { keymap: string; layout: string } } };
+    const example = JSON.parse(readFileSync("examples/broker.json", "utf8")) as {
+      image: { timezone: string; locale: string; keyboard: { keymap: string; layout: string } };
+    };
     expect(timezoneProblem(example.image.timezone)).toBeUndefined();
     expect(localeProblem(example.image.locale)).toBeUndefined();
     expect(keyboardLayoutProblem(example.image.keyboard.keymap, example.image.keyboard.layout)).toBeUndefined();
@@ -162,7 +235,10 @@ describe("warnings", () => {
     writeFileSync(secret, "Phone-File-Secret-7q\n");
     chmodSync(secret, mode);
     const cfg = configFile(`file-mode-${mode.toString(8)}`, (c) => (c.mqtt.users[1].password = { file: path.basename(secret) }));
-    for (const command of [["validate", cfg], ["render", cfg, "--out", path.join(tmp.dir, `out-${mode.toString(8)}`), "--state", path.join(tmp.dir, `state-${mode.toString(8)}`)]]) {
+    for (const command of [
+      ["validate", cfg],
+      ["render", cfg, "--out", path.join(tmp.dir, `out-${mode.toString(8)}`), "--state", path.join(tmp.dir, `state-${mode.toString(8)}`)],
+    ]) {
       const r = await pibake(command, { env: secretEnv });
       expect(r.exitCode, r.stderr).toBe(0);
       const warning = r.stderr.split("\n").find((l) => l.startsWith("warning: mqtt.users[1].password comes from file"));

@@ -31,7 +31,10 @@ interface Built {
   manifest: {
     image: { rawSize: number; mappedBytes: number; sha256: string };
     timings: Record<string, number>;
-    engine: Record<string, unknown> & { packagesAdded: { count: number; installedBytes: number; base?: { count: number; installedBytes: number } }; rootGrownBy: number };
+    engine: Record<string, unknown> & {
+      packagesAdded: { count: number; installedBytes: number; base?: { count: number; installedBytes: number } };
+      rootGrownBy: number;
+    };
   };
 }
 
@@ -57,7 +60,8 @@ function steps(t: Record<string, number>): string {
 
 export async function benchBaseImage(): Promise<string[]> {
   if (process.getuid?.() !== 0) return ["skipped: pibake build --base needs root (loop devices, mounts, chroot)"];
-  if (process.arch !== "arm64" && !existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64")) return ["skipped: no qemu-aarch64 in binfmt_misc (sudo apt-get install qemu-user-static binfmt-support)"];
+  if (process.arch !== "arm64" && !existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64"))
+    return ["skipped: no qemu-aarch64 in binfmt_misc (sudo apt-get install qemu-user-static binfmt-support)"];
   const fixture = path.join(packageRoot, "scripts/fixtures/base-image.sh");
   if (!existsSync(fixture)) return ["skipped: scripts/fixtures/base-image.sh is not in this checkout"];
 
@@ -73,9 +77,14 @@ export async function benchBaseImage(): Promise<string[]> {
     writeFileSync(c1, JSON.stringify(benchConfig("home.freemyip.com"), null, 2));
     writeFileSync(c2, JSON.stringify(benchConfig("cabin.freemyip.com"), null, 2));
 
-    lines.push(`base: ${path.basename(base)} (Raspberry Pi OS Lite stand-in, trixie arm64), ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated` + (fixtureMs > 60_000 ? ` (built in ${s(fixtureMs)}, now cached)` : ""));
+    lines.push(
+      `base: ${path.basename(base)} (Raspberry Pi OS Lite stand-in, trixie arm64), ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated` +
+        (fixtureMs > 60_000 ? ` (built in ${s(fixtureMs)}, now cached)` : ""),
+    );
     const first = await build(c1, base, path.join(dir, "out1"), state);
-    lines.push(`first --base build, Node-RED off: ${s(first.ms)} (${steps(first.manifest.timings)}; packages ${(first.manifest.engine.packagesInstalled as string[]).join(", ")})`);
+    lines.push(
+      `first --base build, Node-RED off: ${s(first.ms)} (${steps(first.manifest.timings)}; packages ${(first.manifest.engine.packagesInstalled as string[]).join(", ")})`,
+    );
     lines.push(`  added: ${added(first)}`);
     const regen = await build(c2, first.image, path.join(dir, "out2"), state);
     lines.push(`regeneration for a new domain, from the first build's image: ${s(regen.ms)} (${steps(regen.manifest.timings)})`);
@@ -87,13 +96,22 @@ export async function benchBaseImage(): Promise<string[]> {
       `size: produced image ${formatBytes(m.rawSize)} raw, ${formatBytes(m.mappedBytes)} of data (bmap), ${formatBytes(allocated(regen.image))} allocated; ` +
         `base ${formatBytes(statSync(base).size)} raw, ${formatBytes(allocated(base))} allocated`,
     );
-    lines.push(`compressed (zstd -3): produced ${formatBytes(zImage)}, base ${formatBytes(zBase)} (+${formatBytes(zImage - zBase)}: mosquitto, ddclient and their dependencies)`);
+    lines.push(
+      `compressed (zstd -3): produced ${formatBytes(zImage)}, base ${formatBytes(zBase)} (+${formatBytes(zImage - zBase)}: mosquitto, ddclient and their dependencies)`,
+    );
     const c3 = path.join(dir, "node-red.json");
     writeFileSync(c3, JSON.stringify(benchConfig("home.freemyip.com", true), null, 2));
     const withNodeRed = await build(c3, base, path.join(dir, "out3"), path.join(dir, "state-node-red"));
-    lines.push(`first --base build, Node-RED on (as examples/broker.json): ${s(withNodeRed.ms)} (${steps(withNodeRed.manifest.timings)}), ${((withNodeRed.ms * 100) / first.ms).toFixed(0)}% of the build without it`);
+    lines.push(
+      `first --base build, Node-RED on (as examples/broker.json): ${s(withNodeRed.ms)} (${steps(withNodeRed.manifest.timings)}), ${((withNodeRed.ms * 100) / first.ms).toFixed(0)}% of the build without it`,
+    );
     lines.push(`  added: ${added(withNodeRed)}`);
-    lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
+    lines.push(
+      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")} at the end`,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

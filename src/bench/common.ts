@@ -16,8 +16,20 @@ export const SECRETS = {
  */
 export function benchConfig(domain: string, nodeRed = false): Record<string, unknown> {
   return {
-    image: { name: "bench-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
-    user: { name: "admin", password: { env: "PIBAKE_BENCH_USER_PW" }, sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F bench@host"] },
+    image: {
+      name: "bench-broker",
+      release: "trixie",
+      arch: "arm64",
+      hostname: "broker",
+      timezone: "Europe/Berlin",
+      locale: "en_GB.UTF-8",
+      keyboard: { keymap: "de", layout: "German" },
+    },
+    user: {
+      name: "admin",
+      password: { env: "PIBAKE_BENCH_USER_PW" },
+      sshKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8uDdyWgXwb6UGyYumFvVxsbYVKcFiIMEn8vl2Nny5F bench@host"],
+    },
     network: { interface: "eth0", address: "192.168.1.10/24", gateway: "192.168.1.1", dns: ["192.168.1.1"] },
     mqtt: { users: [{ name: "home", password: { env: "PIBAKE_BENCH_MQTT_PW" } }] },
     tls: { domain },

@@ -68,7 +68,8 @@ async function regenerate(img: PibakeImage, dir: string, name: string, extra: st
 
 export async function benchFastRegen(): Promise<string[]> {
   if (process.getuid?.() !== 0) return ["skipped: the full path it is compared with needs root (loop devices, mounts, chroot)"];
-  if (process.arch !== "arm64" && !existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64")) return ["skipped: no qemu-aarch64 in binfmt_misc (sudo apt-get install qemu-user-static binfmt-support)"];
+  if (process.arch !== "arm64" && !existsSync("/proc/sys/fs/binfmt_misc/qemu-aarch64"))
+    return ["skipped: no qemu-aarch64 in binfmt_misc (sudo apt-get install qemu-user-static binfmt-support)"];
   const dir = mkdtempSync(path.join(os.tmpdir(), "pibake-bench-fast-"));
   try {
     const { img, note } = await pibakeImage(dir);
@@ -81,8 +82,15 @@ export async function benchFastRegen(): Promise<string[]> {
     const read = Math.min(readBefore, readAfter);
     lines.push(`one read of the image (cat IMG > /dev/null): ${s(readBefore)} before, ${s(readAfter)} after the fast path`);
     lines.push(`fast path (in-process, --compress none): ${s(fast.ms)} (${fast.steps}), ${(fast.ms / read).toFixed(1)}× one read (target: at most 5 s and 3×)`);
-    lines.push(`full path (--full, --compress none): ${s(full.ms)} (${full.steps}); the fast path takes ${((fast.ms * 100) / full.ms).toFixed(1)}% of it (${(full.ms / fast.ms).toFixed(1)}× faster)`);
-    lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
+    lines.push(
+      `full path (--full, --compress none): ${s(full.ms)} (${full.steps}); the fast path takes ${((fast.ms * 100) / full.ms).toFixed(1)}% of it (${(full.ms / fast.ms).toFixed(1)}× faster)`,
+    );
+    lines.push(
+      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")} at the end`,
+    );
     return lines;
   } finally {
     rmSync(dir, { recursive: true, force: true });

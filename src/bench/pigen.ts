@@ -30,7 +30,19 @@ export async function benchPiGen(): Promise<string[]> {
     const run = (domain: string, extra: string[]) => {
       const config = path.join(dir, `${domain}.json`);
       writeFileSync(config, JSON.stringify(benchConfig(domain), null, 2));
-      const args = ["build", config, "--pi-gen", piGen, "--base-stages", path.join(scaffolding, "debian-base"), "--out", path.join(dir, domain), "--state", state, ...extra];
+      const args = [
+        "build",
+        config,
+        "--pi-gen",
+        piGen,
+        "--base-stages",
+        path.join(scaffolding, "debian-base"),
+        "--out",
+        path.join(dir, domain),
+        "--state",
+        state,
+        ...extra,
+      ];
       return runPibakeBuild(args, env);
     };
     const full = await run("home.freemyip.com", ["--clean"]);
@@ -41,7 +53,10 @@ export async function benchPiGen(): Promise<string[]> {
       `full build (--clean): ${s(full.ms)}`,
       `regeneration for a new domain: ${s(regen.ms)}`,
       `ratio: the regeneration takes ${((regen.ms * 100) / full.ms).toFixed(1)}% of the full build (${(full.ms / regen.ms).toFixed(1)}× faster)`,
-      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`,
+      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")} at the end`,
     ];
   } finally {
     // Never a recursive delete through a mount pi-gen left (its chroots bind /dev).

@@ -37,7 +37,9 @@ interface Case {
 /** CPU time (user + sys, ms) of this process's finished children, from /proc (Linux; undefined elsewhere). */
 function childrenCpuMs(): number | undefined {
   try {
-    const fields = readFileSync("/proc/self/stat", "utf8").replace(/^.*\) /s, "").split(" ");
+    const fields = readFileSync("/proc/self/stat", "utf8")
+      .replace(/^.*\) /s, "")
+      .split(" ");
     // After "pid (comm) ": state is field 3, cutime 16 and cstime 17, in clock ticks (USER_HZ, 100 on Linux).
     return (Number(fields[13]) + Number(fields[14])) * 10;
   } catch {
@@ -81,11 +83,19 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
       { name: "pibake --version", args: () => [bin, "--version"], goal: { ratio: 1.5 } },
       { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
       { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 }, baseline: "baseline render (warm)" },
-      { name: "pibake render (first, new CA)", args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`), goal: { overMs: 1000 }, baseline: "baseline render (first, new CA)" },
+      {
+        name: "pibake render (first, new CA)",
+        args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`),
+        goal: { overMs: 1000 },
+        baseline: "baseline render (first, new CA)",
+      },
       ...(baseline
         ? [
             { name: "baseline render (warm)", args: (i: number) => renderWith(baseline, baselineWarmState, `baseline-warm-${i}`) },
-            { name: "baseline render (first, new CA)", args: (i: number) => renderWith(baseline, path.join(dir, `baseline-state-${i}`), `baseline-first-${i}`) },
+            {
+              name: "baseline render (first, new CA)",
+              args: (i: number) => renderWith(baseline, path.join(dir, `baseline-state-${i}`), `baseline-first-${i}`),
+            },
           ]
         : []),
     ];
@@ -120,11 +130,22 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
       if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
       const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
       const cpu = cpuOf(c.name);
-      const cpuText = cpu === undefined || baseCpu === undefined ? "" : `cpu ${cpu.toFixed(0).padStart(4)} ms${c === cases[0] ? "" : ` (+${(cpu - baseCpu).toFixed(0)})`}`;
-      const beside = c.baseline && times.has(c.baseline) ? `baseline ${median(times.get(c.baseline)!).toFixed(0)} ms, +${(median(times.get(c.baseline)!) - base).toFixed(0)}` : "";
-      lines.push(`  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${cpuText.padEnd(19)}  ${verdict}${beside ? `; ${beside}` : ""}`.trimEnd());
+      const cpuText =
+        cpu === undefined || baseCpu === undefined ? "" : `cpu ${cpu.toFixed(0).padStart(4)} ms${c === cases[0] ? "" : ` (+${(cpu - baseCpu).toFixed(0)})`}`;
+      const beside =
+        c.baseline && times.has(c.baseline)
+          ? `baseline ${median(times.get(c.baseline)!).toFixed(0)} ms, +${(median(times.get(c.baseline)!) - base).toFixed(0)}`
+          : "";
+      lines.push(
+        `  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${cpuText.padEnd(19)}  ${verdict}${beside ? `; ${beside}` : ""}`.trimEnd(),
+      );
     }
-    lines.push(`machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end`);
+    lines.push(
+      `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")} at the end`,
+    );
     return lines;
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -57,7 +57,12 @@ async function wanAddress(url: string, ms: number): Promise<string> {
 export async function checkDns(domain: string, ddns: Ddns | undefined, dnsServer: string | undefined, budget: Budget): Promise<CheckResult[]> {
   const from = dnsServer ? ` (asked ${dnsServer})` : "";
   let addresses: string[];
-  const lookup = ddns ? wanAddress(ddns.ipLookup, budget.ms).then((ip) => ({ ip }), (error: unknown) => ({ error })) : undefined;
+  const lookup = ddns
+    ? wanAddress(ddns.ipLookup, budget.ms).then(
+        (ip) => ({ ip }),
+        (error: unknown) => ({ error }),
+      )
+    : undefined;
   try {
     addresses = await resolveAll(makeResolver(budget.ms, dnsServer), domain, budget.ms);
   } catch (err) {
@@ -65,14 +70,23 @@ export async function checkDns(domain: string, ddns: Ddns | undefined, dnsServer
       failed(
         "dns",
         `${domain} does not resolve${from}: ${dnsReason(err)}`,
-        ddns ? `ddclient on the Pi registers ${domain} with ${ddns.provider}: check its log (journalctl -u ddclient) and the account at the provider` : `register ${domain} with your DNS provider, or check from home with --lan`,
+        ddns
+          ? `ddclient on the Pi registers ${domain} with ${ddns.provider}: check its log (journalctl -u ddclient) and the account at the provider`
+          : `register ${domain} with your DNS provider, or check from home with --lan`,
       ),
     ];
   }
   const results = [ok("dns", `${domain} resolves to ${addresses.join(", ")}${from}`)];
   if (!ddns || !lookup) return results;
   const wan = await lookup;
-  if ("error" in wan) results.push(warning("wan address", `could not learn this network's WAN address from ${ddns.ipLookup}: ${describe(wan.error)}`, "check ddns.ipLookup, or this machine's Internet access"));
+  if ("error" in wan)
+    results.push(
+      warning(
+        "wan address",
+        `could not learn this network's WAN address from ${ddns.ipLookup}: ${describe(wan.error)}`,
+        "check ddns.ipLookup, or this machine's Internet access",
+      ),
+    );
   else if (addresses.includes(wan.ip)) results.push(ok("wan address", `${wan.ip}, as ${ddns.ipLookup} reports from here, is what ${domain} resolves to`));
   else
     results.push(

@@ -39,7 +39,20 @@ export interface PiFacts {
 }
 
 export function parseFacts(output: string): PiFacts {
-  const facts: PiFacts = { uptimeSeconds: NaN, failedUnits: undefined, units: new Map(), ddclientCache: undefined, disks: [], memory: undefined, status: undefined, acme: undefined, firstBootDone: undefined, pushed: undefined, now: NaN, errors: [] };
+  const facts: PiFacts = {
+    uptimeSeconds: NaN,
+    failedUnits: undefined,
+    units: new Map(),
+    ddclientCache: undefined,
+    disks: [],
+    memory: undefined,
+    status: undefined,
+    acme: undefined,
+    firstBootDone: undefined,
+    pushed: undefined,
+    now: NaN,
+    errors: [],
+  };
   const failedUnits: string[] = [];
   const { records, ended } = answerRecords(output);
   for (const [kind, f] of records) {
@@ -118,7 +131,10 @@ function ddclientCache(field: string | undefined): PiFacts["ddclientCache"] {
 
 /** acme.status, base64: its key=value lines. */
 function acmeStatus(field: string | undefined): Record<string, string> {
-  const lines = Buffer.from(field ?? "", "base64").toString("utf8").split("\n").filter((l) => l.includes("="));
+  const lines = Buffer.from(field ?? "", "base64")
+    .toString("utf8")
+    .split("\n")
+    .filter((l) => l.includes("="));
   return Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
 }
 
@@ -182,7 +198,8 @@ export function judgeFacts(facts: PiFacts, opts: JudgeOptions): CheckResult[] {
 }
 
 function judgeFailedUnits(facts: PiFacts, where: string, onPi: OnPi): CheckResult {
-  if (facts.failedUnits === undefined) return warning("failed units", `${where}: systemctl could not be asked (${facts.errors.join("; ") || "no answer"})`, onPi("systemctl --failed"));
+  if (facts.failedUnits === undefined)
+    return warning("failed units", `${where}: systemctl could not be asked (${facts.errors.join("; ") || "no answer"})`, onPi("systemctl --failed"));
   if (facts.failedUnits.length === 0) return ok("failed units", "none");
   return failed("failed units", facts.failedUnits.join(", "), onPi(`journalctl -b -u ${facts.failedUnits[0]}`));
 }
@@ -203,9 +220,14 @@ function judgeMosquitto(facts: PiFacts, onPi: OnPi): CheckResult {
 function judgeDdclient(facts: PiFacts, domain: string, onPi: OnPi): CheckResult {
   const ddclient = facts.units.get("ddclient");
   const cache = facts.ddclientCache;
-  if (!ddclient || ddclient.activeState !== "active") return failed("ddclient", `ddclient.service is ${ddclient?.activeState || "unknown"}`, onPi("journalctl -b -u ddclient"));
+  if (!ddclient || ddclient.activeState !== "active")
+    return failed("ddclient", `ddclient.service is ${ddclient?.activeState || "unknown"}`, onPi("journalctl -b -u ddclient"));
   if (cache === undefined || cache === "none" || cache === "missing") {
-    return warning("ddclient", `running, but it has not updated ${domain} yet (${cache === "missing" ? "no entry for it in" : "no"} /var/cache/ddclient/ddclient.cache)`, onPi("journalctl -u ddclient: it needs the Internet and ddns.token"));
+    return warning(
+      "ddclient",
+      `running, but it has not updated ${domain} yet (${cache === "missing" ? "no entry for it in" : "no"} /var/cache/ddclient/ddclient.cache)`,
+      onPi("journalctl -u ddclient: it needs the Internet and ddns.token"),
+    );
   }
   // ddclient 3.10 writes status and ip; later releases status-ipv4 and ipv4 (or -ipv6).
   const status = cache.status || cache["status-ipv4"] || cache["status-ipv6"] || "";
@@ -213,8 +235,13 @@ function judgeDdclient(facts: PiFacts, domain: string, onPi: OnPi): CheckResult 
   const attempted = Number(cache.atime) || 0;
   const updated = Number(cache.mtime) || 0;
   const when = (t: number) => (t ? `${isoOf(t)}, ${duration(facts.now - t)} ago` : "never");
-  if (/^(good|nochg)$/.test(status)) return ok("ddclient", `${domain} → ${address || "?"}: last update ${when(updated)} (${status}); last check ${when(attempted)}`);
-  return failed("ddclient", `${domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`, onPi("journalctl -u ddclient; check ddns.token and ddns.provider"));
+  if (/^(good|nochg)$/.test(status))
+    return ok("ddclient", `${domain} → ${address || "?"}: last update ${when(updated)} (${status}); last check ${when(attempted)}`);
+  return failed(
+    "ddclient",
+    `${domain}: the last update ${when(attempted)} answered ${status || "nothing"}${address ? ` (address ${address})` : ""}`,
+    onPi("journalctl -u ddclient; check ddns.token and ddns.provider"),
+  );
 }
 
 /** Room left on a file system: the root needs more than the boot partition. */
@@ -224,8 +251,20 @@ function judgeDisk(d: PiFacts["disks"][number]): CheckResult {
   const detail = `${size(d.available)} free of ${size(d.size)} (${Math.round(share * 100)} %)`;
   const tight = d.mount === "/" ? d.available < 100 * MiB : d.available < 5 * MiB;
   const low = d.mount === "/" ? d.available < 500 * MiB || share < 0.1 : d.available < 20 * MiB;
-  if (tight) return failed(name, detail, d.mount === "/" ? "free space on the Pi (journalctl --vacuum-size, apt clean), or use a larger card" : "remove old kernels' files from the boot partition");
-  if (low) return warning(name, detail, d.mount === "/" ? "mosquitto's persistence and updates need room: free space, or use a larger card" : "kernel updates need room on the boot partition");
+  if (tight)
+    return failed(
+      name,
+      detail,
+      d.mount === "/"
+        ? "free space on the Pi (journalctl --vacuum-size, apt clean), or use a larger card"
+        : "remove old kernels' files from the boot partition",
+    );
+  if (low)
+    return warning(
+      name,
+      detail,
+      d.mount === "/" ? "mosquitto's persistence and updates need room: free space, or use a larger card" : "kernel updates need room on the boot partition",
+    );
   return ok(name, detail);
 }
 
@@ -239,7 +278,12 @@ function judgeMemory(memory: NonNullable<PiFacts["memory"]>, onPi: OnPi): CheckR
 
 /** The status report pibake-status writes: there, recent, and with every listener listening. */
 function judgeStatusReport(facts: PiFacts, onPi: OnPi): CheckResult {
-  if (!facts.status) return warning("pibake-status", "no /boot/firmware/pibake-status.txt: an image without pibake-status, or its first boot is not done", onPi("systemctl status pibake-status.service"));
+  if (!facts.status)
+    return warning(
+      "pibake-status",
+      "no /boot/firmware/pibake-status.txt: an image without pibake-status, or its first boot is not done",
+      onPi("systemctl status pibake-status.service"),
+    );
   const lines = facts.status.text.split("\n");
   const age = facts.now - facts.status.writtenAt;
   const image = lines.find((l) => l.startsWith("image:"))?.replace(/^image:\s*/, "");
@@ -247,17 +291,28 @@ function judgeStatusReport(facts: PiFacts, onPi: OnPi): CheckResult {
   const detail = `written ${isoOf(facts.status.writtenAt)} (${duration(age)} ago)${image ? `: ${image}` : ""}`;
   // The timer rewrites it hourly; older means the timer stopped.
   if (notListening.length) return warning("pibake-status", `${detail}; it says ${notListening.join("; ")}`, onPi("cat /boot/firmware/pibake-status.txt"));
-  if (age > 2 * 3600) return warning("pibake-status", `${detail}: not rewritten for more than the hour of its timer`, onPi("systemctl status pibake-status.timer"));
+  if (age > 2 * 3600)
+    return warning("pibake-status", `${detail}: not rewritten for more than the hour of its timer`, onPi("systemctl status pibake-status.timer"));
   return ok("pibake-status", detail);
 }
 
 /** Which config the Pi runs: the last push's record, else the build's digest in the status report. Nothing when either is unknown. */
 function judgePiConfig(facts: PiFacts, opts: JudgeOptions): CheckResult[] {
   const reported = facts.status?.text.match(/config (sha256:[0-9a-f]{64})/)?.[1];
-  const runs = facts.pushed ? { digest: facts.pushed.digest, how: `pushed ${facts.pushed.at}` } : reported ? { digest: reported, how: "built with it, never pushed" } : undefined;
+  const runs = facts.pushed
+    ? { digest: facts.pushed.digest, how: `pushed ${facts.pushed.at}` }
+    : reported
+      ? { digest: reported, how: "built with it, never pushed" }
+      : undefined;
   if (!opts.configDigest || !runs) return [];
   if (runs.digest === opts.configDigest) return [ok("pi config", `the Pi runs this config (${runs.how})`)];
-  return [warning("pi config", `the Pi runs another config than this one (${runs.how}: ${runs.digest.slice(0, 19)}…, this one ${opts.configDigest.slice(0, 19)}…)`, opts.pushCommand ? `bring it to this config: ${opts.pushCommand}` : undefined)];
+  return [
+    warning(
+      "pi config",
+      `the Pi runs another config than this one (${runs.how}: ${runs.digest.slice(0, 19)}…, this one ${opts.configDigest.slice(0, 19)}…)`,
+      opts.pushCommand ? `bring it to this config: ${opts.pushCommand}` : undefined,
+    ),
+  ];
 }
 
 /** The fact that says whether Node-RED's first-boot install is done, under way or stuck. */
@@ -268,12 +323,17 @@ function judgeNodeRedInstall(facts: PiFacts, onPi: (cmd: string) => string): Che
   const journal = onPi("journalctl -b -u pibake-firstboot");
   if (facts.firstBootDone !== undefined) return ok(NODE_RED_INSTALL, `installed by the first boot (done ${facts.firstBootDone || "at an unknown time"})`);
   const unit = facts.units.get("pibake-firstboot");
-  if (!unit || unit.loadState !== "loaded") return failed(NODE_RED_INSTALL, `pibake-firstboot.service is ${unit?.loadState || "unknown"} and the first boot has not installed Node-RED`, journal);
+  if (!unit || unit.loadState !== "loaded")
+    return failed(NODE_RED_INSTALL, `pibake-firstboot.service is ${unit?.loadState || "unknown"} and the first boot has not installed Node-RED`, journal);
   const restarts = unit.restarts ? `, tried ${unit.restarts + 1} times` : "";
   if (unit.subState === "auto-restart") return failed(NODE_RED_INSTALL, `the first boot's install failed${restarts}; systemd runs it again later`, journal);
   if (unit.activeState === "active" || unit.activeState === "activating") {
     const running = unit.activeEnterUs ? ` for ${duration(facts.uptimeSeconds - unit.activeEnterUs / 1e6)}` : "";
-    return warning(NODE_RED_INSTALL, `the first boot is installing npm, Node-RED and the dashboard (running${running}${restarts}); the editor answers when it is done`, onPi("journalctl -fu pibake-firstboot"));
+    return warning(
+      NODE_RED_INSTALL,
+      `the first boot is installing npm, Node-RED and the dashboard (running${running}${restarts}); the editor answers when it is done`,
+      onPi("journalctl -fu pibake-firstboot"),
+    );
   }
   return failed(NODE_RED_INSTALL, `pibake-firstboot.service is ${unit.activeState}${restarts}, and the first boot has not installed Node-RED`, journal);
 }
@@ -282,14 +342,25 @@ function judgeNodeRedInstall(facts: PiFacts, onPi: (cmd: string) => string): Che
 function judgeAcme(facts: PiFacts, onPi: (cmd: string) => string): CheckResult {
   const name = "public certificate";
   const journal = onPi("journalctl -u pibake-acme");
-  if (!facts.acme || facts.acme.timer !== "active") return failed(name, `pibake-acme.timer is ${facts.acme?.timer || "not there"}: nothing renews the certificate`, onPi("systemctl enable --now pibake-acme.timer"));
+  if (!facts.acme || facts.acme.timer !== "active")
+    return failed(
+      name,
+      `pibake-acme.timer is ${facts.acme?.timer || "not there"}: nothing renews the certificate`,
+      onPi("systemctl enable --now pibake-acme.timer"),
+    );
   const s = facts.acme.status;
   if (!s) return warning(name, "no renewal has run yet: the own CA's certificate is served until the first one", journal);
   const at = Number(s.checked) ? `${isoOf(Number(s.checked))}, ${duration(facts.now - Number(s.checked))} ago` : "at an unknown time";
   if (s.result === "ok") {
-    const until = Number(s.not_after) ? `, valid until ${isoOf(Number(s.not_after))} (${Math.floor((Number(s.not_after) - facts.now) / 86_400)} days left)` : "";
+    const until = Number(s.not_after)
+      ? `, valid until ${isoOf(Number(s.not_after))} (${Math.floor((Number(s.not_after) - facts.now) / 86_400)} days left)`
+      : "";
     return ok(name, `last run ${at}: ${s.message ?? "ok"}; issued by ${s.issuer ?? "?"}${until}`);
   }
   const next = Number(s.next_attempt) ? `; the next attempt after ${isoOf(Number(s.next_attempt))}` : "";
-  return warning(name, `the last ${s.failures ?? "?"} attempt(s) failed, the last ${at}: ${s.message ?? "no reason recorded"}${next}; the broker keeps its current certificate`, journal);
+  return warning(
+    name,
+    `the last ${s.failures ?? "?"} attempt(s) failed, the last ${at}: ${s.message ?? "no reason recorded"}${next}; the broker keeps its current certificate`,
+    journal,
+  );
 }

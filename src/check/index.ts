@@ -58,7 +58,14 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
     try {
       address = (await resolveAll(makeResolver(budget.ms, plan.dnsServer), plan.host, budget.ms)).find((a) => isIP(a) === 4) ?? address;
     } catch (err) {
-      return [...(await dnsFamily), failed("host", `${plan.host} does not resolve (asked ${plan.dnsServer}): ${describe(err)}; nothing else was tried`, "give the Pi's address as HOST, or check from home with --lan")];
+      return [
+        ...(await dnsFamily),
+        failed(
+          "host",
+          `${plan.host} does not resolve (asked ${plan.dnsServer}): ${describe(err)}; nothing else was tried`,
+          "give the Pi's address as HOST, or check from home with --lan",
+        ),
+      ];
     }
   }
 
@@ -78,9 +85,16 @@ export async function runChecks(plan: CheckPlan): Promise<CheckResult[]> {
 
   const tlsFamily = checkTlsThenMqtts(plan, tlsTarget, mqttTarget("mqtts", plan.ports.tls, { protocol: "mqtts", ...tlsTransport }), budget);
   const wsPort = plan.ports.ws;
-  const wsFamily = wsPort === undefined ? Promise.resolve([]) : checkMqtt(mqttTarget("wss", wsPort, { protocol: "wss", ...tlsTransport, wsOptions: { servername: model.tls.domain } } as MqttTarget["transport"]), budget);
+  const wsFamily =
+    wsPort === undefined
+      ? Promise.resolve([])
+      : checkMqtt(
+          mqttTarget("wss", wsPort, { protocol: "wss", ...tlsTransport, wsOptions: { servername: model.tls.domain } } as MqttTarget["transport"]),
+          budget,
+        );
   const lanFamily = plan.lan ? checkMqtt(mqttTarget("lan", plan.ports.lan, { protocol: "mqtt" }), budget) : Promise.resolve([]);
-  const nodeRedFamily = plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
+  const nodeRedFamily =
+    plan.ports.nodeRed === undefined ? Promise.resolve([]) : checkNodeRed(plan.host, address, plan.ports.nodeRed, plan.lan, plan.buildCommand, budget);
   const sshFamily = plan.ssh ? checkSsh(sshTargetOf(plan, plan.ssh, address), budget) : Promise.resolve([]);
 
   const families = await Promise.all([tlsFamily, wsFamily, lanFamily, dnsFamily, nodeRedFamily, sshFamily]);
@@ -101,7 +115,9 @@ function tlsTargetOf(plan: CheckPlan, address: string, caPem: string, issued: st
     stateDir: state.dir,
     buildCommand: plan.buildCommand,
     lan: plan.lan,
-    ...(model.tls.acme ? { acme: { server: model.tls.acme.server, ...(plan.extraCa ? { extraCaPem: plan.extraCa.pem, extraCaFile: plan.extraCa.file } : {}) } } : {}),
+    ...(model.tls.acme
+      ? { acme: { server: model.tls.acme.server, ...(plan.extraCa ? { extraCaPem: plan.extraCa.pem, extraCaFile: plan.extraCa.file } : {}) } }
+      : {}),
   };
 }
 
@@ -109,14 +125,36 @@ function tlsTargetOf(plan: CheckPlan, address: string, caPem: string, issued: st
 async function checkTlsThenMqtts(plan: CheckPlan, tlsTarget: TlsTarget, mqtts: MqttTarget, budget: Budget): Promise<CheckResult[]> {
   const t = await checkTls(tlsTarget, budget);
   if (!t.reachable) return t.results;
-  if (!t.trusted) return [...t.results, failed("mqtts", `not tried: clients that trust only ${plan.model.tls.acme ? "the public roots" : "this CA"} and verify the name refuse this server`, "fix the TLS lines above first")];
+  if (!t.trusted)
+    return [
+      ...t.results,
+      failed(
+        "mqtts",
+        `not tried: clients that trust only ${plan.model.tls.acme ? "the public roots" : "this CA"} and verify the name refuse this server`,
+        "fix the TLS lines above first",
+      ),
+    ];
   return [...t.results, ...(await checkMqtt(mqtts, budget))];
 }
 
 /** The Pi over SSH (--ssh): the user and keys the config gives, and what its facts are judged against. */
 function sshTargetOf(plan: CheckPlan, ssh: NonNullable<CheckPlan["ssh"]>, address: string): SshCheckTarget {
   const { model } = plan;
-  return { host: plan.host, address, port: ssh.port, user: model.user.name, keys: model.user.sshKeys, passwordSsh: model.user.passwordSsh, identity: ssh.identity, buildCommand: plan.buildCommand, ddnsHostname: model.ddns?.hostname, configDigest: configDigest(model), pushCommand: plan.pushCommand, acme: model.tls.acme !== undefined, nodeRed: model.nodeRed !== undefined };
+  return {
+    host: plan.host,
+    address,
+    port: ssh.port,
+    user: model.user.name,
+    keys: model.user.sshKeys,
+    passwordSsh: model.user.passwordSsh,
+    identity: ssh.identity,
+    buildCommand: plan.buildCommand,
+    ddnsHostname: model.ddns?.hostname,
+    configDigest: configDigest(model),
+    pushCommand: plan.pushCommand,
+    acme: model.tls.acme !== undefined,
+    nodeRed: model.nodeRed !== undefined,
+  };
 }
 
 /**
@@ -126,5 +164,7 @@ function sshTargetOf(plan: CheckPlan, ssh: NonNullable<CheckPlan["ssh"]>, addres
 export function editorWhileInstalling(results: CheckResult[]): CheckResult[] {
   const install = results.find((r) => r.name === NODE_RED_INSTALL);
   if (install?.status !== "warning") return results;
-  return results.map((r) => (r.name === "node-red" && r.status === "failed" ? warning("node-red", `${r.detail}: the first boot is still installing it`, install.fix) : r));
+  return results.map((r) =>
+    r.name === "node-red" && r.status === "failed" ? warning("node-red", `${r.detail}: the first boot is still installing it`, install.fix) : r,
+  );
 }

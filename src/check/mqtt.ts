@@ -62,13 +62,20 @@ export async function checkMqtt(target: MqttTarget, budget: Budget): Promise<Che
   const where = `${target.host}:${target.port}`;
   const n = (what: string) => `${target.label} ${what}`;
   const results: CheckResult[] = [];
-  const unreachable = (err: unknown) => failed(n("connect"), `${where}: ${describe(err)}; the other ${target.label} checks were not tried`, reachFix(err, target.host, target.port, target.lan));
+  const unreachable = (err: unknown) =>
+    failed(n("connect"), `${where}: ${describe(err)}; the other ${target.label} checks were not tried`, reachFix(err, target.host, target.port, target.lan));
   const isNetwork = (err: unknown) => classify(err) !== undefined && !refusedByBroker(err as { code?: number });
 
   const anonymous = await attempt(mqtt, target, budget.ms);
   if (anonymous.client) {
     end(anonymous.client);
-    results.push(failed(n("anonymous"), `${where} lets clients in without a user name and password`, `build a new image (${target.buildCommand}): pibake's mosquitto settings have allow_anonymous false`));
+    results.push(
+      failed(
+        n("anonymous"),
+        `${where} lets clients in without a user name and password`,
+        `build a new image (${target.buildCommand}): pibake's mosquitto settings have allow_anonymous false`,
+      ),
+    );
   } else if (refusedByBroker(anonymous.error)) results.push(ok(n("anonymous"), `a client without a password is refused (${anonymous.error.message})`));
   else if (isNetwork(anonymous.error)) return [unreachable(anonymous.error)];
   else results.push(failed(n("anonymous"), `no answer a client can act on: ${describe(anonymous.error)}`));
@@ -80,48 +87,86 @@ export async function checkMqtt(target: MqttTarget, budget: Budget): Promise<Che
     return results;
   }
 
-  const wrong = await attempt(mqtt, target, budget.ms, { username: someone.name, password: `${someone.password.reveal()}-not-${randomBytes(3).toString("hex")}` });
+  const wrong = await attempt(mqtt, target, budget.ms, {
+    username: someone.name,
+    password: `${someone.password.reveal()}-not-${randomBytes(3).toString("hex")}`,
+  });
   if (wrong.client) {
     end(wrong.client);
-    results.push(failed(n("wrong password"), `${someone.name} got in with a wrong password`, `build a new image (${target.buildCommand}): its password file holds only the config's passwords`));
+    results.push(
+      failed(
+        n("wrong password"),
+        `${someone.name} got in with a wrong password`,
+        `build a new image (${target.buildCommand}): its password file holds only the config's passwords`,
+      ),
+    );
   } else if (refusedByBroker(wrong.error)) results.push(ok(n("wrong password"), `${someone.name} with a wrong password is refused`));
   else if (isNetwork(wrong.error)) return [...results, unreachable(wrong.error)];
   else results.push(failed(n("wrong password"), `no answer a client can act on: ${describe(wrong.error)}`));
 
   if (!plan) {
-    results.push(failed(n("round trip"), "no two users of the config may write and read one same topic (mqtt.users[].topics), so no message could be sent and received", "give one user a readwrite rule, or a writer and a reader a common topic"));
+    results.push(
+      failed(
+        n("round trip"),
+        "no two users of the config may write and read one same topic (mqtt.users[].topics), so no message could be sent and received",
+        "give one user a readwrite rule, or a writer and a reader a common topic",
+      ),
+    );
     return results;
   }
   results.push(await roundTrip(mqtt, target, plan, budget));
   return results;
 }
 
-async function roundTrip(mqtt: typeof import("mqtt"), target: MqttTarget, plan: NonNullable<ReturnType<typeof planRoundTrip>>, budget: Budget): Promise<CheckResult> {
+async function roundTrip(
+  mqtt: typeof import("mqtt"),
+  target: MqttTarget,
+  plan: NonNullable<ReturnType<typeof planRoundTrip>>,
+  budget: Budget,
+): Promise<CheckResult> {
   const name = `${target.label} round trip`;
   const login = (u: MqttUser) => ({ username: u.name, password: u.password.reveal() });
-  const wrongPassword = (u: MqttUser) => failed(name, `${u.name} could not log in with the config's password (not authorized)`, `the image has other passwords than the config: build a new image (${target.buildCommand}) and flash it`);
+  const wrongPassword = (u: MqttUser) =>
+    failed(
+      name,
+      `${u.name} could not log in with the config's password (not authorized)`,
+      `the image has other passwords than the config: build a new image (${target.buildCommand}) and flash it`,
+    );
   const who = plan.publisher === plan.subscriber ? plan.publisher.name : `${plan.publisher.name} → ${plan.subscriber.name}`;
   let sub: MqttClient | undefined;
   let pub: MqttClient | undefined;
   try {
     const s = await attempt(mqtt, target, budget.ms, login(plan.subscriber));
-    if (s.error) return refusedByBroker(s.error) ? wrongPassword(plan.subscriber) : failed(name, `${plan.subscriber.name} could not connect: ${describe(s.error)}`);
+    if (s.error)
+      return refusedByBroker(s.error) ? wrongPassword(plan.subscriber) : failed(name, `${plan.subscriber.name} could not connect: ${describe(s.error)}`);
     sub = s.client;
     const payload = `pibake check ${randomBytes(8).toString("hex")}`;
-    const received = new Promise<void>((resolve) => sub!.on("message", (topic, body) => topic === plan.topic && body.toString("utf8") === payload && resolve()));
+    const received = new Promise<void>((resolve) =>
+      sub!.on("message", (topic, body) => topic === plan.topic && body.toString("utf8") === payload && resolve()),
+    );
     const granted = await within(`subscribing to ${plan.topic}`, budget.ms, sub.subscribeAsync(plan.topic, { qos: 1 }));
-    if (granted[0]?.qos === 128) return failed(name, `${plan.subscriber.name} may not subscribe to ${plan.topic} (SUBACK 128)`, `build a new image (${target.buildCommand}): its ACL should follow mqtt.users[].topics`);
+    if (granted[0]?.qos === 128)
+      return failed(
+        name,
+        `${plan.subscriber.name} may not subscribe to ${plan.topic} (SUBACK 128)`,
+        `build a new image (${target.buildCommand}): its ACL should follow mqtt.users[].topics`,
+      );
     if (plan.publisher === plan.subscriber) pub = sub;
     else {
       const p = await attempt(mqtt, target, budget.ms, login(plan.publisher));
-      if (p.error) return refusedByBroker(p.error) ? wrongPassword(plan.publisher) : failed(name, `${plan.publisher.name} could not connect: ${describe(p.error)}`);
+      if (p.error)
+        return refusedByBroker(p.error) ? wrongPassword(plan.publisher) : failed(name, `${plan.publisher.name} could not connect: ${describe(p.error)}`);
       pub = p.client;
     }
     await within(`publishing to ${plan.topic}`, budget.ms, pub.publishAsync(plan.topic, payload, { qos: 1 }));
     try {
       await within(`the message on ${plan.topic}`, budget.ms, received);
     } catch {
-      return failed(name, `${plan.publisher.name} published to ${plan.topic} but ${plan.subscriber.name} did not receive it within ${(budget.perCheckMs / 1000).toFixed(0)} s`, `build a new image (${target.buildCommand}): its ACL should follow mqtt.users[].topics`);
+      return failed(
+        name,
+        `${plan.publisher.name} published to ${plan.topic} but ${plan.subscriber.name} did not receive it within ${(budget.perCheckMs / 1000).toFixed(0)} s`,
+        `build a new image (${target.buildCommand}): its ACL should follow mqtt.users[].topics`,
+      );
     }
     return ok(name, `${who}: a message on ${plan.topic} arrived (QoS 1)`);
   } catch (err) {

@@ -35,7 +35,8 @@ function underlying(err: unknown): unknown {
 export function classify(error: unknown): Reach | undefined {
   const e = underlying(error) as NodeJS.ErrnoException | undefined;
   const code = String(e?.code ?? "");
-  if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "ENODATA" || code === "ESERVFAIL" || code === "ENOTIMP" || code === "EREFUSED_DNS") return "no DNS";
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "ENODATA" || code === "ESERVFAIL" || code === "ENOTIMP" || code === "EREFUSED_DNS")
+    return "no DNS";
   if (code === "ECONNREFUSED") return "refused";
   if (code === "ETIMEDOUT" || code === "ETIMEOUT" || e instanceof TimeoutError || e?.name === "TimeoutError" || e?.name === "AbortError") return "timed out";
   if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EADDRNOTAVAIL") return "unreachable";

@@ -9,8 +9,10 @@ export interface CheckResult {
 }
 
 export const ok = (name: string, detail: string): CheckResult => ({ name, status: "ok", detail });
-export const warning = (name: string, detail: string, fix?: string): CheckResult => (fix ? { name, status: "warning", detail, fix } : { name, status: "warning", detail });
-export const failed = (name: string, detail: string, fix?: string): CheckResult => (fix ? { name, status: "failed", detail, fix } : { name, status: "failed", detail });
+export const warning = (name: string, detail: string, fix?: string): CheckResult =>
+  fix ? { name, status: "warning", detail, fix } : { name, status: "warning", detail };
+export const failed = (name: string, detail: string, fix?: string): CheckResult =>
+  fix ? { name, status: "failed", detail, fix } : { name, status: "failed", detail };
 
 /**
  * Every network wait of a check run is bounded twice: by the per-check

@@ -86,10 +86,24 @@ async function ssh(target: SshCheckTarget, options: readonly string[], ms: numbe
 function unreachable(r: RunResult, ms: number): string | undefined {
   const lines = r.output.split("\n");
   // ssh's own error line ("ssh: connect to host … port 22: Connection refused") says it best.
-  const line = lines.find((l) => /^ssh: /.test(l)) ?? lines.find((l) => /Connection (refused|timed out)|Could not resolve hostname|No route to host|Network is unreachable|kex_exchange_identification/.test(l) && !/^debug/.test(l));
+  const line =
+    lines.find((l) => /^ssh: /.test(l)) ??
+    lines.find(
+      (l) =>
+        /Connection (refused|timed out)|Could not resolve hostname|No route to host|Network is unreachable|kex_exchange_identification/.test(l) &&
+        !/^debug/.test(l),
+    );
   if (r.exitCode === undefined) return `timed out (no answer within ${(ms / 1000).toFixed(0)} s)`;
   if (!line) return undefined;
-  const kind = /refused/.test(line) ? "refused" : /timed out/.test(line) ? "timed out" : /resolve/.test(line) ? "no DNS" : /route|unreachable/i.test(line) ? "unreachable" : "failed";
+  const kind = /refused/.test(line)
+    ? "refused"
+    : /timed out/.test(line)
+      ? "timed out"
+      : /resolve/.test(line)
+        ? "no DNS"
+        : /route|unreachable/i.test(line)
+          ? "unreachable"
+          : "failed";
   return `${kind} (${line.replace(/^ssh: /, "")})`;
 }
 
@@ -100,14 +114,28 @@ export async function checkSsh(target: SshCheckTarget, budget: Budget): Promise<
   const ms = budget.ms;
   const login = await ssh(target, ["PreferredAuthentications=publickey"], ms);
   const down = unreachable(login, ms);
-  if (down) return [failed("ssh", `${where}: ${down}; the other SSH checks were not tried`, "is the Pi up, and does SSH reach it from here (from outside, only what the router forwards does)?")];
+  if (down)
+    return [
+      failed(
+        "ssh",
+        `${where}: ${down}; the other SSH checks were not tried`,
+        "is the Pi up, and does SSH reach it from here (from outside, only what the router forwards does)?",
+      ),
+    ];
   const results: CheckResult[] = [];
   const accepted = /Server accepts key: .*?(SHA256:[A-Za-z0-9+/]+)/.exec(login.output)?.[1];
   let loggedIn = false;
   if (/Authenticated to .* using "publickey"/.test(login.output)) {
     loggedIn = true;
     if (accepted && known.has(accepted)) results.push(ok("ssh key login", `${where} accepts the key ${accepted} (${known.get(accepted)}) of user.sshKeys`));
-    else results.push(failed("ssh key login", `${where} accepts a key that is not in user.sshKeys (${accepted ?? "unknown"}): someone added it on the Pi`, "remove it from ~/.ssh/authorized_keys on the Pi, or add it to user.sshKeys"));
+    else
+      results.push(
+        failed(
+          "ssh key login",
+          `${where} accepts a key that is not in user.sshKeys (${accepted ?? "unknown"}): someone added it on the Pi`,
+          "remove it from ~/.ssh/authorized_keys on the Pi, or add it to user.sshKeys",
+        ),
+      );
   } else {
     const offered = [...login.output.matchAll(/Offering public key: .*?(SHA256:[A-Za-z0-9+/]+)/g)].map((m) => m[1]!);
     const mine = offered.filter((f) => known.has(f));
@@ -115,7 +143,9 @@ export async function checkSsh(target: SshCheckTarget, budget: Budget): Promise<
       failed(
         "ssh key login",
         `${where} refused ${offered.length ? `the keys offered (${offered.join(", ")})` : "this machine: it offered no key"}${mine.length ? `, although ${mine.join(", ")} is in user.sshKeys: the image has other keys than the config` : ""}`,
-        mine.length ? `build a new image (${target.buildCommand}) and flash it` : "load the private key of one of user.sshKeys into ssh-agent, or name it with --ssh-key FILE",
+        mine.length
+          ? `build a new image (${target.buildCommand}) and flash it`
+          : "load the private key of one of user.sshKeys into ssh-agent, or name it with --ssh-key FILE",
       ),
     );
   }
@@ -124,7 +154,14 @@ export async function checkSsh(target: SshCheckTarget, budget: Budget): Promise<
     const pw = await ssh(target, ["PubkeyAuthentication=no", "PreferredAuthentications=password,keyboard-interactive"], budget.ms);
     const methods = /Authentications that can continue: (\S+)/.exec(pw.output)?.[1];
     if (!methods) results.push(failed("ssh passwords", `${where}: ${unreachable(pw, ms) ?? "the server named no login methods"}`));
-    else if (/password|keyboard-interactive/.test(methods)) results.push(failed("ssh passwords", `${where} offers password logins (${methods}), but user.passwordSsh is false`, `build a new image (${target.buildCommand}): its sshd settings refuse passwords`));
+    else if (/password|keyboard-interactive/.test(methods))
+      results.push(
+        failed(
+          "ssh passwords",
+          `${where} offers password logins (${methods}), but user.passwordSsh is false`,
+          `build a new image (${target.buildCommand}): its sshd settings refuse passwords`,
+        ),
+      );
     else results.push(ok("ssh passwords", `${where} refuses passwords (it offers only ${methods})`));
   }
   if (loggedIn) results.push(...(await checkFacts(target, where, budget)));
@@ -138,8 +175,20 @@ async function checkFacts(target: SshCheckTarget, where: string, budget: Budget)
   const down = unreachable(r, ms);
   if (down) return [failed("pi facts", `${where}: ${down}`)];
   try {
-    return judgeFacts(parseFacts(r.stdout), { where, ddnsHostname: target.ddnsHostname, configDigest: target.configDigest, pushCommand: target.pushCommand, acme: target.acme === true, nodeRed: target.nodeRed === true });
+    return judgeFacts(parseFacts(r.stdout), {
+      where,
+      ddnsHostname: target.ddnsHostname,
+      configDigest: target.configDigest,
+      pushCommand: target.pushCommand,
+      acme: target.acme === true,
+      nodeRed: target.nodeRed === true,
+    });
   } catch (err) {
-    return [warning("pi facts", `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`)];
+    return [
+      warning(
+        "pi facts",
+        `${where}: ${(err as Error).message} (exit ${r.exitCode ?? "killed"}): ${r.output.trim().split("\n").slice(-3).join(" | ").slice(0, 300)}`,
+      ),
+    ];
   }
 }

@@ -41,26 +41,38 @@ export interface TlsOutcome {
 }
 
 /** One handshake, bounded; the socket is always destroyed. */
-export function handshake(target: TlsTarget, ms: number, extra: ConnectionOptions = {}): Promise<{ socket: TLSSocket; peer: PeerCertificate; protocol: string | null; authorized: boolean; authorizationError: string | undefined }> {
+export function handshake(
+  target: TlsTarget,
+  ms: number,
+  extra: ConnectionOptions = {},
+): Promise<{ socket: TLSSocket; peer: PeerCertificate; protocol: string | null; authorized: boolean; authorizationError: string | undefined }> {
   let socket: TLSSocket | undefined;
-  const work = new Promise<{ socket: TLSSocket; peer: PeerCertificate; protocol: string | null; authorized: boolean; authorizationError: string | undefined }>((resolve, reject) => {
-    socket = tlsConnect({
-      host: target.address,
-      port: target.port,
-      servername: target.servername,
-      ca: target.caPem,
-      // Verified below, one question at a time, so that each failure is named.
-      rejectUnauthorized: false,
-      minVersion: "TLSv1.2",
-      ...extra,
-    });
-    socket.once("secureConnect", () => {
-      const s = socket!;
-      resolve({ socket: s, peer: s.getPeerCertificate(), protocol: s.getProtocol(), authorized: s.authorized, authorizationError: s.authorizationError ? String(s.authorizationError) : undefined });
-    });
-    socket.once("error", reject);
-    socket.once("close", () => reject(Object.assign(new Error("the connection closed during the TLS handshake"), { code: "ECONNRESET" })));
-  });
+  const work = new Promise<{ socket: TLSSocket; peer: PeerCertificate; protocol: string | null; authorized: boolean; authorizationError: string | undefined }>(
+    (resolve, reject) => {
+      socket = tlsConnect({
+        host: target.address,
+        port: target.port,
+        servername: target.servername,
+        ca: target.caPem,
+        // Verified below, one question at a time, so that each failure is named.
+        rejectUnauthorized: false,
+        minVersion: "TLSv1.2",
+        ...extra,
+      });
+      socket.once("secureConnect", () => {
+        const s = socket!;
+        resolve({
+          socket: s,
+          peer: s.getPeerCertificate(),
+          protocol: s.getProtocol(),
+          authorized: s.authorized,
+          authorizationError: s.authorizationError ? String(s.authorizationError) : undefined,
+        });
+      });
+      socket.once("error", reject);
+      socket.once("close", () => reject(Object.assign(new Error("the connection closed during the TLS handshake"), { code: "ECONNRESET" })));
+    },
+  );
   return within(`TLS handshake with ${target.host}:${target.port}`, ms, work, () => socket?.destroy()).finally(() => socket?.destroy());
 }
 
@@ -72,8 +84,13 @@ function opensslReason(err: unknown): string {
 
 /** Why a chain did not verify, in words. */
 function chainProblem(code: string, target: TlsTarget): { detail: string; fix: string } {
-  if (code === "CERT_HAS_EXPIRED") return { detail: `the server certificate has expired (${code})`, fix: `build a new image (${target.buildCommand}) and flash it: the build renews the certificate` };
-  if (code === "CERT_NOT_YET_VALID") return { detail: `the server certificate is not valid yet (${code})`, fix: "check the clocks of the Pi and of this machine" };
+  if (code === "CERT_HAS_EXPIRED")
+    return {
+      detail: `the server certificate has expired (${code})`,
+      fix: `build a new image (${target.buildCommand}) and flash it: the build renews the certificate`,
+    };
+  if (code === "CERT_NOT_YET_VALID")
+    return { detail: `the server certificate is not valid yet (${code})`, fix: "check the clocks of the Pi and of this machine" };
   return {
     detail: `the server certificate is not signed by the CA in ${target.caFile} (${code})`,
     fix: `this is not the broker built with ${target.stateDir}: check the host (or use --lan), or pass --state with the state directory the image was built with`,
@@ -94,13 +111,23 @@ function issuerName(peer: PeerCertificate): string {
 
 /** TLS 1.2 or newer chosen, and a TLS 1.1 handshake refused, whatever the newest the server speaks. */
 async function versionResult(target: TlsTarget, protocol: string | null, budget: Budget): Promise<CheckResult> {
-  if (protocol !== "TLSv1.2" && protocol !== "TLSv1.3") return failed("tls version", `the server chose ${protocol ?? "an unknown protocol"}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+  if (protocol !== "TLSv1.2" && protocol !== "TLSv1.3")
+    return failed(
+      "tls version",
+      `the server chose ${protocol ?? "an unknown protocol"}`,
+      `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`,
+    );
   try {
     // SECLEVEL=0 lets this client offer TLS 1.1 at all; OpenSSL 3 refuses to by default.
     const old = await handshake(target, budget.ms, { minVersion: "TLSv1.1", maxVersion: "TLSv1.1", ciphers: "DEFAULT@SECLEVEL=0" });
-    return failed("tls version", `${protocol} is used, but the server also accepted ${old.protocol}`, `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`);
+    return failed(
+      "tls version",
+      `${protocol} is used, but the server also accepted ${old.protocol}`,
+      `build a new image (${target.buildCommand}): pibake's mosquitto settings require TLS 1.2 or newer`,
+    );
   } catch (err) {
-    if (classify(err) === "timed out") return warning("tls version", `${protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`);
+    if (classify(err) === "timed out")
+      return warning("tls version", `${protocol} is used; a TLS 1.1 handshake got no answer (${describe(err)}), so its refusal is not proven`);
     return ok("tls version", `${protocol} is used; a TLS 1.1 handshake is refused (${opensslReason(err)})`);
   }
 }
@@ -129,7 +156,13 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
   const identityError = checkServerIdentity(target.servername, hs.peer);
   if (identityError) {
     chainOk = false;
-    results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `build a new image (${target.buildCommand}): its certificate names tls.domain`));
+    results.push(
+      failed(
+        "tls name",
+        `the certificate does not carry ${target.servername}: ${identityError.message}`,
+        `build a new image (${target.buildCommand}): its certificate names tls.domain`,
+      ),
+    );
   } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
 
   results.push(await versionResult(target, hs.protocol, budget));
@@ -137,13 +170,35 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
   const notAfter = new Date(hs.peer.valid_to);
   const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
   const until = `${notAfter.toISOString().slice(0, 10)}`;
-  if (days < 0) results.push(failed("certificate expiry", `the server certificate expired on ${until}`, `build a new image (${target.buildCommand}) and flash it: the build renews the certificate`));
-  else if (days < WARN_DAYS) results.push(warning("certificate expiry", `the server certificate expires on ${until} (${days} days left)`, `build a new image (${target.buildCommand}) and flash it: the build renews the certificate within ${WARN_DAYS} days of expiry`));
+  if (days < 0)
+    results.push(
+      failed(
+        "certificate expiry",
+        `the server certificate expired on ${until}`,
+        `build a new image (${target.buildCommand}) and flash it: the build renews the certificate`,
+      ),
+    );
+  else if (days < WARN_DAYS)
+    results.push(
+      warning(
+        "certificate expiry",
+        `the server certificate expires on ${until} (${days} days left)`,
+        `build a new image (${target.buildCommand}) and flash it: the build renews the certificate within ${WARN_DAYS} days of expiry`,
+      ),
+    );
   else results.push(ok("certificate expiry", `valid until ${until} (${days} days left)`));
 
   const seen = hs.peer.fingerprint256;
-  if (!target.issuedFingerprint256) results.push(warning("certificate origin", `${target.stateDir} holds no server certificate (server.crt) to compare with; the broker's is ${seen}`, `pass --state with the state directory the image was built with`));
-  else if (seen === target.issuedFingerprint256) results.push(ok("certificate origin", `the server certificate is the one ${target.stateDir} issued (SHA-256 ${seen.slice(0, 23)}…)`));
+  if (!target.issuedFingerprint256)
+    results.push(
+      warning(
+        "certificate origin",
+        `${target.stateDir} holds no server certificate (server.crt) to compare with; the broker's is ${seen}`,
+        `pass --state with the state directory the image was built with`,
+      ),
+    );
+  else if (seen === target.issuedFingerprint256)
+    results.push(ok("certificate origin", `the server certificate is the one ${target.stateDir} issued (SHA-256 ${seen.slice(0, 23)}…)`));
   else if (hs.authorized)
     results.push(
       warning(
@@ -175,7 +230,11 @@ async function checkPublicTls(target: TlsTarget, acme: NonNullable<TlsTarget["ac
     hs = await handshake(target, budget.ms, { ca: publicTrust(acme.extraCaPem) });
   } catch (err) {
     const detail = `${where}: ${describe(err)}; the TLS and MQTT checks on this port were not tried`;
-    return { results: [failed("tls connect", detail, reachFix(err, target.host, target.port, target.lan))], reachable: classify(err) === "TLS failure", trusted: false };
+    return {
+      results: [failed("tls connect", detail, reachFix(err, target.host, target.port, target.lan))],
+      reachable: classify(err) === "TLS failure",
+      trusted: false,
+    };
   }
   const results: CheckResult[] = [ok("tls connect", `${where} answers with ${hs.protocol ?? "TLS"}`)];
   const issuer = issuerName(hs.peer);
@@ -190,14 +249,29 @@ async function checkPublicTls(target: TlsTarget, acme: NonNullable<TlsTarget["ac
       // Unreachable the second time: judged by the first handshake alone.
     }
     if (ownCa) {
-      results.push(warning("tls chain", `the own CA's certificate is served (${target.caFile} verifies it): the public certificate from ${acme.server} has not arrived yet`, `it comes within minutes of the first boot; if not, see why ${journal}`));
+      results.push(
+        warning(
+          "tls chain",
+          `the own CA's certificate is served (${target.caFile} verifies it): the public certificate from ${acme.server} has not arrived yet`,
+          `it comes within minutes of the first boot; if not, see why ${journal}`,
+        ),
+      );
       trusted = true;
-    } else results.push(failed("tls chain", `the server certificate (issued by ${issuer}) does not verify against ${roots} (${hs.authorizationError ?? "unknown error"})`, `check the host; ${journal}`));
+    } else
+      results.push(
+        failed(
+          "tls chain",
+          `the server certificate (issued by ${issuer}) does not verify against ${roots} (${hs.authorizationError ?? "unknown error"})`,
+          `check the host; ${journal}`,
+        ),
+      );
   }
   const identityError = checkServerIdentity(target.servername, hs.peer);
   if (identityError) {
     trusted = false;
-    results.push(failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `the Pi obtains one for tls.domain: ${journal}`));
+    results.push(
+      failed("tls name", `the certificate does not carry ${target.servername}: ${identityError.message}`, `the Pi obtains one for tls.domain: ${journal}`),
+    );
   } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
   results.push(await versionResult(target, hs.protocol, budget));
 
@@ -206,7 +280,14 @@ async function checkPublicTls(target: TlsTarget, acme: NonNullable<TlsTarget["ac
   const until = notAfter.toISOString().slice(0, 10);
   // The Pi renews when a third of the lifetime is left (30 of Let's Encrypt's 90 days): 20 days left means it has failed for 10.
   if (days < 0) results.push(failed("certificate expiry", `the certificate from ${issuer} expired on ${until}`, `the Pi could not renew it: ${journal}`));
-  else if (days < ACME_WARN_DAYS) results.push(warning("certificate expiry", `the certificate from ${issuer} expires on ${until} (${days} days left): the Pi should have renewed it by now`, `see why ${journal}`));
+  else if (days < ACME_WARN_DAYS)
+    results.push(
+      warning(
+        "certificate expiry",
+        `the certificate from ${issuer} expires on ${until} (${days} days left): the Pi should have renewed it by now`,
+        `see why ${journal}`,
+      ),
+    );
   else results.push(ok("certificate expiry", `valid until ${until} (${days} days left), issued by ${issuer}`));
   return { results, reachable: true, trusted: trusted && days >= 0 };
 }

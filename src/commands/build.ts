@@ -59,7 +59,9 @@ function printSummary(o: BuildOutcome, out: Output): void {
   out.info("");
   out.info(`built ${delivered.image} in ${formatDuration(o.took)}${o.regeneration ? " (regeneration: the packages were already in the base)" : ""}`);
   for (const line of o.engineSummary) out.info(`  ${line}`);
-  out.info(`  image       ${formatBytes(delivered.size)}${o.compress === "none" ? "" : ` (${formatBytes(delivered.rawSize)} raw)`}, sha256 ${delivered.sha256.slice(0, 16)}…`);
+  out.info(
+    `  image       ${formatBytes(delivered.size)}${o.compress === "none" ? "" : ` (${formatBytes(delivered.rawSize)} raw)`}, sha256 ${delivered.sha256.slice(0, 16)}…`,
+  );
   out.info(`  checksum    ${path.basename(delivered.sha256File)}   (check: sha256sum -c ${path.basename(delivered.sha256File)})`);
   out.info(`  block map   ${path.basename(delivered.bmap)}   (bmaptool copy and pibake flash use it)`);
   out.info(`  manifest    ${path.basename(delivered.manifest)}`);

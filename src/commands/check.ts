@@ -39,7 +39,8 @@ function dnsServerOption(given: string | undefined): string | undefined {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$/.exec(value) ?? (isIP(value) === 6 ? [value, value] : null);
   const ip = m?.[1] ?? m?.[2];
   const port = m?.[3] === undefined ? 53 : Number(m[3]);
-  if (!m || !ip || !isIP(ip) || port < 1 || port > 65535) throw new PibakeError(`--dns-server ${value} is not an IP address with an optional port (IP, IP:PORT or [IPv6]:PORT)`, 2);
+  if (!m || !ip || !isIP(ip) || port < 1 || port > 65535)
+    throw new PibakeError(`--dns-server ${value} is not an IP address with an optional port (IP, IP:PORT or [IPv6]:PORT)`, 2);
   return value;
 }
 
@@ -60,7 +61,12 @@ const LABEL: Record<CheckResult["status"], string> = { ok: "ok     ", warning: "
 /** pibake check CONFIG [HOST]: one line per check; exit 1 when one failed (warnings allowed). */
 export async function checkCommand(configPath: string, hostArg: string | undefined, opts: CheckOptions): Promise<void> {
   const out = createOutput();
-  const ports = { tls: portOption(opts.portTls, "--port-tls"), lan: portOption(opts.portLan, "--port-lan"), ws: portOption(opts.portWs, "--port-ws"), nodeRed: portOption(opts.portNodeRed, "--port-node-red") };
+  const ports = {
+    tls: portOption(opts.portTls, "--port-tls"),
+    lan: portOption(opts.portLan, "--port-lan"),
+    ws: portOption(opts.portWs, "--port-ws"),
+    nodeRed: portOption(opts.portNodeRed, "--port-node-red"),
+  };
   const timeoutMs = timeoutOption(opts.timeout);
   const dnsServer = dnsServerOption(opts.dnsServer);
   const stateOption = last(opts.state);
@@ -73,7 +79,8 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with`, 2);
 
   const caFile = last(opts.caFile);
-  if (caFile !== undefined && !model.tls.acme) throw new PibakeError('--ca-file goes with tls.mode "acme": in "own-ca" mode the state directory\'s CA is the one trusted', 2);
+  if (caFile !== undefined && !model.tls.acme)
+    throw new PibakeError('--ca-file goes with tls.mode "acme": in "own-ca" mode the state directory\'s CA is the one trusted', 2);
   const extraCa = caFile === undefined ? undefined : readCaFile(caFile);
 
   // HOST wins; without it, --lan checks the static address and otherwise the domain.
@@ -100,7 +107,10 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
   const failedCount = results.filter((r) => r.status === "failed").length;
   const warningCount = results.filter((r) => r.status === "warning").length;
   if (opts.json) {
-    process.stdout.write(redact(JSON.stringify({ host, lan: opts.lan === true, ok: failedCount === 0, failed: failedCount, warnings: warningCount, checks: results }, null, 2)) + "\n");
+    process.stdout.write(
+      redact(JSON.stringify({ host, lan: opts.lan === true, ok: failedCount === 0, failed: failedCount, warnings: warningCount, checks: results }, null, 2)) +
+        "\n",
+    );
   } else {
     out.info(`checking ${host}${opts.lan ? " (the static address)" : ""} as clients see it`);
     const width = Math.max(...results.map((r) => r.name.length));
@@ -108,7 +118,11 @@ export async function checkCommand(configPath: string, hostArg: string | undefin
       out.info(`${LABEL[r.status]}  ${r.name.padEnd(width)}  ${r.detail}`);
       if (r.fix) out.info(`${" ".repeat(9 + width + 2)}→ ${r.fix}`);
     }
-    out.info(failedCount ? `${failedCount} failed, ${warningCount} warning${warningCount === 1 ? "" : "s"}` : `all passed${warningCount ? ` (${warningCount} warning${warningCount === 1 ? "" : "s"})` : ""}`);
+    out.info(
+      failedCount
+        ? `${failedCount} failed, ${warningCount} warning${warningCount === 1 ? "" : "s"}`
+        : `all passed${warningCount ? ` (${warningCount} warning${warningCount === 1 ? "" : "s"})` : ""}`,
+    );
   }
   if (failedCount) process.exitCode = 1;
 }

@@ -14,14 +14,17 @@ export interface ImagesOptions {
   osList?: string;
 }
 
-
 /** pibake images list|prune|fetch: the cache of official Raspberry Pi OS images. */
 export async function imagesCommand(action: string | undefined, opts: ImagesOptions): Promise<void> {
   const out = createOutput();
   const { dir } = imageCacheLocation();
   if (action !== "fetch") {
     const foreign = (["release", "arch", "date", "osList"] as const).find((k) => opts[k] !== undefined);
-    if (foreign) throw new PibakeError(`--${foreign === "osList" ? "os-list" : foreign} goes with fetch: pibake images fetch --${foreign === "osList" ? "os-list" : foreign} …`, 2);
+    if (foreign)
+      throw new PibakeError(
+        `--${foreign === "osList" ? "os-list" : foreign} goes with fetch: pibake images fetch --${foreign === "osList" ? "os-list" : foreign} …`,
+        2,
+      );
   }
   if (action === "fetch") {
     if (opts.all) throw new PibakeError("--all goes with prune: pibake images prune --all", 2);
@@ -43,7 +46,10 @@ export async function imagesCommand(action: string | undefined, opts: ImagesOpti
     }
     for (const p of contents.partials) out.info(`  interrupted download: ${path.relative(dir, p.file)} (${formatBytes(p.bytes)}; the next build continues it)`);
     for (const b of contents.broken) out.info(`  not usable: ${path.relative(dir, b.dir)}: ${b.why} (${formatBytes(b.bytes)}; pibake images prune removes it)`);
-    const total = contents.images.reduce((n, i) => n + i.downloadSize, 0) + contents.partials.reduce((n, p) => n + p.bytes, 0) + contents.broken.reduce((n, b) => n + b.bytes, 0);
+    const total =
+      contents.images.reduce((n, i) => n + i.downloadSize, 0) +
+      contents.partials.reduce((n, p) => n + p.bytes, 0) +
+      contents.broken.reduce((n, b) => n + b.bytes, 0);
     out.info(`total: ${formatBytes(total)}`);
   } else if (action === "prune") {
     const pruned = await pruneCache(dir, { all: opts.all === true });
@@ -77,5 +83,7 @@ async function fetchImage(opts: ImagesOptions, out: Output): Promise<void> {
       onStatus: (m) => out.status(m),
     }),
   );
-  out.info(`${got.entry.fileName} (${lineOf(got.entry)} ${got.entry.releaseDate}), sha256 ${got.entry.downloadSha256}, ${got.fromCache ? "already in the cache" : "downloaded and verified"}: ${got.path}`);
+  out.info(
+    `${got.entry.fileName} (${lineOf(got.entry)} ${got.entry.releaseDate}), sha256 ${got.entry.downloadSha256}, ${got.fromCache ? "already in the cache" : "downloaded and verified"}: ${got.path}`,
+  );
 }

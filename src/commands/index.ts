@@ -47,7 +47,9 @@ export function registerCommands(cli: CAC): void {
     .option("--no-node-red", "Leave Node-RED out (by default it is on)")
     .option("--timezone <zone>", "The Pi's time zone (default: this machine's)")
     .example("pibake init                  # asks, writes broker.json and secrets/ here")
-    .example("pibake init home/broker.json --domain home.freemyip.com --ddns-token-file token.txt --address 192.168.1.10/24 --gateway 192.168.1.1 --ssh-key ~/.ssh/id_ed25519.pub </dev/null")
+    .example(
+      "pibake init home/broker.json --domain home.freemyip.com --ddns-token-file token.txt --address 192.168.1.10/24 --gateway 192.168.1.1 --ssh-key ~/.ssh/id_ed25519.pub </dev/null",
+    )
     .action(async (file: string | undefined, opts: InitOptions) => (await import("./init.js")).initCommand(file, opts));
 
   cli
@@ -62,9 +64,7 @@ export function registerCommands(cli: CAC): void {
     .command("validate <config>", "Check a config without writing anything")
     .action(async (configPath: string) => (await import("./validate.js")).validateCommand(configPath));
 
-  cli
-    .command("schema", "Print the JSON Schema of the config file")
-    .action(async () => (await import("./schema.js")).schemaCommand());
+  cli.command("schema", "Print the JSON Schema of the config file").action(async () => (await import("./schema.js")).schemaCommand());
 
   cli
     .command("ca <action> [config]", "CA certificate: `ca export` writes it for clients, `ca show` describes the CA and server certificate")
@@ -73,7 +73,9 @@ export function registerCommands(cli: CAC): void {
     .option("--force", "With export --out: replace an existing file that is not a certificate")
     .example("pibake ca export examples/broker.json --out ca.crt")
     .example("pibake ca show --state examples/.pibake/mqtt-broker")
-    .action(async (action: string, configPath: string | undefined, opts: CaOptions) => (await import("./ca.js")).caCommand(checkAction("ca", action, ACTIONS.ca!), configPath, opts));
+    .action(async (action: string, configPath: string | undefined, opts: CaOptions) =>
+      (await import("./ca.js")).caCommand(checkAction("ca", action, ACTIONS.ca!), configPath, opts),
+    );
 
   cli
     .command("flash <image> [device]", "Write an image (.img, .xz, .zst, .gz, .zip) to an SD card or a file, and verify it")
@@ -89,7 +91,10 @@ export function registerCommands(cli: CAC): void {
     .action(async (image: string, device: string | undefined, opts: FlashOptions) => (await import("./flash.js")).flashCommand(image, device, opts));
 
   cli
-    .command("images [action]", "Official Raspberry Pi OS images kept for builds: `images list` shows them, `images prune` removes all but the newest of each release/arch, `images fetch` downloads and verifies one ahead of a build")
+    .command(
+      "images [action]",
+      "Official Raspberry Pi OS images kept for builds: `images list` shows them, `images prune` removes all but the newest of each release/arch, `images fetch` downloads and verifies one ahead of a build",
+    )
     .option("--all", "With prune: remove every cached image and interrupted download")
     .option("--release <release>", "With fetch: trixie or bookworm (default trixie)")
     .option("--arch <arch>", "With fetch: arm64 or armhf (default arm64)")
@@ -98,10 +103,15 @@ export function registerCommands(cli: CAC): void {
     .example("pibake images list")
     .example("pibake images prune --all")
     .example("pibake images fetch --release bookworm --arch arm64")
-    .action(async (action: string | undefined, opts: ImagesOptions) => (await import("./images.js")).imagesCommand(checkAction("images", action, ACTIONS.images!), opts));
+    .action(async (action: string | undefined, opts: ImagesOptions) =>
+      (await import("./images.js")).imagesCommand(checkAction("images", action, ACTIONS.images!), opts),
+    );
 
   cli
-    .command("check <config> [host]", "Check a running broker the way its clients see it: TLS (chain, name, version, expiry, origin), MQTT logins and a message round trip, DNS and the WAN address, Node-RED's login")
+    .command(
+      "check <config> [host]",
+      "Check a running broker the way its clients see it: TLS (chain, name, version, expiry, origin), MQTT logins and a message round trip, DNS and the WAN address, Node-RED's login",
+    )
     .option("--lan", "Check from the home network: the LAN listener too, no DNS; HOST defaults to the static address (network.address)")
     .option("--json", "Print the results as one JSON object")
     .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
@@ -110,7 +120,7 @@ export function registerCommands(cli: CAC): void {
     .option("--port-ws <port>", "Check MQTT over WebSockets with TLS on this port (default: the config's WebSockets port, if any)")
     .option("--port-node-red <port>", "Node-RED's editor port (default: nodeRed.port)")
     .option("--dns-server <ip[:port]>", "Ask this DNS server for the domain (and HOST) instead of the system's")
-    .option("--ca-file <file>", 'With tls.mode "acme": also trust this root certificate (PEM), e.g. a test CA or Let\'s Encrypt\'s staging root')
+    .option("--ca-file <file>", "With tls.mode \"acme\": also trust this root certificate (PEM), e.g. a test CA or Let's Encrypt's staging root")
     .option("--ssh", "Also check that the first user logs in with an SSH key of the config (the system's ssh client) and that passwords are refused")
     .option("--ssh-key <file>", "With --ssh: the private key to log in with (default: ssh's own: agent, ~/.ssh)")
     .option("--port-ssh <port>", "With --ssh: the SSH port (default 22)")
@@ -121,7 +131,10 @@ export function registerCommands(cli: CAC): void {
     .action(async (configPath: string, host: string | undefined, opts: CheckOptions) => (await import("./check.js")).checkCommand(configPath, host, opts));
 
   cli
-    .command("push <config> <host>", "Bring a running Pi to what the config now says, over SSH, without a new image: certificate and domain, MQTT users and rules, ddclient, Node-RED's login; rolled back if the broker does not come up")
+    .command(
+      "push <config> <host>",
+      "Bring a running Pi to what the config now says, over SSH, without a new image: certificate and domain, MQTT users and rules, ddclient, Node-RED's login; rolled back if the broker does not come up",
+    )
     .option("--yes", "Do not ask before changing the Pi (needed without a terminal)")
     .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
     .option("--ssh-key <file>", "The private key of one of user.sshKeys (default: ~/.ssh/id_ed25519)")
@@ -135,12 +148,18 @@ export function registerCommands(cli: CAC): void {
     .action(async (configPath: string, host: string, opts: PushOptions) => (await import("./push.js")).pushCommand(configPath, host, opts));
 
   cli
-    .command("build <config>", "Build the broker image in minutes from the official Raspberry Pi OS Lite (downloaded, verified and cached), from an image given with --base, or from scratch with --engine pi-gen")
+    .command(
+      "build <config>",
+      "Build the broker image in minutes from the official Raspberry Pi OS Lite (downloaded, verified and cached), from an image given with --base, or from scratch with --engine pi-gen",
+    )
     .option("--out <dir>", "Where the image and its files go", { default: "./deploy" })
     .option("--state <dir>", "State directory with the CA and certificates (default: <config dir>/.pibake/<image name>)")
     .option("--compress <kind>", "Compress the image: xz, zstd or none", { default: "xz" })
     .option("--engine <engine>", "base (the default: start from a Raspberry Pi OS image) or pi-gen (build the system from scratch)")
-    .option("--base <image>", "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip), or raspios@YYYY-MM-DD for an official release (default: the newest official Lite)")
+    .option(
+      "--base <image>",
+      "Start from this Raspberry Pi OS image (.img, .img.xz, .img.gz, .img.zst, .zip), or raspios@YYYY-MM-DD for an official release (default: the newest official Lite)",
+    )
     .option("--os-list <url>", "Where the official images are listed (Raspberry Pi Imager's OS list; default PIBAKE_OS_LIST_URL, else Raspberry Pi's)")
     .option("--grow <size>", "Builds from an image: add this much to the root partition (e.g. 1G; default auto: room for the packages)")
     .option("--shrink", "Builds from an image: shrink the image to its used size plus a margin (the first boot expands it again)")
@@ -152,7 +171,10 @@ export function registerCommands(cli: CAC): void {
     .option("--runner <runner>", "pi-gen: native or docker")
     .option("--base-stages <dir>", "pi-gen: stage directories that replace stage0-2, run before stage-pibake (repeat for several; default: image.baseStages)")
     .option("--clean", "pi-gen: start from a clean pi-gen work directory")
-    .option("--dry-run", "Only print the plan: engine, base image (cached or to download), steps, output files, and each host requirement found or missing with the apt-get line that installs it. No root needed; nothing is written. Exit 2 when the build could not run")
+    .option(
+      "--dry-run",
+      "Only print the plan: engine, base image (cached or to download), steps, output files, and each host requirement found or missing with the apt-get line that installs it. No root needed; nothing is written. Exit 2 when the build could not run",
+    )
     .option("--json", "With --dry-run: print the plan as JSON")
     .example("sudo -E pibake build broker.json                 # from the newest official Raspberry Pi OS Lite")
     .example("sudo -E pibake build broker.json --base raspios@2025-12-04")

@@ -95,7 +95,10 @@ export async function initCommand(file: string | undefined, opts: InitOptions, s
   } else {
     answers = fromFlags(proposals);
   }
-  if (!answers.sshKey) out.warn("no SSH key: SSH takes the user's password (user.passwordSsh is true); anyone who can reach the Pi may try to guess it. Add your public key to user.sshKeys and set passwordSsh to false when you can");
+  if (!answers.sshKey)
+    out.warn(
+      "no SSH key: SSH takes the user's password (user.passwordSsh is true); anyone who can reach the Pi may try to guess it. Add your public key to user.sshKeys and set passwordSsh to false when you can",
+    );
 
   const schemaRef = existsSync(schemaFile) ? path.relative(dir, schemaFile) : undefined;
   const plan = planConfig(answers, configPath, schemaRef);
@@ -119,7 +122,9 @@ export async function initCommand(file: string | undefined, opts: InitOptions, s
   const { model } = loadAndWarn(configPath, out);
   const shown = file ?? "broker.json";
   out.info(`${shown} is valid: image ${model.image.name} (${model.image.release}, ${model.image.arch}), domain ${model.tls.domain}`);
-  out.info(`\nNext: see what the build would do and whether this machine has what it needs (no root, nothing written):\n  pibake build ${shown} --dry-run\nthen build the image (as root, for the loop devices and the chroot):\n  sudo -E pibake build ${shown}`);
+  out.info(
+    `\nNext: see what the build would do and whether this machine has what it needs (no root, nothing written):\n  pibake build ${shown} --dry-run\nthen build the image (as root, for the loop devices and the chroot):\n  sudo -E pibake build ${shown}`,
+  );
 }
 
 /** This machine's user name when it would do on the Pi (not root, not a system account); else admin. */
@@ -154,7 +159,10 @@ function fromFlags(p: Proposals): Answers {
   const missing = NEEDED.filter(([key]) => p[key] === undefined).map(([, flag]) => flag);
   if (p.wifiSsid && !p.wifiPassphraseFile) missing.push("--wifi-passphrase-file");
   if (missing.length > 0) {
-    throw new PibakeError(`pibake init has no terminal to ask on, so it needs ${missing.length > 1 ? `${missing.slice(0, -1).join(", ")} and ${missing.at(-1)}` : missing[0]} (see pibake init --help)`, 2);
+    throw new PibakeError(
+      `pibake init has no terminal to ask on, so it needs ${missing.length > 1 ? `${missing.slice(0, -1).join(", ")} and ${missing.at(-1)}` : missing[0]} (see pibake init --help)`,
+      2,
+    );
   }
   const generated = (): SecretAnswer => ({ value: strongPassword(), generated: true });
   const problems = [
@@ -193,13 +201,18 @@ function precheck(plan: InitPlan, configPath: string): void {
     checkConfig(config, configPath, env);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    throw new PibakeError(`these answers do not make a valid config, so nothing was written:\n${err.issues.map((i) => `  ${i.path}: ${i.message}`).join("\n")}`, 2);
+    throw new PibakeError(
+      `these answers do not make a valid config, so nothing was written:\n${err.issues.map((i) => `  ${i.path}: ${i.message}`).join("\n")}`,
+      2,
+    );
   }
 }
 
 /** Where everything went, and the generated passwords, once. */
 function report(plan: InitPlan, configPath: string, dir: string): void {
-  const lines = [`Wrote ${configPath}${plan.secrets.length > 0 ? ` and ${plan.secrets.length} secret file${plan.secrets.length === 1 ? "" : "s"} in ${path.join(dir, SECRETS_DIR)}/ (only you can read them)` : ""}.`];
+  const lines = [
+    `Wrote ${configPath}${plan.secrets.length > 0 ? ` and ${plan.secrets.length} secret file${plan.secrets.length === 1 ? "" : "s"} in ${path.join(dir, SECRETS_DIR)}/ (only you can read them)` : ""}.`,
+  ];
   const generated = plan.secrets.filter((s) => s.generated);
   if (generated.length > 0) {
     lines.push("Generated passwords, shown this once (each is also in its file):");

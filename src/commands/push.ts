@@ -23,7 +23,11 @@ export interface PushOptions {
 function sshHome(): string {
   const user = invoker();
   if (!user) return os.homedir();
-  if (!user.home) throw new PibakeError(`under sudo, pibake push uses the SSH key of ${user.name}, whose home the user database does not name: name the key with --ssh-key FILE`, 2);
+  if (!user.home)
+    throw new PibakeError(
+      `under sudo, pibake push uses the SSH key of ${user.name}, whose home the user database does not name: name the key with --ssh-key FILE`,
+      2,
+    );
   return user.home;
 }
 
@@ -35,7 +39,8 @@ export async function pushCommand(configPath: string, host: string, opts: PushOp
   const key = path.resolve(last(opts.sshKey) ?? path.join(sshHome(), ".ssh", "id_ed25519"));
   if (!existsSync(key)) throw new PibakeError(`no SSH key at ${key}: name the private key of one of user.sshKeys with --ssh-key FILE`, 2);
   const interactive = process.stdin.isTTY === true && process.stderr.isTTY === true;
-  if (!opts.yes && !opts.dryRun && !interactive) throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
+  if (!opts.yes && !opts.dryRun && !interactive)
+    throw new PibakeError("pibake push asks before it changes the Pi, and there is no terminal to ask on: pass --yes", 2);
 
   const { model, state } = openConfig(configPath, out, opts.state);
   const knownHosts = path.resolve(last(opts.knownHosts) ?? state.file("known_hosts"));

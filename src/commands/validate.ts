@@ -10,6 +10,8 @@ export function validateCommand(configPath: string): void {
   out.info(`${path.resolve(configPath)} is valid: image ${model.image.name} (${model.image.release}, ${model.image.arch}), domain ${model.tls.domain}`);
   // File references may point anywhere the user can read: say where each secret came from.
   for (const [where, secret] of secretsOf(model)) {
-    out.info(`  ${where}: ${secret.sourceFile ? `from file ${secret.sourceFile}` : secret.origin === "literal" ? "written in the config" : `from ${secret.origin.replace(/^env /, "environment variable ")}`}`);
+    out.info(
+      `  ${where}: ${secret.sourceFile ? `from file ${secret.sourceFile}` : secret.origin === "literal" ? "written in the config" : `from ${secret.origin.replace(/^env /, "environment variable ")}`}`,
+    );
   }
 }

@@ -39,7 +39,10 @@ const loaded = new Map<Release, Lists>();
 function listsOf(release: Release): Lists {
   let lists = loaded.get(release);
   if (!lists) {
-    const lines = (file: string) => readFileSync(path.join(dataDir, release, file), "utf8").split("\n").filter((l) => l.trim() !== "");
+    const lines = (file: string) =>
+      readFileSync(path.join(dataDir, release, file), "utf8")
+        .split("\n")
+        .filter((l) => l.trim() !== "");
     lists = {
       timezones: new Set(lines("timezones.txt")),
       legacy: new Map(lines("timezones-legacy.txt").map((l) => l.split(" ") as [string, string])),
@@ -130,7 +133,8 @@ export function keyboardLayoutProblem(code: string, name: string, release?: Rele
   const names = layouts.flatMap((l) => [l.name, ...l.variants.map((v) => `${l.name} - ${v}`)]);
   if (names.includes(name)) return undefined;
   const other = (release ? [release] : RELEASES).flatMap((r) => [...listsOf(r).layouts.values()]).find((l) => l.name === name);
-  if (other) return `is the name of XKB layout "${other.code}", not of "${code}" (image.keyboard.keymap): use "${layout.name}" or set keymap to "${other.code}"`;
+  if (other)
+    return `is the name of XKB layout "${other.code}", not of "${code}" (image.keyboard.keymap): use "${layout.name}" or set keymap to "${other.code}"`;
   const variant = layout.variants.length > 0 ? ` or one of its variants, e.g. "${layout.name} - ${layout.variants[0]}"` : "";
   return `is not the name of XKB layout "${code}"${release ? ` in ${release}'s xkb-data` : ""} (image.keyboard.keymap): use "${layout.name}"${variant}`;
 }
@@ -155,7 +159,6 @@ export function nearest(value: string, list: readonly string[]): string | undefi
   // "xx_YY.UTF-8" is not "ar_LY.UTF-8".
   return bestDistance <= Math.min(2, Math.floor(value.length / 4)) ? best : undefined;
 }
-
 
 /** The name of an XKB layout ("German" for "de"), for image.keyboard.layout; undefined when the release lacks the code. */
 export function keymapName(code: string, release: Release): string | undefined {

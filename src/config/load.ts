@@ -45,10 +45,7 @@ function readJson(absPath: string): unknown {
     text = readFileSync(absPath, "utf8");
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new PibakeError(
-      code === "ENOENT" ? `config file ${absPath} does not exist` : `cannot read config file ${absPath}: ${(err as Error).message}`,
-      2,
-    );
+    throw new PibakeError(code === "ENOENT" ? `config file ${absPath} does not exist` : `cannot read config file ${absPath}: ${(err as Error).message}`, 2);
   }
   let value: unknown;
   try {
@@ -59,7 +56,9 @@ function readJson(absPath: string): unknown {
   }
   const tooDeep = deeperThan(value, MAX_DEPTH);
   if (tooDeep) {
-    throw new ConfigError([{ path: `${jsonPath(tooDeep.slice(0, 4))}…`, message: `is nested more than ${MAX_DEPTH} levels deep; a pibake config has at most 6` }]);
+    throw new ConfigError([
+      { path: `${jsonPath(tooDeep.slice(0, 4))}…`, message: `is nested more than ${MAX_DEPTH} levels deep; a pibake config has at most 6` },
+    ]);
   }
   return value;
 }
@@ -171,7 +170,11 @@ function knownKeys(segs: readonly PropertyKey[]): string | undefined {
   while ((def.type === "default" || def.type === "optional" || def.type === "prefault") && def.innerType) {
     def = (def.innerType as unknown as { def: typeof def }).def;
   }
-  return def.shape ? Object.keys(def.shape).filter((k) => k !== "$schema").join(", ") : undefined;
+  return def.shape
+    ? Object.keys(def.shape)
+        .filter((k) => k !== "$schema")
+        .join(", ")
+    : undefined;
 }
 
 /** The shipped example's config, whose keys were copied into many a config before their owner's own. */
@@ -187,7 +190,9 @@ function exampleKeyWarnings(keys: readonly string[]): string[] {
   }
   return keys.flatMap((k, i) =>
     example.includes(k.split(" ")[1]!)
-      ? [`user.sshKeys[${i}] is the example key of examples/broker.json, not yours: put your own public key there (the line of ~/.ssh/id_ed25519.pub, say), or you cannot log in with a key`]
+      ? [
+          `user.sshKeys[${i}] is the example key of examples/broker.json, not yours: put your own public key there (the line of ~/.ssh/id_ed25519.pub, say), or you cannot log in with a key`,
+        ]
       : [],
   );
 }
@@ -208,16 +213,19 @@ class SecretResolver {
     if (typeof ref === "string") {
       value = ref;
       origin = "literal";
-      this.warnings.push(`${where} is written in the config in plain text: use { "env": "NAME" } or { "file": "path" } so that the config can be shared or committed`);
+      this.warnings.push(
+        `${where} is written in the config in plain text: use { "env": "NAME" } or { "file": "path" } so that the config can be shared or committed`,
+      );
     } else if ("env" in ref) {
       origin = `env ${ref.env}`;
       value = this.env[ref.env];
       if (value === undefined) {
         // Under sudo the variable is most often set, but in the shell sudo left behind.
-        const sudo = this.env.SUDO_USER ? `: sudo does not pass the environment on; run it as sudo -E (or sudo --preserve-env=${ref.env}), or refer to a file instead ({ "file": "path" })` : "";
+        const sudo = this.env.SUDO_USER
+          ? `: sudo does not pass the environment on; run it as sudo -E (or sudo --preserve-env=${ref.env}), or refer to a file instead ({ "file": "path" })`
+          : "";
         this.issues.push({ path: where, message: `environment variable ${ref.env} is not set${sudo}` });
-      }
-      else if (value === "") this.issues.push({ path: where, message: `environment variable ${ref.env} is empty` });
+      } else if (value === "") this.issues.push({ path: where, message: `environment variable ${ref.env} is empty` });
     } else {
       const file = path.resolve(this.baseDir, ref.file);
       origin = `file ${ref.file}`;
@@ -271,7 +279,12 @@ function ddclientSafe(v: string): string | undefined {
 
 /** ddclient puts the freemyip token into the update URL as it is: only URL-safe characters keep the request intact. */
 export function freemyipToken(v: string): string | undefined {
-  return ddclientSafe(v) ?? (/^[A-Za-z0-9._~-]+$/.test(v) ? undefined : "contains characters other than letters, digits, '.', '_', '~' and '-', which ddclient would put into freemyip's update URL as they are: copy the token exactly as freemyip shows it");
+  return (
+    ddclientSafe(v) ??
+    (/^[A-Za-z0-9._~-]+$/.test(v)
+      ? undefined
+      : "contains characters other than letters, digits, '.', '_', '~' and '-', which ddclient would put into freemyip's update URL as they are: copy the token exactly as freemyip shows it")
+  );
 }
 
 export function wpaPassphrase(v: string): string | undefined {
@@ -305,7 +318,11 @@ function toModel(c: ParsedConfig, configPath: string, r: SecretResolver): Model 
 /** The image section, with the base stages' directories relative to the config's. */
 function imageModel(c: ParsedConfig, configPath: string): Model["image"] {
   const { raspiosDate, ...imageFields } = c.image;
-  return { ...imageFields, ...(raspiosDate !== undefined ? { raspiosDate } : {}), baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)) };
+  return {
+    ...imageFields,
+    ...(raspiosDate !== undefined ? { raspiosDate } : {}),
+    baseStages: (c.image.baseStages ?? []).map((d) => path.resolve(path.dirname(path.resolve(configPath)), d)),
+  };
 }
 
 /** The address split from its prefix length, and the Wi-Fi passphrase resolved. */
@@ -318,7 +335,13 @@ function networkModel(c: ParsedConfig, r: SecretResolver): Model["network"] {
     gateway: c.network.gateway,
     dns: c.network.dns,
     ...(c.network.wifi
-      ? { wifi: { ssid: c.network.wifi.ssid, country: c.network.wifi.country, passphrase: r.resolve(c.network.wifi.passphrase, "network.wifi.passphrase", wpaPassphrase) } }
+      ? {
+          wifi: {
+            ssid: c.network.wifi.ssid,
+            country: c.network.wifi.country,
+            passphrase: r.resolve(c.network.wifi.passphrase, "network.wifi.passphrase", wpaPassphrase),
+          },
+        }
       : {}),
   };
 }
@@ -346,7 +369,12 @@ function tlsModel(c: ParsedConfig): Model["tls"] {
   const extraIps = c.tls.extraNames.filter((n) => IPV4_RE.test(n));
   const dnsNames = [...new Set([c.tls.domain.toLowerCase(), ...extraDns, `${c.image.hostname.toLowerCase()}.local`])];
   const ipAddresses = [...new Set([ip, ...extraIps])];
-  return { domain: c.tls.domain.toLowerCase(), dnsNames, ipAddresses, ...(c.tls.mode === "acme" && c.tls.acme ? { acme: { email: c.tls.acme.email, server: c.tls.acme.server } } : {}) };
+  return {
+    domain: c.tls.domain.toLowerCase(),
+    dnsNames,
+    ipAddresses,
+    ...(c.tls.mode === "acme" && c.tls.acme ? { acme: { email: c.tls.acme.email, server: c.tls.acme.server } } : {}),
+  };
 }
 
 /** freemyip's or a dyndns2 server's settings, its secret resolved; the name updated is tls.domain unless ddns.hostname says otherwise. */

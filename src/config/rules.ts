@@ -37,9 +37,14 @@ function networkIssues(c: ParsedConfig): ConfigIssue[] {
     issues.push({ path: "network.gateway", message: `${c.network.gateway} is the Pi's own address (network.address): give the router's address` });
   }
   const gatewayReserved = reservedAddress(c.network.gateway, prefix);
-  if (gatewayReserved) issues.push({ path: "network.gateway", message: `${c.network.gateway} is the ${gatewayReserved} address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})` });
+  if (gatewayReserved)
+    issues.push({
+      path: "network.gateway",
+      message: `${c.network.gateway} is the ${gatewayReserved} address of ${subnet}, not a router's: give the router's address (often ${intToIp(networkOf(ipToInt(ip), prefix) + 1)})`,
+    });
   const addressReserved = reservedAddress(ip, prefix);
-  if (addressReserved) issues.push({ path: "network.address", message: `"${c.network.address}" is the ${addressReserved} address of ${subnet}, not a host address` });
+  if (addressReserved)
+    issues.push({ path: "network.address", message: `"${c.network.address}" is the ${addressReserved} address of ${subnet}, not a host address` });
   if (prefix < 8) issues.push({ path: "network.address", message: `"${c.network.address}" has a prefix length of ${prefix}; a home network has 8 to 32` });
   if (c.network.interface.startsWith("wlan") && !c.network.wifi) {
     issues.push({ path: "network.wifi", message: `is required when network.interface is "${c.network.interface}": give ssid, passphrase and country` });
@@ -62,10 +67,16 @@ function listenerIssues(c: ParsedConfig): ConfigIssue[] {
 function dependentSettingIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   if (c.mqtt.autosaveInterval !== undefined && !c.mqtt.persistence) {
-    issues.push({ path: "mqtt.autosaveInterval", message: "is set while mqtt.persistence is false: without persistence nothing is saved; remove it or set persistence to true" });
+    issues.push({
+      path: "mqtt.autosaveInterval",
+      message: "is set while mqtt.persistence is false: without persistence nothing is saved; remove it or set persistence to true",
+    });
   }
   if (!c.updates.enabled && c.updates.reboot) {
-    issues.push({ path: "updates.reboot", message: "is set while updates.enabled is false: only unattended upgrades reboot the Pi; remove it or enable updates" });
+    issues.push({
+      path: "updates.reboot",
+      message: "is set while updates.enabled is false: only unattended upgrades reboot the Pi; remove it or enable updates",
+    });
   }
   return issues;
 }
@@ -73,7 +84,11 @@ function dependentSettingIssues(c: ParsedConfig): ConfigIssue[] {
 /** No service on the port the Pi's SSH server listens on. */
 function sshPortIssues(c: ParsedConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
-  for (const [field, port] of [["mqtt.lanPort", c.mqtt.lanPort], ["mqtt.tlsPort", c.mqtt.tlsPort], ...(c.nodeRed.enabled ? [["nodeRed.port", c.nodeRed.port] as const] : [])] as const) {
+  for (const [field, port] of [
+    ["mqtt.lanPort", c.mqtt.lanPort],
+    ["mqtt.tlsPort", c.mqtt.tlsPort],
+    ...(c.nodeRed.enabled ? [["nodeRed.port", c.nodeRed.port] as const] : []),
+  ] as const) {
     if (port === SSH_PORT) issues.push({ path: field, message: `${port} is SSH's port, which the Pi's SSH server listens on: choose another` });
   }
   return issues;
@@ -125,7 +140,11 @@ function acmeIssues(c: ParsedConfig): ConfigIssue[] {
     return c.tls.acme ? [{ path: "tls.acme", message: 'is set while tls.mode is "own-ca": set tls.mode to "acme" to use it, or remove it' }] : [];
   }
   const issues: ConfigIssue[] = [];
-  if (!c.tls.acme) issues.push({ path: "tls.acme.email", message: 'is required when tls.mode is "acme": the ACME account\'s contact address, e.g. { "email": "you@example.org" }' });
+  if (!c.tls.acme)
+    issues.push({
+      path: "tls.acme.email",
+      message: 'is required when tls.mode is "acme": the ACME account\'s contact address, e.g. { "email": "you@example.org" }',
+    });
   const why = "the certificate is obtained through a DNS-01 challenge, whose TXT record pibake sets with freemyip's update API and the ddns token";
   if (c.ddns?.provider !== "freemyip") {
     const has = c.ddns ? `ddns.provider is "${c.ddns.provider}", which has no way to set a TXT record` : "there is no ddns section";
@@ -133,7 +152,10 @@ function acmeIssues(c: ParsedConfig): ConfigIssue[] {
   } else {
     const host = (c.ddns.hostname ?? c.tls.domain).toLowerCase();
     if (host !== c.tls.domain.toLowerCase()) {
-      issues.push({ path: "tls.mode", message: `"acme" needs ddns.hostname to be tls.domain ("${c.tls.domain}"): ${why}, and freemyip's token belongs to "${host}" only` });
+      issues.push({
+        path: "tls.mode",
+        message: `"acme" needs ddns.hostname to be tls.domain ("${c.tls.domain}"): ${why}, and freemyip's token belongs to "${host}" only`,
+      });
     }
   }
   return issues;
@@ -146,7 +168,11 @@ function releaseListIssues(c: ParsedConfig): ConfigIssue[] {
     ["image.timezone", timezone, timezoneProblem(timezone, release)],
     ["image.locale", locale, localeProblem(locale, release)],
     ["image.keyboard.keymap", keyboard.keymap, keymapProblem(keyboard.keymap, release)],
-    ["image.keyboard.layout", keyboard.layout, keymapProblem(keyboard.keymap, release) ? undefined : keyboardLayoutProblem(keyboard.keymap, keyboard.layout, release)],
+    [
+      "image.keyboard.layout",
+      keyboard.layout,
+      keymapProblem(keyboard.keymap, release) ? undefined : keyboardLayoutProblem(keyboard.keymap, keyboard.layout, release),
+    ],
   ];
   return problems.flatMap(([path, value, message]) => (message ? [{ path, message: `${JSON.stringify(value)} ${message}` }] : []));
 }

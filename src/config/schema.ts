@@ -91,16 +91,22 @@ const secret = (whatFor: string, examples: SecretRef[]) =>
   });
 
 const port = (fallback: number) =>
-  z.number({ error: "is not a port number" }).int({ error: "is not a whole number" }).min(1, { error: "is not a port number (1-65535)" }).max(65535, { error: "is not a port number (1-65535)" }).default(fallback);
+  z
+    .number({ error: "is not a port number" })
+    .int({ error: "is not a whole number" })
+    .min(1, { error: "is not a port number (1-65535)" })
+    .max(65535, { error: "is not a port number (1-65535)" })
+    .default(fallback);
 
 const image = z.strictObject({
   name: z
-    .string({ error: "is required: a short name for the image, e.g. \"mqtt-broker\"" })
+    .string({ error: 'is required: a short name for the image, e.g. "mqtt-broker"' })
     .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, {
       error: "is not an image name: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit",
     })
     .meta({
-      description: "The image's name, part of the output file names and of the state directory: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit.",
+      description:
+        "The image's name, part of the output file names and of the state directory: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit.",
       examples: ["mqtt-broker"],
     }),
   release: z
@@ -142,7 +148,10 @@ const image = z.strictObject({
       layout: z
         .string()
         .regex(/^[A-Za-z0-9 ()._,-]{1,64}$/, { error: 'is not a keyboard layout name such as "English (UK)"', abort: true })
-        .meta({ description: "The name of that layout, or of one of its variants, as Debian lists them.", examples: ["German", "German - German (no dead keys)"] }),
+        .meta({
+          description: "The name of that layout, or of one of its variants, as Debian lists them.",
+          examples: ["German", "German - German (no dead keys)"],
+        }),
     })
     .superRefine((k, ctx) => {
       const message = keyboardLayoutProblem(k.keymap, k.layout);
@@ -175,14 +184,21 @@ const user = z.strictObject({
     .regex(LINUX_USER_RE, {
       error: "is not a Linux user name: lower-case letters, digits, '-' and '_', starting with a letter, at most 32",
     })
-    .refine((n) => !isSystemAccount(n), { error: "is a system account or group of Raspberry Pi OS, which cannot be the login user: choose a personal name such as \"admin\"" })
+    .refine((n) => !isSystemAccount(n), {
+      error: 'is a system account or group of Raspberry Pi OS, which cannot be the login user: choose a personal name such as "admin"',
+    })
     .meta({
       description: "The first user's login name: lower-case letters, digits, '-' and '_', starting with a letter, and not an account the system already has.",
       examples: ["admin"],
     }),
   password: secret("The first user's password; only its hash reaches the image", [{ env: "PIBAKE_USER_PASSWORD" }, { file: "secrets/user-password.txt" }]),
   sshKeys: z
-    .array(z.string().regex(SSH_KEY_RE, { error: "is not an SSH public key line such as \"ssh-ed25519 AAAA… you@laptop\"", abort: true }).superRefine(problemOf(sshKeyProblem)))
+    .array(
+      z
+        .string()
+        .regex(SSH_KEY_RE, { error: 'is not an SSH public key line such as "ssh-ed25519 AAAA… you@laptop"', abort: true })
+        .superRefine(problemOf(sshKeyProblem)),
+    )
     .default([])
     .meta({
       description:
@@ -203,7 +219,10 @@ const wifi = z.strictObject({
     // Radios allow any byte, but no command line (nmcli, wpa_passphrase, iw) can be given a NUL.
     .refine((s) => !s.includes("\u0000"), { error: "contains a NUL character, which no Wi-Fi tool on the Pi can be given" })
     .meta({ description: "The name of the Wi-Fi network, at most 32 bytes.", examples: ["Home"] }),
-  passphrase: secret("The Wi-Fi passphrase, 8 to 63 characters; only the WPA key made from it reaches the image", [{ env: "PIBAKE_WIFI_PASSPHRASE" }, { file: "secrets/wifi.txt" }]),
+  passphrase: secret("The Wi-Fi passphrase, 8 to 63 characters; only the WPA key made from it reaches the image", [
+    { env: "PIBAKE_WIFI_PASSPHRASE" },
+    { file: "secrets/wifi.txt" },
+  ]),
   country: z
     .string()
     .regex(/^[A-Z]{2}$/, { error: 'is not a two-letter country code such as "DE" or "GB"' })
@@ -225,15 +244,16 @@ const network = z.strictObject({
   gateway: z
     .string({ error: "is required: the router's address" })
     .regex(IPV4_RE, { error: "is not an IPv4 address" })
-    .meta({ description: "Your router's address: inside the subnet of address, and neither its network nor its broadcast address.", examples: ["192.168.1.1"] }),
+    .meta({
+      description: "Your router's address: inside the subnet of address, and neither its network nor its broadcast address.",
+      examples: ["192.168.1.1"],
+    }),
   dns: z
     .array(z.string().regex(IPV4_RE, { error: "is not an IPv4 address" }))
     .min(1, { error: "is empty: give at least one DNS server" })
     .default(["9.9.9.9", "1.1.1.1"])
     .meta({ description: "The DNS servers the Pi asks, as IPv4 addresses.", examples: [["192.168.1.1", "9.9.9.9"]] }),
-  wifi: wifi
-    .optional()
-    .meta({ description: "A Wi-Fi network to join. With interface eth0, Wi-Fi gets its address from the router. Without it, no Wi-Fi." }),
+  wifi: wifi.optional().meta({ description: "A Wi-Fi network to join. With interface eth0, Wi-Fi gets its address from the router. Without it, no Wi-Fi." }),
 });
 
 const topicRule = z.strictObject({
@@ -252,15 +272,15 @@ const mqttUser = z.strictObject({
     .regex(MQTT_USER_RE, { error: "is not an MQTT user name: 1-64 characters, no white space, ':' or '#'" })
     .meta({ description: "The user's MQTT name: 1 to 64 characters, no white space, ':' or '#'.", examples: ["sensors", "phone"] }),
   password: secret("The user's MQTT password; only its hash reaches the image", [{ env: "PIBAKE_MQTT_SENSORS_PASSWORD" }, { file: "secrets/mqtt-phone.txt" }]),
-  topics: z
-    .array(topicRule)
-    .optional()
-    .meta({ description: "The topics this user may read or write. Without it, the user may use every topic." }),
+  topics: z.array(topicRule).optional().meta({ description: "The topics this user may read or write. Without it, the user may use every topic." }),
 });
 
 const websockets = z.strictObject({
   tlsPort: port(8884).meta({ description: "The port of MQTT over WebSockets with TLS, with the same certificate, users and topics as the TLS listener." }),
-  lan: z.boolean({ error: "is not true or false" }).default(false).meta({ description: "Whether a plain WebSockets listener on lanPort serves the home network too." }),
+  lan: z
+    .boolean({ error: "is not true or false" })
+    .default(false)
+    .meta({ description: "Whether a plain WebSockets listener on lanPort serves the home network too." }),
   lanPort: port(1884).meta({ description: "The port of plain MQTT over WebSockets for the home network, used only when lan is true." }),
 });
 
@@ -318,7 +338,9 @@ const tls = z.strictObject({
     .array(
       z
         .string()
-        .refine((s) => !NUMERIC_NAME_RE.test(s) || IPV4_RE.test(s), { error: "is not an IPv4 address (four numbers of 0-255), and all-numeric names are not DNS names" })
+        .refine((s) => !NUMERIC_NAME_RE.test(s) || IPV4_RE.test(s), {
+          error: "is not an IPv4 address (four numbers of 0-255), and all-numeric names are not DNS names",
+        })
         .refine((s) => NUMERIC_NAME_RE.test(s) || DNS_NAME_RE.test(s), { error: "is neither a DNS name nor an IPv4 address" }),
     )
     .default([])
@@ -327,24 +349,26 @@ const tls = z.strictObject({
         "More DNS names or IPv4 addresses for the server certificate, besides domain, the host name with .local and the Pi's address. With tls.mode acme they stay in the own CA's certificate, which the broker no longer serves once the public one has arrived.",
       examples: [["broker.lan", "192.168.1.11"]],
     }),
-  mode: z
-    .enum(["own-ca", "acme"], { error: 'is not a TLS mode: "own-ca" or "acme"' })
-    .default("own-ca")
-    .meta({
-      description:
-        "Who signs the TLS listeners' certificate: own-ca (pibake's CA: clients install ca.crt) or acme (a publicly trusted certificate for tls.domain, obtained and renewed on the Pi through a DNS-01 challenge at freemyip).",
-    }),
+  mode: z.enum(["own-ca", "acme"], { error: 'is not a TLS mode: "own-ca" or "acme"' }).default("own-ca").meta({
+    description:
+      "Who signs the TLS listeners' certificate: own-ca (pibake's CA: clients install ca.crt) or acme (a publicly trusted certificate for tls.domain, obtained and renewed on the Pi through a DNS-01 challenge at freemyip).",
+  }),
   acme: z
     .strictObject({
       email: z
         .string({ error: 'is required: the address the CA writes to about the account, e.g. "you@example.org"' })
-        .regex(/^[!#-&(-?A-[\]-~]+@[!#-&(-?A-[\]-~]+\.[!#-&(-?A-[\]-~]+$/, { error: "is not an e-mail address (printable ASCII without quotes, a backslash or white space)" })
+        .regex(/^[!#-&(-?A-[\]-~]+@[!#-&(-?A-[\]-~]+\.[!#-&(-?A-[\]-~]+$/, {
+          error: "is not an e-mail address (printable ASCII without quotes, a backslash or white space)",
+        })
         .meta({ description: "The ACME account's contact address, for expiry notices and policy changes.", examples: ["you@example.org"] }),
       server: z
         .string()
         .regex(/^https:\/\/[!#-&(-[\]-~]+$/, { error: "is not an https URL of an ACME directory (printable ASCII, no quotes, backslash or white space)" })
         .default(LETS_ENCRYPT)
-        .meta({ description: `The ACME directory's URL: Let's Encrypt's production by default; try its staging directory (${LETS_ENCRYPT_STAGING}) first.`, examples: [LETS_ENCRYPT_STAGING] }),
+        .meta({
+          description: `The ACME directory's URL: Let's Encrypt's production by default; try its staging directory (${LETS_ENCRYPT_STAGING}) first.`,
+          examples: [LETS_ENCRYPT_STAGING],
+        }),
     })
     .optional()
     .meta({ description: "With tls.mode acme: the ACME account and the CA that issues the certificate." }),
@@ -366,14 +390,23 @@ const interval = z
 const DDCLIENT_URL_RE = /^https?:\/\/[!$-&(-[\]-~]+$/;
 const DDCLIENT_LOGIN_RE = /^[!"$-&(-9;-[\]-~]+$/;
 /** ddclient takes a line with "password" and then "=" in it for a password setting, whatever comes before. */
-const NO_PASSWORD_SETTING = [(s: string) => !/password.*=/i.test(s), { error: 'contains "password" followed by "=", which ddclient would read as a password setting' }] as const;
+const NO_PASSWORD_SETTING = [
+  (s: string) => !/password.*=/i.test(s),
+  { error: 'contains "password" followed by "=", which ddclient would read as a password setting' },
+] as const;
 const ipLookup = z
   .string()
   .regex(/^https?:\/\/[^/?#]/, { error: "is not an http(s) URL", abort: true })
-  .regex(DDCLIENT_URL_RE, { error: "is not a URL that ddclient's config can carry: printable ASCII without white space, quotes, a backslash or '#' (percent-encode them)", abort: true })
+  .regex(DDCLIENT_URL_RE, {
+    error: "is not a URL that ddclient's config can carry: printable ASCII without white space, quotes, a backslash or '#' (percent-encode them)",
+    abort: true,
+  })
   .refine(...NO_PASSWORD_SETTING)
   .default("https://api.ipify.org/")
-  .meta({ description: "The web service that tells the router's Internet address, an http(s) URL.", examples: ["https://api.ipify.org/", "https://ifconfig.me/ip"] });
+  .meta({
+    description: "The web service that tells the router's Internet address, an http(s) URL.",
+    examples: ["https://api.ipify.org/", "https://ifconfig.me/ip"],
+  });
 const ddnsHostname = z
   .string()
   .regex(DNS_NAME_RE, { error: "is not a valid DNS name" })
@@ -381,7 +414,9 @@ const ddnsHostname = z
   .meta({ description: "The name to update at the provider. Without it, tls.domain.", examples: ["home.freemyip.com"] });
 /** The same words on both variants: an editor shows whichever the file matches. */
 const provider = <const Name extends string>(name: Name) =>
-  z.literal(name).meta({ description: "The DDNS service: freemyip needs token; dyndns2, the protocol many providers speak, needs server, login and password." });
+  z
+    .literal(name)
+    .meta({ description: "The DDNS service: freemyip needs token; dyndns2, the protocol many providers speak, needs server, login and password." });
 
 const ddns = z.discriminatedUnion(
   "provider",
@@ -404,7 +439,8 @@ const ddns = z.discriminatedUnion(
       login: z
         .string()
         .regex(DDCLIENT_LOGIN_RE, {
-          error: "is not a login name that ddclient's config can carry: printable ASCII without white space, a single quote, a backslash, '#' or ':' (':' would end the login in HTTP Basic auth)",
+          error:
+            "is not a login name that ddclient's config can carry: printable ASCII without white space, a single quote, a backslash, '#' or ':' (':' would end the login in HTTP Basic auth)",
           abort: true,
         })
         .refine(...NO_PASSWORD_SETTING)
@@ -425,7 +461,10 @@ const nodeRed = z
     install: z
       .enum(["firstboot", "build"], { error: 'is not an install time: "firstboot" (from the registry on first boot) or "build" (into the image)' })
       .default("firstboot")
-      .meta({ description: "When Node-RED is installed: firstboot (npm installs it on the Pi's first boot) or build (into the image, for a Pi without Internet on its first boot)." }),
+      .meta({
+        description:
+          "When Node-RED is installed: firstboot (npm installs it on the Pi's first boot) or build (into the image, for a Pi without Internet on its first boot).",
+      }),
     port: port(1880).meta({ description: "The port of Node-RED's editor and dashboard, for the home network only." }),
     admin: z
       .strictObject({
@@ -468,29 +507,36 @@ const nodeRed = z
       .regex(/^\d+\.\d+\.\d+$/, { error: 'is not an exact Node-RED version such as "4.1.15"' })
       .optional()
       .meta({
-        description: "An exact Node-RED version to install. Without it, pibake chooses the newest release that the release's Node.js runs, and keeps that choice.",
+        description:
+          "An exact Node-RED version to install. Without it, pibake chooses the newest release that the release's Node.js runs, and keeps that choice.",
         examples: ["4.1.15"],
       }),
   })
   .prefault({})
-  .meta({ description: "Node-RED on the broker, with its editor behind a login, a dashboard and an example flow connected to the local Mosquitto. On unless enabled is false." });
+  .meta({
+    description:
+      "Node-RED on the broker, with its editor behind a login, a dashboard and an example flow connected to the local Mosquitto. On unless enabled is false.",
+  });
 
 const updates = z
   .strictObject({
-    enabled: z
-      .boolean({ error: "is not true or false" })
-      .default(true)
-      .meta({ description: "Whether unattended-upgrades installs updates every day, from Debian (the release and its security archive) and from Raspberry Pi's archive." }),
+    enabled: z.boolean({ error: "is not true or false" }).default(true).meta({
+      description:
+        "Whether unattended-upgrades installs updates every day, from Debian (the release and its security archive) and from Raspberry Pi's archive.",
+    }),
     reboot: z
       .strictObject({
-        time: z.string({ error: 'is required: the time of day to reboot at when an update needs it, e.g. "04:00"' }).regex(/^([01][0-9]|2[0-3]):[0-5][0-9]$/, {
-          error: 'is not a time of day as HH:MM (24-hour clock, two digits each), e.g. "04:00"',
-        })
-        .meta({ description: "The time of day to reboot at, HH:MM on a 24-hour clock in the Pi's time zone.", examples: ["04:00"] }),
+        time: z
+          .string({ error: 'is required: the time of day to reboot at when an update needs it, e.g. "04:00"' })
+          .regex(/^([01][0-9]|2[0-3]):[0-5][0-9]$/, {
+            error: 'is not a time of day as HH:MM (24-hour clock, two digits each), e.g. "04:00"',
+          })
+          .meta({ description: "The time of day to reboot at, HH:MM on a 24-hour clock in the Pi's time zone.", examples: ["04:00"] }),
       })
       .optional()
       .meta({
-        description: "Reboots when an update needs one, such as a new kernel or libc. Without it, the Pi never reboots by itself, and such an update waits for a reboot by hand.",
+        description:
+          "Reboots when an update needs one, such as a new kernel or libc. Without it, the Pi never reboots by itself, and such an update waits for a reboot by hand.",
       }),
   })
   .prefault({})
@@ -499,13 +545,19 @@ const updates = z
 /** Rendered by src/render/firewall.ts, which lists every open port with its reason. */
 const firewall = z
   .strictObject({
-    enabled: z.boolean({ error: "is not true or false" }).default(true).meta({ description: "Whether the Pi has its firewall and fail2ban; false turns both off." }),
+    enabled: z
+      .boolean({ error: "is not true or false" })
+      .default(true)
+      .meta({ description: "Whether the Pi has its firewall and fail2ban; false turns both off." }),
     lan: z
       .array(
         z
           .string({ error: 'is not a string: give an IPv4 network such as "192.168.1.0/24"' })
           .regex(IPV4_CIDR_RE, { error: 'is not an IPv4 network with a prefix length such as "192.168.1.0/24"', abort: true })
-          .refine((s) => Number(s.split("/")[1]) >= 8, { error: "is wider than a /8: a home network has a prefix length of 8 to 32, and a wider one would let much of the Internet in", abort: true })
+          .refine((s) => Number(s.split("/")[1]) >= 8, {
+            error: "is wider than a /8: a home network has a prefix length of 8 to 32, and a wider one would let much of the Internet in",
+            abort: true,
+          })
           .refine(isNetworkCidr, { error: 'has host bits set: give the network\'s own address, e.g. "192.168.1.0/24" for 192.168.1.10/24' }),
         { error: 'is not a list of IPv4 networks such as ["192.168.1.0/24"]' },
       )
@@ -518,21 +570,27 @@ const firewall = z
       }),
   })
   .prefault({})
-  .meta({ description: "The Pi's firewall: the Internet reaches only MQTT with TLS (and WebSockets with TLS); the home network also reaches plain MQTT, SSH and Node-RED. fail2ban bans addresses that fail to log in again and again." });
+  .meta({
+    description:
+      "The Pi's firewall: the Internet reaches only MQTT with TLS (and WebSockets with TLS); the home network also reaches plain MQTT, SSH and Node-RED. fail2ban bans addresses that fail to log in again and again.",
+  });
 
 export const configSchema = z.strictObject({
   $schema: z
     .string()
     .optional()
-    .meta({ description: "Where editors find this file's JSON Schema (pibake schema prints it), relative to this file. pibake does not read it.", examples: ["../schema/pibake.schema.json"] }),
-  image: image.meta({ description: "The image: its name, the Raspberry Pi OS release and architecture, and the Pi's host name, time zone, locale and keyboard." }),
+    .meta({
+      description: "Where editors find this file's JSON Schema (pibake schema prints it), relative to this file. pibake does not read it.",
+      examples: ["../schema/pibake.schema.json"],
+    }),
+  image: image.meta({
+    description: "The image: its name, the Raspberry Pi OS release and architecture, and the Pi's host name, time zone, locale and keyboard.",
+  }),
   user: user.meta({ description: "The first user, who logs in over SSH and runs Node-RED." }),
   network: network.meta({ description: "The Pi's network: a static IPv4 address on one interface, and Wi-Fi if wanted." }),
   mqtt: mqtt.meta({ description: "The Mosquitto broker: its listeners, persistence and users. Every client logs in; nobody is anonymous." }),
   tls: tls.meta({ description: "The names in the server certificate, which pibake's own CA signs." }),
-  ddns: ddns
-    .optional()
-    .meta({ description: "Dynamic DNS: ddclient keeps tls.domain pointing at the router's Internet address. Without it, no ddclient." }),
+  ddns: ddns.optional().meta({ description: "Dynamic DNS: ddclient keeps tls.domain pointing at the router's Internet address. Without it, no ddclient." }),
   nodeRed,
   updates,
   firewall,

@@ -50,7 +50,8 @@ export function sshKeyProblem(line: string): string | undefined {
   const r = new Reader(blob);
   try {
     const inside = r.text();
-    if (inside !== type) return `is not an SSH public key: the line says ${type} but the key inside is ${/^[\x21-\x7e]{1,64}$/.test(inside) ? inside : "of no known type"}`;
+    if (inside !== type)
+      return `is not an SSH public key: the line says ${type} but the key inside is ${/^[\x21-\x7e]{1,64}$/.test(inside) ? inside : "of no known type"}`;
     const problem = fieldsProblem(type, r);
     if (problem) return `is not an SSH public key: ${problem}`;
   } catch (err) {

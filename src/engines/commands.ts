@@ -20,7 +20,11 @@ const MOUNT_ARGS: Record<ChrootMount, string[]> = {
 };
 
 /** `target` is where `mount` goes, already resolved inside the image (mount follows links). */
-export const mountForChroot = (mount: ChrootMount, target: string): Command => ({ cmd: "mount", args: [...MOUNT_ARGS[mount], target], what: `mounting ${target} for the chroot` });
+export const mountForChroot = (mount: ChrootMount, target: string): Command => ({
+  cmd: "mount",
+  args: [...MOUNT_ARGS[mount], target],
+  what: `mounting ${target} for the chroot`,
+});
 
 /** The environment of a script in the chroot, as pi-gen's: nothing of this process's, no questions from debconf. */
 export const CHROOT_ENV: Record<string, string> = {

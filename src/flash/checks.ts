@@ -68,7 +68,10 @@ export function checkTarget(target: Target, imageSize: number | undefined, opts:
     case "missing": {
       const base = path.basename(target.path);
       if (target.path.startsWith("/dev/")) {
-        return { refusals: [`${target.path} does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`], unmount: none };
+        return {
+          refusals: [`${target.path} does not exist: check the name, or run "pibake flash IMAGE" without a device to list removable ones`],
+          unmount: none,
+        };
       }
       if (!target.path.includes("/") && DEVICE_NAME.test(base)) {
         return { refusals: [`${target.path} is not a file here: did you mean /dev/${base}?`], unmount: none };

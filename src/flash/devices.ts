@@ -64,7 +64,15 @@ function toDevice(j: Json): BlockDevice {
     mountpoints: mps.filter((m): m is string => typeof m === "string" && m !== ""),
     children: Array.isArray(j.children) ? (j.children as Json[]).map(toDevice) : [],
   };
-  const opt = { tran: str(j.tran), vendor: str(j.vendor), model: str(j.model), serial: str(j.serial), fstype: str(j.fstype), label: str(j.label), majMin: str(j["maj:min"]) };
+  const opt = {
+    tran: str(j.tran),
+    vendor: str(j.vendor),
+    model: str(j.model),
+    serial: str(j.serial),
+    fstype: str(j.fstype),
+    label: str(j.label),
+    majMin: str(j["maj:min"]),
+  };
   for (const [k, v] of Object.entries(opt)) if (v !== undefined) (dev as unknown as Record<string, string>)[k] = v;
   return dev;
 }

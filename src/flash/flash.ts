@@ -105,11 +105,7 @@ async function statOrUndefined(p: string): Promise<Stats | undefined> {
 }
 
 /** What the named target is, for the checks. */
-export async function resolveTarget(
-  name: string,
-  inputs: { path: string; what: string }[],
-  devices: () => Promise<BlockDevice[]>,
-): Promise<Target> {
+export async function resolveTarget(name: string, inputs: { path: string; what: string }[], devices: () => Promise<BlockDevice[]>): Promise<Target> {
   const abs = path.resolve(name);
   const st = await statOrUndefined(abs);
   if (!st) {
@@ -209,7 +205,14 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
   // One scope from the start, so that Ctrl-C at a question or during the checks also ends cleanly.
   return withCleanup(async (scope) => {
     let cachedDevices: Promise<BlockDevice[]> | undefined;
-    const f: FlashRun = { args, io, scope, image: path.resolve(args.image), devices: () => (cachedDevices ??= listBlockDevices()), prompt: lazyPrompt(io, scope) };
+    const f: FlashRun = {
+      args,
+      io,
+      scope,
+      image: path.resolve(args.image),
+      devices: () => (cachedDevices ??= listBlockDevices()),
+      prompt: lazyPrompt(io, scope),
+    };
     await checkImage(f);
     await findBmap(f);
     const device = args.device || (await chooseDevice(f));
@@ -221,7 +224,10 @@ export async function runFlash(args: FlashArgs, io: FlashIO = defaultFlashIO()):
     if (f.check!.unmount.length) await unmountAll(f.check!.unmount, io.out);
     scope.throwIfInterrupted();
     const kind = f.target!.kind === "block" ? "block" : "file";
-    return await writeAndVerify({ image: f.image, info: f.info!, imageSize: f.imageSize, bmap: f.bmap, targetPath: f.target!.path, kind, verify: args.verify !== false, io }, scope);
+    return await writeAndVerify(
+      { image: f.image, info: f.info!, imageSize: f.imageSize, bmap: f.bmap, targetPath: f.target!.path, kind, verify: args.verify !== false, io },
+      scope,
+    );
   });
 }
 
@@ -276,7 +282,11 @@ async function chooseDevice(f: FlashRun): Promise<string> {
   if (candidates.length === 0) {
     throw new PibakeError("no removable disk found: insert the SD card (or its reader) and try again, or name the device");
   }
-  io.prompt.write(`Removable disks:\n${formatDeviceTable(candidates).map((l) => `  ${l}\n`).join("")}`);
+  io.prompt.write(
+    `Removable disks:\n${formatDeviceTable(candidates)
+      .map((l) => `  ${l}\n`)
+      .join("")}`,
+  );
   return candidates[await chooseIndex(f.prompt.get(), io.prompt, candidates.length)]!.path;
 }
 

@@ -25,9 +25,11 @@ export function partitionTableProblem(head: Buffer): string | undefined {
     const e = 446 + 16 * i;
     const status = head[e]!;
     const type = head[e + 4]!;
-    if (status !== 0x00 && status !== 0x80) return "its first sector ends like a boot sector but holds no valid partition table (a file system on its own, not a whole disk)";
+    if (status !== 0x00 && status !== 0x80)
+      return "its first sector ends like a boot sector but holds no valid partition table (a file system on its own, not a whole disk)";
     if (type === 0) continue;
-    if (head.readUInt32LE(e + 8) === 0 || head.readUInt32LE(e + 12) === 0) return "its partition table has an entry that starts at sector 0 or is empty: it is damaged, or not a partition table";
+    if (head.readUInt32LE(e + 8) === 0 || head.readUInt32LE(e + 12) === 0)
+      return "its partition table has an entry that starts at sector 0 or is empty: it is damaged, or not a partition table";
     used++;
   }
   return used === 0 ? "its partition table is empty" : undefined;

@@ -247,7 +247,9 @@ export async function writeImage(o: WriteOptions): Promise<WriteResult> {
   }
   if (writes.failure) throw writes.failure;
   if (o.imageSize !== undefined && imageSize !== o.imageSize) {
-    throw new PibakeError(`the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`);
+    throw new PibakeError(
+      `the image holds ${imageSize} bytes where ${o.imageSize} were expected: it is truncated or does not match its bmap; the card is incomplete`,
+    );
   }
   if (o.target.kind === "file") await o.target.fh.truncate(imageSize);
   return { written: writes.written, imageSize, segments, direct: o.target.direct };
@@ -384,7 +386,9 @@ async function produceFromStream(stream: Readable, o: WriteOptions, chunkSize: n
     await emit(cur.buf, cur.fill, cur.offset);
   }
   if (o.ranges && ri < ranges.length) {
-    throw new PibakeError(`the image ended at byte ${pos} but its bmap maps data up to byte ${ranges[ranges.length - 1]!.end}: it is truncated or the bmap belongs to another image`);
+    throw new PibakeError(
+      `the image ended at byte ${pos} but its bmap maps data up to byte ${ranges[ranges.length - 1]!.end}: it is truncated or the bmap belongs to another image`,
+    );
   }
   return pos;
 }

@@ -10,7 +10,12 @@ import type { Command } from "./process.js";
 export const unmount = (mountpoint: string): Command => ({ cmd: "umount", args: [mountpoint], what: `unmounting ${mountpoint}`, okCodes: "any" });
 
 /** Detached now, cleaned up once nothing uses it: the last resort, so that clean-up never hangs. */
-export const unmountLazily = (mountpoint: string): Command => ({ cmd: "umount", args: ["--lazy", mountpoint], what: `unmounting ${mountpoint} lazily`, okCodes: "any" });
+export const unmountLazily = (mountpoint: string): Command => ({
+  cmd: "umount",
+  args: ["--lazy", mountpoint],
+  what: `unmounting ${mountpoint} lazily`,
+  okCodes: "any",
+});
 
 /** A free loop device over `size` bytes of `file` from `offset` (one partition), its name on standard output. */
 export const attachLoopDevice = (file: string, offset: number, size: number, readOnly: boolean, name: string): Command => ({

@@ -18,7 +18,25 @@
  * Nothing else may change the tree while pibake works on it (the chroot's
  * processes run in between these calls, never during one).
  */
-import { closeSync, constants, fchmodSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, renameSync, rmSync, statfsSync, symlinkSync, writeSync, type Dirent, type Stats } from "node:fs";
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statfsSync,
+  symlinkSync,
+  writeSync,
+  type Dirent,
+  type Stats,
+} from "node:fs";
 import path from "node:path";
 import { PibakeError } from "../errors.js";
 
@@ -191,14 +209,20 @@ export class ImageRoot {
         const target = readlinkSync(host);
         chain.push(`/${[...done, name].join("/")} -> ${target}`);
         if (++links > MAX_LINKS) {
-          throw new PibakeError(`the image's links do not end at a file for /${clean(p)} (more than ${MAX_LINKS} links: ${chain.slice(0, 3).join(", ")}, …): fix or remove ${chain[0]!.split(" -> ")[0]} in the base image`, 2);
+          throw new PibakeError(
+            `the image's links do not end at a file for /${clean(p)} (more than ${MAX_LINKS} links: ${chain.slice(0, 3).join(", ")}, …): fix or remove ${chain[0]!.split(" -> ")[0]} in the base image`,
+            2,
+          );
         }
         if (target.startsWith("/")) done.length = 0;
         rest = [...split(target), ...rest];
         continue;
       }
       if (st && !st.isDirectory() && !st.isSymbolicLink() && rest.some((r) => r !== "." && r !== "..")) {
-        throw new PibakeError(`in the image, /${[...done, name].join("/")} is not a directory, but pibake needs /${clean(p)}${chain.length ? ` (through ${chain.join(", ")})` : ""}`, 2);
+        throw new PibakeError(
+          `in the image, /${[...done, name].join("/")} is not a directory, but pibake needs /${clean(p)}${chain.length ? ` (through ${chain.join(", ")})` : ""}`,
+          2,
+        );
       }
       done.push(name);
     }

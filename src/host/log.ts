@@ -18,7 +18,13 @@ export class BuildLog {
     const stamp = new Date().toISOString().slice(11, 19);
     const body = redact(text).replace(/\r/g, "");
     try {
-      appendFileSync(this.file, body.split("\n").map((l) => `${stamp} ${l}`).join("\n") + "\n");
+      appendFileSync(
+        this.file,
+        body
+          .split("\n")
+          .map((l) => `${stamp} ${l}`)
+          .join("\n") + "\n",
+      );
     } catch {
       // The log is best effort: a full disk shows up elsewhere with a clearer message.
     }

@@ -51,7 +51,9 @@ export function listLoops(): { dev: string; backingFile: string }[] {
   }
   for (const n of names) {
     try {
-      const back = readFileSync(`/sys/block/${n}/loop/backing_file`, "utf8").trim().replace(/ \(deleted\)$/, "");
+      const back = readFileSync(`/sys/block/${n}/loop/backing_file`, "utf8")
+        .trim()
+        .replace(/ \(deleted\)$/, "");
       out.push({ dev: `/dev/${n}`, backingFile: back });
     } catch {
       // Not attached.

@@ -125,7 +125,15 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
 
   const output = String(r.all ?? "");
   if (output.trim()) opts.log?.line(output.trimEnd());
-  const result: RunResult = { stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? ""), output, exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, tail: tail.lines };
+  const result: RunResult = {
+    stdout: String(r.stdout ?? ""),
+    stderr: String(r.stderr ?? ""),
+    output,
+    exitCode: r.exitCode,
+    signal: r.signal,
+    timedOut: r.timedOut,
+    tail: tail.lines,
+  };
   checkExit(cmd, args, opts, r, tail);
   return result;
 }
@@ -246,7 +254,13 @@ export function startPiped(c: Command, opts: { stdin: "pipe" | "ignore"; signal?
     ...(opts.signal ? { cancelSignal: opts.signal } : {}),
   });
   const done = child.then(
-    (r): PipedResult => ({ exitCode: r.exitCode, signal: r.signal, stderr: String(r.stderr ?? ""), canceled: r.isCanceled, message: (r.failed && r.shortMessage) || "" }),
+    (r): PipedResult => ({
+      exitCode: r.exitCode,
+      signal: r.signal,
+      stderr: String(r.stderr ?? ""),
+      canceled: r.isCanceled,
+      message: (r.failed && r.shortMessage) || "",
+    }),
     (err: Error): PipedResult => ({ exitCode: undefined, signal: undefined, stderr: "", canceled: false, message: err.message }),
   );
   return { stdin: child.stdin, stdout: child.stdout, done, kill: (signal = "SIGTERM") => void child.kill(signal) };

@@ -50,7 +50,8 @@ export function sudoInvoker(
   const name = env.SUDO_USER;
   const sudoUid = Number(env.SUDO_UID);
   const sudoGid = Number(env.SUDO_GID);
-  if (uid !== 0 || !name || name === "root" || !Number.isSafeInteger(sudoUid) || sudoUid <= 0 || !Number.isSafeInteger(sudoGid) || sudoGid < 0) return undefined;
+  if (uid !== 0 || !name || name === "root" || !Number.isSafeInteger(sudoUid) || sudoUid <= 0 || !Number.isSafeInteger(sudoGid) || sudoGid < 0)
+    return undefined;
   return { name, uid: sudoUid, gid: sudoGid, home: lookupHome(name) };
 }
 

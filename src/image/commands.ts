@@ -30,7 +30,11 @@ export const listXz = (file: string): Command => ({ cmd: "xz", args: ["--robot",
 export const listZstd = (file: string): Command => ({ cmd: "zstd", args: ["-lv", "--", file], what: `reading the sizes in ${file}`, okCodes: "any" });
 
 /** A copy that keeps holes, or a reflink where the file system has them; a name that looks like an option stays a name. */
-export const sparseCopy = (source: string, dest: string, what: string): Command => ({ cmd: "cp", args: ["--reflink=auto", "--sparse=always", "--", source, dest], what });
+export const sparseCopy = (source: string, dest: string, what: string): Command => ({
+  cmd: "cp",
+  args: ["--reflink=auto", "--sparse=always", "--", source, dest],
+  what,
+});
 
 /**
  * The file's extents, in filefrag's C-locale table (parseFilefrag reads it).
@@ -38,4 +42,10 @@ export const sparseCopy = (source: string, dest: string, what: string): Command 
  * the map; a file system that cannot say is a failing exit, and the caller
  * then reads the whole file.
  */
-export const mapExtents = (file: string): Command => ({ cmd: "filefrag", args: ["-s", "-e", file], what: "mapping the image's data", env: { LC_ALL: "C" }, okCodes: "any" });
+export const mapExtents = (file: string): Command => ({
+  cmd: "filefrag",
+  args: ["-s", "-e", file],
+  what: "mapping the image's data",
+  env: { LC_ALL: "C" },
+  okCodes: "any",
+});

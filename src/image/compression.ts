@@ -258,7 +258,12 @@ function zipEntries(zip: yauzl.ZipFile, file: string): Promise<yauzl.Entry[]> {
 export async function readZipDirectory(file: string): Promise<ZipEntry[]> {
   const zip = await openZip(file);
   try {
-    return (await zipEntries(zip, file)).map((e) => ({ name: e.fileName, size: e.uncompressedSize, compressedSize: e.compressedSize, method: e.compressionMethod }));
+    return (await zipEntries(zip, file)).map((e) => ({
+      name: e.fileName,
+      size: e.uncompressedSize,
+      compressedSize: e.compressedSize,
+      method: e.compressionMethod,
+    }));
   } finally {
     zip.close();
   }

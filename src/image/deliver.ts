@@ -89,7 +89,6 @@ export function sha256Line(digest: string, fileName: string): string {
   return `${digest}  ${fileName}\n`;
 }
 
-
 /** Move a file into --out: a rename on the same file system, else a sparse copy. */
 async function moveInto(src: string, dest: string, signal?: AbortSignal): Promise<void> {
   try {
@@ -211,7 +210,10 @@ async function compressAndScan(d: Delivery, kind: Exclude<DeliverCompression, "n
           if (now - last < 2000) return;
           last = now;
           const secs = Math.round((now - started) / 1000);
-          d.status("compress", `${kind}: ${Math.floor((done * 100) / total)}% of ${formatBytes(total)} read, ${formatBytes(compressor.written())} written, ${secs}s`);
+          d.status(
+            "compress",
+            `${kind}: ${Math.floor((done * 100) / total)}% of ${formatBytes(total)} read, ${formatBytes(compressor.written())} written, ${secs}s`,
+          );
         },
       }),
     );
@@ -250,7 +252,9 @@ async function writeManifest(d: Delivery): Promise<void> {
   const { names, input } = d;
   d.status("manifest", names.manifest);
   // The bmap is a few kilobytes: read whole.
-  const bmapSha256 = createHash("sha256").update(await fsp.readFile(tempName(d.outDir, names.bmap))).digest("hex");
+  const bmapSha256 = createHash("sha256")
+    .update(await fsp.readFile(tempName(d.outDir, names.bmap)))
+    .digest("hex");
   const { render, ...facts } = input.facts;
   d.manifestData = {
     pibake: { version: PIBAKE_VERSION },

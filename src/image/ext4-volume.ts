@@ -37,7 +37,9 @@ export interface Ext4Stat {
 interface Ext2Fs {
   readdir(p: string): Promise<string[]>;
   readlink(p: string): Promise<string>;
-  lstat(p: string): Promise<{ mode: number; uid: number; gid: number; size: number; nlink: number; isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }>;
+  lstat(
+    p: string,
+  ): Promise<{ mode: number; uid: number; gid: number; size: number; nlink: number; isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }>;
   open(p: string, flags: string | number, mode?: number): Promise<Ext2FileHandle>;
   mkdir(p: string, mode: number): Promise<void>;
   unlink(p: string): Promise<void>;
@@ -257,7 +259,10 @@ export class Ext4Volume {
   }
 
   private linkedError(link: string, p: string): PibakeError {
-    return new PibakeError(`${this.label}: ${link} is a link in the image, on the way to ${p}: only the full build writes through such links (as root: sudo -E pibake build … --full)`, 2);
+    return new PibakeError(
+      `${this.label}: ${link} is a link in the image, on the way to ${p}: only the full build writes through such links (as root: sudo -E pibake build … --full)`,
+      2,
+    );
   }
 }
 

@@ -55,10 +55,14 @@ export function typeName(t: number): string {
  */
 export function parseMbr(sector0: Buffer, label = "image"): MbrTable {
   if (sector0.length < SECTOR_SIZE) {
-    throw new PibakeError(`${label}: the file is too short to hold a partition table (${sector0.length} bytes): it is not a disk image, or the download is truncated`);
+    throw new PibakeError(
+      `${label}: the file is too short to hold a partition table (${sector0.length} bytes): it is not a disk image, or the download is truncated`,
+    );
   }
   if (sector0[510] !== 0x55 || sector0[511] !== 0xaa) {
-    throw new PibakeError(`${label}: no MBR partition table (the first sector does not end in 55 aa): pibake needs a Raspberry Pi OS disk image (.img), not a file system or archive`);
+    throw new PibakeError(
+      `${label}: no MBR partition table (the first sector does not end in 55 aa): pibake needs a Raspberry Pi OS disk image (.img), not a file system or archive`,
+    );
   }
   const diskId = sector0.readUInt32LE(440).toString(16).padStart(8, "0");
   const partitions: MbrPartition[] = [];
@@ -83,7 +87,9 @@ export function parseMbr(sector0: Buffer, label = "image"): MbrTable {
     });
   }
   if (partitions.some((p) => p.type === GPT_PROTECTIVE)) {
-    throw new PibakeError(`${label}: the disk uses a GPT partition table: pibake needs a Raspberry Pi OS image, which has an MBR (DOS) table with a FAT boot and an ext4 root partition`);
+    throw new PibakeError(
+      `${label}: the disk uses a GPT partition table: pibake needs a Raspberry Pi OS image, which has an MBR (DOS) table with a FAT boot and an ext4 root partition`,
+    );
   }
   if (partitions.length === 0) {
     throw new PibakeError(`${label}: the partition table is empty: pibake needs a Raspberry Pi OS image with a FAT boot and an ext4 root partition`);
@@ -105,7 +111,9 @@ export function checkRaspiLayout(table: MbrTable, imageSize: number, label = "im
   const list = table.partitions.map((p) => `${p.number}: ${hexType(p.type)} ${typeName(p.type)}`).join(", ");
   for (const p of table.partitions) {
     if (EXTENDED_TYPES.has(p.type)) {
-      throw new PibakeError(`${label}: partition ${p.number} is an extended partition (type ${hexType(p.type)}): ${want} (2 primary partitions, boot and root); this one has ${list}`);
+      throw new PibakeError(
+        `${label}: partition ${p.number} is an extended partition (type ${hexType(p.type)}): ${want} (2 primary partitions, boot and root); this one has ${list}`,
+      );
     }
   }
   const boot = table.partitions.find((p) => p.number === 1);
@@ -218,10 +226,17 @@ export function readFatBootSector(sector: Buffer): { kind: "FAT12" | "FAT16" | "
 }
 
 /** The file systems must be what the types claim; says what was found otherwise. */
-export function checkFileSystems(layout: RaspiLayout, bootHead: Buffer, rootHead: Buffer, label = "image"): { ext: Ext4Info; fat: { kind: string; label: string } } {
+export function checkFileSystems(
+  layout: RaspiLayout,
+  bootHead: Buffer,
+  rootHead: Buffer,
+  label = "image",
+): { ext: Ext4Info; fat: { kind: string; label: string } } {
   const fat = readFatBootSector(bootHead);
   if (!fat) {
-    throw new PibakeError(`${label}: partition 1 has a FAT type (${hexType(layout.boot.type)}) but holds no FAT file system: the image is damaged or not a Raspberry Pi OS image`);
+    throw new PibakeError(
+      `${label}: partition 1 has a FAT type (${hexType(layout.boot.type)}) but holds no FAT file system: the image is damaged or not a Raspberry Pi OS image`,
+    );
   }
   const ext = readExtSuperblock(rootHead);
   if (!ext) {

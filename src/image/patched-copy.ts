@@ -64,7 +64,12 @@ async function reflink(src: string, dest: string): Promise<boolean> {
  * does the I/O), and the image's sha256 is computed on a thread of its own,
  * so the pass costs about its slowest part, not their sum.
  */
-async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined, patches: readonly ImagePatch[], signal?: AbortSignal): Promise<{ sha256: string; bmap: Bmap }> {
+async function onePass(
+  input: fsp.FileHandle,
+  output: fsp.FileHandle | undefined,
+  patches: readonly ImagePatch[],
+  signal?: AbortSignal,
+): Promise<{ sha256: string; bmap: Bmap }> {
   const size = (await input.stat()).size;
   const hash = new WorkerSha256(CHUNK, 6);
   try {
@@ -75,7 +80,14 @@ async function onePass(input: fsp.FileHandle, output: fsp.FileHandle | undefined
   }
 }
 
-async function patchHashAndWrite(input: fsp.FileHandle, output: fsp.FileHandle | undefined, patches: readonly ImagePatch[], size: number, hash: WorkerSha256, signal?: AbortSignal): Promise<Bmap> {
+async function patchHashAndWrite(
+  input: fsp.FileHandle,
+  output: fsp.FileHandle | undefined,
+  patches: readonly ImagePatch[],
+  size: number,
+  hash: WorkerSha256,
+  signal?: AbortSignal,
+): Promise<Bmap> {
   const bmap = new BmapBuilder(size, DEFAULT_BLOCK_SIZE);
   // The hash's buffers in turn: one read ahead, one patched and mapped, one written behind, the rest with the hashing thread.
   const readAt = async (pos: number) => readChunk(input, await hash.take(), pos, Math.min(CHUNK, size - pos));

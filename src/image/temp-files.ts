@@ -20,4 +20,3 @@ export async function removeStaleTemps(dir: string): Promise<string[]> {
   }
   return removed;
 }
-

@@ -64,7 +64,10 @@ export function proxySettings(env: NodeJS.ProcessEnv): { httpProxy: string; http
 export function bypassesProxy(url: URL, noProxy: string): boolean {
   const host = url.hostname.replace(/^\[|\]$/g, "").toLowerCase();
   const port = url.port || (url.protocol === "https:" ? "443" : "80");
-  for (const item of noProxy.toLowerCase().split(/[\s,]+/).filter(Boolean)) {
+  for (const item of noProxy
+    .toLowerCase()
+    .split(/[\s,]+/)
+    .filter(Boolean)) {
     if (item === "*") return true;
     // [v6]:port, name:port, or a bare name or address (an IPv6 address has several colons).
     const m = /^\[(.+)\](?::(\d+))?$/.exec(item) ?? /^([^:]+):(\d+)$/.exec(item);
@@ -103,7 +106,11 @@ interface Agents {
 
 export function createHttpClient(env: NodeJS.ProcessEnv = process.env, timeouts: HttpTimeouts = DEFAULT_TIMEOUTS): HttpClient {
   // One connection per request (no keep-alive): nothing lingers after close(), and a half-read answer never meets the next request.
-  const agents: Agents = { env, direct: { "http:": new http.Agent({ keepAlive: false }), "https:": new https.Agent({ keepAlive: false }) }, viaProxy: new Map() };
+  const agents: Agents = {
+    env,
+    direct: { "http:": new http.Agent({ keepAlive: false }), "https:": new https.Agent({ keepAlive: false }) },
+    viaProxy: new Map(),
+  };
   return {
     async get(url, init) {
       const headers = { "user-agent": "pibake", ...init.headers };
@@ -138,7 +145,13 @@ function agentFor(agents: Agents, url: URL): { agent: http.Agent; proxied: boole
 }
 
 /** One GET, no redirects followed: the response once its headers are in, each wait bounded; the signal ends it at any time. */
-function requestOnce(agents: Agents, timeouts: HttpTimeouts, url: URL, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<http.IncomingMessage> {
+function requestOnce(
+  agents: Agents,
+  timeouts: HttpTimeouts,
+  url: URL,
+  headers: Record<string, string>,
+  signal: AbortSignal | undefined,
+): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(abortError(signal));
     const { agent, proxied } = agentFor(agents, url);
@@ -204,7 +217,8 @@ async function* bodyOf(res: http.IncomingMessage): AsyncGenerator<Uint8Array> {
     for await (const chunk of res) yield chunk as Buffer;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    if (e.code === "ECONNRESET" || e.code === "ERR_STREAM_PREMATURE_CLOSE") throw new NetworkError("the connection closed before the end of the body", "CLOSED_EARLY");
+    if (e.code === "ECONNRESET" || e.code === "ERR_STREAM_PREMATURE_CLOSE")
+      throw new NetworkError("the connection closed before the end of the body", "CLOSED_EARLY");
     throw err;
   }
   // Node ends a body cut short without an error in some versions: the parser knows whether it was complete.

@@ -25,7 +25,16 @@ import {
 } from "./cache.js";
 import { downloadToPart } from "./download.js";
 import { createHttpClient, DEFAULT_TIMEOUTS, getText, type HttpClient, type HttpTimeouts } from "./http.js";
-import { chooseImage, DEFAULT_OS_LIST_URL, describeWanted, matchesWanted, parseOsList, type ImageWanted, type OsImageEntry, type ParsedOsList } from "./os-list.js";
+import {
+  chooseImage,
+  DEFAULT_OS_LIST_URL,
+  describeWanted,
+  matchesWanted,
+  parseOsList,
+  type ImageWanted,
+  type OsImageEntry,
+  type ParsedOsList,
+} from "./os-list.js";
 import type { ImageProgress } from "./progress.js";
 import { extractedDigest, sha256File } from "./verify.js";
 
@@ -73,7 +82,8 @@ export function listUrlOf(opts: { listUrl?: string | undefined }, env: NodeJS.Pr
 
 export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<OfficialImage> {
   const env = opts.env ?? process.env;
-  if (opts.date !== undefined && !DATE.test(opts.date)) throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
+  if (opts.date !== undefined && !DATE.test(opts.date))
+    throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
   const wanted: ImageWanted = { release: opts.release, arch: opts.arch, ...(opts.date ? { date: opts.date } : {}) };
   const loc: CacheLocation = opts.cacheDir ? { dir: path.resolve(opts.cacheDir) } : imageCacheLocation(env);
   const listUrl = listUrlOf(opts, env);
@@ -119,7 +129,9 @@ export async function resolveOfficialImage(opts: ResolveImageOptions): Promise<O
     const knownUrl = knownImageUrl(loc.dir, wanted);
     throw new PibakeError(
       `cannot read the OS list ${listUrl} (${listProblem}), and no Raspberry Pi OS Lite image for ${describeWanted(wanted)} is in the cache (${loc.dir}).\n` +
-        (knownUrl ? `Download ${knownUrl} by hand` : `Download Raspberry Pi OS Lite (${describeWanted(wanted)}) by hand from https://www.raspberrypi.com/software/operating-systems/`) +
+        (knownUrl
+          ? `Download ${knownUrl} by hand`
+          : `Download Raspberry Pi OS Lite (${describeWanted(wanted)}) by hand from https://www.raspberrypi.com/software/operating-systems/`) +
         ` and pass it with --base FILE, or run again when the list can be reached.`,
     );
   } finally {
@@ -177,7 +189,8 @@ const PLAN_LIST_TOTAL_MS = 15_000;
  */
 export async function planOfficialImage(opts: Omit<ResolveImageOptions, "onProgress">): Promise<OfficialImagePlan> {
   const env = opts.env ?? process.env;
-  if (opts.date !== undefined && !DATE.test(opts.date)) throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
+  if (opts.date !== undefined && !DATE.test(opts.date))
+    throw new PibakeError(`the release date to pin must be YYYY-MM-DD, not ${JSON.stringify(opts.date)}`, 2);
   const wanted: ImageWanted = { release: opts.release, arch: opts.arch, ...(opts.date ? { date: opts.date } : {}) };
   const dir = opts.cacheDir ? path.resolve(opts.cacheDir) : imageCacheLocation(env).dir;
   const listUrl = listUrlOf(opts, env);
@@ -256,7 +269,12 @@ async function readPartRecord(file: string): Promise<PartRecord | undefined> {
   }
 }
 
-async function downloadAndVerify(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient): Promise<OfficialImage> {
+async function downloadAndVerify(
+  e: OsImageEntry,
+  opts: ResolveImageOptions & { listUrl: string },
+  loc: CacheLocation,
+  client: HttpClient,
+): Promise<OfficialImage> {
   const partialDir = path.join(loc.dir, PARTIAL_DIR);
   await ensureDir(loc, partialDir);
   const partFile = path.join(partialDir, `${e.fileName}.part`);
@@ -292,7 +310,6 @@ async function lockDownload(lockFile: string, fileName: string): Promise<() => P
   throw new PibakeError(`cannot take the download lock ${lockFile}`);
 }
 
-
 /**
  * One download of an official image into the cache, under its lock: the
  * part file, then its checks, then its own name. The steps run in order,
@@ -312,7 +329,13 @@ interface ImageDownload {
   inner?: { sha256: string; size: number };
 }
 
-async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { listUrl: string }, loc: CacheLocation, client: HttpClient, partFile: string): Promise<OfficialImage> {
+async function downloadLocked(
+  e: OsImageEntry,
+  opts: ResolveImageOptions & { listUrl: string },
+  loc: CacheLocation,
+  client: HttpClient,
+  partFile: string,
+): Promise<OfficialImage> {
   const d: ImageDownload = { e, opts, loc, client, partFile, partRecordFile: `${partFile}.json`, status: opts.onStatus ?? (() => {}) };
   await claimPart(d);
   await fetchPart(d);
@@ -324,7 +347,14 @@ async function downloadLocked(e: OsImageEntry, opts: ResolveImageOptions & { lis
 /** The part file continues only a download of this very image: another one's is removed, and the record says whose it is now. */
 async function claimPart(d: ImageDownload): Promise<void> {
   const { e } = d;
-  const want: PartRecord = { url: e.url, release: e.release, arch: e.arch, releaseDate: e.releaseDate, downloadSha256: e.downloadSha256 ?? null, extractSha256: e.extractSha256 };
+  const want: PartRecord = {
+    url: e.url,
+    release: e.release,
+    arch: e.arch,
+    releaseDate: e.releaseDate,
+    downloadSha256: e.downloadSha256 ?? null,
+    extractSha256: e.extractSha256,
+  };
   const had = await readPartRecord(d.partRecordFile);
   if (JSON.stringify(had) !== JSON.stringify(want)) {
     // A partial file of another image (or of unknown origin) cannot be continued.
@@ -342,13 +372,25 @@ async function discardPart(d: ImageDownload): Promise<void> {
 /** The whole file in the part file: downloaded or continued, or only hashed when the last run had it all. */
 async function fetchPart(d: ImageDownload): Promise<void> {
   const { e, opts, partFile, status } = d;
-  const existing = await fsp.stat(partFile).then((s) => s.size, () => 0);
+  const existing = await fsp.stat(partFile).then(
+    (s) => s.size,
+    () => 0,
+  );
   if (e.downloadSize !== undefined && existing === e.downloadSize) {
     status(`${e.fileName} was downloaded before the last run stopped: checking it`);
     d.got = await sha256File(partFile, { signal: opts.signal, onProgress: opts.onProgress, fileName: e.fileName, total: existing });
   } else {
     status(existing > 0 ? `continuing the download of ${e.url} at ${existing} bytes` : `downloading ${e.url}`);
-    d.got = await downloadToPart({ url: e.url, partFile, fileName: e.fileName, ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}), client: d.client, signal: opts.signal, onProgress: opts.onProgress, onStatus: status });
+    d.got = await downloadToPart({
+      url: e.url,
+      partFile,
+      fileName: e.fileName,
+      ...(e.downloadSize !== undefined ? { expectedSize: e.downloadSize } : {}),
+      client: d.client,
+      signal: opts.signal,
+      onProgress: opts.onProgress,
+      onStatus: status,
+    });
   }
   giveTo(partFile, d.loc.owner);
 }

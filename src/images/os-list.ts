@@ -114,7 +114,8 @@ function entryOf(obj: Record<string, unknown>, where: string, source: string): O
   const digest = (key: string, required: boolean): string | undefined => {
     const v = obj[key];
     if (v === undefined && !required) return undefined;
-    if (typeof v !== "string" || !SHA256.test(v)) throw problem(source, `${where}.${key}`, v === undefined ? "missing" : `${JSON.stringify(v)} is not a SHA-256 digest (64 hex digits)`);
+    if (typeof v !== "string" || !SHA256.test(v))
+      throw problem(source, `${where}.${key}`, v === undefined ? "missing" : `${JSON.stringify(v)} is not a SHA-256 digest (64 hex digits)`);
     return v.toLowerCase();
   };
   const releaseDate = str("release_date");

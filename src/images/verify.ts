@@ -10,7 +10,10 @@ export interface Measured {
   size: number;
 }
 
-export async function sha256File(file: string, opts: { signal?: AbortSignal | undefined; onProgress?: ((p: ImageProgress) => void) | undefined; fileName?: string; total?: number } = {}): Promise<Measured> {
+export async function sha256File(
+  file: string,
+  opts: { signal?: AbortSignal | undefined; onProgress?: ((p: ImageProgress) => void) | undefined; fileName?: string; total?: number } = {},
+): Promise<Measured> {
   const hash = createHash("sha256");
   const meter = progressMeter("check", opts.fileName ?? file, opts.total, opts.onProgress);
   let size = 0;
@@ -32,7 +35,10 @@ export async function sha256File(file: string, opts: { signal?: AbortSignal | un
  * reader the base engine uses (xz, gzip, zstd, zip), so what is checked is
  * what the build will read.
  */
-export async function extractedDigest(file: string, opts: { signal?: AbortSignal | undefined; onProgress?: ((p: ImageProgress) => void) | undefined; fileName: string; total?: number | undefined }): Promise<Measured> {
+export async function extractedDigest(
+  file: string,
+  opts: { signal?: AbortSignal | undefined; onProgress?: ((p: ImageProgress) => void) | undefined; fileName: string; total?: number | undefined },
+): Promise<Measured> {
   const reader = await openImageReader(file);
   const hash = createHash("sha256");
   const meter = progressMeter("check", opts.fileName, opts.total ?? reader.size, opts.onProgress);

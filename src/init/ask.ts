@@ -60,7 +60,9 @@ export function sshKeysIn(home: string): OfferedKey[] {
       return [];
     }
   });
-  return keys.sort((a, b) => Number(path.basename(b.file) === "id_ed25519.pub") - Number(path.basename(a.file) === "id_ed25519.pub") || a.file.localeCompare(b.file));
+  return keys.sort(
+    (a, b) => Number(path.basename(b.file) === "id_ed25519.pub") - Number(path.basename(a.file) === "id_ed25519.pub") || a.file.localeCompare(b.file),
+  );
 }
 
 /** A password typed twice, or generated when the first answer is empty. */
@@ -107,10 +109,15 @@ async function ask(p: Proposals, home: string, dir: string): Promise<Answers> {
 
 /** The public name, and freemyip's token for it unless a file holds it already. */
 async function askDdns(p: Proposals): Promise<Pick<Answers, "domain" | "ddnsToken">> {
-  const domain = (await input({ message: "Public name of the broker (your freemyip domain)", default: p.domain ?? "", required: true, validate: by(check.checkDomain) })).trim();
+  const domain = (
+    await input({ message: "Public name of the broker (your freemyip domain)", default: p.domain ?? "", required: true, validate: by(check.checkDomain) })
+  ).trim();
   const ddnsToken: SecretAnswer = p.ddnsTokenFile
     ? { file: p.ddnsTokenFile }
-    : { value: (await password({ message: "freemyip token (from freemyip.com's page of the domain)", mask: "*", validate: by(check.checkToken) })).trim(), generated: false };
+    : {
+        value: (await password({ message: "freemyip token (from freemyip.com's page of the domain)", mask: "*", validate: by(check.checkToken) })).trim(),
+        generated: false,
+      };
   return { domain, ddnsToken };
 }
 
@@ -118,9 +125,18 @@ async function askDdns(p: Proposals): Promise<Pick<Answers, "domain" | "ddnsToke
 async function askAddress(p: Proposals): Promise<Pick<Answers, "address" | "gateway">> {
   const proposed = p.address ?? p.network.address;
   const from = !p.address && p.network.from ? ` (from this machine's ${p.network.from}; best outside the router's DHCP range)` : "";
-  const address = withPrefix(await input({ message: `The Pi's static address with prefix length${from}`, default: proposed, validate: (v) => by(check.checkAddress)(withPrefix(v, proposed)) }), proposed);
+  const address = withPrefix(
+    await input({
+      message: `The Pi's static address with prefix length${from}`,
+      default: proposed,
+      validate: (v) => by(check.checkAddress)(withPrefix(v, proposed)),
+    }),
+    proposed,
+  );
   const gatewayProposal = p.gateway ?? (check.checkGateway(address)(p.network.gateway) ? undefined : p.network.gateway);
-  const gateway = (await input({ message: "The router's address (gateway)", default: gatewayProposal, required: true, validate: by(check.checkGateway(address)) })).trim();
+  const gateway = (
+    await input({ message: "The router's address (gateway)", default: gatewayProposal, required: true, validate: by(check.checkGateway(address)) })
+  ).trim();
   return { address, gateway };
 }
 
@@ -140,7 +156,14 @@ async function askMqttUsers(p: Proposals, dir: string): Promise<Answers["mqttUse
         : existsSync(path.join(dir, mqttSecretFile(v)))
           ? `${mqttSecretFile(v)} already exists, and pibake init replaces no file: choose another name`
           : undefined;
-    const name = (await input({ message: `MQTT user ${i + 1}: name`, default: p.mqttUsers[i] ?? (i === 0 ? "home" : undefined), required: true, validate: (v) => by(check.checkMqttName)(v) === true ? (taken(v.trim()) ?? true) : by(check.checkMqttName)(v) })).trim();
+    const name = (
+      await input({
+        message: `MQTT user ${i + 1}: name`,
+        default: p.mqttUsers[i] ?? (i === 0 ? "home" : undefined),
+        required: true,
+        validate: (v) => (by(check.checkMqttName)(v) === true ? (taken(v.trim()) ?? true) : by(check.checkMqttName)(v)),
+      })
+    ).trim();
     mqttUsers.push({ name, password: await newPassword(`Password of MQTT user ${name}`) });
     if (!(await confirm({ message: "Another MQTT user?", default: i + 1 < p.mqttUsers.length }))) break;
   }
@@ -154,7 +177,11 @@ async function askWifi(p: Proposals): Promise<{ wifi: Answers["wifi"]; iface: st
   const passphrase: SecretAnswer = p.wifiPassphraseFile
     ? { file: p.wifiPassphraseFile }
     : { value: await password({ message: "Wi-Fi passphrase", mask: "*", validate: exactly(check.checkPassphrase) }), generated: false };
-  const country = (await input({ message: "Wi-Fi country (two letters, e.g. DE, GB, US)", default: p.country, validate: (v) => by(check.checkCountry)(v.toUpperCase()) })).trim().toUpperCase();
+  const country = (
+    await input({ message: "Wi-Fi country (two letters, e.g. DE, GB, US)", default: p.country, validate: (v) => by(check.checkCountry)(v.toUpperCase()) })
+  )
+    .trim()
+    .toUpperCase();
   const iface = await select({
     message: "Which connection gets the static address?",
     choices: [

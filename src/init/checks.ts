@@ -33,10 +33,12 @@ const all =
     return undefined;
   };
 
-const secret = (problem: (v: string) => string | undefined): Check => (v) => {
-  const p = /[\r\n\u0000]/.test(v) ? "contains a line break or NUL character" : problem(v);
-  return p ? `the value ${p}` : undefined;
-};
+const secret =
+  (problem: (v: string) => string | undefined): Check =>
+  (v) => {
+    const p = /[\r\n\u0000]/.test(v) ? "contains a line break or NUL character" : problem(v);
+    return p ? `the value ${p}` : undefined;
+  };
 
 export const checkDomain: Check = all(field(shape.tls.shape.domain), (v) =>
   v.toLowerCase().endsWith(".freemyip.com") ? undefined : `"${v}" is not a name under freemyip.com, which freemyip updates (e.g. home.freemyip.com)`,

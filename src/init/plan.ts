@@ -185,7 +185,13 @@ export function planConfig(a: Answers, configPath: string, schemaRef?: string): 
       gateway: a.gateway,
       dns: [a.gateway, "9.9.9.9"],
       ...(a.wifi
-        ? { wifi: { ssid: a.wifi.ssid, passphrase: secretRef(a.wifi.passphrase, FIXED_SECRET_FILES.wifi, "Wi-Fi passphrase", dir, secrets), country: a.wifi.country } }
+        ? {
+            wifi: {
+              ssid: a.wifi.ssid,
+              passphrase: secretRef(a.wifi.passphrase, FIXED_SECRET_FILES.wifi, "Wi-Fi passphrase", dir, secrets),
+              country: a.wifi.country,
+            },
+          }
         : {}),
     },
     mqtt: { lanPort: 1883, tlsPort: 8883, persistence: true, users: mqttUsers },

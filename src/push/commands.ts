@@ -32,7 +32,16 @@ export interface PushTarget {
  */
 export function pushSsh(t: PushTarget, remoteCommand: string, what: string): Command {
   return sshCommand(
-    { address: t.host, port: t.port, user: t.user, identity: t.key, connectTimeoutSeconds: t.connectTimeoutSeconds, hostKeys: { accept: "new", knownHosts: t.knownHosts }, keepAlive: true, log: "errors" },
+    {
+      address: t.host,
+      port: t.port,
+      user: t.user,
+      identity: t.key,
+      connectTimeoutSeconds: t.connectTimeoutSeconds,
+      hostKeys: { accept: "new", knownHosts: t.knownHosts },
+      keepAlive: true,
+      log: "errors",
+    },
     remoteCommand,
     what,
   );
@@ -55,7 +64,10 @@ export function sudoCommand(script: string, args: string[]): string {
 }
 
 export function inspectCommand(paths: string[]): string {
-  return sudoCommand(readFileSync(INSPECT_SCRIPT, "utf8"), paths.map((p) => p.replace(/^\/+/, "")));
+  return sudoCommand(
+    readFileSync(INSPECT_SCRIPT, "utf8"),
+    paths.map((p) => p.replace(/^\/+/, "")),
+  );
 }
 
 export function applyCommand(tlsPort: number, rollbackTlsPort: number, healthSeconds: number): string {
@@ -76,7 +88,8 @@ export function packPayload(p: PushPayload): Promise<Buffer> {
 }
 
 function addPayload(pack: tar.Pack, p: PushPayload): void {
-  const meta = (name: string, text: string, mode = 0o600) => pack.entry({ name, type: "file", mode, uname: "root", gname: "root", uid: 0, gid: 0, mtime: OVERLAY_MTIME }, text);
+  const meta = (name: string, text: string, mode = 0o600) =>
+    pack.entry({ name, type: "file", mode, uname: "root", gname: "root", uid: 0, gid: 0, mtime: OVERLAY_MTIME }, text);
   const dirs = new Set<string>(["files/"]);
   for (const f of p.files) {
     const parts = `files/${f.path}`.split("/");

@@ -57,7 +57,8 @@ async function ssh(target: PushTarget, remote: string, input: Buffer, ms: number
   const r = await runCommand(pushSsh(target, remote, what), { input, timeout: ms, ...(user ? { as: user, env: user.env } : {}) });
   if (r.timedOut) throw new PibakeError(`${what}: no end within ${ms / 1000} s (ssh ${target.user}@${target.host} port ${target.port})`);
   // ssh's own failure (exit 255): cannot connect, host key changed, key refused.
-  if (r.exitCode === 255) throw new PibakeError(`${what}: ssh ${target.user}@${target.host} port ${target.port} failed: ${redact(r.stderr.trim()) || "no message"}`);
+  if (r.exitCode === 255)
+    throw new PibakeError(`${what}: ssh ${target.user}@${target.host} port ${target.port} failed: ${redact(r.stderr.trim()) || "no message"}`);
   return r;
 }
 
@@ -99,14 +100,20 @@ export async function runPush(s: PushSettings): Promise<PushResult> {
   if (!(await s.confirm(plan))) throw new PibakeError("cancelled: nothing was changed on the Pi");
   await applyPush(p);
   const ms = Date.now() - started;
-  out.info(`pushed to ${s.host} in ${(ms / 1000).toFixed(1)} s: certificate ${p.cert.fingerprint256} for ${p.cert.dnsNames.join(", ")}; recorded in /var/lib/pibake/push.json`);
+  out.info(
+    `pushed to ${s.host} in ${(ms / 1000).toFixed(1)} s: certificate ${p.cert.fingerprint256} for ${p.cert.dnsNames.join(", ")}; recorded in /var/lib/pibake/push.json`,
+  );
   return { plan, applied: true, ms };
 }
 
 /** The files the config renders, with the image's own CA: a new one would make every client distrust the broker. */
 async function renderForPush(s: PushSettings): Promise<Push> {
   const { model, state, out } = s;
-  if (!state.has("ca.crt")) throw new PibakeError(`no CA in ${state.dir}: pass --state with the state directory the image was built with (a new CA would make every client distrust the broker)`, 2);
+  if (!state.has("ca.crt"))
+    throw new PibakeError(
+      `no CA in ${state.dir}: pass --state with the state directory the image was built with (a new CA would make every client distrust the broker)`,
+      2,
+    );
   const { secrets, rendered } = await prepareAndRender(model, state, { onVersions: (m) => out.info(`Node-RED: ${m}`) });
   return {
     s,
@@ -124,7 +131,10 @@ async function inspectPi(p: Push): Promise<void> {
   s.out.info(`asking ${model.user.name}@${s.host} (port ${s.port}) what it runs`);
   const inspected = await ssh(p.target, inspectCommand(p.rendered.overlay.map((f) => f.path)), p.password, LIMITS.inspectMs, "reading the Pi's files");
   if (inspected.exitCode !== 0) {
-    if (sudoRefused(inspected.stderr)) throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: the Pi's password differs from the config's (a push does not change it)`);
+    if (sudoRefused(inspected.stderr))
+      throw new PibakeError(
+        `sudo on ${s.host} refused the password of user.password for ${model.user.name}: the Pi's password differs from the config's (a push does not change it)`,
+      );
     throw new PibakeError(`reading the Pi's files failed (exit ${inspected.exitCode}): ${redact(inspected.stderr.trim()).slice(-2000)}`);
   }
   p.pi = parseInspect(inspected.stdout);
@@ -144,7 +154,11 @@ function planOrRefuse(p: Push): PushPlan {
   });
   if (plan.refusals.length) {
     throw new PibakeError(
-      [`cannot push to ${s.host}: this cannot change in place:`, ...plan.refusals.map((r) => `  ${r.what}: ${r.reason}`), `build a new image instead: ${s.buildCommand}`].join("\n"),
+      [
+        `cannot push to ${s.host}: this cannot change in place:`,
+        ...plan.refusals.map((r) => `  ${r.what}: ${r.reason}`),
+        `build a new image instead: ${s.buildCommand}`,
+      ].join("\n"),
     );
   }
   p.plan = plan;
@@ -159,7 +173,9 @@ function describePlan(p: Push): void {
   const pi = p.pi!;
   out.info(`on ${s.host}, ${plan.changes.length} file(s) would change (${plan.unchanged.length} unchanged):`);
   for (const c of plan.changes) out.info(`  ${describeChange(c)}`);
-  out.info(`then: ${plan.actions.join("; ") || "nothing to restart"}; mosquitto must be active and listen on port ${model.mqtt.tlsPort} within ${LIMITS.healthSeconds} s, or the previous files go back`);
+  out.info(
+    `then: ${plan.actions.join("; ") || "nothing to restart"}; mosquitto must be active and listen on port ${model.mqtt.tlsPort} within ${LIMITS.healthSeconds} s, or the previous files go back`,
+  );
   if (pi.push?.domain !== undefined || pi.build?.domain !== undefined) {
     const before = pi.push?.domain ?? pi.build?.domain;
     if (before !== model.tls.domain) out.info(`domain: ${before} → ${model.tls.domain}`);
@@ -189,19 +205,30 @@ async function applyPush(p: Push): Promise<void> {
   const payload = await packPayload({ files: plan.files, removed: plan.removed, actions: plan.actions, record: pushRecord(p) });
   const rollbackPort = p.pi!.push?.tlsPort ?? model.mqtt.tlsPort;
   out.info(`pushing ${plan.files.length} file(s) to ${s.host}`);
-  const applied = await ssh(p.target, applyCommand(model.mqtt.tlsPort, rollbackPort, LIMITS.healthSeconds), Buffer.concat([p.password, payload]), LIMITS.applyMs, "applying the push");
+  const applied = await ssh(
+    p.target,
+    applyCommand(model.mqtt.tlsPort, rollbackPort, LIMITS.healthSeconds),
+    Buffer.concat([p.password, payload]),
+    LIMITS.applyMs,
+    "applying the push",
+  );
   const said = redact(applied.stderr)
     .split("\n")
     .filter((l) => l.trim() !== "");
   for (const l of said) out.info(`  ${l}`);
   if (applied.exitCode === ROLLED_BACK) {
-    throw new PibakeError(`the push failed and was rolled back: mosquitto did not come up healthy with the new files, so ${s.host} runs the previous ones again (see the lines above)`);
+    throw new PibakeError(
+      `the push failed and was rolled back: mosquitto did not come up healthy with the new files, so ${s.host} runs the previous ones again (see the lines above)`,
+    );
   }
   if (applied.exitCode === REFUSED_LINK) {
-    throw new PibakeError(`${s.host} refused the push before changing anything: a path it would write runs through a link that a user other than root owns (see the line above)`);
+    throw new PibakeError(
+      `${s.host} refused the push before changing anything: a path it would write runs through a link that a user other than root owns (see the line above)`,
+    );
   }
   if (applied.exitCode !== 0) {
-    if (sudoRefused(applied.stderr)) throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: nothing was changed`);
+    if (sudoRefused(applied.stderr))
+      throw new PibakeError(`sudo on ${s.host} refused the password of user.password for ${model.user.name}: nothing was changed`);
     throw new PibakeError(`applying the push failed (exit ${applied.exitCode}); the Pi may be between the old and new files: check it with pibake check`);
   }
 }

@@ -58,7 +58,8 @@ export function parseInspect(output: string): PiState {
       }
       case "file": {
         const [path, sha256, mode, owner, group, size] = f;
-        if (!path || !/^[0-9a-f]{64}$/.test(sha256 ?? "") || !/^[0-7]{1,4}$/.test(mode ?? "") || !owner || !group || !/^\d+$/.test(size ?? "")) throw new Error(`the Pi's answer has a malformed line: ${[kind, ...f].join("\t").slice(0, 200)}`);
+        if (!path || !/^[0-9a-f]{64}$/.test(sha256 ?? "") || !/^[0-7]{1,4}$/.test(mode ?? "") || !owner || !group || !/^\d+$/.test(size ?? ""))
+          throw new Error(`the Pi's answer has a malformed line: ${[kind, ...f].join("\t").slice(0, 200)}`);
         state.files.set(path, { sha256: sha256!, mode: parseInt(mode!, 8), owner, group, size: Number(size) });
         break;
       }
@@ -89,7 +90,9 @@ function parseRecord(text: string): PiRecord | undefined {
   }
 }
 
-export type Change = { path: string; kind: "add" | "change"; size: number; what: string[] } | { path: string; kind: "remove"; size: number | undefined; what: string[] };
+export type Change =
+  | { path: string; kind: "add" | "change"; size: number; what: string[] }
+  | { path: string; kind: "remove"; size: number | undefined; what: string[] };
 
 export interface Refusal {
   what: string;
@@ -169,7 +172,10 @@ export function refusals(input: PlanInput, changes: Change[]): Refusal[] {
   if (missing.length) out.push({ what: "packages", reason: `the config needs packages the Pi does not have: ${missing.join(", ")}` });
   const network = changes.filter((c) => isNetworkProfile(c.path));
   if (network.length && !input.allowNetworkChange) {
-    out.push({ what: "network", reason: `the network profile would change (${network.map((c) => `/${c.path}`).join(", ")}): a mistake there loses the Pi; pass --allow-network-change to push it anyway` });
+    out.push({
+      what: "network",
+      reason: `the network profile would change (${network.map((c) => `/${c.path}`).join(", ")}): a mistake there loses the Pi; pass --allow-network-change to push it anyway`,
+    });
   }
   return out;
 }
@@ -181,7 +187,11 @@ export function refusals(input: PlanInput, changes: Change[]): Refusal[] {
  * needs it, and its persistence keeps retained messages across the restart.
  */
 const SERVICES: { match: (p: string) => boolean; action: string }[] = [
-  { match: (p) => p.startsWith("etc/mosquitto/") || p === "usr/local/lib/pibake/mosquitto-db-check.sh" || p.startsWith("etc/systemd/system/mosquitto.service.d/"), action: "restart mosquitto" },
+  {
+    match: (p) =>
+      p.startsWith("etc/mosquitto/") || p === "usr/local/lib/pibake/mosquitto-db-check.sh" || p.startsWith("etc/systemd/system/mosquitto.service.d/"),
+    action: "restart mosquitto",
+  },
   { match: (p) => p === "etc/ddclient.conf" || p === "etc/default/ddclient", action: "try-restart ddclient" },
   { match: (p) => /(^|\/)\.node-red\//.test(p) || p === "etc/systemd/system/nodered.service", action: "try-restart nodered" },
   { match: (p) => p === "etc/nftables.conf", action: "try-reload-or-restart nftables" },

@@ -253,7 +253,15 @@ export interface Resolved {
 function whyFailed(err: unknown): string {
   const text = err instanceof Error ? err.message : String(err);
   const code = /\b(E[A-Z0-9_]{3,})\b/.exec(text)?.[1];
-  return code ?? text.split("\n").find((l) => l.trim())?.trim().slice(0, 200) ?? "no answer";
+  return (
+    code ??
+    text
+      .split("\n")
+      .find((l) => l.trim())
+      ?.trim()
+      .slice(0, 200) ??
+    "no answer"
+  );
 }
 
 /**

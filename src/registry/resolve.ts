@@ -25,10 +25,14 @@ export async function resolveVersions(
   const chosen = [versions.nodeRed, versions.dashboard].filter((c) => c !== undefined).map((c) => `${c.package} ${c.version} (${c.source})`);
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   if (failure !== undefined) {
-    opts.onStatus?.(`the npm registry gave no answer (${failure}, ${seconds}s): using ${chosen.join(", ")}, not recorded, so the next render asks again; set PIBAKE_OFFLINE=1 to not ask`);
+    opts.onStatus?.(
+      `the npm registry gave no answer (${failure}, ${seconds}s): using ${chosen.join(", ")}, not recorded, so the next render asks again; set PIBAKE_OFFLINE=1 to not ask`,
+    );
   } else {
     const fallback = [versions.nodeRed, versions.dashboard].some((c) => c?.source === "fallback");
-    opts.onStatus?.(`${chosen.join(", ")}${asked ? `: asked the npm registry in ${seconds}s` : fallback ? ": the npm registry not asked (PIBAKE_OFFLINE=1)" : ": as recorded in the state directory"}`);
+    opts.onStatus?.(
+      `${chosen.join(", ")}${asked ? `: asked the npm registry in ${seconds}s` : fallback ? ": the npm registry not asked (PIBAKE_OFFLINE=1)" : ": as recorded in the state directory"}`,
+    );
   }
   return versions;
 }

@@ -100,7 +100,10 @@ export function firewallView(model: Model): FirewallView | false {
     internet: set(internet),
     lanTcp: set(lan.filter((p) => p.protocol === "tcp")),
     lanUdp: set(lan.filter((p) => p.protocol === "udp")),
-    homeTcpList: [...lan, ...internet].filter((p) => p.protocol === "tcp").map((p) => p.port).join(", "),
+    homeTcpList: [...lan, ...internet]
+      .filter((p) => p.protocol === "tcp")
+      .map((p) => p.port)
+      .join(", "),
     limit: { ...NEW_CONNECTION_LIMIT },
     fail2ban: {
       ignoreIp: ["127.0.0.0/8", "::1", ...LAN6, ...model.firewall.lan].join(" "),

@@ -88,7 +88,13 @@ export function nodeRedView(model: Model, secrets: Secrets): NodeRedView | false
     credentialSecret: s.credentialSecret,
     credentials: encryptCredentials(s.credentialSecret, { [ids.broker]: { user: mqttUser.name, password: mqttUser.password.reveal() } }),
     dashboard: d
-      ? { package: d.package, version: d.version, flowfuse: nr.dashboard === "flowfuse", classic: nr.dashboard === "classic", path: nr.dashboard === "classic" ? "/ui" : "/dashboard" }
+      ? {
+          package: d.package,
+          version: d.version,
+          flowfuse: nr.dashboard === "flowfuse",
+          classic: nr.dashboard === "classic",
+          path: nr.dashboard === "classic" ? "/ui" : "/dashboard",
+        }
       : false,
     protectDashboard: nr.protectDashboard && s.dashboardHash ? { user: nr.admin.user, scryptHash: s.dashboardHash } : false,
     mqtt: { host: "localhost", port: model.mqtt.lanPort, user: mqttUser.name },

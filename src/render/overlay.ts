@@ -57,7 +57,11 @@ export const OVERLAY: OverlaySpec[] = [
   { path: "etc/default/ddclient", mode: 0o644, when: (v) => v.ddns !== false },
   // NetworkManager ignores keyfiles readable by others.
   { path: "etc/NetworkManager/system-connections/pibake-lan.nmconnection", mode: 0o600 },
-  { path: "etc/NetworkManager/system-connections/pibake-wifi.nmconnection", mode: 0o600, when: (v) => v.network.wifi !== false && v.network.wifi.separateProfile },
+  {
+    path: "etc/NetworkManager/system-connections/pibake-wifi.nmconnection",
+    mode: 0o600,
+    when: (v) => v.network.wifi !== false && v.network.wifi.separateProfile,
+  },
   // trixie images run cloud-init at first boot: it would add the default user, DHCP for the same interface, another hostname.
   { path: "etc/cloud/cloud.cfg.d/99_zz-pibake.cfg", mode: 0o644, when: (v) => v.image.release === "trixie" },
   { path: "etc/ssh/sshd_config.d/50-pibake.conf", mode: 0o644 },

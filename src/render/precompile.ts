@@ -27,7 +27,14 @@ export function precompiledModule(files: string[] = templateFiles()): string {
     const source = readFileSync(file, "utf8");
     return `  ${JSON.stringify(templateKey(file))}: { sha256: ${JSON.stringify(sourceDigest(source))}, spec: ${Handlebars.precompile(source, COMPILE_OPTIONS)} },`;
   });
-  return [`// Made by npm run build (src/render/precompile.ts) from overlays/ and stages/: do not edit.`, `"use strict";`, "module.exports = {", ...entries, "};", ""].join("\n");
+  return [
+    `// Made by npm run build (src/render/precompile.ts) from overlays/ and stages/: do not edit.`,
+    `"use strict";`,
+    "module.exports = {",
+    ...entries,
+    "};",
+    "",
+  ].join("\n");
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

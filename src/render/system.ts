@@ -45,5 +45,7 @@ export function systemSettings(model: Model): SystemSettings {
  * step when it changes.
  */
 export function systemDigest(settings: SystemSettings): string {
-  return createHash("sha256").update(JSON.stringify({ v: 2, ...settings })).digest("hex");
+  return createHash("sha256")
+    .update(JSON.stringify({ v: 2, ...settings }))
+    .digest("hex");
 }

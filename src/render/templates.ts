@@ -55,7 +55,9 @@ export function ddclientQuote(value: unknown, opts: { password?: boolean } = {})
   }
   if (typeof value !== "string") throw new Error(`ddclientQuote: a ${typeof value} is no value for ddclient's config`);
   if (!/^[\x21-\x7e]+$/.test(value) || /['\\]/.test(value) || (!opts.password && (value.includes("#") || /password.*=/i.test(value)))) {
-    throw new Error("ddclientQuote: a value is empty or holds what ddclient's config cannot carry (white space, a single quote, a backslash, '#', \"password…=\", a control or non-ASCII character)");
+    throw new Error(
+      "ddclientQuote: a value is empty or holds what ddclient's config cannot carry (white space, a single quote, a backslash, '#', \"password…=\", a control or non-ASCII character)",
+    );
   }
   return `'${value}'`;
 }
@@ -63,8 +65,9 @@ export function ddclientQuote(value: unknown, opts: { password?: boolean } = {})
 /** The few helpers the templates use, on an environment of their own. */
 function withHelpers(hbs: Handlebars): Handlebars {
   hbs.registerHelper("shq", (value: unknown) => new hbs.SafeString(shellQuote(value)));
-  hbs.registerHelper("ddclientQuote", (value: unknown, options: HandlebarsNamespace.HelperOptions) =>
-    new hbs.SafeString(ddclientQuote(value, { password: options.hash?.password === true })),
+  hbs.registerHelper(
+    "ddclientQuote",
+    (value: unknown, options: HandlebarsNamespace.HelperOptions) => new hbs.SafeString(ddclientQuote(value, { password: options.hash?.password === true })),
   );
   /** Equality for a template's #if: what differs between releases. */
   hbs.registerHelper("eq", (a: unknown, b: unknown) => a === b);

@@ -47,9 +47,7 @@ export interface View {
     /** challengeName: the one name whose TXT record the DNS-01 hook may set. */
     acme: false | { email: string; server: string; challengeName: string };
   };
-  ddns:
-    | false
-    | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
+  ddns: false | { freemyip: boolean; hostname: string; interval: number; ipLookup: string; server: string; login: string; secret: string };
   piGen: { firstUserPlaceholder: string; sshKeys: string; pubkeyOnly: "0" | "1"; stageList: string };
   nodeRed: false | NodeRedView;
   updates: false | { reboot: false | { time: string } };
@@ -120,7 +118,14 @@ function networkView(model: Model, secrets: Secrets): View["network"] {
     dnsList: model.network.dns.map((d) => `${d};`).join(""),
     lan: { uuid: stableUuid(model.image.name, "lan", model.network.interface), type: wifiIsLan ? "wifi" : "ethernet", wifi: wifiIsLan },
     wifi: wifi
-      ? { ssid: wifi.ssid, ssidKeyfile: keyfileSsid(wifi.ssid), psk: secrets.wifiPsk!, country: wifi.country, uuid: stableUuid(model.image.name, "wifi", wifi.ssid), separateProfile: !wifiIsLan }
+      ? {
+          ssid: wifi.ssid,
+          ssidKeyfile: keyfileSsid(wifi.ssid),
+          psk: secrets.wifiPsk!,
+          country: wifi.country,
+          uuid: stableUuid(model.image.name, "wifi", wifi.ssid),
+          separateProfile: !wifiIsLan,
+        }
       : false,
   };
 }

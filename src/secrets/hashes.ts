@@ -48,8 +48,26 @@ export function sha512Crypt(password: string, salt = randomCryptSalt(16), rounds
     c = sha(...parts);
   }
   const order = [
-    [0, 21, 42], [22, 43, 1], [44, 2, 23], [3, 24, 45], [25, 46, 4], [47, 5, 26], [6, 27, 48], [28, 49, 7], [50, 8, 29], [9, 30, 51],
-    [31, 52, 10], [53, 11, 32], [12, 33, 54], [34, 55, 13], [56, 14, 35], [15, 36, 57], [37, 58, 16], [59, 17, 38], [18, 39, 60], [40, 61, 19],
+    [0, 21, 42],
+    [22, 43, 1],
+    [44, 2, 23],
+    [3, 24, 45],
+    [25, 46, 4],
+    [47, 5, 26],
+    [6, 27, 48],
+    [28, 49, 7],
+    [50, 8, 29],
+    [9, 30, 51],
+    [31, 52, 10],
+    [53, 11, 32],
+    [12, 33, 54],
+    [34, 55, 13],
+    [56, 14, 35],
+    [15, 36, 57],
+    [37, 58, 16],
+    [59, 17, 38],
+    [18, 39, 60],
+    [40, 61, 19],
     [62, 20, 41],
   ] as const;
   let out = "";
@@ -115,7 +133,8 @@ export class HashCache {
   get(key: string, password: string, make: (pw: string) => string, verify: Verifier): string {
     const cached = this.entries[key];
     const check = this.check(key, password);
-    if (typeof cached === "object" && cached.check.length === check.length && timingSafeEqual(Buffer.from(cached.check), Buffer.from(check))) return cached.hash;
+    if (typeof cached === "object" && cached.check.length === check.length && timingSafeEqual(Buffer.from(cached.check), Buffer.from(check)))
+      return cached.hash;
     const hash = typeof cached === "string" && verify(password, cached) ? cached : make(password);
     this.entries[key] = { hash, check };
     this.dirty = true;

@@ -45,9 +45,7 @@ function hashPasswords(model: Model, state: StateDir): Omit<Secrets, "pki"> {
   const nodeRed = prepareNodeRed(model, state, cache);
   const nodeRedUser = nodeRedMqttUser(model, state);
   const mqttUsers = [...model.mqtt.users, ...(nodeRedUser ? [nodeRedUser] : [])];
-  const mqttHashes = new Map(
-    mqttUsers.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]),
-  );
+  const mqttHashes = new Map(mqttUsers.map((u) => [u.name, cache.get(`mqtt:${u.name}`, u.password.reveal(), (pw) => mosquittoHash(pw), verifyMosquittoHash)]));
   const userPasswordHash = cache.get(`user:${model.user.name}`, model.user.password.reveal(), (pw) => sha512Crypt(pw), verifySha512Crypt);
   cache.save();
   let placeholder = state.read("pi-gen-first-user-placeholder");

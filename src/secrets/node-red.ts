@@ -120,7 +120,10 @@ export function prepareNodeRed(model: Model, state: StateDir, cache: HashCache):
   if (!nr || !request) return undefined;
   const adminPassword =
     nr.admin.password?.reveal() ??
-    new Secret(kept(state, STATE_FILES.adminPassword, () => randomBytes(15).toString("base64url")), `generated, ${STATE_FILES.adminPassword}`).reveal();
+    new Secret(
+      kept(state, STATE_FILES.adminPassword, () => randomBytes(15).toString("base64url")),
+      `generated, ${STATE_FILES.adminPassword}`,
+    ).reveal();
   const credentialSecret = kept(state, STATE_FILES.credentialSecret, () => randomBytes(32).toString("hex"));
   const user = nr.admin.user;
   return {

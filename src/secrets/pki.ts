@@ -144,12 +144,7 @@ function makeCa(name: string, { key, pem }: RsaKey, now: Date): Ca {
   return { cert, keyPem: pem };
 }
 
-function issueServerCert(
-  ca: Ca,
-  serverKey: forge.pki.rsa.PrivateKey,
-  names: CertificateNames,
-  now: Date,
-): forge.pki.Certificate {
+function issueServerCert(ca: Ca, serverKey: forge.pki.rsa.PrivateKey, names: CertificateNames, now: Date): forge.pki.Certificate {
   const cert = forgeLib().pki.createCertificate();
   cert.publicKey = publicOf(serverKey);
   cert.serialNumber = randomSerial();

@@ -30,7 +30,9 @@ export function guardOutputStreams(stdout: NodeJS.WritableStream = process.stdou
     if (said || err.code === "EPIPE") return;
     said = true;
     process.exitCode = 1;
-    stderr.write(`pibake: cannot write to standard output: ${err.code ? `${err.code} (${err.message.replace(/^\w+: /, "").replace(/, write$/, "")})` : err.message}\n`);
+    stderr.write(
+      `pibake: cannot write to standard output: ${err.code ? `${err.code} (${err.message.replace(/^\w+: /, "").replace(/, write$/, "")})` : err.message}\n`,
+    );
   });
   // Nowhere is left to report a broken standard error.
   stderr.on("error", () => {});

@@ -39,7 +39,12 @@ export function acmeConfig(): TestConfig {
 }
 
 /** Every wait here is bounded well inside vitest's 120 s per test. */
-export async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, ms: number, log?: () => string): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  ms: number,
+  log?: () => string,
+): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await check();
@@ -124,17 +129,52 @@ export class AcmeLab {
     const { pki, work } = this;
     mkdirSync(pki);
     const ossl = (args: string[]) => execa("openssl", args, { cwd: pki });
-    await ossl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "root.key", "-out", "root.crt", "-days", "2", "-subj", "/CN=pibake acme test root"]);
+    await ossl([
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      "root.key",
+      "-out",
+      "root.crt",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=pibake acme test root",
+    ]);
     for (const name of ["pebble.test", "freemyip.com"]) {
       await ossl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`]);
       writeFileSync(path.join(pki, `${name}.ext`), `subjectAltName=DNS:${name}\n`);
-      await ossl(["x509", "-req", "-in", `${name}.csr`, "-CA", "root.crt", "-CAkey", "root.key", "-CAcreateserial", "-out", `${name}.crt`, "-days", "2", "-extfile", `${name}.ext`]);
+      await ossl([
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        "root.crt",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-out",
+        `${name}.crt`,
+        "-days",
+        "2",
+        "-extfile",
+        `${name}.ext`,
+      ]);
     }
     writeFileSync(path.join(work, "token"), this.token, { mode: 0o600 });
 
     await execa("ip", ["netns", "add", this.ns]);
     await execa("ip", ["-n", this.ns, "link", "set", "lo", "up"]);
-    this.servers.push(new Server("challtestsrv", this.inNs(["pebble-challtestsrv", "-http01", "", "-https01", "", "-tlsalpn01", "", "-dns01", "127.0.0.1:8053", "-management", "127.0.0.1:8055"])));
+    this.servers.push(
+      new Server(
+        "challtestsrv",
+        this.inNs(["pebble-challtestsrv", "-http01", "", "-https01", "", "-tlsalpn01", "", "-dns01", "127.0.0.1:8053", "-management", "127.0.0.1:8055"]),
+      ),
+    );
     writeFileSync(
       path.join(work, "pebble.json"),
       JSON.stringify({
@@ -155,18 +195,46 @@ export class AcmeLab {
     // No artificial sleeps in validation, no rejected nonces: the timings measure pibake's part. No
     // reuse of a validated name either (Let's Encrypt reuses them for 30 days): every order here
     // goes through freemyip.
-    this.pebble = new Server("pebble", this.inNs(["pebble", "-config", path.join(work, "pebble.json"), "-dnsserver", "127.0.0.1:8053"]), { PEBBLE_VA_NOSLEEP: "1", PEBBLE_WFE_NONCEREJECT: "0", PEBBLE_AUTHZREUSE: "0" });
+    this.pebble = new Server("pebble", this.inNs(["pebble", "-config", path.join(work, "pebble.json"), "-dnsserver", "127.0.0.1:8053"]), {
+      PEBBLE_VA_NOSLEEP: "1",
+      PEBBLE_WFE_NONCEREJECT: "0",
+      PEBBLE_AUTHZREUSE: "0",
+    });
     this.servers.push(this.pebble);
     this.standIn = spawn(
       "ip",
-      this.inNs([process.execPath, STAND_IN, JSON.stringify({ tokenFile: path.join(work, "token"), cert: path.join(pki, "freemyip.com.crt"), key: path.join(pki, "freemyip.com.key"), challtestsrv: "127.0.0.1:8055", challtestsrvDns: "127.0.0.1:8053", zone: "freemyip.com", nameServer: "ns1.freemyip.com", domain: DOMAIN })]).slice(1),
+      this.inNs([
+        process.execPath,
+        STAND_IN,
+        JSON.stringify({
+          tokenFile: path.join(work, "token"),
+          cert: path.join(pki, "freemyip.com.crt"),
+          key: path.join(pki, "freemyip.com.key"),
+          challtestsrv: "127.0.0.1:8055",
+          challtestsrvDns: "127.0.0.1:8053",
+          zone: "freemyip.com",
+          nameServer: "ns1.freemyip.com",
+          domain: DOMAIN,
+        }),
+      ]).slice(1),
       { stdio: ["pipe", "pipe", "inherit"] },
     );
     readline.createInterface({ input: this.standIn.stdout! }).on("line", (l) => this.requests.push(JSON.parse(l) as Record<string, unknown>));
     await waitFor("the freemyip stand-in", () => this.requests.some((r) => r.ready), 15_000);
-    await waitFor("pebble", () => this.pebble.output.includes("Listening on"), 15_000, () => this.pebble.output);
-    await waitFor("challtestsrv", async () => (await run(this.inNs(["curl", "-s", "-o", "/dev/null", "-d", "{}", "http://127.0.0.1:8055/clear-txt"]), {}, 5000)).exitCode === 0, 15_000);
-    const roots = await run(this.inNs(["curl", "-sS", "--cacert", path.join(pki, "root.crt"), "--resolve", "pebble.test:15000:127.0.0.1", "https://pebble.test:15000/roots/0"]));
+    await waitFor(
+      "pebble",
+      () => this.pebble.output.includes("Listening on"),
+      15_000,
+      () => this.pebble.output,
+    );
+    await waitFor(
+      "challtestsrv",
+      async () => (await run(this.inNs(["curl", "-s", "-o", "/dev/null", "-d", "{}", "http://127.0.0.1:8055/clear-txt"]), {}, 5000)).exitCode === 0,
+      15_000,
+    );
+    const roots = await run(
+      this.inNs(["curl", "-sS", "--cacert", path.join(pki, "root.crt"), "--resolve", "pebble.test:15000:127.0.0.1", "https://pebble.test:15000/roots/0"]),
+    );
     if (!roots.output.includes("BEGIN CERTIFICATE")) throw new Error(`no root from pebble:\n${roots.output}`);
     this.pebbleRoot = path.join(work, "pebble-root.crt");
     writeFileSync(this.pebbleRoot, roots.output);

@@ -13,5 +13,7 @@ export interface CheckReport {
  */
 export function unexpectedChecks(report: Pick<CheckReport, "checks">): CheckReport["checks"] {
   const installing = report.checks.some((c) => c.name === NODE_RED_INSTALL && c.status === "warning");
-  return report.checks.filter((c) => c.status !== "ok" && c.name !== "ddclient" && !(installing && c.status === "warning" && (c.name === NODE_RED_INSTALL || c.name === "node-red")));
+  return report.checks.filter(
+    (c) => c.status !== "ok" && c.name !== "ddclient" && !(installing && c.status === "warning" && (c.name === NODE_RED_INSTALL || c.name === "node-red")),
+  );
 }

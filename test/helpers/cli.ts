@@ -53,7 +53,15 @@ export const FIXTURE_TIMEOUT_MS = 3_600_000;
 /** A complete, valid config with every secret as an env reference; tests change one thing at a time. */
 export function validConfig(): Record<string, any> {
   return {
-    image: { name: "test-broker", release: "trixie", arch: "arm64", hostname: "broker", timezone: "Europe/Berlin", locale: "en_GB.UTF-8", keyboard: { keymap: "de", layout: "German" } },
+    image: {
+      name: "test-broker",
+      release: "trixie",
+      arch: "arm64",
+      hostname: "broker",
+      timezone: "Europe/Berlin",
+      locale: "en_GB.UTF-8",
+      keyboard: { keymap: "de", layout: "German" },
+    },
     user: {
       name: "admin",
       password: { env: "T_USER_PW" },
@@ -93,7 +101,11 @@ const RUNTIME_PARTS = ["package.json", "bin", "dist", "overlays", "stages", "sch
  * `asUser` is the command prefix that runs a program as them (runuser, setpriv).
  */
 export async function binReadableBy(asUser: readonly string[], into: string): Promise<string> {
-  const unreadable = await execa(asUser[0]!, [...asUser.slice(1), "find", ...RUNTIME_PARTS.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"], { reject: false, cwd: "/" });
+  const unreadable = await execa(
+    asUser[0]!,
+    [...asUser.slice(1), "find", ...RUNTIME_PARTS.map((p) => path.join(repoRoot, p)), "!", "-readable", "-print", "-quit"],
+    { reject: false, cwd: "/" },
+  );
   if (unreadable.exitCode === 0 && unreadable.stdout.trim() === "") return bin;
   const copy = path.join(into, "pibake");
   for (const part of RUNTIME_PARTS) cpSync(path.join(repoRoot, part), path.join(copy, part), { recursive: true });

@@ -26,12 +26,15 @@ export async function runDdclient(conf: string, secret: string, login?: string):
   const file = path.join(dir, "ddclient.conf");
   writeFileSync(file, conf, { mode: 0o600 });
   chmodSync(file, 0o600);
-  const r = await execa(
-    "ddclient",
-    ["-file", file, "-noexec", "-verbose", "-debug", "-foreground", "-daemon=0", "-cache", path.join(dir, "ddclient.cache")],
-    { reject: false, timeout: 30_000, all: true, env: { PATH: process.env.PATH ?? "/usr/bin:/bin" }, extendEnv: false },
-  );
-  if (r.failed && r.exitCode === undefined) throw new Error(`ddclient could not run (${redactAll(r.shortMessage ?? "", [secret])}); CI installs the Debian package ddclient`);
+  const r = await execa("ddclient", ["-file", file, "-noexec", "-verbose", "-debug", "-foreground", "-daemon=0", "-cache", path.join(dir, "ddclient.cache")], {
+    reject: false,
+    timeout: 30_000,
+    all: true,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+    extendEnv: false,
+  });
+  if (r.failed && r.exitCode === undefined)
+    throw new Error(`ddclient could not run (${redactAll(r.shortMessage ?? "", [secret])}); CI installs the Debian package ddclient`);
   expect(r.timedOut, "ddclient did not finish within 30 s").toBe(false);
   const raw = r.all ?? "";
   const basic = login ? Buffer.from(`${login}:${secret}`).toString("base64") : undefined;

@@ -25,7 +25,8 @@ export function fileTree(root: string, opts: { owners?: boolean } = {}): Map<str
         out.set(r, { type: "dir", mode: st.mode & 0o7777, ...owners });
         if (r !== "lost+found") walk(r);
       } else if (st.isSymbolicLink()) out.set(r, { type: "link", mode: 0, ...owners, content: readlinkSync(p) });
-      else if (st.isFile()) out.set(r, { type: "file", mode: st.mode & 0o7777, ...owners, content: createHash("sha256").update(readFileSync(p)).digest("hex") });
+      else if (st.isFile())
+        out.set(r, { type: "file", mode: st.mode & 0o7777, ...owners, content: createHash("sha256").update(readFileSync(p)).digest("hex") });
       else out.set(r, { type: "other", mode: st.mode & 0o7777, ...owners });
     }
   };

@@ -19,7 +19,19 @@ export interface HostileTree {
 }
 
 /** What a build writes or reads from the host, as a base image might have linked it. */
-export const LINKED_DIRS = ["etc/default", "etc/mosquitto", "etc/NetworkManager", "var/lib/NetworkManager", "etc/cloud", "etc/ssh", "etc/systemd/system", "usr/local/lib", "var/lib/dbus", "var/lib/pibake", "etc/fail2ban"];
+export const LINKED_DIRS = [
+  "etc/default",
+  "etc/mosquitto",
+  "etc/NetworkManager",
+  "var/lib/NetworkManager",
+  "etc/cloud",
+  "etc/ssh",
+  "etc/systemd/system",
+  "usr/local/lib",
+  "var/lib/dbus",
+  "var/lib/pibake",
+  "etc/fail2ban",
+];
 export const LINKED_FILES = ["etc/hosts", "etc/hostname", "etc/machine-id", "etc/ddclient.conf", "etc/nftables.conf"];
 
 /** The canaries on the host, at the absolute paths the image's links name. */
@@ -35,7 +47,8 @@ export function hostCanaries(): HostileTree {
     writeFileSync(path.join(canary, f), `${marker} ${f}\n`);
   }
   // Files pibake writes inside those directories, present on the host so that an overwrite shows.
-  for (const f of ["etc/default/keyboard", "etc/default/ddclient", "etc/default/locale", "etc/mosquitto/passwd", "var/lib/pibake/build.json"]) writeFileSync(path.join(canary, f), `${marker} ${f}\n`);
+  for (const f of ["etc/default/keyboard", "etc/default/ddclient", "etc/default/locale", "etc/mosquitto/passwd", "var/lib/pibake/build.json"])
+    writeFileSync(path.join(canary, f), `${marker} ${f}\n`);
   return { canary, marker, digest: () => treeDigest(canary), remove: () => rmSync(canary, { recursive: true, force: true }) };
 }
 

@@ -23,7 +23,18 @@ export function readAt(file: string, pos: number, len: number): Buffer {
 export async function mountRoot(image: string, dir: string, opts: { readWrite?: boolean } = {}): Promise<{ dev: string; release: () => Promise<void> }> {
   const root = parseMbr(readAt(image, 0, 512)).partitions[1]!;
   mkdirSync(dir, { recursive: true });
-  const dev = (await execa("losetup", ["--find", "--show", ...(opts.readWrite ? [] : ["--read-only"]), "--offset", String(root.offset), "--sizelimit", String(root.size), image])).stdout.trim();
+  const dev = (
+    await execa("losetup", [
+      "--find",
+      "--show",
+      ...(opts.readWrite ? [] : ["--read-only"]),
+      "--offset",
+      String(root.offset),
+      "--sizelimit",
+      String(root.size),
+      image,
+    ])
+  ).stdout.trim();
   try {
     await execa("mount", ["-t", "ext4", ...(opts.readWrite ? [] : ["-o", "ro"]), dev, dir]);
   } catch (e) {
@@ -48,14 +59,25 @@ export function bootFile(image: string, name: string): string | undefined {
 
 /** Every rendered overlay file is in the mounted root with its content, mode, and owner by the image's own ids. */
 export function expectOverlayInRoot(root: string, rendered: Rendered): void {
-  const ids = (file: string) => new Map(readFileSync(path.join(root, file), "utf8").split("\n").filter(Boolean).map((l) => [l.split(":")[0]!, Number(l.split(":")[2])]));
+  const ids = (file: string) =>
+    new Map(
+      readFileSync(path.join(root, file), "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => [l.split(":")[0]!, Number(l.split(":")[2])]),
+    );
   const users = ids("etc/passwd");
   const groups = ids("etc/group");
   expect(rendered.overlay.length).toBeGreaterThan(8);
   for (const f of rendered.overlay) {
     const p = path.join(root, f.path);
     const st = statSync(p);
-    expect({ file: f.path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ file: f.path, mode: f.mode, uid: users.get(f.owner), gid: groups.get(f.group) });
+    expect({ file: f.path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({
+      file: f.path,
+      mode: f.mode,
+      uid: users.get(f.owner),
+      gid: groups.get(f.group),
+    });
     expect(readFileSync(p).equals(f.content), `${f.path} differs from the render`).toBe(true);
   }
   expect(users.get("mosquitto")).toBeGreaterThan(0);
@@ -79,7 +101,8 @@ export async function countInImage(image: string, needles: string[]): Promise<Ma
         readSync(fd, b, 0, len, pos);
         bufs.forEach((needle, i) => {
           // Count matches that start in this chunk's own part (not in the overlap, which the next chunk owns).
-          for (let at = b.indexOf(needle); at >= 0 && at < Math.min(chunk, len); at = b.indexOf(needle, at + 1)) counts.set(needles[i]!, counts.get(needles[i]!)! + 1);
+          for (let at = b.indexOf(needle); at >= 0 && at < Math.min(chunk, len); at = b.indexOf(needle, at + 1))
+            counts.set(needles[i]!, counts.get(needles[i]!)! + 1);
         });
       }
     }

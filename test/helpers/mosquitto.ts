@@ -18,7 +18,6 @@ export const CONNECT_TIMEOUT_MS = 5_000;
 /** How long a message that must not arrive is given to arrive anyway. */
 export const QUIET_MS = 500;
 
-
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** mosquitto in the foreground, as a child of the test; its stdout and stderr are its log. */
@@ -166,7 +165,12 @@ export async function layOutRenderedBroker(fx: Fixture, opts: { netns?: Netns } 
   // Every Mosquitto file of the overlay, at its path under the temporary root, with its rendered mode.
   const mosquittoFiles = fx.rendered.overlay.filter((f) => f.path.startsWith("etc/mosquitto/"));
   // (The ACL only when some user has topic rules.)
-  expect(mosquittoFiles.map((f) => f.path).filter((p) => p !== "etc/mosquitto/acl").sort()).toEqual([
+  expect(
+    mosquittoFiles
+      .map((f) => f.path)
+      .filter((p) => p !== "etc/mosquitto/acl")
+      .sort(),
+  ).toEqual([
     "etc/mosquitto/certs/ca.crt",
     "etc/mosquitto/certs/server.crt",
     "etc/mosquitto/certs/server.key",

@@ -9,7 +9,11 @@ export interface ConnectResult {
 
 /** Connect once (no reconnects), resolve with the outcome within `ms`. */
 /** mqtt.js hands TLS options (minVersion, ciphers…) through to node:tls. */
-export function tryConnect(url: string, opts: IClientOptions & Pick<ConnectionOptions, "minVersion" | "maxVersion" | "ciphers">, ms = 15_000): Promise<ConnectResult> {
+export function tryConnect(
+  url: string,
+  opts: IClientOptions & Pick<ConnectionOptions, "minVersion" | "maxVersion" | "ciphers">,
+  ms = 15_000,
+): Promise<ConnectResult> {
   return new Promise((resolve) => {
     const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: ms, ...opts });
     const timer = setTimeout(() => {

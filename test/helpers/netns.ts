@@ -28,7 +28,10 @@ export const INTERNET_PEER = { v4: "203.0.113.7", v4b: "203.0.113.8", v6: "2001:
 /** Why namespaces cannot be made here, or undefined when they can. */
 export async function netnsUnavailable(): Promise<string | undefined> {
   if (process.getuid?.() !== 0) return "needs root to make network namespaces (ip netns add)";
-  for (const [tool, flag] of [["ip", "-V"], ["nft", "--version"]] as const) {
+  for (const [tool, flag] of [
+    ["ip", "-V"],
+    ["nft", "--version"],
+  ] as const) {
     const r = await execa(tool, [flag], { reject: false });
     if (r.exitCode !== 0) return `${tool} is not installed (CI installs iproute2 and nftables)`;
   }

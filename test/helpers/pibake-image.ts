@@ -73,8 +73,12 @@ async function buildInto(dir: string, base: string): Promise<void> {
   const config = brokerImageConfig(readFileSync(`${sshKey}.pub`, "utf8").trim(), DOMAIN);
   const cfg = writeJson(path.join(work, "broker.json"), config);
   const out = path.join(work, "out");
-  const r = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(work, "state"), "--compress", "none", "--log-format", "plain"], { env, timeout: FIXTURE_TIMEOUT_MS });
-  if (r.exitCode !== 0) throw new Error(`building the pibake image failed (exit ${r.exitCode}):\n${String(r.stdout).slice(-3000)}\n${String(r.stderr).slice(-3000)}`);
+  const r = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(work, "state"), "--compress", "none", "--log-format", "plain"], {
+    env,
+    timeout: FIXTURE_TIMEOUT_MS,
+  });
+  if (r.exitCode !== 0)
+    throw new Error(`building the pibake image failed (exit ${r.exitCode}):\n${String(r.stdout).slice(-3000)}\n${String(r.stderr).slice(-3000)}`);
   const img = readdirSync(out).find((f) => f.endsWith(".img"))!;
   renameSync(path.join(out, img), path.join(work, "image.img"));
   rmSync(out, { recursive: true, force: true });
@@ -112,7 +116,20 @@ export interface Regenerated {
  * (another regeneration's, for the same certificate and hashes). For the boot test: `(await regenerate(...)).image`
  * is a fast-path image of the broker config with the cached image's SSH key.
  */
-export async function regenerate(img: PibakeImage, opts: { dir: string; domain: string; env?: Record<string, string>; asUser?: string[]; bin?: string; newServerKey?: boolean; extraArgs?: string[]; config?: Record<string, any>; fromState?: string }): Promise<Regenerated> {
+export async function regenerate(
+  img: PibakeImage,
+  opts: {
+    dir: string;
+    domain: string;
+    env?: Record<string, string>;
+    asUser?: string[];
+    bin?: string;
+    newServerKey?: boolean;
+    extraArgs?: string[];
+    config?: Record<string, any>;
+    fromState?: string;
+  },
+): Promise<Regenerated> {
   const { dir } = opts;
   mkdirSync(dir, { recursive: true });
   const state = path.join(dir, "state");
@@ -129,9 +146,24 @@ export async function regenerate(img: PibakeImage, opts: { dir: string; domain: 
     // The user must reach `dir`: its parent is often a private temporary directory.
     chmodSync(path.dirname(dir), 0o755);
     const bin = opts.bin ?? path.join(repoRoot, "bin/pibake.js");
-    r = await execa(opts.asUser[0]!, [...opts.asUser.slice(1), "node", bin, ...args], { reject: false, all: true, extendEnv: false, env: { ...runEnv, PATH: nodeOnlyPath(dir), HOME: dir }, cwd: dir, timeout: 600_000, stdin: "ignore" });
+    r = await execa(opts.asUser[0]!, [...opts.asUser.slice(1), "node", bin, ...args], {
+      reject: false,
+      all: true,
+      extendEnv: false,
+      env: { ...runEnv, PATH: nodeOnlyPath(dir), HOME: dir },
+      cwd: dir,
+      timeout: 600_000,
+      stdin: "ignore",
+    });
   } else {
-    r = await execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), ...args], { reject: false, all: true, env: runEnv, cwd: dir, timeout: 1_800_000, stdin: "ignore" });
+    r = await execa(process.execPath, [path.join(repoRoot, "bin/pibake.js"), ...args], {
+      reject: false,
+      all: true,
+      env: runEnv,
+      cwd: dir,
+      timeout: 1_800_000,
+      stdin: "ignore",
+    });
   }
   const image = existsSync(out) ? readdirSync(out).find((f) => f.endsWith(".img")) : undefined;
   return { exitCode: r.exitCode, output: String(r.all), ...(image ? { image: path.join(out, image) } : {}), out, state, config, key: img.key };

@@ -36,7 +36,10 @@ export interface VmOptions {
  * Debian system) does not: its udev would rename eth0 before the root is up.
  */
 export function cmdlineForQemu(cmdlineTxt: string): string {
-  const args = cmdlineTxt.trim().split(/\s+/).filter((a) => !a.startsWith("console="));
+  const args = cmdlineTxt
+    .trim()
+    .split(/\s+/)
+    .filter((a) => !a.startsWith("console="));
   return [...args, "net.ifnames=0", "console=ttyAMA0"].join(" ");
 }
 
@@ -75,16 +78,36 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
   const monitor = path.join(path.dirname(o.consoleLog), `qemu-monitor-${process.pid}.sock`);
   const diskId = diskIdentifier(o.image);
   const args = [
-    "-M", "virt", "-cpu", "cortex-a72", "-m", "1024", "-smp", "2",
-    "-display", "none", "-serial", `file:${o.consoleLog}`, "-monitor", `unix:${monitor},server,nowait`,
-    "-kernel", path.join(o.kernelDir, "vmlinuz"), "-initrd", path.join(o.kernelDir, "initrd.img"),
+    "-M",
+    "virt",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1024",
+    "-smp",
+    "2",
+    "-display",
+    "none",
+    "-serial",
+    `file:${o.consoleLog}`,
+    "-monitor",
+    `unix:${monitor},server,nowait`,
+    "-kernel",
+    path.join(o.kernelDir, "vmlinuz"),
+    "-initrd",
+    path.join(o.kernelDir, "initrd.img"),
     // net.ifnames=0: the interface is eth0, as on a Raspberry Pi.
-    "-append", o.append ?? `root=PARTUUID=${diskId}-02 rootfstype=ext4 rootwait console=ttyAMA0 net.ifnames=0`,
-    "-drive", `file=${o.image},if=virtio,format=raw${o.writable ? "" : ",snapshot=on"}`,
+    "-append",
+    o.append ?? `root=PARTUUID=${diskId}-02 rootfstype=ext4 rootwait console=ttyAMA0 net.ifnames=0`,
+    "-drive",
+    `file=${o.image},if=virtio,format=raw${o.writable ? "" : ",snapshot=on"}`,
     ...(o.noReboot ? ["-no-reboot"] : []),
-    "-netdev", ["user", "id=n0", `restrict=${o.restrictNetwork === false ? "off" : "on"}`, ...forwards].join(","),
-    "-device", "virtio-net-pci,netdev=n0",
-    "-device", "virtio-rng-pci",
+    "-netdev",
+    ["user", "id=n0", `restrict=${o.restrictNetwork === false ? "off" : "on"}`, ...forwards].join(","),
+    "-device",
+    "virtio-net-pci,netdev=n0",
+    "-device",
+    "virtio-rng-pci",
   ];
   const startedAt = Date.now();
   const child: ResultPromise = execa("qemu-system-aarch64", args, { reject: false, stdin: "ignore", all: true });
@@ -97,7 +120,10 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
   const readConsole = () => (existsSync(o.consoleLog) ? readFileSync(o.consoleLog, "latin1") : "");
   const vm: Vm = {
     ports,
-    exit: child.then((r) => r.exitCode ?? undefined, () => undefined),
+    exit: child.then(
+      (r) => r.exitCode ?? undefined,
+      () => undefined,
+    ),
     startedAt,
     console: readConsole,
     lastConsoleLines: (n = 40) => readConsole().split(/\r?\n/).slice(-n).join("\n"),
@@ -117,10 +143,13 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
       const t = Date.now();
       // The monitor keeps its side open: send the command, give it a moment, hang up.
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          s.destroy();
-          reject(new Error(`the QEMU monitor did not take system_powerdown within 10 s`));
-        }, Math.min(10_000, ms));
+        const timer = setTimeout(
+          () => {
+            s.destroy();
+            reject(new Error(`the QEMU monitor did not take system_powerdown within 10 s`));
+          },
+          Math.min(10_000, ms),
+        );
         const s = net.connect(monitor, () => {
           clearTimeout(timer);
           s.write("system_powerdown\n");
@@ -158,7 +187,10 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
 export class Deadline {
   readonly start = Date.now();
   readonly at: number;
-  constructor(readonly name: string, readonly ms: number) {
+  constructor(
+    readonly name: string,
+    readonly ms: number,
+  ) {
     this.at = this.start + ms;
   }
   remaining(): number {
@@ -187,10 +219,22 @@ export async function sshRun(port: number, user: string, key: string, command: s
   return execa(
     "ssh",
     [
-      "-i", key, "-p", String(port),
-      "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-      "-o", `ConnectTimeout=${Math.max(1, Math.min(20, Math.floor(ms / 1000) - 2))}`, "-o", "LogLevel=ERROR",
-      `${user}@127.0.0.1`, command,
+      "-i",
+      key,
+      "-p",
+      String(port),
+      "-o",
+      "StrictHostKeyChecking=no",
+      "-o",
+      "UserKnownHostsFile=/dev/null",
+      "-o",
+      "BatchMode=yes",
+      "-o",
+      `ConnectTimeout=${Math.max(1, Math.min(20, Math.floor(ms / 1000) - 2))}`,
+      "-o",
+      "LogLevel=ERROR",
+      `${user}@127.0.0.1`,
+      command,
     ],
     // execa's timeout 0 would mean none: never hand it less than 1 ms.
     { reject: false, timeout: Math.max(1, ms), stdin: "ignore" },
@@ -210,9 +254,17 @@ export async function bootDiagnostics(vm: Vm, ssh?: SshTarget, ms = DIAGNOSTICS_
   if (!ssh) lines.push("failed units / unfinished jobs: not asked (no SSH forwarded)");
   else if (vm.exited()) lines.push("failed units / unfinished jobs: not asked (the VM has exited)");
   else {
-    const r = await sshRun(ssh.port, ssh.user, ssh.key, "echo '--- failed units:'; systemctl --failed --no-legend --plain 2>&1 | grep . || echo '(none)'; echo '--- unfinished jobs:'; systemctl list-jobs --no-legend 2>&1 | grep . || echo '(none)'", ms);
-    if (r.timedOut) lines.push(`failed units / unfinished jobs: SSH to the guest timed out after ${ms / 1000} s${r.stderr.trim() ? ` (${r.stderr.trim()})` : ""}`);
-    else if (!r.stdout.includes("--- failed units:")) lines.push(`failed units / unfinished jobs: SSH to the guest failed (exit ${r.exitCode}): ${r.stderr.trim() || "no message"}`);
+    const r = await sshRun(
+      ssh.port,
+      ssh.user,
+      ssh.key,
+      "echo '--- failed units:'; systemctl --failed --no-legend --plain 2>&1 | grep . || echo '(none)'; echo '--- unfinished jobs:'; systemctl list-jobs --no-legend 2>&1 | grep . || echo '(none)'",
+      ms,
+    );
+    if (r.timedOut)
+      lines.push(`failed units / unfinished jobs: SSH to the guest timed out after ${ms / 1000} s${r.stderr.trim() ? ` (${r.stderr.trim()})` : ""}`);
+    else if (!r.stdout.includes("--- failed units:"))
+      lines.push(`failed units / unfinished jobs: SSH to the guest failed (exit ${r.exitCode}): ${r.stderr.trim() || "no message"}`);
     else lines.push(r.stdout.trim());
   }
   return lines.join("\n");
@@ -225,7 +277,13 @@ export async function bootDiagnostics(vm: Vm, ssh?: SshTarget, ms = DIAGNOSTICS_
  * console's last lines and bootDiagnostics (the failed units and queued jobs
  * when `ssh` is given and the guest answers it).
  */
-export async function waitForBroker(vm: Vm, url: string, opts: Parameters<typeof tryConnect>[1], within: number | Deadline, o: { ssh?: SshTarget } = {}): Promise<void> {
+export async function waitForBroker(
+  vm: Vm,
+  url: string,
+  opts: Parameters<typeof tryConnect>[1],
+  within: number | Deadline,
+  o: { ssh?: SshTarget } = {},
+): Promise<void> {
   const d = typeof within === "number" ? new Deadline("broker wait", within) : within;
   const fail = async (what: string) => {
     throw new Error(`${what}; last console lines:\n${vm.lastConsoleLines()}\n--- diagnostics:\n${await bootDiagnostics(vm, o.ssh)}`);

@@ -220,7 +220,23 @@ export async function unrelatedCaPem(): Promise<string> {
   const cert = path.join(dir, "ca.crt");
   await execa(
     "openssl",
-    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=unrelated CA", "-days", "2", "-keyout", path.join(dir, "ca.key"), "-out", cert],
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-subj",
+      "/CN=unrelated CA",
+      "-days",
+      "2",
+      "-keyout",
+      path.join(dir, "ca.key"),
+      "-out",
+      cert,
+    ],
     { timeout: 20_000 },
   );
   return readFileSync(cert, "utf8");

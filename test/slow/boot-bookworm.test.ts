@@ -41,11 +41,15 @@ describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init
     c.user.sshKeys = [readFileSync(`${key()}.pub`, "utf8").trim()];
     c.nodeRed = { enabled: false };
     const cfg = writeJson(path.join(tmp.dir, "bookworm.json"), c);
-    const fixture = (script: string) => execa("bash", [path.join(repoRoot, "scripts/fixtures", script), "bookworm"], { timeout: d.cap(1_800_000) }).then((r) => r.stdout.trim());
+    const fixture = (script: string) =>
+      execa("bash", [path.join(repoRoot, "scripts/fixtures", script), "bookworm"], { timeout: d.cap(1_800_000) }).then((r) => r.stdout.trim());
     const base = await fixture("base-image.sh");
     kernel = await fixture("qemu-kernel.sh");
     const out = path.join(tmp.dir, "deploy");
-    const r = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(tmp.dir, "state"), "--compress", "none"], { env: secretEnv, timeout: d.cap(2_400_000) });
+    const r = await pibake(["build", cfg, "--base", base, "--out", out, "--state", path.join(tmp.dir, "state"), "--compress", "none"], {
+      env: secretEnv,
+      timeout: d.cap(2_400_000),
+    });
     expect(r.exitCode, r.stderr).toBe(0);
     // The boots write to the image: the build's own file is that copy (it is ours to change).
     image = path.join(out, readdirSync(out).find((f) => f.endsWith(".img"))!);
@@ -57,47 +61,69 @@ describe.skipIf(!wanted || !isRoot || !hasQemu)("bookworm: the first boot's init
     tmp.cleanup();
   });
 
-  it("runs the first-boot script from cmdline.txt, which takes itself off the command line and reboots", async () => {
-    const d = new Deadline("first boot", BUDGET.firstBoot);
-    const before = bootFile(image, "cmdline.txt")!;
-    expect(before).toMatch(/ quiet init=\/usr\/lib\/raspberrypi-sys-mods\/firstboot/);
-    const first = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console-1.log"), forward: {}, append: cmdlineForQemu(before), writable: true, noReboot: true });
-    const code = await Promise.race([first.exit, new Promise<"timeout">((res) => setTimeout(() => res("timeout"), d.cap(BUDGET.firstBoot)))]);
-    if (code === "timeout") {
-      await first.kill();
-      throw new Error(`the first boot did not reboot within ${BUDGET.firstBoot / 1000} s; last console lines:\n${first.lastConsoleLines()}`);
-    }
-    const after = bootFile(image, "cmdline.txt")!;
-    expect(after).not.toMatch(/init=|quiet/);
-    expect(after).toMatch(/ rootwait\n?$/);
-  }, BUDGET.firstBoot + MARGIN);
+  it(
+    "runs the first-boot script from cmdline.txt, which takes itself off the command line and reboots",
+    async () => {
+      const d = new Deadline("first boot", BUDGET.firstBoot);
+      const before = bootFile(image, "cmdline.txt")!;
+      expect(before).toMatch(/ quiet init=\/usr\/lib\/raspberrypi-sys-mods\/firstboot/);
+      const first = await bootVm({
+        image,
+        kernelDir: kernel,
+        consoleLog: path.join(tmp.dir, "console-1.log"),
+        forward: {},
+        append: cmdlineForQemu(before),
+        writable: true,
+        noReboot: true,
+      });
+      const code = await Promise.race([first.exit, new Promise<"timeout">((res) => setTimeout(() => res("timeout"), d.cap(BUDGET.firstBoot)))]);
+      if (code === "timeout") {
+        await first.kill();
+        throw new Error(`the first boot did not reboot within ${BUDGET.firstBoot / 1000} s; last console lines:\n${first.lastConsoleLines()}`);
+      }
+      const after = bootFile(image, "cmdline.txt")!;
+      expect(after).not.toMatch(/init=|quiet/);
+      expect(after).toMatch(/ rootwait\n?$/);
+    },
+    BUDGET.firstBoot + MARGIN,
+  );
 
-  it("then boots as the broker: the configured user with a shell and passwordless sudo, no wizard, its own host keys", async () => {
-    const d = new Deadline("second boot", BUDGET.boot);
-    vm = await bootVm({ image, kernelDir: kernel, consoleLog: path.join(tmp.dir, "console-2.log"), forward: { mqtts: 8883, ssh: 22 }, append: cmdlineForQemu(bootFile(image, "cmdline.txt")!) });
-    const booted = vm;
-    const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
-    const opts = { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
-    const ssh = { port: booted.ports.ssh!, user: "admin", key: key() };
-    await withBootDiagnostics(booted, ssh, () => waitForBroker(booted, url, opts, d.before("broker wait", 20_000), { ssh }));
-    const client = await tryConnect(url, opts, d.cap(15_000));
-    expect(client.ok, client.error).toBe(true);
-    client.client!.end(true);
-    console.log(`boot (bookworm, second boot): power-on to the broker: ${((Date.now() - booted.startedAt) / 1000).toFixed(1)} s`);
+  it(
+    "then boots as the broker: the configured user with a shell and passwordless sudo, no wizard, its own host keys",
+    async () => {
+      const d = new Deadline("second boot", BUDGET.boot);
+      vm = await bootVm({
+        image,
+        kernelDir: kernel,
+        consoleLog: path.join(tmp.dir, "console-2.log"),
+        forward: { mqtts: 8883, ssh: 22 },
+        append: cmdlineForQemu(bootFile(image, "cmdline.txt")!),
+      });
+      const booted = vm;
+      const url = `mqtts://127.0.0.1:${booted.ports.mqtts}`;
+      const opts = { ca, servername: DOMAIN, rejectUnauthorized: true, username: "phone", password: secretEnv.T_MQTT_PHONE_PW };
+      const ssh = { port: booted.ports.ssh!, user: "admin", key: key() };
+      await withBootDiagnostics(booted, ssh, () => waitForBroker(booted, url, opts, d.before("broker wait", 20_000), { ssh }));
+      const client = await tryConnect(url, opts, d.cap(15_000));
+      expect(client.ok, client.error).toBe(true);
+      client.client!.end(true);
+      console.log(`boot (bookworm, second boot): power-on to the broker: ${((Date.now() - booted.startedAt) / 1000).toFixed(1)} s`);
 
-    const c = new Deadline("checks", BUDGET.checks);
-    const run = (cmd: string) => sshRun(ssh.port, ssh.user, key(), cmd, c.cap(30_000));
-    const shell = await run('echo "$0"; getent passwd | awk -F: \'$3 >= 1000 && $3 < 65534 {print $1}\'; sudo -n true && echo sudo-ok');
-    expect(shell.stdout, shell.stderr).toBe("bash\nadmin\nsudo-ok");
-    const wizard = await run("systemctl is-enabled userconfig.service; test -e /var/lib/userconf-pi/wizard-ran && echo ran || echo never ran");
-    expect(wizard.stdout).toBe("masked\nnever ran");
-    const keys = await run("ls /etc/ssh | grep -c '^ssh_host_.*_key$'; systemctl is-enabled regenerate_ssh_host_keys.service || true; cat /etc/machine-id");
-    const [count, regen, machineId] = keys.stdout.trim().split("\n");
-    expect(Number(count)).toBeGreaterThanOrEqual(3);
-    expect(regen).toBe("disabled");
-    expect(machineId).toMatch(/^[0-9a-f]{32}$/);
-    const failed = await run("systemctl --failed --no-legend --plain");
-    expect(failed.stdout.trim()).toBe("");
-    await booted.powerdown(c.cap(90_000));
-  }, BUDGET.boot + BUDGET.checks + MARGIN);
+      const c = new Deadline("checks", BUDGET.checks);
+      const run = (cmd: string) => sshRun(ssh.port, ssh.user, key(), cmd, c.cap(30_000));
+      const shell = await run("echo \"$0\"; getent passwd | awk -F: '$3 >= 1000 && $3 < 65534 {print $1}'; sudo -n true && echo sudo-ok");
+      expect(shell.stdout, shell.stderr).toBe("bash\nadmin\nsudo-ok");
+      const wizard = await run("systemctl is-enabled userconfig.service; test -e /var/lib/userconf-pi/wizard-ran && echo ran || echo never ran");
+      expect(wizard.stdout).toBe("masked\nnever ran");
+      const keys = await run("ls /etc/ssh | grep -c '^ssh_host_.*_key$'; systemctl is-enabled regenerate_ssh_host_keys.service || true; cat /etc/machine-id");
+      const [count, regen, machineId] = keys.stdout.trim().split("\n");
+      expect(Number(count)).toBeGreaterThanOrEqual(3);
+      expect(regen).toBe("disabled");
+      expect(machineId).toMatch(/^[0-9a-f]{32}$/);
+      const failed = await run("systemctl --failed --no-legend --plain");
+      expect(failed.stdout.trim()).toBe("");
+      await booted.powerdown(c.cap(90_000));
+    },
+    BUDGET.boot + BUDGET.checks + MARGIN,
+  );
 });

@@ -77,7 +77,11 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
       nodeRed: { admin: { password: { env: "T_NR_PW" } } },
     };
     writeFileSync(path.join(dir, "broker.json"), JSON.stringify(config));
-    const { model } = loadConfig(path.join(dir, "broker.json"), { T_USER_PW: "user-password-1", T_SENSORS_PW: "sensors-password-1", T_NR_PW: "editor-password-1" });
+    const { model } = loadConfig(path.join(dir, "broker.json"), {
+      T_USER_PW: "user-password-1",
+      T_SENSORS_PW: "sensors-password-1",
+      T_NR_PW: "editor-password-1",
+    });
     secrets = await prepareSecrets(model, new StateDir(path.join(dir, "state")));
     writeRendered(out, await render(model, secrets));
 
@@ -101,7 +105,13 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     console.log(`timings (ms): ${JSON.stringify(timings)}`);
   });
 
-  const idOf = (file: string, name: string) => Number(readFileSync(path.join(rootfs, file), "utf8").split("\n").find((l) => l.startsWith(`${name}:`))!.split(":")[2]);
+  const idOf = (file: string, name: string) =>
+    Number(
+      readFileSync(path.join(rootfs, file), "utf8")
+        .split("\n")
+        .find((l) => l.startsWith(`${name}:`))!
+        .split(":")[2],
+    );
   const wants = (unit: string) => path.join(rootfs, "etc/systemd/system/multi-user.target.wants", unit);
 
   it("the stage enables pibake-firstboot.service and gives ~/.node-red to the first user", () => {
@@ -112,7 +122,12 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
     expect(existsSync(wants("nodered.service"))).toBe(false);
     const st = statSync(userDir);
     expect({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 }).toEqual({ uid, gid, mode: 0o700 });
-    for (const [name, mode] of [["settings.js", 0o600], ["flows_cred.json", 0o600], ["flows.json", 0o644], ["package.json", 0o644]] as const) {
+    for (const [name, mode] of [
+      ["settings.js", 0o600],
+      ["flows_cred.json", 0o600],
+      ["flows.json", 0o644],
+      ["package.json", 0o644],
+    ] as const) {
       const f = statSync(path.join(userDir, name));
       expect({ name, uid: f.uid, gid: f.gid, mode: f.mode & 0o7777 }).toEqual({ name, uid, gid, mode });
     }
@@ -151,11 +166,31 @@ describe.skipIf(skipped)("Node-RED's first boot in a Debian arm64 chroot", () =>
       await mountChrootFilesystems(new ImageRoot(rootfs), scope);
       let log = "";
       const start = Date.now();
-      const child = execa("chroot", [rootfs, "setpriv", `--reuid=${user}`, `--regid=${user}`, "--init-groups", "env", `HOME=/home/${user}`, "node", "/usr/local/lib/node_modules/node-red/red.js", "--userDir", `/home/${user}/.node-red`, "--port", String(port), "-D", "uiHost=127.0.0.1"], {
-        reject: false,
-        all: true,
-        forceKillAfterDelay: 5000,
-      });
+      const child = execa(
+        "chroot",
+        [
+          rootfs,
+          "setpriv",
+          `--reuid=${user}`,
+          `--regid=${user}`,
+          "--init-groups",
+          "env",
+          `HOME=/home/${user}`,
+          "node",
+          "/usr/local/lib/node_modules/node-red/red.js",
+          "--userDir",
+          `/home/${user}/.node-red`,
+          "--port",
+          String(port),
+          "-D",
+          "uiHost=127.0.0.1",
+        ],
+        {
+          reject: false,
+          all: true,
+          forceKillAfterDelay: 5000,
+        },
+      );
       child.all?.on("data", (d: Buffer) => (log += d.toString()));
       scope.defer(async () => {
         child.kill("SIGINT");

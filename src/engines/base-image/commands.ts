@@ -15,7 +15,12 @@ export const readExt4Features = (dev: string): Command => ({
 });
 
 /** e2fsck -fy: fixes what it can; 0, 1 and 2 mean the file system is now clean. */
-export const repairExt4 = (dev: string, what = "checking the root file system"): Command => ({ cmd: "e2fsck", args: ["-f", "-y", dev], what, okCodes: [0, 1, 2] });
+export const repairExt4 = (dev: string, what = "checking the root file system"): Command => ({
+  cmd: "e2fsck",
+  args: ["-f", "-y", dev],
+  what,
+  okCodes: [0, 1, 2],
+});
 
 /** Offline growth to the partition's size: online growth (EXT4_IOC_RESIZE_FS) is refused in some containers and kernels. */
 export const growExt4 = (dev: string): Command => ({ cmd: "resize2fs", args: [dev], what: "growing the root file system" });
@@ -49,7 +54,12 @@ export const discardFreeBlocks = (mnt: string): Command => ({ cmd: "fstrim", arg
 export const zeroFreeBlocks = (dev: string): Command => ({ cmd: "zerofree", args: [dev], what: "zeroing free blocks" });
 
 /** One of the image's own programs, to learn before the long work whether they run here (natively or through qemu-user). */
-export const tryImageProgram = (rootfs: string): Command => ({ cmd: "chroot", args: [rootfs, "/bin/true"], what: "trying one of the image's programs", okCodes: "any" });
+export const tryImageProgram = (rootfs: string): Command => ({
+  cmd: "chroot",
+  args: [rootfs, "/bin/true"],
+  what: "trying one of the image's programs",
+  okCodes: "any",
+});
 
 /**
  * mtools on the FAT boot partition at its byte offset in the image file
@@ -69,6 +79,12 @@ export const copyFatIn = (drive: string, dir: string, files: string[], target: s
 
 export const removeFatTree = (drive: string, dir: string): Command => mtools("mdeltree", drive, [`::/${dir}`], `removing ${dir} from the boot partition`);
 
-export const removeFatFiles = (drive: string, files: string[]): Command => mtools("mdel", drive, files.map((f) => `::/${f}`), "removing files from the boot partition");
+export const removeFatFiles = (drive: string, files: string[]): Command =>
+  mtools(
+    "mdel",
+    drive,
+    files.map((f) => `::/${f}`),
+    "removing files from the boot partition",
+  );
 
 export const makeFatDir = (drive: string, dir: string): Command => mtools("mmd", drive, [`::/${dir}`], `creating ${dir} on the boot partition`);

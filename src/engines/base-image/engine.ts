@@ -71,7 +71,13 @@ export const baseImageEngine: Engine = {
     }
     if (!official && !missing && compression === "none" && request.full !== true && (await isFastCandidate(request.base!))) {
       // Whether the render changes only files is known after it: the full path's needs are checked then (fullPathRequirements).
-      requirements.push(requirement("an image pibake built, for a fast regeneration", "its build.json found: root is needed only if the new config changes more than files", undefined));
+      requirements.push(
+        requirement(
+          "an image pibake built, for a fast regeneration",
+          "its build.json found: root is needed only if the new config changes more than files",
+          undefined,
+        ),
+      );
     } else requirements.push(...fullPathRequirements(request, model, compression, await problemOf(() => checkRoot(request.base))));
     if (model.image.baseStages.length > 0) {
       const what = "image.baseStages: pi-gen stages apply to pi-gen builds: add --engine pi-gen, or remove image.baseStages to build from an image";
@@ -91,7 +97,9 @@ export const baseImageEngine: Engine = {
       const free = Number(st.bavail) * Number(st.bsize);
       const need = raw + 1024 ** 3;
       if (free >= need) return [];
-      return [`${outDir} has ${formatBytes(free)} free; a build from ${path.basename(request.base!)} may need up to about ${formatBytes(need)} there (the working image, the packages, the delivered image)`];
+      return [
+        `${outDir} has ${formatBytes(free)} free; a build from ${path.basename(request.base!)} may need up to about ${formatBytes(need)} there (the working image, the packages, the delivered image)`,
+      ];
     } catch {
       // The preflight reports an unreadable base.
       return [];

@@ -70,9 +70,16 @@ export function snapshotTree(dir: string): TreeSnapshot {
         out.set(r, { type: "dir" });
         walk(r);
       } else if (st.isFile()) {
-        out.set(r, { type: "file", sha256: createHash("sha256").update(readFileSync(path.join(dir, r))).digest("hex") });
+        out.set(r, {
+          type: "file",
+          sha256: createHash("sha256")
+            .update(readFileSync(path.join(dir, r)))
+            .digest("hex"),
+        });
       } else {
-        throw new PibakeError(`/boot/firmware/${r} is a ${st.isSymbolicLink() ? "symbolic link" : "special file"}: the boot partition is FAT and holds only files and directories; the stage must not create it`);
+        throw new PibakeError(
+          `/boot/firmware/${r} is a ${st.isSymbolicLink() ? "symbolic link" : "special file"}: the boot partition is FAT and holds only files and directories; the stage must not create it`,
+        );
       }
     }
   };

@@ -20,7 +20,10 @@ export function inImageWork(rendered: Rendered): InImageWork {
   const out: InImageWork = {};
   for (const f of rendered.stage) {
     if (f.path === OVERLAY_IN_STAGE) continue;
-    const lines = f.content.toString("utf8").split("\n").filter((l) => !FILE_ONLY_LINE.test(l.trim()));
+    const lines = f.content
+      .toString("utf8")
+      .split("\n")
+      .filter((l) => !FILE_ONLY_LINE.test(l.trim()));
     out[f.path] = createHash("sha256").update(lines.join("\n")).digest("hex");
   }
   return out;

@@ -30,7 +30,17 @@ import { installedSizes, MARKER_PATH, markerOf, missingPackages, packagesAdded, 
 import { stagePackageFiles, stagePackages } from "../../render/stage.js";
 import { ext4FeaturesProblem } from "./preflight.js";
 import { describeProgress, prepareBase, type PreparedBase } from "./prepare.js";
-import { alignUp, AUTO_FREE_NODE_RED_BUILD, AUTO_FREE_WITHOUT_PACKAGES, checkFileSystem, growImage, MiB, parseGrow, shrinkFileSystem, truncateImage } from "./resize.js";
+import {
+  alignUp,
+  AUTO_FREE_NODE_RED_BUILD,
+  AUTO_FREE_WITHOUT_PACKAGES,
+  checkFileSystem,
+  growImage,
+  MiB,
+  parseGrow,
+  shrinkFileSystem,
+  truncateImage,
+} from "./resize.js";
 import { parseAptSizes, ROOM_MARGIN, roomForPackages, type AptSizes } from "./room.js";
 import { mountChrootFilesystems, preventServiceStarts, provideResolvConf, runInChroot } from "../chroot.js";
 import { aptEstimateScript, aptUpdateScript } from "../stage-runner.js";
@@ -109,7 +119,9 @@ async function downloadOfficial(input: EngineInput, reporter: StepReporter): Pro
     onProgress: show,
     onStatus: (m) => reporter.status(m),
   });
-  reporter.info(`${got.entry.fileName} (${got.entry.releaseDate}), sha256 ${got.entry.downloadSha256.slice(0, 16)}…, ${got.fromCache ? "from the cache" : "downloaded and verified"}: ${got.path}`);
+  reporter.info(
+    `${got.entry.fileName} (${got.entry.releaseDate}), sha256 ${got.entry.downloadSha256.slice(0, 16)}…, ${got.fromCache ? "from the cache" : "downloaded and verified"}: ${got.path}`,
+  );
   return got;
 }
 
@@ -162,7 +174,10 @@ export async function buildFromBase(input: EngineInput, reporter: StepReporter):
 async function takeFullPath(input: EngineInput, reporter: StepReporter, reasons: string[]): Promise<void> {
   const why = reasons.join("; ");
   if (process.getuid?.() !== 0) {
-    throw new PibakeError(`${input.request.base} needs the full build (loop devices, mounts, a chroot), which needs root: ${why}. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)`, 2);
+    throw new PibakeError(
+      `${input.request.base} needs the full build (loop devices, mounts, a chroot), which needs root: ${why}. Run it with sudo -E (-E keeps the environment variables the config's secrets come from)`,
+      2,
+    );
   }
   const compression = await detectCompression(input.request.base!);
   const problems = problemsOf(fullPathRequirements(input.request, input.config.model, compression, undefined));
@@ -206,8 +221,13 @@ async function inspectBase(b: BaseBuild): Promise<void> {
     b.facts = facts;
     b.missing = missingPackages(b.wanted, facts.installed);
     b.regeneration = facts.marker !== undefined && b.missing.length === 0;
-    b.log.line(`base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` + (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""));
-    b.log.line(b.regeneration ? `regeneration: every stage package is installed (${b.wanted.join(", ")})` : `packages to install: ${b.missing.join(", ") || "none"}`);
+    b.log.line(
+      `base: ${facts.prettyName}, ${facts.arch}, boot partition at ${facts.bootMount}, ${formatBytes(facts.freeBytes)} free` +
+        (facts.marker ? `, built by pibake ${facts.marker.pibake} on ${facts.marker.builtAt}` : ""),
+    );
+    b.log.line(
+      b.regeneration ? `regeneration: every stage package is installed (${b.wanted.join(", ")})` : `packages to install: ${b.missing.join(", ") || "none"}`,
+    );
     if (b.missing.length > 0) {
       await checkCanRun(b.mnt, b.model.image.arch, b.log);
       await estimatePackages(b, scope);
@@ -277,10 +297,14 @@ function decideGrowth(b: BaseBuild): void {
     return;
   }
   if (free + grow < need) {
-    const what = b.aptSizes ? `apt's ${formatBytes(b.aptSizes.downloadBytes)} of downloads and ${formatBytes(b.aptSizes.installBytes)} installed, plus ${Math.round(ROOM_MARGIN.fraction * 100)} % and ${formatBytes(ROOM_MARGIN.bytes)}` : "the overlay and logs";
+    const what = b.aptSizes
+      ? `apt's ${formatBytes(b.aptSizes.downloadBytes)} of downloads and ${formatBytes(b.aptSizes.installBytes)} installed, plus ${Math.round(ROOM_MARGIN.fraction * 100)} % and ${formatBytes(ROOM_MARGIN.bytes)}`
+      : "the overlay and logs";
     throw new PibakeError(
       `--grow ${b.input.request.grow}: the build needs ${formatBytes(need)} free in the root file system (${what}${nodeRedRoom ? `, and ${formatBytes(nodeRedRoom)} for Node-RED's install at build time` : ""}), ` +
-        `but ${b.label} has ${formatBytes(free)} free, ${formatBytes(free + grow)} with that growth: use --grow ${formatBytes(alignUp(need - free, 64 * MiB)).replace(/ /g, "").replace(/iB$/, "")} or more, or leave --grow out`,
+        `but ${b.label} has ${formatBytes(free)} free, ${formatBytes(free + grow)} with that growth: use --grow ${formatBytes(alignUp(need - free, 64 * MiB))
+          .replace(/ /g, "")
+          .replace(/iB$/, "")} or more, or leave --grow out`,
       2,
     );
   }
@@ -338,7 +362,9 @@ async function applyStage(b: BaseBuild): Promise<void> {
 
     reporter.begin("finalize");
     b.added = packagesAdded(facts.installed, installedSizes(b.tree));
-    log.line(`packages added to the base: ${b.added.names.length} (${formatBytes(b.added.installedBytes)} installed)${b.added.names.length ? `: ${b.added.names.join(", ")}` : ""}`);
+    log.line(
+      `packages added to the base: ${b.added.names.length} (${formatBytes(b.added.installedBytes)} installed)${b.added.names.length ? `: ${b.added.names.join(", ")}` : ""}`,
+    );
     writeMarker(b.tree, markerOf(model, input.rendered, new Date()));
     finalizeRootfs(b.tree, before, log);
     b.bootChanges = await fat.writeBack(b.bootDir, bootBefore);
@@ -424,7 +450,9 @@ async function checkAndShrink(b: BaseBuild): Promise<void> {
         await runCommand(zeroFreeBlocks(dev), { log, signal });
         b.zeroed = "zerofree";
       } else {
-        reporter.warn("the loop device does not support discard and zerofree is not installed: free blocks are not zeroed, so the compressed image is larger (sudo apt-get install zerofree)");
+        reporter.warn(
+          "the loop device does not support discard and zerofree is not installed: free blocks are not zeroed, so the compressed image is larger (sudo apt-get install zerofree)",
+        );
       }
     }
     if (b.input.request.shrink) {
@@ -468,7 +496,17 @@ async function result(b: BaseBuild): Promise<EngineResult> {
       imageSize: statSync(b.image).size,
       marker: MARKER_PATH,
       ...(b.official
-        ? { official: { name: b.official.name, file: b.official.fileName, releaseDate: b.official.releaseDate, url: b.official.url, sha256: b.official.downloadSha256, extractSha256: b.official.extractSha256, list: b.official.listUrl } }
+        ? {
+            official: {
+              name: b.official.name,
+              file: b.official.fileName,
+              releaseDate: b.official.releaseDate,
+              url: b.official.url,
+              sha256: b.official.downloadSha256,
+              extractSha256: b.official.extractSha256,
+              list: b.official.listUrl,
+            },
+          }
         : {}),
     },
     timings: {},
@@ -593,7 +631,9 @@ function finalizeRootfs(root: ImageRoot, before: StateBefore, log: BuildLog): vo
     }
   };
   if (root.isDirectory("/var/log")) truncateLogs(root.path("/var/log"));
-  log.line(`finalised: apt caches removed${before.aptLists ? "" : ", apt lists removed"}, logs emptied, machine-id as the base had it, account backups removed${newKeys.length ? `, new SSH host keys removed (${newKeys.join(", ")})` : ""}`);
+  log.line(
+    `finalised: apt caches removed${before.aptLists ? "" : ", apt lists removed"}, logs emptied, machine-id as the base had it, account backups removed${newKeys.length ? `, new SSH host keys removed (${newKeys.join(", ")})` : ""}`,
+  );
 }
 
 export type { MbrPartition, BaseFacts };

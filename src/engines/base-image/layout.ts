@@ -21,4 +21,3 @@ export async function readLayout(image: string, label: string): Promise<Layout> 
     await fh.close();
   }
 }
-

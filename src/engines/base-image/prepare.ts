@@ -55,7 +55,9 @@ export async function prepareBase(base: string, dest: string, opts: PrepareOptio
   } else {
     size = await decompressSparse(base, dest, info.size ?? info.sizeHint, opts);
     if (info.size !== undefined && size !== info.size) {
-      throw new PibakeError(`${base}: decompressed to ${size} bytes but the archive says ${info.size}: the download is damaged (check its sha256 and download it again)`);
+      throw new PibakeError(
+        `${base}: decompressed to ${size} bytes but the archive says ${info.size}: the download is damaged (check its sha256 and download it again)`,
+      );
     }
     method = "decompressed";
   }
@@ -129,5 +131,7 @@ async function writeAll(fh: fsp.FileHandle, buf: Buffer, offset: number, length:
 export function describeProgress(name: string, done: number, total: number | undefined, startedAt: number, verb = "decompressing"): string {
   const secs = (Date.now() - startedAt) / 1000;
   const rate = secs > 0.5 ? `, ${formatBytes(done / secs)}/s` : "";
-  return total ? `${verb} ${name}: ${formatBytes(done)} of ${formatBytes(total)} (${Math.floor((done * 100) / total)}%${rate})` : `${verb} ${name}: ${formatBytes(done)}${rate}`;
+  return total
+    ? `${verb} ${name}: ${formatBytes(done)} of ${formatBytes(total)} (${Math.floor((done * 100) / total)}%${rate})`
+    : `${verb} ${name}: ${formatBytes(done)}${rate}`;
 }

@@ -26,7 +26,8 @@ export function parseGrow(text: string | undefined): "auto" | number {
   if (!m) throw new PibakeError(`--grow ${text}: not a size: use e.g. 512M, 1G or 1.5G (or "auto", or 0 not to grow)`, 2);
   const unit = { "": 1, K: 1024, M: MiB, G: GiB, T: 1024 * GiB }[m[2]!.toUpperCase() as "" | "K" | "M" | "G" | "T"];
   const bytes = Math.round(Number(m[1]) * unit);
-  if (bytes > 64 * GiB) throw new PibakeError(`--grow ${text}: more than 64 GiB is surely a mistake (the first boot expands the root file system to the card anyway)`, 2);
+  if (bytes > 64 * GiB)
+    throw new PibakeError(`--grow ${text}: more than 64 GiB is surely a mistake (the first boot expands the root file system to the card anyway)`, 2);
   return alignUp(bytes);
 }
 
@@ -96,7 +97,12 @@ export interface ShrinkResult {
 }
 
 /** Shrink the (unmounted, checked) ext4 on `dev`; the caller then shortens the partition and the file. */
-export async function shrinkFileSystem(dev: string, blockSize: number, currentBytes: number, opts: { log?: BuildLog; signal?: AbortSignal }): Promise<ShrinkResult | undefined> {
+export async function shrinkFileSystem(
+  dev: string,
+  blockSize: number,
+  currentBytes: number,
+  opts: { log?: BuildLog; signal?: AbortSignal },
+): Promise<ShrinkResult | undefined> {
   const ctx = { ...(opts.log ? { log: opts.log } : {}), ...(opts.signal ? { signal: opts.signal } : {}) };
   const est = await runCommand(minimumExt4(dev), ctx);
   const minBytes = parseMinimumBlocks(est.stdout) * blockSize;

@@ -100,7 +100,10 @@ export function inspectRootfs(root: ImageRoot): BaseFacts {
  */
 export function bootTraces(root: ImageRoot): string[] {
   const traces: string[] = [];
-  const keys = root.list("/etc/ssh").filter((f) => /^ssh_host_.*_key$/.test(f)).sort();
+  const keys = root
+    .list("/etc/ssh")
+    .filter((f) => /^ssh_host_.*_key$/.test(f))
+    .sort();
   if (keys.length) traces.push(`SSH host keys (${keys.map((k) => `/etc/ssh/${k}`).join(", ")})`);
   if (/^[0-9a-f]{32}\s*$/.test(root.readText("/etc/machine-id") ?? "")) traces.push("a machine id in /etc/machine-id");
   if (root.exists("/var/lib/cloud/instance") || root.list("/var/lib/cloud/instances").length > 0) {
@@ -115,7 +118,10 @@ export function checkNeverBooted(facts: Pick<BaseFacts, "bootTraces" | "release"
   throw new PibakeError(
     `${label} has been booted before: it holds ${facts.bootTraces.join(", ")}. ` +
       `Every Pi made from it would share them, and its first-boot set-up has already run. ` +
-      `Start from the image as downloaded (Raspberry Pi OS Lite ${facts.release ?? ""} ${facts.arch === "unknown" ? "" : facts.arch}, the .img.xz from https://www.raspberrypi.com/software/operating-systems/), not from a card or a copy of one that has been in a Pi`.replace(/ {2,}/g, " "),
+      `Start from the image as downloaded (Raspberry Pi OS Lite ${facts.release ?? ""} ${facts.arch === "unknown" ? "" : facts.arch}, the .img.xz from https://www.raspberrypi.com/software/operating-systems/), not from a card or a copy of one that has been in a Pi`.replace(
+        / {2,}/g,
+        " ",
+      ),
     2,
   );
 }
@@ -126,7 +132,9 @@ export function checkBaseMatches(facts: BaseFacts, model: Model, label: string):
     throw new PibakeError(`${label}: the root partition holds no /bin/bash that pibake recognises: is this a Raspberry Pi OS image?`);
   }
   if (facts.arch !== model.image.arch) {
-    throw new PibakeError(`${label} is an ${facts.arch} image but the config says image.arch "${model.image.arch}": use a ${model.image.arch} Raspberry Pi OS image, or set image.arch to "${facts.arch}"`);
+    throw new PibakeError(
+      `${label} is an ${facts.arch} image but the config says image.arch "${model.image.arch}": use a ${model.image.arch} Raspberry Pi OS image, or set image.arch to "${facts.arch}"`,
+    );
   }
   if (!facts.release) {
     throw new PibakeError(`${label}: /etc/os-release names no release (VERSION_CODENAME): pibake needs Raspberry Pi OS bookworm or trixie`);

@@ -97,7 +97,10 @@ async function copyTracked(checkout: PiGenCheckout, treeDir: string): Promise<vo
 }
 
 /** Reset the parts of the tree pibake controls, then place this build's stages and markers. */
-export function placeStages(treeDir: string, o: { stageFiles: { path: string; content: Buffer; mode: number }[]; baseStageDirs: string[]; skipBase: boolean; baseStages: string[] }): void {
+export function placeStages(
+  treeDir: string,
+  o: { stageFiles: { path: string; content: Buffer; mode: number }[]; baseStageDirs: string[]; skipBase: boolean; baseStages: string[] },
+): void {
   for (const e of readdirSync(treeDir)) {
     if (e === "stage-pibake" || e.startsWith("stage-base")) rmSync(path.join(treeDir, e), { recursive: true, force: true });
   }

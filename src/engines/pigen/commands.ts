@@ -38,7 +38,12 @@ export const archiveCommit = (dir: string, commit: string): Command => ({
 export const extractTar = (dir: string): Command => ({ cmd: "tar", args: ["-x", "-C", dir], what: `unpacking pi-gen's files into ${dir}` });
 
 /** Whether bash finds a program pi-gen's depends file names; the name is an argument, never shell text. */
-export const findTool = (tool: string): Command => ({ cmd: "bash", args: ["-c", 'hash "$1" 2>/dev/null', "pibake-hash", tool], what: `looking for ${tool}`, okCodes: "any" });
+export const findTool = (tool: string): Command => ({
+  cmd: "bash",
+  args: ["-c", 'hash "$1" 2>/dev/null', "pibake-hash", tool],
+  what: `looking for ${tool}`,
+  okCodes: "any",
+});
 
 /** Docker's server version: any answer means a Docker engine listens (the docker runner's pre-flight). */
 export const dockerVersion = (): Command => ({ cmd: "docker", args: ["info", "--format", "{{.ServerVersion}}"], what: "asking Docker", okCodes: "any" });
@@ -52,7 +57,12 @@ export const findContainer = (name: string): Command => ({
 });
 
 /** Stops the container within 10 s (then docker kills it), after an interruption. */
-export const stopContainer = (name: string): Command => ({ cmd: "docker", args: ["stop", "-t", "10", name], what: "stopping pi-gen's container", okCodes: "any" });
+export const stopContainer = (name: string): Command => ({
+  cmd: "docker",
+  args: ["stop", "-t", "10", name],
+  what: "stopping pi-gen's container",
+  okCodes: "any",
+});
 
 /** pi-gen itself, in its tree, with pibake's config: natively or in Docker. The caller judges the exit code, naming the step that failed. */
 export const runPiGen = (runner: "native" | "docker", configFile: string): Command => ({

@@ -40,20 +40,38 @@ export const piGenEngine: Engine = {
     const requirements: Requirement[] = [];
     if (request.piGen !== undefined) {
       const what = `--pi-gen ${request.piGen}: not a pi-gen checkout (no build.sh); give the directory of a pi-gen clone, or drop --pi-gen to let pibake fetch pi-gen`;
-      requirements.push(requirement(`the pi-gen checkout ${request.piGen}`, "found", existsSync(path.join(request.piGen, "build.sh")) ? undefined : { what, usage: true }));
+      requirements.push(
+        requirement(`the pi-gen checkout ${request.piGen}`, "found", existsSync(path.join(request.piGen, "build.sh")) ? undefined : { what, usage: true }),
+      );
     }
     userBaseStages(request, model).forEach(({ dir, field }) => {
       const isDir = existsSync(dir) && statSync(dir).isDirectory();
-      requirements.push(requirement(`${field} ${dir}`, "found", isDir ? undefined : { what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true }));
+      requirements.push(
+        requirement(
+          `${field} ${dir}`,
+          "found",
+          isDir
+            ? undefined
+            : { what: `${field}: ${dir} is not a directory; give pi-gen stage directories (each with its prerun.sh and sub-stages)`, usage: true },
+        ),
+      );
     });
     requirements.push(binfmtRequirement(model.image.arch));
     if ((await chooseRunner(request)) === "native") {
       requirements.push(requirement("root (the native runner)", "running as root", rootProblem(), { root: true }));
       const dir = cacheDir();
-      requirements.push(requirement(`about ${formatBytes(PI_GEN_MIN_FREE_BYTES)} free for pi-gen's work in ${dir}`, `${formatBytes(freeBytes(dir))} free`, diskProblem(dir)));
+      requirements.push(
+        requirement(`about ${formatBytes(PI_GEN_MIN_FREE_BYTES)} free for pi-gen's work in ${dir}`, `${formatBytes(freeBytes(dir))} free`, diskProblem(dir)),
+      );
     } else {
       const fix = "start Docker, or use --runner native as root on a Debian-family host";
-      requirements.push(requirement("a Docker engine (the docker runner)", "docker info answers", (await dockerAnswers()) ? undefined : { what: "no Docker engine answers (docker info failed)", fix }));
+      requirements.push(
+        requirement(
+          "a Docker engine (the docker runner)",
+          "docker info answers",
+          (await dockerAnswers()) ? undefined : { what: "no Docker engine answers (docker info failed)", fix },
+        ),
+      );
     }
     return requirements;
   },

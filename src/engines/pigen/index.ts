@@ -139,7 +139,11 @@ async function checkDependencies(runner: Runner, checkout: PiGenCheckout): Promi
 }
 
 /** Where pi-gen's tree, work and deploy directories are for this image, and the record the steps fill in. */
-function planDirectories(input: EngineInput, reporter: StepReporter, f: { started: number; branch: string; checkout: PiGenCheckout; runner: Runner }): PiGenBuild {
+function planDirectories(
+  input: EngineInput,
+  reporter: StepReporter,
+  f: { started: number; branch: string; checkout: PiGenCheckout; runner: Runner },
+): PiGenBuild {
   const { model } = input.config;
   const cache = cacheDir();
   const treeDir = path.join(cache, "pi-gen-tree", f.branch);
@@ -248,7 +252,9 @@ async function runAndFollow(p: PiGenBuild, env: Record<string, string>): Promise
     if (!reporter.live && where === lastPlain.where && Date.now() - lastPlain.at < 60_000) return;
     lastPlain = { where, at: Date.now() };
     const remaining = estimateRemaining(previousStages, stages, progress.stageDurations, currentStage, Date.now() - stageStarted);
-    reporter.status(`pi-gen: ${where} · ${formatDuration(Date.now() - p.started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`);
+    reporter.status(
+      `pi-gen: ${where} · ${formatDuration(Date.now() - p.started)} elapsed${remaining !== undefined ? ` · about ${formatDuration(remaining)} left` : ""}`,
+    );
   };
   const ticker = setInterval(showStatus, 5000);
   // pi-gen runs in a process group of its own, and an interruption goes to the whole group, as Ctrl-C on a
@@ -302,7 +308,8 @@ function recordRun(p: PiGenBuild, imagePath: string): EngineResult {
   const kind = p.reuse ? "regeneration" : "full";
   const bmap = imagePath.replace(/\.img$/, ".bmap");
   // Docker keeps pi-gen's work directory in its container, so there is nothing on this host to reuse next time.
-  if (p.runner === "native") writeFileSync(p.recordFile, JSON.stringify({ digest: p.digest!, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
+  if (p.runner === "native")
+    writeFileSync(p.recordFile, JSON.stringify({ digest: p.digest!, finishedAt: new Date().toISOString() } satisfies BaseRecord, null, 2));
   const timings = { ...p.progress.stageDurations, total: Date.now() - p.started };
   const recorded: PiGenTimings = { ...p.previous, [kind]: { stages: p.progress.stageDurations, totalMs: timings.total, finishedAt: new Date().toISOString() } };
   p.input.state.writeJson(TIMINGS_FILE, recorded);

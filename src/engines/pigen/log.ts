@@ -5,10 +5,7 @@
  * which script failed.
  */
 
-export type LogEvent =
-  | { kind: "begin" | "end"; path: string; stage?: string; subStage?: string; step?: string }
-  | { kind: "failed" }
-  | { kind: "finished" };
+export type LogEvent = { kind: "begin" | "end"; path: string; stage?: string; subStage?: string; step?: string } | { kind: "failed" } | { kind: "finished" };
 
 const LINE_RE = /^\[(\d\d:\d\d:\d\d)\] (Begin|End) (.+)$/;
 
@@ -76,7 +73,13 @@ export class PiGenProgress {
 }
 
 /** Seconds left from the last build's stage durations, or undefined without history. */
-export function estimateRemaining(previous: Record<string, number> | undefined, stages: string[], done: Record<string, number>, currentStage?: string, currentElapsed = 0): number | undefined {
+export function estimateRemaining(
+  previous: Record<string, number> | undefined,
+  stages: string[],
+  done: Record<string, number>,
+  currentStage?: string,
+  currentElapsed = 0,
+): number | undefined {
   if (!previous) return undefined;
   let ms = 0;
   for (const s of stages) {

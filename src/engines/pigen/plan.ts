@@ -62,7 +62,9 @@ export function piGenConfigFile(rendered: string, o: PiGenConfigOverrides): stri
  * first password, and the user's own base stages.
  */
 export function baseDigest(system: SystemSettings, piGenCommit: string, baseStagesDigest: string, placeholder: string): string {
-  return createHash("sha256").update(JSON.stringify({ piGenCommit, system: systemDigest(system), placeholder, baseStagesDigest })).digest("hex");
+  return createHash("sha256")
+    .update(JSON.stringify({ piGenCommit, system: systemDigest(system), placeholder, baseStagesDigest }))
+    .digest("hex");
 }
 
 export interface ReuseFacts {
@@ -78,7 +80,8 @@ export type ReuseDecision = { reuse: true; reason: string } | { reuse: false; re
 export function decideReuse(f: ReuseFacts): ReuseDecision {
   if (f.clean) return { reuse: false, reason: "--clean asks for a full build" };
   if (!f.recordedDigest) return { reuse: false, reason: "no earlier build of this image to reuse" };
-  if (f.recordedDigest !== f.currentDigest) return { reuse: false, reason: "the base system's inputs changed (pi-gen commit, release, user, locale, keyboard, time zone, SSH or Wi-Fi country)" };
+  if (f.recordedDigest !== f.currentDigest)
+    return { reuse: false, reason: "the base system's inputs changed (pi-gen commit, release, user, locale, keyboard, time zone, SSH or Wi-Fi country)" };
   if (!f.baseRootfsIntact) return { reuse: false, reason: "the earlier build's base root filesystem is missing or incomplete" };
   return { reuse: true, reason: "the base system is unchanged: stage0-2 are reused, only stage-pibake and the export run" };
 }

@@ -20,7 +20,10 @@ export const PI_GEN_MIN_FREE_BYTES = 12 * 1024 ** 3;
 export function diskProblem(dir: string, needed = PI_GEN_MIN_FREE_BYTES): PreflightProblem | undefined {
   const free = freeBytes(dir);
   if (free >= needed) return undefined;
-  return { what: `${dir} has ${formatBytes(free)} free; a pi-gen build needs about ${formatBytes(needed)}`, fix: "free some space, or set XDG_CACHE_HOME to a disk with more room" };
+  return {
+    what: `${dir} has ${formatBytes(free)} free; a pi-gen build needs about ${formatBytes(needed)}`,
+    fix: "free some space, or set XDG_CACHE_HOME to a disk with more room",
+  };
 }
 
 /** Free space where dir is or will be: measured at its nearest existing parent, so that asking creates nothing (build --dry-run). */
@@ -43,7 +46,12 @@ export async function missingDependencies(dependsFile: string): Promise<Prefligh
 }
 
 export function rootProblem(uid = process.getuid?.() ?? 0): PreflightProblem | undefined {
-  return uid === 0 ? undefined : { what: "pi-gen's native build must run as root (it mounts file systems and uses loop devices)", fix: "run pibake with sudo -E (-E keeps the environment variables the config's secrets come from), or use --runner docker" };
+  return uid === 0
+    ? undefined
+    : {
+        what: "pi-gen's native build must run as root (it mounts file systems and uses loop devices)",
+        fix: "run pibake with sudo -E (-E keeps the environment variables the config's secrets come from), or use --runner docker",
+      };
 }
 
 export async function dockerAnswers(): Promise<boolean> {

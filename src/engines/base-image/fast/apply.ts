@@ -34,7 +34,12 @@ function idOf(owner: Owner, ids: Map<string, number>, what: "user" | "group", fi
  * bytes zeroed first (Ext4Volume), so no old key, hash or token stays in
  * the freed blocks. Returns the paths written and removed, for the log.
  */
-export async function applyEdits(vol: Ext4Volume, edits: readonly ImageEdit[], accounts: ImageAccounts, signal?: AbortSignal): Promise<{ written: string[]; removed: string[] }> {
+export async function applyEdits(
+  vol: Ext4Volume,
+  edits: readonly ImageEdit[],
+  accounts: ImageAccounts,
+  signal?: AbortSignal,
+): Promise<{ written: string[]; removed: string[] }> {
   const written: string[] = [];
   const removed: string[] = [];
   for (const e of edits) {

@@ -35,13 +35,15 @@ export interface FastRequest {
 
 export function fullPathReasons(base: FastBaseFacts, rendered: Rendered, request: FastRequest): string[] {
   const m = base.marker;
-  if (!m) return ["the base was not built by pibake (it has no /var/lib/pibake/build.json): the stage's packages and first-boot set-up must be installed in it"];
+  if (!m)
+    return ["the base was not built by pibake (it has no /var/lib/pibake/build.json): the stage's packages and first-boot set-up must be installed in it"];
   return [...requestReasons(request), ...recordReasons(m), ...systemReasons(base, m, rendered), ...stageReasons(base, m, rendered)];
 }
 
 function requestReasons(request: FastRequest): string[] {
   const reasons: string[] = [];
-  if (request.compression !== "none") reasons.push(`the base is compressed (${request.compression}): the fast path starts from a raw .img, which it copies rather than decompresses`);
+  if (request.compression !== "none")
+    reasons.push(`the base is compressed (${request.compression}): the fast path starts from a raw .img, which it copies rather than decompresses`);
   if (request.grow !== undefined && request.grow !== "auto") reasons.push(`--grow ${request.grow} resizes the root file system (resize2fs)`);
   if (request.shrink) reasons.push("--shrink resizes the root file system (resize2fs)");
   if (request.full) reasons.push("--full asks for it");
@@ -62,10 +64,14 @@ function systemReasons(base: FastBaseFacts, m: ImageMarker, rendered: Rendered):
   if (base.firstUserName !== want.user.name) {
     reasons.push(`the first user is renamed (${base.firstUserName ?? "none"} → ${want.user.name}): usermod and groupmod run in the image`);
   }
-  if (base.localeGen !== undefined && enableLocale(base.localeGen, want.locale).changed) reasons.push(`the locale ${want.locale} is new to the image: locale-gen runs in it`);
-  if (keyboardLayoutOf(base.keyboard) !== want.keyboard.keymap) reasons.push(`the keyboard changes to ${want.keyboard.keymap}: debconf records it in the image`);
+  if (base.localeGen !== undefined && enableLocale(base.localeGen, want.locale).changed)
+    reasons.push(`the locale ${want.locale} is new to the image: locale-gen runs in it`);
+  if (keyboardLayoutOf(base.keyboard) !== want.keyboard.keymap)
+    reasons.push(`the keyboard changes to ${want.keyboard.keymap}: debconf records it in the image`);
   if (m.system && (m.system.wifiCountry ?? "") !== (want.wifiCountry ?? "")) {
-    reasons.push(`the Wi-Fi country changes (${m.system.wifiCountry ?? "none"} → ${want.wifiCountry ?? "none"}): it is written to the boot partition's cmdline.txt, which the fast path leaves as it is`);
+    reasons.push(
+      `the Wi-Fi country changes (${m.system.wifiCountry ?? "none"} → ${want.wifiCountry ?? "none"}): it is written to the boot partition's cmdline.txt, which the fast path leaves as it is`,
+    );
   }
   return reasons;
 }

@@ -66,7 +66,17 @@ export async function regenerateFast(input: EngineInput, reporter: StepReporter)
   const base = path.resolve(input.request.base!);
   const workDir = path.join(input.workDir, "base");
   mkdirSync(workDir, { recursive: true, mode: 0o700 });
-  const b: FastBuild = { input, reporter, log: new BuildLog(input.logPath), base, label: path.basename(base), image: path.join(workDir, "image.img"), patches: [], written: [], removed: [] };
+  const b: FastBuild = {
+    input,
+    reporter,
+    log: new BuildLog(input.logPath),
+    base,
+    label: path.basename(base),
+    image: path.join(workDir, "image.img"),
+    patches: [],
+    written: [],
+    removed: [],
+  };
   const reasons = await decide(b);
   if (reasons.length > 0) return { kind: "full", reasons };
   reporter.begin("prepare base");
@@ -82,7 +92,8 @@ export async function regenerateFast(input: EngineInput, reporter: StepReporter)
 /** Read the base (never written) and the new render: the reasons for the full path, none for the fast one. */
 async function decide(b: FastBuild): Promise<string[]> {
   const compression = await detectCompression(b.base);
-  if (compression !== "none") return [`the base is compressed (${compression}): the fast path starts from a raw .img, which it copies rather than decompresses`];
+  if (compression !== "none")
+    return [`the base is compressed (${compression}): the fast path starts from a raw .img, which it copies rather than decompresses`];
   let vol: Ext4Volume;
   try {
     b.layout = await readLayout(b.base, b.label);
@@ -96,10 +107,19 @@ async function decide(b: FastBuild): Promise<string[]> {
     checkNeverBooted(facts, b.label);
     if (facts.marker) b.before = facts.marker;
     const { grow, shrink } = b.input.request;
-    const reasons = fullPathReasons(facts, b.input.rendered, { compression, ...(grow !== undefined ? { grow } : {}), shrink: shrink === true, full: b.input.request.full === true });
+    const reasons = fullPathReasons(facts, b.input.rendered, {
+      compression,
+      ...(grow !== undefined ? { grow } : {}),
+      shrink: shrink === true,
+      full: b.input.request.full === true,
+    });
     // Planned only when nothing else sends the base to the root path: the plan needs its build.json, and its errors (a time zone the image lacks) are the fast path's.
     if (reasons.length === 0) reasons.push(...(await plan(b, vol)));
-    b.log.line(reasons.length ? `fast path: not taken: ${reasons.join("; ")}` : `fast path: ${b.label} was built by pibake ${facts.marker!.pibake} on ${facts.marker!.builtAt}; only files change`);
+    b.log.line(
+      reasons.length
+        ? `fast path: not taken: ${reasons.join("; ")}`
+        : `fast path: ${b.label} was built by pibake ${facts.marker!.pibake} on ${facts.marker!.builtAt}; only files change`,
+    );
     return reasons;
   } finally {
     await vol.close();
@@ -115,11 +135,19 @@ async function decide(b: FastBuild): Promise<string[]> {
 async function plan(b: FastBuild, vol: Ext4Volume): Promise<string[]> {
   const { input } = b;
   const after = markerOf(input.config.model, input.rendered, new Date());
-  b.edits = await planEdits(vol, { rendered: input.rendered, before: b.before!, after, passwordHash: input.secrets.userPasswordHash, today: Math.floor(Date.now() / 86_400_000) });
+  b.edits = await planEdits(vol, {
+    rendered: input.rendered,
+    before: b.before!,
+    after,
+    passwordHash: input.secrets.userPasswordHash,
+    today: Math.floor(Date.now() / 86_400_000),
+  });
   const linked = await linkedDirectories(vol, b.edits);
   if (linked.length === 0) return [];
   const named = linked.map((l) => `${l.dir}, on the way to ${l.file}`).join("; ");
-  return [`directories on the way to files the fast path writes or removes are links in the image (${named}): the root path writes through them inside the image, as the image's own tools do`];
+  return [
+    `directories on the way to files the fast path writes or removes are links in the image (${named}): the root path writes through them inside the image, as the image's own tools do`,
+  ];
 }
 
 /** The planned edits, written into the base's root file system as seen in memory (the base is never written); replaced and removed files zeroed first. */
@@ -147,10 +175,14 @@ async function editFiles(b: FastBuild): Promise<void> {
 async function writeImage(b: FastBuild): Promise<void> {
   const started = Date.now();
   const bytes = b.patches.reduce((n, p) => n + p.bytes.length, 0);
-  b.reporter.status(`writing the image: ${b.label} (${formatBytes(statSync(b.base).size)}) with ${formatBytes(bytes)} changed, its sha256 and block map in the same pass`);
+  b.reporter.status(
+    `writing the image: ${b.label} (${formatBytes(statSync(b.base).size)}) with ${formatBytes(bytes)} changed, its sha256 and block map in the same pass`,
+  );
   b.copied = await writePatchedImage(b.base, b.image, b.patches, b.input.scope.signal);
   writeFileSync(`${b.image}.bmap`, serializeBmap(b.copied.bmap));
-  b.log.line(`image written (${b.copied.method === "reflink" ? "a reflink of the base" : "sparse: the base's data blocks only"}, ${b.patches.length} changes of ${bytes} bytes) in ${formatDuration(Date.now() - started)}`);
+  b.log.line(
+    `image written (${b.copied.method === "reflink" ? "a reflink of the base" : "sparse: the base's data blocks only"}, ${b.patches.length} changes of ${bytes} bytes) in ${formatDuration(Date.now() - started)}`,
+  );
 }
 
 function result(b: FastBuild): EngineResult {
@@ -167,7 +199,12 @@ function result(b: FastBuild): EngineResult {
       baseBuiltByPibake: b.before!.pibake,
       baseBuiltAt: b.before!.builtAt,
       regeneration: true,
-      fastPath: { copy: b.copied!.method, bytesChanged: b.patches.reduce((n, p) => n + p.bytes.length, 0), filesWritten: b.written.length, filesRemoved: b.removed },
+      fastPath: {
+        copy: b.copied!.method,
+        bytesChanged: b.patches.reduce((n, p) => n + p.bytes.length, 0),
+        filesWritten: b.written.length,
+        filesRemoved: b.removed,
+      },
       packagesInstalled: [],
       packagesAdded: { count: 0, installedBytes: 0, names: [] },
       packages: wanted,

@@ -31,7 +31,8 @@ async function bootTracesOf(vol: Ext4Volume): Promise<string[]> {
   const keys = (await vol.list("/etc/ssh")).filter((f) => /^ssh_host_.*_key$/.test(f)).sort();
   if (keys.length) traces.push(`SSH host keys (${keys.map((k) => `/etc/ssh/${k}`).join(", ")})`);
   if (/^[0-9a-f]{32}\s*$/.test((await vol.readText("/etc/machine-id")) ?? "")) traces.push("a machine id in /etc/machine-id");
-  if ((await vol.lstat("/var/lib/cloud/instance")) || (await vol.list("/var/lib/cloud/instances")).length > 0) traces.push("cloud-init's instance data (/var/lib/cloud/instances)");
+  if ((await vol.lstat("/var/lib/cloud/instance")) || (await vol.list("/var/lib/cloud/instances")).length > 0)
+    traces.push("cloud-init's instance data (/var/lib/cloud/instances)");
   return traces;
 }
 

@@ -79,13 +79,27 @@ async function userEdits(vol: Ext4Volume, input: FastPlanInput): Promise<ImageEd
   const st = await vol.lstat(shadowPath);
   if (shadow === undefined || !st) throw new PibakeError("the image has no /etc/shadow", 2);
   const edits: ImageEdit[] = [
-    { kind: "file", path: shadowPath, content: Buffer.from(shadowWithHash(shadow, user.name, input.passwordHash, input.today)), mode: st.mode, owner: st.uid, group: st.gid },
+    {
+      kind: "file",
+      path: shadowPath,
+      content: Buffer.from(shadowWithHash(shadow, user.name, input.passwordHash, input.today)),
+      mode: st.mode,
+      owner: st.uid,
+      group: st.gid,
+    },
   ];
   if (user.sshKeys.length > 0) {
     const account = accountOf((await vol.readText("/etc/passwd")) ?? "", user.name);
     const content = user.sshKeys.map((k) => `${k}\n`).join("");
     // Its primary group, as `id -gn` gives the system script.
-    edits.push({ kind: "file", path: `${account.home}/.ssh/authorized_keys`, content: Buffer.from(content), mode: 0o600, owner: user.name, group: account.gid });
+    edits.push({
+      kind: "file",
+      path: `${account.home}/.ssh/authorized_keys`,
+      content: Buffer.from(content),
+      mode: 0o600,
+      owner: user.name,
+      group: account.gid,
+    });
   }
   return edits;
 }
@@ -106,7 +120,10 @@ export function shadowWithHash(shadow: string, user: string, hash: string, today
 }
 
 function accountOf(passwd: string, user: string): { home: string; gid: number } {
-  const f = passwd.split("\n").map((l) => l.split(":")).find((x) => x[0] === user && x.length >= 7);
+  const f = passwd
+    .split("\n")
+    .map((l) => l.split(":"))
+    .find((x) => x[0] === user && x.length >= 7);
   if (!f) throw new PibakeError(`the image's /etc/passwd has no user ${user}`, 2);
   return { home: f[5]!, gid: Number(f[3]) };
 }
