@@ -5,9 +5,9 @@
  */
 import { loadConfig, type LoadedConfig } from "./config/load.js";
 import type { Model } from "./config/model.js";
-import { resolveVersions } from "./registry/resolve.js";
-import { render, type Rendered } from "./render/index.js";
-import { prepareSecrets, StateDir, type Secrets } from "./secrets/index.js";
+import type { Rendered } from "./render/index.js";
+import type { Secrets } from "./secrets/index.js";
+import { StateDir } from "./secrets/state.js";
 
 export interface OpenedConfig {
   loaded: LoadedConfig;
@@ -54,6 +54,12 @@ export async function prepareAndRender(
   state: StateDir,
   opts: { onVersions: (message: string) => void; signal?: AbortSignal },
 ): Promise<Prepared> {
+  // Loaded when a command renders: validate, check and ca open a config without them.
+  const [{ resolveVersions }, { prepareSecrets }, { render }] = await Promise.all([
+    import("./registry/resolve.js"),
+    import("./secrets/index.js"),
+    import("./render/index.js"),
+  ]);
   await resolveVersions(model, state, { onStatus: opts.onVersions, ...(opts.signal ? { signal: opts.signal } : {}) });
   const secrets = await prepareSecrets(model, state);
   return { secrets, rendered: await render(model, secrets) };
