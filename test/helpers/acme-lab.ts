@@ -98,6 +98,8 @@ export async function fingerprint(pem: string): Promise<string> {
 
 export class AcmeLab {
   readonly pki: string;
+  /** The stand-in's name server as a Unix socket (DNS messages after their length, as over TCP): reachable from outside the namespace. */
+  readonly dnsSocket: string;
   /** pebble's root, as its management API gives it: set by start(). */
   pebbleRoot = "";
   /** The stand-in's requests, one JSON line each. */
@@ -113,6 +115,7 @@ export class AcmeLab {
     readonly token: string,
   ) {
     this.pki = path.join(work, "pki");
+    this.dnsSocket = path.join(work, "dns.sock");
   }
 
   inNs(cmd: string[]): string[] {
@@ -159,7 +162,7 @@ export class AcmeLab {
     this.servers.push(this.pebble);
     this.standIn = spawn(
       "ip",
-      this.inNs([process.execPath, STAND_IN, JSON.stringify({ tokenFile: path.join(work, "token"), cert: path.join(pki, "freemyip.com.crt"), key: path.join(pki, "freemyip.com.key"), challtestsrv: "127.0.0.1:8055", challtestsrvDns: "127.0.0.1:8053", zone: "freemyip.com", nameServer: "ns1.freemyip.com", domain: DOMAIN })]).slice(1),
+      this.inNs([process.execPath, STAND_IN, JSON.stringify({ tokenFile: path.join(work, "token"), cert: path.join(pki, "freemyip.com.crt"), key: path.join(pki, "freemyip.com.key"), challtestsrv: "127.0.0.1:8055", challtestsrvDns: "127.0.0.1:8053", dnsSocket: this.dnsSocket, zone: "freemyip.com", nameServer: "ns1.freemyip.com", domain: DOMAIN })]).slice(1),
       { stdio: ["pipe", "pipe", "inherit"] },
     );
     readline.createInterface({ input: this.standIn.stdout! }).on("line", (l) => this.requests.push(JSON.parse(l) as Record<string, unknown>));

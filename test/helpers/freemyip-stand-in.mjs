@@ -143,10 +143,10 @@ dns.on("message", async (msg, from) => {
   if (reply) dns.send(reply, from.port, from.address);
 });
 
-// The same over TCP (RFC 1035 4.2.2: each message after its length in two bytes), for a lego
-// that asks over TCP only (LEGO_EXPERIMENTAL_DNS_TCP_ONLY): test/slow/boot-acme.test.ts's guest,
-// whose way here (QEMU's guestfwd) carries TCP alone.
-const dnsTcp = net.createServer((conn) => {
+// The same over TCP (RFC 1035 4.2.2: each message after its length in two bytes), and so on a
+// Unix socket (cfg.dnsSocket) too: the way in from outside the namespace, for
+// test/slow/boot-acme.test.ts, which passes its QEMU guest's questions on.
+const onDnsStream = (conn) => {
   let buffered = Buffer.alloc(0);
   // One message after another, in the order they came.
   let answered = Promise.resolve();
@@ -165,7 +165,8 @@ const dnsTcp = net.createServer((conn) => {
       });
     }
   });
-});
+};
+const dnsTcp = net.createServer(onDnsStream);
 
 await new Promise((resolve, reject) => {
   api.once("error", reject);
@@ -179,4 +180,11 @@ await new Promise((resolve, reject) => {
   dnsTcp.once("error", reject);
   dnsTcp.listen(53, "127.0.0.1", resolve);
 });
+if (cfg.dnsSocket) {
+  const dnsUnix = net.createServer(onDnsStream);
+  await new Promise((resolve, reject) => {
+    dnsUnix.once("error", reject);
+    dnsUnix.listen(cfg.dnsSocket, resolve);
+  });
+}
 print({ ready: true });
