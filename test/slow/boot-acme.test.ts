@@ -1,5 +1,5 @@
 import { execa } from "execa";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import dgram from "node:dgram";
 import net from "node:net";
 import tls from "node:tls";
@@ -36,7 +36,7 @@ import { shellQuote } from "../../src/host/shell.js";
  * fitAcmeToTheLab): its own /etc/hosts and /etc/resolv.conf (freemyip.com and pebble.test at
  * GUEST_LAB, the name server and freemyip's at 10.0.2.2), the lab's root for lego
  * (LEGO_CA_CERTIFICATES, pebble's HTTPS) and curl (CURL_CA_BUNDLE, the stand-in's HTTPS), and,
- * for NTP, the clock set from QEMU's RTC before the service's run.
+ * for NTP, a unit of the test's that sets the clock from QEMU's RTC early in the boot.
  * pibake's own knobs (the timer, lego's propagation wait and polling) stay as the Pi has them.
  */
 const isRoot = process.getuid?.() === 0;
@@ -321,14 +321,35 @@ async function fitAcmeToTheLab(image: string, mountpoint: string, labRoot: strin
         "BindReadOnlyPaths=/etc/pibake-test/hosts:/etc/hosts /etc/pibake-test/resolv.conf:/etc/resolv.conf",
         "Environment=LEGO_CA_CERTIFICATES=/etc/pibake-test/lab-root.crt",
         "Environment=CURL_CA_BUNDLE=/etc/pibake-test/lab-root.crt",
-        // NTP, which the guest cannot reach: like a Pi, it keeps the image's time until then (QEMU's RTC
-        // is read by no one at boot: its driver is a module), and lego would take the lab's
-        // certificates, made minutes ago, for "not yet valid". The clock from the RTC (the host's
-        // time), as NTP would have set it by the timer's first run. ($$: a literal $ for systemd.)
-        `ExecStartPre=/bin/sh -c 'date -u -s "@$$(cat /sys/class/rtc/rtc0/since_epoch)"'`,
         "",
       ].join("\n"),
     );
+    // NTP, which the guest cannot reach: like a Pi, it keeps the image's time until then (QEMU's RTC
+    // is read by no one at boot: its driver is a module), and lego would take the lab's
+    // certificates, made minutes ago, for "not yet valid". The clock from the RTC (the host's
+    // time), early, before mosquitto, as NTP sets a Pi's: set later (an ExecStartPre of
+    // pibake-acme.service, in an earlier version), the jump of hours dropped the MQTT client
+    // connected before it and aged the status report. ($$: a literal $ for systemd.)
+    writeFileSync(
+      path.join(mountpoint, "etc/systemd/system/pibake-test-clock.service"),
+      [
+        "# Written by pibake's boot-acme test: the clock from QEMU's RTC, standing in for NTP (test/slow/boot-acme.test.ts).",
+        "[Unit]",
+        "Description=pibake test: the clock from the RTC, as NTP would set it",
+        "DefaultDependencies=no",
+        "After=systemd-udevd.service",
+        "Before=time-sync.target mosquitto.service pibake-acme.service",
+        "Wants=time-sync.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        `ExecStart=/bin/sh -c 'for i in $$(seq 240); do [ -r /sys/class/rtc/rtc0/since_epoch ] && exec date -u -s "@$$(cat /sys/class/rtc/rtc0/since_epoch)"; sleep 0.5; done; echo "no RTC after 120 s"; exit 1'`,
+        "",
+      ].join("\n"),
+    );
+    const wants = path.join(mountpoint, "etc/systemd/system/sysinit.target.wants");
+    mkdirSync(wants, { recursive: true });
+    symlinkSync("/etc/systemd/system/pibake-test-clock.service", path.join(wants, "pibake-test-clock.service"));
   } finally {
     await mounted.release();
   }
