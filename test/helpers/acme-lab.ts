@@ -103,6 +103,8 @@ export async function fingerprint(pem: string): Promise<string> {
 
 export class AcmeLab {
   readonly pki: string;
+  /** The stand-in's name server as a Unix socket (DNS messages after their length, as over TCP): reachable from outside the namespace. */
+  readonly dnsSocket: string;
   /** pebble's root, as its management API gives it: set by start(). */
   pebbleRoot = "";
   /** The stand-in's requests, one JSON line each. */
@@ -118,6 +120,7 @@ export class AcmeLab {
     readonly token: string,
   ) {
     this.pki = path.join(work, "pki");
+    this.dnsSocket = path.join(work, "dns.sock");
   }
 
   inNs(cmd: string[]): string[] {
@@ -212,6 +215,7 @@ export class AcmeLab {
           key: path.join(pki, "freemyip.com.key"),
           challtestsrv: "127.0.0.1:8055",
           challtestsrvDns: "127.0.0.1:8053",
+          dnsSocket: this.dnsSocket,
           zone: "freemyip.com",
           nameServer: "ns1.freemyip.com",
           domain: DOMAIN,

@@ -17,7 +17,7 @@
 // The record is put into pebble-challtestsrv through its management API (POST /set-txt,
 // /clear-txt), from where pebble's validation reads it.
 //
-// The name server (UDP 53): what lego's propagation check asks of freemyip's authoritative
+// The name server (UDP and TCP 53): what lego's propagation check asks of freemyip's authoritative
 // servers. It answers SOA and NS for freemyip.com itself (challtestsrv answers SOA with NOTIMP,
 // which lego takes for an error) and passes every other question to challtestsrv.
 //
@@ -27,6 +27,7 @@
 import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import https from "node:https";
+import net from "node:net";
 import readline from "node:readline";
 
 const cfg = JSON.parse(process.argv[2]);
@@ -111,28 +112,61 @@ function zoneAnswer(msg, q) {
   return Buffer.concat([header, msg.subarray(12, q.end), record]);
 }
 
-const dns = dgram.createSocket("udp4");
-dns.on("message", (msg, from) => {
+/** The answer to one DNS message: SOA and NS of the zone from here, every other question from challtestsrv (over UDP). */
+function answerDns(msg) {
   let q;
   try {
     q = question(msg);
   } catch {
-    return;
+    return Promise.resolve(undefined);
   }
-  if ((q.name === cfg.zone || q.name.endsWith(`.${cfg.zone}`)) && (q.type === 6 || q.type === 2)) {
-    dns.send(zoneAnswer(msg, q), from.port, from.address);
-    return;
-  }
-  const upstream = dgram.createSocket("udp4");
-  const timer = setTimeout(() => upstream.close(), 3000);
-  upstream.on("message", (reply) => {
-    clearTimeout(timer);
-    upstream.close();
-    dns.send(reply, from.port, from.address);
+  if ((q.name === cfg.zone || q.name.endsWith(`.${cfg.zone}`)) && (q.type === 6 || q.type === 2)) return Promise.resolve(zoneAnswer(msg, q));
+  return new Promise((resolve) => {
+    const upstream = dgram.createSocket("udp4");
+    const timer = setTimeout(() => {
+      upstream.close();
+      resolve(undefined);
+    }, 3000);
+    upstream.on("message", (reply) => {
+      clearTimeout(timer);
+      upstream.close();
+      resolve(reply);
+    });
+    const [host, port] = cfg.challtestsrvDns.split(":");
+    upstream.send(msg, Number(port), host);
   });
-  const [host, port] = cfg.challtestsrvDns.split(":");
-  upstream.send(msg, Number(port), host);
+}
+
+const dns = dgram.createSocket("udp4");
+dns.on("message", async (msg, from) => {
+  const reply = await answerDns(msg);
+  if (reply) dns.send(reply, from.port, from.address);
 });
+
+// The same over TCP (RFC 1035 4.2.2: each message after its length in two bytes), and so on a
+// Unix socket (cfg.dnsSocket) too: the way in from outside the namespace, for
+// test/slow/boot-acme.test.ts, which passes its QEMU guest's questions on.
+const onDnsStream = (conn) => {
+  let buffered = Buffer.alloc(0);
+  // One message after another, in the order they came.
+  let answered = Promise.resolve();
+  conn.on("error", () => conn.destroy());
+  conn.on("data", (chunk) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    while (buffered.length >= 2 && buffered.length >= 2 + buffered.readUInt16BE(0)) {
+      const msg = buffered.subarray(2, 2 + buffered.readUInt16BE(0));
+      buffered = buffered.subarray(2 + msg.length);
+      answered = answered.then(async () => {
+        const reply = await answerDns(msg);
+        if (!reply) return;
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(reply.length);
+        conn.write(Buffer.concat([len, reply]));
+      });
+    }
+  });
+};
+const dnsTcp = net.createServer(onDnsStream);
 
 await new Promise((resolve, reject) => {
   api.once("error", reject);
@@ -142,4 +176,15 @@ await new Promise((resolve, reject) => {
   dns.once("error", reject);
   dns.bind(53, "127.0.0.1", resolve);
 });
+await new Promise((resolve, reject) => {
+  dnsTcp.once("error", reject);
+  dnsTcp.listen(53, "127.0.0.1", resolve);
+});
+if (cfg.dnsSocket) {
+  const dnsUnix = net.createServer(onDnsStream);
+  await new Promise((resolve, reject) => {
+    dnsUnix.once("error", reject);
+    dnsUnix.listen(cfg.dnsSocket, resolve);
+  });
+}
 print({ ready: true });

@@ -24,6 +24,12 @@ export interface VmOptions {
   writable?: boolean;
   /** A reboot ends QEMU (-no-reboot), as a first boot that reboots itself needs: the next boot reads the changed cmdline.txt. */
   noReboot?: boolean;
+  /**
+   * Guest TCP connections to address:port handed to a program on the host, one run of it per
+   * connection, the connection on its standard input and output (QEMU's guestfwd=…-cmd:). They
+   * pass restrict=on: the guest reaches these and nothing else. See test/helpers/tcp-relay.mjs.
+   */
+  guestForward?: { address: string; port: number; command: string[] }[];
 }
 
 /**
@@ -68,6 +74,12 @@ export function diskIdentifier(image: string): string {
   }
 }
 
+/** One guestfwd option: QEMU splits -netdev at commas (doubled, one is literal) and the command like a shell (no shell runs it). */
+export function guestfwd(f: { address: string; port: number; command: string[] }): string {
+  const quoted = f.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`));
+  return `guestfwd=tcp:${f.address}:${f.port}-cmd:${quoted.join(" ").replaceAll(",", ",,")}`;
+}
+
 export async function bootVm(o: VmOptions): Promise<Vm> {
   const ports: Record<string, number> = {};
   const forwards: string[] = [];
@@ -103,7 +115,7 @@ export async function bootVm(o: VmOptions): Promise<Vm> {
     `file=${o.image},if=virtio,format=raw${o.writable ? "" : ",snapshot=on"}`,
     ...(o.noReboot ? ["-no-reboot"] : []),
     "-netdev",
-    ["user", "id=n0", `restrict=${o.restrictNetwork === false ? "off" : "on"}`, ...forwards].join(","),
+    ["user", "id=n0", `restrict=${o.restrictNetwork === false ? "off" : "on"}`, ...forwards, ...(o.guestForward ?? []).map(guestfwd)].join(","),
     "-device",
     "virtio-net-pci,netdev=n0",
     "-device",
