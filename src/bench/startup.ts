@@ -70,84 +70,93 @@ export async function benchStartup(runs = Number(process.env.PIBAKE_BENCH_STARTU
     mkdirSync(path.join(dir, "secrets"));
     writeFileSync(path.join(dir, "secrets/mqtt-phone.txt"), "bench-Phone-Secret-2\n");
     const env = { ...process.env, ...ENV };
-    const bin = path.join(packageRoot, "bin/pibake.js");
-    const warmState = path.join(dir, "state-warm");
-
     const baseline = process.env.PIBAKE_BENCH_BASELINE;
-    const baselineWarmState = path.join(dir, "state-baseline-warm");
-    const renderWith = (pibake: string, state: string, out: string) => [pibake, "render", config, "--state", state, "--out", path.join(dir, out)];
-    const render = (state: string, out: string) => renderWith(bin, state, out);
-
-    const cases: Case[] = [
-      { name: "node -e 0", args: () => ["-e", "0"] },
-      { name: "pibake --version", args: () => [bin, "--version"], goal: { ratio: 1.5 } },
-      { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
-      { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 }, baseline: "baseline render (warm)" },
-      {
-        name: "pibake render (first, new CA)",
-        args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`),
-        goal: { overMs: 1000 },
-        baseline: "baseline render (first, new CA)",
-      },
-      ...(baseline
-        ? [
-            { name: "baseline render (warm)", args: (i: number) => renderWith(baseline, baselineWarmState, `baseline-warm-${i}`) },
-            {
-              name: "baseline render (first, new CA)",
-              args: (i: number) => renderWith(baseline, path.join(dir, `baseline-state-${i}`), `baseline-first-${i}`),
-            },
-          ]
-        : []),
-    ];
-    // One render beforehand makes the warm state (CA, keys, hashes) and fills the file cache for every case.
-    timeRun(render(warmState, "warm-setup"), env);
-    timeRun([bin, "--version"], env);
-    if (baseline) timeRun(renderWith(baseline, baselineWarmState, "baseline-warm-setup"), env);
-
-    const times = new Map<string, number[]>(cases.map((c) => [c.name, []]));
-    const cpuTimes = new Map<string, number[]>(cases.map((c) => [c.name, []]));
-    for (let i = 0; i < runs; i++) {
-      for (const c of cases) {
-        const t = timeRun(c.args(i), env);
-        times.get(c.name)!.push(t.wall);
-        if (t.cpu !== undefined) cpuTimes.get(c.name)!.push(t.cpu);
-      }
-    }
-
-    const base = median(times.get(cases[0]!.name)!);
-    const cpuOf = (name: string) => (cpuTimes.get(name)!.length === runs ? median(cpuTimes.get(name)!) : undefined);
-    const baseCpu = cpuOf(cases[0]!.name);
-    const width = Math.max(...cases.map((c) => c.name.length));
-    const lines = [
+    const cases = startupCases(dir, config, baseline, env);
+    const timed = timeCases(cases, runs, env);
+    return [
       `median wall time of ${runs} runs (whole process, round-robin), min–max; examples/broker.json, secrets from the environment, PIBAKE_OFFLINE=1${baseline ? `; baseline ${baseline}` : ""}:`,
-    ];
-    for (const c of cases) {
-      const all = times.get(c.name)!;
-      const ms = median(all);
-      const spread = `${Math.min(...all).toFixed(0)}–${Math.max(...all).toFixed(0)}`;
-      let verdict = "";
-      if (c.goal?.ratio !== undefined) verdict = `goal ≤ ${c.goal.ratio}×: ${ms / base <= c.goal.ratio ? "met" : "NOT met"}`;
-      if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
-      const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
-      const cpu = cpuOf(c.name);
-      const cpuText =
-        cpu === undefined || baseCpu === undefined ? "" : `cpu ${cpu.toFixed(0).padStart(4)} ms${c === cases[0] ? "" : ` (+${(cpu - baseCpu).toFixed(0)})`}`;
-      const beside =
-        c.baseline && times.has(c.baseline)
-          ? `baseline ${median(times.get(c.baseline)!).toFixed(0)} ms, +${(median(times.get(c.baseline)!) - base).toFixed(0)}`
-          : "";
-      lines.push(
-        `  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${cpuText.padEnd(19)}  ${verdict}${beside ? `; ${beside}` : ""}`.trimEnd(),
-      );
-    }
-    lines.push(
+      ...reportCases(cases, timed, runs),
       `machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, load average ${os
         .loadavg()
         .map((l) => l.toFixed(1))
         .join(" ")} at the end`,
-    );
-    return lines;
+    ];
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The cases, `node -e 0` first; their warm states made beforehand (one render makes the CA, keys and hashes, and fills the file cache). */
+function startupCases(dir: string, config: string, baseline: string | undefined, env: NodeJS.ProcessEnv): Case[] {
+  const bin = path.join(packageRoot, "bin/pibake.js");
+  const warmState = path.join(dir, "state-warm");
+  const baselineWarmState = path.join(dir, "state-baseline-warm");
+  const renderWith = (pibake: string, state: string, out: string) => [pibake, "render", config, "--state", state, "--out", path.join(dir, out)];
+  const render = (state: string, out: string) => renderWith(bin, state, out);
+  const cases: Case[] = [
+    { name: "node -e 0", args: () => ["-e", "0"] },
+    { name: "pibake --version", args: () => [bin, "--version"], goal: { ratio: 1.5 } },
+    { name: "pibake --help", args: () => [bin, "--help"], goal: { ratio: 1.5 } },
+    { name: "pibake render (warm)", args: (i) => render(warmState, `warm-${i}`), goal: { overMs: 300 }, baseline: "baseline render (warm)" },
+    {
+      name: "pibake render (first, new CA)",
+      args: (i) => render(path.join(dir, `state-${i}`), `first-${i}`),
+      goal: { overMs: 1000 },
+      baseline: "baseline render (first, new CA)",
+    },
+    ...(baseline
+      ? [
+          { name: "baseline render (warm)", args: (i: number) => renderWith(baseline, baselineWarmState, `baseline-warm-${i}`) },
+          {
+            name: "baseline render (first, new CA)",
+            args: (i: number) => renderWith(baseline, path.join(dir, `baseline-state-${i}`), `baseline-first-${i}`),
+          },
+        ]
+      : []),
+  ];
+  timeRun(render(warmState, "warm-setup"), env);
+  timeRun([bin, "--version"], env);
+  if (baseline) timeRun(renderWith(baseline, baselineWarmState, "baseline-warm-setup"), env);
+  return cases;
+}
+
+interface Timed {
+  wall: Map<string, number[]>;
+  cpu: Map<string, number[]>;
+}
+
+/** Every case once per round, round-robin, so that the machine's load falls on all alike. */
+function timeCases(cases: readonly Case[], runs: number, env: NodeJS.ProcessEnv): Timed {
+  const timed: Timed = { wall: new Map(cases.map((c) => [c.name, []])), cpu: new Map(cases.map((c) => [c.name, []])) };
+  for (let i = 0; i < runs; i++) {
+    for (const c of cases) {
+      const t = timeRun(c.args(i), env);
+      timed.wall.get(c.name)!.push(t.wall);
+      if (t.cpu !== undefined) timed.cpu.get(c.name)!.push(t.cpu);
+    }
+  }
+  return timed;
+}
+
+/** One line per case: its median and spread, against `node -e 0`, its CPU time, its goal, and its baseline beside it. */
+function reportCases(cases: readonly Case[], timed: Timed, runs: number): string[] {
+  const base = median(timed.wall.get(cases[0]!.name)!);
+  const cpuOf = (name: string) => (timed.cpu.get(name)!.length === runs ? median(timed.cpu.get(name)!) : undefined);
+  const baseCpu = cpuOf(cases[0]!.name);
+  const width = Math.max(...cases.map((c) => c.name.length));
+  return cases.map((c) => {
+    const all = timed.wall.get(c.name)!;
+    const ms = median(all);
+    const spread = `${Math.min(...all).toFixed(0)}–${Math.max(...all).toFixed(0)}`;
+    let verdict = "";
+    if (c.goal?.ratio !== undefined) verdict = `goal ≤ ${c.goal.ratio}×: ${ms / base <= c.goal.ratio ? "met" : "NOT met"}`;
+    if (c.goal?.overMs !== undefined) verdict = `goal ≤ +${c.goal.overMs} ms: ${ms - base <= c.goal.overMs ? "met" : "NOT met"}`;
+    const against = c === cases[0] ? "" : `${(ms / base).toFixed(2)}×, +${(ms - base).toFixed(0).padStart(4)} ms`;
+    const cpu = cpuOf(c.name);
+    const cpuText =
+      cpu === undefined || baseCpu === undefined ? "" : `cpu ${cpu.toFixed(0).padStart(4)} ms${c === cases[0] ? "" : ` (+${(cpu - baseCpu).toFixed(0)})`}`;
+    const baselineMs = c.baseline && timed.wall.has(c.baseline) ? median(timed.wall.get(c.baseline)!) : undefined;
+    const beside = baselineMs !== undefined ? `baseline ${baselineMs.toFixed(0)} ms, +${(baselineMs - base).toFixed(0)}` : "";
+    return `  ${c.name.padEnd(width)}  ${ms.toFixed(0).padStart(5)} ms  ${spread.padStart(11)}  ${against.padEnd(20)}  ${cpuText.padEnd(19)}  ${verdict}${beside ? `; ${beside}` : ""}`.trimEnd();
+  });
 }

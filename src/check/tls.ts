@@ -153,69 +153,67 @@ export async function checkTls(target: TlsTarget, budget: Budget): Promise<TlsOu
     results.push(failed("tls chain", p.detail, p.fix));
   }
 
-  const identityError = checkServerIdentity(target.servername, hs.peer);
-  if (identityError) {
-    chainOk = false;
-    results.push(
-      failed(
-        "tls name",
-        `the certificate does not carry ${target.servername}: ${identityError.message}`,
-        `build a new image (${target.buildCommand}): its certificate names tls.domain`,
-      ),
-    );
-  } else results.push(ok("tls name", `the certificate carries ${target.servername}`));
-
+  const nameLine = nameResult(target, hs.peer);
+  if (nameLine.status !== "ok") chainOk = false;
+  results.push(nameLine);
   results.push(await versionResult(target, hs.protocol, budget));
-
   const notAfter = new Date(hs.peer.valid_to);
+  results.push(expiryResult(target, notAfter));
+  results.push(originResult(target, hs.peer.fingerprint256, hs.authorized));
+  return { results, reachable: true, trusted: chainOk && notAfter.getTime() >= Date.now() };
+}
+
+/** The certificate names tls.domain (the name clients connect to). */
+function nameResult(target: TlsTarget, peer: Parameters<typeof checkServerIdentity>[1]): CheckResult {
+  const identityError = checkServerIdentity(target.servername, peer);
+  if (!identityError) return ok("tls name", `the certificate carries ${target.servername}`);
+  return failed(
+    "tls name",
+    `the certificate does not carry ${target.servername}: ${identityError.message}`,
+    `build a new image (${target.buildCommand}): its certificate names tls.domain`,
+  );
+}
+
+/** Days left on the server certificate: a warning within WARN_DAYS, a failure once expired. */
+function expiryResult(target: TlsTarget, notAfter: Date): CheckResult {
   const days = Math.floor((notAfter.getTime() - Date.now()) / DAY_MS);
   const until = `${notAfter.toISOString().slice(0, 10)}`;
   if (days < 0)
-    results.push(
-      failed(
-        "certificate expiry",
-        `the server certificate expired on ${until}`,
-        `build a new image (${target.buildCommand}) and flash it: the build renews the certificate`,
-      ),
+    return failed(
+      "certificate expiry",
+      `the server certificate expired on ${until}`,
+      `build a new image (${target.buildCommand}) and flash it: the build renews the certificate`,
     );
-  else if (days < WARN_DAYS)
-    results.push(
-      warning(
-        "certificate expiry",
-        `the server certificate expires on ${until} (${days} days left)`,
-        `build a new image (${target.buildCommand}) and flash it: the build renews the certificate within ${WARN_DAYS} days of expiry`,
-      ),
+  if (days < WARN_DAYS)
+    return warning(
+      "certificate expiry",
+      `the server certificate expires on ${until} (${days} days left)`,
+      `build a new image (${target.buildCommand}) and flash it: the build renews the certificate within ${WARN_DAYS} days of expiry`,
     );
-  else results.push(ok("certificate expiry", `valid until ${until} (${days} days left)`));
+  return ok("certificate expiry", `valid until ${until} (${days} days left)`);
+}
 
-  const seen = hs.peer.fingerprint256;
+/** Whether the broker serves the certificate the state directory issued: the right machine, and the newest image. */
+function originResult(target: TlsTarget, seen: string, authorized: boolean): CheckResult {
   if (!target.issuedFingerprint256)
-    results.push(
-      warning(
-        "certificate origin",
-        `${target.stateDir} holds no server certificate (server.crt) to compare with; the broker's is ${seen}`,
-        `pass --state with the state directory the image was built with`,
-      ),
+    return warning(
+      "certificate origin",
+      `${target.stateDir} holds no server certificate (server.crt) to compare with; the broker's is ${seen}`,
+      `pass --state with the state directory the image was built with`,
     );
-  else if (seen === target.issuedFingerprint256)
-    results.push(ok("certificate origin", `the server certificate is the one ${target.stateDir} issued (SHA-256 ${seen.slice(0, 23)}…)`));
-  else if (hs.authorized)
-    results.push(
-      warning(
-        "certificate origin",
-        `the server certificate is signed by this CA but is not the one ${target.stateDir} holds now (SHA-256 ${seen.slice(0, 23)}…): the Pi runs an older image, or this is another broker with the same CA`,
-        `build a new image (${target.buildCommand}) and flash it`,
-      ),
+  if (seen === target.issuedFingerprint256)
+    return ok("certificate origin", `the server certificate is the one ${target.stateDir} issued (SHA-256 ${seen.slice(0, 23)}…)`);
+  if (authorized)
+    return warning(
+      "certificate origin",
+      `the server certificate is signed by this CA but is not the one ${target.stateDir} holds now (SHA-256 ${seen.slice(0, 23)}…): the Pi runs an older image, or this is another broker with the same CA`,
+      `build a new image (${target.buildCommand}) and flash it`,
     );
-  else
-    results.push(
-      failed(
-        "certificate origin",
-        `the server certificate (SHA-256 ${seen.slice(0, 23)}…) is not the one ${target.stateDir} issued: you reached another machine`,
-        `check the host, the router's port forwarding, or --state`,
-      ),
-    );
-  return { results, reachable: true, trusted: chainOk && days >= 0 };
+  return failed(
+    "certificate origin",
+    `the server certificate (SHA-256 ${seen.slice(0, 23)}…) is not the one ${target.stateDir} issued: you reached another machine`,
+    `check the host, the router's port forwarding, or --state`,
+  );
 }
 
 /**
