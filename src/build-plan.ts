@@ -18,7 +18,7 @@ import type { Model } from "./config/model.js";
 import { aptGetInstall } from "./host/tools.js";
 import { detectCompression } from "./image/compression.js";
 import { deliveredNames } from "./image/deliver.js";
-import { planOfficialImage, type OfficialImagePlan } from "./images/index.js";
+import { planOfficialImage, type OfficialImagePlan } from "./official/index.js";
 import { buildSteps } from "./ui/steps.js";
 import { redact } from "./host/redact.js";
 import { createOutput, formatBytes } from "./ui/output.js";

@@ -6,8 +6,8 @@ import { baseConfig, removeAllFixtures, renderFixture, tempDir, type Fixture } f
 import { fullPathReasons, type FastBaseFacts } from "../src/engines/base-image/fast/decide.js";
 import { shadowWithHash } from "../src/engines/base-image/fast/plan.js";
 import { parseIds } from "../src/engines/base-image/fast/apply.js";
-import { regenerateFast } from "../src/engines/base-image/fast/index.js";
-import { buildFromBase } from "../src/engines/base-image/index.js";
+import { regenerateFast } from "../src/engines/base-image/fast/regenerate.js";
+import { buildFromBase } from "../src/engines/base-image/build.js";
 import { inImageWork } from "../src/engines/base-image/in-image.js";
 import { MARKER_PATH, markerOf, markerText, type ImageMarker } from "../src/engines/base-image/marker.js";
 import { stagePackages } from "../src/render/stage.js";

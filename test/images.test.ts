@@ -2,11 +2,11 @@ import { execa } from "execa";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { imageCacheLocation, readCache } from "../src/images/cache.js";
-import { proxyFor } from "../src/images/http.js";
-import { listUrlOf, resolveOfficialImage, type ResolveImageOptions } from "../src/images/index.js";
-import { chooseImage, parseOsList } from "../src/images/os-list.js";
-import { formatImageProgress, plainProgressPrinter, type ImageProgress } from "../src/images/progress.js";
+import { imageCacheLocation, readCache } from "../src/official/cache.js";
+import { proxyFor } from "../src/official/http.js";
+import { listUrlOf, resolveOfficialImage, type ResolveImageOptions } from "../src/official/index.js";
+import { chooseImage, parseOsList } from "../src/official/os-list.js";
+import { formatImageProgress, plainProgressPrinter, type ImageProgress } from "../src/official/progress.js";
 import { pibake, secretEnv, tempDir, validConfig, writeJson } from "./helpers/cli.js";
 import { makeSmallImage, startImageServer, startProxy, type ImageServer, type SmallImage } from "./helpers/image-server.js";
 
@@ -650,7 +650,7 @@ describe("where the cache is", () => {
   });
 
   it("the real getent finds root's home", async () => {
-    const { homeOf } = await import("../src/images/cache.js");
+    const { homeOf } = await import("../src/official/cache.js");
     expect(homeOf("root")).toBe((await execa("getent", ["passwd", "root"])).stdout.split(":")[5]);
   });
 });

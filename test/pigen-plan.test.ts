@@ -10,7 +10,7 @@ import { estimateRemaining, parseLine, PiGenProgress } from "../src/engines/pige
 import { diskProblem, missingDependencies, PIGEN_HEADING, rootProblem } from "../src/engines/pigen/preflight.js";
 import { formatProblems } from "../src/engines/problems.js";
 import { placeStages, prepareTree, useCheckout } from "../src/engines/pigen/checkout.js";
-import { timingsSummary } from "../src/engines/pigen/index.js";
+import { timingsSummary } from "../src/engines/pigen/build.js";
 import { loadConfig } from "../src/config/load.js";
 import { prepareSecrets, StateDir } from "../src/secrets/index.js";
 import { render } from "../src/render/index.js";

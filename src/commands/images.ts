@@ -2,8 +2,8 @@ import path from "node:path";
 import { withCleanup } from "../cleanup.js";
 import { ARCHES, RELEASES, type Arch, type Release } from "../config/model.js";
 import { PibakeError } from "../errors.js";
-import { imageCacheLocation, lineOf, newestPerLine, pruneCache, readCache } from "../images/cache.js";
-import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress } from "../images/index.js";
+import { imageCacheLocation, lineOf, newestPerLine, pruneCache, readCache } from "../official/cache.js";
+import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress } from "../official/index.js";
 import { createOutput, formatBytes, type Output } from "../ui/output.js";
 
 export interface ImagesOptions {

@@ -12,7 +12,7 @@ import { parseGrow } from "./resize.js";
 
 /**
  * The base-image engine as the build sees it: its steps, options and checks.
- * Its work (src/engines/base-image/index.ts) is loaded only when it builds.
+ * Its work (src/engines/base-image/build.ts) is loaded only when it builds.
  */
 export const baseImageEngine: Engine = {
   id: "base",
@@ -107,7 +107,7 @@ export const baseImageEngine: Engine = {
   },
 
   async build(input, reporter) {
-    return (await import("./index.js")).buildFromBase(input, reporter);
+    return (await import("./build.js")).buildFromBase(input, reporter);
   },
 };
 
@@ -122,7 +122,7 @@ export function fullPathRequirements(request: BuildRequest, model: Model, compre
 
 /** The fast path needs WebAssembly only; loaded when a base is looked at. */
 async function isFastCandidate(base: string): Promise<boolean> {
-  return (await import("./fast/index.js")).isFastCandidate(base);
+  return (await import("./fast/regenerate.js")).isFastCandidate(base);
 }
 
 /**

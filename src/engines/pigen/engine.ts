@@ -13,7 +13,7 @@ export type Runner = (typeof RUNNERS)[number];
 
 /**
  * The pi-gen engine as the build sees it: its step, options and checks. Its
- * work (src/engines/pigen/index.ts) is loaded only when it builds.
+ * work (src/engines/pigen/build.ts) is loaded only when it builds.
  */
 export const piGenEngine: Engine = {
   id: "pi-gen",
@@ -77,7 +77,7 @@ export const piGenEngine: Engine = {
   },
 
   async build(input, reporter) {
-    return (await import("./index.js")).buildWithPiGen(input, reporter);
+    return (await import("./build.js")).buildWithPiGen(input, reporter);
   },
 };
 

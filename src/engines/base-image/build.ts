@@ -48,10 +48,10 @@ import { applySystemSettings, checkBaseMatches, checkNeverBooted, inspectRootfs,
 import { findProgram } from "../../host/tools.js";
 import { runCommand } from "../../host/process.js";
 import { bindMount, discardFreeBlocks, growExt4, mountExt4, mountOverlay, readExt4Features, tryImageProgram, zeroFreeBlocks } from "./commands.js";
-import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage } from "../../images/index.js";
-import type { CachedImageRecord } from "../../images/cache.js";
+import { formatImageProgress, plainProgressPrinter, resolveOfficialImage, type ImageProgress, type OfficialImage } from "../../official/index.js";
+import type { CachedImageRecord } from "../../official/cache.js";
 import { fullPathRequirements, officialBase } from "./engine.js";
-import { regenerateFast } from "./fast/index.js";
+import { regenerateFast } from "./fast/regenerate.js";
 import { detectCompression } from "../../image/compression.js";
 import { problemsError, problemsOf } from "../problems.js";
 import { readLayout, type Layout } from "./layout.js";
