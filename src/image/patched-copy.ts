@@ -110,8 +110,7 @@ async function patchHashAndWrite(
       hash.zeros(want);
       hash.giveBack(buf);
     } else if (output) {
-      const at = pos;
-      writing = writeRuns(output, buf, runs, at).then(() => hash.hand(buf));
+      writing = writeRuns(output, buf, runs, pos).then(() => hash.hand(buf));
       writing.catch(() => undefined);
     } else {
       hash.hand(buf);
